@@ -1,0 +1,2 @@
+/** @tsimg/cli — the tsimg command as a library (for embedding and tests). */
+export { main } from './main.js';

@@ -1,0 +1,2 @@
+/** @tsimg/qcow2 — the qcow2 image format. */
+export {};
