@@ -1,2 +1,3 @@
 /** @tsimg/qcow2 — the qcow2 image format. */
-export {};
+export * from './types.js';
+export * from './header.js';

@@ -1,0 +1,7 @@
+/**
+ * The table of subcommands. Each entry loads its module only when that command runs.
+ * Add a line here per command; keep the modules themselves independent.
+ */
+import { registerCommand } from '../main.js';
+
+void registerCommand;

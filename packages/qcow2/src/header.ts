@@ -1,0 +1,339 @@
+/**
+ * The qcow2 header and its extensions: pure codecs over a DataView, plus `loadHeader` which
+ * reads the first cluster of a device and validates what the rest of the package relies on.
+ *
+ * Layout (docs/interop/qcow2.txt): a 72-byte v2 header, v3 adds fields up to header_length
+ * (104, or 112 with the compression_type byte), then extensions `{u32 type, u32 length, data
+ * padded to 8}` until a type-0 end marker. The backing file name lives at backing_file_offset.
+ */
+import { FormatError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
+import {
+  QCOW2_MAGIC,
+  MIN_CLUSTER_BITS,
+  MAX_CLUSTER_BITS,
+  MAX_BACKING_FILE_NAME,
+  u64ToNumber,
+} from './types.js';
+
+/** Every field of the fixed header, v2 and v3 (v3-only fields take their v2 defaults for v2). */
+export interface Qcow2Header {
+  version: 2 | 3;
+  backingFileOffset: number;
+  backingFileSize: number;
+  clusterBits: number;
+  /** Virtual disk size in bytes. */
+  size: number;
+  cryptMethod: number;
+  /** Number of entries in the active L1 table. */
+  l1Size: number;
+  l1TableOffset: number;
+  refcountTableOffset: number;
+  refcountTableClusters: number;
+  nbSnapshots: number;
+  snapshotsOffset: number;
+  incompatibleFeatures: bigint;
+  compatibleFeatures: bigint;
+  autoclearFeatures: bigint;
+  /** refcount_bits = 1 << refcountOrder. */
+  refcountOrder: number;
+  /** 72 for v2; 104 or 112 for v3. */
+  headerLength: number;
+  /** 0 zlib, 1 zstd (present on disk only when headerLength > 104). */
+  compressionType: number;
+}
+
+/** One entry of the feature name table extension. */
+export interface FeatureName {
+  /** 0 incompatible, 1 compatible, 2 autoclear. */
+  type: number;
+  bit: number;
+  name: string;
+}
+
+/** Header extension types (qcow2.txt). */
+export const EXT_END = 0x00000000;
+export const EXT_BACKING_FORMAT = 0xe2792aca;
+export const EXT_FEATURE_NAMES = 0x6803f857;
+export const EXT_CRYPTO_HEADER = 0x0537be77;
+export const EXT_BITMAPS = 0x23852875;
+export const EXT_DATA_FILE = 0x44415441;
+
+/** A decoded header extension; unknown ones are kept byte for byte. */
+export type HeaderExtension =
+  | { kind: 'backing-format'; name: string }
+  | { kind: 'feature-names'; features: FeatureName[] }
+  | { kind: 'bitmaps'; nbBitmaps: number; bitmapDirectorySize: number; bitmapDirectoryOffset: number }
+  | { kind: 'crypto-header'; offset: number; length: number }
+  | { kind: 'data-file'; name: string }
+  | { kind: 'unknown'; type: number; data: Uint8Array };
+
+/** Size of the fixed v2 header. */
+export const V2_HEADER_LENGTH = 72;
+/** Size of the v3 header without / with the compression_type field (qemu writes 112). */
+export const V3_HEADER_LENGTH_MIN = 104;
+export const V3_HEADER_LENGTH = 112;
+
+const FEATURE_NAME_ENTRY = 48;
+
+function u64(view: DataView, offset: number, what: string): number {
+  const v = u64ToNumber(view.getBigUint64(offset));
+  if (v === undefined) throw new FormatError(`qcow2 header field ${what} is too large`);
+  return v;
+}
+
+/** Decodes the fixed header at the start of `view`. Checks only the magic and the version. */
+export function decodeHeader(view: DataView): Qcow2Header {
+  if (view.byteLength < V2_HEADER_LENGTH || view.getUint32(0) !== QCOW2_MAGIC) {
+    throw new FormatError('Image is not in qcow2 format');
+  }
+  const version = view.getUint32(4);
+  if (version < 2 || version > 3) {
+    throw new UnsupportedError(`Unsupported qcow2 version ${version}`, { errno: 'ENOTSUP' });
+  }
+  const h: Qcow2Header = {
+    version: version as 2 | 3,
+    backingFileOffset: u64(view, 8, 'backing_file_offset'),
+    backingFileSize: view.getUint32(16),
+    clusterBits: view.getUint32(20),
+    size: u64(view, 24, 'size'),
+    cryptMethod: view.getUint32(32),
+    l1Size: view.getUint32(36),
+    l1TableOffset: u64(view, 40, 'l1_table_offset'),
+    refcountTableOffset: u64(view, 48, 'refcount_table_offset'),
+    refcountTableClusters: view.getUint32(56),
+    nbSnapshots: view.getUint32(60),
+    snapshotsOffset: u64(view, 64, 'snapshots_offset'),
+    incompatibleFeatures: 0n,
+    compatibleFeatures: 0n,
+    autoclearFeatures: 0n,
+    refcountOrder: 4,
+    headerLength: V2_HEADER_LENGTH,
+    compressionType: 0,
+  };
+  if (version === 3) {
+    if (view.byteLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header is truncated');
+    h.incompatibleFeatures = view.getBigUint64(72);
+    h.compatibleFeatures = view.getBigUint64(80);
+    h.autoclearFeatures = view.getBigUint64(88);
+    h.refcountOrder = view.getUint32(96);
+    h.headerLength = view.getUint32(100);
+    if (h.headerLength > V3_HEADER_LENGTH_MIN && view.byteLength > V3_HEADER_LENGTH_MIN) {
+      h.compressionType = view.getUint8(104);
+    }
+  }
+  return h;
+}
+
+/**
+ * Encodes the fixed header into `view` (which must hold `h.headerLength` bytes for v3, 72 for
+ * v2). Bytes between 105 and headerLength are written as zero padding.
+ */
+export function encodeHeader(h: Qcow2Header, view: DataView): void {
+  view.setUint32(0, QCOW2_MAGIC);
+  view.setUint32(4, h.version);
+  view.setBigUint64(8, BigInt(h.backingFileOffset));
+  view.setUint32(16, h.backingFileSize);
+  view.setUint32(20, h.clusterBits);
+  view.setBigUint64(24, BigInt(h.size));
+  view.setUint32(32, h.cryptMethod);
+  view.setUint32(36, h.l1Size);
+  view.setBigUint64(40, BigInt(h.l1TableOffset));
+  view.setBigUint64(48, BigInt(h.refcountTableOffset));
+  view.setUint32(56, h.refcountTableClusters);
+  view.setUint32(60, h.nbSnapshots);
+  view.setBigUint64(64, BigInt(h.snapshotsOffset));
+  if (h.version === 3) {
+    view.setBigUint64(72, h.incompatibleFeatures);
+    view.setBigUint64(80, h.compatibleFeatures);
+    view.setBigUint64(88, h.autoclearFeatures);
+    view.setUint32(96, h.refcountOrder);
+    view.setUint32(100, h.headerLength);
+    for (let i = V3_HEADER_LENGTH_MIN; i < h.headerLength; i++) view.setUint8(i, 0);
+    if (h.headerLength > V3_HEADER_LENGTH_MIN) view.setUint8(104, h.compressionType);
+  }
+}
+
+const utf8 = new TextDecoder('utf-8', { fatal: false });
+const utf8enc = new TextEncoder();
+
+/** Reads a NUL-terminated (or length-bounded) string. */
+function cString(bytes: Uint8Array): string {
+  const nul = bytes.indexOf(0);
+  return utf8.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
+}
+
+/** Where the extension area starts: after the header (v3 header_length, v2 72). */
+export function extensionsStart(h: Qcow2Header): number {
+  return h.version === 3 ? h.headerLength : V2_HEADER_LENGTH;
+}
+
+/**
+ * Decodes the extensions in `view` from `start` up to the end marker, not reading past `end`
+ * (qemu stops at the backing file name or the end of the first cluster, whichever is first).
+ */
+export function decodeExtensions(view: DataView, start: number, end: number): HeaderExtension[] {
+  const out: HeaderExtension[] = [];
+  let off = start;
+  while (off + 8 <= end) {
+    const type = view.getUint32(off);
+    const len = view.getUint32(off + 4);
+    off += 8;
+    if (type === EXT_END) return out;
+    if (len > end - off) throw new FormatError('Invalid extension length: header extension exceeds the header area');
+    const data = new Uint8Array(view.buffer, view.byteOffset + off, len);
+    const d = new DataView(view.buffer, view.byteOffset + off, len);
+    switch (type) {
+      case EXT_BACKING_FORMAT:
+        out.push({ kind: 'backing-format', name: cString(data) });
+        break;
+      case EXT_FEATURE_NAMES: {
+        const features: FeatureName[] = [];
+        for (let i = 0; i + FEATURE_NAME_ENTRY <= len; i += FEATURE_NAME_ENTRY) {
+          features.push({ type: d.getUint8(i), bit: d.getUint8(i + 1), name: cString(data.subarray(i + 2, i + 48)) });
+        }
+        out.push({ kind: 'feature-names', features });
+        break;
+      }
+      case EXT_BITMAPS:
+        if (len < 24) throw new FormatError('bitmaps_ext: Invalid extension length');
+        out.push({
+          kind: 'bitmaps',
+          nbBitmaps: d.getUint32(0),
+          bitmapDirectorySize: u64(d, 8, 'bitmap_directory_size'),
+          bitmapDirectoryOffset: u64(d, 16, 'bitmap_directory_offset'),
+        });
+        break;
+      case EXT_CRYPTO_HEADER:
+        if (len !== 16) throw new FormatError('Invalid encryption header extension length');
+        out.push({ kind: 'crypto-header', offset: u64(d, 0, 'crypto header offset'), length: u64(d, 8, 'crypto header length') });
+        break;
+      case EXT_DATA_FILE:
+        out.push({ kind: 'data-file', name: cString(data) });
+        break;
+      default:
+        out.push({ kind: 'unknown', type, data: data.slice() });
+    }
+    off += (len + 7) & ~7;
+  }
+  return out;
+}
+
+/** The body bytes of one extension (without type/length/padding). */
+function extensionBody(ext: HeaderExtension): { type: number; body: Uint8Array } {
+  switch (ext.kind) {
+    case 'backing-format':
+      return { type: EXT_BACKING_FORMAT, body: utf8enc.encode(ext.name) };
+    case 'data-file':
+      return { type: EXT_DATA_FILE, body: utf8enc.encode(ext.name) };
+    case 'feature-names': {
+      const body = new Uint8Array(ext.features.length * FEATURE_NAME_ENTRY);
+      ext.features.forEach((f, i) => {
+        body[i * FEATURE_NAME_ENTRY] = f.type;
+        body[i * FEATURE_NAME_ENTRY + 1] = f.bit;
+        body.set(utf8enc.encode(f.name).subarray(0, 46), i * FEATURE_NAME_ENTRY + 2);
+      });
+      return { type: EXT_FEATURE_NAMES, body };
+    }
+    case 'bitmaps': {
+      const body = new Uint8Array(24);
+      const d = new DataView(body.buffer);
+      d.setUint32(0, ext.nbBitmaps);
+      d.setBigUint64(8, BigInt(ext.bitmapDirectorySize));
+      d.setBigUint64(16, BigInt(ext.bitmapDirectoryOffset));
+      return { type: EXT_BITMAPS, body };
+    }
+    case 'crypto-header': {
+      const body = new Uint8Array(16);
+      const d = new DataView(body.buffer);
+      d.setBigUint64(0, BigInt(ext.offset));
+      d.setBigUint64(8, BigInt(ext.length));
+      return { type: EXT_CRYPTO_HEADER, body };
+    }
+    case 'unknown':
+      return { type: ext.type, body: ext.data };
+  }
+}
+
+/** Encodes extensions in the given order followed by the end marker. */
+export function encodeExtensions(exts: readonly HeaderExtension[]): Uint8Array {
+  const parts = exts.map(extensionBody);
+  const total = parts.reduce((n, p) => n + 8 + ((p.body.length + 7) & ~7), 0) + 8;
+  const out = new Uint8Array(total);
+  const view = new DataView(out.buffer);
+  let off = 0;
+  for (const p of parts) {
+    view.setUint32(off, p.type);
+    view.setUint32(off + 4, p.body.length);
+    out.set(p.body, off + 8);
+    off += 8 + ((p.body.length + 7) & ~7);
+  }
+  // end marker: 8 zero bytes, already zero
+  return out;
+}
+
+/** The feature name table qemu 7.2 writes into every image it creates, in its order. */
+export const QEMU_FEATURE_NAMES: readonly FeatureName[] = [
+  { type: 0, bit: 0, name: 'dirty bit' },
+  { type: 0, bit: 1, name: 'corrupt bit' },
+  { type: 0, bit: 2, name: 'external data file' },
+  { type: 0, bit: 3, name: 'compression type' },
+  { type: 0, bit: 4, name: 'extended L2 entries' },
+  { type: 1, bit: 0, name: 'lazy refcounts' },
+  { type: 2, bit: 0, name: 'bitmaps' },
+  { type: 2, bit: 1, name: 'raw external data' },
+];
+
+/** A header with its extensions and the backing file name, as read from an image. */
+export interface HeaderInfo {
+  header: Qcow2Header;
+  extensions: HeaderExtension[];
+  /** Backing file name, when backing_file_offset is set. */
+  backingFile?: string;
+}
+
+/** Finds the first extension of a kind. */
+export function findExtension<K extends HeaderExtension['kind']>(
+  exts: readonly HeaderExtension[],
+  kind: K,
+): Extract<HeaderExtension, { kind: K }> | undefined {
+  return exts.find((e) => e.kind === kind) as Extract<HeaderExtension, { kind: K }> | undefined;
+}
+
+/**
+ * Reads and decodes the header, its extensions and the backing file name from `dev`, checking
+ * the fields that bound everything else (cluster size, header length, refcount order,
+ * backing name) the way qemu's qcow2_do_open does, with its messages.
+ */
+export async function loadHeader(dev: BlockDevice): Promise<HeaderInfo> {
+  const first = new Uint8Array(Math.min(Math.max(dev.size(), 0), 1 << MAX_CLUSTER_BITS) || V2_HEADER_LENGTH);
+  if (first.length < V2_HEADER_LENGTH) throw new FormatError('Image is not in qcow2 format');
+  await dev.read(0, first);
+  const view = new DataView(first.buffer);
+  const header = decodeHeader(view);
+  if (header.clusterBits < MIN_CLUSTER_BITS || header.clusterBits > MAX_CLUSTER_BITS) {
+    throw new FormatError(`Unsupported cluster size: 2^${header.clusterBits}`, { errno: 'EINVAL' });
+  }
+  const clusterSize = 2 ** header.clusterBits;
+  if (header.version === 3) {
+    if (header.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
+    if (header.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
+    if (header.headerLength % 8 !== 0) throw new FormatError('Header length must be a multiple of 8', { errno: 'EINVAL' });
+    if (header.refcountOrder > 6) {
+      throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
+    }
+  }
+  if (header.backingFileOffset > clusterSize) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
+  const extEnd = header.backingFileOffset > 0 ? header.backingFileOffset : clusterSize;
+  const extensions =
+    extEnd > extensionsStart(header) ? decodeExtensions(view, extensionsStart(header), Math.min(extEnd, first.length)) : [];
+  let backingFile: string | undefined;
+  if (header.backingFileOffset > 0) {
+    if (header.backingFileSize > MAX_BACKING_FILE_NAME || header.backingFileSize >= clusterSize) {
+      throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
+    }
+    const nameBytes = new Uint8Array(header.backingFileSize);
+    await dev.read(header.backingFileOffset, nameBytes);
+    backingFile = utf8.decode(nameBytes);
+  }
+  return { header, extensions, backingFile };
+}
