@@ -58,3 +58,59 @@ export class UsageError extends TsimgError {
     this.name = 'UsageError';
   }
 }
+
+/** A write, discard or resize reached a device opened read-only. */
+export class ReadOnlyError extends TsimgError {
+  constructor(message = 'Block node is read-only', options?: { cause?: unknown; errno?: string }) {
+    super('read-only', message, { errno: 'EPERM', ...options });
+    this.name = 'ReadOnlyError';
+  }
+}
+
+// glibc's strerror texts, so messages read like qemu's ("Could not open 'x': No such file or directory").
+const STRERROR: Readonly<Record<string, string>> = {
+  EPERM: 'Operation not permitted',
+  ENOENT: 'No such file or directory',
+  EIO: 'Input/output error',
+  ENXIO: 'No such device or address',
+  EBADF: 'Bad file descriptor',
+  EAGAIN: 'Resource temporarily unavailable',
+  ENOMEM: 'Cannot allocate memory',
+  EACCES: 'Permission denied',
+  EBUSY: 'Device or resource busy',
+  EEXIST: 'File exists',
+  ENODEV: 'No such device',
+  ENOTDIR: 'Not a directory',
+  EISDIR: 'Is a directory',
+  EINVAL: 'Invalid argument',
+  EMFILE: 'Too many open files',
+  EFBIG: 'File too large',
+  ENOSPC: 'No space left on device',
+  ESPIPE: 'Illegal seek',
+  EROFS: 'Read-only file system',
+  ENAMETOOLONG: 'File name too long',
+  ENOSYS: 'Function not implemented',
+  ELOOP: 'Too many levels of symbolic links',
+  EOVERFLOW: 'Value too large for defined data type',
+  ENOTSUP: 'Operation not supported',
+  EDQUOT: 'Disk quota exceeded',
+};
+
+/** The C library's text for an errno name (`'ENOENT'` → `'No such file or directory'`). */
+export function strerror(errno: string): string {
+  return STRERROR[errno] ?? errno;
+}
+
+/**
+ * Turns whatever an OS call threw into a TsimgError: `"<context>: <strerror>"`, with `errno`
+ * kept. ENOENT becomes `not-found`, every other OS error `io`; a TsimgError passes through.
+ */
+export function systemError(err: unknown, context: string): TsimgError {
+  if (err instanceof TsimgError) return err;
+  const code = (err as { code?: unknown } | null)?.code;
+  const errno = typeof code === 'string' ? code : undefined;
+  const reason = errno !== undefined ? strerror(errno) : err instanceof Error ? err.message : String(err);
+  const message = `${context}: ${reason}`;
+  if (errno === 'ENOENT') return new TsimgError('not-found', message, { cause: err, errno });
+  return new IoError(message, { cause: err, errno });
+}

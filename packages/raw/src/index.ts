@@ -1,3 +1,9 @@
 /** @tsimg/raw — the bottom of tsimg's block layer. */
 export * from './errors.js';
 export * from './block-device.js';
+export * from './zero.js';
+export * from './memory-device.js';
+export * from './file-device.js';
+export * from './read-only.js';
+export * from './counting.js';
+export * from './faulty.js';

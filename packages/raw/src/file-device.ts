@@ -1,0 +1,329 @@
+/**
+ * FileDevice: a host file as a BlockDevice, on node:fs positioned I/O, keeping the file sparse.
+ *
+ * Measured (Node 20, page cache warm, 256 MiB in 64 KiB … 8 MiB blocks): the callback API
+ * wrapped in a Promise beats `fs/promises` FileHandle for reads (64 KiB: 2.3 vs 1.8 GB/s;
+ * 1 MiB: 15.8 vs 10.9 GB/s) and ties on writes, so the callback API is used.
+ *
+ * Node has neither fallocate (punch hole, zero range) nor SEEK_DATA/SEEK_HOLE, and tsimg takes
+ * no native dependency for them, so:
+ * - `writeZeroes`/`discard` whose range reaches the end of the file truncate down to the start
+ *   of the range and back up: the tail becomes a hole. This is two ftruncate calls, not one
+ *   atomic fallocate — a crash in between leaves the file short (it reads back as zeroes past
+ *   the new end, so only the size is wrong). Every other I/O on the device waits meanwhile.
+ * - Inside the file, zeroes are written in 4 MiB chunks from one zero buffer, so the range
+ *   becomes allocated. With `mayUnmap` (and for `discard`), chunks that already read as zero
+ *   are skipped instead, so holes stay holes — a read is cheaper than a write.
+ * - `blockStatus` reports everything past the end as `zero` and otherwise reads the file and
+ *   finds zero runs at a 4 KiB granularity (the usual file-system block), see
+ *   {@link FILE_STATUS_GRANULARITY}.
+ */
+import fs from 'node:fs';
+import { checkOpen, checkRange, checkUint } from './assert.js';
+import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
+import { ReadOnlyError, systemError, UnsupportedError, UsageError } from './errors.js';
+import { dataRunLength, isZero, zeroRunLength } from './zero.js';
+
+/** Options for {@link FileDevice.open}. */
+export interface FileDeviceOptions {
+  /** Open read-only: writes, discards and resizes throw a ReadOnlyError. */
+  readOnly?: boolean;
+  /** Create the file if missing and truncate it to 0 bytes if present (like `qemu-img create`). */
+  create?: boolean;
+}
+
+/** blockStatus classifies a file's bytes as data or zero in aligned blocks of this size. */
+export const FILE_STATUS_GRANULARITY = 4096;
+/** One blockStatus call reads at most this much; a longer run is reported in pieces. */
+export const FILE_STATUS_SCAN_LIMIT = 64 * 1024 * 1024;
+
+const SCAN_FIRST_CHUNK = 64 * 1024; // grows ×2 per read: short runs stay cheap, long runs fast
+const SCAN_MAX_CHUNK = 8 * 1024 * 1024;
+const ZERO_CHUNK = 4 * 1024 * 1024;
+const IO_MAX = 1 << 30; // a single read()/write() moves at most 2 GiB - 1 on Linux
+
+/** A regular host file as a sparse, growable BlockDevice. Create it with {@link FileDevice.open}. */
+export class FileDevice implements BlockDevice {
+  /** The path the device was opened with. */
+  readonly fileName: string;
+  readonly readOnly: boolean;
+  readonly #fd: number;
+  #size: number;
+  #closed = false;
+  #scanBuffer: Uint8Array | undefined;
+  #zeroes: Uint8Array | undefined;
+  // Gate: ordinary I/O runs concurrently ("shared"); truncating operations run alone.
+  #active = 0;
+  #gate: Promise<void> | undefined;
+  #onIdle: (() => void) | undefined;
+
+  private constructor(fileName: string, fd: number, size: number, readOnly: boolean) {
+    this.fileName = fileName;
+    this.#fd = fd;
+    this.#size = size;
+    this.readOnly = readOnly;
+  }
+
+  /**
+   * Opens (or with `create`, creates or truncates) a regular file. Throws a TsimgError with
+   * code `not-found` for a missing file, `io` for other OS errors (`"Could not open 'x': …"`),
+   * `unsupported` for something that is not a regular file.
+   */
+  static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
+    const readOnly = options.readOnly ?? false;
+    const create = options.create ?? false;
+    if (readOnly && create) throw new UsageError(`Could not create '${path}': opened read-only`);
+    const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
+    const flags = readOnly ? O_RDONLY : O_RDWR | (create ? O_CREAT | O_TRUNC : 0);
+    const verb = create ? 'create' : 'open';
+    let fd: number;
+    try {
+      fd = await call<number>((cb) => fs.open(path, flags, 0o644, cb));
+    } catch (err) {
+      throw systemError(err, `Could not ${verb} '${path}'`);
+    }
+    try {
+      const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
+      if (stat.isDirectory()) throw systemError({ code: 'EISDIR' }, `Could not open '${path}'`);
+      if (!stat.isFile()) throw new UnsupportedError(`'${path}' is not a regular file`);
+      return new FileDevice(path, fd, stat.size, readOnly);
+    } catch (err) {
+      fs.close(fd, () => {});
+      throw systemError(err, `Could not open '${path}'`);
+    }
+  }
+
+  size(): number {
+    checkOpen(this.#closed);
+    return this.#size;
+  }
+
+  /** Reads `into.length` bytes at `offset`; bytes past the end of the file read as zeroes. */
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    checkOpen(this.#closed);
+    checkRange(offset, into.length);
+    if (into.length === 0) return;
+    await this.#shared(() => this.#readFully(offset, into));
+  }
+
+  /** Writes `data` at `offset`, growing the file when it ends past the end. */
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkWritable();
+    checkRange(offset, data.length);
+    if (data.length === 0) return;
+    await this.#shared(() => this.#writeFully(offset, data));
+  }
+
+  /**
+   * Makes the range read as zeroes, growing the file if it ends past the end (as a hole).
+   * Holes are kept or made where the module comment says; elsewhere zeroes are written.
+   */
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    this.#checkWritable();
+    checkRange(offset, length);
+    if (length === 0) return;
+    await this.#zeroRange(offset, offset + length, options.mayUnmap ?? false, true);
+  }
+
+  /** Deallocates what it can of the range (never past the end); the range then reads as zeroes. */
+  async discard(offset: number, length: number): Promise<void> {
+    this.#checkWritable();
+    checkRange(offset, length);
+    if (length === 0) return;
+    await this.#zeroRange(offset, offset + length, true, false);
+  }
+
+  /** fdatasync: every completed write is durable. A no-op on a read-only device. */
+  async flush(): Promise<void> {
+    checkOpen(this.#closed);
+    if (this.readOnly) return;
+    await this.#shared(() => this.#sys('flush', (cb) => fs.fdatasync(this.#fd, cb)));
+  }
+
+  /** Sets the file's size with ftruncate: growing adds a hole, shrinking drops the tail. */
+  async resize(size: number): Promise<void> {
+    this.#checkWritable();
+    checkUint(size, 'size');
+    await this.#exclusive(() => this.#truncate(size));
+  }
+
+  /**
+   * Data or zero for the run at `offset`. Past the end of the file: zero. Inside: the file is
+   * read from `offset` rounded down to 4 KiB, and the run is the maximal sequence of 4 KiB blocks
+   * that are all zero, or that each hold a non-zero byte, scanning at most 64 MiB per call; a zero
+   * run reaching the end of the file continues past it. `hostOffset` is `offset` (a file maps 1:1).
+   */
+  async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    checkOpen(this.#closed);
+    checkRange(offset, length);
+    if (length < 1) throw new UsageError('blockStatus length must be at least 1');
+    return this.#shared(async () => {
+      const size = this.#size;
+      const end = offset + length;
+      if (offset >= size) return { kind: 'zero', offset, length, hostOffset: offset };
+      const g = FILE_STATUS_GRANULARITY;
+      const scanEnd = Math.min(end, size, offset + FILE_STATUS_SCAN_LIMIT);
+      let pos = offset - (offset % g);
+      let zero: boolean | undefined;
+      let chunk = SCAN_FIRST_CHUNK;
+      const buffer = this.#takeScanBuffer();
+      try {
+        while (pos < scanEnd) {
+          const view = buffer.subarray(0, Math.min(chunk, scanEnd - pos));
+          await this.#readFully(pos, view);
+          zero ??= isZero(view.subarray(0, g));
+          const run = zero ? zeroRunLength(view, g) : dataRunLength(view, g);
+          pos += run;
+          if (run < view.length) break;
+          chunk = Math.min(chunk * 2, SCAN_MAX_CHUNK);
+        }
+      } finally {
+        this.#scanBuffer = buffer;
+      }
+      const runEnd = zero && pos >= size ? end : pos;
+      return { kind: zero ? 'zero' : 'data', offset, length: runEnd - offset, hostOffset: offset };
+    });
+  }
+
+  /** The file's allocated blocks × 512 (fstat), what `du` reports. */
+  async allocatedSize(): Promise<number> {
+    checkOpen(this.#closed);
+    const stat = await this.#sys('stat', (cb: Callback<fs.Stats>) => fs.fstat(this.#fd, cb));
+    return stat.blocks * 512;
+  }
+
+  /** Flushes (unless read-only) and closes the file descriptor, even when the flush fails. */
+  async close(): Promise<void> {
+    checkOpen(this.#closed);
+    try {
+      await this.flush();
+    } finally {
+      this.#closed = true;
+      await this.#exclusive(() => this.#sys('close', (cb) => fs.close(this.#fd, cb)));
+    }
+  }
+
+  #checkWritable(): void {
+    checkOpen(this.#closed);
+    if (this.readOnly) throw new ReadOnlyError();
+  }
+
+  async #zeroRange(start: number, end: number, mayUnmap: boolean, grow: boolean): Promise<void> {
+    if (mayUnmap && end >= this.#size) {
+      // The range covers the tail: cut it off, then (writeZeroes past the end) grow back.
+      const done = await this.#exclusive(async () => {
+        const size = this.#size;
+        if (end < size) return false; // a write grew the file meanwhile: zero the usual way
+        if (start < size) await this.#truncate(start);
+        const newSize = grow ? end : size;
+        if (newSize !== this.#size) await this.#truncate(newSize);
+        return true;
+      });
+      if (done) return;
+    }
+    const inside = Math.min(end, this.#size);
+    if (start < inside) await this.#shared(() => this.#writeZeroChunks(start, inside, mayUnmap));
+    if (grow && end > this.#size) {
+      await this.#exclusive(async () => {
+        if (end > this.#size) await this.#truncate(end);
+      });
+    }
+  }
+
+  /** Writes zeroes over `[start, end)` in big chunks; with `skipZero`, leaves zero chunks alone. */
+  async #writeZeroChunks(start: number, end: number, skipZero: boolean): Promise<void> {
+    const zeroes = (this.#zeroes ??= new Uint8Array(ZERO_CHUNK));
+    const buffer = skipZero ? this.#takeScanBuffer() : undefined;
+    try {
+      for (let pos = start; pos < end; pos += ZERO_CHUNK) {
+        const n = Math.min(end - pos, ZERO_CHUNK);
+        if (buffer !== undefined) {
+          const view = buffer.subarray(0, n);
+          await this.#readFully(pos, view);
+          if (isZero(view)) continue;
+        }
+        await this.#writeFully(pos, zeroes.subarray(0, n));
+      }
+    } finally {
+      if (buffer !== undefined) this.#scanBuffer = buffer;
+    }
+  }
+
+  async #readFully(offset: number, into: Uint8Array): Promise<void> {
+    let done = 0;
+    // Bytes past the cached size are zeroes: no syscall for them.
+    const stop = Math.max(0, Math.min(into.length, this.#size - offset));
+    while (done < stop) {
+      const pos = offset + done;
+      const want = Math.min(stop - done, IO_MAX);
+      const n = await this.#sys(`read at byte ${pos}`, (cb: Callback<number>) =>
+        fs.read(this.#fd, into, done, want, pos, cb),
+      );
+      if (n === 0) break; // the file shrank under us: the rest reads as zeroes
+      done += n;
+    }
+    into.fill(0, done);
+  }
+
+  async #writeFully(offset: number, data: Uint8Array): Promise<void> {
+    let done = 0;
+    while (done < data.length) {
+      const pos = offset + done;
+      const want = Math.min(data.length - done, IO_MAX);
+      done += await this.#sys(`write at byte ${pos}`, (cb: Callback<number>) =>
+        fs.write(this.#fd, data, done, want, pos, cb),
+      );
+    }
+    this.#size = Math.max(this.#size, offset + data.length);
+  }
+
+  async #truncate(size: number): Promise<void> {
+    await this.#sys('truncate', (cb) => fs.ftruncate(this.#fd, size, cb));
+    this.#size = size;
+  }
+
+  #takeScanBuffer(): Uint8Array {
+    const buffer = this.#scanBuffer ?? new Uint8Array(SCAN_MAX_CHUNK);
+    this.#scanBuffer = undefined; // a concurrent caller allocates its own
+    return buffer;
+  }
+
+  async #sys<T = void>(what: string, start: (cb: Callback<T>) => void): Promise<T> {
+    try {
+      return await call(start);
+    } catch (err) {
+      throw systemError(err, `Could not ${what} of '${this.fileName}'`);
+    }
+  }
+
+  async #shared<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#gate !== undefined) await this.#gate;
+    this.#active++;
+    try {
+      return await fn();
+    } finally {
+      if (--this.#active === 0) this.#onIdle?.();
+    }
+  }
+
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    while (this.#gate !== undefined) await this.#gate;
+    let release!: () => void;
+    this.#gate = new Promise((resolve) => (release = resolve));
+    try {
+      while (this.#active > 0) await new Promise<void>((resolve) => (this.#onIdle = resolve));
+      this.#onIdle = undefined;
+      return await fn();
+    } finally {
+      this.#gate = undefined;
+      release();
+    }
+  }
+}
+
+type Callback<T> = (err: NodeJS.ErrnoException | null, value: T) => void;
+
+/** Runs a node:fs callback-style call as a Promise (faster than fs/promises, see above). */
+function call<T = void>(start: (cb: Callback<T>) => void): Promise<T> {
+  return new Promise<T>((resolve, reject) => start((err, value) => (err ? reject(err) : resolve(value))));
+}
