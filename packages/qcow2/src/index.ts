@@ -1,3 +1,5 @@
 /** @tsimg/qcow2 — the qcow2 image format. */
 export * from './types.js';
 export * from './header.js';
+export * from './chain-status.js';
+export * from './convert.js';
