@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+// Benchmarks: time tsimg against qemu-img on the same inputs in the same run, and print the
+// ratio tsimg / qemu-img (wall time, median of N runs). Never part of `npm test`.
+//
+//   npm run bench               # all rows
+//   npm run bench -- convert    # rows whose name contains "convert"
+//   BENCH_RUNS=5 npm run bench
+import { spawnSync, execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, statSync } from 'node:fs';
+import { join, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { cpus, totalmem } from 'node:os';
+
+const root = dirname(dirname(fileURLToPath(import.meta.url)));
+const out = join(root, 'bench', 'out');
+const tsimg = join(root, 'packages', 'cli', 'bin', 'tsimg.js');
+const runs = Number(process.env.BENCH_RUNS ?? 3);
+const filter = process.argv[2] ?? '';
+mkdirSync(out, { recursive: true });
+
+/** A deterministic PRNG (xorshift32) so inputs are the same every run. */
+function prng(seed) {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
+    return x;
+  };
+}
+
+/**
+ * A raw image of `size` bytes, in 1 MiB blocks: 40% holes, 20% zero-filled but allocated,
+ * 20% random, 20% text-like (compressible). Made once and reused.
+ */
+function makeMixed(path, size) {
+  if (existsSync(path) && statSync(path).size === size) return;
+  const fd = openSync(path, 'w');
+  ftruncateSync(fd, size);
+  const rnd = prng(0x5eed);
+  const block = Buffer.alloc(1 << 20);
+  const words = ['qemu', 'image', 'cluster', 'table', 'refcount', 'block', 'data', 'zero', 'tsimg', 'sector'];
+  for (let off = 0; off < size; off += block.length) {
+    const kind = rnd() % 10;
+    if (kind < 4) continue; // hole
+    if (kind < 6) block.fill(0);
+    else if (kind < 8) for (let i = 0; i < block.length; i += 4) block.writeUInt32LE(rnd(), i);
+    else {
+      let i = 0;
+      while (i < block.length) {
+        const w = words[rnd() % words.length] + (rnd() % 7 === 0 ? '\n' : ' ');
+        i += block.write(w, i);
+      }
+    }
+    writeSync(fd, block, 0, block.length, off);
+  }
+  closeSync(fd);
+}
+
+function time(cmd, args) {
+  const t0 = process.hrtime.bigint();
+  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const t = Number(process.hrtime.bigint() - t0) / 1e9;
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
+  return t;
+}
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+const GiB = 1 << 30;
+const MiB = 1 << 20;
+const mixed = join(out, 'mixed-1g.raw');
+const small = join(out, 'mixed-256m.raw');
+const qcow = join(out, 'mixed-1g.qcow2');
+const qcowZ = join(out, 'mixed-256m-zstd.qcow2');
+const qcowC = join(out, 'mixed-256m-zlib.qcow2');
+const sparse = join(out, 'sparse-8t.qcow2');
+const copy = join(out, 'mixed-1g-copy.qcow2');
+
+console.log(`inputs in ${out} (node ${process.version}, ${cpus().length} cores, ${Math.round(totalmem() / GiB)} GiB)`);
+makeMixed(mixed, GiB);
+makeMixed(small, 256 * MiB);
+execFileSync('qemu-img', ['convert', '-O', 'qcow2', mixed, qcow]);
+execFileSync('qemu-img', ['convert', '-O', 'qcow2', mixed, copy]);
+execFileSync('qemu-img', ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', small, qcowZ]);
+execFileSync('qemu-img', ['convert', '-c', '-O', 'qcow2', small, qcowC]);
+execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '8T']);
+execFileSync('qemu-io', ['-c', 'write -P 1 0 1M', '-c', 'write -P 2 4T 1M', '-c', 'write -P 3 8191G 1M', sparse]);
+
+const o = (name) => join(out, name);
+// [name, tsimg args, qemu-img args, target ratio]
+const rows = [
+  ['convert raw→qcow2', ['convert', '-O', 'qcow2', mixed, o('t.qcow2')], ['convert', '-O', 'qcow2', mixed, o('q.qcow2')], 1.0],
+  ['convert qcow2→raw', ['convert', '-O', 'raw', qcow, o('t.raw')], ['convert', '-O', 'raw', qcow, o('q.raw')], 1.0],
+  [
+    'convert -c zstd (vs qemu -W -m 8)',
+    ['convert', '-c', '-O', 'qcow2', '-o', 'compression_type=zstd', small, o('tz.qcow2')],
+    ['convert', '-c', '-W', '-m', '8', '-O', 'qcow2', '-o', 'compression_type=zstd', small, o('qz.qcow2')],
+    1.0,
+  ],
+  [
+    'convert -c zlib (vs qemu -W -m 8)',
+    ['convert', '-c', '-O', 'qcow2', small, o('tc.qcow2')],
+    ['convert', '-c', '-W', '-m', '8', '-O', 'qcow2', small, o('qc.qcow2')],
+    0.6,
+  ],
+  ['convert compressed qcow2→raw', ['convert', '-O', 'raw', qcowC, o('tcr.raw')], ['convert', '-O', 'raw', qcowC, o('qcr.raw')], 1.0],
+  ['compare 1 GiB qcow2 pair', ['compare', qcow, copy], ['compare', qcow, copy], 1.0],
+  ['map 8 TiB sparse', ['map', '--output=json', sparse], ['map', '--output=json', sparse], 1.0],
+  ['info', ['info', qcow], ['info', qcow], 1.0],
+];
+
+console.log(`\n${'workload'.padEnd(36)} ${'tsimg s'.padStart(9)} ${'qemu s'.padStart(9)} ${'ratio'.padStart(7)}  target`);
+for (const [name, targs, qargs, target] of rows) {
+  if (filter && !name.includes(filter)) continue;
+  let tt, tq;
+  try {
+    tt = median(Array.from({ length: runs }, () => time(process.execPath, [tsimg, ...targs])));
+  } catch (err) {
+    console.log(`${name.padEnd(36)} tsimg failed: ${String(err.message).split('\n')[0]}`);
+    continue;
+  }
+  tq = median(Array.from({ length: runs }, () => time('qemu-img', qargs)));
+  const ratio = tt / tq;
+  console.log(
+    `${name.padEnd(36)} ${tt.toFixed(3).padStart(9)} ${tq.toFixed(3).padStart(9)} ${ratio.toFixed(2).padStart(7)}  ≤ ${target.toFixed(1)}${ratio <= target ? '' : '  (over)'}`,
+  );
+}
