@@ -3,3 +3,4 @@ export * from './types.js';
 export * from './header.js';
 export * from './chain-status.js';
 export * from './convert.js';
+export * from './compress.js';

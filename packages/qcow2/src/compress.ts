@@ -1,0 +1,58 @@
+/**
+ * Compressed-cluster codecs of qcow2: the header's compression_type picks raw deflate ('zlib',
+ * deflate.ts) or zstd (zstd.ts); both codec libraries load on first use.
+ */
+import { UnsupportedError, UsageError } from '@tsimg/raw';
+import { deflateCluster, inflateCluster } from './deflate.js';
+import { loadZstd, zstdDecompress } from './zstd.js';
+
+/** The compression_type values of the qcow2 header (0 = zlib, 1 = zstd). */
+export type CompressionType = 'zlib' | 'zstd';
+
+// qcow2 cluster sizes are 512 B (cluster_bits 9) to 2 MiB (cluster_bits 21).
+const MIN_CLUSTER = 512;
+const MAX_CLUSTER = 2 * 1024 * 1024;
+
+function checkType(type: CompressionType): void {
+  if (type !== 'zlib' && type !== 'zstd') throw new UnsupportedError(`Unknown compression type '${String(type)}'`);
+}
+
+function checkClusterSize(clusterSize: number): void {
+  if (!Number.isInteger(clusterSize) || clusterSize < MIN_CLUSTER || clusterSize > MAX_CLUSTER) {
+    throw new UsageError(`Invalid cluster size ${clusterSize}: must be between ${MIN_CLUSTER} and ${MAX_CLUSTER}`);
+  }
+}
+
+/**
+ * Decompresses one stored compressed cluster. `data` is the bytes qcow2 stores (may be followed
+ * by padding up to the sector boundary, or by the next cluster's data). Returns exactly
+ * clusterSize bytes or throws FormatError (errno EIO, as qemu fails the read); never decodes more
+ * than clusterSize bytes, so hostile data costs at most one cluster of memory.
+ */
+export async function decompressCluster(
+  type: CompressionType,
+  data: Uint8Array,
+  clusterSize: number,
+): Promise<Uint8Array> {
+  checkType(type);
+  checkClusterSize(clusterSize);
+  if (type === 'zlib') return inflateCluster(data, clusterSize);
+  return zstdDecompress(await loadZstd(), data, clusterSize);
+}
+
+/**
+ * Compresses one cluster as qemu does (zlib: raw deflate level 6 with a 4 KiB window; zstd: one
+ * level-3 frame with its content size and no checksum); undefined when the result would not be
+ * smaller than the cluster (qemu then writes it uncompressed). Bulk callers: see
+ * createCompressPool in compress-pool.ts.
+ */
+export async function compressCluster(
+  type: CompressionType,
+  cluster: Uint8Array,
+): Promise<Uint8Array | undefined> {
+  checkType(type);
+  checkClusterSize(cluster.length);
+  if (type === 'zlib') return deflateCluster(cluster);
+  // qemu hands zstd an output buffer one byte smaller than the cluster.
+  return (await loadZstd()).compress(cluster, cluster.length - 1);
+}

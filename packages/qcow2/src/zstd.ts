@@ -1,0 +1,145 @@
+/**
+ * zstd for qcow2 compressed clusters behind one small interface, with two interchangeable
+ * backends loaded on first use (never at CLI start-up): zstd-napi (native, an optional
+ * dependency that may fail to build) and @bokuweb/zstd-wasm (always installable).
+ */
+import { FormatError, TsimgError } from '@tsimg/raw';
+import { createRequire } from 'node:module';
+import { locateZstdFrame } from './zstd-frame.js';
+
+/** Names of the zstd backends, in order of preference. */
+export type ZstdBackendName = 'zstd-napi' | 'zstd-wasm';
+
+/** What compress.ts needs from a zstd library. */
+export interface ZstdCodec {
+  readonly name: ZstdBackendName;
+  /**
+   * One frame of `src` at the default level 3 with default frame parameters (content size
+   * written, no checksum), as qemu's ZSTD_compressStream2(..., ZSTD_e_end) makes it; undefined
+   * when the frame would need more than `capacity` bytes.
+   */
+  compress(src: Uint8Array, capacity: number): Uint8Array | undefined;
+  /**
+   * Decodes exactly one complete frame (already located by locateZstdFrame) into `dst` and
+   * returns the number of bytes written; throws when the frame is corrupt or would need more
+   * room than `dst` has.
+   */
+  decompressInto(frame: Uint8Array, dst: Uint8Array): number;
+}
+
+// ZSTD_CLEVEL_DEFAULT: qemu never sets a level, so its frames are level 3.
+const ZSTD_LEVEL = 3;
+
+const require = createRequire(import.meta.url);
+
+function loadNapi(): ZstdCodec {
+  const binding = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
+  // One context per loaded codec; a codec instance lives in one thread and calls are synchronous.
+  const cctx = new binding.CCtx();
+  const dctx = new binding.DCtx();
+  return {
+    name: 'zstd-napi',
+    compress(src, capacity) {
+      // The same call qemu makes: the default parameters, one ZSTD_e_end pass into a buffer of
+      // `capacity` bytes; anything left to flush means the frame did not fit.
+      cctx.reset(binding.ResetDirective.sessionOnly);
+      const dst = Buffer.allocUnsafe(capacity);
+      const [remaining, produced] = cctx.compressStream2(dst, src, binding.EndDirective.end);
+      if (remaining !== 0) return undefined;
+      // A copy of just the frame, so a caller that keeps it does not pin the whole buffer.
+      return new Uint8Array(dst.buffer, dst.byteOffset, produced).slice();
+    },
+    decompressInto(frame, dst) {
+      dctx.reset(binding.ResetDirective.sessionOnly);
+      return dctx.decompress(dst, frame);
+    },
+  };
+}
+
+async function loadWasm(): Promise<ZstdCodec> {
+  const wasm = require('@bokuweb/zstd-wasm') as typeof import('@bokuweb/zstd-wasm');
+  await wasm.init();
+  return {
+    name: 'zstd-wasm',
+    compress(src, capacity) {
+      // Only ZSTD_compress is exported; it writes the same frame parameters as qemu's call.
+      const frame = wasm.compress(src, ZSTD_LEVEL);
+      return frame.length <= capacity ? frame : undefined;
+    },
+    decompressInto(frame, dst) {
+      // The library sizes its output from the frame's content size when present (the caller
+      // checked it against dst), else from defaultHeapSize: never beyond dst.
+      const out = wasm.decompress(frame, { defaultHeapSize: dst.length });
+      if (out.length > dst.length) throw new Error(`frame decodes to ${out.length} bytes, room for ${dst.length}`);
+      dst.set(out);
+      return out.length;
+    },
+  };
+}
+
+const loaded = new Map<ZstdBackendName | 'auto', Promise<ZstdCodec>>();
+
+/**
+ * The zstd codec: `backend` names one, `'auto'` (default) takes zstd-napi when it loads and the
+ * WebAssembly build otherwise. Loaded once per thread; the first call pays the load.
+ */
+export function loadZstd(backend: ZstdBackendName | 'auto' = 'auto'): Promise<ZstdCodec> {
+  let codec = loaded.get(backend);
+  if (codec === undefined) {
+    codec = loadBackend(backend);
+    loaded.set(backend, codec);
+    // A failed load is not cached, so a later call can try again.
+    codec.catch(() => loaded.delete(backend));
+  }
+  return codec;
+}
+
+async function loadBackend(backend: ZstdBackendName | 'auto'): Promise<ZstdCodec> {
+  try {
+    if (backend === 'zstd-napi') return loadNapi();
+    if (backend === 'zstd-wasm') return await loadWasm();
+    try {
+      return loadNapi();
+    } catch {
+      // zstd-napi is optional: without a native build, the WebAssembly one does the same work.
+      return await loadWasm();
+    }
+  } catch (err) {
+    throw new TsimgError('unsupported', `zstd is not available (${backend}): ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+function fail(reason: string, cause?: unknown): never {
+  throw new FormatError(`Invalid zstd compressed cluster: ${reason}`, { errno: 'EIO', cause });
+}
+
+/**
+ * Decodes qcow2 zstd cluster data: frames one after another until exactly `clusterSize` bytes
+ * came out (qemu's qcow2_zstd_decompress accepts several frames too), ignoring what follows.
+ * Output beyond `clusterSize` is refused before anything is decoded where the frame says its
+ * size, and by the bounded output buffer otherwise.
+ */
+export function zstdDecompress(codec: ZstdCodec, data: Uint8Array, clusterSize: number): Uint8Array {
+  const out = new Uint8Array(clusterSize);
+  let filled = 0;
+  let pos = 0;
+  while (filled < clusterSize) {
+    if (pos >= data.length) fail(`frames end after ${filled} of ${clusterSize} bytes`);
+    const frame = locateZstdFrame(data, pos);
+    const start = pos;
+    pos = frame.end;
+    if (frame.kind === 'skippable') continue;
+    const room = clusterSize - filled;
+    if (frame.contentSize !== undefined && frame.contentSize > room) {
+      fail(`frame content size ${frame.contentSize} exceeds the ${room} bytes left in the cluster`);
+    }
+    try {
+      filled += codec.decompressInto(data.subarray(start, frame.end), out.subarray(filled, filled + room));
+    } catch (err) {
+      fail(`${(err as Error).message} in frame at byte ${start}`, err);
+    }
+  }
+  return out;
+}
