@@ -1,0 +1,226 @@
+/**
+ * Allocation status through a backing chain, and the extent walker behind `qemu-img map`.
+ *
+ * A layer's own `blockStatus` says data / zero / unallocated for that layer only. Here the
+ * layers are combined the way QEMU 7.2's block layer does (block/io.c bdrv_co_block_status,
+ * bdrv_co_common_block_status_above; qemu-img.c get_block_status, entry_mergeable):
+ *
+ * - an unallocated range of a layer without backing reads as zero (qemu adds ZERO);
+ * - an unallocated range at or beyond the end of a shorter backing image reads as zero;
+ * - `map` walks down layer by layer and reports the depth of the layer that decided;
+ * - `blockStatusAbove` (compare, measure, convert) resolves through the whole chain, and
+ *   reports synthesized zeroes past a short backing image as allocated, as qemu does.
+ *
+ * Nothing here reads guest data: only `blockStatus` and `size` are called.
+ */
+import type { BlockStatus } from '@tsimg/raw';
+import type { ChainImage } from './chain-status.js';
+
+/**
+ * What `map` needs of an image: a chain image that also names the files its host offsets point
+ * into. `Image` from open.ts satisfies it.
+ */
+export interface MappedImage extends ChainImage {
+  /** The name the image was opened with (or resolved to, for a backing image). */
+  readonly filename: string;
+  /** The image whose contents show through unallocated ranges. */
+  readonly backing?: MappedImage;
+  /** The device host offsets of this layer point into (qcow2: its file; raw: itself). */
+  readonly file?: HostFile;
+  /** An external data file, when host offsets of data clusters point there instead. */
+  readonly dataFile?: HostFile;
+}
+
+/** A host file, named as qemu names it in `map` output. */
+export interface HostFile {
+  readonly filename?: string;
+  readonly fileName?: string;
+}
+
+/** One run as `qemu-img map` sees it. */
+export interface MapEntry {
+  start: number;
+  length: number;
+  /** How many backing links down the layer that decided lies (0 = the image itself). */
+  depth: number;
+  /** Allocated in the layer at `depth` (qemu's BDRV_BLOCK_ALLOCATED). */
+  present: boolean;
+  zero: boolean;
+  data: boolean;
+  /** Host offset in `filename` (absent for compressed clusters and unallocated ranges). */
+  offset?: number;
+  /** The file `offset` points into; set exactly when `offset` is. */
+  filename?: string;
+}
+
+/** The resolved status of a run through a whole chain, for compare / measure / convert. */
+export interface StatusAbove {
+  offset: number;
+  length: number;
+  data: boolean;
+  zero: boolean;
+  /** Allocated in some layer (or synthesized zeroes past a short backing image). */
+  allocated: boolean;
+  /** A host offset is known (qemu's BDRV_BLOCK_OFFSET_VALID). */
+  offsetValid: boolean;
+  /** The run ends at the end of the top image (qemu's BDRV_BLOCK_EOF). */
+  eof: boolean;
+  /** The layer that decided (0 = the top image). */
+  depth: number;
+  hostOffset?: number;
+}
+
+function hostFileName(layer: MappedImage): string {
+  const f = layer.dataFile ?? layer.file;
+  return f?.filename ?? f?.fileName ?? layer.filename;
+}
+
+/** Ensures the contract (1 ≤ length ≤ asked) so a faulty layer cannot stall a loop. */
+function checked(st: BlockStatus, asked: number): BlockStatus {
+  if (!(st.length >= 1) || st.length > asked) {
+    throw new RangeError(`blockStatus returned length ${st.length} for a request of ${asked}`);
+  }
+  return st;
+}
+
+/**
+ * Status of the run at `offset` as `qemu-img map` reports it (get_block_status): asks each layer
+ * in turn while the range is unallocated there, narrowing the run to what every layer asked
+ * agrees on. `length` must be ≥ 1 and within the top image.
+ */
+export async function mapBlockStatus(image: MappedImage, offset: number, length: number): Promise<MapEntry> {
+  let layer = image;
+  let depth = 0;
+  let bytes = length;
+  for (;;) {
+    const st = checked(await layer.blockStatus(offset, bytes), bytes);
+    bytes = st.length;
+    if (st.kind !== 'unallocated') {
+      const entry: MapEntry = {
+        start: offset,
+        length: bytes,
+        depth,
+        present: true,
+        zero: st.kind === 'zero',
+        data: st.kind === 'data',
+      };
+      if (st.hostOffset !== undefined) {
+        entry.offset = st.hostOffset;
+        entry.filename = hostFileName(layer);
+      }
+      return entry;
+    }
+    const backing = layer.backing;
+    // No backing, or past its end: the layer itself reports zero (not allocated).
+    if (backing === undefined || offset >= backing.size()) {
+      return { start: offset, length: bytes, depth, present: false, zero: true, data: false };
+    }
+    bytes = Math.min(bytes, backing.size() - offset);
+    layer = backing;
+    depth++;
+  }
+}
+
+/**
+ * Status of the run at `offset` resolved through the whole chain (bdrv_block_status_above with
+ * no base). `length` must be ≥ 1 and within the top image.
+ */
+export async function blockStatusAbove(image: ChainImage, offset: number, length: number): Promise<StatusAbove> {
+  const topEnd = image.size();
+  let layer = image;
+  let depth = 0;
+  let bytes = length;
+  let result: Omit<StatusAbove, 'eof'>;
+  for (;;) {
+    const st = checked(await layer.blockStatus(offset, bytes), bytes);
+    bytes = st.length;
+    if (st.kind !== 'unallocated') {
+      result = {
+        offset,
+        length: bytes,
+        data: st.kind === 'data',
+        zero: st.kind === 'zero',
+        allocated: true,
+        offsetValid: st.hostOffset !== undefined,
+        depth,
+      };
+      if (st.hostOffset !== undefined) result.hostOffset = st.hostOffset;
+      break;
+    }
+    const backing = layer.backing;
+    if (backing === undefined) {
+      result = { offset, length: bytes, data: false, zero: true, allocated: false, offsetValid: false, depth };
+      break;
+    }
+    if (offset >= backing.size()) {
+      // qemu: the short backing layer answers "EOF, 0 bytes", turned into allocated zeroes.
+      result = { offset, length: bytes, data: false, zero: true, allocated: true, offsetValid: false, depth: depth + 1 };
+      break;
+    }
+    bytes = Math.min(bytes, backing.size() - offset);
+    layer = backing;
+    depth++;
+  }
+  return { ...result, eof: offset + result.length === topEnd };
+}
+
+/** qemu's entry_mergeable: same flags and file, and host offsets (if any) contiguous. */
+export function entryMergeable(curr: MapEntry, next: MapEntry): boolean {
+  if (curr.length === 0) return false;
+  if (
+    curr.zero !== next.zero ||
+    curr.data !== next.data ||
+    curr.depth !== next.depth ||
+    curr.present !== next.present ||
+    (curr.filename === undefined) !== (next.filename === undefined) ||
+    (curr.offset === undefined) !== (next.offset === undefined)
+  ) {
+    return false;
+  }
+  if (curr.filename !== undefined && curr.filename !== next.filename) return false;
+  if (curr.offset !== undefined && curr.offset + curr.length !== next.offset) return false;
+  return true;
+}
+
+/** Options of {@link mapImage}. */
+export interface MapOptions {
+  /** First guest offset to report (`--start-offset`, default 0). */
+  startOffset?: number;
+  /** Report at most this many bytes (`--max-length`). */
+  maxLength?: number;
+  /**
+   * Human output ignores the difference between unallocated, zero and zero+data ranges after an
+   * entry was printed, which lets more of them coalesce; set this to reproduce it exactly.
+   */
+  coalesceZeroes?: boolean;
+}
+
+/**
+ * The merged extents of `image`, in order, as `qemu-img map` prints them. The walk is qemu's:
+ * the last entry is always yielded, so a start at or past the end yields one empty entry at
+ * `startOffset` (JSON output prints it). Entries are yielded before the next one is fetched, so a
+ * consumer that stops early (human output on a compressed cluster) stops the walk.
+ */
+export async function* mapImage(image: MappedImage, options: MapOptions = {}): AsyncGenerator<MapEntry> {
+  const start = options.startOffset ?? 0;
+  let end = image.size();
+  if (options.maxLength !== undefined) end = Math.min(start + options.maxLength, end);
+  let curr: MapEntry = { start, length: 0, depth: 0, present: false, zero: false, data: false };
+  while (curr.start + curr.length < end) {
+    const offset = curr.start + curr.length;
+    const next = await mapBlockStatus(image, offset, end - offset);
+    if (entryMergeable(curr, next)) {
+      curr.length += next.length;
+      continue;
+    }
+    if (curr.length > 0) {
+      yield curr;
+      if (options.coalesceZeroes && (!next.data || next.zero)) {
+        next.data = false;
+        next.zero = true;
+      }
+    }
+    curr = next;
+  }
+  yield curr;
+}
