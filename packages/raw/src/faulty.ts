@@ -188,10 +188,10 @@ export class FaultyDevice implements BlockDevice {
    * Writes the log to the underlying device in order, then flushes it. A planned failure
    * writes nothing and keeps the log; a failure of `inner` keeps the entries not yet written.
    */
-  flush(): Promise<void> {
+  async flush(): Promise<void> {
     this.#checkAlive();
     const n = ++this.flushes;
-    if (this.#failFlush.has(n)) return Promise.reject(this.#fault(`flush #${n}`));
+    if (this.#failFlush.has(n)) throw this.#fault(`flush #${n}`);
     // Flushes run one after another; each covers the changes made before it was called.
     const count = this.#log.length;
     const run = this.#flushing.then(async () => {
@@ -231,7 +231,7 @@ export class FaultyDevice implements BlockDevice {
     return this.inner.blockStatus(offset, stop - offset);
   }
 
-  allocatedSize(): Promise<number | undefined> {
+  async allocatedSize(): Promise<number | undefined> {
     this.#checkAlive();
     return this.inner.allocatedSize();
   }
