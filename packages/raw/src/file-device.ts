@@ -30,6 +30,14 @@ export interface FileDeviceOptions {
   readOnly?: boolean;
   /** Create the file if missing and truncate it to 0 bytes if present (like `qemu-img create`). */
   create?: boolean;
+  /**
+   * `'async'` (default): reads and writes run on libuv's thread pool, so several can be in flight.
+   * `'sync'`: blocking `readSync`/`writeSync`. Measured from the page cache, a 64 KiB read then
+   * costs ≈3 µs instead of ≈30–50 µs (a 4 KiB write ≈7 µs instead of ≈20 µs; from 1 MiB on
+   * the two are equal), but the event loop waits for every I/O, so there is no I/O concurrency
+   * and a slow disk stalls the process. Good for metadata-heavy single-threaded work.
+   */
+  io?: 'async' | 'sync';
 }
 
 /** blockStatus classifies a file's bytes as data or zero in aligned blocks of this size. */
@@ -48,6 +56,7 @@ export class FileDevice implements BlockDevice {
   readonly fileName: string;
   readonly readOnly: boolean;
   readonly #fd: number;
+  readonly #syncIo: boolean;
   #size: number;
   #closed = false;
   #scanBuffer: Uint8Array | undefined;
@@ -57,9 +66,10 @@ export class FileDevice implements BlockDevice {
   #gate: Promise<void> | undefined;
   #onIdle: (() => void) | undefined;
 
-  private constructor(fileName: string, fd: number, size: number, readOnly: boolean) {
+  private constructor(fileName: string, fd: number, size: number, readOnly: boolean, syncIo: boolean) {
     this.fileName = fileName;
     this.#fd = fd;
+    this.#syncIo = syncIo;
     this.#size = size;
     this.readOnly = readOnly;
   }
@@ -86,7 +96,7 @@ export class FileDevice implements BlockDevice {
       const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
       if (stat.isDirectory()) throw systemError({ code: 'EISDIR' }, `Could not open '${path}'`);
       if (!stat.isFile()) throw new UnsupportedError(`'${path}' is not a regular file`);
-      return new FileDevice(path, fd, stat.size, readOnly);
+      return new FileDevice(path, fd, stat.size, readOnly, options.io === 'sync');
     } catch (err) {
       fs.close(fd, () => {});
       throw systemError(err, `Could not open '${path}'`);
@@ -137,7 +147,7 @@ export class FileDevice implements BlockDevice {
   async flush(): Promise<void> {
     checkOpen(this.#closed);
     if (this.readOnly) return;
-    await this.#shared(() => this.#sys('flush', (cb) => fs.fdatasync(this.#fd, cb)));
+    await this.#shared(() => this.#sys(`Could not flush '${this.fileName}'`, (cb) => fs.fdatasync(this.#fd, cb)));
   }
 
   /** Sets the file's size with ftruncate: growing adds a hole, shrinking drops the tail. */
@@ -188,7 +198,7 @@ export class FileDevice implements BlockDevice {
   /** The file's allocated blocks × 512 (fstat), what `du` reports. */
   async allocatedSize(): Promise<number> {
     checkOpen(this.#closed);
-    const stat = await this.#sys('stat', (cb: Callback<fs.Stats>) => fs.fstat(this.#fd, cb));
+    const stat = await this.#sys(`Could not stat '${this.fileName}'`, (cb: Callback<fs.Stats>) => fs.fstat(this.#fd, cb));
     return stat.blocks * 512;
   }
 
@@ -199,7 +209,7 @@ export class FileDevice implements BlockDevice {
       await this.flush();
     } finally {
       this.#closed = true;
-      await this.#exclusive(() => this.#sys('close', (cb) => fs.close(this.#fd, cb)));
+      await this.#exclusive(() => this.#sys(`Could not close '${this.fileName}'`, (cb) => fs.close(this.#fd, cb)));
     }
   }
 
@@ -256,9 +266,10 @@ export class FileDevice implements BlockDevice {
     while (done < stop) {
       const pos = offset + done;
       const want = Math.min(stop - done, IO_MAX);
-      const n = await this.#sys(`read at byte ${pos}`, (cb: Callback<number>) =>
-        fs.read(this.#fd, into, done, want, pos, cb),
-      );
+      const what = `error while reading '${this.fileName}' at byte ${pos}`;
+      const n = this.#syncIo
+        ? this.#sysSync(what, () => fs.readSync(this.#fd, into, done, want, pos))
+        : await this.#sys(what, (cb: Callback<number>) => fs.read(this.#fd, into, done, want, pos, cb));
       if (n === 0) break; // the file shrank under us: the rest reads as zeroes
       done += n;
     }
@@ -270,15 +281,16 @@ export class FileDevice implements BlockDevice {
     while (done < data.length) {
       const pos = offset + done;
       const want = Math.min(data.length - done, IO_MAX);
-      done += await this.#sys(`write at byte ${pos}`, (cb: Callback<number>) =>
-        fs.write(this.#fd, data, done, want, pos, cb),
-      );
+      const what = `error while writing '${this.fileName}' at byte ${pos}`;
+      done += this.#syncIo
+        ? this.#sysSync(what, () => fs.writeSync(this.#fd, data, done, want, pos))
+        : await this.#sys(what, (cb: Callback<number>) => fs.write(this.#fd, data, done, want, pos, cb));
     }
     this.#size = Math.max(this.#size, offset + data.length);
   }
 
   async #truncate(size: number): Promise<void> {
-    await this.#sys('truncate', (cb) => fs.ftruncate(this.#fd, size, cb));
+    await this.#sys(`Could not truncate '${this.fileName}'`, (cb) => fs.ftruncate(this.#fd, size, cb));
     this.#size = size;
   }
 
@@ -292,7 +304,15 @@ export class FileDevice implements BlockDevice {
     try {
       return await call(start);
     } catch (err) {
-      throw systemError(err, `Could not ${what} of '${this.fileName}'`);
+      throw systemError(err, what);
+    }
+  }
+
+  #sysSync<T>(what: string, run: () => T): T {
+    try {
+      return run();
+    } catch (err) {
+      throw systemError(err, what);
     }
   }
 

@@ -190,12 +190,31 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
-  it('OS errors become IoErrors naming the file', async () => {
-    const dev = await fresh();
+  it('OS errors become IoErrors naming the file and byte (both I/O modes)', async () => {
+    for (const io of ['async', 'sync'] as const) {
+      const dev = await FileDevice.open(path.join(dir, `efbig-${io}.img`), { create: true, io });
+      const big = 2 ** 50; // past ext4's and most file systems' largest file
+      const err = await dev.write(big, new Uint8Array(1)).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(IoError);
+      expect(err).toMatchObject({ code: 'io', errno: 'EFBIG', message: `error while writing '${dev.fileName}' at byte ${big}: File too large` });
+      await expect(dev.resize(big)).rejects.toMatchObject({ errno: 'EFBIG', message: `Could not truncate '${dev.fileName}': File too large` });
+      expect(dev.size()).toBe(0);
+      await dev.close();
+      // A closed device is a caller bug, not an I/O error.
+      await expect(dev.flush()).rejects.toBeInstanceOf(UsageError);
+    }
+  });
+
+  it("io: 'sync' reads and writes the same bytes", async () => {
+    const p = path.join(dir, 'sync.img');
+    const dev = await FileDevice.open(p, { create: true, io: 'sync' });
+    const data = new Uint8Array(3 * MiB + 5).map((_, i) => (i * 13) & 0xff);
+    await dev.write(77, data);
+    const back = new Uint8Array(data.length + 100);
+    await dev.read(77, back);
+    expect(Buffer.compare(back.subarray(0, data.length), data)).toBe(0);
+    expect(back.subarray(data.length).every((b) => b === 0)).toBe(true);
     await dev.close();
-    // A closed device is a caller bug, not an I/O error.
-    await expect(dev.flush()).rejects.toBeInstanceOf(UsageError);
-    const ioe = new IoError('x', { errno: 'EIO' });
-    expect(ioe.code).toBe('io');
+    expect(fs.statSync(p).size).toBe(77 + data.length);
   });
 });

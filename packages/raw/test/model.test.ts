@@ -149,12 +149,12 @@ describe('device model tests', () => {
     await fc.assert(fc.asyncProperty(ops, (list) => runOps(new MemoryDevice(), new Model(), list)), { numRuns: 100 });
   });
 
-  it('FileDevice matches the model', async () => {
+  it.each(['async', 'sync'] as const)('FileDevice (io: %s) matches the model', async (io) => {
     let n = 0;
     await fc.assert(
       fc.asyncProperty(ops, async (list) => {
-        const file = path.join(dir, `m${n++}.img`);
-        const dev = await FileDevice.open(file, { create: true });
+        const file = path.join(dir, `m-${io}-${n++}.img`);
+        const dev = await FileDevice.open(file, { create: true, io });
         try {
           await runOps(dev, new Model(), list);
         } finally {
