@@ -21,7 +21,7 @@
 import fs from 'node:fs';
 import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
-import { ReadOnlyError, systemError, UnsupportedError, UsageError } from './errors.js';
+import { ReadOnlyError, systemError, UsageError } from './errors.js';
 import { dataRunLength, isZero, zeroRunLength } from './zero.js';
 
 /** Options for {@link FileDevice.open}. */
@@ -77,7 +77,9 @@ export class FileDevice implements BlockDevice {
   /**
    * Opens (or with `create`, creates or truncates) a regular file. Throws a TsimgError with
    * code `not-found` for a missing file, `io` for other OS errors (`"Could not open 'x': …"`),
-   * `unsupported` for something that is not a regular file.
+   * `usage` (EINVAL) for something that is not a regular file — the messages of qemu's
+   * file-posix driver. The size is read once here and then tracked: changes made to the file by
+   * others while it is open are not seen.
    */
   static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
     const readOnly = options.readOnly ?? false;
@@ -94,8 +96,10 @@ export class FileDevice implements BlockDevice {
     }
     try {
       const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
-      if (stat.isDirectory()) throw systemError({ code: 'EISDIR' }, `Could not open '${path}'`);
-      if (!stat.isFile()) throw new UnsupportedError(`'${path}' is not a regular file`);
+      if (!stat.isFile()) {
+        // qemu's file-posix message; a directory opened read-write failed earlier with EISDIR.
+        throw new UsageError(`'file' driver requires '${path}' to be a regular file`, { errno: 'EINVAL' });
+      }
       return new FileDevice(path, fd, stat.size, readOnly, options.io === 'sync');
     } catch (err) {
       fs.close(fd, () => {});

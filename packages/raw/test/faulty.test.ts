@@ -142,6 +142,29 @@ describe('faultyDevice', () => {
     expect(dev.flushes).toBe(1);
   });
 
+  it('write-through: a power loss loses nothing already written', async () => {
+    const mem = new MemoryDevice();
+    const dev = faultyDevice(mem, { cache: 'write-through', powerLossAfterWrite: 2 });
+    await dev.write(0, bytes(1));
+    await dev.write(1, bytes(2));
+    expect(dev.powerLost).toBe(true);
+    await expect(dev.write(2, bytes(3))).rejects.toBeInstanceOf(IoError);
+    expect([...mem.contents()]).toEqual([1, 2]);
+  });
+
+  it('a flush covers the writes made before it, not those made while it runs', async () => {
+    const mem = new MemoryDevice();
+    const dev = faultyDevice(mem);
+    await dev.write(0, bytes(1));
+    const flushing = dev.flush();
+    await dev.write(1, bytes(2));
+    await flushing;
+    expect(dev.pendingWrites).toBe(1);
+    expect([...mem.contents()]).toEqual([1]);
+    dev.powerLoss();
+    expect([...mem.contents()]).toEqual([1]);
+  });
+
   it('validates the plan', () => {
     expect(() => faultyDevice(new MemoryDevice(), { failWrite: 0 })).toThrow(UsageError);
     expect(() => faultyDevice(new MemoryDevice(), { powerLossAfterWrite: 1.5 })).toThrow(UsageError);

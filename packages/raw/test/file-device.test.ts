@@ -23,7 +23,11 @@ describe('FileDevice', () => {
     await expect(FileDevice.open(p)).rejects.toMatchObject({
       code: 'not-found', errno: 'ENOENT', message: `Could not open '${p}': No such file or directory`,
     });
-    await expect(FileDevice.open(dir)).rejects.toMatchObject({ code: 'io', errno: 'EISDIR' });
+    await expect(FileDevice.open(dir)).rejects.toMatchObject({ code: 'io', errno: 'EISDIR', message: `Could not open '${dir}': Is a directory` });
+    await expect(FileDevice.open(dir, { readOnly: true })).rejects.toMatchObject({
+      code: 'usage', errno: 'EINVAL', message: `'file' driver requires '${dir}' to be a regular file`,
+    });
+    await expect(FileDevice.open('/dev/null', { readOnly: true })).rejects.toMatchObject({ code: 'usage' });
     await expect(FileDevice.open(p, { create: true, readOnly: true })).rejects.toBeInstanceOf(UsageError);
   });
 
