@@ -5,3 +5,4 @@
 import { registerCommand } from '../main.js';
 
 void registerCommand;
+registerCommand('map', async () => (await import('./map.js')).run);

@@ -1,0 +1,108 @@
+/**
+ * `tsimg map`: the image's extents as qemu-img 7.2 prints them (qemu-img.c img_map,
+ * dump_map_entry), over the generic walker `mapImage` of @tsimg/qcow2.
+ */
+import { mapImage, type MapEntry } from '@tsimg/qcow2';
+import { CliExit } from '../exit.js';
+import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { cvtnum } from '../interim-parse.js';
+import { openImage } from '../interim-open.js';
+import type { CommandRunner } from '../main.js';
+
+const LONG = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'format', hasArg: true, key: 'f' },
+  { name: 'output', hasArg: true, key: 'output' },
+  { name: 'object', hasArg: true, key: 'object' },
+  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  { name: 'force-share', hasArg: false, key: 'U' },
+  { name: 'start-offset', hasArg: true, key: 's' },
+  { name: 'max-length', hasArg: true, key: 'l' },
+];
+
+/** `%#-16lx`: "0x…" (plain "0" for zero), left-justified in 16 columns. */
+function hex16(n: number): string {
+  return (n === 0 ? '0' : `0x${n.toString(16)}`).padEnd(16, ' ');
+}
+
+function jsonEntry(e: MapEntry): string {
+  let s =
+    `{ "start": ${e.start}, "length": ${e.length}, "depth": ${e.depth},` +
+    ` "present": ${e.present}, "zero": ${e.zero}, "data": ${e.data}`;
+  if (e.offset !== undefined) s += `, "offset": ${e.offset}`;
+  return `${s}}`;
+}
+
+export const run: CommandRunner = async (argv, io) => {
+  const parsed = getoptLong(argv, ':hf:s:l:U', LONG);
+  if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
+  let format: string | undefined;
+  let output: string | undefined;
+  let startOffset = 0;
+  let maxLength: number | undefined;
+  for (const { key, value } of parsed.options) {
+    switch (key) {
+      case 'h':
+        io.stdout('usage: tsimg map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename\n');
+        return 0;
+      case 'f':
+        format = value;
+        break;
+      case 'output':
+        output = value;
+        break;
+      case 's':
+        startOffset = Number(cvtnum('start offset', value!));
+        break;
+      case 'l':
+        maxLength = Number(cvtnum('max length', value!));
+        break;
+      case 'U':
+        break; // tsimg takes no locks, so there is nothing to share
+      default:
+        throw new CliExit(1, `--${key} is not supported`);
+    }
+  }
+  if (parsed.operands.length !== 1) {
+    throw new CliExit(1, "Expecting one image file name\nTry 'tsimg --help' for more information");
+  }
+  const filename = parsed.operands[0]!;
+  let json: boolean;
+  if (output === undefined || output === 'human') json = false;
+  else if (output === 'json') json = true;
+  else throw new CliExit(1, '--output must be used with human or json as argument.');
+
+  const image = await openImage(filename, { format, readOnly: true });
+  try {
+    // Lines are collected and written in batches: one write per entry is slow for big maps.
+    let out = json ? '[' : `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`;
+    const flush = (): void => {
+      if (out) io.stdout(out);
+      out = '';
+    };
+    let prev: MapEntry | undefined;
+    const emit = (e: MapEntry, last: boolean): void => {
+      if (json) {
+        out += jsonEntry(e) + (last ? '' : ',\n');
+      } else {
+        if (e.data && e.offset === undefined) {
+          flush();
+          throw new CliExit(1, 'File contains external, encrypted or compressed clusters.');
+        }
+        if (e.data && !e.zero) out += `${hex16(e.start)}${hex16(e.length)}${hex16(e.offset ?? 0)}${e.filename ?? ''}\n`;
+      }
+      if (out.length > 1 << 16) flush();
+    };
+    // qemu dumps an entry once the next one is known, so only the last is dumped "without next".
+    for await (const e of mapImage(image, { startOffset, maxLength, coalesceZeroes: !json })) {
+      if (prev) emit(prev, false);
+      prev = { ...e };
+    }
+    if (prev) emit(prev, true);
+    if (json) out += ']\n';
+    flush();
+  } finally {
+    await image.close();
+  }
+  return 0;
+};
