@@ -1,0 +1,197 @@
+/**
+ * `tsimg measure`: the file size a new image needs, for a virtual size or for the contents of an
+ * existing image, with qemu-img 7.2's checks, messages and output (qemu-img.c img_measure), over
+ * `measure` of @tsimg/qcow2.
+ */
+import { measure, type MeasureResult, type MeasureSource, type Qcow2MeasureOptions } from '@tsimg/qcow2';
+import { CliExit } from '../exit.js';
+import { getoptLong, glibcGetoptMessage } from '../getopt.js';
+import { cvtnum, isValidOptionList, parseOptionList, type OptType } from '../interim-parse.js';
+import { openImage } from '../interim-open.js';
+import type { CommandRunner } from '../main.js';
+
+const LONG = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  { name: 'object', hasArg: true, key: 'object' },
+  { name: 'output', hasArg: true, key: 'output' },
+  { name: 'size', hasArg: true, key: 'size' },
+  { name: 'force-share', hasArg: false, key: 'U' },
+];
+
+// Creation options of the file protocol, which every format's list includes.
+const FILE_OPTS: Record<string, OptType> = {
+  size: 'size',
+  preallocation: 'string',
+  nocow: 'bool',
+  extent_size_hint: 'size',
+};
+
+// qemu 7.2's qcow2 creation options (block/qcow2.c qcow2_create_opts).
+const QCOW2_OPTS: Record<string, OptType> = {
+  ...FILE_OPTS,
+  compat: 'string',
+  backing_file: 'string',
+  backing_fmt: 'string',
+  data_file: 'string',
+  data_file_raw: 'bool',
+  encryption: 'bool',
+  'encrypt.format': 'string',
+  'encrypt.key-secret': 'string',
+  'encrypt.cipher-alg': 'string',
+  'encrypt.cipher-mode': 'string',
+  'encrypt.ivgen-alg': 'string',
+  'encrypt.ivgen-hash-alg': 'string',
+  'encrypt.hash-alg': 'string',
+  'encrypt.iter-time': 'number',
+  cluster_size: 'size',
+  extended_l2: 'bool',
+  preallocation: 'string',
+  lazy_refcounts: 'bool',
+  refcount_bits: 'number',
+  compression_type: 'string',
+};
+
+// What qemu-img 7.2 answers for the target formats it knows but cannot measure.
+const CREATABLE_UNMEASURABLE = new Set([
+  'file', 'gluster', 'host_cdrom', 'host_device', 'iscsi', 'iser', 'nbd', 'nfs', 'nvme', 'parallels',
+  'qcow', 'qed', 'rbd', 'ssh', 'vdi', 'vhdx', 'vmdk', 'vpc',
+]);
+const NOT_CREATABLE = new Set([
+  'blkdebug', 'blklogwrites', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
+  'copy-on-read', 'dmg', 'ftp', 'ftps', 'http', 'https', 'null-aio', 'null-co', 'preallocate',
+  'quorum', 'replication', 'snapshot-access', 'throttle', 'vvfat',
+]);
+
+const USAGE =
+  'usage: tsimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]\n';
+
+function qcow2Options(values: Map<string, string | bigint | boolean>): Qcow2MeasureOptions {
+  const num = (k: string): number | undefined => {
+    const v = values.get(k);
+    if (v === undefined) return undefined;
+    // Out-of-range values fail the same checks as qemu's (a huge number is never a power of two
+    // in range), so a lossy conversion is harmless here.
+    return Number(v as bigint);
+  };
+  const str = (k: string): string | undefined => values.get(k) as string | undefined;
+  return {
+    clusterSize: num('cluster_size'),
+    refcountBits: num('refcount_bits'),
+    extendedL2: values.get('extended_l2') as boolean | undefined,
+    compat: str('compat'),
+    preallocation: str('preallocation'),
+    hasBackingFile: values.has('backing_file'),
+    encryptFormat: str('encrypt.format'),
+  };
+}
+
+function humanResult(r: MeasureResult): string {
+  let s = `required size: ${r.required}\nfully allocated size: ${r.fullyAllocated}\n`;
+  if (r.bitmaps !== undefined) s += `bitmaps size: ${r.bitmaps}\n`;
+  return s;
+}
+
+function jsonResult(r: MeasureResult): string {
+  // qemu's QDict prints "bitmaps" first (hash order), then required, then fully-allocated.
+  const lines: string[] = [];
+  if (r.bitmaps !== undefined) lines.push(`    "bitmaps": ${r.bitmaps}`);
+  lines.push(`    "required": ${r.required}`, `    "fully-allocated": ${r.fullyAllocated}`);
+  return `{\n${lines.join(',\n')}\n}\n`;
+}
+
+export const run: CommandRunner = async (argv, io) => {
+  const parsed = getoptLong(argv, 'hf:O:o:l:U', LONG);
+  const handleOptions = (): { json: boolean; fmt?: string; outFmt: string; options?: string; snapshot?: string; size?: bigint; imageOpts: boolean } | number => {
+    let json = false;
+    let fmt: string | undefined;
+    let outFmt = 'raw';
+    let options: string | undefined;
+    let snapshot: string | undefined;
+    let size: bigint | undefined;
+    let imageOpts = false;
+    for (const { key, value } of parsed.options) {
+      switch (key) {
+        case 'h':
+          io.stdout(USAGE);
+          return 0;
+        case 'f':
+          fmt = value;
+          break;
+        case 'O':
+          outFmt = value!;
+          break;
+        case 'o':
+          if (!isValidOptionList(value!)) throw new CliExit(1, `Invalid option list: ${value}`);
+          options = options === undefined ? value! : `${options},${value}`;
+          break;
+        case 'l':
+          snapshot = value;
+          break;
+        case 'U':
+          break;
+        case 'output':
+          if (value === 'json') json = true;
+          else if (value === 'human') json = false;
+          else throw new CliExit(1, '--output must be used with human or json as argument.');
+          break;
+        case 'size':
+          size = cvtnum('image size', value!, 0n, (1n << 63n) - 1n, (m) => io.stderr(`tsimg: ${m}\n`));
+          break;
+        case 'image-opts':
+          imageOpts = true;
+          break;
+        default:
+          throw new CliExit(1, `--${key} is not supported`);
+      }
+    }
+    return { json, fmt, outFmt, options, snapshot, size, imageOpts };
+  };
+  const opts = handleOptions();
+  if (typeof opts === 'number') return opts;
+  if (parsed.error) {
+    // qemu-img 7.2's measure lets getopt print the error, then prints its help and exits 0.
+    io.stderr(`${glibcGetoptMessage('measure', parsed.error)}\n`);
+    io.stdout(USAGE);
+    return 0;
+  }
+  if (parsed.operands.length > 1) throw new CliExit(1, 'At most one filename argument is allowed.');
+  const filename = parsed.operands[0];
+  if (filename === undefined && (opts.imageOpts || opts.fmt !== undefined || opts.snapshot !== undefined)) {
+    throw new CliExit(1, '--image-opts, -f, and -l require a filename argument.');
+  }
+  if (filename !== undefined && opts.size !== undefined) {
+    throw new CliExit(1, '--size N cannot be used together with a filename.');
+  }
+  if (filename === undefined && opts.size === undefined) {
+    throw new CliExit(1, 'Either --size N or one filename must be specified.');
+  }
+  if (opts.imageOpts) throw new CliExit(1, '--image-opts is not supported');
+
+  const image = filename !== undefined ? await openImage(filename, { format: opts.fmt, readOnly: true }) : undefined;
+  try {
+    if (opts.snapshot !== undefined) {
+      throw new CliExit(1, `Failed to load snapshot: snapshots are not supported for '${filename}' yet`);
+    }
+    const outFmt = opts.outFmt;
+    if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
+    if (outFmt !== 'qcow2' && outFmt !== 'raw' && outFmt !== 'luks' && !CREATABLE_UNMEASURABLE.has(outFmt)) {
+      throw new CliExit(1, `Unknown file format '${outFmt}'`);
+    }
+    let qopts: Qcow2MeasureOptions = {};
+    if (outFmt === 'qcow2' || outFmt === 'raw') {
+      const values = opts.options !== undefined ? parseOptionList(opts.options, outFmt === 'qcow2' ? QCOW2_OPTS : FILE_OPTS, outFmt) : new Map();
+      if (outFmt === 'qcow2') qopts = qcow2Options(values);
+    }
+    if (outFmt === 'luks') throw new CliExit(1, "Parameter 'key-secret' is required for cipher");
+    if (outFmt !== 'qcow2' && outFmt !== 'raw') {
+      throw new CliExit(1, `Block driver '${outFmt}' does not support size measurement`);
+    }
+    const source: MeasureSource = image !== undefined ? { image } : { size: opts.size! };
+    const result = await measure(outFmt, source, qopts);
+    io.stdout(opts.json ? jsonResult(result) : humanResult(result));
+    return 0;
+  } finally {
+    await image?.close();
+  }
+};
