@@ -6,5 +6,4 @@ import { registerCommand } from '../main.js';
 
 void registerCommand;
 registerCommand('map', async () => (await import('./map.js')).run);
-registerCommand('info', async () => (await import('./info.js')).run);
 registerCommand('measure', async () => (await import('./measure.js')).run);
