@@ -2,6 +2,7 @@
 export * from './errors.js';
 export * from './block-device.js';
 export * from './zero.js';
+export { checkRange, checkUint } from './assert.js';
 export * from './memory-device.js';
 export * from './file-device.js';
 export * from './read-only.js';
