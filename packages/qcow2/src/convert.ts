@@ -7,7 +7,7 @@
  * Works on any {@link Image}: it only uses `blockStatus`, `read`, `write`, `writeZeroes` and,
  * for `-c`, an optional {@link CompressedTarget}.
  */
-import { IoError, isZero, type BlockDevice } from '@tsimg/raw';
+import { IoError, dataRunLength, isZero, zeroRunLength, type BlockDevice } from '@tsimg/raw';
 import { chainBlockStatus, type ChainImage } from './chain-status.js';
 
 const SECTOR = 512;
@@ -71,11 +71,10 @@ export function allocatedRun(
   alignment: number,
 ): { run: number; data: boolean } {
   if (n <= 0) return { run: 0, data: false };
-  let isZeroRun = isZero(buf.subarray(0, SECTOR));
-  let i = 1;
-  for (; i < n; i++) {
-    if (isZeroRun !== isZero(buf.subarray(i * SECTOR, (i + 1) * SECTOR))) break;
-  }
+  // The leading run of all-zero or all-data sectors, found by native compares.
+  const view = buf.subarray(0, n * SECTOR);
+  let isZeroRun = isZero(view.subarray(0, SECTOR));
+  let i = (isZeroRun ? zeroRunLength(view, SECTOR) : dataRunLength(view, SECTOR)) / SECTOR;
   if (i === n) return { run: i, data: !isZeroRun };
   const tail = (sectorNum + i) & (alignment - 1);
   if (tail) {
