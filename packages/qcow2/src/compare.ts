@@ -23,6 +23,11 @@ export interface CompareOptions {
    * progress base), in qemu's order and granularity.
    */
   onProgress?: (bytes: number, base: number) => void;
+  /**
+   * Called when the common part is identical and the sizes differ, before the extra area of the
+   * larger image is checked (qemu prints its "Image size mismatch" warning at this point).
+   */
+  onSizeMismatch?: () => void;
 }
 
 /** Which side an answer is about: 1 = the first image, 2 = the second. */
@@ -38,10 +43,10 @@ export type CompareResult =
   | { kind: 'strict-status'; offset: number }
   /** The contents differ at `offset` (found past the common size when `sizeMismatch`). */
   | { kind: 'content'; offset: number; sizeMismatch: boolean }
-  /** blockStatus failed on `side` (qemu: exit 3). */
-  | { kind: 'status-error'; side: Side; cause: unknown }
-  /** A read failed on `side` at `offset` (qemu: exit 4). */
-  | { kind: 'read-error'; side: Side; offset: number; cause: unknown };
+  /** blockStatus failed on `side` (qemu: exit 3); `sizeMismatch`: while checking the extra area. */
+  | { kind: 'status-error'; side: Side; cause: unknown; sizeMismatch: boolean }
+  /** A read failed on `side` at `offset` (qemu: exit 4); `sizeMismatch` as for status errors. */
+  | { kind: 'read-error'; side: Side; offset: number; cause: unknown; sizeMismatch: boolean };
 
 /** qemu's status word equality, for strict mode: flags and "ends at EOF" must all agree. */
 function sameStatus(a: StatusAbove, b: StatusAbove): boolean {
@@ -120,16 +125,25 @@ export async function compareImages(
   image2: ChainImage,
   options: CompareOptions = {},
 ): Promise<CompareResult> {
+  const state = { extra: false };
   try {
-    return await compareLoop(image1, image2, options);
+    return await compareLoop(image1, image2, options, state);
   } catch (err) {
-    if (err instanceof ReadFailure) return { kind: 'read-error', side: err.side, offset: err.offset, cause: err.cause };
-    if (err instanceof StatusFailure) return { kind: 'status-error', side: err.side, cause: err.cause };
+    const sizeMismatch = state.extra;
+    if (err instanceof ReadFailure) {
+      return { kind: 'read-error', side: err.side, offset: err.offset, cause: err.cause, sizeMismatch };
+    }
+    if (err instanceof StatusFailure) return { kind: 'status-error', side: err.side, cause: err.cause, sizeMismatch };
     throw err;
   }
 }
 
-async function compareLoop(image1: ChainImage, image2: ChainImage, options: CompareOptions): Promise<CompareResult> {
+async function compareLoop(
+  image1: ChainImage,
+  image2: ChainImage,
+  options: CompareOptions,
+  state: { extra: boolean },
+): Promise<CompareResult> {
   const size1 = image1.size();
   const size2 = image2.size();
   const common = Math.min(size1, size2);
@@ -175,6 +189,8 @@ async function compareLoop(image1: ChainImage, image2: ChainImage, options: Comp
   }
 
   if (size1 !== size2) {
+    state.extra = true;
+    options.onSizeMismatch?.();
     const [over, side] = size1 > size2 ? ([image1, 1] as const) : ([image2, 2] as const);
     while (offset < base) {
       const st = await statusOf(over, side, offset, base - offset);

@@ -7,3 +7,4 @@ import { registerCommand } from '../main.js';
 void registerCommand;
 registerCommand('map', async () => (await import('./map.js')).run);
 registerCommand('measure', async () => (await import('./measure.js')).run);
+registerCommand('compare', async () => (await import('./compare.js')).run);
