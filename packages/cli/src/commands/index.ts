@@ -8,3 +8,4 @@ void registerCommand;
 registerCommand('map', async () => (await import('./map.js')).run);
 registerCommand('measure', async () => (await import('./measure.js')).run);
 registerCommand('compare', async () => (await import('./compare.js')).run);
+registerCommand('dd', async () => (await import('./dd.js')).run);
