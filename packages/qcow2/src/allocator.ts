@@ -1,0 +1,378 @@
+/**
+ * Host cluster allocation through refcounts, mirroring qemu's qcow2-refcount.c step for step so
+ * that tsimg places clusters exactly where qemu would: first-fit from `freeClusterIndex`
+ * (qcow2_alloc_clusters), refcount blocks that describe themselves (alloc_refcount_block), and
+ * refcount table growth into a fresh self-describing area at the end (qcow2_refcount_area).
+ *
+ * "Again" is qemu's -EAGAIN: metadata was placed where the caller's clusters were going to go,
+ * so the caller searches again.
+ */
+import { FormatError, TsimgError, type BlockDevice } from '@tsimg/raw';
+import type { TableCache } from './cache.js';
+import {
+  REFTABLE_ENTRY_SIZE,
+  getRefcount,
+  refcountMax,
+  refcountMetadataSize,
+  setRefcount,
+} from './refcount.js';
+import { QCOW_MAX_REFTABLE_SIZE } from './types.js';
+
+/** Largest host offset qemu allocates (QCOW_MAX_CLUSTER_OFFSET: bits 9..55). */
+const MAX_CLUSTER_OFFSET = 2 ** 56 - 1;
+
+const AGAIN = Symbol('again');
+type Again = typeof AGAIN;
+
+/** What the allocator needs from the image that owns it. */
+export interface AllocatorHost {
+  file: BlockDevice;
+  clusterBits: number;
+  refcountOrder: number;
+  refcountCache: TableCache;
+  l2Cache: TableCache;
+  /** Writes refcount_table_offset and refcount_table_clusters into the header (and syncs). */
+  writeReftableHeader(offset: number, clusters: number): Promise<void>;
+  /** Called with the offending value when metadata would be placed at offset 0 etc. */
+  corrupt(message: string): Promise<never>;
+}
+
+/** The refcount side of an open image: the refcount table in memory plus the allocator. */
+export class Allocator {
+  readonly #h: AllocatorHost;
+  readonly #clusterSize: number;
+  readonly #blockBits: number; // log2(refcounts per block)
+  readonly #max: number;
+  /** Refcount table entries (refcount block offsets; 0 = none). */
+  table: Float64Array;
+  tableOffset: number;
+  #maxTableIndex = 0;
+  /** Next cluster index the first-fit search starts from. */
+  freeClusterIndex = 0;
+  /** Byte allocator position for compressed data (qcow2_alloc_bytes); 0 = none. */
+  freeByteOffset = 0;
+
+  constructor(host: AllocatorHost, table: Float64Array, tableOffset: number) {
+    this.#h = host;
+    this.#clusterSize = 2 ** host.clusterBits;
+    this.#blockBits = host.clusterBits + 3 - host.refcountOrder;
+    this.#max = refcountMax(host.refcountOrder);
+    this.table = table;
+    this.tableOffset = tableOffset;
+    this.#updateMaxTableIndex();
+  }
+
+  /** Largest refcount an entry holds. */
+  get refcountMax(): number {
+    return this.#max;
+  }
+
+  #updateMaxTableIndex(): void {
+    let i = this.table.length - 1;
+    while (i > 0 && this.table[i] === 0) i--;
+    this.#maxTableIndex = Math.max(i, 0);
+  }
+
+  async #loadBlock(offset: number): Promise<Uint8Array> {
+    if (offset % this.#clusterSize !== 0) {
+      await this.#h.corrupt(`Refblock offset ${hex(offset)} unaligned`);
+    }
+    return this.#h.refcountCache.get(offset);
+  }
+
+  /** qcow2_get_refcount: the refcount of host cluster `clusterIndex` (0 beyond the table). */
+  async getRefcount(clusterIndex: number): Promise<number> {
+    const tableIndex = Math.floor(clusterIndex / 2 ** this.#blockBits);
+    if (tableIndex >= this.table.length) return 0;
+    const blockOffset = this.table[tableIndex]!;
+    if (blockOffset === 0) return 0;
+    const block = await this.#loadBlock(blockOffset);
+    return getRefcount(block, clusterIndex % 2 ** this.#blockBits, this.#h.refcountOrder);
+  }
+
+  /** alloc_clusters_noref: first fit of `size` bytes from freeClusterIndex, refcounts untouched. */
+  async #allocNoref(size: number, max: number): Promise<number> {
+    const n = Math.ceil(size / this.#clusterSize);
+    retry: for (;;) {
+      for (let i = 0; i < n; i++) {
+        const next = this.freeClusterIndex++;
+        if ((await this.getRefcount(next)) !== 0) continue retry;
+      }
+      break;
+    }
+    if (this.freeClusterIndex > 0 && this.freeClusterIndex - 1 > Math.floor(max / this.#clusterSize)) {
+      throw new TsimgError('limit', 'Image is too large: no host offset left to allocate', { errno: 'EFBIG' });
+    }
+    return (this.freeClusterIndex - n) * this.#clusterSize;
+  }
+
+  /** qcow2_alloc_clusters: allocates `size` bytes (whole clusters) and returns the host offset. */
+  async allocClusters(size: number): Promise<number> {
+    for (;;) {
+      const offset = await this.#allocNoref(size, MAX_CLUSTER_OFFSET);
+      if ((await this.updateRefcount(offset, size, 1, false)) !== AGAIN) return offset;
+    }
+  }
+
+  /**
+   * qcow2_alloc_clusters_at: allocates up to `n` clusters starting exactly at `offset`, as many
+   * as are free there in a row; returns how many.
+   */
+  async allocClustersAt(offset: number, n: number): Promise<number> {
+    if (n === 0) return 0;
+    for (;;) {
+      let i = 0;
+      let index = offset / this.#clusterSize;
+      for (; i < n; i++) if ((await this.getRefcount(index++)) !== 0) break;
+      if ((await this.updateRefcount(offset, i * this.#clusterSize, 1, false)) !== AGAIN) return i;
+    }
+  }
+
+  /**
+   * qcow2_alloc_bytes: `size` bytes for compressed data, packed after the previous compressed
+   * cluster while it fits (sharing host clusters, whose refcount counts the pieces).
+   */
+  async allocBytes(size: number): Promise<number> {
+    let offset = this.freeByteOffset;
+    if (offset !== 0 && (await this.getRefcount(Math.floor(offset / this.#clusterSize))) === this.#max) offset = 0;
+    let freeInCluster = this.#clusterSize - (offset % this.#clusterSize);
+    for (;;) {
+      if (offset === 0 || freeInCluster < size) {
+        const newCluster = await this.#allocNoref(this.#clusterSize, MAX_CLUSTER_OFFSET);
+        if (newCluster === 0) await this.#h.corrupt('Preventing invalid allocation of compressed cluster at offset 0');
+        if (offset === 0 || Math.ceil(offset / this.#clusterSize) * this.#clusterSize !== newCluster) {
+          offset = newCluster;
+          freeInCluster = this.#clusterSize;
+        } else {
+          freeInCluster += this.#clusterSize;
+        }
+      }
+      const r = await this.updateRefcount(offset, size, 1, false);
+      if (r !== AGAIN) break;
+    }
+    this.freeByteOffset = offset + size;
+    if (this.freeByteOffset % this.#clusterSize === 0) this.freeByteOffset = 0;
+    return offset;
+  }
+
+  /** qcow2_free_clusters: drops one reference from every cluster in the byte range. */
+  async freeClusters(offset: number, size: number): Promise<void> {
+    await this.updateRefcount(offset, size, 1, true);
+  }
+
+  /** Adds `delta` (may be negative) to one cluster's refcount (qcow2_update_cluster_refcount). */
+  async addToCluster(clusterIndex: number, delta: number): Promise<void> {
+    if (delta === 0) return;
+    const r = await this.updateRefcount(clusterIndex * this.#clusterSize, 1, Math.abs(delta), delta < 0);
+    if (r === AGAIN) throw new TsimgError('io', 'refcount update unexpectedly needed a new refcount block');
+  }
+
+  /**
+   * update_refcount: adds (or with `decrease` subtracts) `addend` to every cluster touching
+   * `[offset, offset+length)`. Returns AGAIN when a refcount block had to be allocated (the
+   * changes made so far are undone, as qemu does).
+   */
+  async updateRefcount(offset: number, length: number, addend: number, decrease: boolean): Promise<Again | void> {
+    if (length === 0) return;
+    const h = this.#h;
+    if (decrease) h.refcountCache.setDependency(h.l2Cache);
+    const cs = this.#clusterSize;
+    const start = Math.floor(offset / cs) * cs;
+    const last = Math.floor((offset + length - 1) / cs) * cs;
+    let oldTableIndex = -1;
+    let block: Uint8Array | undefined;
+    let blockOffset = 0;
+    let clusterOffset = start;
+    let failure: unknown;
+    let again = false;
+    try {
+      for (; clusterOffset <= last; clusterOffset += cs) {
+        const clusterIndex = clusterOffset / cs;
+        const tableIndex = Math.floor(clusterIndex / 2 ** this.#blockBits);
+        if (tableIndex !== oldTableIndex) {
+          const r = await this.#allocRefcountBlock(clusterIndex);
+          if (r === AGAIN) {
+            if (this.freeClusterIndex > start / cs) this.freeClusterIndex = start / cs;
+            again = true;
+            break;
+          }
+          block = r.block;
+          blockOffset = r.offset;
+        }
+        oldTableIndex = tableIndex;
+        const blockIndex = clusterIndex % 2 ** this.#blockBits;
+        let refcount = getRefcount(block!, blockIndex, h.refcountOrder);
+        if (decrease ? refcount - addend < 0 : refcount + addend > this.#max) {
+          throw new FormatError(
+            `Refcount of cluster ${hex(clusterOffset)} would ${decrease ? 'drop below zero' : 'exceed the maximum'}`,
+            { errno: 'EINVAL' },
+          );
+        }
+        refcount = decrease ? refcount - addend : refcount + addend;
+        if (refcount === 0 && clusterIndex < this.freeClusterIndex) this.freeClusterIndex = clusterIndex;
+        setRefcount(block!, blockIndex, h.refcountOrder, refcount);
+        h.refcountCache.markDirty(blockOffset, block);
+        if (refcount === 0) {
+          // A freed cluster may have held a cached table: forget it, never write it back.
+          if (h.refcountCache.has(clusterOffset)) {
+            h.refcountCache.discard(clusterOffset);
+            oldTableIndex = -1;
+          }
+          h.l2Cache.discard(clusterOffset);
+        }
+      }
+    } catch (err) {
+      failure = err;
+    }
+    if (again || failure !== undefined) {
+      // Undo what this call changed so far (qemu's "Try do undo any updates").
+      if (clusterOffset > offset) {
+        try {
+          await this.updateRefcount(offset, clusterOffset - offset, addend, !decrease);
+        } catch {
+          // the original error matters more
+        }
+      }
+      if (failure !== undefined) throw failure;
+      return AGAIN;
+    }
+  }
+
+  /** alloc_refcount_block: the refcount block covering `clusterIndex`, creating it if needed. */
+  async #allocRefcountBlock(clusterIndex: number): Promise<Again | { block: Uint8Array; offset: number }> {
+    const h = this.#h;
+    const cs = this.#clusterSize;
+    const perBlock = 2 ** this.#blockBits;
+    const tableIndex = Math.floor(clusterIndex / perBlock);
+    if (tableIndex < this.table.length) {
+      const existing = this.table[tableIndex]!;
+      if (existing !== 0) return { block: await this.#loadBlock(existing), offset: existing };
+    }
+    // We write to the refcount table, so L2 tables pointing at earlier allocations go first.
+    await h.l2Cache.flush();
+    const newBlock = await this.#allocNoref(cs, Number.MAX_SAFE_INTEGER);
+    if (newBlock === 0) await h.corrupt('Preventing invalid allocation of refcount block at offset 0');
+    const order = h.refcountOrder;
+    let block: Uint8Array;
+    if (Math.floor(newBlock / cs / perBlock) === tableIndex) {
+      // The new block describes itself.
+      block = h.refcountCache.getEmpty(newBlock);
+      setRefcount(block, (newBlock / cs) % perBlock, order, 1);
+    } else {
+      // Described elsewhere: at most two levels of recursion reach a self-describing block.
+      const r = await this.updateRefcount(newBlock, cs, 1, false);
+      if (r === AGAIN) throw new TsimgError('io', 'refcount block allocation did not converge');
+      await h.refcountCache.flush();
+      block = h.refcountCache.getEmpty(newBlock);
+    }
+    h.refcountCache.markDirty(newBlock, block);
+    await h.refcountCache.flush();
+
+    if (tableIndex < this.table.length) {
+      const entry = new Uint8Array(REFTABLE_ENTRY_SIZE);
+      new DataView(entry.buffer).setBigUint64(0, BigInt(newBlock));
+      await h.file.write(this.tableOffset + tableIndex * REFTABLE_ENTRY_SIZE, entry);
+      await h.file.flush();
+      this.table[tableIndex] = newBlock;
+      if (tableIndex > this.#maxTableIndex) this.#maxTableIndex = tableIndex;
+      return AGAIN;
+    }
+
+    // The table is full: grow it into a fresh area that describes itself.
+    const blocksUsed = Math.ceil(Math.max(clusterIndex + 1, newBlock / cs + 1) / perBlock);
+    const metaOffset = blocksUsed * perBlock * cs;
+    await this.refcountArea(metaOffset, 0, false, tableIndex, newBlock);
+    return AGAIN;
+  }
+
+  /**
+   * qcow2_refcount_area: builds a new, larger refcount table at `startOffset` (after any new
+   * refcount blocks it needs), with refcounts for itself, and switches the header to it.
+   * Returns the end offset of the new area.
+   */
+  async refcountArea(
+    startOffset: number,
+    additionalClusters: number,
+    exactSize: boolean,
+    newRefblockIndex: number,
+    newRefblockOffset: number,
+  ): Promise<number> {
+    const h = this.#h;
+    const cs = this.#clusterSize;
+    const perBlock = 2 ** this.#blockBits;
+    const { refblockCount: total } = refcountMetadataSize(
+      startOffset / cs + additionalClusters,
+      cs,
+      h.refcountOrder,
+      !exactSize,
+    );
+    if (total > QCOW_MAX_REFTABLE_SIZE) {
+      throw new TsimgError('limit', 'Refcount table would exceed the maximum size', { errno: 'EFBIG' });
+    }
+    const areaIndex = Math.floor(startOffset / cs / perBlock);
+    let tableSize = exactSize ? total : total + Math.ceil(total / 2);
+    const entriesPerCluster = cs / REFTABLE_ENTRY_SIZE;
+    tableSize = Math.ceil(tableSize / entriesPerCluster) * entriesPerCluster;
+    const tableClusters = (tableSize * REFTABLE_ENTRY_SIZE) / cs;
+    if (tableSize > QCOW_MAX_REFTABLE_SIZE) {
+      throw new TsimgError('limit', 'Refcount table would exceed the maximum size', { errno: 'EFBIG' });
+    }
+    const newTable = new Float64Array(tableSize);
+    if (tableSize > this.#maxTableIndex) {
+      newTable.set(this.table.subarray(0, Math.min(this.#maxTableIndex + 1, this.table.length)));
+    } else {
+      newTable.set(this.table.subarray(0, tableSize));
+    }
+    if (newRefblockOffset !== 0) newTable[newRefblockIndex] = newRefblockOffset;
+
+    let additional = 0;
+    for (let i = areaIndex; i < total; i++) if (newTable[i] === 0) additional++;
+    const tableOffset = startOffset + additional * cs;
+    const endOffset = tableOffset + tableClusters * cs;
+
+    let blockOffset = startOffset;
+    for (let i = areaIndex; i < total; i++) {
+      let block: Uint8Array;
+      let offset: number;
+      if (newTable[i] !== 0) {
+        offset = newTable[i]!;
+        block = await h.refcountCache.get(offset);
+      } else {
+        offset = blockOffset;
+        block = h.refcountCache.getEmpty(offset);
+        h.refcountCache.markDirty(offset, block);
+        newTable[i] = offset;
+        blockOffset += cs;
+      }
+      const firstCovered = i * perBlock * cs;
+      if (firstCovered < endOffset) {
+        let j = firstCovered < startOffset ? (startOffset - firstCovered) / cs : 0;
+        const endIndex = Math.min((endOffset - firstCovered) / cs, perBlock);
+        for (; j < endIndex; j++) setRefcount(block, j, h.refcountOrder, 1);
+        h.refcountCache.markDirty(offset, block);
+      }
+    }
+    await h.refcountCache.flush();
+
+    const bytes = new Uint8Array(tableSize * REFTABLE_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    for (let i = 0; i < total; i++) view.setBigUint64(i * REFTABLE_ENTRY_SIZE, BigInt(newTable[i]!));
+    // Entries beyond `total` are written from memory as qemu does (they are zero or stale-free).
+    for (let i = total; i < tableSize; i++) if (newTable[i] !== 0) view.setBigUint64(i * 8, BigInt(newTable[i]!));
+    await h.file.write(tableOffset, bytes);
+    await h.file.flush();
+    await h.writeReftableHeader(tableOffset, tableClusters);
+
+    const oldOffset = this.tableOffset;
+    const oldSize = this.table.length;
+    this.table = newTable;
+    this.tableOffset = tableOffset;
+    this.#updateMaxTableIndex();
+    await this.freeClusters(oldOffset, oldSize * REFTABLE_ENTRY_SIZE);
+    return endOffset;
+  }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}

@@ -1,0 +1,1107 @@
+/**
+ * Qcow2Image: an open qcow2 image as a BlockDevice — reads through the L1/L2 mapping (falling
+ * through to the backing image), and writes that allocate clusters, copy on write and update
+ * the metadata in qemu's order (data → refcount blocks → L2 tables → L1 table → header).
+ *
+ * Concurrency: reads share the image, every change runs alone (a read/write gate), so metadata
+ * is never seen half-updated. Caches evict only between operations.
+ */
+import {
+  FormatError,
+  IoError,
+  ReadOnlyError,
+  TsimgError,
+  UnsupportedError,
+  UsageError,
+  type BlockDevice,
+  type BlockStatus,
+  type WriteZeroesOptions,
+} from '@tsimg/raw';
+import { Allocator } from './allocator.js';
+import { TableCache } from './cache.js';
+import { compressCluster, decompressCluster, type CompressionType } from './compress.js';
+import { calculateL2Meta, linkedBitmap, type L2Meta } from './cow.js';
+import { findExtension, type HeaderExtension, type HeaderInfo, type Qcow2Header } from './header.js';
+import {
+  compressedEntry,
+  compressedRange,
+  decodeL1Entry,
+  decodeL2Entry,
+  encodeL1Entry,
+  encodeL2Entry,
+  entryHostCluster,
+  entryWritableInPlace,
+  type L2Entry,
+} from './l2-entry.js';
+import { geometry, l2OffsetFor, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
+import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from './refcount.js';
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  AUTOCLEAR_KNOWN,
+  COMPAT_LAZY_REFCOUNTS,
+  COMPRESSION_ZSTD,
+  CRYPT_NONE,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  INCOMPAT_KNOWN,
+  QCOW_MAX_L1_SIZE,
+  QCOW_MAX_REFTABLE_SIZE,
+  QCOW_MAX_SNAPSHOTS,
+} from './types.js';
+
+/** An open image of any format: a BlockDevice that knows its file and backing image. */
+export interface Image extends BlockDevice {
+  readonly format: 'raw' | 'qcow2';
+  readonly filename: string;
+  /** The device holding the image (for qcow2 the metadata file). */
+  readonly file: BlockDevice;
+  readonly backing?: Image;
+}
+
+/** What Qcow2Image.open needs besides the file. */
+export interface Qcow2OpenOptions {
+  filename: string;
+  readOnly: boolean;
+  /** The external data file, when the header names one (opened by the caller). */
+  dataFile?: BlockDevice;
+  /** The backing image, when opened. */
+  backing?: Image;
+  /** Pre-read header (saves a read); loaded from `file` otherwise. */
+  info?: HeaderInfo;
+}
+
+/** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
+const L2_CACHE_BYTES = 32 * 1024 * 1024;
+const REFCOUNT_CACHE_BYTES = 4 * 1024 * 1024;
+const MIN_CACHE_TABLES = 16;
+/** BDRV_REQUEST_MAX_BYTES: the largest single request qemu's block layer passes down. */
+const REQUEST_MAX_BYTES = 2 ** 31 - 512;
+const INT_MAX = 2 ** 31 - 1;
+/** Zero-filled writes (v2 zeroes, unaligned heads) go out in pieces of this size. */
+const ZERO_WRITE_CHUNK = 4 * 1024 * 1024;
+
+/** Shared reads, exclusive changes. */
+class Gate {
+  #tail: Promise<void> = Promise.resolve();
+  readonly #reads = new Set<Promise<unknown>>();
+
+  async shared<T>(fn: () => Promise<T>): Promise<T> {
+    await this.#tail;
+    const p = fn();
+    this.#reads.add(p);
+    try {
+      return await p;
+    } finally {
+      this.#reads.delete(p);
+    }
+  }
+
+  exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#tail.then(async () => {
+      await Promise.allSettled([...this.#reads]);
+      return fn();
+    });
+    this.#tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+}
+
+function hex(n: number): string {
+  return `0x${n.toString(16)}`;
+}
+
+/** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
+export class Qcow2Image implements Image, MappingSource {
+  readonly format = 'qcow2' as const;
+  readonly filename: string;
+  readonly file: BlockDevice;
+  readonly readOnly: boolean;
+  readonly backing?: Image;
+  /** The external data file, if the image has one. */
+  readonly dataFile?: BlockDevice;
+  /** The header as it is on disk now (updated by every header write). */
+  readonly header: Qcow2Header;
+  readonly extensions: HeaderExtension[];
+  readonly backingFile?: string;
+  readonly backingFormat?: string;
+  readonly clusterSize: number;
+  readonly geo: Geometry;
+  readonly version: number;
+
+  #l1Size: number;
+  #l1Offset: number;
+  #l1Bytes: Uint8Array;
+  #l1View: DataView;
+  readonly #l2Cache: TableCache;
+  readonly #refcountCache: TableCache;
+  #allocator: Allocator | undefined;
+  readonly #gate = new Gate();
+  readonly #compression: CompressionType;
+  readonly #lazy: boolean;
+  readonly #dataRaw: boolean;
+  #closed = false;
+  #markedDirty = false;
+  #cleanedAutoclear = false;
+  #decompressed: { key: string; data: Uint8Array } | undefined;
+
+  private constructor(file: BlockDevice, info: HeaderInfo, opts: Qcow2OpenOptions, l1: Uint8Array, reftable: Float64Array) {
+    const h = info.header;
+    this.filename = opts.filename;
+    this.file = file;
+    this.readOnly = opts.readOnly;
+    this.backing = opts.backing;
+    this.dataFile = opts.dataFile;
+    this.header = { ...h };
+    this.extensions = info.extensions;
+    this.backingFile = info.backingFile;
+    this.backingFormat = findExtension(info.extensions, 'backing-format')?.name;
+    this.version = h.version;
+    this.geo = geometry(h.clusterBits, (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n, opts.dataFile !== undefined);
+    this.clusterSize = this.geo.clusterSize;
+    this.#compression = h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
+    this.#lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    this.#dataRaw = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+    this.#l1Size = h.l1Size;
+    this.#l1Offset = h.l1TableOffset;
+    this.#l1Bytes = l1;
+    this.#l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    const cs = this.clusterSize;
+    const fileDev = file;
+    this.#l2Cache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(L2_CACHE_BYTES / cs)), {
+      load: (offset, into) => fileDev.read(offset, into),
+      store: (offset, data) => this.#storeMetadata(offset, data),
+      sync: () => fileDev.flush(),
+    });
+    this.#refcountCache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(REFCOUNT_CACHE_BYTES / cs)), {
+      load: (offset, into) => fileDev.read(offset, into),
+      store: (offset, data) => this.#storeMetadata(offset, data),
+      sync: () => fileDev.flush(),
+    });
+    if (!opts.readOnly) {
+      this.#allocator = new Allocator(
+        {
+          file,
+          clusterBits: h.clusterBits,
+          refcountOrder: h.refcountOrder,
+          refcountCache: this.#refcountCache,
+          l2Cache: this.#l2Cache,
+          writeReftableHeader: (offset, clusters) => this.#writeReftableHeader(offset, clusters),
+          corrupt: (m) => this.corrupt(m),
+        },
+        reftable,
+        h.refcountTableOffset,
+      );
+    }
+  }
+
+  /**
+   * Opens a qcow2 image on `file`, validating the header the way qemu's qcow2_do_open does and
+   * loading the active L1 table (and, when writable, the refcount table).
+   */
+  static async open(file: BlockDevice, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
+    const { loadHeader } = await import('./header.js');
+    const info = opts.info ?? (await loadHeader(file));
+    const h = info.header;
+    const cs = 2 ** h.clusterBits;
+    const incompat = h.incompatibleFeatures;
+    const unknown = incompat & ~INCOMPAT_KNOWN;
+    if (unknown !== 0n) throw unsupportedFeatures(info.extensions, unknown);
+    if ((incompat & INCOMPAT_CORRUPT) !== 0n && !opts.readOnly) {
+      throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
+    }
+    if (h.cryptMethod !== CRYPT_NONE) {
+      if (h.cryptMethod > 2) throw new UnsupportedError(`Unsupported encryption method: ${h.cryptMethod}`, { errno: 'EINVAL' });
+      throw new UnsupportedError('Encrypted qcow2 images are not supported', { errno: 'ENOTSUP' });
+    }
+    if ((incompat & INCOMPAT_EXTL2) !== 0n && cs / 32 < 512) {
+      throw new FormatError(`Unsupported subcluster size: ${cs / 32}`, { errno: 'EINVAL' });
+    }
+    if ((incompat & INCOMPAT_DIRTY) !== 0n && !opts.readOnly) {
+      throw new UnsupportedError(
+        'Image is dirty (lazy refcounts were not written back): opening it read/write needs a refcount rebuild, which tsimg does not do; run qemu-img check -r all first',
+        { errno: 'ENOTSUP' },
+      );
+    }
+    if ((incompat & INCOMPAT_DATA_FILE) !== 0n && opts.dataFile === undefined) {
+      throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
+    }
+    if ((h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n && (incompat & INCOMPAT_DATA_FILE) === 0n) {
+      throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
+    }
+    // Refcount table.
+    if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / cs) {
+      throw new TsimgError('limit', 'Reference count table too large', { errno: 'EINVAL' });
+    }
+    if (h.refcountTableClusters === 0) {
+      throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
+    }
+    validateTable(h.refcountTableOffset, h.refcountTableClusters * cs, cs, 'Invalid reference count table offset');
+    if (h.nbSnapshots > QCOW_MAX_SNAPSHOTS) throw new TsimgError('limit', 'Too many snapshots', { errno: 'EINVAL' });
+    validateTable(h.snapshotsOffset, h.nbSnapshots * 40, cs, 'Invalid snapshot table offset');
+    // L1 table.
+    if (h.l1Size > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+    const entrySize = (incompat & INCOMPAT_EXTL2) !== 0n ? 16 : 8;
+    const l2Span = (cs / entrySize) * cs;
+    const needL1 = Math.ceil(h.size / l2Span);
+    if (needL1 > INT_MAX) throw new TsimgError('limit', 'Image is too big', { errno: 'EFBIG' });
+    if (h.l1Size < needL1) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
+    if (h.l1Size > 0) validateTable(h.l1TableOffset, h.l1Size * 8, cs, 'Invalid L1 table offset');
+    const l1 = new Uint8Array(h.l1Size * 8);
+    if (l1.length > 0) await file.read(h.l1TableOffset, l1);
+    let reftable = new Float64Array(0);
+    if (!opts.readOnly) {
+      const bytes = new Uint8Array(h.refcountTableClusters * cs);
+      await file.read(h.refcountTableOffset, bytes);
+      const view = new DataView(bytes.buffer);
+      reftable = new Float64Array(bytes.length / REFTABLE_ENTRY_SIZE);
+      for (let i = 0; i < reftable.length; i++) reftable[i] = decodeReftableEntry(view, i).offset;
+    }
+    const image = new Qcow2Image(file, info, opts, l1, reftable);
+    if (!opts.readOnly && (h.autoclearFeatures & ~AUTOCLEAR_KNOWN) !== 0n) {
+      // qemu clears autoclear bits it does not know on a read/write open.
+      image.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
+      await image.#writeFeatureFields();
+    }
+    return image;
+  }
+
+  // ---- MappingSource --------------------------------------------------------------------
+
+  get l1Size(): number {
+    return this.#l1Size;
+  }
+
+  get l1(): DataView {
+    return this.#l1View;
+  }
+
+  l2Table(offset: number): Promise<Uint8Array> {
+    return this.#l2Cache.get(offset);
+  }
+
+  /**
+   * Reports corruption like qcow2_signal_corruption: a writable image gets the corrupt bit (so
+   * nothing writes over metadata again) and the operation fails with EIO.
+   */
+  async corrupt(message: string): Promise<never> {
+    if (!this.readOnly && (this.header.incompatibleFeatures & INCOMPAT_CORRUPT) === 0n && this.version === 3) {
+      this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
+      try {
+        await this.#writeFeatureFields();
+      } catch {
+        // the corruption report matters more than the failed mark
+      }
+    }
+    throw new TsimgError('corrupt', `Marking image as corrupt: ${message}; further corruption events will be suppressed`, {
+      errno: 'EIO',
+    });
+  }
+
+  // ---- BlockDevice: reads -----------------------------------------------------------------
+
+  size(): number {
+    return this.header.size;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    this.#checkRange(offset, into.length);
+    await this.#gate.shared(async () => {
+      await this.#readGuest(offset, into);
+      await this.#l2Cache.evict();
+    });
+  }
+
+  async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    this.#checkRange(offset, length);
+    if (length === 0) throw new UsageError('blockStatus needs a length of at least 1');
+    return this.#gate.shared(async () => {
+      const toStatus = (r: MappedRun, at: number): BlockStatus => {
+        switch (r.kind) {
+          case 'data':
+            return { kind: 'data', offset: at, length: r.length, hostOffset: r.hostOffset };
+          case 'compressed':
+            return { kind: 'data', offset: at, length: r.length };
+          case 'zero':
+            return r.hostOffset !== undefined
+              ? { kind: 'zero', offset: at, length: r.length, hostOffset: r.hostOffset }
+              : { kind: 'zero', offset: at, length: r.length };
+          case 'unallocated':
+            return { kind: 'unallocated', offset: at, length: r.length };
+        }
+      };
+      const first = toStatus(await lookupRun(this, offset, length), offset);
+      // Merge following runs of the same kind (contiguous on the host when there is a host).
+      while (first.length < length) {
+        const at = offset + first.length;
+        const next = toStatus(await lookupRun(this, at, length - first.length), at);
+        if (next.kind !== first.kind) break;
+        const fh = 'hostOffset' in first ? first.hostOffset : undefined;
+        const nh = 'hostOffset' in next ? next.hostOffset : undefined;
+        if ((fh === undefined) !== (nh === undefined)) break;
+        if (fh !== undefined && nh !== fh + first.length) break;
+        first.length += next.length;
+      }
+      await this.#l2Cache.evict();
+      return first;
+    });
+  }
+
+  async allocatedSize(): Promise<number | undefined> {
+    const own = await this.file.allocatedSize();
+    if (this.dataFile === undefined || own === undefined) return own;
+    const data = await this.dataFile.allocatedSize();
+    return data === undefined ? undefined : own + data;
+  }
+
+  /** The device guest data clusters live on. */
+  get #dataDevice(): BlockDevice {
+    return this.dataFile ?? this.file;
+  }
+
+  #checkRange(offset: number, length: number): void {
+    if (this.#closed) throw new UsageError('device is closed');
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new UsageError(`invalid range ${offset}+${length}`);
+    }
+    if (offset + length > this.header.size) {
+      throw new UsageError(`range ${offset}+${length} is beyond the end of the image (${this.header.size} bytes)`, {
+        errno: 'EIO',
+      });
+    }
+  }
+
+  async #readGuest(offset: number, into: Uint8Array): Promise<void> {
+    let pos = 0;
+    while (pos < into.length) {
+      const run = await lookupRun(this, offset + pos, into.length - pos);
+      const dst = into.subarray(pos, pos + run.length);
+      switch (run.kind) {
+        case 'data':
+          await this.#dataDevice.read(run.hostOffset, dst);
+          break;
+        case 'zero':
+          dst.fill(0);
+          break;
+        case 'unallocated':
+          await this.#readBacking(offset + pos, dst);
+          break;
+        case 'compressed': {
+          const cluster = await this.#decompress(run.entry);
+          const start = offset + pos - run.clusterOffset;
+          dst.set(cluster.subarray(start, start + run.length));
+          break;
+        }
+      }
+      pos += run.length;
+    }
+  }
+
+  async #readBacking(offset: number, dst: Uint8Array): Promise<void> {
+    const b = this.backing;
+    if (b === undefined) {
+      dst.fill(0);
+      return;
+    }
+    const avail = Math.max(0, Math.min(dst.length, b.size() - offset));
+    if (avail > 0) await b.read(offset, dst.subarray(0, avail));
+    if (avail < dst.length) dst.subarray(avail).fill(0);
+  }
+
+  async #decompress(entry: { hostOffset: number; sectors: number }): Promise<Uint8Array> {
+    const key = `${entry.hostOffset}:${entry.sectors}`;
+    if (this.#decompressed?.key === key) return this.#decompressed.data;
+    const range = compressedRange(entry);
+    const raw = new Uint8Array(range.length);
+    await this.file.read(range.offset, raw);
+    const data = await decompressCluster(this.#compression, raw, this.clusterSize);
+    this.#decompressed = { key, data };
+    return data;
+  }
+
+  // ---- BlockDevice: writes ----------------------------------------------------------------
+
+  #checkWritable(): Allocator {
+    if (this.#closed) throw new UsageError('device is closed');
+    if (this.readOnly || this.#allocator === undefined) throw new ReadOnlyError();
+    if ((this.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+      throw new TsimgError('corrupt', 'Image is corrupt; writes are refused', { errno: 'EIO' });
+    }
+    return this.#allocator;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkRange(offset, data.length);
+    this.#checkWritable();
+    if (data.length === 0) return;
+    await this.#exclusive(() => this.#writeGuest(offset, data));
+  }
+
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    this.#checkRange(offset, length);
+    this.#checkWritable();
+    if (length === 0) return;
+    await this.#exclusive(() => this.#writeZeroes(offset, length, options.mayUnmap === true));
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.#checkRange(offset, length);
+    this.#checkWritable();
+    if (length === 0) return;
+    await this.#exclusive(() => this.#discard(offset, length));
+  }
+
+  async flush(): Promise<void> {
+    if (this.#closed) throw new UsageError('device is closed');
+    if (this.readOnly) return;
+    await this.#exclusive(() => this.#flushAll());
+  }
+
+  async resize(size: number): Promise<void> {
+    if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`);
+    this.#checkWritable();
+    await this.#exclusive(() => this.#resize(size));
+  }
+
+  /**
+   * Writes one cluster compressed at cluster-aligned `offset` (a shorter `cluster` only for the
+   * image's last, partial cluster), as qemu-img convert -c does. `compressed` is the
+   * precompressed form, `null` when it does not shrink (then it is written normally), or
+   * undefined to compress here.
+   */
+  async writeCompressed(offset: number, cluster: Uint8Array, compressed?: Uint8Array | null): Promise<void> {
+    this.#checkRange(offset, cluster.length);
+    this.#checkWritable();
+    if (this.dataFile !== undefined) {
+      throw new UnsupportedError('Compressed writes are not supported with an external data file', { errno: 'ENOTSUP' });
+    }
+    const cs = this.clusterSize;
+    if (offset % cs !== 0 || (cluster.length !== cs && offset + cluster.length !== this.header.size) || cluster.length > cs) {
+      throw new UsageError('Compressed writes must be whole clusters (or the image tail)', { errno: 'EINVAL' });
+    }
+    let out = compressed;
+    if (out === undefined) {
+      let full = cluster;
+      if (cluster.length < cs) {
+        full = new Uint8Array(cs);
+        full.set(cluster);
+      }
+      out = (await compressCluster(this.#compression, full)) ?? null;
+    }
+    if (out === null) {
+      await this.write(offset, cluster);
+      return;
+    }
+    const payload = out;
+    await this.#exclusive(async () => {
+      const alloc = this.#allocator!;
+      const t = await this.#getClusterTable(offset);
+      const view = tableView(t.table);
+      const e = decodeL2Entry(view, t.index * this.geo.entrySize, this.geo);
+      if (e.kind !== 'unallocated' && !(e.kind === 'extended' && e.hostOffset === undefined) && !(e.kind === 'zero' && e.hostOffset === 0)) {
+        throw new IoError("Compression can't overwrite anything", { errno: 'EIO' });
+      }
+      const host = await alloc.allocBytes(payload.length);
+      if (!this.#lazy) this.#l2Cache.setDependency(this.#refcountCache);
+      await this.#markDirtyIfLazy();
+      await this.file.write(host, payload);
+      encodeL2Entry(compressedEntry(host, payload.length), view, t.index * this.geo.entrySize, this.geo);
+      this.#l2Cache.markDirty(t.l2Offset, t.table);
+      this.#l2Cache.setDependsOnFlush();
+    });
+  }
+
+  /** Ends a run of compressed writes: pads the file to a 512-byte boundary as qemu does. */
+  async finishCompressed(): Promise<void> {
+    this.#checkWritable();
+    await this.#exclusive(async () => {
+      const len = this.file.size();
+      const padded = Math.ceil(len / 512) * 512;
+      if (padded !== len) await this.file.resize(padded);
+    });
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      if (!this.readOnly) {
+        await this.#exclusive(async () => {
+          await this.#flushAll();
+          if (this.#markedDirty) {
+            // qcow2_mark_clean: every refcount is on disk now, so the image is consistent.
+            this.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+            await this.#writeFeatureFields();
+            this.#markedDirty = false;
+          }
+        });
+      }
+    } finally {
+      this.#closed = true;
+      this.#l2Cache.clear();
+      this.#refcountCache.clear();
+      await this.file.close();
+      if (this.dataFile !== undefined) await this.dataFile.close();
+      if (this.backing !== undefined) await this.backing.close();
+    }
+  }
+
+  // ---- write machinery --------------------------------------------------------------------
+
+  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    return this.#gate.exclusive(async () => {
+      this.#decompressed = undefined;
+      try {
+        return await fn();
+      } finally {
+        await this.#l2Cache.evict();
+        await this.#refcountCache.evict();
+      }
+    });
+  }
+
+  async #storeMetadata(offset: number, data: Uint8Array): Promise<void> {
+    if (offset === 0) await this.corrupt('Preventing invalid write on metadata (overlaps with qcow2_header)');
+    await this.file.write(offset, data);
+  }
+
+  async #flushAll(): Promise<void> {
+    await this.#refcountCache.flush();
+    await this.#l2Cache.flush();
+    await this.file.flush();
+    if (this.dataFile !== undefined) await this.dataFile.flush();
+  }
+
+  /** Writes the three feature-bit fields of a v3 header (bytes 72..95) and syncs. */
+  async #writeFeatureFields(): Promise<void> {
+    if (this.version < 3) return;
+    const b = new Uint8Array(24);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, this.header.incompatibleFeatures);
+    v.setBigUint64(8, this.header.compatibleFeatures);
+    v.setBigUint64(16, this.header.autoclearFeatures);
+    await this.file.write(72, b);
+    await this.file.flush();
+  }
+
+  async #writeReftableHeader(offset: number, clusters: number): Promise<void> {
+    const b = new Uint8Array(12);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(0, BigInt(offset));
+    v.setUint32(8, clusters);
+    await this.file.write(48, b);
+    await this.file.flush();
+    this.header.refcountTableOffset = offset;
+    this.header.refcountTableClusters = clusters;
+  }
+
+  /** Before the first change: lazy refcounts set the dirty bit; persistent bitmaps go stale. */
+  async #beforeChange(): Promise<void> {
+    if (!this.#cleanedAutoclear && (this.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
+      // tsimg does not update persistent dirty bitmaps: clearing the autoclear bit marks them
+      // invalid, as the spec asks of software that changes the image without tracking them.
+      this.header.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+      await this.#writeFeatureFields();
+    }
+    this.#cleanedAutoclear = true;
+  }
+
+  async #markDirtyIfLazy(): Promise<void> {
+    if (!this.#lazy || this.#markedDirty || this.version < 3) return;
+    this.header.incompatibleFeatures |= INCOMPAT_DIRTY;
+    await this.#writeFeatureFields();
+    this.#markedDirty = true;
+  }
+
+  /** get_cluster_table: the L2 table for guest `offset`, allocated (or copied) when needed. */
+  async #getClusterTable(offset: number): Promise<{ table: Uint8Array; l2Offset: number; index: number }> {
+    const geo = this.geo;
+    const l1Index = Math.floor(offset / geo.l2Span);
+    if (l1Index >= this.#l1Size) await this.#growL1(l1Index + 1, false);
+    const e = decodeL1Entry(this.#l1View, l1Index * 8);
+    if (e.l2Offset % geo.clusterSize !== 0) {
+      await this.corrupt(`L2 table offset ${hex(e.l2Offset)} unaligned (L1 index: ${hex(l1Index)})`);
+    }
+    let l2Offset = e.l2Offset;
+    if (!e.copied) {
+      await this.#l2Allocate(l1Index);
+      if (e.l2Offset !== 0) await this.#allocator!.freeClusters(e.l2Offset, geo.clusterSize);
+      l2Offset = decodeL1Entry(this.#l1View, l1Index * 8).l2Offset;
+    }
+    const table = await this.#l2Cache.get(l2Offset);
+    return { table, l2Offset, index: Math.floor((offset % geo.l2Span) / geo.clusterSize) };
+  }
+
+  /** l2_allocate: a new L2 table (a copy of the old one when shared), hooked into the L1 table. */
+  async #l2Allocate(l1Index: number): Promise<void> {
+    const cs = this.clusterSize;
+    const old = decodeL1Entry(this.#l1View, l1Index * 8).l2Offset;
+    const l2Offset = await this.#allocator!.allocClusters(cs);
+    if (l2Offset === 0) await this.corrupt('Preventing invalid allocation of L2 table at offset 0');
+    await this.#refcountCache.flush();
+    let oldTable: Uint8Array | undefined;
+    if (old !== 0) oldTable = await this.#l2Cache.get(old);
+    const table = this.#l2Cache.getEmpty(l2Offset);
+    if (oldTable !== undefined) table.set(oldTable);
+    this.#l2Cache.markDirty(l2Offset, table);
+    await this.#l2Cache.flush();
+    encodeL1Entry({ l2Offset, copied: true }, this.#l1View, l1Index * 8);
+    await this.#writeL1Entry(l1Index);
+  }
+
+  async #writeL1Entry(l1Index: number): Promise<void> {
+    await this.file.write(this.#l1Offset + l1Index * 8, this.#l1Bytes.subarray(l1Index * 8, l1Index * 8 + 8));
+    await this.file.flush();
+  }
+
+  /** qcow2_grow_l1_table. */
+  async #growL1(minSize: number, exact: boolean): Promise<void> {
+    if (minSize <= this.#l1Size) return;
+    if (minSize > INT_MAX / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+    let newSize = minSize;
+    if (!exact) {
+      newSize = Math.max(this.#l1Size, 1);
+      while (minSize > newSize) newSize = Math.ceil((newSize * 3) / 2);
+    }
+    if (newSize > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+    const bytes = new Uint8Array(newSize * 8);
+    bytes.set(this.#l1Bytes.subarray(0, this.#l1Size * 8));
+    const alloc = this.#allocator!;
+    const newOffset = await alloc.allocClusters(bytes.length);
+    await this.#refcountCache.flush();
+    await this.file.write(newOffset, bytes);
+    await this.file.flush();
+    const hdr = new Uint8Array(12);
+    const v = new DataView(hdr.buffer);
+    v.setUint32(0, newSize);
+    v.setBigUint64(4, BigInt(newOffset));
+    await this.file.write(36, hdr);
+    await this.file.flush();
+    const oldOffset = this.#l1Offset;
+    const oldSize = this.#l1Size;
+    this.#l1Bytes = bytes;
+    this.#l1View = new DataView(bytes.buffer);
+    this.#l1Offset = newOffset;
+    this.#l1Size = newSize;
+    this.header.l1Size = newSize;
+    this.header.l1TableOffset = newOffset;
+    await alloc.freeClusters(oldOffset, oldSize * 8);
+  }
+
+  async #resize(size: number): Promise<void> {
+    const old = this.header.size;
+    if (size === old) return;
+    if (size < old) {
+      throw new UnsupportedError('qcow2 images can only grow with tsimg (shrinking is not supported)', { errno: 'ENOTSUP' });
+    }
+    if (size % 512 !== 0) throw new UsageError('Image size must be a multiple of 512 bytes', { errno: 'EINVAL' });
+    await this.#beforeChange();
+    await this.#growL1(Math.ceil(size / this.geo.l2Span), true);
+    if (this.#dataRaw && this.dataFile !== undefined && this.dataFile.size() < size) await this.dataFile.resize(size);
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, BigInt(size));
+    await this.file.write(24, b);
+    await this.file.flush();
+    this.header.size = size;
+  }
+
+  /** How many clusters from l2Index on need (or do not need) a new allocation. */
+  #countSingleWrite(view: DataView, l2Index: number, n: number, newAlloc: boolean): number {
+    const geo = this.geo;
+    let expected = entryHostCluster(decodeL2Entry(view, l2Index * geo.entrySize, geo)) ?? 0;
+    let i = 0;
+    for (; i < n; i++) {
+      const e = decodeL2Entry(view, (l2Index + i) * geo.entrySize, geo);
+      if (!entryWritableInPlace(e) !== newAlloc) break;
+      if (!newAlloc) {
+        if (entryHostCluster(e) !== expected) break;
+        expected += geo.clusterSize;
+      }
+    }
+    return i;
+  }
+
+  #clustersToLookAt(start: number, bytes: number): number {
+    const geo = this.geo;
+    const inCluster = start % geo.clusterSize;
+    const l2Index = Math.floor((start % geo.l2Span) / geo.clusterSize);
+    return Math.min(Math.ceil((inCluster + bytes) / geo.clusterSize), geo.l2Entries - l2Index, Math.floor(REQUEST_MAX_BYTES / geo.clusterSize));
+  }
+
+  /**
+   * qcow2_alloc_host_offset: maps as much of `[offset, offset+bytes)` as possible to one
+   * contiguous host range, allocating clusters as qemu would. Returns the bytes covered, the
+   * host offset of `offset`, and the allocations to link afterwards.
+   */
+  async #allocHostOffset(offset: number, bytes: number): Promise<{ bytes: number; host: number; metas: L2Meta[] }> {
+    const geo = this.geo;
+    const cs = geo.clusterSize;
+    const alloc = this.#allocator!;
+    let start = offset;
+    let remaining = bytes;
+    let clusterOffset: number | undefined;
+    let host: number | undefined;
+    let cur = 0;
+    const metas: L2Meta[] = [];
+    for (;;) {
+      if (host === undefined && clusterOffset !== undefined) host = clusterOffset;
+      start += cur;
+      remaining -= cur;
+      if (clusterOffset !== undefined) clusterOffset += cur;
+      if (remaining === 0) break;
+      cur = remaining;
+      const inCluster = start % cs;
+
+      // handle_copied: clusters we may write in place.
+      {
+        const n = this.#clustersToLookAt(start, cur);
+        const t = await this.#getClusterTable(start);
+        const view = tableView(t.table);
+        const entry = decodeL2Entry(view, t.index * geo.entrySize, geo);
+        if (entryWritableInPlace(entry)) {
+          const hostCluster = entryHostCluster(entry)!;
+          if (hostCluster % cs !== 0) await this.corrupt(`Preventing invalid write on metadata (unaligned cluster ${hex(hostCluster)})`);
+          if (clusterOffset !== undefined && hostCluster !== clusterOffset - inCluster) break;
+          const keep = this.#countSingleWrite(view, t.index, n, false);
+          cur = Math.min(cur, keep * cs - inCluster);
+          const meta = calculateL2Meta(geo, view, t.index, hostCluster, start, cur, true);
+          if (meta !== undefined) metas.push(meta);
+          clusterOffset = hostCluster + inCluster;
+          continue;
+        }
+      }
+
+      // handle_alloc: new clusters (optionally exactly at clusterOffset, to stay contiguous).
+      const n0 = this.#clustersToLookAt(start, cur);
+      const t = await this.#getClusterTable(start);
+      const view = tableView(t.table);
+      let n = this.#countSingleWrite(view, t.index, n0, true);
+      let allocAt: number;
+      if (this.dataFile !== undefined) {
+        allocAt = start - inCluster; // external data files map guest offsets 1:1
+        if (clusterOffset !== undefined && clusterOffset - inCluster !== allocAt) break;
+      } else if (clusterOffset === undefined) {
+        allocAt = await alloc.allocClusters(n * cs);
+      } else {
+        allocAt = clusterOffset - inCluster;
+        n = await alloc.allocClustersAt(allocAt, n);
+        if (n === 0) break;
+      }
+      const requested = cur + inCluster;
+      const nbBytes = Math.min(requested, n * cs);
+      cur = Math.min(cur, nbBytes - inCluster);
+      const tv = tableView((await this.#getClusterTable(start)).table);
+      metas.push(calculateL2Meta(geo, tv, t.index, allocAt, start, cur, false)!);
+      clusterOffset = allocAt + inCluster;
+    }
+    return { bytes: bytes - remaining, host: host!, metas };
+  }
+
+  /** qcow2_co_pwritev_part. */
+  async #writeGuest(offset: number, data: Uint8Array): Promise<void> {
+    await this.#beforeChange();
+    let done = 0;
+    while (done < data.length) {
+      const want = Math.min(data.length - done, INT_MAX);
+      const guest = offset + done;
+      const r = await this.#allocHostOffset(guest, want);
+      const chunk = data.subarray(done, done + r.bytes);
+      const allocating = r.metas.some((m) => !m.keepOld);
+      if (allocating) await this.#markDirtyIfLazy();
+      // One write covering the data and the COW regions at both ends.
+      const first = r.metas.find((m) => m.guestStart + m.cowStartTo === guest);
+      const last = r.metas.find((m) => m.guestStart + m.cowEndFrom === guest + r.bytes);
+      const head = first !== undefined ? first.cowStartTo - first.cowStartFrom : 0;
+      const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
+      if (head === 0 && tail === 0) {
+        await this.#dataDevice.write(r.host, chunk);
+      } else {
+        const buf = new Uint8Array(head + chunk.length + tail);
+        if (head > 0) await this.#readGuest(guest - head, buf.subarray(0, head));
+        if (tail > 0) await this.#readGuest(guest + r.bytes, buf.subarray(head + chunk.length));
+        buf.set(chunk, head);
+        await this.#dataDevice.write(r.host - head, buf);
+      }
+      if (r.metas.length > 0) {
+        if (allocating) this.#l2Cache.setDependsOnFlush();
+        for (const m of r.metas) await this.#linkL2(m);
+      }
+      done += r.bytes;
+      await this.#l2Cache.evict();
+      await this.#refcountCache.evict();
+    }
+  }
+
+  /** qcow2_alloc_cluster_link_l2: points the L2 entries at the new clusters, frees the old ones. */
+  async #linkL2(m: L2Meta): Promise<void> {
+    const geo = this.geo;
+    if (!this.#lazy) this.#l2Cache.setDependency(this.#refcountCache);
+    const t = await this.#getClusterTable(m.guestStart);
+    const view = tableView(t.table);
+    const old: L2Entry[] = [];
+    for (let i = 0; i < m.nbClusters; i++) {
+      const at = (t.index + i) * geo.entrySize;
+      if (view.getUint32(at) !== 0 || view.getUint32(at + 4) !== 0) old.push(decodeL2Entry(view, at, geo));
+      const prev = decodeL2Entry(view, at, geo);
+      const hostOffset = m.hostStart + i * geo.clusterSize;
+      if (geo.extendedL2) {
+        const bits = prev.kind === 'extended' ? { alloc: prev.alloc, zero: prev.zero } : { alloc: 0, zero: 0 };
+        const nb = linkedBitmap(geo, m, i, bits);
+        encodeL2Entry({ kind: 'extended', hostOffset, copied: true, alloc: nb.alloc, zero: nb.zero }, view, at, geo);
+      } else {
+        encodeL2Entry({ kind: 'data', hostOffset, copied: true }, view, at, geo);
+      }
+    }
+    this.#l2Cache.markDirty(t.l2Offset, t.table);
+    if (!m.keepOld) for (const e of old) await this.#freeAnyCluster(e);
+  }
+
+  /** qcow2_free_any_cluster. */
+  async #freeAnyCluster(e: L2Entry): Promise<void> {
+    const alloc = this.#allocator!;
+    if (e.kind === 'compressed') {
+      const r = compressedRange(e);
+      await alloc.freeClusters(r.offset, r.length);
+      return;
+    }
+    const host = entryHostCluster(e);
+    if (host === undefined) return;
+    if (host % this.clusterSize !== 0) {
+      await this.corrupt(`Cannot free unaligned cluster ${hex(host)}`);
+    }
+    if (this.dataFile !== undefined) return; // data file clusters are not refcounted
+    await alloc.freeClusters(host, this.clusterSize);
+  }
+
+  /** True when the guest range reads as zeroes, judged from metadata only (qemu's is_zero). */
+  async #readsAsZero(offset: number, length: number): Promise<boolean> {
+    const end = Math.min(offset + length, this.header.size);
+    let pos = offset;
+    while (pos < end) {
+      const run = await lookupRun(this, pos, end - pos);
+      if (run.kind === 'data' || run.kind === 'compressed') return false;
+      if (run.kind === 'unallocated' && this.backing !== undefined) {
+        if (!(await chainReadsAsZero(this.backing, pos, run.length))) return false;
+      }
+      pos += run.length;
+    }
+    return true;
+  }
+
+  /** qcow2_co_pwrite_zeroes with the block layer's alignment split around it. */
+  async #writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    await this.#beforeChange();
+    if (this.version < 3) {
+      await this.#writeExplicitZeroes(offset, length);
+      return;
+    }
+    const scs = this.geo.subclusterSize;
+    const end = offset + length;
+    const imageEnd = this.header.size;
+    let pos = offset;
+    while (pos < end) {
+      const scStart = Math.floor(pos / scs) * scs;
+      const scEnd = Math.min(scStart + scs, imageEnd);
+      if (pos === scStart && (end >= scEnd || end === imageEnd)) {
+        // Aligned middle: everything up to the last whole subcluster (or the image end).
+        const alignedEnd = end === imageEnd ? end : Math.floor(end / scs) * scs;
+        await this.#zeroize(pos, alignedEnd - pos, mayUnmap);
+        pos = alignedEnd;
+        continue;
+      }
+      // An unaligned piece inside one subcluster.
+      const pieceEnd = Math.min(end, scStart + scs);
+      const ok =
+        (await this.#readsAsZero(scStart, pos - scStart)) &&
+        (pieceEnd >= imageEnd || (await this.#readsAsZero(pieceEnd, scEnd - pieceEnd))) &&
+        (await this.#subclusterZeroable(scStart));
+      if (ok) await this.#zeroize(scStart, scEnd - scStart, mayUnmap);
+      else await this.#writeExplicitZeroes(pos, pieceEnd - pos);
+      pos = pieceEnd;
+    }
+  }
+
+  async #subclusterZeroable(offset: number): Promise<boolean> {
+    const run = await lookupRun(this, offset, 1);
+    return run.kind === 'zero' || run.kind === 'unallocated';
+  }
+
+  async #writeExplicitZeroes(offset: number, length: number): Promise<void> {
+    const zero = new Uint8Array(Math.min(length, ZERO_WRITE_CHUNK));
+    for (let pos = 0; pos < length; pos += zero.length) {
+      await this.#writeGuest(offset + pos, zero.subarray(0, Math.min(zero.length, length - pos)));
+    }
+  }
+
+  /** qcow2_subcluster_zeroize: subcluster-aligned range (or up to the image end). */
+  async #zeroize(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    const geo = this.geo;
+    const cs = geo.clusterSize;
+    if (this.#dataRaw && this.dataFile !== undefined) await this.dataFile.writeZeroes(offset, length, { mayUnmap });
+    let end = offset + length;
+    const head = Math.min(end, Math.ceil(offset / cs) * cs) - offset;
+    let pos = offset + head;
+    const tail = end >= this.header.size ? 0 : end - Math.max(pos, Math.floor(end / cs) * cs);
+    end -= tail;
+    if (head > 0) await this.#zeroSubclusters(offset, head);
+    let n = Math.ceil((end - pos) / cs);
+    while (n > 0) {
+      const done = await this.#zeroInL2(pos, n, mayUnmap);
+      n -= done;
+      pos += done * cs;
+    }
+    if (tail > 0) await this.#zeroSubclusters(end, tail);
+  }
+
+  /** zero_l2_subclusters: sets zero bits for some subclusters of one cluster (extended L2). */
+  async #zeroSubclusters(offset: number, length: number): Promise<void> {
+    const geo = this.geo;
+    const t = await this.#getClusterTable(offset);
+    const view = tableView(t.table);
+    const at = t.index * geo.entrySize;
+    const e = decodeL2Entry(view, at, geo);
+    if (e.kind !== 'extended') {
+      // Compressed clusters cannot be partially zeroed: qemu falls back to writing zeroes.
+      await this.#writeExplicitZeroes(offset, length);
+      return;
+    }
+    const sc = Math.floor((offset % geo.clusterSize) / geo.subclusterSize);
+    const count = Math.ceil(length / geo.subclusterSize);
+    const range = ((2 ** count - 1) * 2 ** sc) >>> 0;
+    const zero = (e.zero | range) >>> 0;
+    const allocBits = (e.alloc & ~range) >>> 0;
+    if (zero === e.zero && allocBits === e.alloc) return;
+    encodeL2Entry({ ...e, zero, alloc: allocBits }, view, at, geo);
+    this.#l2Cache.markDirty(t.l2Offset, t.table);
+  }
+
+  /** zero_in_l2_slice. */
+  async #zeroInL2(offset: number, nbClusters: number, mayUnmap: boolean): Promise<number> {
+    const geo = this.geo;
+    const t = await this.#getClusterTable(offset);
+    const view = tableView(t.table);
+    const n = Math.min(nbClusters, geo.l2Entries - t.index);
+    for (let i = 0; i < n; i++) {
+      const at = (t.index + i) * geo.entrySize;
+      const old = decodeL2Entry(view, at, geo);
+      const allocated = old.kind === 'compressed' || entryHostCluster(old) !== undefined;
+      const unmap = old.kind === 'compressed' || (mayUnmap && allocated);
+      let next: L2Entry;
+      if (geo.extendedL2) {
+        const host = unmap || old.kind !== 'extended' ? undefined : old.hostOffset;
+        const copied = unmap || old.kind !== 'extended' ? false : old.copied;
+        next = { kind: 'extended', hostOffset: host, copied, alloc: 0, zero: 0xffff_ffff };
+      } else if (unmap || old.kind === 'unallocated') {
+        next = { kind: 'zero', hostOffset: 0, copied: false };
+      } else if (old.kind === 'data' || old.kind === 'zero') {
+        next = { kind: 'zero', hostOffset: old.hostOffset, copied: old.copied };
+      } else {
+        next = old;
+      }
+      if (sameEntry(view, at, next, geo)) continue;
+      encodeL2Entry(next, view, at, geo);
+      this.#l2Cache.markDirty(t.l2Offset, t.table);
+      if (unmap) {
+        this.#refcountCache.setDependency(this.#l2Cache);
+        await this.#freeAnyCluster(old);
+      }
+    }
+    return n;
+  }
+
+  /** qcow2_co_pdiscard + qcow2_cluster_discard (not full_discard). */
+  async #discard(offset: number, length: number): Promise<void> {
+    if (this.version < 3 && this.backing !== undefined) return; // would expose the backing file
+    await this.#beforeChange();
+    const cs = this.clusterSize;
+    let start = Math.ceil(offset / cs) * cs;
+    let end = Math.floor((offset + length) / cs) * cs;
+    if (offset + length === this.header.size) end = this.header.size;
+    if (start >= end) return;
+    let n = Math.ceil((end - start) / cs);
+    while (n > 0) {
+      const done = await this.#discardInL2(start, n);
+      n -= done;
+      start += done * cs;
+    }
+  }
+
+  async #discardInL2(offset: number, nbClusters: number): Promise<number> {
+    const geo = this.geo;
+    const t = await this.#getClusterTable(offset);
+    const view = tableView(t.table);
+    const n = Math.min(nbClusters, geo.l2Entries - t.index);
+    for (let i = 0; i < n; i++) {
+      const at = (t.index + i) * geo.entrySize;
+      const old = decodeL2Entry(view, at, geo);
+      const allocated = old.kind === 'compressed' || entryHostCluster(old) !== undefined;
+      let next = old;
+      if (this.backing !== undefined || allocated) {
+        if (geo.extendedL2) next = { kind: 'extended', hostOffset: undefined, copied: false, alloc: 0, zero: 0xffff_ffff };
+        else next = this.version >= 3 ? { kind: 'zero', hostOffset: 0, copied: false } : { kind: 'unallocated' };
+      }
+      if (sameEntry(view, at, next, geo)) continue;
+      encodeL2Entry(next, view, at, geo);
+      this.#l2Cache.markDirty(t.l2Offset, t.table);
+      this.#refcountCache.setDependency(this.#l2Cache);
+      await this.#freeAnyCluster(old);
+    }
+    return n;
+  }
+}
+
+function tableView(table: Uint8Array): DataView {
+  return new DataView(table.buffer, table.byteOffset, table.byteLength);
+}
+
+/** True when encoding `entry` would leave the bytes at `at` unchanged. */
+function sameEntry(view: DataView, at: number, entry: L2Entry, geo: Geometry): boolean {
+  const size = geo.entrySize;
+  const scratch = new DataView(new ArrayBuffer(size));
+  encodeL2Entry(entry, scratch, 0, geo);
+  for (let i = 0; i < size; i += 4) if (scratch.getUint32(i) !== view.getUint32(at + i)) return false;
+  return true;
+}
+
+/** Checks a table's offset and size the way qemu's validate_table_offset does. */
+function validateTable(offset: number, bytes: number, clusterSize: number, message: string): void {
+  if (bytes === 0) return;
+  if (offset % clusterSize !== 0 || offset + bytes > Number.MAX_SAFE_INTEGER) {
+    throw new FormatError(message, { errno: 'EINVAL' });
+  }
+}
+
+/** "Unsupported qcow2 feature(s): ..." naming the bits from the image's feature table. */
+function unsupportedFeatures(exts: readonly HeaderExtension[], mask: bigint): UnsupportedError {
+  const names: string[] = [];
+  let left = mask;
+  for (const f of findExtension(exts, 'feature-names')?.features ?? []) {
+    if (f.type !== 0 || f.bit > 63) continue;
+    const bit = 1n << BigInt(f.bit);
+    if ((left & bit) !== 0n) {
+      names.push(f.name.slice(0, 46));
+      left &= ~bit;
+    }
+  }
+  if (left !== 0n) names.push(`Unknown incompatible feature: ${left.toString(16)}`);
+  return new UnsupportedError(`Unsupported qcow2 feature(s): ${names.join(', ')}`, { errno: 'ENOTSUP' });
+}
+
+/** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */
+export async function chainReadsAsZero(image: Image, offset: number, length: number): Promise<boolean> {
+  const end = Math.min(offset + length, image.size());
+  let pos = offset;
+  while (pos < end) {
+    const st = await image.blockStatus(pos, end - pos);
+    if (st.kind === 'data') return false;
+    if (st.kind === 'unallocated' && image.backing !== undefined) {
+      if (!(await chainReadsAsZero(image.backing, pos, st.length))) return false;
+    }
+    pos += st.length;
+  }
+  return true;
+}

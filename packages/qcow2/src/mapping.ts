@@ -1,0 +1,182 @@
+/**
+ * Guest-to-host mapping: the geometry of the L1/L2 tables and the lookup of what a guest range
+ * maps to, as runs of one kind (data contiguous on the host, zero, unallocated, or one
+ * compressed cluster), never crossing an L2 table.
+ */
+import { FormatError } from '@tsimg/raw';
+import {
+  decodeL1Entry,
+  decodeL2Entry,
+  l2EntrySize,
+  subclusterKind,
+  SUBCLUSTERS_PER_CLUSTER,
+  type EntryContext,
+  type L2Entry,
+} from './l2-entry.js';
+
+/** Sizes derived from the header that every mapping computation uses. */
+export interface Geometry extends EntryContext {
+  clusterSize: number;
+  /** Entries per L2 table. */
+  l2Entries: number;
+  /** Guest bytes one L2 table maps. */
+  l2Span: number;
+  /** Bytes per L2 entry (8 or 16). */
+  entrySize: number;
+  /** Subcluster size (= clusterSize without extended L2). */
+  subclusterSize: number;
+  /** Subclusters per cluster (1 without extended L2). */
+  subclusters: number;
+}
+
+/** Geometry of an image with `clusterBits` and the given L2 entry width. */
+export function geometry(clusterBits: number, extendedL2: boolean, dataFile: boolean): Geometry {
+  const clusterSize = 2 ** clusterBits;
+  const entrySize = l2EntrySize(extendedL2);
+  const l2Entries = clusterSize / entrySize;
+  const subclusters = extendedL2 ? SUBCLUSTERS_PER_CLUSTER : 1;
+  return {
+    clusterBits,
+    extendedL2,
+    dataFile,
+    clusterSize,
+    l2Entries,
+    l2Span: l2Entries * clusterSize,
+    entrySize,
+    subclusterSize: clusterSize / subclusters,
+    subclusters,
+  };
+}
+
+/** One run of guest bytes with a single kind, as the image itself stores it. */
+export type MappedRun =
+  | { kind: 'data'; length: number; hostOffset: number }
+  | { kind: 'zero'; length: number; hostOffset?: number }
+  | { kind: 'unallocated'; length: number }
+  | { kind: 'compressed'; length: number; entry: Extract<L2Entry, { kind: 'compressed' }>; clusterOffset: number };
+
+/** Where the mapping reads its tables from. */
+export interface MappingSource {
+  readonly geo: Geometry;
+  readonly version: number;
+  /** Number of active L1 entries. */
+  readonly l1Size: number;
+  /** The raw active L1 table. */
+  readonly l1: DataView;
+  /** Loads an L2 table (through the cache). */
+  l2Table(offset: number): Promise<Uint8Array>;
+  /** Reports a corruption (marks the image corrupt when writable) and throws. */
+  corrupt(message: string): Promise<never>;
+}
+
+/** L2 table offset for guest `offset` (0 when unallocated or beyond the L1 table). */
+export async function l2OffsetFor(src: MappingSource, offset: number): Promise<number> {
+  const l1Index = Math.floor(offset / src.geo.l2Span);
+  if (l1Index >= src.l1Size) return 0;
+  const e = decodeL1Entry(src.l1, l1Index * 8);
+  if (e.l2Offset % src.geo.clusterSize !== 0) {
+    await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
+  }
+  return e.l2Offset;
+}
+
+type Kind = 'data' | 'zero' | 'unallocated' | 'compressed';
+
+/** Kind and host byte offset of the subcluster at `inCluster` bytes into a cluster. */
+function classify(
+  src: MappingSource,
+  entry: L2Entry,
+  inCluster: number,
+): { kind: Kind; host?: number } {
+  const geo = src.geo;
+  const sc = Math.floor(inCluster / geo.subclusterSize);
+  const k = subclusterKind(entry, sc);
+  switch (k) {
+    case 'invalid':
+      return { kind: 'data', host: -1 };
+    case 'data':
+      return { kind: 'data', host: (entry as { hostOffset: number }).hostOffset + inCluster };
+    case 'zero': {
+      const host = entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
+      return { kind: 'zero', host: host !== undefined && host !== 0 ? host + inCluster : undefined };
+    }
+    default:
+      return { kind: k };
+  }
+}
+
+/**
+ * The first run of `[offset, offset+length)` (length > 0, within the image), stopping at the
+ * end of the L2 table that maps `offset`.
+ */
+export async function lookupRun(src: MappingSource, offset: number, length: number): Promise<MappedRun> {
+  const geo = src.geo;
+  const tableEnd = (Math.floor(offset / geo.l2Span) + 1) * geo.l2Span;
+  const maxLen = Math.min(length, tableEnd - offset);
+  const l2Offset = await l2OffsetFor(src, offset);
+  if (l2Offset === 0) return { kind: 'unallocated', length: maxLen };
+  const table = await src.l2Table(l2Offset);
+  const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
+  let index = Math.floor((offset % geo.l2Span) / geo.clusterSize);
+  let inCluster = offset % geo.clusterSize;
+  let entry = decodeL2Entry(view, index * geo.entrySize, geo);
+  const first = classify(src, entry, inCluster);
+  await check(src, first, entry, l2Offset, index);
+  if (first.kind === 'compressed') {
+    const c = entry as Extract<L2Entry, { kind: 'compressed' }>;
+    return {
+      kind: 'compressed',
+      length: Math.min(maxLen, geo.clusterSize - inCluster),
+      entry: c,
+      clusterOffset: offset - inCluster,
+    };
+  }
+  // Extend over following subclusters / clusters of the same kind (data: contiguous on host).
+  let len = 0;
+  let pos = offset;
+  let expectHost = first.host;
+  const end = offset + maxLen;
+  while (pos < end) {
+    const c = classify(src, entry, inCluster);
+    if (c.kind !== first.kind) break;
+    if (first.kind === 'data' || (first.kind === 'zero' && first.host !== undefined)) {
+      if (c.host !== expectHost) break;
+    } else if (first.kind === 'zero' && c.host !== undefined) break;
+    if (c.kind === 'data' || c.kind === 'zero') await check(src, c, entry, l2Offset, index);
+    const step = Math.min(end - pos, geo.subclusterSize - (inCluster % geo.subclusterSize));
+    len += step;
+    pos += step;
+    if (expectHost !== undefined) expectHost += step;
+    inCluster += step;
+    if (inCluster === geo.clusterSize && pos < end) {
+      index++;
+      inCluster = 0;
+      entry = decodeL2Entry(view, index * geo.entrySize, geo);
+    }
+  }
+  if (first.kind === 'data') return { kind: 'data', length: len, hostOffset: first.host! };
+  if (first.kind === 'zero') {
+    return first.host !== undefined ? { kind: 'zero', length: len, hostOffset: first.host } : { kind: 'zero', length: len };
+  }
+  return { kind: 'unallocated', length: len };
+}
+
+async function check(
+  src: MappingSource,
+  c: { kind: Kind; host?: number },
+  entry: L2Entry,
+  l2Offset: number,
+  index: number,
+): Promise<void> {
+  const where = `(L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`;
+  if (c.host === -1) await src.corrupt(`Invalid cluster entry found ${where}`);
+  if (src.version < 3 && entry.kind === 'zero') await src.corrupt(`Zero cluster entry found in pre-v3 image ${where}`);
+  if (entry.kind === 'compressed' && src.geo.dataFile) {
+    await src.corrupt(`Compressed cluster entry found in image with external data file ${where}`);
+  }
+}
+
+/** Throws the error qemu gives for an L1 entry pointing at an unaligned L2 table. */
+export function unalignedL2(offset: number): never {
+  throw new FormatError(`L2 table offset 0x${offset.toString(16)} unaligned`, { errno: 'EIO' });
+}

@@ -1,0 +1,172 @@
+/**
+ * openImage: opens an image file of any supported format (probing it like qemu when no format
+ * is given), with its external data file and its backing chain, resolving backing names the
+ * way qemu does (relative to the directory of the image that names them).
+ */
+import { realpath } from 'node:fs/promises';
+import {
+  FileDevice,
+  TsimgError,
+  UnsupportedError,
+  type BlockDevice,
+  type BlockStatus,
+  type WriteZeroesOptions,
+} from '@tsimg/raw';
+import { findExtension, loadHeader } from './header.js';
+import { Qcow2Image, type Image } from './image.js';
+import { INCOMPAT_DATA_FILE, QCOW2_MAGIC } from './types.js';
+
+export type { Image } from './image.js';
+
+/** Options for {@link openImage}. */
+export interface OpenImageOptions {
+  /** The format; probed from the file's first bytes when absent (qcow2 magic → qcow2, else raw). */
+  format?: 'raw' | 'qcow2';
+  /** Open read-only (default true). Backing images are always read-only. */
+  readOnly?: boolean;
+  /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
+  backing?: boolean;
+}
+
+/** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
+export const MAX_BACKING_DEPTH = 256;
+
+/** A raw image: the file itself, with the Image fields. */
+export class RawImage implements Image {
+  readonly format = 'raw' as const;
+  readonly filename: string;
+  readonly file: BlockDevice;
+  readonly backing?: Image = undefined;
+
+  constructor(filename: string, file: BlockDevice) {
+    this.filename = filename;
+    this.file = file;
+  }
+
+  get readOnly(): boolean {
+    return this.file.readOnly;
+  }
+  size(): number {
+    return this.file.size();
+  }
+  read(offset: number, into: Uint8Array): Promise<void> {
+    return this.file.read(offset, into);
+  }
+  write(offset: number, data: Uint8Array): Promise<void> {
+    return this.file.write(offset, data);
+  }
+  writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {
+    return this.file.writeZeroes(offset, length, options);
+  }
+  discard(offset: number, length: number): Promise<void> {
+    return this.file.discard(offset, length);
+  }
+  flush(): Promise<void> {
+    return this.file.flush();
+  }
+  resize(size: number): Promise<void> {
+    return this.file.resize(size);
+  }
+  blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    return this.file.blockStatus(offset, length);
+  }
+  allocatedSize(): Promise<number | undefined> {
+    return this.file.allocatedSize();
+  }
+  close(): Promise<void> {
+    return this.file.close();
+  }
+}
+
+/** Resolves a name stored in an image relative to that image's directory (qemu's path_combine). */
+export function resolveRelative(imageFilename: string, name: string): string {
+  if (name.startsWith('/') || /^[a-z][a-z0-9+.-]*:/i.test(name)) return name;
+  const slash = imageFilename.lastIndexOf('/');
+  return slash < 0 ? name : imageFilename.slice(0, slash + 1) + name;
+}
+
+function rewrap(err: unknown, prefix: string): TsimgError {
+  if (err instanceof TsimgError) {
+    return new TsimgError(err.code, `${prefix}${err.message}`, { cause: err, errno: err.errno });
+  }
+  return new TsimgError('io', `${prefix}${err instanceof Error ? err.message : String(err)}`, { cause: err });
+}
+
+async function probeQcow2(file: BlockDevice): Promise<boolean> {
+  if (file.size() < 4) return false;
+  const magic = new Uint8Array(4);
+  await file.read(0, magic);
+  return new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC;
+}
+
+async function canonical(path: string): Promise<string> {
+  try {
+    return await realpath(path);
+  } catch {
+    return path;
+  }
+}
+
+/** Opens one layer; errors carry the reason only (the caller adds "Could not open ..."). */
+async function openLayer(
+  filename: string,
+  format: 'raw' | 'qcow2' | undefined,
+  readOnly: boolean,
+  withBacking: boolean,
+  seen: string[],
+): Promise<Image> {
+  const file = await FileDevice.open(filename, { readOnly });
+  let dataFile: BlockDevice | undefined;
+  let backing: Image | undefined;
+  try {
+    const fmt = format ?? ((await probeQcow2(file)) ? 'qcow2' : 'raw');
+    if (fmt === 'raw') return new RawImage(filename, file);
+    const info = await loadHeader(file);
+    const h = info.header;
+    if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
+      const ext = findExtension(info.extensions, 'data-file');
+      if (ext !== undefined) dataFile = await FileDevice.open(resolveRelative(filename, ext.name), { readOnly });
+    }
+    if (withBacking && info.backingFile !== undefined && info.backingFile !== '') {
+      const name = resolveRelative(filename, info.backingFile);
+      const real = await canonical(name);
+      if (seen.includes(real)) {
+        throw new TsimgError('format', `Backing file '${info.backingFile}' creates an infinite loop.`, { errno: 'EINVAL' });
+      }
+      if (seen.length >= MAX_BACKING_DEPTH) {
+        throw new TsimgError('limit', `Backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { errno: 'EINVAL' });
+      }
+      const fmtName = findExtension(info.extensions, 'backing-format')?.name;
+      let bfmt: 'raw' | 'qcow2' | undefined;
+      if (fmtName === 'raw' || fmtName === 'qcow2') bfmt = fmtName;
+      else if (fmtName !== undefined && fmtName !== '') {
+        throw new UnsupportedError(`Could not open backing file: Unknown driver '${fmtName}'`, { errno: 'EINVAL' });
+      }
+      try {
+        backing = await openLayer(name, bfmt, true, true, [...seen, real]);
+      } catch (err) {
+        throw rewrap(err, 'Could not open backing file: ');
+      }
+    }
+    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info });
+  } catch (err) {
+    await backing?.close().catch(() => undefined);
+    await dataFile?.close().catch(() => undefined);
+    await file.close().catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * Opens `filename` as an image. Errors read like qemu's: `Could not open 'NAME': reason`
+ * (e.g. `Could not open 'a.qcow2': Could not open backing file: Could not open 'b': No such
+ * file or directory`).
+ */
+export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
+  const readOnly = options.readOnly ?? true;
+  try {
+    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)]);
+  } catch (err) {
+    throw rewrap(err, `Could not open '${filename}': `);
+  }
+}
