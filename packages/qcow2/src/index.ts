@@ -12,3 +12,6 @@ export * from './mapping.js';
 export * from './cow.js';
 export * from './image.js';
 export * from './open.js';
+export * from './snapshot.js';
+export * from './bitmap-directory.js';
+export * from './info.js';

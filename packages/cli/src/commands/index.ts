@@ -9,3 +9,4 @@ registerCommand('map', async () => (await import('./map.js')).run);
 registerCommand('measure', async () => (await import('./measure.js')).run);
 registerCommand('compare', async () => (await import('./compare.js')).run);
 registerCommand('dd', async () => (await import('./dd.js')).run);
+registerCommand('info', async () => (await import('./info.js')).run);

@@ -1,0 +1,150 @@
+/**
+ * `tsimg info [-f fmt] [--output=human|json] [--backing-chain] [--image-opts] [-U] [--object ...]
+ * filename` — qemu-img 7.2's img_info: same options, same text and JSON, same messages and exit
+ * statuses. The gathering lives in @tsimg/qcow2 (info.ts); the printing in ../format-info.ts.
+ */
+import { TsimgError } from '@tsimg/raw';
+import { collectImageInfoList, type ImageInfo } from '@tsimg/qcow2';
+import type { CliIO, CommandRunner } from '../main.js';
+import { CliExit } from '../exit.js';
+import { getoptLong, qemuGetoptMessage, type LongOption } from '../getopt.js';
+import {
+  formatImageInfoJson,
+  formatImageInfoListHuman,
+  formatImageInfoListJson,
+} from '../format-info.js';
+
+const LONG_OPTIONS: readonly LongOption[] = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'format', hasArg: true, key: 'f' },
+  { name: 'output', hasArg: true, key: 'output' },
+  { name: 'backing-chain', hasArg: false, key: 'backing-chain' },
+  { name: 'object', hasArg: true, key: 'object' },
+  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  { name: 'force-share', hasArg: false, key: 'U' },
+];
+
+const HELP =
+  'usage: tsimg info [--object objectdef] [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename\n\n' +
+  "  '-f fmt' is the image format (probed when absent: qcow2 by its magic, else raw)\n" +
+  "  '--output' takes 'human' (default) or 'json'\n" +
+  "  '--backing-chain' reports every image of the backing chain\n" +
+  "  '--image-opts' treats filename as a set of options (driver=qcow2,file.filename=x)\n" +
+  "  '-U' opens the image in shared mode (tsimg takes no locks, so it is accepted and has no effect)\n";
+
+/** Usage errors end like qemu-img's error_exit: the message, then a pointer to --help. */
+function usageExit(message: string): never {
+  throw new CliExit(1, `${message}\nTry 'tsimg --help' for more information`);
+}
+
+/**
+ * Parses `--image-opts` text the way QemuOpts does for the few keys info needs: comma-separated
+ * `key=value` pairs, ",," standing for a literal comma.
+ */
+export function parseImageOpts(text: string): { format?: string; filename: string } {
+  const opts = new Map<string, string>();
+  let i = 0;
+  while (i < text.length) {
+    let part = '';
+    while (i < text.length) {
+      if (text[i] === ',') {
+        if (text[i + 1] === ',') {
+          part += ',';
+          i += 2;
+          continue;
+        }
+        break;
+      }
+      part += text[i++];
+    }
+    i++;
+    if (part === '') continue;
+    const eq = part.indexOf('=');
+    opts.set(eq < 0 ? part : part.slice(0, eq), eq < 0 ? 'on' : part.slice(eq + 1));
+  }
+  const driver = opts.get('driver');
+  const fileDriver = opts.get('file.driver');
+  const filename = opts.get('file.filename') ?? opts.get('file');
+  for (const key of opts.keys()) {
+    if (!['driver', 'file.driver', 'file.filename', 'file'].includes(key)) {
+      throw new CliExit(1, `Invalid parameter '${key}'`);
+    }
+  }
+  if (fileDriver !== undefined && fileDriver !== 'file') throw new CliExit(1, `Unknown protocol '${fileDriver}'`);
+  if (filename === undefined) throw new CliExit(1, 'A block device must be specified for "file"');
+  return { format: driver, filename };
+}
+
+/** Prints an error with qemu's optional hint line and turns it into exit status 1. */
+function reportError(err: unknown, io: CliIO): number {
+  if (!(err instanceof TsimgError)) throw err;
+  io.stderr(`tsimg: ${err.message}\n`);
+  const hint = (err as { hint?: unknown }).hint;
+  if (typeof hint === 'string') io.stderr(`${hint}\n`);
+  return 1;
+}
+
+export const run: CommandRunner = async (argv, io) => {
+  const parsed = getoptLong(argv, ':f:hU', LONG_OPTIONS);
+  if (parsed.error) usageExit(qemuGetoptMessage(parsed.error));
+  let format: string | undefined;
+  let output: string | undefined;
+  let chain = false;
+  let imageOpts = false;
+  for (const o of parsed.options) {
+    switch (o.key) {
+      case 'h':
+        io.stdout(HELP);
+        return 0;
+      case 'f':
+        format = o.value;
+        break;
+      case 'output':
+        output = o.value;
+        break;
+      case 'backing-chain':
+        chain = true;
+        break;
+      case 'image-opts':
+        imageOpts = true;
+        break;
+      default:
+        // -U and --object: info takes no locks and needs no secrets (it never decrypts).
+        break;
+    }
+  }
+  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
+  let filename = parsed.operands[0]!;
+  if (output !== undefined && output !== 'json' && output !== 'human') {
+    throw new CliExit(1, '--output must be used with human or json as argument.');
+  }
+  if (imageOpts) {
+    if (format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
+    const opts = parseImageOpts(filename);
+    filename = opts.filename;
+    format = opts.format;
+  }
+
+  let list: ImageInfo[];
+  try {
+    list = await collectImageInfoList(filename, {
+      format,
+      chain,
+      onWarnings: (warnings) => {
+        for (const w of warnings) io.stderr(`tsimg: ${w}\n`);
+        // qemu follows the bitmap warning with this line, without a newline of its own.
+        if (warnings.some((w) => w.includes('bitmap'))) {
+          io.stderr("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.");
+        }
+      },
+    });
+  } catch (err) {
+    return reportError(err, io);
+  }
+  if (output === 'json') {
+    io.stdout(chain ? formatImageInfoListJson(list) : formatImageInfoJson(list[0]!));
+  } else {
+    io.stdout(formatImageInfoListHuman(list));
+  }
+  return 0;
+};

@@ -1,0 +1,685 @@
+/**
+ * What `qemu-img info` reports about an image, gathered as a typed mirror of qemu 7.2's QAPI
+ * `ImageInfo`: the keys are QAPI's own names, and every object is built in QAPI schema order
+ * (qemu's JSON key order derives from it; the CLI's formatter does the rest).
+ *
+ * Like qemu-img info (which opens with BDRV_O_NO_IO | BDRV_O_NO_BACKING), this reads only
+ * metadata: the header and its extensions, the snapshot table, the bitmap directory and
+ * tables, and the LUKS header. It never opens the backing file or the external data file, and
+ * it applies the open-time checks qemu applies, with qemu's messages, so an image qemu refuses
+ * is refused here too.
+ */
+import {
+  FileDevice,
+  FormatError,
+  TsimgError,
+  UnsupportedError,
+  UsageError,
+  type BlockDevice,
+} from '@tsimg/raw';
+import { findExtension, loadHeader, type HeaderInfo } from './header.js';
+import {
+  AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
+  COMPAT_LAZY_REFCOUNTS,
+  COMPRESSION_ZLIB,
+  COMPRESSION_ZSTD,
+  CRYPT_AES,
+  CRYPT_LUKS,
+  CRYPT_NONE,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_DIRTY,
+  INCOMPAT_EXTL2,
+  INCOMPAT_KNOWN,
+  MAX_CLUSTER_BITS,
+  MIN_CLUSTER_BITS,
+  QCOW2_MAGIC,
+  QCOW_MAX_L1_SIZE,
+  QCOW_MAX_REFTABLE_SIZE,
+} from './types.js';
+import {
+  loadSnapshots,
+  snapshotIcount,
+  snapshotVmStateSize,
+  validateSnapshotTable,
+  type Qcow2Snapshot,
+} from './snapshot.js';
+import {
+  BME_FLAG_IN_USE,
+  QCOW2_MAX_BITMAPS,
+  QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
+  bitmapFlagNames,
+  loadBitmapDirectory,
+  loadBitmapTable,
+  type BitmapDirectoryEntry,
+} from './bitmap-directory.js';
+
+/** QAPI SnapshotInfo. */
+export interface SnapshotInfo {
+  id: string;
+  name: string;
+  'vm-state-size': bigint;
+  'date-sec': number;
+  'date-nsec': number;
+  'vm-clock-sec': bigint;
+  'vm-clock-nsec': number;
+  icount?: bigint;
+}
+
+/** QAPI Qcow2BitmapInfo. */
+export interface Qcow2BitmapInfo {
+  name: string;
+  granularity: number;
+  flags: Array<'in-use' | 'auto'>;
+}
+
+/** QAPI QCryptoBlockInfoLUKSSlot. */
+export interface LuksSlotInfo {
+  active: boolean;
+  iters?: number;
+  stripes?: number;
+  'key-offset': number;
+}
+
+/** QAPI QCryptoBlockInfoLUKS (the LUKS branch of the qcow2 `encrypt` union). */
+export interface LuksInfo {
+  'cipher-alg': string;
+  'cipher-mode': string;
+  'ivgen-alg': string;
+  'ivgen-hash-alg'?: string;
+  'hash-alg': string;
+  'payload-offset': number;
+  'master-key-iters': number;
+  uuid: string;
+  slots: LuksSlotInfo[];
+}
+
+/** QAPI ImageInfoSpecificQCow2Encryption. */
+export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
+
+/** QAPI ImageInfoSpecificQCow2. */
+export interface ImageInfoSpecificQcow2 {
+  compat: '0.10' | '1.1';
+  'data-file'?: string;
+  'data-file-raw'?: boolean;
+  'extended-l2'?: boolean;
+  'lazy-refcounts'?: boolean;
+  corrupt?: boolean;
+  'refcount-bits': number;
+  encrypt?: Qcow2EncryptionInfo;
+  bitmaps?: Qcow2BitmapInfo[];
+  'compression-type': 'zlib' | 'zstd';
+}
+
+/** QAPI ImageInfoSpecific (only the qcow2 branch exists in tsimg). */
+export interface ImageInfoSpecific {
+  type: 'qcow2';
+  data: ImageInfoSpecificQcow2;
+}
+
+/** QAPI ImageInfo, qemu 7.2. Optional members are absent rather than undefined. */
+export interface ImageInfo {
+  filename: string;
+  format: string;
+  'dirty-flag'?: boolean;
+  'actual-size'?: number;
+  'virtual-size': number;
+  'cluster-size'?: number;
+  encrypted?: boolean;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  snapshots?: SnapshotInfo[];
+  'format-specific'?: ImageInfoSpecific;
+}
+
+/** What gathering produced: the info, plus warnings qemu prints on stderr while opening. */
+export interface ImageInfoResult {
+  info: ImageInfo;
+  /** Whole lines (without "qemu-img: "), in the order qemu prints them. */
+  warnings: string[];
+}
+
+/** Options for {@link collectImageInfo}. */
+export interface CollectInfoOptions {
+  /** Image format; probed when absent (qcow2 by magic, else raw). */
+  format?: string;
+}
+
+const BDRV_SECTOR_SIZE = 512;
+
+/** Formats qemu knows but tsimg does not handle (recognised so they are not shown as raw). */
+const FOREIGN_FORMATS = new Set([
+  'qcow', 'qed', 'vmdk', 'vdi', 'vpc', 'vhdx', 'luks', 'parallels', 'bochs', 'cloop', 'dmg', 'vvfat', 'file',
+  'host_device', 'nbd', 'ssh', 'http', 'https', 'blkdebug', 'null-co', 'throttle', 'copy-on-read', 'quorum',
+]);
+
+function bytesEqual(a: Uint8Array, offset: number, s: string): boolean {
+  if (offset + s.length > a.length) return false;
+  for (let i = 0; i < s.length; i++) if (a[offset + i] !== s.charCodeAt(i)) return false;
+  return true;
+}
+
+/**
+ * Probes the format the way qemu's drivers would claim the image: qcow2 by its magic and a
+ * version of 2 or more, a few other formats by their magic (reported as unsupported), else raw.
+ */
+export function probeFormat(first: Uint8Array): string {
+  const v = new DataView(first.buffer, first.byteOffset, first.byteLength);
+  if (first.length >= 8 && v.getUint32(0) === QCOW2_MAGIC) {
+    const version = v.getUint32(4);
+    if (version >= 2) return 'qcow2';
+    if (version === 1) return 'qcow';
+  }
+  if (bytesEqual(first, 0, 'QED\0')) return 'qed';
+  if (bytesEqual(first, 0, 'KDMV') || bytesEqual(first, 0, 'COWD') || bytesEqual(first, 0, '# Disk DescriptorFile')) return 'vmdk';
+  if (first.length >= 0x44 && v.getUint32(0x40, true) === 0xbeda107f) return 'vdi';
+  if (bytesEqual(first, 0, 'conectix')) return 'vpc';
+  if (bytesEqual(first, 0, 'vhdxfile')) return 'vhdx';
+  if (bytesEqual(first, 0, 'LUKS\xba\xbe')) return 'luks';
+  if (bytesEqual(first, 0, 'WithoutFreeSpace') || bytesEqual(first, 0, 'WithouFreSpacExt')) return 'parallels';
+  if (bytesEqual(first, 0, 'Bochs Virtual HD Image')) return 'bochs';
+  return 'raw';
+}
+
+/**
+ * A view of a host file for header parsing: at least 2 MiB long, reading zeroes past the end —
+ * qemu's file driver pads short reads the same way, so a truncated header is judged on its
+ * fields (e.g. "qcow2 header too short"), not on the file size.
+ */
+function headerView(dev: BlockDevice): BlockDevice {
+  return {
+    readOnly: true,
+    size: () => Math.max(dev.size(), 1 << MAX_CLUSTER_BITS),
+    read: (offset, into) => dev.read(offset, into),
+    write: () => Promise.reject(new UsageError('read-only view')),
+    writeZeroes: () => Promise.reject(new UsageError('read-only view')),
+    discard: () => Promise.reject(new UsageError('read-only view')),
+    flush: () => Promise.resolve(),
+    resize: () => Promise.reject(new UsageError('read-only view')),
+    blockStatus: (offset, length) => dev.blockStatus(offset, length),
+    allocatedSize: () => dev.allocatedSize(),
+    close: () => Promise.resolve(),
+  };
+}
+
+/** qemu's path_has_protocol: a ':' before any '/'. */
+export function pathHasProtocol(path: string): boolean {
+  const m = /[:/]/.exec(path);
+  return m !== null && m[0] === ':';
+}
+
+/**
+ * qemu's bdrv_get_full_backing_filename_from_filename: an absolute or protocol name as is,
+ * else relative to the directory of `backed`; undefined when that cannot be determined
+ * (a `json:` filename).
+ */
+export function fullBackingFilename(backed: string, backing: string): string | undefined {
+  if (backing === '') return undefined;
+  if (pathHasProtocol(backing) || backing.startsWith('/')) return backing;
+  if (backed === '' || backed.startsWith('json:')) return undefined;
+  // path_combine: keep base up to its last '/', or up to a protocol prefix "proto:".
+  const colon = backed.indexOf(':');
+  let prefix = colon >= 0 ? colon + 1 : 0;
+  const slash = backed.lastIndexOf('/');
+  if (slash + 1 > prefix) prefix = slash + 1;
+  return backed.slice(0, prefix) + backing;
+}
+
+/**
+ * qemu's report_unsupported_feature message for the unknown incompatible bits `mask`, naming
+ * them from the image's feature name table.
+ */
+function unsupportedFeatures(hdr: HeaderInfo, mask: bigint): string {
+  const parts: string[] = [];
+  const table = findExtension(hdr.extensions, 'feature-names')?.features ?? [];
+  for (const f of table) {
+    if (f.name === '') break;
+    if (f.type === 0 && f.bit < 64 && (mask & (1n << BigInt(f.bit))) !== 0n) {
+      parts.push(f.name.slice(0, 46));
+      mask &= ~(1n << BigInt(f.bit));
+    }
+  }
+  if (mask !== 0n) parts.push(`Unknown incompatible feature: ${mask.toString(16)}`);
+  return `Unsupported qcow2 feature(s): ${parts.join(', ')}`;
+}
+
+/** Everything about a qcow2 image that info needs, loaded and checked as qemu's open does. */
+export interface Qcow2Metadata {
+  hdr: HeaderInfo;
+  clusterSize: number;
+  snapshots: Qcow2Snapshot[];
+  bitmaps: BitmapDirectoryEntry[];
+  encrypt?: Qcow2EncryptionInfo;
+  warnings: string[];
+}
+
+/**
+ * Loads the metadata of a qcow2 image from `file`, applying qcow2_do_open's checks in its order
+ * (read-only, no I/O to guest data): header fields, compression type, feature bits, table
+ * pointers and sizes, extensions (backing format, LUKS header, bitmaps), the snapshot table and
+ * the bitmaps.
+ */
+export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadata> {
+  const view = headerView(file);
+  const hdr = await loadHeader(view);
+  const h = hdr.header;
+  const clusterSize = 2 ** h.clusterBits;
+  const warnings: string[] = [];
+
+  if (h.compressionType !== COMPRESSION_ZLIB && h.compressionType !== COMPRESSION_ZSTD) {
+    throw new UnsupportedError(`qcow2: unknown compression type: ${h.compressionType}`, { errno: 'ENOTSUP' });
+  }
+  const hasCompressionBit = (h.incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n;
+  if (h.compressionType === COMPRESSION_ZLIB && hasCompressionBit) {
+    throw new FormatError('qcow2: Compression type incompatible feature bit must not be set', { errno: 'EINVAL' });
+  }
+  if (h.compressionType !== COMPRESSION_ZLIB && !hasCompressionBit) {
+    throw new FormatError('qcow2: Compression type incompatible feature bit must be set', { errno: 'EINVAL' });
+  }
+  const unknown = h.incompatibleFeatures & ~INCOMPAT_KNOWN;
+  if (unknown !== 0n) throw new UnsupportedError(unsupportedFeatures(hdr, unknown), { errno: 'ENOTSUP' });
+
+  const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+  if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {
+    throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
+  }
+  if (h.refcountTableClusters === 0) {
+    throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
+  }
+  if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / clusterSize) {
+    throw new FormatError('Reference count table too large', { errno: 'EFBIG' });
+  }
+  if (h.refcountTableOffset % clusterSize !== 0) {
+    throw new FormatError('Reference count table offset invalid', { errno: 'EINVAL' });
+  }
+  validateSnapshotTable(h.snapshotsOffset, h.nbSnapshots, clusterSize);
+  if (h.l1Size > QCOW_MAX_L1_SIZE / 8) throw new FormatError('Active L1 table too large', { errno: 'EFBIG' });
+  if (h.l1TableOffset % clusterSize !== 0) throw new FormatError('Active L1 table offset invalid', { errno: 'EINVAL' });
+  const l2Bits = BigInt(h.clusterBits - 3 - (extL2 ? 1 : 0));
+  const shift = BigInt(h.clusterBits) + l2Bits;
+  const l1Needed = (BigInt(h.size) + (1n << shift) - 1n) >> shift;
+  if (l1Needed > 0x7fffffffn) throw new FormatError('Image is too big', { errno: 'EFBIG' });
+  if (BigInt(h.l1Size) < l1Needed) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
+  if (h.cryptMethod !== CRYPT_NONE && h.cryptMethod !== CRYPT_AES && h.cryptMethod !== CRYPT_LUKS) {
+    throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod}`, { errno: 'EINVAL' });
+  }
+
+  let encrypt: Qcow2EncryptionInfo | undefined;
+  let bitmapsExt: { nbBitmaps: number; bitmapDirectorySize: number; bitmapDirectoryOffset: number } | undefined;
+  for (const ext of hdr.extensions) {
+    switch (ext.kind) {
+      case 'backing-format': {
+        const len = new TextEncoder().encode(ext.name).length;
+        if (len >= 16) {
+          throw new FormatError(`ERROR: ext_backing_format: len=${len} too large (>=16)`, { errno: 'EINVAL' });
+        }
+        break;
+      }
+      case 'crypto-header': {
+        if (h.cryptMethod !== CRYPT_LUKS) {
+          throw new FormatError('CRYPTO header extension only expected with LUKS encryption method', { errno: 'EINVAL' });
+        }
+        if (ext.offset % clusterSize !== 0) {
+          throw new FormatError(
+            `Encryption header offset '${ext.offset}' is not a multiple of cluster size '${clusterSize}'`,
+            { errno: 'EINVAL' },
+          );
+        }
+        if (ext.length < LUKS_HEADER_SIZE) throw new FormatError('Request for data outside of extension header');
+        const luksHeader = new Uint8Array(LUKS_HEADER_SIZE);
+        await file.read(ext.offset, luksHeader);
+        encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
+        break;
+      }
+      case 'bitmaps':
+        if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
+          // qemu warns and then ignores the bitmaps (a read-write open would drop the extension).
+          warnings.push(
+            h.version < 3
+              ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+              : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
+          );
+          break;
+        }
+        if (ext.nbBitmaps > QCOW2_MAX_BITMAPS) {
+          throw new FormatError(
+            `bitmaps_ext: Image has ${ext.nbBitmaps} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`,
+            { errno: 'EINVAL' },
+          );
+        }
+        if (ext.nbBitmaps === 0) throw new FormatError('found bitmaps extension with zero bitmaps', { errno: 'EINVAL' });
+        if (ext.bitmapDirectoryOffset % clusterSize !== 0) {
+          throw new FormatError('bitmaps_ext: invalid bitmap directory offset', { errno: 'EINVAL' });
+        }
+        if (ext.bitmapDirectorySize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
+          throw new FormatError(
+            `bitmaps_ext: bitmap directory size (${ext.bitmapDirectorySize}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`,
+            { errno: 'EINVAL' },
+          );
+        }
+        bitmapsExt = ext;
+        break;
+      default:
+        break;
+    }
+  }
+  if (h.cryptMethod === CRYPT_AES) encrypt = { format: 'aes' };
+
+  const snapshots = await loadSnapshots(view, h.snapshotsOffset, h.nbSnapshots);
+
+  let bitmaps: BitmapDirectoryEntry[] = [];
+  if (bitmapsExt) {
+    const virtualSize = Math.floor(h.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+    bitmaps = await loadBitmapDirectory(view, bitmapsExt, clusterSize, virtualSize);
+    // qemu loads every consistent bitmap on open, so a broken table fails the open.
+    for (const bm of bitmaps) {
+      if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
+    }
+  }
+  return { hdr, clusterSize, snapshots, bitmaps, encrypt, warnings };
+}
+
+/** qemu's pstrcpy into a fixed buffer: the string up to its first NUL, cut to `max - 1` bytes. */
+function cString(s: string, max: number): string {
+  const nul = s.indexOf('\0');
+  const bytes = new TextEncoder().encode(nul >= 0 ? s.slice(0, nul) : s);
+  return bytes.length < max ? new TextDecoder().decode(bytes) : new TextDecoder().decode(bytes.subarray(0, max - 1));
+}
+
+/** QAPI SnapshotInfo for a qcow2 snapshot (qcow2_snapshot_list + bdrv_query_snapshot_info_list). */
+export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
+  const out: SnapshotInfo = {
+    id: cString(sn.id, 128),
+    name: cString(sn.name, 256),
+    'vm-state-size': BigInt.asIntN(64, snapshotVmStateSize(sn)),
+    'date-sec': sn.dateSec,
+    'date-nsec': sn.dateNsec,
+    'vm-clock-sec': BigInt.asIntN(64, sn.vmClockNsec / 1_000_000_000n),
+    'vm-clock-nsec': Number(sn.vmClockNsec % 1_000_000_000n),
+  };
+  const icount = snapshotIcount(sn);
+  if (icount !== undefined) out.icount = BigInt.asIntN(64, icount);
+  return out;
+}
+
+/** Builds the ImageInfo of a qcow2 image from its loaded metadata. */
+export function qcow2ImageInfo(
+  meta: Qcow2Metadata,
+  filename: string,
+  actualSize: number | undefined,
+): ImageInfo {
+  const h = meta.hdr.header;
+  const info: ImageInfo = { filename, format: 'qcow2', 'virtual-size': 0 };
+  // Member order follows the QAPI schema (it decides qemu's key order on ties).
+  info['dirty-flag'] = (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  if (actualSize !== undefined) info['actual-size'] = actualSize;
+  info['virtual-size'] = Math.floor(h.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  info['cluster-size'] = meta.clusterSize;
+  if (h.cryptMethod !== CRYPT_NONE) info.encrypted = true;
+  if (meta.hdr.backingFile !== undefined && cString(meta.hdr.backingFile, 1024) !== '') {
+    const backing = cString(meta.hdr.backingFile, 1024);
+    info['backing-filename'] = backing;
+    const full = fullBackingFilename(filename, backing);
+    if (full !== undefined) info['full-backing-filename'] = full;
+    const fmt = findExtension(meta.hdr.extensions, 'backing-format');
+    if (fmt && cString(fmt.name, 16) !== '') info['backing-filename-format'] = cString(fmt.name, 16);
+  }
+  if (meta.snapshots.length > 0) info.snapshots = meta.snapshots.map(snapshotInfo);
+
+  info['format-specific'] = { type: 'qcow2', data: qcow2Specific(meta) };
+  return info;
+}
+
+/** qcow2_get_specific_info: v2 images report only compat, refcount bits and compression. */
+function qcow2Specific(meta: Qcow2Metadata): ImageInfoSpecificQcow2 {
+  const h = meta.hdr.header;
+  const d: Partial<ImageInfoSpecificQcow2> = { compat: h.version === 2 ? '0.10' : '1.1' };
+  if (h.version === 3) {
+    const dataFile = findExtension(meta.hdr.extensions, 'data-file');
+    if (dataFile) d['data-file'] = cString(dataFile.name, Number.MAX_SAFE_INTEGER);
+    // qemu-img info does not open the data file; has_data_file() then follows the feature bit.
+    if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
+      d['data-file-raw'] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+    }
+    d['extended-l2'] = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
+    d['lazy-refcounts'] = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
+    d.corrupt = (h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n;
+  }
+  d['refcount-bits'] = 2 ** h.refcountOrder;
+  if (meta.encrypt) d.encrypt = meta.encrypt;
+  if (h.version === 3 && meta.bitmaps.length > 0) {
+    d.bitmaps = meta.bitmaps.map((b) => ({
+      name: b.name,
+      granularity: 2 ** b.granularityBits,
+      flags: bitmapFlagNames(b.flags),
+    }));
+  }
+  d['compression-type'] = h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
+  return d as ImageInfoSpecificQcow2;
+}
+
+/** Builds the ImageInfo of a raw image of `fileSize` bytes. */
+export function rawImageInfo(filename: string, fileSize: number, actualSize: number | undefined): ImageInfo {
+  const info: ImageInfo = { filename, format: 'raw', 'dirty-flag': false, 'virtual-size': 0 };
+  if (actualSize !== undefined) info['actual-size'] = actualSize;
+  // The file driver counts whole sectors, rounding a partial last sector up.
+  info['virtual-size'] = Math.ceil(fileSize / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  return info;
+}
+
+/** Prefixes an open failure the way qemu-img's img_open does: "Could not open 'x': ...". */
+function openError(filename: string, err: unknown): TsimgError {
+  const inner = err instanceof TsimgError ? err : new TsimgError('io', String(err instanceof Error ? err.message : err));
+  const hint = (err as { hint?: unknown }).hint;
+  const out = new TsimgError(inner.code, `Could not open '${filename}': ${inner.message}`, { cause: err, errno: inner.errno });
+  if (typeof hint === 'string') Object.assign(out, { hint });
+  return out;
+}
+
+/** Opens a host file read-only, with qemu's message for something that is not a regular file. */
+async function openFile(filename: string): Promise<FileDevice> {
+  try {
+    return await FileDevice.open(filename, { readOnly: true });
+  } catch (err) {
+    if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
+      throw new TsimgError('usage', `Could not open '${filename}': 'file' driver requires '${filename}' to be a regular file`);
+    }
+    throw openError(filename, err);
+  }
+}
+
+/**
+ * Gathers the ImageInfo of one image file, as `qemu-img info` does for each image it reports.
+ * Errors carry qemu's "Could not open 'x': ..." wording.
+ */
+export async function collectImageInfo(filename: string, options: CollectInfoOptions = {}): Promise<ImageInfoResult> {
+  if (options.format !== undefined && options.format !== 'qcow2' && options.format !== 'raw') {
+    throw new UnsupportedError(
+      FOREIGN_FORMATS.has(options.format)
+        ? `Could not open '${filename}': image format '${options.format}' is not supported by tsimg`
+        : `Could not open '${filename}': Unknown driver '${options.format}'`,
+    );
+  }
+  const dev = await openFile(filename);
+  try {
+    let format = options.format;
+    if (format === undefined) {
+      const first = new Uint8Array(2048);
+      await dev.read(0, first);
+      format = probeFormat(first);
+      if (format !== 'qcow2' && format !== 'raw') {
+        throw new UnsupportedError(`image format '${format}' is not supported by tsimg`);
+      }
+    }
+    const actual = await dev.allocatedSize();
+    if (format === 'raw') return { info: rawImageInfo(filename, dev.size(), actual), warnings: [] };
+    let meta: Qcow2Metadata;
+    try {
+      meta = await loadQcow2Metadata(dev);
+    } catch (err) {
+      throw openError(filename, err);
+    }
+    return { info: qcow2ImageInfo(meta, filename, actual), warnings: meta.warnings };
+  } catch (err) {
+    if (err instanceof TsimgError && err.message.startsWith('Could not open ')) throw err;
+    throw openError(filename, err);
+  } finally {
+    await dev.close();
+  }
+}
+
+/** Options for {@link collectImageInfoList}. */
+export interface CollectInfoListOptions extends CollectInfoOptions {
+  /** Follow the backing chain (`--backing-chain`). */
+  chain?: boolean;
+  /** Called with each image's warnings as soon as it is opened (qemu prints them then). */
+  onWarnings?: (warnings: string[]) => void;
+}
+
+/**
+ * qemu-img's collect_image_info_list: the image, then (with `chain`) each backing file by its
+ * full name and recorded format, refusing loops and unresolvable relative names.
+ */
+export async function collectImageInfoList(filename: string, options: CollectInfoListOptions = {}): Promise<ImageInfo[]> {
+  const seen = new Set<string>();
+  const out: ImageInfo[] = [];
+  let next: string | undefined = filename;
+  let format = options.format;
+  while (next !== undefined) {
+    if (seen.has(next)) throw new FormatError(`Backing file '${next}' creates an infinite loop.`);
+    seen.add(next);
+    const { info, warnings } = await collectImageInfo(next, { format });
+    if (warnings.length > 0) options.onWarnings?.(warnings);
+    out.push(info);
+    next = undefined;
+    format = undefined;
+    if (options.chain) {
+      if (info['full-backing-filename'] !== undefined) {
+        next = info['full-backing-filename'];
+      } else if (info['backing-filename'] !== undefined) {
+        throw new FormatError(
+          `Could not determine absolute backing filename, but backing filename '${info['backing-filename']}' present`,
+        );
+      }
+      if (info['backing-filename-format'] !== undefined) format = info['backing-filename-format'];
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// LUKS header (qcow2 encrypt.format=luks keeps a LUKS1 header in the crypto header extension)
+
+/** Size of the LUKS1 header with its 8 key slots. */
+export const LUKS_HEADER_SIZE = 592;
+const LUKS_MAGIC = 'LUKS\xba\xbe';
+const LUKS_SECTOR = 512;
+const LUKS_KEY_SLOT_OFFSET = 4096;
+const LUKS_STRIPES = 4000;
+const LUKS_SLOT_ENABLED = 0x00ac71f3;
+const LUKS_SLOT_DISABLED = 0x0000dead;
+
+const CIPHER_SIZES: Readonly<Record<string, Readonly<Record<number, string>>>> = {
+  aes: { 16: 'aes-128', 24: 'aes-192', 32: 'aes-256' },
+  cast5: { 16: 'cast5-128' },
+  serpent: { 16: 'serpent-128', 24: 'serpent-192', 32: 'serpent-256' },
+  twofish: { 16: 'twofish-128', 24: 'twofish-192', 32: 'twofish-256' },
+};
+const CIPHER_MODES = new Set(['ecb', 'cbc', 'xts', 'ctr']);
+const IVGEN_ALGS = new Set(['plain', 'plain64', 'essiv']);
+const HASH_ALGS = new Set(['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160']);
+
+function fixedString(b: Uint8Array): string {
+  const nul = b.indexOf(0);
+  return new TextDecoder('latin1').decode(nul >= 0 ? b.subarray(0, nul) : b);
+}
+
+/**
+ * Decodes and checks a LUKS1 header the way qemu's qcrypto_block_luks_open does without a key
+ * (QCRYPTO_BLOCK_OPEN_NO_IO): magic, version, key slot layout, cipher/mode/hash names.
+ */
+export function decodeLuksInfo(b: Uint8Array): LuksInfo {
+  if (b.length < LUKS_HEADER_SIZE) throw new FormatError('LUKS header is truncated');
+  const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
+  if (!bytesEqual(b, 0, LUKS_MAGIC)) throw new FormatError('Volume is not in LUKS format');
+  const version = v.getUint16(6);
+  if (version !== 1) throw new UnsupportedError(`Unsupported LUKS version ${version}`);
+  const field = (off: number, len: number, what: string): string => {
+    const f = b.subarray(off, off + len);
+    if (f.indexOf(0) < 0) throw new FormatError(`LUKS header ${what} is not NUL terminated`);
+    return fixedString(f);
+  };
+  const cipherName = field(8, 32, 'cipher name');
+  const cipherModeSpec = field(40, 32, 'cipher mode');
+  const hashSpec = field(72, 32, 'hash spec');
+  const payloadSector = v.getUint32(104);
+  const keyBytes = v.getUint32(108);
+  const mkIters = v.getUint32(164);
+  const uuid = fixedString(b.subarray(168, 208));
+  const headerSectors = LUKS_KEY_SLOT_OFFSET / LUKS_SECTOR;
+  if (payloadSector < headerSectors) throw new FormatError('LUKS payload is overlapping with the header');
+  if (mkIters === 0) throw new FormatError('LUKS key iteration count is zero');
+  const slotSectors = (stripes: number): number =>
+    Math.ceil(Math.ceil((keyBytes * stripes) / LUKS_SECTOR) / headerSectors) * headerSectors;
+  const slots: LuksSlotInfo[] = [];
+  const raw: Array<{ active: number; iters: number; start: number; stripes: number }> = [];
+  for (let i = 0; i < 8; i++) {
+    const o = 208 + i * 48;
+    raw.push({ active: v.getUint32(o), iters: v.getUint32(o + 4), start: v.getUint32(o + 40), stripes: v.getUint32(o + 44) });
+  }
+  raw.forEach((s, i) => {
+    if (s.stripes !== LUKS_STRIPES) {
+      throw new FormatError(`Keyslot ${i} is corrupted (stripes ${s.stripes} != ${LUKS_STRIPES})`);
+    }
+    if (s.active !== LUKS_SLOT_ENABLED && s.active !== LUKS_SLOT_DISABLED) {
+      throw new FormatError(`Keyslot ${i} state (active/disable) is corrupted`);
+    }
+    if (s.active === LUKS_SLOT_ENABLED && s.iters === 0) throw new FormatError(`Keyslot ${i} iteration count is zero`);
+    if (s.start < headerSectors) throw new FormatError(`Keyslot ${i} is overlapping with the LUKS header`);
+    const len = slotSectors(s.stripes);
+    if (s.start + len > payloadSector) throw new FormatError(`Keyslot ${i} is overlapping with the encrypted payload`);
+    for (let j = i + 1; j < 8; j++) {
+      const t = raw[j]!;
+      const len2 = slotSectors(t.stripes);
+      if (s.start + len > t.start && t.start + len2 > s.start) {
+        throw new FormatError(`Keyslots ${i} and ${j} are overlapping in the header`);
+      }
+    }
+    const active = s.active === LUKS_SLOT_ENABLED;
+    slots.push(
+      active
+        ? { active, iters: s.iters, stripes: s.stripes, 'key-offset': s.start * LUKS_SECTOR }
+        : { active, 'key-offset': s.start * LUKS_SECTOR },
+    );
+  });
+  // "xts-plain64" → mode xts, ivgen plain64; "cbc-essiv:sha256" → ivgen essiv with hash sha256.
+  const dash = cipherModeSpec.indexOf('-');
+  const mode = dash >= 0 ? cipherModeSpec.slice(0, dash) : cipherModeSpec;
+  const ivSpec = dash >= 0 ? cipherModeSpec.slice(dash + 1) : 'plain';
+  const colon = ivSpec.indexOf(':');
+  const ivgen = colon >= 0 ? ivSpec.slice(0, colon) : ivSpec;
+  const ivHash = colon >= 0 ? ivSpec.slice(colon + 1) : undefined;
+  if (!CIPHER_MODES.has(mode)) throw new UnsupportedError(`Cipher mode '${mode}' is not supported`);
+  if (!IVGEN_ALGS.has(ivgen)) throw new UnsupportedError(`IV generator '${ivgen}' is not supported`);
+  const algKeyBytes = mode === 'xts' ? keyBytes / 2 : keyBytes;
+  const alg = CIPHER_SIZES[cipherName]?.[algKeyBytes];
+  if (alg === undefined) {
+    throw new UnsupportedError(`Algorithm '${cipherName}' with key size ${algKeyBytes} bytes not supported`);
+  }
+  if (!HASH_ALGS.has(hashSpec)) throw new UnsupportedError(`Hash algorithm '${hashSpec}' not supported`);
+  if (ivgen === 'essiv' && (ivHash === undefined || !HASH_ALGS.has(ivHash))) {
+    throw new UnsupportedError(`Hash algorithm '${ivHash ?? ''}' not supported`);
+  }
+  // Built in schema order; ivgen-hash-alg exists only for essiv.
+  const out: Partial<LuksInfo> = { 'cipher-alg': alg, 'cipher-mode': mode, 'ivgen-alg': ivgen };
+  if (ivgen === 'essiv') out['ivgen-hash-alg'] = ivHash;
+  out['hash-alg'] = hashSpec;
+  out['payload-offset'] = payloadSector * LUKS_SECTOR;
+  out['master-key-iters'] = mkIters;
+  out.uuid = uuid;
+  out.slots = slots;
+  return out as LuksInfo;
+}
