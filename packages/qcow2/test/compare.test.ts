@@ -1,0 +1,132 @@
+import { describe, expect, it } from 'vitest';
+import { faultyDevice, MemoryDevice, type BlockDevice, type BlockStatus } from '@tsimg/raw';
+import {
+  compareImages,
+  COMPARE_CHUNK,
+  firstDifferentSector,
+  firstNonZeroSector,
+  type ChainImage,
+} from '@tsimg/qcow2';
+
+const M = 1024 * 1024;
+
+async function mem(size: number, writes: [number, number, number][] = [], pageSize = 4096): Promise<MemoryDevice> {
+  const dev = new MemoryDevice({ size, pageSize });
+  for (const [offset, length, byte] of writes) await dev.write(offset, new Uint8Array(length).fill(byte));
+  return dev;
+}
+
+/** Wraps a device so that its zero pages count as unallocated (a qcow2 without backing). */
+function sparse(dev: BlockDevice, backing?: ChainImage): ChainImage {
+  return Object.assign(Object.create(dev) as BlockDevice, {
+    backing,
+    async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+      const st = await dev.blockStatus(offset, length);
+      return st.kind === 'zero' ? { kind: 'unallocated', offset, length: st.length } : st;
+    },
+    size: () => dev.size(),
+    read: (o: number, into: Uint8Array) => dev.read(o, into),
+  });
+}
+
+describe('sector search helpers', () => {
+  it('finds the first differing / non-zero 512-byte block', () => {
+    const a = new Uint8Array(10000);
+    const b = new Uint8Array(10000);
+    expect(firstDifferentSector(a, b, 10000)).toBe(-1);
+    b[5000] = 1;
+    expect(firstDifferentSector(a, b, 10000)).toBe(9);
+    b[9999] = 1; // only the earliest counts
+    expect(firstDifferentSector(a, b, 10000)).toBe(9);
+    b[5000] = 0;
+    expect(firstDifferentSector(a, b, 10000)).toBe(19); // the partial tail block
+    expect(firstNonZeroSector(b, 10000)).toBe(19);
+    expect(firstNonZeroSector(a, 10000)).toBe(-1);
+  });
+});
+
+describe('compareImages', () => {
+  it('finds identical images without reading ranges both report as zero', async () => {
+    const a = await mem(64 * M, [[10 * M, 3, 7]]);
+    const b = await mem(64 * M, [[10 * M, 3, 7]]);
+    let reads = 0;
+    const counted = Object.assign(Object.create(a) as MemoryDevice, {
+      read: async (o: number, into: Uint8Array) => {
+        reads += into.length;
+        return a.read(o, into);
+      },
+      blockStatus: (o: number, l: number) => a.blockStatus(o, l),
+      size: () => a.size(),
+    });
+    expect(await compareImages(counted, b)).toEqual({ kind: 'identical', sizeMismatch: false });
+    expect(reads).toBe(4096);
+  });
+
+  it('reports the first different sector, measured from the chunk start like qemu', async () => {
+    const a = await mem(8 * M, [[0, 8 * M, 1]]);
+    const b = await mem(8 * M, [[0, 8 * M, 1], [5 * M + 700, 1, 2]]);
+    expect(await compareImages(a, b)).toEqual({ kind: 'content', offset: 5 * M + 512, sizeMismatch: false });
+  });
+
+  it('checks ranges allocated on one side only for zeroes', async () => {
+    const a = sparse(await mem(4 * M, [[M, 4096, 0]]));
+    const b = await mem(4 * M);
+    expect((await compareImages(a, b)).kind).toBe('identical');
+    const c = await mem(4 * M, [[3 * M + 1024, 1, 9]]);
+    expect(await compareImages(a, c)).toEqual({ kind: 'content', offset: 3 * M + 1024, sizeMismatch: false });
+  });
+
+  it('handles different sizes: extra zeroes are fine, extra data is a mismatch', async () => {
+    const small = await mem(2 * M, [[0, 100, 1]]);
+    const big = await mem(3 * M, [[0, 100, 1]]);
+    const warned: string[] = [];
+    expect(await compareImages(small, big, { onSizeMismatch: () => warned.push('w') })).toEqual({
+      kind: 'identical',
+      sizeMismatch: true,
+    });
+    expect(warned).toEqual(['w']);
+    await big.write(2 * M + 4096, new Uint8Array([5]));
+    expect(await compareImages(big, small)).toEqual({ kind: 'content', offset: 2 * M + 4096, sizeMismatch: true });
+    expect(await compareImages(big, small, { strict: true })).toEqual({ kind: 'strict-size' });
+  });
+
+  it('strict mode compares the block status, EOF included', async () => {
+    const a = await mem(2 * M, [[0, 2 * M, 1]]);
+    expect((await a.blockStatus(0, 2 * M)).length).toBe(2 * M); // one run, reaching EOF
+    // The same data reported in 1 MiB runs: the first run does not reach EOF (qemu: mismatch).
+    const b = Object.assign(Object.create(a) as MemoryDevice, {
+      blockStatus: (o: number, l: number) => a.blockStatus(o, Math.min(l, M - (o % M))),
+      size: () => a.size(),
+      read: (o: number, into: Uint8Array) => a.read(o, into),
+    });
+    expect(await compareImages(a, b, { strict: true })).toEqual({ kind: 'strict-status', offset: 0 });
+    expect(await compareImages(a, a, { strict: true })).toEqual({ kind: 'identical', sizeMismatch: false });
+    const z = sparse(await mem(2 * M));
+    const d = await mem(2 * M);
+    expect(await compareImages(z, d, { strict: true })).toEqual({ kind: 'strict-status', offset: 0 });
+    expect((await compareImages(z, d)).kind).toBe('identical');
+  });
+
+  it('reports progress in qemu-sized steps that add up to the larger size', async () => {
+    const a = await mem(5 * M, [[0, 5 * M, 1]]);
+    const b = await mem(6 * M, [[0, 5 * M, 1]]);
+    const steps: number[] = [];
+    await compareImages(a, b, { onProgress: (n, base) => (expect(base).toBe(6 * M), steps.push(n)) });
+    expect(steps.slice(0, 3)).toEqual([COMPARE_CHUNK, COMPARE_CHUNK, M]);
+    expect(steps.reduce((x, y) => x + y, 0)).toBe(6 * M);
+  });
+
+  it('returns read and status failures with the side that failed', async () => {
+    const a = await mem(M, [[0, M, 1]]);
+    const b = faultyDevice(await mem(M, [[0, M, 1]]), { failRead: 1 });
+    const r = await compareImages(a, b);
+    expect(r).toMatchObject({ kind: 'read-error', side: 2, offset: 0, sizeMismatch: false });
+    const broken = Object.assign(Object.create(a) as MemoryDevice, {
+      blockStatus: async () => {
+        throw new Error('boom');
+      },
+      size: () => a.size(),
+    });
+    expect(await compareImages(broken, a)).toMatchObject({ kind: 'status-error', side: 1 });
+  });
+});
