@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FILE_STATUS_SCAN_LIMIT, FileDevice, IoError, UsageError } from '@tsimg/raw';
+import { FILE_STATUS_SCAN_LIMIT, FileDevice, type FileDeviceOptions, hasSeekData, IoError, UsageError } from '@tsimg/raw';
 
 let dir: string;
 beforeAll(() => {
@@ -13,8 +13,8 @@ afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 // ext2/3/4, xfs, btrfs, tmpfs: FileDevice trusts st_blocks there.
 const blocksTrusted = [0xef53, 0x58465342, 0x9123683e, 0x01021994].includes(fs.statfsSync(os.tmpdir()).type);
 let counter = 0;
-async function fresh(): Promise<FileDevice> {
-  return FileDevice.open(path.join(dir, `f${counter++}.img`), { create: true });
+async function fresh(options: FileDeviceOptions = {}): Promise<FileDevice> {
+  return FileDevice.open(path.join(dir, `f${counter++}.img`), { create: true, ...options });
 }
 const MiB = 1 << 20;
 const filled = (n: number, v = 0xab): Uint8Array => new Uint8Array(n).fill(v);
@@ -60,13 +60,13 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
-  it('resize keeps the file sparse', async () => {
-    const dev = await fresh();
+  it("resize keeps the file sparse (blockStatus with allocation: 'scan')", async () => {
+    const dev = await fresh({ allocation: 'scan' });
     await dev.resize(1 << 30);
     expect(dev.size()).toBe(1 << 30);
     expect(await dev.allocatedSize()).toBe(0);
     // A file without any block is all holes (where st_blocks is trusted); otherwise holes are
-    // found by reading (Node has no SEEK_DATA) and one call scans at most 64 MiB.
+    // found by reading and one call scans at most 64 MiB.
     expect(await dev.blockStatus(0, 1 << 30)).toEqual({
       kind: 'zero', offset: 0, length: blocksTrusted ? 1 << 30 : FILE_STATUS_SCAN_LIMIT, hostOffset: 0,
     });
@@ -84,8 +84,8 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
-  it.runIf(blocksTrusted)('a 1 TiB file without blocks is one zero run, found without reading', async () => {
-    const dev = await fresh();
+  it.runIf(blocksTrusted)("allocation: 'scan': a 1 TiB file without blocks is one zero run, found without reading", async () => {
+    const dev = await fresh({ allocation: 'scan' });
     await dev.resize(2 ** 40);
     const t = performance.now();
     expect(await dev.blockStatus(0, 2 ** 40)).toMatchObject({ kind: 'zero', length: 2 ** 40 });
@@ -129,7 +129,13 @@ describe('FileDevice', () => {
     expect(await dev.allocatedSize()).toBeLessThanOrEqual(MiB + 64 * 1024);
     await dev.writeZeroes(MiB, 4 * MiB); // must allocate (like preallocation)
     expect(await dev.allocatedSize()).toBeGreaterThanOrEqual(5 * MiB);
-    expect(await dev.blockStatus(0, 16 * MiB)).toMatchObject({ kind: 'zero', length: 15 * MiB });
+    if (hasSeekData()) {
+      // SEEK_DATA sees the allocated zeroes as data, as qemu-img map does.
+      expect(await dev.blockStatus(0, 16 * MiB)).toMatchObject({ kind: 'zero', length: MiB });
+      expect(await dev.blockStatus(MiB, 16 * MiB)).toMatchObject({ kind: 'data', length: 4 * MiB });
+    } else {
+      expect(await dev.blockStatus(0, 16 * MiB)).toMatchObject({ kind: 'zero', length: 15 * MiB });
+    }
     await dev.close();
   });
 
@@ -149,8 +155,9 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
-  it('blockStatus finds zero and data runs at 4 KiB granularity', async () => {
-    const dev = await fresh();
+  // The content-scanning fallback; SEEK_DATA/SEEK_HOLE is tested in file-device-seek.test.ts.
+  it("blockStatus (allocation: 'scan') finds zero and data runs at 4 KiB granularity", async () => {
+    const dev = await fresh({ allocation: 'scan' });
     await dev.resize(4 * MiB);
     await dev.write(MiB + 5000, filled(10_000)); // touches blocks [1 MiB+4 KiB, 1 MiB+16 KiB)
     await dev.write(2 * MiB, new Uint8Array(8192)); // written zeroes count as zero
@@ -169,8 +176,8 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
-  it('blockStatus scans at most 64 MiB per call; the tail of the file is data', async () => {
-    const dev = await fresh();
+  it("blockStatus (allocation: 'scan') reads at most 64 MiB per call; the tail of the file is data", async () => {
+    const dev = await fresh({ allocation: 'scan' });
     await dev.write(0, filled(70 * MiB + 1));
     expect(await dev.blockStatus(0, 100 * MiB)).toMatchObject({ kind: 'data', length: FILE_STATUS_SCAN_LIMIT });
     expect(await dev.blockStatus(64 * MiB, 100 * MiB)).toMatchObject({ kind: 'data', length: 6 * MiB + 1 });
