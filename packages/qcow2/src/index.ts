@@ -15,3 +15,6 @@ export * from './open.js';
 export * from './snapshot.js';
 export * from './bitmap-directory.js';
 export * from './info.js';
+export * from './measure.js';
+export * from './map.js';
+export * from './compare.js';

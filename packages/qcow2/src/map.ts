@@ -13,7 +13,7 @@
  *
  * Nothing here reads guest data: only `blockStatus` and `size` are called.
  */
-import type { BlockStatus } from '@tsimg/raw';
+import type { BlockDevice, BlockStatus } from '@tsimg/raw';
 import type { ChainImage } from './chain-status.js';
 
 /**
@@ -25,16 +25,13 @@ export interface MappedImage extends ChainImage {
   readonly filename: string;
   /** The image whose contents show through unallocated ranges. */
   readonly backing?: MappedImage;
-  /** The device host offsets of this layer point into (qcow2: its file; raw: itself). */
-  readonly file?: HostFile;
+  /**
+   * The device host offsets of this layer point into (qcow2: its file; raw: the file). Its name
+   * (`filename` or `fileName`, as FileDevice has) is what `map` prints.
+   */
+  readonly file?: BlockDevice;
   /** An external data file, when host offsets of data clusters point there instead. */
-  readonly dataFile?: HostFile;
-}
-
-/** A host file, named as qemu names it in `map` output. */
-export interface HostFile {
-  readonly filename?: string;
-  readonly fileName?: string;
+  readonly dataFile?: BlockDevice;
 }
 
 /** One run as `qemu-img map` sees it. */
@@ -71,8 +68,10 @@ export interface StatusAbove {
 }
 
 function hostFileName(layer: MappedImage): string {
-  const f = layer.dataFile ?? layer.file;
-  return f?.filename ?? f?.fileName ?? layer.filename;
+  const f = (layer.dataFile ?? layer.file) as { filename?: unknown; fileName?: unknown } | undefined;
+  if (typeof f?.filename === 'string') return f.filename;
+  if (typeof f?.fileName === 'string') return f.fileName;
+  return layer.filename;
 }
 
 /** Ensures the contract (1 ≤ length ≤ asked) so a faulty layer cannot stall a loop. */

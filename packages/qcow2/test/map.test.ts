@@ -10,14 +10,14 @@ type Run = { kind: 'data' | 'zero' | 'unallocated'; length: number; host?: numbe
  */
 class ScriptedImage extends MemoryDevice implements MappedImage {
   readonly filename: string;
-  readonly file: { filename: string };
+  readonly file: MemoryDevice & { filename: string };
   readonly backing?: ScriptedImage;
   readonly runs: Run[];
   statusCalls = 0;
   constructor(name: string, runs: Run[], backing?: ScriptedImage) {
     super({ size: runs.reduce((n, r) => n + r.length, 0) });
     this.filename = name;
-    this.file = { filename: `${name}.file` };
+    this.file = Object.assign(new MemoryDevice(), { filename: `${name}.file` });
     this.runs = runs;
     this.backing = backing;
   }

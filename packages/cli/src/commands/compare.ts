@@ -7,7 +7,7 @@ import { compareImages } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
-import { openImage } from '../interim-open.js';
+import { openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 import { createProgress } from '../progress.js';
 

@@ -9,7 +9,7 @@ import { FileDevice, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import { cvtnum } from '../interim-parse.js';
-import { openImage } from '../interim-open.js';
+import { openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
 const LONG = [

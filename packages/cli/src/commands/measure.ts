@@ -7,7 +7,7 @@ import { measure, type MeasureResult, type MeasureSource, type Qcow2MeasureOptio
 import { CliExit } from '../exit.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
 import { cvtnum, isValidOptionList, parseOptionList, type OptType } from '../interim-parse.js';
-import { openImage } from '../interim-open.js';
+import { openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
 const LONG = [
