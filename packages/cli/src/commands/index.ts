@@ -6,7 +6,8 @@ import { registerCommand } from '../main.js';
 
 void registerCommand;
 registerCommand('map', async () => (await import('./map.js')).run);
+registerCommand('info', async () => (await import('./info.js')).run);
 registerCommand('measure', async () => (await import('./measure.js')).run);
 registerCommand('compare', async () => (await import('./compare.js')).run);
 registerCommand('dd', async () => (await import('./dd.js')).run);
-registerCommand('info', async () => (await import('./info.js')).run);
+registerCommand('check', async () => (await import('./check.js')).run);

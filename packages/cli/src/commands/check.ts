@@ -1,0 +1,191 @@
+/**
+ * `tsimg check [-q] [-f fmt] [--output=human|json] [-r leaks|all] [-T cache] [-U] [--object ...]
+ * [--image-opts] filename` — qemu-img 7.2's img_check: the same report on stdout, the same
+ * per-problem lines on stderr, the same repairs, and its exit statuses:
+ * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
+ * 63 the format has no checks (raw).
+ */
+import { FileDevice, TsimgError, type BlockDevice } from '@tsimg/raw';
+import {
+  FIX_ERRORS,
+  FIX_LEAKS,
+  QCOW2_MAGIC,
+  checkErrnoText,
+  checkImage,
+  finishRepair,
+  openForCheck,
+  openImage,
+  resolveRelative,
+  findExtension,
+  type CheckImage,
+  type CheckOutcome,
+} from '@tsimg/qcow2';
+import type { CliIO, CommandRunner } from '../main.js';
+import { CliExit } from '../exit.js';
+import { getoptLong, qemuGetoptMessage, type LongOption } from '../getopt.js';
+import { QEMU_FORMATS } from '../image-open.js';
+import { parseImageOpts } from './info.js';
+import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../format-check.js';
+
+const LONG_OPTIONS: readonly LongOption[] = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'format', hasArg: true, key: 'f' },
+  { name: 'repair', hasArg: true, key: 'r' },
+  { name: 'output', hasArg: true, key: 'output' },
+  { name: 'object', hasArg: true, key: 'object' },
+  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  { name: 'force-share', hasArg: false, key: 'U' },
+];
+
+const CACHE_MODES = ['none', 'off', 'writeback', 'unsafe', 'directsync', 'writethrough'];
+
+const HELP =
+  'usage: tsimg check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n\n' +
+  "  '-r leaks' repairs leaked clusters, '-r all' also repairs corruptions\n" +
+  "  '--output' takes 'human' (default) or 'json'\n" +
+  'Exit status: 0 no errors, 1 check failed, 2 corruptions, 3 leaks only, 63 format without checks\n';
+
+function usageExit(message: string): never {
+  throw new CliExit(1, `${message}\nTry 'tsimg --help' for more information`);
+}
+
+async function isQcow2(file: BlockDevice): Promise<boolean> {
+  if (file.size() < 4) return false;
+  const magic = new Uint8Array(4);
+  await file.read(0, magic);
+  return new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC;
+}
+
+/** Opens like img_open: the file, its format, the header checks, and the backing chain. */
+async function openChecked(
+  filename: string,
+  format: string | undefined,
+  writable: boolean,
+  io: CliIO,
+): Promise<{ file: FileDevice; img?: CheckImage }> {
+  if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
+    if (!QEMU_FORMATS.includes(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
+    throw new CliExit(1, `Could not open '${filename}': tsimg does not support the '${format}' format`);
+  }
+  let file: FileDevice;
+  try {
+    file = await FileDevice.open(filename, { readOnly: !writable, io: 'sync' });
+  } catch (err) {
+    throw new CliExit(1, `Could not open '${filename}': ${(err as Error).message}`);
+  }
+  try {
+    const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
+    if (fmt === 'raw') return { file };
+    const img = await openForCheck(file, (line, kind) => io.stderr(kind === 'report' ? `tsimg: ${line}\n` : `${line}\n`), writable);
+    const info = img.header.backingFileOffset > 0 ? await backingName(img) : undefined;
+    if (info !== undefined && info !== '') {
+      // img_open opens the whole chain: a missing or broken backing file fails the check too.
+      const fmtName = findExtension(img.extensions, 'backing-format')?.name;
+      const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
+      const backing = await openImage(resolveRelative(filename, info), { format: bfmt, readOnly: true }).catch(
+        (err: unknown) => {
+          const msg = err instanceof Error ? err.message : String(err);
+          throw new TsimgError('format', `Could not open backing file: ${msg}`);
+        },
+      );
+      await backing.close();
+    }
+    return { file, img };
+  } catch (err) {
+    await file.close().catch(() => undefined);
+    if (err instanceof CliExit) throw err;
+    if (err instanceof TsimgError) {
+      const hint = (err as { hint?: unknown }).hint;
+      throw new CliExit(1, `Could not open '${filename}': ${err.message}${typeof hint === 'string' ? `\n${hint}` : ''}`);
+    }
+    throw err;
+  }
+}
+
+async function backingName(img: CheckImage): Promise<string> {
+  const h = img.header;
+  const bytes = new Uint8Array(h.backingFileSize);
+  if (h.backingFileSize > 0) await img.file.read(h.backingFileOffset, bytes);
+  return new TextDecoder().decode(bytes);
+}
+
+export const run: CommandRunner = async (argv, io) => {
+  const parsed = getoptLong(argv, ':hf:r:T:qU', LONG_OPTIONS);
+  if (parsed.error) usageExit(qemuGetoptMessage(parsed.error));
+  let format: string | undefined;
+  let output: string | undefined;
+  let cache: string | undefined;
+  let fix = 0;
+  let quiet = false;
+  let imageOpts = false;
+  for (const o of parsed.options) {
+    switch (o.key) {
+      case 'h':
+        io.stdout(HELP);
+        return 0;
+      case 'f':
+        format = o.value;
+        break;
+      case 'r':
+        if (o.value === 'leaks') fix = FIX_LEAKS;
+        else if (o.value === 'all') fix = FIX_LEAKS | FIX_ERRORS;
+        else usageExit(`Unknown option value for -r (expecting 'leaks' or 'all'): ${o.value}`);
+        break;
+      case 'output':
+        output = o.value;
+        break;
+      case 'T':
+        cache = o.value;
+        break;
+      case 'q':
+        quiet = true;
+        break;
+      case 'image-opts':
+        imageOpts = true;
+        break;
+      default:
+        // -U and --object: tsimg takes no locks and check needs no secrets.
+        break;
+    }
+  }
+  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
+  let filename = parsed.operands[0]!;
+  if (output !== undefined && output !== 'json' && output !== 'human') {
+    throw new CliExit(1, '--output must be used with human or json as argument.');
+  }
+  const json = output === 'json';
+  if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
+  if (imageOpts) {
+    if (format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
+    const opts = parseImageOpts(filename);
+    filename = opts.filename;
+    format = opts.format;
+  }
+  const out = (text: string): void => {
+    if (!quiet) io.stdout(text);
+  };
+
+  const { file, img } = await openChecked(filename, format, fix !== 0, io);
+  try {
+    if (!img) throw new CliExit(63, 'This image format does not support checks');
+    let outcome: CheckOutcome = await checkImage(img, fix);
+    if (!outcome.errno && (outcome.result.corruptionsFixed || outcome.result.leaksFixed)) {
+      const { leaksFixed, corruptionsFixed } = outcome.result;
+      if (!json) out(formatRepairSummary(leaksFixed, corruptionsFixed));
+      outcome = await checkImage(img, 0);
+      outcome.result.leaksFixed = leaksFixed;
+      outcome.result.corruptionsFixed = corruptionsFixed;
+    }
+    const { result, errno } = outcome;
+    if (!errno) {
+      out(json ? formatCheckJson({ filename, format: 'qcow2', result }) : formatCheckHuman(result));
+    }
+    if (errno || result.checkErrors) {
+      throw new CliExit(1, errno ? `Check failed: ${checkErrnoText(errno)}` : 'Check failed');
+    }
+    return result.corruptions ? 2 : result.leaks ? 3 : 0;
+  } finally {
+    if (img && fix) await finishRepair(img).catch(() => undefined);
+    await file.close().catch(() => undefined);
+  }
+};

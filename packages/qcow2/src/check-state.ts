@@ -1,0 +1,447 @@
+/**
+ * The image as `check` sees it: qemu's BDRVQcow2State reduced to what qcow2_check_refcounts and
+ * its helpers read (header fields, the active L1 table, the refcount table, a refcount-block
+ * cache), loaded the way qcow2_do_open does with BDRV_O_CHECK, plus the low-level helpers the
+ * check needs: 64-bit entries as two 32-bit halves, reads that see zeroes past the end of the
+ * file, on-disk refcount lookups and qemu's metadata overlap check.
+ *
+ * Why not the engine's Qcow2Image: a check must open images the engine refuses (no refcount
+ * table, corrupt bit set, dirty lazy refcounts), must not repair a dirty image while opening,
+ * and must write metadata through the file device in qemu's order.
+ */
+import { FormatError, IoError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
+import { loadHeader, findExtension, type Qcow2Header, type HeaderExtension } from './header.js';
+import {
+  COMPRESSION_ZLIB,
+  COMPRESSION_ZSTD,
+  INCOMPAT_COMPRESSION,
+  INCOMPAT_DATA_FILE,
+  INCOMPAT_EXTL2,
+  INCOMPAT_KNOWN,
+  AUTOCLEAR_BITMAPS,
+  QCOW_MAX_L1_SIZE,
+  QCOW_MAX_REFTABLE_SIZE,
+} from './types.js';
+import { getRefcount, setRefcount } from './refcount.js';
+
+const TWO32 = 2 ** 32;
+/** Offsets from here on cannot be read or written (qemu's int64 request limit). */
+const INT64_MAX_APPROX = 2 ** 63;
+
+/** Formats a u64 given as two 32-bit halves as lowercase hex without prefix (printf %PRIx64). */
+export function hex64(hi: number, lo: number): string {
+  if (hi === 0) return (lo >>> 0).toString(16);
+  return (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
+}
+
+/** Formats a non-negative integer as hex (exact below 2^53). */
+export function hex(n: number): string {
+  if (n < TWO32) return n.toString(16);
+  return hex64(Math.floor(n / TWO32), n % TWO32);
+}
+
+/** printf's `%#x`: `0x` prefix except for zero. */
+export function hashHex(n: number): string {
+  return n === 0 ? '0' : `0x${hex(n)}`;
+}
+
+/** The value of two 32-bit halves as a number (exact below 2^53). */
+export function u64(hi: number, lo: number): number {
+  return (hi >>> 0) * TWO32 + (lo >>> 0);
+}
+
+/** One snapshot table entry as the check uses it. */
+export interface CheckSnapshot {
+  id: string;
+  name: string;
+  l1TableOffset: number;
+  l1Size: number;
+  extraDataSize: number;
+}
+
+/** Metadata overlap kinds, qemu's QCOW2_OL_* bits. */
+export const OL_MAIN_HEADER = 1 << 0;
+export const OL_ACTIVE_L1 = 1 << 1;
+export const OL_ACTIVE_L2 = 1 << 2;
+export const OL_REFCOUNT_TABLE = 1 << 3;
+export const OL_REFCOUNT_BLOCK = 1 << 4;
+export const OL_SNAPSHOT_TABLE = 1 << 5;
+export const OL_INACTIVE_L1 = 1 << 6;
+export const OL_INACTIVE_L2 = 1 << 7;
+export const OL_BITMAP_DIRECTORY = 1 << 8;
+/** qemu's default overlap-check mode, "cached": everything but inactive L2 tables. */
+const OL_CACHED = 0x1ff & ~OL_INACTIVE_L2;
+const OL_NAMES = [
+  'qcow2_header',
+  'active L1 table',
+  'active L2 table',
+  'refcount table',
+  'refcount block',
+  'snapshot table',
+  'inactive L1 table',
+  'inactive L2 table',
+  'bitmap directory',
+];
+
+/** Where check output goes: `fprintf(stderr)` lines, or `error_report` lines (program prefix). */
+export type CheckLog = (line: string, kind?: 'report') => void;
+
+/** The opened image's state during a check (qemu's BDRVQcow2State subset). */
+export interface CheckImage {
+  file: BlockDevice;
+  writable: boolean;
+  header: Qcow2Header;
+  extensions: HeaderExtension[];
+  clusterBits: number;
+  clusterSize: number;
+  /** Entries per L2 table. */
+  l2Size: number;
+  /** 8, or 16 with extended L2 entries. */
+  l2EntryBytes: number;
+  extendedL2: boolean;
+  dataFile: boolean;
+  refcountOrder: number;
+  /** log2 of the refcounts per refcount block. */
+  refcountBlockBits: number;
+  refcountMax: number;
+  virtualSize: number;
+  l1TableOffset: number;
+  l1Size: number;
+  /** The active L1 table as read at open (big-endian entries). */
+  l1Table: Uint8Array;
+  reftableOffset: number;
+  /** Number of refcount table entries. */
+  reftableSize: number;
+  /** The refcount table (big-endian entries). */
+  reftable: Uint8Array;
+  nbSnapshots: number;
+  snapshotsOffset: number;
+  snapshotsSize: number;
+  snapshots: CheckSnapshot[];
+  bitmaps?: { nbBitmaps: number; dirOffset: number; dirSize: number };
+  crypto?: { offset: number; length: number };
+  /** Refcount blocks read so far, by offset; `dirty` ones must be written back. */
+  refblockCache: Map<number, Uint8Array>;
+  dirtyRefblocks: Set<number>;
+  signaledCorruption: boolean;
+  log: CheckLog;
+}
+
+/**
+ * Reads `length` bytes at `offset` as qemu's bdrv_pread on a file does: bytes past the end of
+ * the file read as zeroes; offsets beyond the int64 range fail with EIO.
+ */
+export async function readAt(file: BlockDevice, offset: number, length: number): Promise<Uint8Array> {
+  if (offset < 0 || offset + length > INT64_MAX_APPROX) {
+    throw new IoError('Input/output error', { errno: 'EIO' });
+  }
+  const out = new Uint8Array(length);
+  const size = file.size();
+  if (offset < size && length > 0) {
+    const n = Math.min(length, size - offset);
+    await file.read(offset, n === length ? out : out.subarray(0, n));
+  }
+  return out;
+}
+
+function validateTable(
+  clusterSize: number,
+  offset: number,
+  entries: number,
+  entryLen: number,
+  maxBytes: number,
+  name: string,
+): void {
+  if (entries > Math.floor(maxBytes / entryLen)) throw new FormatError(`${name} too large`, { errno: 'EFBIG' });
+  if (INT64_MAX_APPROX - entries * entryLen < offset || offset % clusterSize !== 0) {
+    throw new FormatError(`${name} offset invalid`, { errno: 'EINVAL' });
+  }
+}
+
+/** qemu's report_unsupported_feature text. */
+function unsupportedFeatures(exts: readonly HeaderExtension[], mask: bigint): string {
+  const names: string[] = [];
+  const table = findExtension(exts, 'feature-names')?.features ?? [];
+  for (const f of table) {
+    if (f.name === '') break;
+    if (f.type === 0 && (mask & (1n << BigInt(f.bit))) !== 0n) {
+      names.push(f.name.slice(0, 46));
+      mask &= ~(1n << BigInt(f.bit));
+    }
+  }
+  if (mask !== 0n) names.push(`Unknown incompatible feature: ${mask.toString(16)}`);
+  return `Unsupported qcow2 feature(s): ${names.join(', ')}`;
+}
+
+/**
+ * Opens the qcow2 image on `file` for a check (qcow2_do_open with BDRV_O_CHECK): validates the
+ * header and table pointers with qemu's messages, reads the active L1 table and the refcount
+ * table. Throws a FormatError/UnsupportedError (the CLI prints "Could not open ...: <message>").
+ */
+export async function openForCheck(file: BlockDevice, log: CheckLog, writable = !file.readOnly): Promise<CheckImage> {
+  const { header, extensions } = await loadHeader(file);
+  const clusterBits = header.clusterBits;
+  const clusterSize = 2 ** clusterBits;
+  const incompat = header.incompatibleFeatures;
+  if (header.compressionType !== COMPRESSION_ZLIB && header.compressionType !== COMPRESSION_ZSTD) {
+    throw new UnsupportedError(`qcow2: unknown compression type: ${header.compressionType}`, { errno: 'ENOTSUP' });
+  }
+  if (header.compressionType === COMPRESSION_ZLIB) {
+    if ((incompat & INCOMPAT_COMPRESSION) !== 0n) {
+      throw new FormatError('qcow2: Compression type incompatible feature bit must not be set', { errno: 'EINVAL' });
+    }
+  } else if ((incompat & INCOMPAT_COMPRESSION) === 0n) {
+    throw new FormatError('qcow2: Compression type incompatible feature bit must be set', { errno: 'EINVAL' });
+  }
+  if ((incompat & ~INCOMPAT_KNOWN) !== 0n) {
+    throw new UnsupportedError(unsupportedFeatures(extensions, incompat & ~INCOMPAT_KNOWN), { errno: 'ENOTSUP' });
+  }
+  const extendedL2 = (incompat & INCOMPAT_EXTL2) !== 0n;
+  if (extendedL2 && clusterSize / 32 < 512) {
+    throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
+  }
+  const refcountOrder = header.refcountOrder;
+  const l2EntryBytes = extendedL2 ? 16 : 8;
+  const l2Bits = clusterBits - Math.log2(l2EntryBytes);
+  const reftableSize = header.refcountTableClusters * (clusterSize / 8);
+  validateTable(
+    clusterSize,
+    header.refcountTableOffset,
+    header.refcountTableClusters,
+    clusterSize,
+    QCOW_MAX_REFTABLE_SIZE,
+    'Reference count table',
+  );
+  validateTable(clusterSize, header.l1TableOffset, header.l1Size, 8, QCOW_MAX_L1_SIZE, 'Active L1 table');
+  const l1VmStateIndex = Math.ceil(header.size / 2 ** (clusterBits + l2Bits));
+  if (l1VmStateIndex > 0x7fffffff) throw new FormatError('Image is too big', { errno: 'EFBIG' });
+  if (header.l1Size < l1VmStateIndex) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
+  let l1Table: Uint8Array;
+  let reftable: Uint8Array;
+  try {
+    l1Table = await readAt(file, header.l1TableOffset, header.l1Size * 8);
+  } catch (err) {
+    throw new IoError(`Could not read L1 table: ${(err as Error).message}`, { cause: err });
+  }
+  try {
+    reftable = await readAt(file, header.refcountTableOffset, reftableSize * 8);
+  } catch (err) {
+    throw new IoError(`Could not initialize refcount handling: ${(err as Error).message}`, { cause: err });
+  }
+  const dataFile = (incompat & INCOMPAT_DATA_FILE) !== 0n;
+  if (dataFile && !findExtension(extensions, 'data-file')) {
+    throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
+  }
+  const bm = findExtension(extensions, 'bitmaps');
+  const crypto = findExtension(extensions, 'crypto-header');
+  return {
+    file,
+    writable,
+    header,
+    extensions,
+    clusterBits,
+    clusterSize,
+    l2Size: 2 ** l2Bits,
+    l2EntryBytes,
+    extendedL2,
+    dataFile,
+    refcountOrder,
+    refcountBlockBits: clusterBits - (refcountOrder - 3),
+    refcountMax: refcountOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << refcountOrder) - 1,
+    virtualSize: header.size,
+    l1TableOffset: header.l1TableOffset,
+    l1Size: header.l1Size,
+    l1Table,
+    reftableOffset: header.refcountTableOffset,
+    reftableSize,
+    reftable,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    snapshotsSize: 0,
+    snapshots: [],
+    bitmaps:
+      bm && bm.nbBitmaps > 0 && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n
+        ? { nbBitmaps: bm.nbBitmaps, dirOffset: bm.bitmapDirectoryOffset, dirSize: bm.bitmapDirectorySize }
+        : undefined,
+    crypto: crypto && header.cryptMethod !== 0 ? { offset: crypto.offset, length: crypto.length } : undefined,
+    refblockCache: new Map(),
+    dirtyRefblocks: new Set(),
+    signaledCorruption: false,
+    log,
+  };
+}
+
+/** qemu's qcow2_signal_corruption: one message per image, marking it corrupt when fatal. */
+export async function signalCorruption(img: CheckImage, fatal: boolean, message: string): Promise<void> {
+  fatal = fatal && img.writable;
+  if (img.signaledCorruption && !fatal) return;
+  if (img.signaledCorruption && (img.header.incompatibleFeatures & 2n) !== 0n) return;
+  img.log(
+    fatal
+      ? `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`
+      : `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`,
+  );
+  img.signaledCorruption = true;
+  if (fatal && img.header.version === 3) {
+    img.header.incompatibleFeatures |= 2n;
+    await writeIncompatibleFeatures(img);
+  }
+}
+
+/** Writes the header's incompatible-features field (v3) and flushes. */
+export async function writeIncompatibleFeatures(img: CheckImage): Promise<void> {
+  if (img.header.version !== 3) return;
+  const b = new Uint8Array(8);
+  new DataView(b.buffer).setBigUint64(0, img.header.incompatibleFeatures);
+  await img.file.flush();
+  await img.file.write(72, b);
+  await img.file.flush();
+}
+
+/** The refcount table entry `index` as halves. */
+function reftableEntry(img: CheckImage, index: number): { hi: number; lo: number } {
+  const v = new DataView(img.reftable.buffer, img.reftable.byteOffset);
+  return { hi: v.getUint32(index * 8), lo: v.getUint32(index * 8 + 4) };
+}
+
+/** Offset (REFT_OFFSET_MASK) of refcount table entry `index`, with its halves for messages. */
+export function reftableOffsetAt(img: CheckImage, index: number): { offset: number; hi: number; lo: number } {
+  const e = reftableEntry(img, index);
+  const lo = (e.lo & 0xffff_fe00) >>> 0;
+  return { offset: u64(e.hi, lo), hi: e.hi, lo };
+}
+
+/** Raw refcount table entry `index` has reserved bits 0..8 set. */
+export function reftableReserved(img: CheckImage, index: number): boolean {
+  return (reftableEntry(img, index).lo & 0x1ff) !== 0;
+}
+
+/** Result of looking up a refcount block: absent (all zero), failed (-EIO), or its bytes. */
+export type RefblockLookup = { kind: 'none' } | { kind: 'error' } | { kind: 'block'; offset: number; block: Uint8Array };
+
+/** qcow2_get_refcount's refcount block lookup for refcount table index `tableIndex`. */
+export async function lookupRefblock(img: CheckImage, tableIndex: number): Promise<RefblockLookup> {
+  if (tableIndex >= img.reftableSize) return { kind: 'none' };
+  const { offset, hi, lo } = reftableOffsetAt(img, tableIndex);
+  if (offset === 0) return { kind: 'none' };
+  if (lo % img.clusterSize !== 0 || offset % img.clusterSize !== 0) {
+    await signalCorruption(
+      img,
+      true,
+      `Refblock offset 0x${hex64(hi, lo)} unaligned (reftable index: ${hashHex(tableIndex)})`,
+    );
+    return { kind: 'error' };
+  }
+  let block = img.refblockCache.get(offset);
+  if (!block) {
+    try {
+      block = await readAt(img.file, offset, img.clusterSize);
+    } catch {
+      return { kind: 'error' };
+    }
+    img.refblockCache.set(offset, block);
+  }
+  return { kind: 'block', offset, block };
+}
+
+/** Reads one refcount of a block, tolerating 64-bit values beyond 2^53 (approximated). */
+export function readRefcount(block: Uint8Array, index: number, order: number): number {
+  if (order < 6) return getRefcount(block, index, order);
+  const o = index * 8;
+  const v = new DataView(block.buffer, block.byteOffset);
+  return u64(v.getUint32(o), v.getUint32(o + 4));
+}
+
+/** The exact decimal text of a refcount (64-bit refcounts may exceed 2^53). */
+export function refcountText(block: Uint8Array, index: number, order: number): string {
+  if (order < 6) return String(getRefcount(block, index, order));
+  return new DataView(block.buffer, block.byteOffset).getBigUint64(index * 8).toString();
+}
+
+/** qcow2_get_refcount: the on-disk refcount of cluster `clusterIndex`, undefined on error. */
+export async function diskRefcount(img: CheckImage, clusterIndex: number): Promise<number | undefined> {
+  const r = await lookupRefblock(img, Math.floor(clusterIndex / 2 ** img.refcountBlockBits));
+  if (r.kind === 'none') return 0;
+  if (r.kind === 'error') return undefined;
+  return readRefcount(r.block, clusterIndex % 2 ** img.refcountBlockBits, img.refcountOrder);
+}
+
+/** Sets a refcount in a cached refcount block and marks the block dirty. */
+export function setCachedRefcount(img: CheckImage, offset: number, block: Uint8Array, index: number, value: number): void {
+  setRefcount(block, index, img.refcountOrder, value);
+  img.dirtyRefblocks.add(offset);
+}
+
+/** Writes every dirty cached refcount block back and flushes (qcow2_cache_flush). */
+export async function flushRefblocks(img: CheckImage): Promise<void> {
+  if (img.dirtyRefblocks.size === 0) return;
+  for (const offset of [...img.dirtyRefblocks].sort((a, b) => a - b)) {
+    const block = img.refblockCache.get(offset);
+    if (block) await img.file.write(offset, block);
+  }
+  img.dirtyRefblocks.clear();
+  await img.file.flush();
+}
+
+function overlaps(a: number, alen: number, b: number, blen: number): boolean {
+  return a < b + blen && b < a + alen;
+}
+
+/**
+ * qemu's qcow2_check_metadata_overlap in the default "cached" mode: the kind of metadata the
+ * range would overwrite (a QCOW2_OL_* bit), or 0. `ign` masks kinds not to test.
+ */
+export function metadataOverlap(img: CheckImage, ign: number, offset: number, size: number): number {
+  const chk = OL_CACHED & ~ign;
+  if (size === 0) return 0;
+  const cs = img.clusterSize;
+  if (chk & OL_MAIN_HEADER && offset < cs) return OL_MAIN_HEADER;
+  size = Math.ceil(((offset % cs) + size) / cs) * cs;
+  offset -= offset % cs;
+  if (chk & OL_ACTIVE_L1 && img.l1Size && overlaps(offset, size, img.l1TableOffset, img.l1Size * 8)) return OL_ACTIVE_L1;
+  if (chk & OL_REFCOUNT_TABLE && img.reftableSize && overlaps(offset, size, img.reftableOffset, img.reftableSize * 8)) {
+    return OL_REFCOUNT_TABLE;
+  }
+  if (chk & OL_SNAPSHOT_TABLE && img.snapshotsSize && overlaps(offset, size, img.snapshotsOffset, img.snapshotsSize)) {
+    return OL_SNAPSHOT_TABLE;
+  }
+  if (chk & OL_INACTIVE_L1) {
+    for (const sn of img.snapshots) {
+      if (sn.l1Size && overlaps(offset, size, sn.l1TableOffset, sn.l1Size * 8)) return OL_INACTIVE_L1;
+    }
+  }
+  if (chk & OL_ACTIVE_L2) {
+    const v = new DataView(img.l1Table.buffer, img.l1Table.byteOffset);
+    for (let i = 0; i < img.l1Size; i++) {
+      const l2 = u64(v.getUint32(i * 8) & 0x00ff_ffff, v.getUint32(i * 8 + 4) & 0xffff_fe00);
+      if (l2 && overlaps(offset, size, l2, cs)) return OL_ACTIVE_L2;
+    }
+  }
+  if (chk & OL_REFCOUNT_BLOCK) {
+    for (let i = 0; i < img.reftableSize; i++) {
+      const rb = reftableOffsetAt(img, i).offset;
+      if (rb && overlaps(offset, size, rb, cs)) return OL_REFCOUNT_BLOCK;
+    }
+  }
+  if (
+    chk & OL_BITMAP_DIRECTORY &&
+    (img.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n &&
+    img.bitmaps &&
+    overlaps(offset, size, img.bitmaps.dirOffset, img.bitmaps.dirSize)
+  ) {
+    return OL_BITMAP_DIRECTORY;
+  }
+  return 0;
+}
+
+/**
+ * qcow2_pre_write_overlap_check: true when the write may go ahead; otherwise the image is
+ * marked corrupt (with qemu's message) and the caller fails with EIO.
+ */
+export async function preWriteOverlapCheck(img: CheckImage, ign: number, offset: number, size: number): Promise<boolean> {
+  const ol = metadataOverlap(img, ign, offset, size);
+  if (ol === 0) return true;
+  const bit = Math.log2(ol & -ol);
+  await signalCorruption(img, true, `Preventing invalid write on metadata (overlaps with ${OL_NAMES[bit]})`);
+  return false;
+}
