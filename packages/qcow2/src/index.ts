@@ -19,4 +19,3 @@ export * from './cow.js';
 export * from './image.js';
 export * from './open.js';
 export * from './check.js';
-export * from './create.js';
