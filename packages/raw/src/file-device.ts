@@ -60,7 +60,8 @@ export interface FileDeviceOptions {
   allocation?: 'auto' | 'scan';
 }
 
-export { hasSeekData } from './seek.js';
+// seek.ts is not in index.ts; its public part is exported through here.
+export { type Allocation, findAllocation, hasSeekData, type Lseek, SEEK_DATA, SEEK_HOLE } from './seek.js';
 
 /** blockStatus classifies a file's bytes as data or zero in aligned blocks of this size. */
 export const FILE_STATUS_GRANULARITY = 4096;
