@@ -165,11 +165,12 @@ function rawImages(b) {
   ]);
   b.add({ file: 'raw-dense.raw', format: 'raw', description: 'fully allocated raw (preallocation=full), every byte written', tags: ['raw', 'preallocation'] });
 
-  // qemu's raw driver has byte granularity: an odd-sized file is an odd-sized image.
+  // qemu sizes block devices in 512-byte sectors: this 100001-byte file is a 100352-byte image
+  // (qemu-img info and convert say so) whose tail past the end of the file reads as zeroes.
   const odd = Buffer.from(readFileSync(join(b.out, TEXT)).subarray(0, 100_001));
   odd.fill(0, 40_000, 60_000);
   writeFileSync(join(b.out, 'raw-odd-size.raw'), odd);
-  b.add({ file: 'raw-odd-size.raw', format: 'raw', description: 'raw file of 100001 bytes (not a multiple of 512)', tags: ['raw', 'odd-size'] });
+  b.add({ file: 'raw-odd-size.raw', format: 'raw', description: 'raw file of 100001 bytes: qemu rounds its size up to 100352 (a multiple of 512)', tags: ['raw', 'odd-size'] });
 
   // Source for the convert-made images: text, a zero run, incompressible noise, a uniform run.
   b.create('raw-mixed.raw', 'raw', 4 * MiB);
