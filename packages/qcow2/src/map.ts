@@ -74,6 +74,16 @@ function hostFileName(layer: MappedImage): string {
   return layer.filename;
 }
 
+/**
+ * The host offset an `unallocated` status may carry: qcow2 reports one for an unallocated
+ * subcluster inside an allocated cluster (extended L2), as qemu does. Read defensively because
+ * BlockStatus declares no such field on this variant.
+ */
+function unallocatedHostOffset(st: BlockStatus): number | undefined {
+  const h = (st as { hostOffset?: unknown }).hostOffset;
+  return typeof h === 'number' ? h : undefined;
+}
+
 /** Ensures the contract (1 ≤ length ≤ asked) so a faulty layer cannot stall a loop. */
 function checked(st: BlockStatus, asked: number): BlockStatus {
   if (!(st.length >= 1) || st.length > asked) {
@@ -110,9 +120,16 @@ export async function mapBlockStatus(image: MappedImage, offset: number, length:
       return entry;
     }
     const backing = layer.backing;
-    // No backing, or past its end: the layer itself reports zero (not allocated).
+    // No backing, or past its end: the layer itself reports zero (not allocated). An
+    // unallocated subcluster of an allocated cluster keeps its host offset (qemu: OFFSET_VALID).
     if (backing === undefined || offset >= backing.size()) {
-      return { start: offset, length: bytes, depth, present: false, zero: true, data: false };
+      const entry: MapEntry = { start: offset, length: bytes, depth, present: false, zero: true, data: false };
+      const host = unallocatedHostOffset(st);
+      if (host !== undefined) {
+        entry.offset = host;
+        entry.filename = hostFileName(layer);
+      }
+      return entry;
     }
     bytes = Math.min(bytes, backing.size() - offset);
     layer = backing;
@@ -148,7 +165,9 @@ export async function blockStatusAbove(image: ChainImage, offset: number, length
     }
     const backing = layer.backing;
     if (backing === undefined) {
-      result = { offset, length: bytes, data: false, zero: true, allocated: false, offsetValid: false, depth };
+      const host = unallocatedHostOffset(st);
+      result = { offset, length: bytes, data: false, zero: true, allocated: false, offsetValid: host !== undefined, depth };
+      if (host !== undefined) result.hostOffset = host;
       break;
     }
     if (offset >= backing.size()) {

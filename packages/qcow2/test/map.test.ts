@@ -27,7 +27,12 @@ class ScriptedImage extends MemoryDevice implements MappedImage {
     for (const r of this.runs) {
       if (offset < start + r.length) {
         const len = Math.min(start + r.length - offset, length);
-        if (r.kind === 'unallocated') return { kind: 'unallocated', offset, length: len };
+        if (r.kind === 'unallocated') {
+          const st = { kind: 'unallocated', offset, length: len } as BlockStatus;
+          // An unallocated subcluster of an allocated cluster: the engine may pass its offset.
+          if (r.host !== undefined) Object.assign(st, { hostOffset: r.host + (offset - start) });
+          return st;
+        }
         const st: BlockStatus = { kind: r.kind, offset, length: len };
         if (r.host !== undefined) st.hostOffset = r.host + (offset - start);
         return st;
@@ -66,6 +71,14 @@ describe('mapBlockStatus', () => {
     // The chain's bottom says zero at depth 1 inside the backing file, depth 0 past its end.
     expect(await mapBlockStatus(top, 0, 128 * K)).toMatchObject({ length: 64 * K, depth: 1, present: false, zero: true });
     expect(await mapBlockStatus(top, 64 * K, 64 * K)).toMatchObject({ length: 64 * K, depth: 0, present: false, zero: true });
+  });
+
+  it('keeps the host offset of an unallocated subcluster at the bottom of the chain', async () => {
+    const img = new ScriptedImage('x', [{ kind: 'unallocated', length: 2 * K, host: 80 * K }]);
+    expect(await mapBlockStatus(img, 0, 2 * K)).toEqual({
+      start: 0, length: 2 * K, depth: 0, present: false, zero: true, data: false, offset: 80 * K, filename: 'x.file',
+    });
+    expect(await blockStatusAbove(img, 0, 2 * K)).toMatchObject({ zero: true, allocated: false, offsetValid: true });
   });
 
   it('gives compressed-like data (no host offset) neither offset nor file name', async () => {
