@@ -17,7 +17,23 @@ import {
   UsageError,
   type BlockDevice,
 } from '@tsimg/raw';
-import { findExtension, loadHeader, type HeaderInfo } from './header.js';
+import {
+  decodeHeader,
+  EXT_BACKING_FORMAT,
+  EXT_BITMAPS,
+  EXT_CRYPTO_HEADER,
+  EXT_DATA_FILE,
+  EXT_END,
+  EXT_FEATURE_NAMES,
+  findExtension,
+  V2_HEADER_LENGTH,
+  V3_HEADER_LENGTH,
+  V3_HEADER_LENGTH_MIN,
+  type FeatureName,
+  type HeaderExtension,
+  type HeaderInfo,
+  type Qcow2Header,
+} from './header.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -33,11 +49,13 @@ import {
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   INCOMPAT_KNOWN,
+  MAX_BACKING_FILE_NAME,
   MAX_CLUSTER_BITS,
   MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
   QCOW_MAX_L1_SIZE,
   QCOW_MAX_REFTABLE_SIZE,
+  u64ToNumber,
 } from './types.js';
 import {
   loadSnapshots,
@@ -232,9 +250,9 @@ export function fullBackingFilename(backed: string, backing: string): string | u
  * qemu's report_unsupported_feature message for the unknown incompatible bits `mask`, naming
  * them from the image's feature name table.
  */
-function unsupportedFeatures(hdr: HeaderInfo, mask: bigint): string {
+function unsupportedFeatures(extensions: readonly HeaderExtension[], mask: bigint): string {
   const parts: string[] = [];
-  const table = findExtension(hdr.extensions, 'feature-names')?.features ?? [];
+  const table = findExtension(extensions, 'feature-names')?.features ?? [];
   for (const f of table) {
     if (f.name === '') break;
     if (f.type === 0 && f.bit < 64 && (mask & (1n << BigInt(f.bit))) !== 0n) {
@@ -256,17 +274,131 @@ export interface Qcow2Metadata {
   warnings: string[];
 }
 
+const utf8 = new TextDecoder('utf-8', { fatal: false });
+
+/** Bytes up to the first NUL, as text (qemu keeps these names as C strings). */
+function cBytes(b: Uint8Array): string {
+  const nul = b.indexOf(0);
+  return utf8.decode(nul >= 0 ? b.subarray(0, nul) : b);
+}
+
+/** A failure in qemu's extension walk, with the extensions read before it (for the feature table). */
+class ExtensionWalkError extends FormatError {
+  readonly partial: HeaderExtension[];
+  constructor(message: string, partial: HeaderExtension[]) {
+    super(message, { errno: 'EINVAL' });
+    this.partial = partial;
+  }
+}
+
 /**
- * Loads the metadata of a qcow2 image from `file`, applying qcow2_do_open's checks in its order
- * (read-only, no I/O to guest data): header fields, compression type, feature bits, table
- * pointers and sizes, extensions (backing format, LUKS header, bitmaps), the snapshot table and
- * the bitmaps.
+ * qcow2_read_extensions: walks the extensions of the first cluster from `start` to `end` with
+ * qemu's checks, in qemu's order, checking each extension as it is reached (so the first bad
+ * one decides the message). Reports the bitmap warnings through `warnings`.
+ */
+function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end: number, warnings: string[]): HeaderExtension[] {
+  const clusterSize = 2 ** h.clusterBits;
+  const v = new DataView(cluster.buffer, cluster.byteOffset, cluster.byteLength);
+  const out: HeaderExtension[] = [];
+  const fail = (msg: string): never => {
+    throw new ExtensionWalkError(msg, out);
+  };
+  let off = start;
+  while (off < end) {
+    const type = v.getUint32(off);
+    const len = v.getUint32(off + 4);
+    off += 8;
+    if (off > end || len > end - off) fail('Header extension too large');
+    const body = cluster.subarray(off, off + len);
+    const d = new DataView(cluster.buffer, cluster.byteOffset + off, len);
+    switch (type) {
+      case EXT_END:
+        return out;
+      case EXT_BACKING_FORMAT:
+        if (len >= 16) fail(`ERROR: ext_backing_format: len=${len} too large (>=16)`);
+        out.push({ kind: 'backing-format', name: cBytes(body) });
+        break;
+      case EXT_FEATURE_NAMES: {
+        const features: FeatureName[] = [];
+        for (let i = 0; i + 48 <= len; i += 48) {
+          features.push({ type: body[i]!, bit: body[i + 1]!, name: cBytes(body.subarray(i + 2, i + 48)) });
+        }
+        out.push({ kind: 'feature-names', features });
+        break;
+      }
+      case EXT_CRYPTO_HEADER: {
+        if (h.cryptMethod !== CRYPT_LUKS) fail('CRYPTO header extension only expected with LUKS encryption method');
+        if (len !== 16) fail(`CRYPTO header extension size ${len}, but expected size 16`);
+        const offset = u64ToNumber(d.getBigUint64(0));
+        const length = u64ToNumber(d.getBigUint64(8));
+        if (offset === undefined || offset % clusterSize !== 0) {
+          fail(`Encryption header offset '${d.getBigUint64(0)}' is not a multiple of cluster size '${clusterSize}'`);
+        }
+        out.push({ kind: 'crypto-header', offset: offset!, length: length ?? Number.MAX_SAFE_INTEGER });
+        break;
+      }
+      case EXT_BITMAPS: {
+        if (len !== 24) fail('bitmaps_ext: Invalid extension length');
+        if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
+          // qemu warns and then ignores the bitmaps (a read-write open would drop the extension).
+          warnings.push(
+            h.version < 3
+              ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+              : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
+          );
+          break;
+        }
+        if (d.getUint32(4) !== 0) fail('bitmaps_ext: Reserved field is not zero');
+        const nb = d.getUint32(0);
+        const size = d.getBigUint64(8);
+        const offset = d.getBigUint64(16);
+        if (nb > QCOW2_MAX_BITMAPS) {
+          fail(`bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
+        }
+        if (nb === 0) fail('found bitmaps extension with zero bitmaps');
+        if (offset % BigInt(clusterSize) !== 0n || offset > BigInt(Number.MAX_SAFE_INTEGER)) {
+          fail('bitmaps_ext: invalid bitmap directory offset');
+        }
+        if (size > BigInt(QCOW2_MAX_BITMAP_DIRECTORY_SIZE)) {
+          fail(`bitmaps_ext: bitmap directory size (${size}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`);
+        }
+        out.push({ kind: 'bitmaps', nbBitmaps: nb, bitmapDirectorySize: Number(size), bitmapDirectoryOffset: Number(offset) });
+        break;
+      }
+      case EXT_DATA_FILE:
+        out.push({ kind: 'data-file', name: cBytes(body) });
+        break;
+      default:
+        out.push({ kind: 'unknown', type, data: body.slice() });
+    }
+    off += (len + 7) & ~7;
+  }
+  return out;
+}
+
+/**
+ * Loads the metadata of a qcow2 image from `file` the way qcow2_do_open does for qemu-img info
+ * (read-only, BDRV_O_NO_IO): the same checks in the same order with the same messages —
+ * header fields, compression type, feature bits, table pointers and sizes, extensions (backing
+ * format, LUKS header, bitmaps), backing file name, snapshot table, bitmaps. Reads past the end
+ * of the file see zeroes, as in qemu.
  */
 export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadata> {
   const view = headerView(file);
-  const hdr = await loadHeader(view);
-  const h = hdr.header;
+  const fixed = new Uint8Array(V3_HEADER_LENGTH);
+  await view.read(0, fixed);
+  const h = decodeHeader(new DataView(fixed.buffer));
+  if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
+    throw new FormatError(`Unsupported cluster size: 2^${h.clusterBits}`, { errno: 'EINVAL' });
+  }
   const clusterSize = 2 ** h.clusterBits;
+  if (h.version === 3 && h.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
+  if (h.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
+  if (h.backingFileOffset > clusterSize) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
+  const cluster = new Uint8Array(clusterSize);
+  await view.read(0, cluster);
+  const extStart = h.version === 3 ? h.headerLength : V2_HEADER_LENGTH;
+  const extEnd = h.backingFileOffset !== 0 ? h.backingFileOffset : clusterSize;
   const warnings: string[] = [];
 
   if (h.compressionType !== COMPRESSION_ZLIB && h.compressionType !== COMPRESSION_ZSTD) {
@@ -280,8 +412,19 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
     throw new FormatError('qcow2: Compression type incompatible feature bit must be set', { errno: 'EINVAL' });
   }
   const unknown = h.incompatibleFeatures & ~INCOMPAT_KNOWN;
-  if (unknown !== 0n) throw new UnsupportedError(unsupportedFeatures(hdr, unknown), { errno: 'ENOTSUP' });
-
+  if (unknown !== 0n) {
+    // qemu names the bits from the feature table, walking the extensions as far as it can.
+    let exts: HeaderExtension[];
+    try {
+      exts = walkExtensions(cluster, h, extStart, extEnd, []);
+    } catch (err) {
+      exts = err instanceof ExtensionWalkError ? err.partial : [];
+    }
+    throw new UnsupportedError(unsupportedFeatures(exts, unknown), { errno: 'ENOTSUP' });
+  }
+  if (h.refcountOrder > 6) {
+    throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
+  }
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {
     throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
@@ -307,70 +450,34 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
     throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod}`, { errno: 'EINVAL' });
   }
 
+  const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings);
   let encrypt: Qcow2EncryptionInfo | undefined;
-  let bitmapsExt: { nbBitmaps: number; bitmapDirectorySize: number; bitmapDirectoryOffset: number } | undefined;
-  for (const ext of hdr.extensions) {
-    switch (ext.kind) {
-      case 'backing-format': {
-        const len = new TextEncoder().encode(ext.name).length;
-        if (len >= 16) {
-          throw new FormatError(`ERROR: ext_backing_format: len=${len} too large (>=16)`, { errno: 'EINVAL' });
-        }
-        break;
-      }
-      case 'crypto-header': {
-        if (h.cryptMethod !== CRYPT_LUKS) {
-          throw new FormatError('CRYPTO header extension only expected with LUKS encryption method', { errno: 'EINVAL' });
-        }
-        if (ext.offset % clusterSize !== 0) {
-          throw new FormatError(
-            `Encryption header offset '${ext.offset}' is not a multiple of cluster size '${clusterSize}'`,
-            { errno: 'EINVAL' },
-          );
-        }
-        if (ext.length < LUKS_HEADER_SIZE) throw new FormatError('Request for data outside of extension header');
-        const luksHeader = new Uint8Array(LUKS_HEADER_SIZE);
-        await file.read(ext.offset, luksHeader);
-        encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
-        break;
-      }
-      case 'bitmaps':
-        if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
-          // qemu warns and then ignores the bitmaps (a read-write open would drop the extension).
-          warnings.push(
-            h.version < 3
-              ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
-              : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
-          );
-          break;
-        }
-        if (ext.nbBitmaps > QCOW2_MAX_BITMAPS) {
-          throw new FormatError(
-            `bitmaps_ext: Image has ${ext.nbBitmaps} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`,
-            { errno: 'EINVAL' },
-          );
-        }
-        if (ext.nbBitmaps === 0) throw new FormatError('found bitmaps extension with zero bitmaps', { errno: 'EINVAL' });
-        if (ext.bitmapDirectoryOffset % clusterSize !== 0) {
-          throw new FormatError('bitmaps_ext: invalid bitmap directory offset', { errno: 'EINVAL' });
-        }
-        if (ext.bitmapDirectorySize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
-          throw new FormatError(
-            `bitmaps_ext: bitmap directory size (${ext.bitmapDirectorySize}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`,
-            { errno: 'EINVAL' },
-          );
-        }
-        bitmapsExt = ext;
-        break;
-      default:
-        break;
-    }
+  const crypto = findExtension(extensions, 'crypto-header');
+  if (crypto) {
+    // The LUKS header is read through the extension's window (qcow2_crypto_hdr_read_func).
+    if (crypto.length < LUKS_HEADER_SIZE) throw new FormatError('Request for data outside of extension header');
+    const luksHeader = new Uint8Array(LUKS_HEADER_SIZE);
+    await view.read(crypto.offset, luksHeader);
+    encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
+  } else if (h.cryptMethod === CRYPT_AES) {
+    encrypt = { format: 'aes' };
   }
-  if (h.cryptMethod === CRYPT_AES) encrypt = { format: 'aes' };
+
+  let backingFile: string | undefined;
+  if (h.backingFileOffset !== 0) {
+    const len = h.backingFileSize;
+    if (len > Math.min(MAX_BACKING_FILE_NAME, clusterSize - h.backingFileOffset)) {
+      throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
+    }
+    const name = new Uint8Array(len);
+    await view.read(h.backingFileOffset, name);
+    backingFile = cBytes(name);
+  }
 
   const snapshots = await loadSnapshots(view, h.snapshotsOffset, h.nbSnapshots);
 
   let bitmaps: BitmapDirectoryEntry[] = [];
+  const bitmapsExt = findExtension(extensions, 'bitmaps');
   if (bitmapsExt) {
     const virtualSize = Math.floor(h.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
     bitmaps = await loadBitmapDirectory(view, bitmapsExt, clusterSize, virtualSize);
@@ -379,7 +486,7 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
       if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
     }
   }
-  return { hdr, clusterSize, snapshots, bitmaps, encrypt, warnings };
+  return { hdr: { header: h, extensions, backingFile }, clusterSize, snapshots, bitmaps, encrypt, warnings };
 }
 
 /** qemu's pstrcpy into a fixed buffer: the string up to its first NUL, cut to `max - 1` bytes. */
@@ -606,7 +713,7 @@ export function decodeLuksInfo(b: Uint8Array): LuksInfo {
   const v = new DataView(b.buffer, b.byteOffset, b.byteLength);
   if (!bytesEqual(b, 0, LUKS_MAGIC)) throw new FormatError('Volume is not in LUKS format');
   const version = v.getUint16(6);
-  if (version !== 1) throw new UnsupportedError(`Unsupported LUKS version ${version}`);
+  if (version !== 1) throw new UnsupportedError(`LUKS version ${version} is not supported`);
   const field = (off: number, len: number, what: string): string => {
     const f = b.subarray(off, off + len);
     if (f.indexOf(0) < 0) throw new FormatError(`LUKS header ${what} is not NUL terminated`);
