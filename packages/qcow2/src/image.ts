@@ -805,6 +805,7 @@ export class Qcow2Image implements Image, MappingSource {
   async #writeGuest(offset: number, data: Uint8Array): Promise<void> {
     await this.#beforeChange();
     let done = 0;
+    const pending: L2Meta[] = [];
     while (done < data.length) {
       const want = Math.min(data.length - done, INT_MAX);
       const guest = offset + done;
@@ -826,14 +827,13 @@ export class Qcow2Image implements Image, MappingSource {
         buf.set(chunk, head);
         await this.#dataDevice.write(r.host - head, buf);
       }
-      if (r.metas.length > 0) {
-        if (allocating) this.#l2Cache.setDependsOnFlush();
-        for (const m of r.metas) await this.#linkL2(m);
-      }
+      if (allocating) this.#l2Cache.setDependsOnFlush();
+      pending.push(...r.metas);
       done += r.bytes;
-      await this.#l2Cache.evict();
-      await this.#refcountCache.evict();
     }
+    // qemu runs the chunks of a multi-chunk request as parallel tasks: all allocations happen
+    // before the first task links its L2 entries (and frees the clusters it replaced).
+    for (const m of pending) await this.#linkL2(m);
   }
 
   /** qcow2_alloc_cluster_link_l2: points the L2 entries at the new clusters, frees the old ones. */

@@ -8,6 +8,7 @@ import {
   FileDevice,
   TsimgError,
   UnsupportedError,
+  UsageError,
   type BlockDevice,
   type BlockStatus,
   type WriteZeroesOptions,
@@ -46,10 +47,14 @@ export class RawImage implements Image {
   get readOnly(): boolean {
     return this.file.readOnly;
   }
+  /** qemu counts a raw image in 512-byte sectors: an odd-sized file reads as zero-padded. */
   size(): number {
-    return this.file.size();
+    return Math.ceil(this.file.size() / 512) * 512;
   }
   read(offset: number, into: Uint8Array): Promise<void> {
+    if (offset + into.length > this.size()) {
+      return Promise.reject(new UsageError(`range ${offset}+${into.length} is beyond the end of the image`, { errno: 'EIO' }));
+    }
     return this.file.read(offset, into);
   }
   write(offset: number, data: Uint8Array): Promise<void> {
@@ -125,7 +130,9 @@ async function openLayer(
     const h = info.header;
     if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
       const ext = findExtension(info.extensions, 'data-file');
-      if (ext !== undefined) dataFile = await FileDevice.open(resolveRelative(filename, ext.name), { readOnly });
+      // qemu opens the data file by the name as stored: relative names are relative to the
+      // working directory, not to the image (unlike backing files).
+      if (ext !== undefined) dataFile = await FileDevice.open(ext.name, { readOnly });
     }
     if (withBacking && info.backingFile !== undefined && info.backingFile !== '') {
       const name = resolveRelative(filename, info.backingFile);
