@@ -410,6 +410,23 @@ function zeroImages(b) {
     backing: { file: 'zeroes-base.qcow2', format: 'qcow2' },
   });
 
+  // v2 cannot store zero clusters: qemu writes zeroes (or deallocates) to hide the backing data.
+  b.create('zeroes-v2-over-backing.qcow2', 'qcow2', 2 * MiB, ['compat=0.10'], ['-b', 'zeroes-base.qcow2', '-F', 'qcow2']);
+  b.io('zeroes-v2-over-backing.qcow2', 'qcow2', [
+    `write -z 0 ${64 * KiB}`,
+    `write -z -u ${128 * KiB} ${64 * KiB}`,
+    `write -z ${256 * KiB + 100} 1000`,
+    `discard ${512 * KiB} ${128 * KiB}`,
+    `write -P 0xcd ${MiB - 10} 20`,
+  ]);
+  b.add({
+    file: 'zeroes-v2-over-backing.qcow2',
+    format: 'qcow2',
+    description: 'compat=0.10 over a fully written backing file: zero writes and a discard (v2 has no zero flag)',
+    tags: ['v2', 'backing', 'zero-writes', 'discard'],
+    backing: { file: 'zeroes-base.qcow2', format: 'qcow2' },
+  });
+
   // amend to compat=0.10 has to turn v3 zero clusters into something v2 can express.
   b.create('amended-v2.qcow2', 'qcow2', 2 * MiB);
   b.io('amended-v2.qcow2', 'qcow2', [`write -s ${TEXT} 0 ${512 * KiB}`, `write -z ${64 * KiB} ${128 * KiB}`, `write -z ${MiB} ${64 * KiB}`]);
@@ -600,6 +617,12 @@ function headerImages(b) {
   // Writing afterwards proves qemu accepts the image; a cluster allocation rewrites nothing in the header.
   b.io('unknown-ext.qcow2', 'qcow2', [`write -P 0xee ${MiB + 1} 1000`]);
   b.add({ file: 'unknown-ext.qcow2', format: 'qcow2', description: `an unknown header extension (type 0x${UNKNOWN_EXTENSION_TYPE.toString(16)}, 57 bytes) before the feature table`, tags: ['v3', 'unknown-extension'] });
+
+  // `write -b` goes to the VM-state area qemu keeps past the end of the disk: an L1 table with
+  // more entries than the virtual size needs, mapping data no guest read may return.
+  b.create('vmstate.qcow2', 'qcow2', MiB);
+  b.io('vmstate.qcow2', 'qcow2', [`write -P 0x31 0 4096`, `write -b -P 0x5a 0 ${64 * KiB}`, `write -P 0x32 ${MiB - 512} 512`]);
+  b.add({ file: 'vmstate.qcow2', format: 'qcow2', description: 'VM-state data (qemu-io write -b) stored past the 1 MiB disk: L1 has 2 entries where 1 covers the disk', tags: ['v3', 'vmstate'] });
 
   // 512-byte clusters: each L2 table maps 32 KiB, so 64 MiB needs a 16 KiB (32-cluster) L1 table.
   qcow2(b, 'large-l1.qcow2', {

@@ -6,15 +6,16 @@
  * state (a changed script or qemu gives a fresh directory) and parallel vitest workers share it:
  * the first worker takes a lock directory and builds; the others wait for manifest.json, which
  * the build writes last. `TSIMG_CORPUS_DIR` overrides the place (built there if it has no
- * manifest; nothing in it is ever deleted).
+ * manifest; nothing in it is ever deleted). After a fresh build, builds for other script versions
+ * untouched for an hour are removed.
  *
  * The corpus is shared: tests must not write to its images. Copy an image first to modify it.
  */
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
@@ -105,6 +106,25 @@ async function build(dir: string): Promise<void> {
   await run(process.execPath, [buildScript, dir], { maxBuffer: 1 << 24 });
 }
 
+/** Corpus builds of older script versions not touched for this long are removed after a new build. */
+const STALE_MS = 60 * 60 * 1000;
+
+/** Removes old builds (other hashes) so that editing the script does not pile up copies in /tmp. */
+function removeStaleBuilds(current: string): void {
+  const parent = dirname(current);
+  for (const name of readdirSync(parent)) {
+    if (!/^tsimg-corpus-[0-9a-f]{16}$/.test(name) || join(parent, name) === current) continue;
+    const path = join(parent, name);
+    if (existsSync(`${path}.lock`)) continue;
+    try {
+      if (Date.now() - statSync(join(path, 'manifest.json')).mtimeMs < STALE_MS) continue;
+    } catch {
+      continue; // No manifest: possibly being built right now by another run.
+    }
+    rmSync(path, { recursive: true, force: true });
+  }
+}
+
 let cached: Promise<{ dir: string; images: CorpusImage[] }> | undefined;
 
 /**
@@ -130,6 +150,7 @@ async function load(): Promise<{ dir: string; images: CorpusImage[] }> {
           // A build without a manifest was interrupted: ours to replace (never a user-named directory).
           if (owned && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
           await build(dir);
+          if (owned) removeStaleBuilds(dir);
         }
       } finally {
         rmSync(lock, { recursive: true, force: true });
