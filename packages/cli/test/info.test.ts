@@ -186,6 +186,25 @@ beforeAll(() => {
     snap({ id: 'x'.repeat(200), name: `nul\0after`, vmStateSizeLarge: 999_999n, dateNsec: 999_999_999 }),
     snap({ id: '5', name: 'n'.repeat(300), vmStateSizeLarge: 1_023_487n }),
   ]);
+  // size_to_str and the VM CLOCK column over many values: powers of two and ten, their
+  // neighbours, rounding ties, and pseudo-random u64s (a fixed LCG, so runs are reproducible)
+  const sizes: bigint[] = [0n, 1n, 999n, 1000n, 1023n, 1024n, 1025n, 1152n, 1160n, 1536n, 10239n, 10240n, 102400n, 1023487n, 1023488n];
+  for (let k = 0n; k < 64n; k++) sizes.push(1n << k, (1n << k) - 1n, (1n << k) + 1n, ((1n << k) * 1000n) / 1024n);
+  for (let k = 0n; k < 20n; k++) sizes.push(10n ** k, 10n ** k - 1n, 999n * 10n ** k, 9995n * 10n ** k);
+  let seed = 12345n;
+  for (let i = 0; i < 100; i++) {
+    seed = (seed * 6364136223846793005n + 1442695040888963407n) & ((1n << 64n) - 1n);
+    sizes.push(seed >> BigInt(i % 60));
+  }
+  q('create', '-f', 'qcow2', '$DIR/sizes.qcow2', '1M');
+  q('snapshot', '-c', 'tmp', '$DIR/sizes.qcow2');
+  writeSnapshots('sizes.qcow2', sizes.map((n, i) => snap({
+    id: String(i),
+    name: `s${i}`,
+    vmStateSizeLarge: n & ((1n << 64n) - 1n),
+    vmClockNsec: (n * 7919n) & ((1n << 64n) - 1n),
+    dateSec: Number(n % 4294967296n),
+  })));
   q('create', '-f', 'qcow2', '$DIR/too-much-extra.qcow2', '1M');
   q('snapshot', '-c', 'tmp', '$DIR/too-much-extra.qcow2');
   writeSnapshots('too-much-extra.qcow2', [
@@ -294,7 +313,7 @@ const images = [
   ...['1', '2', '4', '8', '32', '64'].map((r) => `rb-${r}.qcow2`),
   'rel.qcow2', 'abs.qcow2', 'nofmt.qcow2', 'sub/chain-top.qcow2', 'missing-backing.qcow2', 'loop.qcow2',
   'ext-raw.qcow2', 'ext.qcow2', 'ext-gone.qcow2',
-  'snap.qcow2', 'crafted.qcow2', 'too-much-extra.qcow2',
+  'snap.qcow2', 'crafted.qcow2', 'sizes.qcow2', 'too-much-extra.qcow2',
   'bitmaps.qcow2', 'inuse.qcow2', 'bitmaps-stale.qcow2',
   'dirty.qcow2', 'corrupt.qcow2', 'unknown-feature.qcow2', 'zstd-bit-missing.qcow2',
   'luks.qcow2', 'luks-essiv.qcow2',
