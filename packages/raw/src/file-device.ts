@@ -29,7 +29,8 @@
  *   the new end, so only the size is wrong). Every other I/O on the device waits meanwhile.
  * - Inside the file, zeroes are written in 4 MiB chunks from one zero buffer, so the range
  *   becomes allocated. With `mayUnmap` (and for `discard`), chunks that already read as zero
- *   are skipped instead, so holes stay holes — a read is cheaper than a write.
+ *   are skipped instead, so holes stay holes — a read is cheaper than a write; with
+ *   SEEK_DATA/SEEK_HOLE the holes are skipped without even reading them.
  */
 import fs from 'node:fs';
 import { checkOpen, checkRange, checkUint } from './assert.js';
@@ -223,11 +224,17 @@ export class FileDevice implements BlockDevice {
     return this.#shared(async () => {
       const size = this.#size;
       if (offset >= size) return { kind: 'zero', offset, length, hostOffset: offset };
-      if (this.#lseek === undefined) this.#lseek = loadLseek() ?? false;
-      if (this.#lseek !== false) return this.#seekStatus(this.#lseek, offset, length, size);
+      const lseek = this.#seeker();
+      if (lseek !== undefined) return this.#seekStatus(lseek, offset, length, size);
       if (this.#allHoles(size)) return { kind: 'zero', offset, length, hostOffset: offset };
       return this.#scanStatus(offset, length, size);
     });
+  }
+
+  /** SEEK_DATA/SEEK_HOLE, looked for on first use (see seek.ts); undefined without it. */
+  #seeker(): Lseek | undefined {
+    if (this.#lseek === undefined) this.#lseek = loadLseek() ?? false;
+    return this.#lseek === false ? undefined : this.#lseek;
   }
 
   /** blockStatus from SEEK_DATA/SEEK_HOLE, mapped as raw_co_block_status does. */
@@ -332,19 +339,37 @@ export class FileDevice implements BlockDevice {
     }
   }
 
-  /** Writes zeroes over `[start, end)` in big chunks; with `skipZero`, leaves zero chunks alone. */
+  /**
+   * Writes zeroes over `[start, end)` in big chunks; with `skipZero`, leaves zero chunks alone —
+   * holes found with SEEK_HOLE are skipped without reading them, other chunks are read and
+   * skipped when they hold only zeroes.
+   */
   async #writeZeroChunks(start: number, end: number, skipZero: boolean): Promise<void> {
     const zeroes = (this.#zeroes ??= new Uint8Array(ZERO_CHUNK));
     const buffer = skipZero ? this.#takeScanBuffer() : undefined;
+    const lseek = skipZero ? this.#seeker() : undefined;
     try {
-      for (let pos = start; pos < end; pos += ZERO_CHUNK) {
-        const n = Math.min(end - pos, ZERO_CHUNK);
+      for (let pos = start; pos < end; ) {
+        let n = Math.min(end - pos, ZERO_CHUNK);
+        if (lseek !== undefined) {
+          const found = findAllocation(lseek, this.#fd, pos);
+          if (found.kind === 'trailing-hole') break;
+          if (found.kind === 'hole') {
+            pos = Math.min(found.data, end);
+            continue;
+          }
+          if (found.kind === 'data') n = Math.min(n, found.hole - pos);
+        }
         if (buffer !== undefined) {
           const view = buffer.subarray(0, n);
           await this.#readFully(pos, view);
-          if (isZero(view)) continue;
+          if (isZero(view)) {
+            pos += n;
+            continue;
+          }
         }
         await this.#writeFully(pos, zeroes.subarray(0, n));
+        pos += n;
       }
     } finally {
       if (buffer !== undefined) this.#scanBuffer = buffer;
