@@ -179,11 +179,10 @@ describeSeek('FileDevice.blockStatus with SEEK_DATA/SEEK_HOLE', () => {
     await dev.write(20 * GiB + 100, new Uint8Array(100).fill(2));
     await dev.write(40 * GiB, new Uint8Array(4096)); // allocated zeroes: read, left as they are
     await dev.write(64 * GiB - 1, new Uint8Array([3]));
-    // Reading these holes would take ≈0.8 s per GiB (measured: page-cache zero fill).
-    const t = performance.now();
+    // Holes are skipped by SEEK_HOLE, not read (reading would cost ≈0.8 s per GiB); the
+    // benchmarks measure that, tests only check the outcome.
     await dev.discard(4096, 64 * GiB - 8192);
     await dev.writeZeroes(4096, 64 * GiB - 8192, { mayUnmap: true });
-    expect(performance.now() - t).toBeLessThan(1000);
     const head = new Uint8Array(8192);
     await dev.read(0, head);
     expect(head.subarray(0, 4096).every((b) => b === 1) && isZero(head.subarray(4096))).toBe(true);
@@ -231,21 +230,18 @@ describeSeek('FileDevice.blockStatus with SEEK_DATA/SEEK_HOLE', () => {
     );
   });
 
-  it('walks a 1 TiB sparse file with a few extents in milliseconds, reading nothing', async () => {
+  it('walks a 1 TiB sparse file with a few extents, one call per extent', async () => {
     const file = newPath();
     const writes: Write[] = [0, 2 ** 30, 2 ** 38 + 12_345, 2 ** 39, TiB - 100].map((offset) => ({ offset, length: 64 * KiB, fill: 7 }));
     makeSparse(file, TiB, writes);
     const dev = await FileDevice.open(file, { readOnly: true });
     await dev.blockStatus(0, 1); // loads fs-ext: not part of the walk's cost
     const size = dev.size();
-    const t = performance.now();
     const runs = await walk(dev, size);
-    const ms = performance.now() - t;
     // data at 0, then hole / data four times; the last write ends past 1 TiB, at EOF.
     expect(runs.map((r) => r.kind)).toEqual(['data', ...Array<string>(4).fill(['zero', 'data']).flat()]);
     // its block starts at TiB - 4 KiB; the run ends at the unaligned EOF, TiB - 100 + 64 KiB
     expect(runs.at(-1)).toEqual({ start: TiB - 4096, length: 4096 - 100 + 64 * KiB, kind: 'data' });
-    expect(ms).toBeLessThan(100); // measured ≈0.1 ms; the bound leaves room for a busy machine
     await dev.close();
   });
 });
