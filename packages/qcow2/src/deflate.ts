@@ -23,13 +23,20 @@ export function loadZlib(): Promise<ZlibModule> {
 const DEFLATE_OPTIONS = { level: -1, windowBits: 12, memLevel: 9, strategy: 0 } as const;
 
 /**
- * inflateInit2(strm, -12) + inflate(Z_FINISH) accepting Z_BUF_ERROR: a 4 KiB window (a stream
- * that needs a larger one is as unreadable here as in qemu), and a stream cut short is fine as
- * long as the cluster is full. One byte more than the cluster is the bound that shows a stream
- * that would decode to more, without ever decoding more.
+ * inflateInit2(strm, -12) + one inflate(Z_FINISH) into the cluster buffer, accepting
+ * Z_BUF_ERROR: a stream cut short is fine as long as the cluster is full. zlib checks the 4 KiB
+ * window only for references reaching back before the current output buffer, and qemu's buffer
+ * is the whole cluster, so one output chunk of the whole cluster accepts the same streams.
+ * One byte more than the cluster is the bound that shows a stream that would decode to more,
+ * without ever decoding more.
  */
 function inflateOptions(zlib: ZlibModule, clusterSize: number): Zlib.ZlibOptions {
-  return { windowBits: 12, finishFlush: zlib.constants.Z_SYNC_FLUSH, maxOutputLength: clusterSize + 1 };
+  return {
+    windowBits: 12,
+    finishFlush: zlib.constants.Z_SYNC_FLUSH,
+    chunkSize: clusterSize + 1,
+    maxOutputLength: clusterSize + 1,
+  };
 }
 
 /** The bytes of a Buffer as a plain Uint8Array, so every codec hands back the same type. */
