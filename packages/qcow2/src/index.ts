@@ -19,3 +19,4 @@ export * from './cow.js';
 export * from './image.js';
 export * from './open.js';
 export * from './check.js';
+export * from './create.js';

@@ -8,3 +8,4 @@ export * from './file-device.js';
 export * from './read-only.js';
 export * from './counting.js';
 export * from './faulty.js';
+export * from './create-raw.js';
