@@ -214,6 +214,8 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
   const { img, res } = p;
   const eb = img.l2EntryBytes;
   const cs = img.clusterSize;
+  // A table entirely past the end of the file reads as zeroes: nothing to count or check.
+  if (l2Offset >= img.file.size()) return;
   let table: Uint8Array;
   try {
     table = await readAt(img.file, l2Offset, img.l2Size * eb);

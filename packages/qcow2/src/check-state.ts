@@ -23,6 +23,7 @@ import {
   QCOW_MAX_REFTABLE_SIZE,
 } from './types.js';
 import { getRefcount, setRefcount } from './refcount.js';
+import { loadBitmapDirectory, loadBitmapTable, QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE } from './bitmap-directory.js';
 
 const TWO32 = 2 ** 32;
 /** Offsets from here on cannot be read or written (qemu's int64 request limit). */
@@ -83,8 +84,11 @@ const OL_NAMES = [
   'bitmap directory',
 ];
 
-/** Where check output goes: `fprintf(stderr)` lines, or `error_report` lines (program prefix). */
-export type CheckLog = (line: string, kind?: 'report') => void;
+/**
+ * Where check output goes: `fprintf(stderr)` lines; `report`: error_report lines (the CLI adds
+ * its program prefix); `raw`: error_printf text without a newline of its own.
+ */
+export type CheckLog = (line: string, kind?: 'report' | 'raw') => void;
 
 /** The opened image's state during a check (qemu's BDRVQcow2State subset). */
 export interface CheckImage {
@@ -223,17 +227,61 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
   } catch (err) {
     throw new IoError(`Could not read L1 table: ${(err as Error).message}`, { cause: err });
   }
+  if (header.cryptMethod > 2) {
+    throw new FormatError(`Unsupported encryption method ${header.cryptMethod | 0}`, { errno: 'EINVAL' });
+  }
   try {
     reftable = await readAt(file, header.refcountTableOffset, reftableSize * 8);
   } catch (err) {
     throw new IoError(`Could not initialize refcount handling: ${(err as Error).message}`, { cause: err });
   }
   const dataFile = (incompat & INCOMPAT_DATA_FILE) !== 0n;
+  let bm = findExtension(extensions, 'bitmaps');
+  if (bm && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
+    // qcow2_read_extensions: bitmaps written by a program that did not know them are ignored
+    log(
+      header.version < 3
+        ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
+        : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
+      'report',
+    );
+    log("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.", 'raw');
+    bm = undefined;
+  }
+  if (bm) {
+    if (bm.nbBitmaps > QCOW2_MAX_BITMAPS) {
+      throw new FormatError(
+        `bitmaps_ext: Image has ${bm.nbBitmaps} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`,
+        { errno: 'EINVAL' },
+      );
+    }
+    if (bm.nbBitmaps === 0) throw new FormatError('found bitmaps extension with zero bitmaps', { errno: 'EINVAL' });
+    if (bm.bitmapDirectoryOffset % clusterSize !== 0) {
+      throw new FormatError('bitmaps_ext: invalid bitmap directory offset', { errno: 'EINVAL' });
+    }
+    if (bm.bitmapDirectorySize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
+      throw new FormatError(
+        `bitmaps_ext: bitmap directory size (${bm.bitmapDirectorySize}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`,
+        { errno: 'EINVAL' },
+      );
+    }
+  }
   if (dataFile && !findExtension(extensions, 'data-file')) {
     throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
   }
-  const bm = findExtension(extensions, 'bitmaps');
   const crypto = findExtension(extensions, 'crypto-header');
+  if (header.cryptMethod === 2 && !crypto) {
+    throw new FormatError('Missing CRYPTO header for crypt method 2', { errno: 'EINVAL' });
+  }
+  if (header.cryptMethod !== 0) {
+    // qemu opens the encryption layer even for a check, which needs the key
+    throw new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher", { errno: 'EINVAL' });
+  }
+  if (bm) {
+    // qcow2_load_dirty_bitmaps: the directory and every bitmap table must load
+    const dir = await loadBitmapDirectory(file, bm, clusterSize, header.size);
+    for (const e of dir) await loadBitmapTable(file, e, clusterSize, header.size);
+  }
   return {
     file,
     writable,
@@ -259,10 +307,7 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
     snapshotsOffset: 0,
     snapshotsSize: 0,
     snapshots: [],
-    bitmaps:
-      bm && bm.nbBitmaps > 0 && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n
-        ? { nbBitmaps: bm.nbBitmaps, dirOffset: bm.bitmapDirectoryOffset, dirSize: bm.bitmapDirectorySize }
-        : undefined,
+    bitmaps: bm ? { nbBitmaps: bm.nbBitmaps, dirOffset: bm.bitmapDirectoryOffset, dirSize: bm.bitmapDirectorySize } : undefined,
     crypto: crypto && header.cryptMethod !== 0 ? { offset: crypto.offset, length: crypto.length } : undefined,
     refblockCache: new Map(),
     dirtyRefblocks: new Set(),

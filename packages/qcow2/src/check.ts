@@ -261,6 +261,8 @@ async function checkOflagCopied(img: CheckImage, res: CheckResult, fix: number):
         res.corruptionsFixed++;
       }
     }
+    // A table past the end of the file reads as zeroes: no entries to check.
+    if (l2Offset >= img.file.size()) continue;
     let table: Uint8Array;
     try {
       table = await readAt(img.file, l2Offset, img.l2Size * eb);

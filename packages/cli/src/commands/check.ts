@@ -76,7 +76,9 @@ async function openChecked(
   try {
     const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
     if (fmt === 'raw') return { file };
-    const img = await openForCheck(file, (line, kind) => io.stderr(kind === 'report' ? `tsimg: ${line}\n` : `${line}\n`), writable);
+    const log = (line: string, kind?: 'report' | 'raw'): void =>
+      io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
+    const img = await openForCheck(file, log, writable);
     const info = img.header.backingFileOffset > 0 ? await backingName(img) : undefined;
     if (info !== undefined && info !== '') {
       // img_open opens the whole chain: a missing or broken backing file fails the check too.

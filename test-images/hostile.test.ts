@@ -1,0 +1,270 @@
+/**
+ * Hostile input: small qemu-made images, mutated deterministically (fixed seeds: absurd header
+ * fields, random bytes in the header and in metadata clusters, bit flips, truncations), run
+ * through `tsimg info`, `check`, `map` and `convert -O raw` (the ones registered; the others are
+ * skipped loudly). Every run must end within seconds under a 256 MiB heap, succeed or fail with
+ * `tsimg: ...` lines (never a stack trace or a JavaScript error text), exit with qemu-img's
+ * status, and where qemu-img can convert the image, tsimg must produce the same bytes.
+ *
+ * The tsimg runs happen in one child process (`node --max-old-space-size=256`) that calls the
+ * CLI's `main` once per run, so hundreds of runs stay cheap; a watchdog kills it on a hang and
+ * carries on with the next run. Reproduce a failure with the printed seed and mutation.
+ */
+import { afterAll, beforeAll, expect, it } from 'vitest';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describeQemu, must, run, tempDir, tsimg } from './qemu.js';
+import { mutateQcow2, prng, type Mutation } from './mutate.js';
+
+const COMMANDS = ['info', 'check', 'map', 'convert'] as const;
+type Command = (typeof COMMANDS)[number];
+const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 70);
+const RUN_TIMEOUT_MS = 10_000;
+const cliEntry = fileURLToPath(new URL('../packages/cli/dist/index.js', import.meta.url));
+
+/** Text that means a JavaScript failure leaked out instead of a qemu-style message. */
+const JS_ERROR = /\n\s+at |TypeError|RangeError|ReferenceError|SyntaxError|Cannot read propert|is not a function|is not iterable|undefined|NaN|Invalid array length|Maximum call stack|ERR_[A-Z_]+|Array buffer allocation/;
+
+interface RunOutcome {
+  status: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  heapMiB: number;
+  crashed?: string;
+}
+
+/** The in-process runner: reads runs (JSON lines) on stdin, answers with one JSON line each. */
+const RUNNER = `
+import { main } from ${JSON.stringify(`file://${cliEntry}`)};
+import { createInterface } from 'node:readline';
+let current;
+process.on('uncaughtException', (e) => { console.log(JSON.stringify({ id: current, crashed: String(e && e.stack || e) })); process.exit(70); });
+process.on('unhandledRejection', (e) => { console.log(JSON.stringify({ id: current, crashed: 'unhandled rejection: ' + String(e && e.stack || e) })); process.exit(70); });
+const rl = createInterface({ input: process.stdin });
+for await (const line of rl) {
+  const job = JSON.parse(line);
+  current = job.id;
+  console.log(JSON.stringify({ start: job.id }));
+  let out = '', err = '';
+  const io = { stdout: (t) => { if (out.length < 8388608) out += t; }, stderr: (t) => { if (err.length < 8388608) err += t; }, isTTY: false };
+  const t0 = Date.now();
+  let status;
+  try {
+    status = await Promise.race([main(job.args, io), new Promise((r) => setTimeout(() => r('timeout'), ${RUN_TIMEOUT_MS}).unref())]);
+  } catch (e) {
+    status = 'threw: ' + String(e && e.stack || e);
+  }
+  const heapMiB = Math.round(process.memoryUsage().heapUsed / 1048576);
+  console.log(JSON.stringify({ id: job.id, status, stdout: out, stderr: err, ms: Date.now() - t0, heapMiB }));
+}
+`;
+
+/** Runs every job through the runner process, restarting it after a crash or a hang. */
+async function runAll(jobs: Array<{ id: number; args: string[] }>): Promise<Map<number, RunOutcome>> {
+  const results = new Map<number, RunOutcome>();
+  let pending = jobs.slice();
+  while (pending.length > 0) {
+    const batch = pending;
+    await new Promise<void>((resolve) => {
+      const child = spawn(process.execPath, ['--max-old-space-size=256', '--input-type=module', '-e', RUNNER], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      let buf = '';
+      let started: number | undefined;
+      let lastStart = Date.now();
+      let stderr = '';
+      const watchdog = setInterval(() => {
+        if (started !== undefined && Date.now() - lastStart > RUN_TIMEOUT_MS + 5000) child.kill('SIGKILL');
+      }, 500);
+      child.stderr.on('data', (d: Buffer) => {
+        if (stderr.length < 8192) stderr += d.toString();
+      });
+      child.stdout.on('data', (d: Buffer) => {
+        buf += d.toString();
+        let nl: number;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          if (!line.startsWith('{')) continue;
+          const msg = JSON.parse(line) as Record<string, unknown>;
+          if (typeof msg.start === 'number') {
+            started = msg.start;
+            lastStart = Date.now();
+          } else if (typeof msg.id === 'number') {
+            const status = typeof msg.status === 'number' ? msg.status : -1;
+            results.set(msg.id, {
+              status,
+              stdout: String(msg.stdout ?? ''),
+              stderr: String(msg.stderr ?? ''),
+              ms: Number(msg.ms ?? 0),
+              heapMiB: Number(msg.heapMiB ?? 0),
+              crashed:
+                typeof msg.crashed === 'string' ? msg.crashed : status === -1 ? `runner: ${String(msg.status)}` : undefined,
+            });
+            started = undefined;
+          }
+        }
+      });
+      child.on('exit', (code, signal) => {
+        clearInterval(watchdog);
+        if (started !== undefined && !results.has(started)) {
+          results.set(started, {
+            status: -1,
+            stdout: '',
+            stderr,
+            ms: Date.now() - lastStart,
+            heapMiB: -1,
+            crashed: signal === 'SIGKILL' ? 'hang (killed by the watchdog)' : `runner exited (code ${code}, signal ${signal}): ${stderr.slice(-2000)}`,
+          });
+        }
+        resolve();
+      });
+      for (const j of batch) child.stdin.write(`${JSON.stringify(j)}\n`);
+      child.stdin.end();
+    });
+    const next = batch.filter((j) => !results.has(j.id));
+    if (next.length === batch.length) {
+      // The runner died before its first job: report them all rather than loop.
+      for (const j of next) results.set(j.id, { status: -1, stdout: '', stderr: '', ms: 0, heapMiB: -1, crashed: 'runner failed to start' });
+      break;
+    }
+    pending = next;
+  }
+  return results;
+}
+
+interface Base {
+  name: string;
+  create: string[];
+  io: string[];
+  prepare?: (f: string) => void;
+}
+
+const BASES: Base[] = [
+  {
+    name: 'v3-64k',
+    create: ['-o', 'cluster_size=65536'],
+    io: ['write -P 0xab 0 192k', 'write -c -P 0x11 1M 64k', 'write -z 2M 64k'],
+    prepare: (f) => {
+      must('qemu-img', ['snapshot', '-c', 's1', f]);
+      must('qemu-io', ['-c', 'write -P 0xee 64k 64k', f]);
+    },
+  },
+  { name: 'v2-512', create: ['-o', 'compat=0.10,cluster_size=512'], io: ['write -P 0xab 0 8k', 'write -P 0xcd 1M 4k'] },
+  {
+    name: 'extl2-bitmap',
+    create: ['-o', 'extended_l2=on,cluster_size=32768'],
+    io: ['write -P 0xab 0 100k', 'write -P 0x5a 3M 4k'],
+    prepare: (f) => must('qemu-img', ['bitmap', '--add', f, 'b0']),
+  },
+];
+
+function registeredCommands(): Set<string> {
+  const help = tsimg(['--help']).stdout;
+  return new Set(COMMANDS.filter((c) => new RegExp(`^\\s+${c}$`, 'm').test(help)));
+}
+
+function argsFor(cmd: Command, file: string, out: string): string[] {
+  switch (cmd) {
+    case 'info':
+      return ['info', file];
+    case 'check':
+      return ['check', file];
+    case 'map':
+      return ['map', '--output=json', file];
+    case 'convert':
+      return ['convert', '-O', 'raw', file, out];
+  }
+}
+
+describeQemu('hostile images', () => {
+  let dir: string;
+  let cleanup: () => void;
+  beforeAll(() => {
+    ({ dir, cleanup } = tempDir('tsimg-hostile-'));
+  });
+  afterAll(() => cleanup());
+
+  it(`${CASES_PER_BASE * BASES.length} mutated images: no crash, no hang, qemu-img's status, same bytes`, async () => {
+    const registered = registeredCommands();
+    const skipped = COMMANDS.filter((c) => !registered.has(c));
+    if (skipped.length) {
+      console.warn(`\n!!! hostile images: SKIPPING unregistered tsimg commands: ${skipped.join(', ')} !!!\n`);
+    }
+    const cmds = COMMANDS.filter((c) => registered.has(c));
+    const cases: Array<{ file: string; base: string; seed: number; mutation: Mutation }> = [];
+    for (const [bi, base] of BASES.entries()) {
+      const src = join(dir, `${base.name}.qcow2`);
+      must('qemu-img', ['create', '-f', 'qcow2', ...base.create, src, '4M']);
+      for (const c of base.io) must('qemu-io', ['-c', c, src]);
+      base.prepare?.(src);
+      for (let k = 0; k < CASES_PER_BASE; k++) {
+        const seed = 1000 * (bi + 1) + k;
+        const file = join(dir, `${base.name}-${seed}.qcow2`);
+        copyFileSync(src, file);
+        const rand = prng(seed);
+        const mutation = mutateQcow2(file, rand);
+        cases.push({ file, base: base.name, seed, mutation });
+      }
+    }
+    const jobs: Array<{ id: number; args: string[] }> = [];
+    const meta: Array<{ c: (typeof cases)[number]; cmd: Command; out: string }> = [];
+    cases.forEach((c) => {
+      for (const cmd of cmds) {
+        const out = `${c.file}.${cmd}.t.raw`;
+        meta.push({ c, cmd, out });
+        jobs.push({ id: jobs.length, args: argsFor(cmd, c.file, out) });
+      }
+    });
+    const t0 = Date.now();
+    const results = await runAll(jobs);
+    const tsimgMs = Date.now() - t0;
+
+    const failures: string[] = [];
+    let maxMs = 0;
+    let maxHeap = 0;
+    for (const [id, m] of meta.entries()) {
+      const r = results.get(id)!;
+      const where = `${m.c.base} seed ${m.c.seed} (${m.c.mutation.kind}: ${m.c.mutation.detail}) — tsimg ${argsFor(m.cmd, 'IMG', 'OUT').join(' ')}`;
+      maxMs = Math.max(maxMs, r.ms);
+      maxHeap = Math.max(maxHeap, r.heapMiB);
+      if (r.ms > 5000) failures.push(`${where}: slow (${r.ms} ms)`);
+      if (r.crashed) {
+        failures.push(`${where}: CRASH ${r.crashed.split('\n').slice(0, 4).join(' | ')}`);
+        continue;
+      }
+      const q = run('qemu-img', argsFor(m.cmd, m.c.file, `${m.c.file}.${m.cmd}.q.raw`));
+      if (JS_ERROR.test(r.stderr)) failures.push(`${where}: JS error text: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
+      if (r.status === 1 && !/^tsimg: /m.test(r.stderr)) failures.push(`${where}: status 1 without a tsimg: message`);
+      if (m.cmd === 'check' && r.status === q.status) {
+        // check is reported line by line: the same lines as qemu-img, file name aside
+        const norm = (t: string): string => t.replaceAll(m.c.file, 'IMG').replace(/^qemu-img: /gm, 'tsimg: ');
+        if (norm(r.stdout) !== norm(q.stdout) || norm(r.stderr) !== norm(q.stderr)) {
+          const ql = norm(q.stdout + q.stderr).split('\n');
+          const tl = norm(r.stdout + r.stderr).split('\n');
+          let k = 0;
+          while (k < ql.length && ql[k] === tl[k]) k++;
+          failures.push(`${where}: check output differs at line ${k + 1}:\n  qemu-img: ${ql.slice(k, k + 3).join(' | ')}\n  tsimg:    ${tl.slice(k, k + 3).join(' | ')}`);
+        }
+      }
+      if (r.status !== q.status) {
+        failures.push(
+          `${where}: status ${r.status} (qemu-img ${q.status}); tsimg: ${r.stderr.trim().split('\n').slice(-1)[0] ?? ''} / qemu-img: ${q.stderr.trim().split('\n').slice(-1)[0] ?? ''}`,
+        );
+      }
+      if (m.cmd === 'convert' && q.status === 0 && r.status === 0) {
+        const qo = `${m.c.file}.convert.q.raw`;
+        if (!existsSync(m.out) || !readFileSync(m.out).equals(readFileSync(qo))) failures.push(`${where}: converted bytes differ from qemu-img's`);
+      }
+      for (const f of [m.out, `${m.c.file}.${m.cmd}.q.raw`]) rmSync(f, { force: true });
+    }
+    console.log(
+      `hostile images: ${cases.length} images × ${cmds.length} commands, tsimg total ${tsimgMs} ms, slowest run ${maxMs} ms, max heap ${maxHeap} MiB, ${failures.length} failures`,
+    );
+    if (failures.length) console.log(failures.join('\n'));
+    expect(failures).toEqual([]);
+  }, 180_000);
+});
