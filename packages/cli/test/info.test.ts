@@ -372,6 +372,22 @@ describeQemu('tsimg info matches qemu-img info', () => {
     [['--image-opts', 'driver=qcow2,file.filename=plain.qcow2']],
     [['--image-opts', 'file.filename=rel.qcow2']],
     [['--image-opts', '--output=json', 'driver=raw,file.filename=sparse.raw']],
+    [['--image-opts', 'driver=qcow2,file.driver=file,file.filename=rel.qcow2']],
+    [['--image-opts', 'driver=file,filename=odd.raw']],
+    [['--image-opts', 'rel.qcow2']],
+    [['--image-opts', 'driver=qcow2']],
+    [['--image-opts', 'driver=qcow2,file.filename=rel.qcow2,foo=1']],
+    [['--image-opts', 'file=rel.qcow2,driver=qcow2,file.driver=file']],
+    [['--image-opts', 'file.filename=a,,b']],
+    [['-f', 'file', 'odd.raw']],
+    [['file:rel.qcow2']],
+    [['file:']],
+    [['foo:bar']],
+    [['json:{"file":{"driver":"file","filename":"rel.qcow2"}}']],
+    [['--output=json', 'json:{"driver":"qcow2","file.filename":"sub/chain-top.qcow2"}']],
+    [['--backing-chain', 'json:{"driver":"qcow2","file":{"filename":"sub/chain-top.qcow2"}}']],
+    [['json:{"driver":"raw","file":{"driver":"file","filename":"plain.qcow2"}}']],
+    [['json:{"file":{"driver":"file"}}']],
   ])('options %j', (args) => crossCheck(args));
 
   it.each([

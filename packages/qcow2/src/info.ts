@@ -164,6 +164,8 @@ export interface ImageInfoResult {
 export interface CollectInfoOptions {
   /** Image format; probed when absent (qcow2 by magic, else raw). */
   format?: string;
+  /** Flattened block options (`--image-opts`); the name is then only used in messages. */
+  blockOptions?: ReadonlyMap<string, string>;
 }
 
 const BDRV_SECTOR_SIZE = 512;
@@ -578,41 +580,143 @@ export function rawImageInfo(filename: string, fileSize: number, actualSize: num
 }
 
 /** Prefixes an open failure the way qemu-img's img_open does: "Could not open 'x': ...". */
-function openError(filename: string, err: unknown): TsimgError {
+function openError(name: string, err: unknown): TsimgError {
   const inner = err instanceof TsimgError ? err : new TsimgError('io', String(err instanceof Error ? err.message : err));
   const hint = (err as { hint?: unknown }).hint;
-  const out = new TsimgError(inner.code, `Could not open '${filename}': ${inner.message}`, { cause: err, errno: inner.errno });
+  const out = new TsimgError(inner.code, `Could not open '${name}': ${inner.message}`, { cause: err, errno: inner.errno });
   if (typeof hint === 'string') Object.assign(out, { hint });
   return out;
 }
 
-/** Opens a host file read-only, with qemu's message for something that is not a regular file. */
-async function openFile(filename: string): Promise<FileDevice> {
+/** Opens a host file read-only; a directory or device gets qemu's file-driver message. */
+async function openFile(path: string): Promise<FileDevice> {
   try {
-    return await FileDevice.open(filename, { readOnly: true });
+    return await FileDevice.open(path, { readOnly: true });
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
-      throw new TsimgError('usage', `Could not open '${filename}': 'file' driver requires '${filename}' to be a regular file`);
+      throw new TsimgError('usage', `'file' driver requires '${path}' to be a regular file`);
     }
-    throw openError(filename, err);
+    throw err;
+  }
+}
+
+/** Where an image is: the host file, and the format its name or options ask for. */
+export interface ImageLocation {
+  /** The host file's path; qemu reports it as the image's filename. */
+  path: string;
+  /** `driver` from block options ('qcow2', 'raw', or 'file' for the bare protocol). */
+  format?: string;
+}
+
+/**
+ * Resolves flattened block options (`--image-opts` text, or a `json:` name) to a host file:
+ * `driver`, `file.driver` (= file), `file.filename` / `file`, or `filename` with driver=file.
+ * Throws qemu's messages (without the "Could not open" prefix).
+ */
+export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
+  const driver = opts.get('driver');
+  if (driver === 'file') {
+    for (const key of opts.keys()) {
+      if (key !== 'driver' && key !== 'filename') throw new UsageError(`Invalid parameter '${key}'`);
+    }
+    const path = opts.get('filename');
+    if (path === undefined || path === '') throw new UsageError("The 'file' block driver requires a file name");
+    return { path, format: 'file' };
+  }
+  for (const key of opts.keys()) {
+    if (!['driver', 'file', 'file.driver', 'file.filename'].includes(key)) {
+      throw new UsageError(
+        driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
+      );
+    }
+  }
+  const fileDriver = opts.get('file.driver');
+  const node = opts.get('file');
+  if (node !== undefined) {
+    // A string `file` names an existing block node; tsimg has none (nor has qemu-img).
+    if (fileDriver !== undefined || opts.has('file.filename')) {
+      throw new UsageError('Cannot reference an existing block device with additional options or a new filename');
+    }
+    throw new TsimgError('not-found', `Cannot find device='${node}' nor node-name='${node}'`);
+  }
+  if (fileDriver !== undefined && fileDriver !== 'file') throw new UnsupportedError(`Unknown protocol '${fileDriver}'`);
+  const path = opts.get('file.filename');
+  if (path === undefined) {
+    if (fileDriver !== undefined) throw new UsageError("The 'file' block driver requires a file name");
+    throw new UsageError('A block device must be specified for "file"');
+  }
+  if (path === '') throw new UsageError("The 'file' block driver requires a file name");
+  return { path, format: driver };
+}
+
+/** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */
+function flattenJson(value: unknown, prefix: string, out: Map<string, string>): void {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) flattenJson(v, prefix ? `${prefix}.${k}` : k, out);
+  } else {
+    out.set(prefix, typeof value === 'string' ? value : JSON.stringify(value));
   }
 }
 
 /**
- * Gathers the ImageInfo of one image file, as `qemu-img info` does for each image it reports.
- * Errors carry qemu's "Could not open 'x': ..." wording.
+ * Resolves an image name as qemu does for a filename argument or a backing file name: a plain
+ * path, `file:<path>`, or `json:{...}` block options; any other `proto:` is an unknown protocol.
  */
-export async function collectImageInfo(filename: string, options: CollectInfoOptions = {}): Promise<ImageInfoResult> {
-  if (options.format !== undefined && options.format !== 'qcow2' && options.format !== 'raw') {
-    throw new UnsupportedError(
-      FOREIGN_FORMATS.has(options.format)
-        ? `Could not open '${filename}': image format '${options.format}' is not supported by tsimg`
-        : `Could not open '${filename}': Unknown driver '${options.format}'`,
+export function locateImage(name: string): ImageLocation {
+  if (!pathHasProtocol(name)) return { path: name };
+  const proto = name.slice(0, name.indexOf(':'));
+  if (proto === 'file') {
+    const path = name.slice(5);
+    if (path === '') throw new UsageError("The 'file' block driver requires a file name");
+    return { path };
+  }
+  if (proto === 'json') {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(name.slice(5));
+    } catch {
+      throw new UsageError('Could not parse the JSON options: JSON parse error');
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw new UsageError('Could not parse the JSON options: Invalid JSON object given');
+    }
+    const opts = new Map<string, string>();
+    flattenJson(parsed, '', opts);
+    return locateImageFromOptions(opts);
+  }
+  throw new UnsupportedError(`Unknown protocol '${proto}'`);
+}
+
+/**
+ * Gathers the ImageInfo of one image, as `qemu-img info` does for each image it reports. `name`
+ * is a filename (plain, `file:` or `json:`), or the text of `blockOptions` when those are given.
+ * Errors carry qemu's "Could not open '<name>': ..." wording.
+ */
+export async function collectImageInfo(name: string, options: CollectInfoOptions = {}): Promise<ImageInfoResult> {
+  let loc: ImageLocation;
+  try {
+    loc = options.blockOptions ? locateImageFromOptions(options.blockOptions) : locateImage(name);
+  } catch (err) {
+    throw openError(name, err);
+  }
+  const requested = options.format ?? loc.format;
+  if (requested !== undefined && requested !== 'qcow2' && requested !== 'raw' && requested !== 'file') {
+    throw openError(
+      name,
+      new UnsupportedError(
+        FOREIGN_FORMATS.has(requested) ? `image format '${requested}' is not supported by tsimg` : `Unknown driver '${requested}'`,
+      ),
     );
   }
-  const dev = await openFile(filename);
+  const filename = loc.path;
+  let dev: FileDevice;
   try {
-    let format = options.format;
+    dev = await openFile(filename);
+  } catch (err) {
+    throw openError(name, err);
+  }
+  try {
+    let format = requested;
     if (format === undefined) {
       const first = new Uint8Array(2048);
       await dev.read(0, first);
@@ -622,17 +726,15 @@ export async function collectImageInfo(filename: string, options: CollectInfoOpt
       }
     }
     const actual = await dev.allocatedSize();
-    if (format === 'raw') return { info: rawImageInfo(filename, dev.size(), actual), warnings: [] };
-    let meta: Qcow2Metadata;
-    try {
-      meta = await loadQcow2Metadata(dev);
-    } catch (err) {
-      throw openError(filename, err);
+    if (format !== 'qcow2') {
+      const info = rawImageInfo(filename, dev.size(), actual);
+      info.format = format;
+      return { info, warnings: [] };
     }
+    const meta = await loadQcow2Metadata(dev);
     return { info: qcow2ImageInfo(meta, filename, actual), warnings: meta.warnings };
   } catch (err) {
-    if (err instanceof TsimgError && err.message.startsWith('Could not open ')) throw err;
-    throw openError(filename, err);
+    throw openError(name, err);
   } finally {
     await dev.close();
   }
@@ -658,7 +760,7 @@ export async function collectImageInfoList(filename: string, options: CollectInf
   while (next !== undefined) {
     if (seen.has(next)) throw new FormatError(`Backing file '${next}' creates an infinite loop.`);
     seen.add(next);
-    const { info, warnings } = await collectImageInfo(next, { format });
+    const { info, warnings } = await collectImageInfo(next, { format, blockOptions: out.length === 0 ? options.blockOptions : undefined });
     if (warnings.length > 0) options.onWarnings?.(warnings);
     out.push(info);
     next = undefined;

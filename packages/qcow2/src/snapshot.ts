@@ -203,14 +203,14 @@ export class SnapshotTableError extends FormatError {
  */
 export async function loadSnapshots(dev: BlockDevice, offset: number, count: number): Promise<Qcow2Snapshot[]> {
   const out: Qcow2Snapshot[] = [];
+  const reader = new WindowReader(dev);
   let pos = offset;
   let tableLength = 0;
-  const fixed = new Uint8Array(SNAPSHOT_HEADER_SIZE);
-  const fixedView = new DataView(fixed.buffer);
   for (let i = 0; i < count; i++) {
     pos = pos + ((8 - (pos % 8)) % 8);
     tableLength = tableLength + ((8 - (tableLength % 8)) % 8);
-    await dev.read(pos, fixed);
+    const fixed = await reader.bytes(pos, SNAPSHOT_HEADER_SIZE);
+    const fixedView = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
     const extraDataSize = fixedView.getUint32(36);
     if (extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
       throw new SnapshotTableError(
@@ -219,13 +219,11 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
         'EFBIG',
       );
     }
-    const varSize = extraDataSize + fixedView.getUint16(12) + fixedView.getUint16(14);
-    const entry = new Uint8Array(SNAPSHOT_HEADER_SIZE + varSize);
-    entry.set(fixed);
-    if (varSize > 0) await dev.read(pos + SNAPSHOT_HEADER_SIZE, entry.subarray(SNAPSHOT_HEADER_SIZE));
-    const { snapshot } = decodeSnapshot(new DataView(entry.buffer), 0);
-    pos += entry.length;
-    tableLength += entry.length;
+    const size = SNAPSHOT_HEADER_SIZE + extraDataSize + fixedView.getUint16(12) + fixedView.getUint16(14);
+    const entry = await reader.bytes(pos, size);
+    const { snapshot } = decodeSnapshot(new DataView(entry.buffer, entry.byteOffset, entry.byteLength), 0);
+    pos += size;
+    tableLength += size;
     if (tableLength > QCOW_MAX_SNAPSHOTS_SIZE || pos - offset > 0x7fffffff) {
       throw new SnapshotTableError(
         'Snapshot table is too big',
@@ -236,6 +234,28 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
     out.push(snapshot);
   }
   return out;
+}
+
+/** Serves small sequential reads from one large window, so a big table costs few device reads. */
+class WindowReader {
+  static readonly WINDOW = 1 << 20;
+  #dev: BlockDevice;
+  #start = 0;
+  #buf = new Uint8Array(0);
+
+  constructor(dev: BlockDevice) {
+    this.#dev = dev;
+  }
+
+  /** The `length` bytes at `offset` (a view valid until the next call). */
+  async bytes(offset: number, length: number): Promise<Uint8Array> {
+    if (offset < this.#start || offset + length > this.#start + this.#buf.length) {
+      this.#buf = new Uint8Array(Math.max(length, WindowReader.WINDOW));
+      this.#start = offset;
+      await this.#dev.read(offset, this.#buf);
+    }
+    return this.#buf.subarray(offset - this.#start, offset - this.#start + length);
+  }
 }
 
 /**

@@ -4,7 +4,7 @@
  * statuses. The gathering lives in @tsimg/qcow2 (info.ts); the printing in ../format-info.ts.
  */
 import { TsimgError } from '@tsimg/raw';
-import { collectImageInfoList, type ImageInfo } from '@tsimg/qcow2';
+import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/qcow2';
 import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage, type LongOption } from '../getopt.js';
@@ -38,12 +38,14 @@ function usageExit(message: string): never {
 }
 
 /**
- * Parses `--image-opts` text the way QemuOpts does for the few keys info needs: comma-separated
- * `key=value` pairs, ",," standing for a literal comma.
+ * Splits `--image-opts` text the way QemuOpts does: comma-separated `key=value` pairs, ",," for
+ * a literal comma, a bare first element meaning `file=<it>` (the implied option) and any other
+ * bare key meaning `key=on`.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string } {
+export function splitImageOpts(text: string): Map<string, string> {
   const opts = new Map<string, string>();
   let i = 0;
+  let first = true;
   while (i < text.length) {
     let part = '';
     while (i < text.length) {
@@ -58,21 +60,26 @@ export function parseImageOpts(text: string): { format?: string; filename: strin
       part += text[i++];
     }
     i++;
-    if (part === '') continue;
     const eq = part.indexOf('=');
-    opts.set(eq < 0 ? part : part.slice(0, eq), eq < 0 ? 'on' : part.slice(eq + 1));
+    if (eq >= 0) opts.set(part.slice(0, eq), part.slice(eq + 1));
+    else if (first) opts.set('file', part);
+    else if (part !== '') opts.set(part, 'on');
+    first = false;
   }
-  const driver = opts.get('driver');
-  const fileDriver = opts.get('file.driver');
-  const filename = opts.get('file.filename') ?? opts.get('file');
-  for (const key of opts.keys()) {
-    if (!['driver', 'file.driver', 'file.filename', 'file'].includes(key)) {
-      throw new CliExit(1, `Invalid parameter '${key}'`);
-    }
+  return opts;
+}
+
+/**
+ * `--image-opts` text resolved to a host file and a format (as other commands use it), with
+ * qemu's "Could not open '<text>': ..." message when the options name no usable file.
+ */
+export function parseImageOpts(text: string): { format?: string; filename: string } {
+  try {
+    const loc = locateImageFromOptions(splitImageOpts(text));
+    return { format: loc.format, filename: loc.path };
+  } catch (err) {
+    throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }
-  if (fileDriver !== undefined && fileDriver !== 'file') throw new CliExit(1, `Unknown protocol '${fileDriver}'`);
-  if (filename === undefined) throw new CliExit(1, 'A block device must be specified for "file"');
-  return { format: driver, filename };
 }
 
 /** Prints an error with qemu's optional hint line and turns it into exit status 1. */
@@ -114,21 +121,17 @@ export const run: CommandRunner = async (argv, io) => {
     }
   }
   if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
-  let filename = parsed.operands[0]!;
+  const filename = parsed.operands[0]!;
   if (output !== undefined && output !== 'json' && output !== 'human') {
     throw new CliExit(1, '--output must be used with human or json as argument.');
   }
-  if (imageOpts) {
-    if (format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-    const opts = parseImageOpts(filename);
-    filename = opts.filename;
-    format = opts.format;
-  }
+  if (imageOpts && format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
 
   let list: ImageInfo[];
   try {
     list = await collectImageInfoList(filename, {
       format,
+      blockOptions: imageOpts ? splitImageOpts(filename) : undefined,
       chain,
       onWarnings: (warnings) => {
         for (const w of warnings) io.stderr(`tsimg: ${w}\n`);
