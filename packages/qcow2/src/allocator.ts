@@ -175,7 +175,7 @@ export class Allocator {
   async updateRefcount(offset: number, length: number, addend: number, decrease: boolean): Promise<Again | void> {
     if (length === 0) return;
     const h = this.#h;
-    if (decrease) h.refcountCache.setDependency(h.l2Cache);
+    if (decrease) await h.refcountCache.setDependency(h.l2Cache);
     const cs = this.#clusterSize;
     const start = Math.floor(offset / cs) * cs;
     const last = Math.floor((offset + length - 1) / cs) * cs;

@@ -108,14 +108,19 @@ export class TableCache {
   }
 
   /** Before writing any table, write and sync every dirty table of `other` first. */
-  setDependency(other: TableCache): void {
+  async setDependency(other: TableCache): Promise<void> {
     if (other === this) return;
-    if (this.#dependency !== undefined && this.#dependency !== other) {
-      // qemu flushes the old dependency (and itself) rather than chaining dependencies.
-      this.#dependency = other;
-      return;
-    }
+    // Never build a cycle or a chain (qemu's qcow2_cache_set_dependency): flush what the other
+    // cache waits for now, and our old dependency if it is a different cache.
+    if (other.#dependency !== undefined) await other.#flushDependency();
+    if (this.#dependency !== undefined && this.#dependency !== other) await this.#flushDependency();
     this.#dependency = other;
+  }
+
+  async #flushDependency(): Promise<void> {
+    const dep = this.#dependency;
+    this.#dependency = undefined;
+    if (dep !== undefined) await dep.flush();
   }
 
   /** Before writing any table, sync the device (data written before metadata pointing at it). */
@@ -124,11 +129,7 @@ export class TableCache {
   }
 
   async #resolveDependencies(): Promise<void> {
-    const dep = this.#dependency;
-    if (dep !== undefined) {
-      this.#dependency = undefined;
-      await dep.flush();
-    }
+    await this.#flushDependency();
     if (this.#dependsOnFlush) {
       this.#dependsOnFlush = false;
       await this.#hooks.sync();

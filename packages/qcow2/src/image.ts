@@ -71,6 +71,11 @@ export interface Qcow2OpenOptions {
   backing?: Image;
   /** Pre-read header (saves a read); loaded from `file` otherwise. */
   info?: HeaderInfo;
+  /**
+   * Read a snapshot instead of the active layer: its L1 table replaces the active one, the
+   * virtual size stays the image's (qemu's qcow2_snapshot_load_tmp). Read-only opens only.
+   */
+  l1Table?: { offset: number; size: number };
 }
 
 /** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
@@ -167,8 +172,8 @@ export class Qcow2Image implements Image, MappingSource {
     this.#compression = h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
     this.#lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     this.#dataRaw = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
-    this.#l1Size = h.l1Size;
-    this.#l1Offset = h.l1TableOffset;
+    this.#l1Size = l1.length / 8;
+    this.#l1Offset = opts.l1Table?.offset ?? h.l1TableOffset;
     this.#l1Bytes = l1;
     this.#l1View = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
     const cs = this.clusterSize;
@@ -246,14 +251,20 @@ export class Qcow2Image implements Image, MappingSource {
     validateTable(h.snapshotsOffset, h.nbSnapshots * 40, cs, 'Invalid snapshot table offset');
     // L1 table.
     if (h.l1Size > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+    if (opts.l1Table !== undefined) {
+      if (!opts.readOnly) throw new UsageError('Device is not readonly', { errno: 'EINVAL' });
+      if (opts.l1Table.size > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Snapshot L1 table too large', { errno: 'EFBIG' });
+      validateTable(opts.l1Table.offset, opts.l1Table.size * 8, cs, 'Snapshot L1 table offset invalid');
+    }
     const entrySize = (incompat & INCOMPAT_EXTL2) !== 0n ? 16 : 8;
     const l2Span = (cs / entrySize) * cs;
     const needL1 = Math.ceil(h.size / l2Span);
     if (needL1 > INT_MAX) throw new TsimgError('limit', 'Image is too big', { errno: 'EFBIG' });
     if (h.l1Size < needL1) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
     if (h.l1Size > 0) validateTable(h.l1TableOffset, h.l1Size * 8, cs, 'Invalid L1 table offset');
-    const l1 = new Uint8Array(h.l1Size * 8);
-    if (l1.length > 0) await file.read(h.l1TableOffset, l1);
+    const l1Where = opts.l1Table ?? { offset: h.l1TableOffset, size: h.l1Size };
+    const l1 = new Uint8Array(l1Where.size * 8);
+    if (l1.length > 0) await file.read(l1Where.offset, l1);
     let reftable = new Float64Array(0);
     if (!opts.readOnly) {
       const bytes = new Uint8Array(h.refcountTableClusters * cs);
@@ -507,7 +518,7 @@ export class Qcow2Image implements Image, MappingSource {
         throw new IoError("Compression can't overwrite anything", { errno: 'EIO' });
       }
       const host = await alloc.allocBytes(payload.length);
-      if (!this.#lazy) this.#l2Cache.setDependency(this.#refcountCache);
+      if (!this.#lazy) await this.#l2Cache.setDependency(this.#refcountCache);
       await this.#markDirtyIfLazy();
       await this.file.write(host, payload);
       encodeL2Entry(compressedEntry(host, payload.length), view, t.index * this.geo.entrySize, this.geo);
@@ -839,7 +850,7 @@ export class Qcow2Image implements Image, MappingSource {
   /** qcow2_alloc_cluster_link_l2: points the L2 entries at the new clusters, frees the old ones. */
   async #linkL2(m: L2Meta): Promise<void> {
     const geo = this.geo;
-    if (!this.#lazy) this.#l2Cache.setDependency(this.#refcountCache);
+    if (!this.#lazy) await this.#l2Cache.setDependency(this.#refcountCache);
     const t = await this.#getClusterTable(m.guestStart);
     const view = tableView(t.table);
     const old: L2Entry[] = [];
@@ -1006,7 +1017,7 @@ export class Qcow2Image implements Image, MappingSource {
       encodeL2Entry(next, view, at, geo);
       this.#l2Cache.markDirty(t.l2Offset, t.table);
       if (unmap) {
-        this.#refcountCache.setDependency(this.#l2Cache);
+        await this.#refcountCache.setDependency(this.#l2Cache);
         await this.#freeAnyCluster(old);
       }
     }
@@ -1047,7 +1058,7 @@ export class Qcow2Image implements Image, MappingSource {
       if (sameEntry(view, at, next, geo)) continue;
       encodeL2Entry(next, view, at, geo);
       this.#l2Cache.markDirty(t.l2Offset, t.table);
-      this.#refcountCache.setDependency(this.#l2Cache);
+      await this.#refcountCache.setDependency(this.#l2Cache);
       await this.#freeAnyCluster(old);
     }
     return n;

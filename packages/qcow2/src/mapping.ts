@@ -3,7 +3,6 @@
  * maps to, as runs of one kind (data contiguous on the host, zero, unallocated, or one
  * compressed cluster), never crossing an L2 table.
  */
-import { FormatError } from '@tsimg/raw';
 import {
   decodeL1Entry,
   decodeL2Entry,
@@ -174,9 +173,4 @@ async function check(
   if (entry.kind === 'compressed' && src.geo.dataFile) {
     await src.corrupt(`Compressed cluster entry found in image with external data file ${where}`);
   }
-}
-
-/** Throws the error qemu gives for an L1 entry pointing at an unaligned L2 table. */
-export function unalignedL2(offset: number): never {
-  throw new FormatError(`L2 table offset 0x${offset.toString(16)} unaligned`, { errno: 'EIO' });
 }

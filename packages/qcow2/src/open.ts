@@ -15,6 +15,7 @@ import {
 } from '@tsimg/raw';
 import { findExtension, loadHeader } from './header.js';
 import { Qcow2Image, type Image } from './image.js';
+import { loadSnapshots, validateSnapshotTable } from './snapshot.js';
 import { INCOMPAT_DATA_FILE, QCOW2_MAGIC } from './types.js';
 
 export type { Image } from './image.js';
@@ -27,6 +28,12 @@ export interface OpenImageOptions {
   readOnly?: boolean;
   /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
   backing?: boolean;
+  /**
+   * Read an internal snapshot of a qcow2 image instead of its active layer (read-only):
+   * `{ id, name }` match like qemu-img's `-l snapshot.id=...,snapshot.name=...`; a string
+   * matches an ID first, then a name (qemu-img's `-s`/`-l NAME`).
+   */
+  snapshot?: string | { id?: string; name?: string };
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -119,15 +126,35 @@ async function openLayer(
   readOnly: boolean,
   withBacking: boolean,
   seen: string[],
+  snapshot?: OpenImageOptions['snapshot'],
 ): Promise<Image> {
   const file = await FileDevice.open(filename, { readOnly });
   let dataFile: BlockDevice | undefined;
   let backing: Image | undefined;
   try {
     const fmt = format ?? ((await probeQcow2(file)) ? 'qcow2' : 'raw');
-    if (fmt === 'raw') return new RawImage(filename, file);
+    if (fmt === 'raw') {
+      if (snapshot !== undefined) throw new UnsupportedError("Failed to load snapshot: snapshots are not supported by the 'raw' format", { errno: 'ENOTSUP' });
+      return new RawImage(filename, file);
+    }
     const info = await loadHeader(file);
     const h = info.header;
+    let l1Table: { offset: number; size: number } | undefined;
+    if (snapshot !== undefined) {
+      if (!readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
+      validateSnapshotTable(h.snapshotsOffset, h.nbSnapshots, 2 ** h.clusterBits);
+      const list = await loadSnapshots(file, h.snapshotsOffset, h.nbSnapshots);
+      const sn =
+        typeof snapshot === 'string'
+          ? (list.find((s) => s.id === snapshot) ?? list.find((s) => s.name === snapshot))
+          : list.find(
+              (s) => (snapshot.id === undefined || s.id === snapshot.id) && (snapshot.name === undefined || s.name === snapshot.name),
+            );
+      if (sn === undefined || (typeof snapshot !== 'string' && snapshot.id === undefined && snapshot.name === undefined)) {
+        throw new TsimgError('not-found', "Failed to load snapshot: Can't find snapshot", { errno: 'ENOENT' });
+      }
+      l1Table = { offset: sn.l1TableOffset, size: sn.l1Size };
+    }
     if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
       const ext = findExtension(info.extensions, 'data-file');
       // qemu opens the data file by the name as stored: relative names are relative to the
@@ -155,7 +182,7 @@ async function openLayer(
         throw rewrap(err, 'Could not open backing file: ');
       }
     }
-    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info });
+    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info, l1Table });
   } catch (err) {
     await backing?.close().catch(() => undefined);
     await dataFile?.close().catch(() => undefined);
@@ -172,8 +199,10 @@ async function openLayer(
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   try {
-    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)]);
+    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot);
   } catch (err) {
+    // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
+    if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;
     throw rewrap(err, `Could not open '${filename}': `);
   }
 }
