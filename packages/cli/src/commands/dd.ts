@@ -1,11 +1,13 @@
 /**
  * `tsimg dd`: copies (part of) an image into a newly created one, with qemu-img 7.2's operands,
  * size arithmetic and messages (qemu-img.c img_dd). qemu copies `bs` bytes at a time; the
- * result only depends on the bytes, so this copies in large chunks and skips what the source
- * reports as zero (the new output reads as zeroes already) instead of reading it.
+ * result only depends on the bytes and their order, so this copies in large chunks, in order.
+ * Ranges the source reports as zero are never read: a raw output skips them (a new file reads
+ * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
+ * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove } from '@tsimg/qcow2';
-import { FileDevice, type BlockDevice } from '@tsimg/raw';
+import { blockStatusAbove, createQcow2, openImage as openRawOrQcow2, type Image } from '@tsimg/qcow2';
+import { createFile, FileDevice, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import { cvtnum } from '../interim-parse.js';
@@ -72,9 +74,20 @@ function parseOperands(operands: readonly string[]): DdArgs {
   return args;
 }
 
-/** Copies `[from, to)` of `src` to `dst` at `from - shift`, skipping ranges that read as zero. */
-async function copyRange(src: Parameters<typeof blockStatusAbove>[0], dst: BlockDevice, from: number, to: number, shift: number): Promise<void> {
+/**
+ * Copies `[from, to)` of `src` to `dst` at `from - shift`. Zero ranges of the source are not
+ * read; they are skipped, or written as zeroes when `writeZeroRanges`.
+ */
+async function copyRange(
+  src: Parameters<typeof blockStatusAbove>[0],
+  dst: BlockDevice,
+  from: number,
+  to: number,
+  shift: number,
+  writeZeroRanges: boolean,
+): Promise<void> {
   const buf = new Uint8Array(Math.min(COPY_CHUNK, Math.max(to - from, 0)));
+  const zeroes = writeZeroRanges ? new Uint8Array(buf.length) : undefined;
   let pos = from;
   while (pos < to) {
     let st;
@@ -85,6 +98,15 @@ async function copyRange(src: Parameters<typeof blockStatusAbove>[0], dst: Block
     }
     const runEnd = st ? pos + st.length : to;
     if (st?.zero) {
+      while (zeroes !== undefined && pos < runEnd) {
+        const n = Math.min(zeroes.length, runEnd - pos);
+        try {
+          await dst.write(pos - shift, zeroes.subarray(0, n));
+        } catch (err) {
+          throw new CliExit(1, `error while writing to output image file: ${errorMessage(err)}`);
+        }
+        pos += n;
+      }
       pos = runEnd;
       continue;
     }
@@ -139,7 +161,9 @@ export const run: CommandRunner = async (argv, io) => {
   try {
     if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
-    if (outFmt !== 'raw') throw new CliExit(1, `${output}: error while creating output image: format '${outFmt}' is not supported yet`);
+    if (outFmt !== 'raw' && outFmt !== 'qcow2') {
+      throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
+    }
 
     const bs = args.bs;
     let size = BigInt(src.size());
@@ -147,16 +171,33 @@ export const run: CommandRunner = async (argv, io) => {
     if (args.count !== undefined && args.count <= INT64_MAX / bs && args.count * bs < size) size = args.count * bs;
     const skipTooFar = args.skip !== undefined && (args.skip > INT64_MAX / bs || size < bs * args.skip);
     const outSize = skipTooFar ? 0n : size - bs * (args.skip ?? 0n);
+    // Both drivers round the size up to whole sectors.
+    const createSize = ((outSize + 511n) / 512n) * 512n;
 
-    let dst: FileDevice;
-    try {
-      dst = await FileDevice.open(output, { create: true });
-    } catch (err) {
-      throw new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}`);
+    const createError = (err: unknown): CliExit =>
+      new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}`);
+    let dst: Image | FileDevice;
+    if (outFmt === 'raw') {
+      try {
+        await createFile(output, { size: createSize });
+        dst = await FileDevice.open(output);
+      } catch (err) {
+        throw createError(err);
+      }
+    } else {
+      try {
+        const file = await FileDevice.open(output, { create: true });
+        try {
+          await createQcow2(file, { size: createSize });
+        } finally {
+          await file.close();
+        }
+      } catch (err) {
+        throw createError(err);
+      }
+      dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false });
     }
     try {
-      // raw creation rounds the size up to whole sectors, as qemu's file driver does.
-      await dst.resize(Number(((outSize + 511n) / 512n) * 512n));
       let inPos: bigint;
       if (skipTooFar) {
         io.stderr(`tsimg: ${input}: cannot skip to specified offset\n`);
@@ -164,7 +205,7 @@ export const run: CommandRunner = async (argv, io) => {
       } else {
         inPos = (args.skip ?? 0n) * bs;
       }
-      if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos));
+      if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw');
       await dst.flush();
     } finally {
       await dst.close();
