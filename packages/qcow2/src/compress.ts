@@ -13,11 +13,13 @@ export type CompressionType = 'zlib' | 'zstd';
 const MIN_CLUSTER = 512;
 const MAX_CLUSTER = 2 * 1024 * 1024;
 
-function checkType(type: CompressionType): void {
+/** Throws UnsupportedError unless `type` is a compression type qcow2 defines. */
+export function checkCompressionType(type: CompressionType): void {
   if (type !== 'zlib' && type !== 'zstd') throw new UnsupportedError(`Unknown compression type '${String(type)}'`);
 }
 
-function checkClusterSize(clusterSize: number): void {
+/** Throws UsageError unless `clusterSize` is a qcow2 cluster size (512 B..2 MiB). */
+export function checkClusterSize(clusterSize: number): void {
   if (!Number.isInteger(clusterSize) || clusterSize < MIN_CLUSTER || clusterSize > MAX_CLUSTER) {
     throw new UsageError(`Invalid cluster size ${clusterSize}: must be between ${MIN_CLUSTER} and ${MAX_CLUSTER}`);
   }
@@ -34,7 +36,7 @@ export async function decompressCluster(
   data: Uint8Array,
   clusterSize: number,
 ): Promise<Uint8Array> {
-  checkType(type);
+  checkCompressionType(type);
   checkClusterSize(clusterSize);
   if (type === 'zlib') return inflateCluster(data, clusterSize);
   return zstdDecompress(await loadZstd(), data, clusterSize);
@@ -50,7 +52,7 @@ export async function compressCluster(
   type: CompressionType,
   cluster: Uint8Array,
 ): Promise<Uint8Array | undefined> {
-  checkType(type);
+  checkCompressionType(type);
   checkClusterSize(cluster.length);
   if (type === 'zlib') return deflateCluster(cluster);
   // qemu hands zstd an output buffer one byte smaller than the cluster.
