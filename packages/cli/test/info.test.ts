@@ -349,6 +349,19 @@ describeQemu('tsimg info matches qemu-img info', () => {
     [['--backing-chain', '--output=json', 'loop.qcow2']],
   ])('backing chain %j', (args) => crossCheck(args));
 
+  it.each(['America/New_York', 'Europe/Berlin', 'Asia/Kolkata', 'Australia/Lord_Howe'])(
+    'snapshot dates in local time (TZ=%s)',
+    (tz) => {
+      process.env.TZ = tz;
+      try {
+        crossCheck(['sizes.qcow2']);
+        crossCheck(['snap.qcow2']);
+      } finally {
+        process.env.TZ = 'UTC';
+      }
+    },
+  );
+
   it('relative and absolute image names', () => {
     crossCheck(['./sub/../rel.qcow2']);
     crossCheck([join(dir, 'rel.qcow2')]);

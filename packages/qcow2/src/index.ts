@@ -20,3 +20,4 @@ export * from './image.js';
 export * from './open.js';
 export * from './check.js';
 export * from './create.js';
+export * from './luks-header.js';
