@@ -217,5 +217,23 @@ describeQemu('tsimg check vs qemu-img check', () => {
       ];
       for (const args of cases) same(tsimg(args), qemuImg(args), img, img);
     });
+
+    it('opens backing files and external data files as qemu-img does', () => {
+      const base = join(dir, 'chain-base.qcow2');
+      const top = join(dir, 'chain-top.qcow2');
+      must('qemu-img', ['create', '-f', 'qcow2', base, '4M']);
+      must('qemu-img', ['create', '-f', 'qcow2', '-b', base, '-F', 'qcow2', top]);
+      must('qemu-io', ['-c', 'write -P 9 0 64k', top]);
+      const withData = join(dir, 'with-data.qcow2');
+      const data = join(dir, 'with-data.raw');
+      must('qemu-img', ['create', '-f', 'qcow2', '-o', `data_file=${data}`, withData, '4M']);
+      must('qemu-io', ['-c', 'write -P 3 0 1M', withData]);
+      same(tsimg(['check', top]), qemuImg(['check', top]), top, top);
+      same(tsimg(['check', withData]), qemuImg(['check', withData]), withData, withData);
+      must('mv', [base, `${base}.away`]);
+      must('mv', [data, `${data}.away`]);
+      same(tsimg(['check', top]), qemuImg(['check', top]), top, top);
+      same(tsimg(['check', withData]), qemuImg(['check', withData]), withData, withData);
+    });
   });
 });

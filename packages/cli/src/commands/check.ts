@@ -79,17 +79,26 @@ async function openChecked(
     const log = (line: string, kind?: 'report' | 'raw'): void =>
       io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
     const img = await openForCheck(file, log, writable);
+    const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
+    if (dataFileExt) {
+      // qemu opens the external data file too; its failure fails the open
+      const df = await FileDevice.open(resolveRelative(filename, dataFileExt.name), { readOnly: true });
+      await df.close();
+    }
     const info = img.header.backingFileOffset > 0 ? await backingName(img) : undefined;
     if (info !== undefined && info !== '') {
       // img_open opens the whole chain: a missing or broken backing file fails the check too.
       const fmtName = findExtension(img.extensions, 'backing-format')?.name;
       const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
-      const backing = await openImage(resolveRelative(filename, info), { format: bfmt, readOnly: true }).catch(
-        (err: unknown) => {
-          const msg = err instanceof Error ? err.message : String(err);
-          throw new TsimgError('format', `Could not open backing file: ${msg}`);
-        },
-      );
+      const backingPath = resolveRelative(filename, info);
+      const backing = await openImage(backingPath, { format: bfmt, readOnly: true }).catch((err: unknown) => {
+        // openImage words its errors for a top-level image ("Could not open 'b': reason");
+        // qemu names a backing file's failure once, after "Could not open backing file: ".
+        let msg = err instanceof Error ? err.message : String(err);
+        const prefix = `Could not open '${backingPath}': `;
+        if (msg.startsWith(prefix + prefix)) msg = msg.slice(prefix.length);
+        throw new TsimgError('format', `Could not open backing file: ${msg}`);
+      });
       await backing.close();
     }
     return { file, img };
