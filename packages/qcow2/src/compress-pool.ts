@@ -3,9 +3,12 @@
  * qemu compresses on its thread pool. Workers keep compression off the main thread and off
  * libuv's pool, which the same convert needs for its file I/O.
  *
- * Measured here (2 cores, Node 20, 64 KiB clusters of mixed data, see the report in
- * test/compress-pool.test.ts): zlib on one thread ≈ 88 MB/s, async zlib on libuv's 4 threads
- * ≈ 142 MB/s, this pool with 2 workers ≈ 168 MB/s; zstd-napi ≈ 714 MB/s on one thread.
+ * Measured here (2 cores, Node 20, 64 KiB clusters of 52 MB of mixed binaries, text and random
+ * data; MB/s per CPU-second, which stays meaningful on a loaded machine):
+ *   zlib deflate: on the calling thread 77, async zlib on libuv's pool 64, this pool 73-74;
+ *   zstd-napi: on the calling thread 374, this pool 314-334; zstd-wasm: 149 on one thread.
+ * So the pool costs ~5-10 % CPU per cluster for running on every core, where libuv's pool costs
+ * 17 % and competes with file I/O; the pool is used for zlib and zstd alike.
  */
 import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';

@@ -93,14 +93,3 @@ export function inflateClusterSync(zlib: ZlibModule, data: Uint8Array, clusterSi
   }
   return checkInflated(out, clusterSize);
 }
-
-/** Decodes one stored cluster on libuv's thread pool to exactly `clusterSize` bytes. */
-export async function inflateCluster(data: Uint8Array, clusterSize: number): Promise<Uint8Array> {
-  const zlib = await loadZlib();
-  const out = await new Promise<Buffer>((resolve, reject) => {
-    zlib.inflateRaw(data, inflateOptions(zlib, clusterSize), (err, res) =>
-      err ? reject(inflateError(err, clusterSize)) : resolve(res),
-    );
-  });
-  return checkInflated(out, clusterSize);
-}

@@ -37,16 +37,18 @@ function loadNapi(): ZstdCodec {
   // One context per loaded codec; a codec instance lives in one thread and calls are synchronous.
   const cctx = new binding.CCtx();
   const dctx = new binding.DCtx();
+  // Output of compress(), reused: the frame is copied out of it.
+  let scratch = Buffer.alloc(0);
   return {
     name: 'zstd-napi',
     compress(src, capacity) {
       // The same call qemu makes: the default parameters, one ZSTD_e_end pass into a buffer of
       // `capacity` bytes; anything left to flush means the frame did not fit.
       cctx.reset(binding.ResetDirective.sessionOnly);
-      const dst = Buffer.allocUnsafe(capacity);
+      if (scratch.length < capacity) scratch = Buffer.allocUnsafeSlow(capacity);
+      const dst = scratch.subarray(0, capacity);
       const [remaining, produced] = cctx.compressStream2(dst, src, binding.EndDirective.end);
       if (remaining !== 0) return undefined;
-      // A copy of just the frame, so a caller that keeps it does not pin the whole buffer.
       return new Uint8Array(dst.buffer, dst.byteOffset, produced).slice();
     },
     decompressInto(frame, dst) {

@@ -9,6 +9,7 @@ import { createCompressPool } from '../src/compress-pool.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const distPool = fileURLToPath(new URL('../dist/compress-pool.js', import.meta.url));
+const distCompress = fileURLToPath(new URL('../dist/compress.js', import.meta.url));
 
 // Workers run the compiled compress-worker.js (Node cannot run a .ts worker), also when vitest
 // runs the pool from source: build first, so the worker is never older than these sources.
@@ -117,5 +118,27 @@ describe('createCompressPool', () => {
     expect(r.stderr).toBe('');
     expect(r.status).toBe(0);
     expect(Number(r.stdout.trim())).toBeGreaterThan(0);
+  });
+
+  it('loads neither node:zlib nor a zstd library until a cluster needs one', () => {
+    const script = `
+      import { createRequire } from 'node:module';
+      const require = createRequire(import.meta.url);
+      const loaded = () => [
+        process.moduleLoadList.includes('NativeModule zlib') ? 'zlib' : '',
+        Object.keys(require.cache).some((k) => k.includes('zstd')) ? 'zstd' : '',
+      ].join(' ').trim();
+      const { compressCluster, decompressCluster } = await import(${JSON.stringify(distCompress)});
+      const { createCompressPool } = await import(${JSON.stringify(distPool)});
+      createCompressPool('zstd');
+      console.log('imported:', loaded());
+      await decompressCluster('zlib', (await compressCluster('zlib', new Uint8Array(4096)))!, 4096);
+      console.log('zlib used:', loaded());
+      await decompressCluster('zstd', (await compressCluster('zstd', new Uint8Array(4096)))!, 4096);
+      console.log('zstd used:', loaded());
+    `.replaceAll(')!', ')');
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim().split('\n').map((l) => l.trim())).toEqual(['imported:', 'zlib used: zlib', 'zstd used: zlib zstd']);
   });
 });
