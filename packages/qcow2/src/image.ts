@@ -21,7 +21,8 @@ import { Allocator } from './allocator.js';
 import { TableCache } from './cache.js';
 import { compressCluster, decompressCluster, type CompressionType } from './compress.js';
 import { calculateL2Meta, linkedBitmap, type L2Meta } from './cow.js';
-import { findExtension, type HeaderExtension, type HeaderInfo, type Qcow2Header } from './header.js';
+import { repairDirty, type CheckLog } from './check.js';
+import { findExtension, loadHeader, type HeaderExtension, type HeaderInfo, type Qcow2Header } from './header.js';
 import {
   compressedEntry,
   compressedRange,
@@ -76,6 +77,8 @@ export interface Qcow2OpenOptions {
    * virtual size stays the image's (qemu's qcow2_snapshot_load_tmp). Read-only opens only.
    */
   l1Table?: { offset: number; size: number };
+  /** Receives the lines qemu prints while repairing a dirty image opened read/write. */
+  log?: CheckLog;
 }
 
 /** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
@@ -151,6 +154,8 @@ export class Qcow2Image implements Image, MappingSource {
   readonly #lazy: boolean;
   readonly #dataRaw: boolean;
   #closed = false;
+  /** Set once corruption was found: no more writes, no write-back on close. */
+  #broken = false;
   #markedDirty = false;
   #cleanedAutoclear = false;
   #decompressed: { key: string; data: Uint8Array } | undefined;
@@ -210,8 +215,18 @@ export class Qcow2Image implements Image, MappingSource {
    * loading the active L1 table (and, when writable, the refcount table).
    */
   static async open(file: BlockDevice, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
-    const { loadHeader } = await import('./header.js');
-    const info = opts.info ?? (await loadHeader(file));
+    let info = opts.info ?? (await loadHeader(file));
+    if ((info.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n && !opts.readOnly && opts.l1Table === undefined) {
+      const unknownBits = info.header.incompatibleFeatures & ~INCOMPAT_KNOWN;
+      if (unknownBits !== 0n) throw unsupportedFeatures(info.extensions, unknownBits);
+      if ((info.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+        throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
+      }
+      // qemu repairs a dirty (lazy refcounts) image when it is opened for writing: the
+      // refcounts are rebuilt from the L1/L2 tables and the dirty bit is cleared.
+      await repairDirty(file, opts.log);
+      info = await loadHeader(file);
+    }
     const h = info.header;
     const cs = 2 ** h.clusterBits;
     const incompat = h.incompatibleFeatures;
@@ -226,12 +241,6 @@ export class Qcow2Image implements Image, MappingSource {
     }
     if ((incompat & INCOMPAT_EXTL2) !== 0n && cs / 32 < 512) {
       throw new FormatError(`Unsupported subcluster size: ${cs / 32}`, { errno: 'EINVAL' });
-    }
-    if ((incompat & INCOMPAT_DIRTY) !== 0n && !opts.readOnly) {
-      throw new UnsupportedError(
-        'Image is dirty (lazy refcounts were not written back): opening it read/write needs a refcount rebuild, which tsimg does not do; run qemu-img check -r all first',
-        { errno: 'ENOTSUP' },
-      );
     }
     if ((incompat & INCOMPAT_DATA_FILE) !== 0n && opts.dataFile === undefined) {
       throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
@@ -301,6 +310,10 @@ export class Qcow2Image implements Image, MappingSource {
    * nothing writes over metadata again) and the operation fails with EIO.
    */
   async corrupt(message: string): Promise<never> {
+    // Like qemu making the node unusable: nothing cached is written back any more.
+    this.#broken = true;
+    this.#l2Cache.clear();
+    this.#refcountCache.clear();
     if (!this.readOnly && (this.header.incompatibleFeatures & INCOMPAT_CORRUPT) === 0n && this.version === 3) {
       this.header.incompatibleFeatures |= INCOMPAT_CORRUPT;
       try {
@@ -389,13 +402,28 @@ export class Qcow2Image implements Image, MappingSource {
 
   async #readGuest(offset: number, into: Uint8Array): Promise<void> {
     let pos = 0;
+    // Data runs that continue on the host (across L2 tables) are read with one device call.
+    let pending: { pos: number; host: number; length: number } | undefined;
+    const readPending = async (): Promise<void> => {
+      if (pending === undefined) return;
+      const p = pending;
+      pending = undefined;
+      await this.#dataDevice.read(p.host, into.subarray(p.pos, p.pos + p.length));
+    };
     while (pos < into.length) {
       const run = await lookupRun(this, offset + pos, into.length - pos);
+      if (run.kind === 'data') {
+        if (pending !== undefined && pending.host + pending.length === run.hostOffset) pending.length += run.length;
+        else {
+          await readPending();
+          pending = { pos, host: run.hostOffset, length: run.length };
+        }
+        pos += run.length;
+        continue;
+      }
+      await readPending();
       const dst = into.subarray(pos, pos + run.length);
       switch (run.kind) {
-        case 'data':
-          await this.#dataDevice.read(run.hostOffset, dst);
-          break;
         case 'zero':
           dst.fill(0);
           break;
@@ -411,6 +439,7 @@ export class Qcow2Image implements Image, MappingSource {
       }
       pos += run.length;
     }
+    await readPending();
   }
 
   async #readBacking(offset: number, dst: Uint8Array): Promise<void> {
@@ -440,7 +469,7 @@ export class Qcow2Image implements Image, MappingSource {
   #checkWritable(): Allocator {
     if (this.#closed) throw new UsageError('device is closed');
     if (this.readOnly || this.#allocator === undefined) throw new ReadOnlyError();
-    if ((this.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
+    if ((this.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n || this.#broken) {
       throw new TsimgError('corrupt', 'Image is corrupt; writes are refused', { errno: 'EIO' });
     }
     return this.#allocator;
@@ -520,6 +549,7 @@ export class Qcow2Image implements Image, MappingSource {
       const host = await alloc.allocBytes(payload.length);
       if (!this.#lazy) await this.#l2Cache.setDependency(this.#refcountCache);
       await this.#markDirtyIfLazy();
+      await this.#overlapCheck(host, payload.length);
       await this.file.write(host, payload);
       encodeL2Entry(compressedEntry(host, payload.length), view, t.index * this.geo.entrySize, this.geo);
       this.#l2Cache.markDirty(t.l2Offset, t.table);
@@ -540,7 +570,7 @@ export class Qcow2Image implements Image, MappingSource {
   async close(): Promise<void> {
     if (this.#closed) return;
     try {
-      if (!this.readOnly) {
+      if (!this.readOnly && !this.#broken) {
         await this.#exclusive(async () => {
           await this.#flushAll();
           if (this.#markedDirty) {
@@ -576,8 +606,24 @@ export class Qcow2Image implements Image, MappingSource {
   }
 
   async #storeMetadata(offset: number, data: Uint8Array): Promise<void> {
-    if (offset === 0) await this.corrupt('Preventing invalid write on metadata (overlaps with qcow2_header)');
+    await this.#overlapCheck(offset, data.length);
     await this.file.write(offset, data);
+  }
+
+  /**
+   * A cheap form of qemu's pre-write overlap check: a write into the image file must not hit
+   * the header, the active L1 table or the refcount table (a wrong refcount would otherwise
+   * let data overwrite metadata). The image is marked corrupt instead.
+   */
+  async #overlapCheck(offset: number, length: number): Promise<void> {
+    const hit = (start: number, len: number): boolean => len > 0 && offset < start + len && start < offset + length;
+    let what: string | undefined;
+    if (hit(0, this.clusterSize)) what = 'qcow2_header';
+    else if (hit(this.#l1Offset, this.#l1Size * 8)) what = 'active L1 table';
+    else if (this.#allocator !== undefined && hit(this.#allocator.tableOffset, this.#allocator.table.length * REFTABLE_ENTRY_SIZE)) {
+      what = 'refcount table';
+    }
+    if (what !== undefined) await this.corrupt(`Preventing invalid write on metadata (overlaps with ${what})`);
   }
 
   async #flushAll(): Promise<void> {
@@ -829,6 +875,7 @@ export class Qcow2Image implements Image, MappingSource {
       const last = r.metas.find((m) => m.guestStart + m.cowEndFrom === guest + r.bytes);
       const head = first !== undefined ? first.cowStartTo - first.cowStartFrom : 0;
       const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
+      if (this.dataFile === undefined) await this.#overlapCheck(r.host - head, head + chunk.length + tail);
       if (head === 0 && tail === 0) {
         await this.#dataDevice.write(r.host, chunk);
       } else {

@@ -13,6 +13,7 @@ import {
   type BlockStatus,
   type WriteZeroesOptions,
 } from '@tsimg/raw';
+import type { CheckLog } from './check.js';
 import { findExtension, loadHeader } from './header.js';
 import { Qcow2Image, type Image } from './image.js';
 import { loadSnapshots, validateSnapshotTable } from './snapshot.js';
@@ -34,6 +35,8 @@ export interface OpenImageOptions {
    * matches an ID first, then a name (qemu-img's `-s`/`-l NAME`).
    */
   snapshot?: string | { id?: string; name?: string };
+  /** Receives the lines qemu would print while repairing a dirty image opened read/write. */
+  log?: CheckLog;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -127,6 +130,7 @@ async function openLayer(
   withBacking: boolean,
   seen: string[],
   snapshot?: OpenImageOptions['snapshot'],
+  log?: CheckLog,
 ): Promise<Image> {
   const file = await FileDevice.open(filename, { readOnly });
   let dataFile: BlockDevice | undefined;
@@ -182,7 +186,7 @@ async function openLayer(
         throw rewrap(err, 'Could not open backing file: ');
       }
     }
-    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info, l1Table });
+    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info, l1Table, log });
   } catch (err) {
     await backing?.close().catch(() => undefined);
     await dataFile?.close().catch(() => undefined);
@@ -199,7 +203,7 @@ async function openLayer(
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   try {
-    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot);
+    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot, options.log);
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;

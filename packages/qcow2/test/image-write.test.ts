@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import { copyFileSync, mkdirSync, readFileSync } from 'node:fs';
+import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { openImage, Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
@@ -239,10 +239,10 @@ describeQemu('Qcow2Image writes', () => {
     }
   });
 
-  it('lazy refcounts: dirty while open, clean after close; a dirty image reads but is not opened read/write', async () => {
+  it('lazy refcounts: dirty while open, clean after close; a dirty image reads, and is repaired like qemu on a read/write open', async () => {
     const d = fresh();
     const t = join(d, 't.qcow2');
-    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on', t, '4M']);
+    qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=4096', t, '4M']);
     const img = (await openImage(t, { readOnly: false })) as Qcow2Image;
     await img.write(0, new Uint8Array(70000).fill(9));
     expect(img.header.incompatibleFeatures & 1n).toBe(1n);
@@ -250,14 +250,22 @@ describeQemu('Qcow2Image writes', () => {
     expect(info['dirty-flag']).toBe(true);
     await img.close();
     expectClean(t);
-    // qemu-io killed mid-way leaves the image dirty.
-    qemuIo(['-c', 'write -P 3 1M 64k', '-c', 'sigraise 9', t]);
+    // qemu-io killed mid-way leaves the image dirty with refcounts never written.
+    qemuIo(['-c', 'write -P 3 1M 64k', '-c', 'write -P 4 3M 64k', '-c', 'sigraise 9', t]);
     const ro = await openImage(t);
     const buf = new Uint8Array(64 * 1024);
     await ro.read(1024 * 1024, buf);
     expect(buf.every((b) => b === 3)).toBe(true);
     await ro.close();
-    await expect(openImage(t, { readOnly: false })).rejects.toThrow(/dirty/);
+    expect(qemuImg(['check', t]).status).not.toBe(0);
+    const q = join(d, 'q.qcow2');
+    copyFileSync(t, q);
+    qemuIo(['-c', 'write -P 5 2M 4k', q]); // qemu repairs on open, then writes
+    const rw = await openImage(t, { readOnly: false });
+    await rw.write(2 * 1024 * 1024, new Uint8Array(4096).fill(5));
+    await rw.close();
+    expectClean(t);
+    expect(firstDiff(readFileSync(q), readFileSync(t))).toBe(-1);
   });
 
   it('model test: random writes, zero writes, discards, flushes and reopens (fast-check)', async () => {
@@ -328,6 +336,29 @@ describeQemu('Qcow2Image write API edges', () => {
       await expect(rw.write(1024 * 1024 - 1, new Uint8Array(2))).rejects.toThrow(/beyond the end/);
       await rw.close();
       copyFileSync(f, join(dir, 'b.qcow2'));
+    } finally {
+      cleanup();
+    }
+  });
+
+  it('marks the image corrupt instead of writing over metadata when refcounts are wrong', async () => {
+    const { dir, cleanup } = tempDir('tsimg-overlap-');
+    try {
+      const f = join(dir, 'a.qcow2');
+      qemuImg(['create', '-q', '-f', 'qcow2', f, '4M']);
+      const probe = (await openImage(f)) as Qcow2Image;
+      const { l1TableOffset, refcountTableOffset } = probe.header;
+      await probe.close();
+      // Refcount block 0 follows the refcount table; zero the L1 table's refcount (16-bit entries).
+      const fd = openSync(f, 'r+');
+      writeSync(fd, Buffer.alloc(2), 0, 2, refcountTableOffset + 65536 + 2 * (l1TableOffset / 65536));
+      closeSync(fd);
+      const img = await openImage(f, { readOnly: false });
+      await expect(img.write(0, new Uint8Array(512))).rejects.toThrow(/overlaps with active L1 table/);
+      await expect(img.write(0, new Uint8Array(512))).rejects.toThrow(/corrupt/);
+      await img.close().catch(() => undefined);
+      const info = JSON.parse(qemuImg(['info', '--output=json', f]).stdout) as { 'format-specific': { data: { corrupt: boolean } } };
+      expect(info['format-specific'].data.corrupt).toBe(true);
     } finally {
       cleanup();
     }
