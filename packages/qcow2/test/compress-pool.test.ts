@@ -3,13 +3,17 @@ import { spawnSync } from 'node:child_process';
 import { statSync } from 'node:fs';
 import { randomFillSync } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
+import { Worker } from 'node:worker_threads';
 import { UnsupportedError, UsageError } from '@tsimg/raw';
 import { compressCluster, type CompressionType } from '../src/compress.js';
 import { createCompressPool } from '../src/compress-pool.js';
+import type { CompressReply } from '../src/compress-worker.js';
+import { loadZstd } from '../src/zstd.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const distPool = fileURLToPath(new URL('../dist/compress-pool.js', import.meta.url));
 const distCompress = fileURLToPath(new URL('../dist/compress.js', import.meta.url));
+const distWorker = new URL('../dist/compress-worker.js', import.meta.url);
 
 // Workers run the compiled compress-worker.js (Node cannot run a .ts worker), also when vitest
 // runs the pool from source: build first, so the worker is never older than these sources.
@@ -140,5 +144,28 @@ describe('createCompressPool', () => {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8', timeout: 30_000 });
     expect(r.stderr).toBe('');
     expect(r.stdout.trim().split('\n').map((l) => l.trim())).toEqual(['imported:', 'zlib used: zlib', 'zstd used: zlib zstd']);
+  });
+
+  it('a worker uses the zstd backend the pool names, whatever it could load itself', async () => {
+    const [cluster] = clusters(1, 65536);
+    const worker = new Worker(distWorker, { workerData: { type: 'zstd', zstdBackend: 'zstd-wasm' } });
+    try {
+      const reply = await new Promise<CompressReply>((resolve, reject) => {
+        worker.once('message', resolve);
+        worker.once('error', reject);
+        worker.postMessage({ id: 7, cluster });
+      });
+      const wasm = (await loadZstd('zstd-wasm')).compress(cluster!, 65535);
+      expect(reply.id).toBe(7);
+      expect(reply.ok && same(reply.result, wasm)).toBe(true);
+    } finally {
+      await worker.terminate();
+    }
+  });
+
+  it('the worker file refuses to run outside a worker thread', () => {
+    const r = spawnSync(process.execPath, [fileURLToPath(distWorker)], { encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toContain('runs only as a worker thread');
   });
 });
