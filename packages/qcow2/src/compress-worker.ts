@@ -6,7 +6,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as zlib from 'node:zlib';
 import type { CompressionType } from './compress.js';
 import { deflateClusterSync } from './deflate.js';
-import { loadZstd, type ZstdBackendName } from './zstd.js';
+import { loadZstd, zstdCompressCluster, type ZstdBackendName } from './zstd.js';
 
 /** What the pool passes as workerData. */
 export interface CompressWorkerConfig {
@@ -35,7 +35,7 @@ const compress: (cluster: Uint8Array) => Uint8Array | undefined =
   config.type === 'zstd'
     ? await (async () => {
         const codec = await loadZstd(config.zstdBackend ?? 'auto');
-        return (cluster: Uint8Array) => codec.compress(cluster, cluster.length - 1);
+        return (cluster: Uint8Array) => zstdCompressCluster(codec, cluster);
       })()
     : (cluster) => deflateClusterSync(zlib, cluster);
 

@@ -4,7 +4,7 @@
  */
 import { UnsupportedError, UsageError } from '@tsimg/raw';
 import { deflateCluster, inflateClusterSync, loadZlib } from './deflate.js';
-import { loadZstd, zstdDecompress } from './zstd.js';
+import { loadZstd, zstdCompressCluster, zstdDecompress } from './zstd.js';
 
 /** The compression_type values of the qcow2 header (0 = zlib, 1 = zstd). */
 export type CompressionType = 'zlib' | 'zstd';
@@ -59,6 +59,5 @@ export async function compressCluster(
   // On libuv's pool: one call blocks nothing, several run in parallel (bulk writers use
   // createCompressPool, which costs less CPU per cluster and leaves libuv's threads to file I/O).
   if (type === 'zlib') return deflateCluster(cluster);
-  // qemu hands zstd an output buffer one byte smaller than the cluster.
-  return (await loadZstd()).compress(cluster, cluster.length - 1);
+  return zstdCompressCluster(await loadZstd(), cluster);
 }

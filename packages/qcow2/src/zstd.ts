@@ -113,6 +113,14 @@ async function loadBackend(backend: ZstdBackendName | 'auto'): Promise<ZstdCodec
   }
 }
 
+/**
+ * Compresses one cluster as qemu does: into an output buffer one byte smaller than the cluster,
+ * so undefined means the frame would not have been smaller than the cluster.
+ */
+export function zstdCompressCluster(codec: ZstdCodec, cluster: Uint8Array): Uint8Array | undefined {
+  return codec.compress(cluster, cluster.length - 1);
+}
+
 function fail(reason: string, cause?: unknown): never {
   throw new FormatError(`Invalid zstd compressed cluster: ${reason}`, { errno: 'EIO', cause });
 }
