@@ -198,6 +198,25 @@ describeQemu('Qcow2Image writes', () => {
       expect(firstDiff(readFileSync(q), readFileSync(t))).toBe(-1);
       expectClean(t);
     }
+    // Every other cluster of an odd-sized image, the partial tail cluster included.
+    for (const opts of ['cluster_size=16384,extended_l2=on', 'cluster_size=2048,refcount_bits=1', 'cluster_size=512']) {
+      const d = fresh();
+      const q = join(d, 'q.qcow2');
+      const t = join(d, 't.qcow2');
+      for (const f of [q, t]) qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, f, '1000000']);
+      const img = (await openImage(t, { readOnly: false })) as Qcow2Image;
+      const cs = img.clusterSize;
+      const cmds: string[] = [];
+      for (let off = 0, i = 0; off < img.size(); off += 2 * cs, i++) {
+        const len = Math.min(cs, img.size() - off);
+        cmds.push(`write -c -P ${(i % 250) + 1} ${off} ${len}`);
+        await img.writeCompressed(off, new Uint8Array(len).fill((i % 250) + 1));
+      }
+      await img.close();
+      expect(qemuIo([...cmds.flatMap((c) => ['-c', c]), q]).stderr).toBe('');
+      expect(firstDiff(readFileSync(q), readFileSync(t))).toBe(-1);
+      expectClean(t);
+    }
   });
 
   it('resize grows like qemu-img resize', async () => {
@@ -336,6 +355,38 @@ describeQemu('Qcow2Image write API edges', () => {
       await expect(rw.write(1024 * 1024 - 1, new Uint8Array(2))).rejects.toThrow(/beyond the end/);
       await rw.close();
       copyFileSync(f, join(dir, 'b.qcow2'));
+    } finally {
+      cleanup();
+    }
+  });
+
+  it('concurrent calls behave as if issued one after another, in call order', async () => {
+    const { dir, cleanup } = tempDir('tsimg-conc-');
+    try {
+      const f = join(dir, 'a.qcow2');
+      const g = join(dir, 'b.qcow2');
+      for (const x of [f, g]) qemuImg(['create', '-q', '-f', 'qcow2', '-o', 'cluster_size=4096', x, '8M']);
+      const ops = randomOps(11, 40, 8 * 1024 * 1024, 'wwzd');
+      await applyOps(g, ops);
+      const img = await openImage(f, { readOnly: false });
+      const probe = new Uint8Array(300000);
+      const seen: Promise<Uint8Array>[] = [];
+      await Promise.all(
+        ops.map((o, i) => {
+          const p =
+            o.k === 'w'
+              ? img.write(o.off, new Uint8Array(o.len).fill(o.p))
+              : o.k === 'z'
+                ? img.writeZeroes(o.off, o.len, { mayUnmap: o.unmap })
+                : img.discard(o.off, (o as { len: number }).len);
+          if (i === 20) seen.push(img.read(0, probe).then(() => probe.slice()));
+          return p;
+        }),
+      );
+      await img.close();
+      expect(firstDiff(readFileSync(f), readFileSync(g))).toBe(-1);
+      const want = model(new Uint8Array(8 * 1024 * 1024), ops.slice(0, 21), 4096, false).subarray(0, probe.length);
+      expect(Buffer.from(await seen[0]!).equals(Buffer.from(want))).toBe(true);
     } finally {
       cleanup();
     }
