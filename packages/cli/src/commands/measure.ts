@@ -164,10 +164,12 @@ function humanResult(r: MeasureResult): string {
 }
 
 function jsonResult(r: MeasureResult): string {
-  // qemu's QDict prints "bitmaps" first (hash order), then required, then fully-allocated.
+  // qemu's QDict prints "bitmaps" first (hash order), then required, then fully-allocated; the
+  // QAPI fields are int64, so 2^63 prints negative there (the human lines are unsigned).
+  const i64 = (v: bigint) => BigInt.asIntN(64, v);
   const lines: string[] = [];
-  if (r.bitmaps !== undefined) lines.push(`    "bitmaps": ${r.bitmaps}`);
-  lines.push(`    "required": ${r.required}`, `    "fully-allocated": ${r.fullyAllocated}`);
+  if (r.bitmaps !== undefined) lines.push(`    "bitmaps": ${i64(r.bitmaps)}`);
+  lines.push(`    "required": ${i64(r.required)}`, `    "fully-allocated": ${i64(r.fullyAllocated)}`);
   return `{\n${lines.join(',\n')}\n}\n`;
 }
 
