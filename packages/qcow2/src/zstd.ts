@@ -32,8 +32,25 @@ const ZSTD_LEVEL = 3;
 
 const require = createRequire(import.meta.url);
 
+/**
+ * The part of zstd-napi's binding we use, declared here rather than imported as a type: the
+ * package is optional, and the build must not need it to be installed.
+ */
+interface ZstdNapiBinding {
+  CCtx: new () => {
+    reset(directive: number): void;
+    compressStream2(dst: Uint8Array, src: Uint8Array, end: number): [number, number, number];
+  };
+  DCtx: new () => {
+    reset(directive: number): void;
+    decompress(dst: Uint8Array, src: Uint8Array): number;
+  };
+  ResetDirective: { sessionOnly: number };
+  EndDirective: { end: number };
+}
+
 function loadNapi(): ZstdCodec {
-  const binding = require('zstd-napi/binding.js') as typeof import('zstd-napi/binding.js');
+  const binding = require('zstd-napi/binding.js') as ZstdNapiBinding;
   // One context per loaded codec; a codec instance lives in one thread and calls are synchronous.
   const cctx = new binding.CCtx();
   const dctx = new binding.DCtx();

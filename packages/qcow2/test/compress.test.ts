@@ -230,10 +230,8 @@ describe('hostile compressed data gives FormatError, never more than a cluster n
 
   it('zlib: a stream that decodes to 16 MiB is refused after one cluster', async () => {
     const bomb = deflateRawSync(new Uint8Array(16 << 20), { windowBits: 12 });
-    const started = performance.now();
     const err = await expectFormatError(decompressCluster('zlib', bomb, clusterSize));
     expect(err.message).toContain(`more than ${clusterSize}`);
-    expect(performance.now() - started).toBeLessThan(1000);
     // One byte more than the cluster is also too much.
     const justOver = deflateRawSync(new Uint8Array(clusterSize + 1), { windowBits: 12 });
     await expectFormatError(decompressCluster('zlib', justOver, clusterSize));
@@ -263,9 +261,7 @@ describe('hostile compressed data gives FormatError, never more than a cluster n
         // 512 RLE blocks of 128 KiB each: 64 MiB from 2 KiB of input.
         const bytes = [...NO_FCS_HEADER];
         for (let i = 0; i < 512; i++) bytes.push(...blockHeader(i === 511, 1, 128 * 1024), 0x61);
-        const started = performance.now();
         await expectFormatError(decode(new Uint8Array(bytes)));
-        expect(performance.now() - started).toBeLessThan(1000);
       });
 
       it('a frame without content size that fits decodes', async () => {
