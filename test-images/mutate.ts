@@ -14,6 +14,7 @@ export class Qcow2Poker {
   readonly reftableOffset: number;
   readonly refcountOrder: number;
   readonly extendedL2: boolean;
+  readonly snapshotsOffset: number;
 
   constructor(path: string) {
     this.fd = openSync(path, 'r+');
@@ -22,6 +23,7 @@ export class Qcow2Poker {
     this.clusterSize = 2 ** this.clusterBits;
     this.l1Offset = Number(h.readBigUInt64BE(40));
     this.reftableOffset = Number(h.readBigUInt64BE(48));
+    this.snapshotsOffset = Number(h.readBigUInt64BE(64));
     const v3 = h.readUInt32BE(4) === 3;
     this.refcountOrder = v3 ? h.readUInt32BE(96) : 4;
     this.extendedL2 = v3 && (h.readBigUInt64BE(72) & 16n) !== 0n;

@@ -113,6 +113,27 @@ const SCENARIOS: Scenario[] = [
     damage: (p) => p.setL2Entry(0, 1, 0n),
     repairs: ['leaks', 'all'],
   },
+  ...(
+    [
+      ['snapshot entry with too much extra data', (p: Qcow2Poker) => p.setU32(p.snapshotsOffset + 36, 2000)],
+      ['snapshot entry without extra data (incomplete)', (p: Qcow2Poker) => p.setU32(p.snapshotsOffset + 36, 0)],
+      ['nb_snapshots beyond the table', (p: Qcow2Poker) => p.setU32(60, 3)],
+      ['nb_snapshots beyond the limit', (p: Qcow2Poker) => p.setU32(60, 70000)],
+      ['snapshot L1 table unaligned', (p: Qcow2Poker) => p.setU64(p.snapshotsOffset, p.u64(p.snapshotsOffset) + 0x100n)],
+    ] as const
+  ).map(
+    ([name, damage]): Scenario => ({
+      name,
+      prepare: (f) => {
+        must('qemu-img', ['snapshot', '-c', 'one', f]);
+        must('qemu-io', ['-c', 'write -P 0x22 0 64k', f]);
+        must('qemu-img', ['snapshot', '-c', 'two', f]);
+      },
+      damage,
+      // qemu-img itself takes seconds to rewrite a table of 65536 snapshots: plain check only
+      repairs: name.includes('limit') ? [] : ['all'],
+    }),
+  ),
   {
     name: 'dirty lazy-refcounts image',
     create: ['-o', 'lazy_refcounts=on'],

@@ -57,7 +57,10 @@ export interface CheckSnapshot {
   name: string;
   l1TableOffset: number;
   l1Size: number;
+  /** extra_data_size (after qemu's truncation of oversized extra data). */
   extraDataSize: number;
+  /** What a rewrite of the table needs, verbatim: the 40-byte fixed part, the known extra data (up to 24 bytes), the rest, and the ID and name bytes up to a NUL. */
+  raw: { fixed: Uint8Array; knownExtra: Uint8Array; unknownExtra: Uint8Array; id: Uint8Array; name: Uint8Array };
 }
 
 /** Metadata overlap kinds, qemu's QCOW2_OL_* bits. */

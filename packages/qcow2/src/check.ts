@@ -16,6 +16,10 @@ import {
   hex64,
   u64,
   diskRefcount,
+  lookupRefblock,
+  readRefcount,
+  setCachedRefcount,
+  flushRefblocks,
   preWriteOverlapCheck,
   writeIncompatibleFeatures,
   OL_ACTIVE_L1,
@@ -52,9 +56,10 @@ const MAX_SNAPSHOTS_SIZE = 1024 * MAX_SNAPSHOTS;
 
 const utf8 = new TextDecoder('utf-8', { fatal: false });
 
-function cString(b: Uint8Array): string {
+/** The bytes of a C string: up to the first NUL (qemu keeps names as C strings). */
+function untilNul(b: Uint8Array): Uint8Array {
   const nul = b.indexOf(0);
-  return utf8.decode(nul < 0 ? b : b.subarray(0, nul));
+  return nul < 0 ? b : b.subarray(0, nul);
 }
 
 /** Sequential reads over a table, one large read at a time. */
@@ -122,16 +127,22 @@ async function readSnapshots(
       counts.extraDropped++;
       truncate = true;
     }
+    const fixed = h.slice();
+    const knownExtra = (await reader.read(offset, Math.min(24, extra))).slice();
     offset += Math.min(24, extra);
+    let unknownExtra = new Uint8Array(0);
     if (extra > 24) {
       const extraEnd = offset + extra - 24;
       if (truncate) extra = MAX_EXTRA;
+      unknownExtra = (await reader.read(offset, extra - 24)).slice();
       offset = extraEnd;
     }
-    const id = cString((await reader.read(offset, idSize)).slice());
+    const idBytes = untilNul((await reader.read(offset, idSize)).slice());
     offset += idSize;
-    const name = cString((await reader.read(offset, nameSize)).slice());
+    const nameBytes = untilNul((await reader.read(offset, nameSize)).slice());
     offset += nameSize;
+    const id = utf8.decode(idBytes);
+    const name = utf8.decode(nameBytes);
     tableLength += SNAPSHOT_HEADER + extra + idSize + nameSize;
     if (tableLength > MAX_SNAPSHOTS_SIZE || offset - img.snapshotsOffset > 0x7fffffff) {
       if (!repair) {
@@ -147,7 +158,14 @@ async function readSnapshots(
       offset = pre;
       break;
     }
-    out.push({ id, name, l1TableOffset, l1Size, extraDataSize: extra });
+    out.push({
+      id,
+      name,
+      l1TableOffset,
+      l1Size,
+      extraDataSize: extra,
+      raw: { fixed, knownExtra, unknownExtra, id: idBytes, name: nameBytes },
+    });
   }
   img.snapshots = out;
   img.snapshotsSize = offset - img.snapshotsOffset;
@@ -228,6 +246,114 @@ async function checkReadSnapshotTable(img: CheckImage, res: CheckResult, fix: nu
       }
     });
   }
+}
+
+/**
+ * qcow2_alloc_clusters for the snapshot-table rewrite: the first run of clusters that are free
+ * on disk (qemu's free_cluster_index starts at 0 after open), their refcounts set to 1. Only
+ * clusters covered by existing refcount blocks can be allocated here (true for any table a
+ * check rewrites unless the image is terabytes large); otherwise ENOSPC.
+ */
+async function allocClusters(img: CheckImage, size: number): Promise<number> {
+  const cs = img.clusterSize;
+  const n = Math.ceil(size / cs);
+  let next = 0;
+  for (let i = 0; i < n; i++) {
+    const rc = await diskRefcount(img, next++);
+    if (rc === undefined) throw new CheckAbort('EIO');
+    if (rc !== 0) i = -1;
+  }
+  const first = next - n;
+  await addRefcount(img, first, n, 1);
+  return first * cs;
+}
+
+/** update_refcount over `count` clusters from `first` by `delta` (+1 / -1) in existing refcount blocks. */
+async function addRefcount(img: CheckImage, first: number, count: number, delta: number): Promise<void> {
+  const perBlock = 2 ** img.refcountBlockBits;
+  for (let c = first; c < first + count; c++) {
+    const r = await lookupRefblock(img, Math.floor(c / perBlock));
+    if (r.kind === 'error') throw new CheckAbort('EIO');
+    if (r.kind === 'none') throw new CheckAbort(delta < 0 ? 'EINVAL' : 'ENOSPC');
+    const index = c % perBlock;
+    const v = readRefcount(r.block, index, img.refcountOrder) + delta;
+    if (v < 0 || v > img.refcountMax) throw new CheckAbort('EINVAL');
+    setCachedRefcount(img, r.offset, r.block, index, v);
+    if (v === 0) {
+      // QCOW2_DISCARD_SNAPSHOT passes through by default: freed clusters read as zeroes
+      await flushRefblocks(img);
+      await img.file.discard(c * img.clusterSize, img.clusterSize).catch(() => undefined);
+    }
+  }
+}
+
+/** qcow2_write_snapshots: writes the snapshot list to new clusters, switches the header, frees the old table. */
+async function writeSnapshots(img: CheckImage): Promise<void> {
+  let size = 0;
+  for (const sn of img.snapshots) {
+    size = Math.ceil(size / 8) * 8 + SNAPSHOT_HEADER + Math.max(24, sn.extraDataSize) + sn.raw.id.length + sn.raw.name.length;
+    if (size > MAX_SNAPSHOTS_SIZE) throw new CheckAbort('EFBIG');
+  }
+  const offset = await allocClusters(img, size);
+  await flushRefblocks(img);
+  await img.file.flush();
+  if (!(await preWriteOverlapCheck(img, 0, offset, size))) throw new CheckAbort('EIO');
+  const table = new Uint8Array(size);
+  const tv = new DataView(table.buffer);
+  let p = 0;
+  for (const sn of img.snapshots) {
+    p = Math.ceil(p / 8) * 8;
+    const f = new DataView(sn.raw.fixed.buffer, sn.raw.fixed.byteOffset, SNAPSHOT_HEADER);
+    const known = new Uint8Array(24);
+    known.set(sn.raw.knownExtra);
+    const kv = new DataView(known.buffer);
+    const extra = sn.raw.knownExtra.length;
+    // vm_state_size: the 64-bit field when present, else the 32-bit one
+    const vmState = extra >= 8 ? kv.getBigUint64(0) : BigInt(f.getUint32(32));
+    const diskSize = extra >= 16 ? kv.getBigUint64(8) : BigInt(Math.floor(img.virtualSize / 512) * 512);
+    const icount = extra >= 24 ? kv.getBigUint64(16) : 0xffff_ffff_ffff_ffffn;
+    table.set(sn.raw.fixed.subarray(0, 12), p); // l1_table_offset, l1_size
+    tv.setUint16(p + 12, sn.raw.id.length);
+    tv.setUint16(p + 14, sn.raw.name.length);
+    table.set(sn.raw.fixed.subarray(16, 32), p + 16); // date_sec, date_nsec, vm_clock_nsec
+    tv.setUint32(p + 32, vmState <= 0xffff_ffffn ? Number(vmState) : 0);
+    tv.setUint32(p + 36, Math.max(24, sn.extraDataSize));
+    p += SNAPSHOT_HEADER;
+    tv.setBigUint64(p, vmState);
+    tv.setBigUint64(p + 8, diskSize);
+    tv.setBigUint64(p + 16, icount);
+    p += 24;
+    table.set(sn.raw.unknownExtra, p);
+    p += sn.raw.unknownExtra.length;
+    table.set(sn.raw.id, p);
+    p += sn.raw.id.length;
+    table.set(sn.raw.name, p);
+    p += sn.raw.name.length;
+  }
+  await img.file.write(offset, table);
+  await img.file.flush();
+  const hdr = new Uint8Array(12);
+  const hv = new DataView(hdr.buffer);
+  hv.setUint32(0, img.nbSnapshots);
+  hv.setBigUint64(4, BigInt(offset));
+  await img.file.write(60, hdr);
+  await img.file.flush();
+  img.header.nbSnapshots = img.nbSnapshots;
+  img.header.snapshotsOffset = offset;
+  // qcow2_free_clusters: a failure only leaks the old table
+  const cs = img.clusterSize;
+  if (img.snapshotsSize > 0) {
+    const first = Math.floor(img.snapshotsOffset / cs);
+    const last = Math.floor((img.snapshotsOffset + img.snapshotsSize - 1) / cs);
+    try {
+      await addRefcount(img, first, last - first + 1, -1);
+    } catch (err) {
+      img.log(`qcow2_free_clusters failed: ${checkErrnoText(errnoOf(err))}`);
+    }
+    await flushRefblocks(img);
+  }
+  img.snapshotsOffset = offset;
+  img.snapshotsSize = size;
 }
 
 /** check_oflag_copied: the COPIED flag of L1 and L2 entries must say "refcount is 1". */
@@ -419,12 +545,18 @@ export async function checkImage(img: CheckImage, fix = 0): Promise<CheckOutcome
     return { result, errno };
   }
   if (snap.corruptions && fix & FIX_ERRORS) {
-    // qemu rewrites the snapshot table here (qcow2_write_snapshots), which needs the cluster
-    // allocator; tsimg does not rewrite snapshot tables, so these stay unrepaired.
-    img.log('ERROR failed to update snapshot table: Operation not supported');
-    snap.checkErrors++;
-    addResult(result, snap, false);
-    return { result, errno: 'ENOTSUP_SNAPSHOTS' };
+    // qcow2_check_fix_snapshot_table: the refcounts are sound now, so the table can be rewritten
+    try {
+      await writeSnapshots(img);
+    } catch (err) {
+      snap.checkErrors++;
+      const e = errnoOf(err);
+      img.log(`ERROR failed to update snapshot table: ${checkErrnoText(e)}`);
+      addResult(result, snap, false);
+      return { result, errno: e };
+    }
+    snap.corruptionsFixed += snap.corruptions;
+    snap.corruptions = 0;
   }
   addResult(result, snap, false);
   if (fix && result.checkErrors === 0 && result.corruptions === 0) {
@@ -448,7 +580,7 @@ function errnoOf(err: unknown): string {
 
 /** The text qemu prints for a check's errno ("Check failed: <this>"). */
 export function checkErrnoText(errno: string): string {
-  return errno === 'ENOTSUP_SNAPSHOTS' ? strerror('ENOTSUP') : strerror(errno);
+  return strerror(errno);
 }
 
 /**
@@ -472,7 +604,7 @@ export async function repairDirty(file: BlockDevice, log: CheckLog = () => {}): 
   const { result, errno } = await checkImage(img, FIX_LEAKS | FIX_ERRORS);
   if (errno || result.checkErrors) {
     const e = errno ?? 'EIO';
-    throw new IoError(`Could not repair dirty image: ${checkErrnoText(e)}`, { errno: e === 'ENOTSUP_SNAPSHOTS' ? 'ENOTSUP' : e });
+    throw new IoError(`Could not repair dirty image: ${checkErrnoText(e)}`, { errno: e });
   }
   return result;
 }
