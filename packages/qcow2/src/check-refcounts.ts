@@ -334,10 +334,11 @@ export async function checkRefcountsL1(
   flags: number,
   fix: number,
   active: boolean,
+  l1OffsetHex?: string,
 ): Promise<void> {
   const { img, res } = p;
   if (!l1Size) return;
-  incRefcounts(p, l1Offset, l1Size * 8);
+  incRefcounts(p, l1Offset, l1Size * 8, l1OffsetHex);
   let l1: Uint8Array;
   try {
     l1 = await readAt(img.file, l1Offset, l1Size * 8);
@@ -483,9 +484,10 @@ export async function calculateRefcounts(p: RefcountPass, fix: number): Promise<
     res.corruptions++;
   }
   for (const sn of img.snapshots) {
-    if (sn.l1TableOffset % img.clusterSize !== 0) {
+    // clusters are at most 2 MiB, so the low 32 bits decide the alignment exactly
+    if (parseInt(sn.l1TableOffsetHex.slice(-8), 16) % img.clusterSize !== 0) {
       img.log(
-        `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=0x${hex(sn.l1TableOffset)}: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=0x${sn.l1TableOffsetHex}: L1 table is not cluster aligned; snapshot table entry corrupted`,
       );
       res.corruptions++;
       continue;
@@ -497,7 +499,7 @@ export async function calculateRefcounts(p: RefcountPass, fix: number): Promise<
       res.corruptions++;
       continue;
     }
-    await checkRefcountsL1(p, sn.l1TableOffset, sn.l1Size, 0, fix, false);
+    await checkRefcountsL1(p, sn.l1TableOffset, sn.l1Size, 0, fix, false, sn.l1TableOffsetHex);
   }
   incRefcounts(p, img.snapshotsOffset, img.snapshotsSize);
   incRefcounts(p, img.reftableOffset, img.reftableSize * 8);

@@ -56,6 +56,8 @@ export interface CheckSnapshot {
   id: string;
   name: string;
   l1TableOffset: number;
+  /** l1_table_offset exactly, as hex (the number is inexact beyond 2^53). */
+  l1TableOffsetHex: string;
   l1Size: number;
   /** extra_data_size (after qemu's truncation of oversized extra data). */
   extraDataSize: number;

@@ -110,6 +110,7 @@ async function readSnapshots(
     const v = new DataView(h.buffer, h.byteOffset, h.length);
     offset += SNAPSHOT_HEADER;
     const l1TableOffset = u64(v.getUint32(0), v.getUint32(4));
+    const l1TableOffsetHex = hex64(v.getUint32(0), v.getUint32(4));
     const l1Size = v.getUint32(8);
     const idSize = v.getUint16(12);
     const nameSize = v.getUint16(14);
@@ -162,6 +163,7 @@ async function readSnapshots(
       id,
       name,
       l1TableOffset,
+      l1TableOffsetHex,
       l1Size,
       extraDataSize: extra,
       raw: { fixed, knownExtra, unknownExtra, id: idBytes, name: nameBytes },
