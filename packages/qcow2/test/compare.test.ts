@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { faultyDevice, MemoryDevice, type BlockDevice, type BlockStatus } from '@tsimg/raw';
 import {
   compareImages,
@@ -128,5 +129,56 @@ describe('compareImages', () => {
       size: () => a.size(),
     });
     expect(await compareImages(broken, a)).toMatchObject({ kind: 'status-error', side: 1 });
+  });
+});
+
+describe('compareImages properties', () => {
+  const K = 1024;
+  const writes = fc.array(
+    fc.tuple(fc.integer({ min: 0, max: 255 * K }), fc.integer({ min: 1, max: 9 * K }), fc.integer({ min: 0, max: 3 })),
+    { maxLength: 6 },
+  );
+
+  it('answers what a byte-by-byte comparison answers, at 512-byte granularity', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        writes,
+        writes,
+        fc.constantFrom(256 * K, 300 * K),
+        fc.constantFrom(256 * K, 272 * K),
+        fc.boolean(),
+        async (w1, w2, size1, size2, sparse1) => {
+          const a0 = await mem(size1, w1.map(([o, l, b]) => [Math.min(o, size1 - 1), Math.min(l, size1 - Math.min(o, size1 - 1)), b] as [number, number, number]), 4096);
+          const b = await mem(size2, w2.map(([o, l, v]) => [Math.min(o, size2 - 1), Math.min(l, size2 - Math.min(o, size2 - 1)), v] as [number, number, number]), 4096);
+          const a = sparse1 ? sparse(a0) : a0;
+          const ca = a0.contents();
+          const cb = b.contents();
+          // The expected answer: the first differing byte in the common part, or the first
+          // non-zero byte of the larger image's extra part — reported at its 512-byte block.
+          let first = -1;
+          const common = Math.min(size1, size2);
+          for (let i = 0; i < Math.max(size1, size2); i++) {
+            const x = i < size1 ? ca[i]! : 0;
+            const y = i < size2 ? cb[i]! : 0;
+            if (x !== y) {
+              first = i;
+              break;
+            }
+          }
+          const r = await compareImages(a, b);
+          if (first < 0) {
+            expect(r).toEqual({ kind: 'identical', sizeMismatch: size1 !== size2 });
+          } else {
+            expect(r.kind).toBe('content');
+            const at = (r as { offset: number }).offset;
+            // qemu counts blocks from the start of the run it compares, which starts on a 4 KiB
+            // page here: the reported offset is the difference's 512-byte block.
+            expect(at).toBe(first - (first % 512));
+            expect((r as { sizeMismatch: boolean }).sizeMismatch).toBe(first >= common);
+          }
+        },
+      ),
+      { numRuns: 100 },
+    );
   });
 });

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import fc from 'fast-check';
 import { MemoryDevice, type BlockStatus } from '@tsimg/raw';
 import { blockStatusAbove, entryMergeable, mapBlockStatus, mapImage, type MapEntry, type MappedImage } from '@tsimg/qcow2';
 
@@ -174,5 +175,49 @@ describe('blockStatusAbove', () => {
     expect(await blockStatusAbove(top, 192 * K, 64 * K)).toMatchObject({ zero: true, allocated: true, eof: true, depth: 0 });
     const alone = new ScriptedImage('a', [{ kind: 'unallocated', length: 64 * K }]);
     expect(await blockStatusAbove(alone, 0, 64 * K)).toMatchObject({ zero: true, allocated: false, eof: true });
+  });
+});
+
+describe('mapImage properties', () => {
+  const run = fc.record({
+    kind: fc.constantFrom('data', 'zero', 'unallocated') as fc.Arbitrary<Run['kind']>,
+    length: fc.integer({ min: 1, max: 8 }).map((n) => n * 512),
+    host: fc.option(fc.integer({ min: 0, max: 64 }).map((n) => n * 512), { nil: undefined }),
+  });
+  const layer = fc.array(run, { minLength: 1, maxLength: 12 });
+
+  it('partitions the range into maximal entries that agree with every layer', async () => {
+    await fc.assert(
+      fc.asyncProperty(layer, layer, fc.nat(4096), fc.boolean(), async (topRuns, baseRuns, start, human) => {
+        const clean = (runs: Run[]): Run[] => runs.map((r) => (r.kind === 'unallocated' ? { ...r, host: undefined } : r));
+        const base = new ScriptedImage('b', clean(baseRuns));
+        const top = new ScriptedImage('t', clean(topRuns), base);
+        const entries = await collect(top, { startOffset: start, coalesceZeroes: human });
+        const end = top.size();
+        if (start >= end) {
+          expect(entries).toEqual([{ start, length: 0, depth: 0, present: false, zero: false, data: false }]);
+          return;
+        }
+        let pos = start;
+        for (const e of entries) {
+          expect(e.start).toBe(pos);
+          expect(e.length).toBeGreaterThan(0);
+          pos += e.length;
+        }
+        expect(pos).toBe(end);
+        if (!human) {
+          for (let i = 1; i < entries.length; i++) expect(entryMergeable(entries[i - 1]!, entries[i]!)).toBe(false);
+          // Every byte's entry says what walking the chain for that byte alone says.
+          for (const e of entries) {
+            for (const at of [e.start, e.start + e.length - 1]) {
+              const one = await mapBlockStatus(top, at, 1);
+              expect([one.depth, one.present, one.zero, one.data]).toEqual([e.depth, e.present, e.zero, e.data]);
+              if (e.offset !== undefined) expect(one.offset).toBe(e.offset + (at - e.start));
+            }
+          }
+        }
+      }),
+      { numRuns: 200 },
+    );
   });
 });
