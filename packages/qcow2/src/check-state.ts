@@ -19,6 +19,7 @@ import {
   INCOMPAT_EXTL2,
   INCOMPAT_KNOWN,
   AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
   QCOW_MAX_L1_SIZE,
   QCOW_MAX_REFTABLE_SIZE,
 } from './types.js';
@@ -273,6 +274,9 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
   }
   if (dataFile && !findExtension(extensions, 'data-file')) {
     throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
+  }
+  if (!dataFile && (header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
+    throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
   }
   const crypto = findExtension(extensions, 'crypto-header');
   if (header.cryptMethod === 2 && !crypto) {
