@@ -156,8 +156,8 @@ export class Allocator {
   }
 
   /** qcow2_free_clusters: drops one reference from every cluster in the byte range. */
-  async freeClusters(offset: number, size: number): Promise<void> {
-    await this.updateRefcount(offset, size, 1, true);
+  async freeClusters(offset: number, size: number, discard = false): Promise<void> {
+    await this.updateRefcount(offset, size, 1, true, discard);
   }
 
   /** Adds `delta` (may be negative) to one cluster's refcount (qcow2_update_cluster_refcount). */
@@ -172,7 +172,13 @@ export class Allocator {
    * `[offset, offset+length)`. Returns AGAIN when a refcount block had to be allocated (the
    * changes made so far are undone, as qemu does).
    */
-  async updateRefcount(offset: number, length: number, addend: number, decrease: boolean): Promise<Again | void> {
+  async updateRefcount(
+    offset: number,
+    length: number,
+    addend: number,
+    decrease: boolean,
+    discard = false,
+  ): Promise<Again | void> {
     if (length === 0) return;
     const h = this.#h;
     if (decrease) await h.refcountCache.setDependency(h.l2Cache);
@@ -219,6 +225,9 @@ export class Allocator {
             oldTableIndex = -1;
           }
           h.l2Cache.discard(clusterOffset);
+          // Discard passthrough (qemu's update_refcount_discard): the freed cluster is
+          // dropped from the file too, adjacent clusters merged into one request.
+          if (discard) this.#queueDiscard(clusterOffset, cs);
         }
       }
     } catch (err) {
@@ -236,6 +245,104 @@ export class Allocator {
       if (failure !== undefined) throw failure;
       return AGAIN;
     }
+    if (!this.cacheDiscards) await this.processDiscards();
+  }
+
+  /** While set, freed-cluster discards are collected and issued by {@link processDiscards}. */
+  cacheDiscards = false;
+  #discards: { offset: number; length: number }[] = [];
+
+  /** update_refcount_discard: queue a range, merging it with an adjacent queued one. */
+  #queueDiscard(offset: number, length: number): void {
+    const last = this.#discards[this.#discards.length - 1];
+    if (last !== undefined && last.offset + last.length === offset) last.length += length;
+    else if (last !== undefined && offset + length === last.offset) {
+      last.offset = offset;
+      last.length += length;
+    } else this.#discards.push({ offset, length });
+  }
+
+  /** qcow2_process_discards: drops the queued ranges from the file. */
+  async processDiscards(): Promise<void> {
+    const list = this.#discards.sort((a, b) => a.offset - b.offset);
+    this.#discards = [];
+    const file = this.#h.file;
+    for (let i = 0; i < list.length; i++) {
+      let { offset, length } = list[i]!;
+      while (i + 1 < list.length && list[i + 1]!.offset <= offset + length) {
+        const n = list[++i]!;
+        length = Math.max(length, n.offset + n.length - offset);
+      }
+      const end = Math.min(offset + length, file.size());
+      if (end > offset) await file.discard(offset, end - offset);
+    }
+  }
+
+  /**
+   * qcow2_shrink_reftable: drops refcount blocks that count nothing but themselves from the
+   * refcount table (written in one piece), then frees their clusters.
+   */
+  async shrinkReftable(): Promise<void> {
+    const h = this.#h;
+    const cs = this.#clusterSize;
+    const perBlock = 2 ** this.#blockBits;
+    const next = new Float64Array(this.table.length);
+    for (let i = 0; i < this.table.length; i++) {
+      const off = this.table[i]!;
+      if (off === 0) continue;
+      const block = await this.#loadBlock(off);
+      let unused: boolean;
+      if (Math.floor(off / cs / perBlock) === i) {
+        const idx = (off / cs) % perBlock;
+        const own = getRefcount(block, idx, h.refcountOrder);
+        setRefcount(block, idx, h.refcountOrder, 0);
+        unused = block.every((b) => b === 0);
+        setRefcount(block, idx, h.refcountOrder, own);
+      } else {
+        unused = block.every((b) => b === 0);
+      }
+      next[i] = unused ? 0 : off;
+    }
+    const bytes = new Uint8Array(this.table.length * REFTABLE_ENTRY_SIZE);
+    const view = new DataView(bytes.buffer);
+    for (let i = 0; i < next.length; i++) if (next[i] !== 0) view.setBigUint64(i * REFTABLE_ENTRY_SIZE, BigInt(next[i]!));
+    await h.file.write(this.tableOffset, bytes);
+    await h.file.flush();
+    for (let i = 0; i < this.table.length; i++) {
+      if (this.table[i] !== 0 && next[i] === 0) {
+        await this.#discardRefcountBlock(this.table[i]!);
+        this.table[i] = 0;
+      }
+    }
+    this.#updateMaxTableIndex();
+    if (!this.cacheDiscards) await this.processDiscards();
+  }
+
+  /** qcow2_discard_refcount_block: the block's own refcount (1) drops to 0. */
+  async #discardRefcountBlock(offset: number): Promise<void> {
+    const h = this.#h;
+    const cs = this.#clusterSize;
+    const perBlock = 2 ** this.#blockBits;
+    const clusterIndex = offset / cs;
+    const describing = this.table[Math.floor(clusterIndex / perBlock)] ?? 0;
+    if (describing === 0) await h.corrupt(`Refblock offset of discarded block ${hex(offset)} is 0`);
+    const block = await this.#loadBlock(describing);
+    const idx = clusterIndex % perBlock;
+    const rc = getRefcount(block, idx, h.refcountOrder);
+    if (rc !== 1) await h.corrupt(`Invalid refcount: ${rc}`);
+    setRefcount(block, idx, h.refcountOrder, 0);
+    h.refcountCache.markDirty(describing, block);
+    if (clusterIndex < this.freeClusterIndex) this.freeClusterIndex = clusterIndex;
+    h.refcountCache.discard(offset);
+    this.#queueDiscard(offset, cs);
+  }
+
+  /** qcow2_get_last_cluster: the highest host cluster below `size` bytes with a reference. */
+  async lastUsedCluster(size: number): Promise<number> {
+    for (let i = Math.ceil(size / this.#clusterSize) - 1; i >= 0; i--) {
+      if ((await this.getRefcount(i)) > 0) return i;
+    }
+    return this.#h.corrupt('There are no references in the refcount table.');
   }
 
   /** alloc_refcount_block: the refcount block covering `clusterIndex`, creating it if needed. */

@@ -749,21 +749,54 @@ export class Qcow2Image implements Image, MappingSource {
     await alloc.freeClusters(oldOffset, oldSize * 8);
   }
 
+  /** qcow2_co_truncate without preallocation: grow the L1 table, or drop what lies beyond. */
   async #resize(size: number): Promise<void> {
     const old = this.header.size;
     if (size === old) return;
-    if (size < old) {
-      throw new UnsupportedError('qcow2 images can only grow with tsimg (shrinking is not supported)', { errno: 'ENOTSUP' });
+    if (size % 512 !== 0) throw new UsageError('The new size must be a multiple of 512', { errno: 'EINVAL' });
+    if (this.version < 3 && this.header.nbSnapshots > 0) {
+      throw new UnsupportedError("Can't resize a v2 image which has snapshots", { errno: 'ENOTSUP' });
     }
-    if (size % 512 !== 0) throw new UsageError('Image size must be a multiple of 512 bytes', { errno: 'EINVAL' });
     await this.#beforeChange();
-    await this.#growL1(Math.ceil(size / this.geo.l2Span), true);
-    if (this.#dataRaw && this.dataFile !== undefined && this.dataFile.size() < size) await this.dataFile.resize(size);
+    const newL1Size = Math.ceil(size / this.geo.l2Span);
+    if (size < old) {
+      const cs = this.clusterSize;
+      const start = Math.ceil(size / cs) * cs;
+      if (start < old) await this.#discardClusters(start, old - start, true);
+      await this.#shrinkL1(newL1Size);
+      const alloc = this.#allocator!;
+      await alloc.shrinkReftable();
+      const fileSize = Math.ceil(this.file.size() / 512) * 512;
+      const last = await alloc.lastUsedCluster(fileSize);
+      if ((last + 1) * cs < fileSize) {
+        // Everything written so far must reach the file before its tail goes away.
+        await this.#flushAll();
+        await this.file.resize((last + 1) * cs);
+      }
+    } else {
+      await this.#growL1(newL1Size, true);
+    }
     const b = new Uint8Array(8);
     new DataView(b.buffer).setBigUint64(0, BigInt(size));
     await this.file.write(24, b);
     await this.file.flush();
     this.header.size = size;
+  }
+
+  /** qcow2_shrink_l1_table: zeroes the L1 entries from `newSize` on and frees their L2 tables. */
+  async #shrinkL1(newSize: number): Promise<void> {
+    if (newSize >= this.#l1Size) return;
+    const from = newSize * 8;
+    const to = this.#l1Size * 8;
+    await this.file.flush();
+    await this.file.write(this.#l1Offset + from, new Uint8Array(to - from));
+    await this.file.flush();
+    for (let i = this.#l1Size - 1; i >= newSize; i--) {
+      const e = decodeL1Entry(this.#l1View, i * 8);
+      if (e.l2Offset === 0) continue;
+      await this.#allocator!.freeClusters(e.l2Offset, this.clusterSize, true);
+      encodeL1Entry({ l2Offset: 0, copied: false }, this.#l1View, i * 8);
+    }
   }
 
   /** How many clusters from l2Index on need (or do not need) a new allocation. */
@@ -919,11 +952,11 @@ export class Qcow2Image implements Image, MappingSource {
   }
 
   /** qcow2_free_any_cluster. */
-  async #freeAnyCluster(e: L2Entry): Promise<void> {
+  async #freeAnyCluster(e: L2Entry, discard = false): Promise<void> {
     const alloc = this.#allocator!;
     if (e.kind === 'compressed') {
       const r = compressedRange(e);
-      await alloc.freeClusters(r.offset, r.length);
+      await alloc.freeClusters(r.offset, r.length, discard);
       return;
     }
     const host = entryHostCluster(e);
@@ -931,8 +964,12 @@ export class Qcow2Image implements Image, MappingSource {
     if (host % this.clusterSize !== 0) {
       await this.corrupt(`Cannot free unaligned cluster ${hex(host)}`);
     }
-    if (this.dataFile !== undefined) return; // data file clusters are not refcounted
-    await alloc.freeClusters(host, this.clusterSize);
+    if (this.dataFile !== undefined) {
+      // Data file clusters are not refcounted; with discard passthrough they are dropped.
+      if (discard) await this.dataFile.discard(host, Math.max(0, Math.min(this.clusterSize, this.dataFile.size() - host)));
+      return;
+    }
+    await alloc.freeClusters(host, this.clusterSize, discard);
   }
 
   /** True when the guest range reads as zeroes, judged from metadata only (qemu's is_zero). */
@@ -1076,19 +1113,36 @@ export class Qcow2Image implements Image, MappingSource {
     if (this.version < 3 && this.backing !== undefined) return; // would expose the backing file
     await this.#beforeChange();
     const cs = this.clusterSize;
-    let start = Math.ceil(offset / cs) * cs;
+    const start = Math.ceil(offset / cs) * cs;
     let end = Math.floor((offset + length) / cs) * cs;
     if (offset + length === this.header.size) end = this.header.size;
     if (start >= end) return;
-    let n = Math.ceil((end - start) / cs);
-    while (n > 0) {
-      const done = await this.#discardInL2(start, n);
-      n -= done;
-      start += done * cs;
+    await this.#discardClusters(start, end - start, false);
+  }
+
+  /**
+   * qcow2_cluster_discard over cluster-aligned `[start, start+length)`. A full discard (when
+   * shrinking) leaves the clusters unallocated and drops freed host clusters from the file.
+   */
+  async #discardClusters(start: number, length: number, full: boolean): Promise<void> {
+    const cs = this.clusterSize;
+    const alloc = this.#allocator!;
+    let pos = start;
+    let n = Math.ceil(length / cs);
+    alloc.cacheDiscards = true;
+    try {
+      while (n > 0) {
+        const done = await this.#discardInL2(pos, n, full);
+        n -= done;
+        pos += done * cs;
+      }
+    } finally {
+      alloc.cacheDiscards = false;
+      await alloc.processDiscards();
     }
   }
 
-  async #discardInL2(offset: number, nbClusters: number): Promise<number> {
+  async #discardInL2(offset: number, nbClusters: number, full: boolean): Promise<number> {
     const geo = this.geo;
     const t = await this.#getClusterTable(offset);
     const view = tableView(t.table);
@@ -1098,7 +1152,8 @@ export class Qcow2Image implements Image, MappingSource {
       const old = decodeL2Entry(view, at, geo);
       const allocated = old.kind === 'compressed' || entryHostCluster(old) !== undefined;
       let next = old;
-      if (this.backing !== undefined || allocated) {
+      if (full) next = geo.extendedL2 ? { kind: 'extended', hostOffset: undefined, copied: false, alloc: 0, zero: 0 } : { kind: 'unallocated' };
+      else if (this.backing !== undefined || allocated) {
         if (geo.extendedL2) next = { kind: 'extended', hostOffset: undefined, copied: false, alloc: 0, zero: 0xffff_ffff };
         else next = this.version >= 3 ? { kind: 'zero', hostOffset: 0, copied: false } : { kind: 'unallocated' };
       }
@@ -1106,7 +1161,7 @@ export class Qcow2Image implements Image, MappingSource {
       encodeL2Entry(next, view, at, geo);
       this.#l2Cache.markDirty(t.l2Offset, t.table);
       await this.#refcountCache.setDependency(this.#l2Cache);
-      await this.#freeAnyCluster(old);
+      await this.#freeAnyCluster(old, full);
     }
     return n;
   }

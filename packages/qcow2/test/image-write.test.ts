@@ -219,6 +219,33 @@ describeQemu('Qcow2Image writes', () => {
     }
   });
 
+  it('resize shrinks like qemu-img resize --shrink', async () => {
+    for (const opts of ['cluster_size=65536', 'cluster_size=4096,refcount_bits=1', 'cluster_size=16384,extended_l2=on', 'compat=0.10,cluster_size=4096']) {
+      for (const [size, snap] of [[12 * 1024 * 1024, false], [1024 * 1024, !opts.includes('refcount_bits=1')]] as const) {
+        const d = fresh();
+        const q = join(d, 'q.qcow2');
+        const t = join(d, 't.qcow2');
+        qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, q, '64M']);
+        const io = ['write -P 1 0 3M', 'write -P 2 10M 5M', 'write -c -P 3 20M 1M', 'write -z 30M 1M', 'write -P 4 40M 20M', 'write -P 5 63M 1M'];
+        expect(qemuIo([...io.flatMap((c) => ['-c', c]), q]).stderr).toBe('');
+        if (snap) qemuImg(['snapshot', '-c', 's', q]);
+        copyFileSync(q, t);
+        if (snap && opts.startsWith('compat=0.10')) {
+          const img = await openImage(t, { readOnly: false });
+          await expect(img.resize(size)).rejects.toThrow(qemuImg(['resize', '--shrink', q, String(size)]).stderr.trim().replace(/^qemu-img: /, ''));
+          await img.close();
+          continue;
+        }
+        expect(qemuImg(['resize', '-q', '--shrink', q, String(size)]).status).toBe(0);
+        const img = await openImage(t, { readOnly: false });
+        await img.resize(size);
+        await img.close();
+        expect(firstDiff(readFileSync(q), readFileSync(t))).toBe(-1);
+        expectClean(t);
+      }
+    }
+  });
+
   it('resize grows like qemu-img resize', async () => {
     for (const opts of ['cluster_size=512', 'cluster_size=65536', 'extended_l2=on']) {
       const d = fresh();
