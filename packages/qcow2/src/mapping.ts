@@ -1,7 +1,7 @@
 /**
  * Guest-to-host mapping: the geometry of the L1/L2 tables and the lookup of what a guest range
  * maps to, as runs of one kind (data contiguous on the host, zero, unallocated, or one
- * compressed cluster), never crossing an L2 table.
+ * compressed cluster), never crossing an L2 table except where whole L2 tables are missing.
  */
 import {
   decodeL1Entry,
@@ -106,14 +106,25 @@ function classify(
 
 /**
  * The first run of `[offset, offset+length)` (length > 0, within the image), stopping at the
- * end of the L2 table that maps `offset`.
+ * end of the L2 table that maps `offset` — unless that table is missing, when the unallocated
+ * run goes on over every following missing table.
  */
 export async function lookupRun(src: MappingSource, offset: number, length: number): Promise<MappedRun> {
   const geo = src.geo;
   const tableEnd = (Math.floor(offset / geo.l2Span) + 1) * geo.l2Span;
   const maxLen = Math.min(length, tableEnd - offset);
   const l2Offset = await l2OffsetFor(src, offset);
-  if (l2Offset === 0) return { kind: 'unallocated', length: maxLen };
+  if (l2Offset === 0) {
+    // Whole L2 tables missing: one run over every following empty L1 entry.
+    let end = tableEnd;
+    while (end < offset + length) {
+      const i = end / geo.l2Span;
+      if (i < src.l1Size && decodeL1Entry(src.l1, i * 8).l2Offset !== 0) break;
+      end += geo.l2Span;
+      if (i >= src.l1Size) end = offset + length;
+    }
+    return { kind: 'unallocated', length: Math.min(length, end - offset) };
+  }
   const table = await src.l2Table(l2Offset);
   const view = new DataView(table.buffer, table.byteOffset, table.byteLength);
   let index = Math.floor((offset % geo.l2Span) / geo.clusterSize);

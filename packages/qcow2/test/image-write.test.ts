@@ -323,7 +323,7 @@ describeQemu('Qcow2Image writes', () => {
         fc.constant({ k: 'flush' as const }),
         fc.constant({ k: 'reopen' as const }),
       );
-    const size = 3 * 1024 * 1024;
+    const size = 2 * 1024 * 1024;
     await fc.assert(
       fc.asyncProperty(
         fc.record({
@@ -334,7 +334,7 @@ describeQemu('Qcow2Image writes', () => {
           backing: fc.boolean(),
           lazy: fc.boolean(),
         }),
-        fc.array(opArb(size), { minLength: 1, maxLength: 25 }),
+        fc.array(opArb(size), { minLength: 1, maxLength: 20 }),
         async (cfg, rawOps) => {
           const ops = rawOps.map((o) => ('len' in o ? { ...o, len: Math.min(o.len, size - o.off) } : o));
           const d = fresh();
@@ -349,7 +349,7 @@ describeQemu('Qcow2Image writes', () => {
           const backArgs: string[] = [];
           if (cfg.backing) {
             qemuImg(['create', '-q', '-f', 'raw', join(d, 'b.raw'), String(size - 512 * 1024)]);
-            qemuIo(['-f', 'raw', '-c', 'write -P 0x5a 0 1M', '-c', 'write -P 0x5b 1536k 512k', join(d, 'b.raw')]);
+            qemuIo(['-f', 'raw', '-c', 'write -P 0x5a 0 1M', '-c', 'write -P 0x5b 1280k 256k', join(d, 'b.raw')]);
             base = new Uint8Array(rawOf(join(d, 'b.raw'), join(d, 'b2.raw')));
             const padded = new Uint8Array(size);
             padded.set(base.subarray(0, size));
