@@ -1,0 +1,310 @@
+/**
+ * Crash-safety workloads (issue 3): small guest operation sequences over qemu-made images, and a
+ * model of what a crash may leave behind — per 512-byte sector, the set of values it may read as.
+ *
+ * Every value a workload writes fills whole sectors with one byte, and the base images are built
+ * the same way, so a sector of the result is right when it is uniform and its byte is one the
+ * model allows. Sectors are the unit because the fault wrapper never tears a single write.
+ */
+import { writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { qemuImg, qemuIo, type RunResult } from './qemu.js';
+
+export const SECTOR = 512;
+
+/** One guest operation. Offsets and lengths are multiples of 512. */
+export type Step =
+  | { op: 'write'; off: number; len: number; v: number }
+  | { op: 'zero'; off: number; len: number; unmap?: boolean }
+  | { op: 'discard'; off: number; len: number }
+  /** writeCompressed of the whole cluster at `off` (cluster-aligned, unallocated). */
+  | { op: 'compress'; off: number; v: number }
+  | { op: 'resize'; size: number }
+  | { op: 'flush' };
+
+/** What a workload's base image looks like, as far as the test needs to know. */
+export interface Workload {
+  name: string;
+  /** Builds `base.qcow2` (and `backing.qcow2` when `backing`) in `dir` with qemu-img / qemu-io. */
+  prepare(dir: string): void;
+  steps: Step[];
+  clusterSize: number;
+  /** The image has a backing file `backing.qcow2` (opened read-only, must never change). */
+  backing?: boolean;
+  /** lazy_refcounts=on: `qemu-img check -r all` must leave it clean (qemu's dirty-bit rule). */
+  lazy?: boolean;
+  /** Header fields the fault-free run must change, to prove the workload reaches its path. */
+  moves?: ('l1TableOffset' | 'refcountTableOffset')[];
+}
+
+function ok(r: RunResult, what: string): void {
+  if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr.trim()}`);
+}
+
+function create(dir: string, opts: string, size: string, extra: string[] = []): void {
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, ...extra, 'base.qcow2', size], { cwd: dir }), 'qemu-img create');
+}
+
+function io(dir: string, file: string, ...cmds: string[]): void {
+  ok(qemuIo(['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), join(dir, file)]), `qemu-io ${cmds.join('; ')}`);
+}
+
+/** A raw buffer whose sector `s` is filled with `value(s)`. */
+function sectors(bytes: number, value: (s: number) => number): Uint8Array {
+  const b = new Uint8Array(bytes);
+  for (let s = 0; s < bytes / SECTOR; s++) b.fill(value(s), s * SECTOR, (s + 1) * SECTOR);
+  return b;
+}
+
+const K = 1024;
+const M = 1024 * K;
+
+export const WORKLOADS: Workload[] = [
+  {
+    name: 'allocating writes (4 KiB clusters, two L2 tables)',
+    clusterSize: 4 * K,
+    prepare: (dir) => create(dir, 'cluster_size=4096', '4M'),
+    steps: [
+      { op: 'write', off: 0, len: 8 * K, v: 1 },
+      { op: 'write', off: 12 * K, len: 4 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'write', off: 2 * M - 4 * K, len: 8 * K, v: 3 },
+      { op: 'write', off: 0, len: 4 * K, v: 4 },
+      { op: 'flush' },
+      { op: 'write', off: 1 * M, len: 64 * K, v: 5 },
+      { op: 'write', off: 3 * M + 512, len: K, v: 6 },
+    ],
+  },
+  {
+    name: 'COW over a backing file (partial clusters)',
+    clusterSize: 4 * K,
+    backing: true,
+    prepare: (dir) => {
+      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 250) + 3));
+      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      create(dir, 'cluster_size=4096', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
+    },
+    steps: [
+      { op: 'write', off: K, len: 512, v: 1 },
+      { op: 'write', off: 5 * K, len: 5 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'write', off: 2 * M - K, len: 2 * K, v: 3 },
+      { op: 'write', off: 2 * K, len: K, v: 4 },
+      { op: 'flush' },
+      { op: 'write', off: 64 * K + 512, len: 127 * K, v: 5 },
+      { op: 'write', off: 3 * M + 3 * K, len: 512, v: 6 },
+    ],
+  },
+  {
+    name: 'refcount table growth (512 B clusters, refcount_bits=64)',
+    clusterSize: 512,
+    moves: ['refcountTableOffset'],
+    prepare: (dir) => {
+      create(dir, 'cluster_size=512,refcount_bits=64', '4M');
+      // Fill the host file close to the 2 MiB the first refcount table cluster covers
+      // (64 refcount blocks x 64 clusters x 512 B), so the workload needs a bigger table.
+      io(dir, 'base.qcow2', 'write -P 7 0 1900k');
+    },
+    steps: [
+      { op: 'write', off: 1900 * K, len: 64 * K, v: 1 },
+      { op: 'flush' },
+      { op: 'write', off: 2 * M, len: 64 * K, v: 2 },
+      { op: 'write', off: 3 * M, len: 32 * K, v: 3 },
+      { op: 'flush' },
+      { op: 'write', off: 3 * M + 64 * K, len: 16 * K, v: 4 },
+    ],
+  },
+  {
+    name: 'L2 allocation and L1 growth (resize up, then write far)',
+    clusterSize: 512,
+    moves: ['l1TableOffset'],
+    prepare: (dir) => {
+      create(dir, 'cluster_size=512', '1M');
+      io(dir, 'base.qcow2', 'write -P 9 0 8k');
+    },
+    steps: [
+      { op: 'write', off: 64 * K, len: K, v: 1 },
+      { op: 'resize', size: 8 * M },
+      { op: 'write', off: 8 * M - K, len: K, v: 2 },
+      { op: 'flush' },
+      { op: 'write', off: 4 * M + 512, len: 40 * K, v: 3 },
+      { op: 'write', off: 0, len: 512, v: 4 },
+    ],
+  },
+  {
+    name: 'zero writes (v3 zero flag) and discards',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '4M');
+      io(dir, 'base.qcow2', 'write -P 5 0 1M');
+    },
+    steps: [
+      { op: 'zero', off: 0, len: 16 * K },
+      { op: 'zero', off: 16 * K, len: 16 * K, unmap: true },
+      { op: 'discard', off: 64 * K, len: 64 * K },
+      { op: 'flush' },
+      { op: 'zero', off: 200 * K + 512, len: K },
+      { op: 'write', off: 4 * K, len: 8 * K, v: 9 },
+      { op: 'write', off: 20 * K, len: 4 * K, v: 10 },
+      { op: 'flush' },
+      { op: 'discard', off: 0, len: 512 * K },
+      { op: 'zero', off: 2 * M, len: 8 * K, unmap: true },
+      { op: 'write', off: 8 * K, len: 4 * K, v: 11 },
+    ],
+  },
+  {
+    name: 'writes over compressed clusters',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      writeFileSync(join(dir, 'data.raw'), sectors(1 * M, (s) => (s % 200) + 20));
+      ok(
+        qemuImg(['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', '-o', 'cluster_size=4096', 'data.raw', 'base.qcow2'], { cwd: dir }),
+        'convert -c',
+      );
+      ok(qemuImg(['resize', '-q', 'base.qcow2', '4M'], { cwd: dir }), 'resize');
+    },
+    steps: [
+      { op: 'write', off: 4 * K + 512, len: K, v: 1 },
+      { op: 'write', off: 16 * K, len: 4 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'zero', off: 32 * K, len: 8 * K, unmap: true },
+      { op: 'discard', off: 48 * K, len: 8 * K },
+      { op: 'compress', off: 2 * M, v: 3 },
+      { op: 'flush' },
+      { op: 'write', off: 2 * M + 512, len: 512, v: 4 },
+      { op: 'write', off: 100 * K, len: 12 * K, v: 5 },
+    ],
+  },
+  {
+    name: 'lazy_refcounts=on',
+    clusterSize: 4 * K,
+    lazy: true,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096,lazy_refcounts=on', '4M');
+      io(dir, 'base.qcow2', 'write -P 8 0 256k');
+    },
+    steps: [
+      { op: 'write', off: 1 * M, len: 16 * K, v: 1 },
+      { op: 'write', off: 4 * K, len: 4 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'discard', off: 64 * K, len: 16 * K },
+      { op: 'write', off: 2 * M + 512, len: 2 * K, v: 3 },
+      { op: 'zero', off: 128 * K, len: 8 * K, unmap: true },
+      { op: 'flush' },
+      { op: 'write', off: 3 * M, len: 32 * K, v: 4 },
+    ],
+  },
+];
+
+/**
+ * What each sector may read as. `mem`: if everything done so far reached the disk (after a
+ * completed flush or close); `disk`: what a crash now may leave (anything since the last
+ * completed flush). Each is a definite value per sector plus, sparsely, other values allowed
+ * (a failed operation may or may not have happened; unflushed ones may or may not be there).
+ */
+export class SectorModel {
+  readonly clusterSize: number;
+  #mem: Uint8Array;
+  #memExtra = new Map<number, Set<number>>();
+  #disk: Uint8Array;
+  #diskExtra = new Map<number, Set<number>>();
+  #memSizes: Set<number>;
+  #diskSizes: Set<number>;
+  #size: number;
+
+  /** `base`: the guest content of the base image (uniform sectors); `maxSize` covers resizes. */
+  constructor(base: Uint8Array, maxSize: number, clusterSize: number) {
+    this.clusterSize = clusterSize;
+    this.#size = base.length;
+    this.#mem = new Uint8Array(maxSize / SECTOR);
+    for (let s = 0; s < base.length / SECTOR; s++) {
+      const v = base[s * SECTOR]!;
+      const sec = base.subarray(s * SECTOR, (s + 1) * SECTOR);
+      if (!sec.every((b) => b === v)) throw new Error(`base image sector ${s} is not uniform`);
+      this.#mem[s] = v;
+    }
+    this.#disk = this.#mem.slice();
+    this.#memSizes = new Set([this.#size]);
+    this.#diskSizes = new Set([this.#size]);
+  }
+
+  /** Applies `step`; `failed` steps may or may not have happened. */
+  apply(step: Step, failed: boolean): void {
+    if (step.op === 'flush') {
+      if (!failed) this.flushed();
+      return;
+    }
+    if (step.op === 'resize') {
+      // Growing only: the new part reads as zeroes, which the model already holds.
+      if (failed) this.#memSizes.add(step.size);
+      else this.#memSizes = new Set([step.size]);
+      this.#diskSizes.add(step.size);
+      this.#size = step.size;
+      return;
+    }
+    const cs = this.clusterSize;
+    let from: number;
+    let to: number;
+    let v: number;
+    if (step.op === 'write') [from, to, v] = [step.off, step.off + step.len, step.v];
+    else if (step.op === 'zero') [from, to, v] = [step.off, step.off + step.len, 0];
+    else if (step.op === 'compress') [from, to, v] = [step.off, Math.min(step.off + cs, this.#size), step.v];
+    else {
+      // qcow2 discards whole clusters only (to the image end for the last one); v3 reads zeroes.
+      from = Math.ceil(step.off / cs) * cs;
+      to = step.off + step.len === this.#size ? this.#size : Math.floor((step.off + step.len) / cs) * cs;
+      v = 0;
+    }
+    for (let s = from / SECTOR; s < to / SECTOR; s++) {
+      if (failed) addExtra(this.#memExtra, this.#mem, s, v);
+      else {
+        this.#mem[s] = v;
+        this.#memExtra.delete(s);
+      }
+      addExtra(this.#diskExtra, this.#disk, s, v);
+    }
+  }
+
+  /** A flush completed: everything so far is on disk. */
+  flushed(): void {
+    this.#disk = this.#mem.slice();
+    this.#diskExtra = new Map([...this.#memExtra].map(([s, set]) => [s, new Set(set)]));
+    this.#diskSizes = new Set(this.#memSizes);
+  }
+
+  /**
+   * Compares `raw` (the guest content read back) with what is allowed: `durable` after a
+   * completed close, otherwise what a crash may leave. Returns the first problems found.
+   */
+  mismatches(raw: Uint8Array, durable: boolean, limit = 5): string[] {
+    const val = durable ? this.#mem : this.#disk;
+    const extra = durable ? this.#memExtra : this.#diskExtra;
+    const sizes = durable ? this.#memSizes : this.#diskSizes;
+    const out: string[] = [];
+    if (!sizes.has(raw.length)) out.push(`virtual size ${raw.length}, expected one of ${[...sizes].join(', ')}`);
+    const n = Math.min(raw.length, val.length * SECTOR) / SECTOR;
+    for (let s = 0; s < n && out.length < limit; s++) {
+      const sec = raw.subarray(s * SECTOR, (s + 1) * SECTOR);
+      const first = sec[0]!;
+      const want = [val[s]!, ...(extra.get(s) ?? [])];
+      if (!sec.every((b) => b === first)) {
+        out.push(`sector ${s} (offset 0x${(s * SECTOR).toString(16)}) is not uniform, expected ${want.join('|')}`);
+      } else if (!want.includes(first)) {
+        out.push(`sector ${s} (offset 0x${(s * SECTOR).toString(16)}) reads ${first}, expected ${want.join('|')}`);
+      }
+    }
+    return out;
+  }
+}
+
+function addExtra(extra: Map<number, Set<number>>, val: Uint8Array, s: number, v: number): void {
+  if (val[s] === v) return;
+  let set = extra.get(s);
+  if (set === undefined) extra.set(s, (set = new Set()));
+  set.add(v);
+}
+
+/** The largest virtual size a workload reaches. */
+export function maxSize(base: number, steps: readonly Step[]): number {
+  return Math.max(base, ...steps.map((s) => (s.op === 'resize' ? s.size : 0)));
+}

@@ -1,0 +1,237 @@
+/**
+ * Crash safety (issue 3): every workload in crash-workloads.ts runs once to count its writes and
+ * flushes, then once per fault point on a fresh copy of its base image through faultyDevice —
+ * power lost after each write, each write failing with EIO, each flush failing with EIO (the
+ * workload then carries on, as a guest would, and closes the image). What is left must pass the
+ * real `qemu-img check` (leaks are fine, corruptions are not; lazy refcount images must come out
+ * of `check -r all` clean), read back (qemu-img convert) as the model allows — everything a
+ * completed flush covered is there — open again with tsimg, and leave the backing file untouched.
+ */
+import { describe, expect, it } from 'vitest';
+import { createHash } from 'node:crypto';
+import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { faultyDevice, FileDevice, type FaultPlan } from '@tsimg/raw';
+import { loadHeader, openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
+import { describeQemu, qemuImg, tempDir } from './qemu.js';
+import { maxSize, SectorModel, WORKLOADS, type Step, type Workload } from './crash-workloads.js';
+
+async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Promise<void> {
+  switch (step.op) {
+    case 'write':
+      return img.write(step.off, new Uint8Array(step.len).fill(step.v));
+    case 'zero':
+      return img.writeZeroes(step.off, step.len, { mayUnmap: step.unmap === true });
+    case 'discard':
+      return img.discard(step.off, step.len);
+    case 'compress':
+      return img.writeCompressed(step.off, new Uint8Array(Math.min(clusterSize, img.size() - step.off)).fill(step.v));
+    case 'resize':
+      return img.resize(step.size);
+    case 'flush':
+      return img.flush();
+  }
+}
+
+function describePlan(plan: FaultPlan): string {
+  if (plan.powerLossAfterWrite !== undefined) return `power loss after write #${plan.powerLossAfterWrite}`;
+  if (plan.failWrite !== undefined) return `EIO on write #${String(plan.failWrite)}`;
+  if (plan.failFlush !== undefined) return `EIO on flush #${String(plan.failFlush)}`;
+  return 'no fault';
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+interface RunOutcome {
+  writes: number;
+  flushes: number;
+  /** The image was closed cleanly: everything done must be durable. */
+  durable: boolean;
+  /** Steps that failed, with their errors. */
+  failed: string[];
+  model: SectorModel;
+}
+
+/** Runs `w` on a copy of its base image at `path` through a faulty device following `plan`. */
+async function runWorkload(w: Workload, dir: string, path: string, plan: FaultPlan, base: Uint8Array): Promise<RunOutcome> {
+  copyFileSync(join(dir, 'base.qcow2'), path);
+  const model = new SectorModel(base, maxSize(base.length, w.steps), w.clusterSize);
+  const fd = await FileDevice.open(path);
+  const dev = faultyDevice(fd, plan);
+  const failed: string[] = [];
+  let backing: Image | undefined;
+  let img: Qcow2Image | undefined;
+  let durable = false;
+  try {
+    if (w.backing) backing = await openImage(join(dir, 'backing.qcow2'));
+    img = await Qcow2Image.open(dev, { filename: path, readOnly: false, backing });
+  } catch (err) {
+    failed.push(`open: ${message(err)}`);
+  }
+  if (img !== undefined) {
+    for (const [i, step] of w.steps.entries()) {
+      try {
+        await applyStep(img, step, w.clusterSize);
+        model.apply(step, false);
+      } catch (err) {
+        failed.push(`step ${i} (${step.op}): ${message(err)}`);
+        model.apply(step, true);
+        // After a power loss nothing more can happen; after EIO the guest carries on.
+        if (dev.powerLost) break;
+      }
+    }
+    try {
+      await img.close();
+      durable = true;
+    } catch (err) {
+      failed.push(`close: ${message(err)}`);
+    }
+  } else {
+    await backing?.close();
+    await dev.close().catch(() => undefined);
+  }
+  // After a power loss the wrapper lets go of the file without closing it.
+  await fd.close().catch(() => undefined);
+  return { writes: dev.writes, flushes: dev.flushes, durable, failed, model };
+}
+
+interface QemuVerdict {
+  checkStatus: number;
+  checkOutput: string;
+  /** The image after `check` (changed by `-r all`). */
+  after: Buffer;
+  raw?: Buffer;
+  convertError?: string;
+}
+
+/**
+ * Runs qemu-img check (and -r all for lazy images) and convert on `path`. Results are cached by
+ * file content: crashes between the same two flushes leave the same file.
+ */
+function qemuVerdict(w: Workload, dir: string, path: string, cache: Map<string, QemuVerdict>): QemuVerdict {
+  const bytes = readFileSync(path);
+  const key = createHash('sha1').update(bytes).digest('hex');
+  const hit = cache.get(key);
+  if (hit !== undefined) {
+    writeFileSync(path, hit.after);
+    return hit;
+  }
+  const check = qemuImg(w.lazy ? ['check', '-r', 'all', path] : ['check', path]);
+  const rawPath = join(dir, 'case.raw');
+  const conv = qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, rawPath]);
+  const verdict: QemuVerdict = {
+    checkStatus: check.status,
+    checkOutput: (check.stdout + check.stderr).trim().replaceAll('\n', ' | '),
+    after: readFileSync(path),
+  };
+  if (conv.status === 0) verdict.raw = readFileSync(rawPath);
+  else verdict.convertError = conv.stderr.trim();
+  rmSync(rawPath, { force: true });
+  cache.set(key, verdict);
+  return verdict;
+}
+
+/** Everything a case must satisfy; returns the problems found. */
+async function verify(w: Workload, dir: string, path: string, out: RunOutcome, backingBytes: Buffer | undefined, cache: Map<string, QemuVerdict>): Promise<string[]> {
+  const problems: string[] = [];
+  if (backingBytes !== undefined && !readFileSync(join(dir, 'backing.qcow2')).equals(backingBytes)) {
+    problems.push('the backing file changed');
+    writeFileSync(join(dir, 'backing.qcow2'), backingBytes);
+  }
+  const v = qemuVerdict(w, dir, path, cache);
+  const checkOk = w.lazy ? v.checkStatus === 0 : v.checkStatus === 0 || v.checkStatus === 3;
+  if (!checkOk) problems.push(`qemu-img check${w.lazy ? ' -r all' : ''} exit ${v.checkStatus}: ${v.checkOutput}`);
+  if (v.raw === undefined) {
+    problems.push(`qemu-img convert failed: ${v.convertError}`);
+  } else {
+    problems.push(...out.model.mismatches(v.raw, out.durable).map((m) => `qemu reads: ${m}`));
+  }
+  try {
+    const ro = await openImage(path);
+    try {
+      const mine = new Uint8Array(ro.size());
+      await ro.read(0, mine);
+      if (v.raw !== undefined && !v.raw.equals(mine)) problems.push('tsimg reads other bytes than qemu-img convert');
+    } finally {
+      await ro.close();
+    }
+    const rw = await openImage(path, { readOnly: false });
+    await rw.close();
+  } catch (err) {
+    problems.push(`tsimg cannot open it again: ${message(err)}`);
+  }
+  return problems;
+}
+
+async function headerOf(path: string): Promise<{ l1TableOffset: number; refcountTableOffset: number }> {
+  const fd = await FileDevice.open(path, { readOnly: true });
+  try {
+    const h = (await loadHeader(fd)).header;
+    return { l1TableOffset: h.l1TableOffset, refcountTableOffset: h.refcountTableOffset };
+  } finally {
+    await fd.close();
+  }
+}
+
+describeQemu('crash safety: power loss and EIO at every write and flush', () => {
+  const totals = { cases: 0, failures: 0 };
+
+  for (const w of WORKLOADS) {
+    it(w.name, { timeout: 300_000 }, async () => {
+      const { dir, cleanup } = tempDir('tsimg-crash-');
+      try {
+        w.prepare(dir);
+        const baseRaw = join(dir, 'base.raw');
+        const conv = qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', join(dir, 'base.qcow2'), baseRaw]);
+        expect(conv.status, conv.stderr).toBe(0);
+        const base = new Uint8Array(readFileSync(baseRaw));
+        rmSync(baseRaw);
+        const backingBytes = w.backing ? readFileSync(join(dir, 'backing.qcow2')) : undefined;
+        const path = join(dir, 'case.qcow2');
+        const cache = new Map<string, QemuVerdict>();
+
+        // The fault-free run: counts the fault points and proves the workload and model agree.
+        const probe = await runWorkload(w, dir, path, {}, base);
+        expect(probe.failed).toEqual([]);
+        expect(probe.durable).toBe(true);
+        for (const field of w.moves ?? []) {
+          const before = await headerOf(join(dir, 'base.qcow2'));
+          const after = await headerOf(path);
+          expect(after[field], `the workload must move the ${field}`).not.toBe(before[field]);
+        }
+        expect(await verify(w, dir, path, probe, backingBytes, cache)).toEqual([]);
+
+        const plans: FaultPlan[] = [];
+        for (let n = 1; n <= probe.writes; n++) plans.push({ powerLossAfterWrite: n });
+        for (let n = 1; n <= probe.writes; n++) plans.push({ failWrite: n });
+        for (let n = 1; n <= probe.flushes; n++) plans.push({ failFlush: n });
+
+        const failures: string[] = [];
+        for (const plan of plans) {
+          const out = await runWorkload(w, dir, path, plan, base);
+          const problems = await verify(w, dir, path, out, backingBytes, cache);
+          if (problems.length > 0) {
+            const why = out.failed.length > 0 ? ` [after: ${out.failed.join('; ')}]` : '';
+            failures.push(`${describePlan(plan)}: ${problems.join('; ')}${why}`);
+          }
+        }
+        totals.cases += plans.length;
+        totals.failures += failures.length;
+        console.log(
+          `crash: ${w.name}: ${probe.writes} writes, ${probe.flushes} flushes, ${plans.length} fault cases, ` +
+            `${failures.length} failing (${cache.size} distinct images checked)`,
+        );
+        expect(failures).toEqual([]);
+      } finally {
+        cleanup();
+      }
+    });
+  }
+
+  it('covers well over a hundred fault cases', () => {
+    console.log(`crash: ${totals.cases} fault cases in total, ${totals.failures} failing`);
+    expect(totals.cases).toBeGreaterThan(100);
+  });
+});
