@@ -73,6 +73,9 @@ export async function l2OffsetFor(src: MappingSource, offset: number): Promise<n
   const l1Index = Math.floor(offset / src.geo.l2Span);
   if (l1Index >= src.l1Size) return 0;
   const e = decodeL1Entry(src.l1, l1Index * 8);
+  if (e.l2Offset > MAX_HOST_OFFSET) {
+    await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} is beyond the largest supported offset (L1 index: 0x${l1Index.toString(16)})`);
+  }
   if (e.l2Offset % src.geo.clusterSize !== 0) {
     await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
   }
@@ -80,6 +83,12 @@ export async function l2OffsetFor(src: MappingSource, offset: number): Promise<n
 }
 
 type Kind = 'data' | 'zero' | 'unallocated' | 'compressed';
+
+/**
+ * Host offsets are exact numbers up to 2^56 (multiples of 512), but devices take safe integers
+ * only: metadata pointing beyond 2^53 - 4 MiB is treated as corrupt.
+ */
+const MAX_HOST_OFFSET = Number.MAX_SAFE_INTEGER - 4 * 1024 * 1024;
 
 /** Kind and host byte offset of the subcluster at `inCluster` bytes into a cluster. */
 function classify(
@@ -180,6 +189,10 @@ async function check(
 ): Promise<void> {
   const where = `(L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`;
   if (c.host === -1) await src.corrupt(`Invalid cluster entry found ${where}`);
+  const host = entry.kind === 'compressed' || entry.kind === 'data' || entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
+  if (host !== undefined && host > MAX_HOST_OFFSET) {
+    await src.corrupt(`Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where}`);
+  }
   if (src.version < 3 && entry.kind === 'zero') await src.corrupt(`Zero cluster entry found in pre-v3 image ${where}`);
   if (entry.kind === 'compressed' && src.geo.dataFile) {
     await src.corrupt(`Compressed cluster entry found in image with external data file ${where}`);
