@@ -5,6 +5,8 @@
  */
 import { openImage, type Image } from '@tsimg/qcow2';
 import { TsimgError, UnsupportedError } from '@tsimg/raw';
+import { CliExit } from './exit.js';
+import { parseImageOpts } from './commands/info.js';
 
 /** Every format qemu-img 7.2 lists under "Supported formats". */
 export const QEMU_FORMATS: readonly string[] = [
@@ -15,11 +17,29 @@ export const QEMU_FORMATS: readonly string[] = [
   'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk', 'vpc', 'vvfat',
 ];
 
-/** Opens `filename` (read-only unless asked) with an optional `-f` format name. */
+/**
+ * Opens `name` (read-only unless asked) with an optional `-f` format name. With `imageOpts`,
+ * `name` is an option string (`driver=qcow2,file.filename=x`), resolved as `info` does, and
+ * errors name the whole string as qemu does.
+ */
 export async function openCommandImage(
-  filename: string,
-  options: { format?: string; readOnly?: boolean } = {},
+  name: string,
+  options: { format?: string; readOnly?: boolean; imageOpts?: boolean } = {},
 ): Promise<Image> {
+  if (!options.imageOpts) return openByName(name, options);
+  if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
+  const { format, filename } = parseImageOpts(name);
+  try {
+    return await openByName(filename, { format, readOnly: options.readOnly });
+  } catch (err) {
+    if (!(err instanceof TsimgError)) throw err;
+    const prefix = `Could not open '${filename}': `;
+    const reason = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
+    throw new TsimgError(err.code, `Could not open '${name}': ${reason}`, { cause: err, errno: err.errno });
+  }
+}
+
+async function openByName(filename: string, options: { format?: string; readOnly?: boolean }): Promise<Image> {
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.includes(format)) {

@@ -78,6 +78,8 @@ describeQemu('tsimg compare vs qemu-img compare', () => {
     expect(expectSame(['top.qcow2', 'diff.raw']).stdout).toBe('Content mismatch at offset 4199936!\n');
     expectSame(['-f', 'qcow2', '-F', 'raw', 'top.qcow2', 'top.raw']);
     expectSame(['-f', 'raw', 'top.qcow2', 'top.raw']);
+    expectSame(['--image-opts', 'driver=qcow2,file.filename=top.qcow2', 'driver=raw,file.filename=top.raw']);
+    expectSame(['--image-opts', '-F', 'raw', 'top.qcow2', 'top.raw']);
   });
 
   it('handles size mismatches: a zero tail is identical, data in it is not', () => {

@@ -77,6 +77,7 @@ describeQemu('tsimg dd vs qemu-img dd', () => {
     expectSame(['-O', 'qcow2', 'if=sparse.raw', 'bs=1M', 'skip=1']);
     expectSame(['-O', 'qcow2', '-f', 'raw', 'if=in.bin', 'bs=300', 'count=7', 'skip=2']);
     expectSame(['-O', 'qcow2', 'if=src.qcow2', 'bs=1000', 'count=100']);
+    expectSame(['--image-opts', 'if=driver=qcow2,file.filename=src.qcow2', 'bs=64k']);
   });
 
   it('fails like qemu-img', () => {

@@ -98,6 +98,10 @@ describeQemu('tsimg map vs qemu-img map', () => {
     expectSame(['map', '-f', 'qcow2', '--output=json', 'top.qcow2']);
     expectSame(['map', '-f', 'raw', '--output=json', 'nocomp.qcow2']);
     expectSame(['map', '-U', '--output', 'json', 'nocomp.qcow2']);
+    expectSame(['map', '--output=json', '--image-opts', 'driver=qcow2,file.filename=top.qcow2']);
+    expectSame(['map', '--output=json', '--image-opts', 'driver=raw,file.filename=top.qcow2']);
+    expectSame(['map', '--image-opts', 'driver=qcow2,file.filename=missing.qcow2']);
+    expectSame(['map', '--image-opts', '-f', 'qcow2', 'driver=qcow2,file.filename=top.qcow2']);
   });
 
   it('fails like qemu-img', () => {

@@ -37,6 +37,7 @@ export const run: CommandRunner = async (argv, io) => {
   let progressWanted = false;
   let quiet = false;
   let strict = false;
+  let imageOpts = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
       case 'h':
@@ -62,6 +63,9 @@ export const run: CommandRunner = async (argv, io) => {
         break;
       case 'U':
         break; // tsimg takes no locks
+      case 'image-opts':
+        imageOpts = true;
+        break;
       default:
         throw new CliExit(1, `--${key} is not supported`);
     }
@@ -81,7 +85,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
     const open = async (name: string, format?: string) => {
       try {
-        return await openImage(name, { format, readOnly: true });
+        return await openImage(name, { format, readOnly: true, imageOpts });
       } catch (err) {
         io.stderr(`tsimg: ${errorMessage(err)}\n`);
         return undefined;

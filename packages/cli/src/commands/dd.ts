@@ -133,6 +133,7 @@ export const run: CommandRunner = async (argv, io) => {
   if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
   let fmt: string | undefined;
   let outFmt = 'raw';
+  let imageOpts = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
       case 'h':
@@ -146,6 +147,9 @@ export const run: CommandRunner = async (argv, io) => {
         break;
       case 'U':
         break;
+      case 'image-opts':
+        imageOpts = true;
+        break;
       default:
         throw new CliExit(1, `--${key} is not supported`);
     }
@@ -157,7 +161,7 @@ export const run: CommandRunner = async (argv, io) => {
   const input = args.input;
   const output = args.output;
 
-  const src = await openImage(input, { format: fmt, readOnly: true });
+  const src = await openImage(input, { format: fmt, readOnly: true, imageOpts });
   try {
     if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');

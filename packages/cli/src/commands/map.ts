@@ -38,6 +38,7 @@ export const run: CommandRunner = async (argv, io) => {
   if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
   let format: string | undefined;
   let output: string | undefined;
+  let imageOpts = false;
   let startOffset = 0;
   let maxLength: number | undefined;
   for (const { key, value } of parsed.options) {
@@ -59,6 +60,9 @@ export const run: CommandRunner = async (argv, io) => {
         break;
       case 'U':
         break; // tsimg takes no locks, so there is nothing to share
+      case 'image-opts':
+        imageOpts = true;
+        break;
       default:
         throw new CliExit(1, `--${key} is not supported`);
     }
@@ -72,7 +76,7 @@ export const run: CommandRunner = async (argv, io) => {
   else if (output === 'json') json = true;
   else throw new CliExit(1, '--output must be used with human or json as argument.');
 
-  const image = await openImage(filename, { format, readOnly: true });
+  const image = await openImage(filename, { format, readOnly: true, imageOpts });
   try {
     // Lines are collected and written in batches: one write per entry is slow for big maps.
     let out = json ? '[' : `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`;

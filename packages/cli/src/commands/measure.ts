@@ -239,9 +239,8 @@ export const run: CommandRunner = async (argv, io) => {
   if (filename === undefined && opts.size === undefined) {
     throw new CliExit(1, 'Either --size N or one filename must be specified.');
   }
-  if (opts.imageOpts) throw new CliExit(1, '--image-opts is not supported');
-
-  const image = filename !== undefined ? await openImage(filename, { format: opts.fmt, readOnly: true }) : undefined;
+  const image =
+    filename !== undefined ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts }) : undefined;
   try {
     // The view shares the image's devices: only the image itself is closed at the end.
     const source = image !== undefined && opts.snapshot !== undefined ? await snapshotView(image, opts.snapshot) : image;
