@@ -62,19 +62,21 @@ export class RawImage implements Image {
     return Math.ceil(this.file.size() / 512) * 512;
   }
   read(offset: number, into: Uint8Array): Promise<void> {
-    if (offset + into.length > this.size()) {
-      return Promise.reject(new UsageError(`range ${offset}+${into.length} is beyond the end of the image`, { errno: 'EIO' }));
-    }
-    return this.file.read(offset, into);
+    return this.#inside(offset, into.length) ?? this.file.read(offset, into);
   }
   write(offset: number, data: Uint8Array): Promise<void> {
-    return this.file.write(offset, data);
+    return this.#inside(offset, data.length) ?? this.file.write(offset, data);
   }
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {
-    return this.file.writeZeroes(offset, length, options);
+    return this.#inside(offset, length) ?? this.file.writeZeroes(offset, length, options);
   }
   discard(offset: number, length: number): Promise<void> {
-    return this.file.discard(offset, length);
+    return this.#inside(offset, length) ?? this.file.discard(offset, length);
+  }
+  /** Like qemu's raw format, requests past the image size are refused (the file does not grow). */
+  #inside(offset: number, length: number): Promise<never> | undefined {
+    if (offset + length <= this.size()) return undefined;
+    return Promise.reject(new UsageError(`range ${offset}+${length} is beyond the end of the image`, { errno: 'EIO' }));
   }
   flush(): Promise<void> {
     return this.file.flush();
