@@ -9,9 +9,12 @@
  * - an unallocated range at or beyond the end of a shorter backing image reads as zero;
  * - `map` walks down layer by layer and reports the depth of the layer that decided;
  * - `blockStatusAbove` (compare, measure, convert) resolves through the whole chain, and
- *   reports synthesized zeroes past a short backing image as allocated, as qemu does.
+ *   reports synthesized zeroes past a short backing image as allocated, as qemu does;
+ * - a qcow2 layer that qemu would judge "metadata preallocated" has its data runs checked
+ *   against the host file, and host holes read as zero while staying data (DATA|ZERO).
  *
- * Nothing here reads guest data: only `blockStatus` and `size` are called.
+ * Nothing here reads guest data: only `blockStatus` and `size`, plus (once per qcow2 layer) its
+ * refcount table and blocks for that judgement.
  */
 import type { BlockDevice, BlockStatus } from '@tsimg/raw';
 import type { ChainImage } from './chain-status.js';
