@@ -499,7 +499,7 @@ export class Qcow2Image implements Image, MappingSource {
   async flush(): Promise<void> {
     if (this.#closed) throw new UsageError('device is closed');
     if (this.readOnly) return;
-    await this.#exclusive(() => this.#flushAll());
+    await this.#exclusive(() => this.#flushAll(false));
   }
 
   async resize(size: number): Promise<void> {
@@ -539,6 +539,7 @@ export class Qcow2Image implements Image, MappingSource {
     }
     const payload = out;
     await this.#exclusive(async () => {
+      await this.#beforeChange();
       const alloc = this.#allocator!;
       const t = await this.#getClusterTable(offset);
       const view = tableView(t.table);
@@ -626,8 +627,13 @@ export class Qcow2Image implements Image, MappingSource {
     if (what !== undefined) await this.corrupt(`Preventing invalid write on metadata (overlaps with ${what})`);
   }
 
-  async #flushAll(): Promise<void> {
-    await this.#refcountCache.flush();
+  /**
+   * Writes the caches and syncs. While lazy refcounts keep the image dirty, a plain flush
+   * leaves refcount blocks in memory as qemu's qcow2_write_caches does (`everything` writes
+   * them too: close, shrink).
+   */
+  async #flushAll(everything = true): Promise<void> {
+    if (everything || !this.#markedDirty) await this.#refcountCache.flush();
     await this.#l2Cache.flush();
     await this.file.flush();
     if (this.dataFile !== undefined) await this.dataFile.flush();
