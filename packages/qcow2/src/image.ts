@@ -322,7 +322,7 @@ export class Qcow2Image implements Image, MappingSource {
         // the corruption report matters more than the failed mark
       }
     }
-    throw new TsimgError('corrupt', `Marking image as corrupt: ${message}; further corruption events will be suppressed`, {
+    throw new TsimgError('corrupt', `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`, {
       errno: 'EIO',
     });
   }
@@ -548,8 +548,8 @@ export class Qcow2Image implements Image, MappingSource {
         throw new IoError("Compression can't overwrite anything", { errno: 'EIO' });
       }
       const host = await alloc.allocBytes(payload.length);
-      if (!this.#lazy) await this.#l2Cache.setDependency(this.#refcountCache);
-      await this.#markDirtyIfLazy();
+      // As qcow2_alloc_bytes: refcounts first, even with lazy refcounts (and no dirty bit).
+      await this.#l2Cache.setDependency(this.#refcountCache);
       await this.#overlapCheck(host, payload.length);
       await this.file.write(host, payload);
       encodeL2Entry(compressedEntry(host, payload.length), view, t.index * this.geo.entrySize, this.geo);
