@@ -5,6 +5,7 @@
  * on-disk refcounts (compare_refcounts) and the repairs qemu makes on the way (fixing refcounts,
  * zeroing misaligned preallocated L2 entries, growing the file for refcount blocks past its end).
  */
+import { strerror } from '@tsimg/raw';
 import { setRefcount, getRefcount } from './refcount.js';
 import {
   type CheckImage,
@@ -390,8 +391,12 @@ async function checkRefblocks(p: RefcountPass, fix: number): Promise<void> {
       img.log(`${fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} refcount block ${i} is outside image`);
       if (fix & FIX_ERRORS) {
         let errText: string;
-        if (hi >= 0x8000_0000 || offset + cs > Number.MAX_SAFE_INTEGER) {
+        if (hi >= 0x8000_0000) {
           errText = 'Invalid argument';
+        } else if (offset + cs > Number.MAX_SAFE_INTEGER) {
+          // beyond any file system's largest file: the truncate fails as qemu's does
+          img.log('Could not resize file: File too large', 'report');
+          errText = 'File too large';
         } else {
           try {
             await img.file.resize(offset + cs);
@@ -412,8 +417,9 @@ async function checkRefblocks(p: RefcountPass, fix: number): Promise<void> {
             }
           } catch (err) {
             if (err instanceof CheckAbort) throw err;
-            img.log((err as Error).message, 'report');
-            errText = 'Input/output error';
+            const errno = (err as { errno?: string }).errno ?? 'EIO';
+            img.log(`Could not resize file: ${strerror(errno)}`, 'report');
+            errText = strerror(errno);
           }
         }
         p.rebuild = true;

@@ -20,6 +20,7 @@ import {
   INCOMPAT_KNOWN,
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
+  AUTOCLEAR_KNOWN,
   QCOW_MAX_L1_SIZE,
   QCOW_MAX_REFTABLE_SIZE,
 } from './types.js';
@@ -285,6 +286,17 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
   if (header.cryptMethod !== 0) {
     // qemu opens the encryption layer even for a check, which needs the key
     throw new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher", { errno: 'EINVAL' });
+  }
+  if (writable && (header.autoclearFeatures & ~AUTOCLEAR_KNOWN) !== 0n) {
+    // qemu clears unknown autoclear bits when it opens an image for writing. (It does so by
+    // rewriting the whole header from its open-time state, which in check mode has no
+    // snapshots yet, so qemu 7.2 `check -r` drops every internal snapshot of such an image —
+    // and of any image with persistent bitmaps. tsimg clears the bits and keeps the snapshots.)
+    header.autoclearFeatures &= AUTOCLEAR_KNOWN;
+    const b = new Uint8Array(8);
+    new DataView(b.buffer).setBigUint64(0, header.autoclearFeatures);
+    await file.write(88, b);
+    await file.flush();
   }
   if (bm) {
     // qcow2_load_dirty_bitmaps: the directory and every bitmap table must load

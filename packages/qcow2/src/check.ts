@@ -256,7 +256,7 @@ async function checkReadSnapshotTable(img: CheckImage, res: CheckResult, fix: nu
  * clusters covered by existing refcount blocks can be allocated here (true for any table a
  * check rewrites unless the image is terabytes large); otherwise ENOSPC.
  */
-async function allocClusters(img: CheckImage, size: number): Promise<number> {
+async function allocClusters(img: CheckImage, size: number, overlapCheck: boolean): Promise<number> {
   const cs = img.clusterSize;
   const n = Math.ceil(size / cs);
   let next = 0;
@@ -266,6 +266,9 @@ async function allocClusters(img: CheckImage, size: number): Promise<number> {
     if (rc !== 0) i = -1;
   }
   const first = next - n;
+  // qemu checks the new table against the metadata only after allocating; checking first
+  // gives the same outcome without counting clusters that will not be used.
+  if (overlapCheck && !(await preWriteOverlapCheck(img, 0, first * cs, size))) throw new CheckAbort('EIO');
   await addRefcount(img, first, n, 1);
   return first * cs;
 }
@@ -296,10 +299,9 @@ async function writeSnapshots(img: CheckImage): Promise<void> {
     size = Math.ceil(size / 8) * 8 + SNAPSHOT_HEADER + Math.max(24, sn.extraDataSize) + sn.raw.id.length + sn.raw.name.length;
     if (size > MAX_SNAPSHOTS_SIZE) throw new CheckAbort('EFBIG');
   }
-  const offset = await allocClusters(img, size);
+  const offset = await allocClusters(img, size, true);
   await flushRefblocks(img);
   await img.file.flush();
-  if (!(await preWriteOverlapCheck(img, 0, offset, size))) throw new CheckAbort('EIO');
   const table = new Uint8Array(size);
   const tv = new DataView(table.buffer);
   let p = 0;

@@ -75,7 +75,17 @@ async function openChecked(
   }
   try {
     const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
-    if (fmt === 'raw') return { file };
+    if (fmt === 'raw') {
+      if (format === undefined && writable) {
+        // raw-format.c warns whenever a probed raw image is opened for writing
+        io.stderr(
+          `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+            '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+            "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+        );
+      }
+      return { file };
+    }
     const log = (line: string, kind?: 'report' | 'raw'): void =>
       io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
     const img = await openForCheck(file, log, writable);
