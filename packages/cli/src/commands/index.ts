@@ -11,3 +11,4 @@ registerCommand('measure', async () => (await import('./measure.js')).run);
 registerCommand('compare', async () => (await import('./compare.js')).run);
 registerCommand('dd', async () => (await import('./dd.js')).run);
 registerCommand('check', async () => (await import('./check.js')).run);
+registerCommand('create', async () => (await import('./create.js')).run);
