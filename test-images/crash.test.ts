@@ -9,11 +9,12 @@
  */
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
-import { copyFileSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { faultyDevice, FileDevice, type FaultPlan } from '@tsimg/raw';
 import { loadHeader, openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
-import { describeQemu, qemuImg, tempDir } from './qemu.js';
+import { describeQemu, qemuImg } from './qemu.js';
 import { maxSize, SectorModel, WORKLOADS, type Step, type Workload } from './crash-workloads.js';
 
 async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Promise<void> {
@@ -97,72 +98,76 @@ async function runWorkload(w: Workload, dir: string, path: string, plan: FaultPl
   return { writes: dev.writes, flushes: dev.flushes, durable, failed, model };
 }
 
-interface QemuVerdict {
+/** What the checks found on one distinct image file (the model comparison aside). */
+interface Verdict {
   checkStatus: number;
   checkOutput: string;
-  /** The image after `check` (changed by `-r all`). */
-  after: Buffer;
+  /** The guest content as qemu-img convert reads it. */
   raw?: Buffer;
-  convertError?: string;
+  /** Problems found by qemu-img convert or by opening the image with tsimg. */
+  problems: string[];
 }
 
 /**
- * Runs qemu-img check (and -r all for lazy images) and convert on `path`. Results are cached by
- * file content: crashes between the same two flushes leave the same file.
+ * Runs qemu-img check (`-r all` for lazy refcount images) and convert on `path`, then reads and
+ * reopens it with tsimg. Cached by file content: crashes between the same two flushes leave
+ * the same file.
  */
-function qemuVerdict(w: Workload, dir: string, path: string, cache: Map<string, QemuVerdict>): QemuVerdict {
-  const bytes = readFileSync(path);
-  const key = createHash('sha1').update(bytes).digest('hex');
+async function verdictOf(w: Workload, dir: string, path: string, cache: Map<string, Verdict>): Promise<Verdict> {
+  const key = createHash('sha1').update(readFileSync(path)).digest('hex');
   const hit = cache.get(key);
-  if (hit !== undefined) {
-    writeFileSync(path, hit.after);
-    return hit;
-  }
+  if (hit !== undefined) return hit;
   const check = qemuImg(w.lazy ? ['check', '-r', 'all', path] : ['check', path]);
-  const rawPath = join(dir, 'case.raw');
-  const conv = qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, rawPath]);
-  const verdict: QemuVerdict = {
+  const v: Verdict = {
     checkStatus: check.status,
     checkOutput: (check.stdout + check.stderr).trim().replaceAll('\n', ' | '),
-    after: readFileSync(path),
+    problems: [],
   };
-  if (conv.status === 0) verdict.raw = readFileSync(rawPath);
-  else verdict.convertError = conv.stderr.trim();
+  const rawPath = join(dir, 'case.raw');
+  const conv = qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, rawPath]);
+  if (conv.status === 0) v.raw = readFileSync(rawPath);
+  else v.problems.push(`qemu-img convert failed: ${conv.stderr.trim()}`);
   rmSync(rawPath, { force: true });
-  cache.set(key, verdict);
-  return verdict;
-}
-
-/** Everything a case must satisfy; returns the problems found. */
-async function verify(w: Workload, dir: string, path: string, out: RunOutcome, backingBytes: Buffer | undefined, cache: Map<string, QemuVerdict>): Promise<string[]> {
-  const problems: string[] = [];
-  if (backingBytes !== undefined && !readFileSync(join(dir, 'backing.qcow2')).equals(backingBytes)) {
-    problems.push('the backing file changed');
-    writeFileSync(join(dir, 'backing.qcow2'), backingBytes);
-  }
-  const v = qemuVerdict(w, dir, path, cache);
-  const checkOk = w.lazy ? v.checkStatus === 0 : v.checkStatus === 0 || v.checkStatus === 3;
-  if (!checkOk) problems.push(`qemu-img check${w.lazy ? ' -r all' : ''} exit ${v.checkStatus}: ${v.checkOutput}`);
-  if (v.raw === undefined) {
-    problems.push(`qemu-img convert failed: ${v.convertError}`);
-  } else {
-    problems.push(...out.model.mismatches(v.raw, out.durable).map((m) => `qemu reads: ${m}`));
-  }
   try {
     const ro = await openImage(path);
     try {
       const mine = new Uint8Array(ro.size());
       await ro.read(0, mine);
-      if (v.raw !== undefined && !v.raw.equals(mine)) problems.push('tsimg reads other bytes than qemu-img convert');
+      if (v.raw !== undefined && !v.raw.equals(mine)) v.problems.push('tsimg reads other bytes than qemu-img convert');
     } finally {
       await ro.close();
     }
     const rw = await openImage(path, { readOnly: false });
     await rw.close();
   } catch (err) {
-    problems.push(`tsimg cannot open it again: ${message(err)}`);
+    v.problems.push(`tsimg cannot open it again: ${message(err)}`);
   }
+  cache.set(key, v);
+  return v;
+}
+
+/** Everything a case must satisfy; returns the problems found. */
+async function verify(w: Workload, dir: string, path: string, out: RunOutcome, backingBytes: Buffer | undefined, cache: Map<string, Verdict>): Promise<string[]> {
+  const problems: string[] = [];
+  if (backingBytes !== undefined && !readFileSync(join(dir, 'backing.qcow2')).equals(backingBytes)) {
+    problems.push('the backing file changed');
+    writeFileSync(join(dir, 'backing.qcow2'), backingBytes);
+  }
+  const v = await verdictOf(w, dir, path, cache);
+  const checkOk = w.lazy ? v.checkStatus === 0 : v.checkStatus === 0 || v.checkStatus === 3;
+  if (!checkOk) problems.push(`qemu-img check${w.lazy ? ' -r all' : ''} exit ${v.checkStatus}: ${v.checkOutput}`);
+  problems.push(...v.problems);
+  if (v.raw !== undefined) problems.push(...out.model.mismatches(v.raw, out.durable).map((m) => `qemu reads: ${m}`));
   return problems;
+}
+
+/**
+ * A scratch directory, in memory when the machine has /dev/shm: every case syncs a file a few
+ * dozen times, which on a real disk costs most of the run.
+ */
+function scratchDir(): { dir: string; cleanup: () => void } {
+  const dir = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'tsimg-crash-'));
+  return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
 async function headerOf(path: string): Promise<{ l1TableOffset: number; refcountTableOffset: number }> {
@@ -180,7 +185,7 @@ describeQemu('crash safety: power loss and EIO at every write and flush', () => 
 
   for (const w of WORKLOADS) {
     it(w.name, { timeout: 300_000 }, async () => {
-      const { dir, cleanup } = tempDir('tsimg-crash-');
+      const { dir, cleanup } = scratchDir();
       try {
         w.prepare(dir);
         const baseRaw = join(dir, 'base.raw');
@@ -190,7 +195,7 @@ describeQemu('crash safety: power loss and EIO at every write and flush', () => 
         rmSync(baseRaw);
         const backingBytes = w.backing ? readFileSync(join(dir, 'backing.qcow2')) : undefined;
         const path = join(dir, 'case.qcow2');
-        const cache = new Map<string, QemuVerdict>();
+        const cache = new Map<string, Verdict>();
 
         // The fault-free run: counts the fault points and proves the workload and model agree.
         const probe = await runWorkload(w, dir, path, {}, base);
