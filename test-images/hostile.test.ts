@@ -20,8 +20,8 @@ import { mutateQcow2, prng, type Mutation } from './mutate.js';
 
 const COMMANDS = ['info', 'check', 'map', 'convert'] as const;
 type Command = (typeof COMMANDS)[number];
-const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 100);
-const REPAIR_CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_REPAIR_CASES ?? 30);
+const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 75);
+const REPAIR_CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_REPAIR_CASES ?? 15);
 const RUN_TIMEOUT_MS = 10_000;
 /** The runner keeps at most this much of each run's stdout and stderr. */
 const OUTPUT_CAP = 8 * 1024 * 1024;
@@ -157,6 +157,13 @@ const BASES: Base[] = [
     },
   },
   { name: 'v2-512', create: ['-o', 'compat=0.10,cluster_size=512'], io: ['write -P 0xab 0 8k', 'write -P 0xcd 1M 4k'] },
+  {
+    name: 'dirty-rc8',
+    create: ['-o', 'lazy_refcounts=on,refcount_bits=8,cluster_size=4096'],
+    io: ['write -P 0x31 0 40k', 'write -c -P 0x32 1M 4k'],
+    // qemu-io's abort leaves the dirty bit set and the refcounts stale
+    prepare: (f) => void run('qemu-io', ['-c', 'write -P 0x33 2M 24k', '-c', 'abort', f]),
+  },
   {
     name: 'extl2-bitmap',
     create: ['-o', 'extended_l2=on,cluster_size=32768'],

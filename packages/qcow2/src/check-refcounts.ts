@@ -5,7 +5,7 @@
  * on-disk refcounts (compare_refcounts) and the repairs qemu makes on the way (fixing refcounts,
  * zeroing misaligned preallocated L2 entries, growing the file for refcount blocks past its end).
  */
-import { strerror } from '@tsimg/raw';
+import { isZero, strerror } from '@tsimg/raw';
 import { setRefcount, getRefcount } from './refcount.js';
 import {
   type CheckImage,
@@ -514,6 +514,21 @@ export async function calculateRefcounts(p: RefcountPass, fix: number): Promise<
   await checkRefblocks(p, fix);
 }
 
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
+}
+
+/** Index of the last non-zero refcount in a block, or -1. */
+function lastNonZeroEntry(block: Uint8Array, order: number): number {
+  let p = block.length - 1;
+  while (p >= 0 && block[p] === 0) p--;
+  if (p < 0) return -1;
+  const bits = 2 ** order;
+  const lastEntry = Math.floor((p * 8 + 7) / bits);
+  for (let i = lastEntry; i >= Math.floor((p * 8) / bits); i--) if (getRefcount(block, i, order) !== 0) return i;
+  return Math.floor((p * 8) / bits);
+}
+
 /**
  * compare_refcounts: compares the IMRT with the on-disk refcounts, fixing what `fix` allows.
  * Returns the highest cluster in use on either side.
@@ -535,6 +550,16 @@ export async function compareRefcounts(p: RefcountPass, fix: number): Promise<nu
       continue;
     }
     const block = lookup.kind === 'block' ? lookup.block : undefined;
+    // Fast paths (IMRT slices and refcount blocks share one layout): a range neither side
+    // uses, or a refcount block equal to the IMRT's slice, has nothing to report.
+    const bi = base / perBlock;
+    const slice = imrt.buf.subarray(bi * img.clusterSize, (bi + 1) * img.clusterSize);
+    if (!block && isZero(slice)) continue;
+    if (block && equalBytes(block, slice)) {
+      const last = lastNonZeroEntry(slice, order);
+      if (last >= 0) highest = base + last;
+      continue;
+    }
     for (let i = base; i < end; i++) {
       const r1 = block ? readRefcount(block, i - base, order) : 0;
       const r2 = imrt.get(i);
