@@ -20,7 +20,7 @@ import { mutateQcow2, prng, type Mutation } from './mutate.js';
 
 const COMMANDS = ['info', 'check', 'map', 'convert'] as const;
 type Command = (typeof COMMANDS)[number];
-const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 75);
+const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 60);
 const REPAIR_CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_REPAIR_CASES ?? 15);
 const RUN_TIMEOUT_MS = 10_000;
 /** The runner keeps at most this much of each run's stdout and stderr. */
