@@ -156,6 +156,8 @@ export class Qcow2Image implements Image, MappingSource {
   #closed = false;
   /** Set once corruption was found: no more writes, no write-back on close. */
   #broken = false;
+  /** Set when a table switch in the header failed: no more changes, but write-back on close. */
+  #frozen = false;
   #markedDirty = false;
   #cleanedAutoclear = false;
   #decompressed: { key: string; data: Uint8Array } | undefined;
@@ -472,6 +474,11 @@ export class Qcow2Image implements Image, MappingSource {
     if ((this.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n || this.#broken) {
       throw new TsimgError('corrupt', 'Image is corrupt; writes are refused', { errno: 'EIO' });
     }
+    if (this.#frozen) {
+      throw new IoError('An earlier header update failed; the image takes no more changes until it is reopened', {
+        errno: 'EIO',
+      });
+    }
     return this.#allocator;
   }
 
@@ -656,10 +663,25 @@ export class Qcow2Image implements Image, MappingSource {
     const v = new DataView(b.buffer);
     v.setBigUint64(0, BigInt(offset));
     v.setUint32(8, clusters);
-    await this.file.write(48, b);
-    await this.file.flush();
+    await this.#headerSwitch(() => this.file.write(48, b));
     this.header.refcountTableOffset = offset;
     this.header.refcountTableClusters = clusters;
+  }
+
+  /**
+   * A header write that moves a table (L1, refcount table), then a sync. When it fails nobody
+   * knows which table the header on disk names, and both must stay as they are: the image
+   * takes no more changes in this session. (Cached tables are still written back: the old and
+   * the new table name the same L2 tables and refcount blocks.)
+   */
+  async #headerSwitch(write: () => Promise<void>): Promise<void> {
+    try {
+      await write();
+      await this.file.flush();
+    } catch (err) {
+      this.#frozen = true;
+      throw err;
+    }
   }
 
   /** Before the first change: lazy refcounts set the dirty bit; persistent bitmaps go stale. */
@@ -702,18 +724,32 @@ export class Qcow2Image implements Image, MappingSource {
   /** l2_allocate: a new L2 table (a copy of the old one when shared), hooked into the L1 table. */
   async #l2Allocate(l1Index: number): Promise<void> {
     const cs = this.clusterSize;
+    const alloc = this.#allocator!;
+    const oldEntry = this.#l1Bytes.slice(l1Index * 8, l1Index * 8 + 8);
     const old = decodeL1Entry(this.#l1View, l1Index * 8).l2Offset;
-    const l2Offset = await this.#allocator!.allocClusters(cs);
-    if (l2Offset === 0) await this.corrupt('Preventing invalid allocation of L2 table at offset 0');
-    await this.#refcountCache.flush();
-    let oldTable: Uint8Array | undefined;
-    if (old !== 0) oldTable = await this.#l2Cache.get(old);
-    const table = this.#l2Cache.getEmpty(l2Offset);
-    if (oldTable !== undefined) table.set(oldTable);
-    this.#l2Cache.markDirty(l2Offset, table);
-    await this.#l2Cache.flush();
-    encodeL1Entry({ l2Offset, copied: true }, this.#l1View, l1Index * 8);
-    await this.#writeL1Entry(l1Index);
+    const l2Offset = await alloc.allocClusters(cs);
+    let l1WriteTried = false;
+    try {
+      if (l2Offset === 0) await this.corrupt('Preventing invalid allocation of L2 table at offset 0');
+      await this.#refcountCache.flush();
+      let oldTable: Uint8Array | undefined;
+      if (old !== 0) oldTable = await this.#l2Cache.get(old);
+      const table = this.#l2Cache.getEmpty(l2Offset);
+      if (oldTable !== undefined) table.set(oldTable);
+      this.#l2Cache.markDirty(l2Offset, table);
+      await this.#l2Cache.flush();
+      encodeL1Entry({ l2Offset, copied: true }, this.#l1View, l1Index * 8);
+      l1WriteTried = true;
+      await this.#writeL1Entry(l1Index);
+    } catch (err) {
+      // As qemu's l2_allocate, the L1 entry in memory keeps pointing at the old table. Unlike
+      // qemu, once the L1 write was tried the new table is kept (leaked), not freed: the write
+      // may have reached the disk, and the new table (zeroes, or a copy of the old one) must
+      // stay valid for it. Before that point it goes back, and out of the cache.
+      this.#l1Bytes.set(oldEntry, l1Index * 8);
+      if (!l1WriteTried && !this.#broken && l2Offset > 0) await alloc.freeClusters(l2Offset, cs, true).catch(() => undefined);
+      throw err;
+    }
   }
 
   async #writeL1Entry(l1Index: number): Promise<void> {
@@ -735,15 +771,21 @@ export class Qcow2Image implements Image, MappingSource {
     bytes.set(this.#l1Bytes.subarray(0, this.#l1Size * 8));
     const alloc = this.#allocator!;
     const newOffset = await alloc.allocClusters(bytes.length);
-    await this.#refcountCache.flush();
-    await this.file.write(newOffset, bytes);
-    await this.file.flush();
+    try {
+      await this.#refcountCache.flush();
+      await this.#overlapCheck(newOffset, bytes.length);
+      await this.file.write(newOffset, bytes);
+      await this.file.flush();
+    } catch (err) {
+      // The old table stays active; its replacement goes back (qemu's qcow2_grow_l1_table).
+      if (!this.#broken) await alloc.freeClusters(newOffset, bytes.length).catch(() => undefined);
+      throw err;
+    }
     const hdr = new Uint8Array(12);
     const v = new DataView(hdr.buffer);
     v.setUint32(0, newSize);
     v.setBigUint64(4, BigInt(newOffset));
-    await this.file.write(36, hdr);
-    await this.file.flush();
+    await this.#headerSwitch(() => this.file.write(36, hdr));
     const oldOffset = this.#l1Offset;
     const oldSize = this.#l1Size;
     this.#l1Bytes = bytes;
@@ -902,35 +944,53 @@ export class Qcow2Image implements Image, MappingSource {
     await this.#beforeChange();
     let done = 0;
     const pending: L2Meta[] = [];
-    while (done < data.length) {
-      const want = Math.min(data.length - done, INT_MAX);
-      const guest = offset + done;
-      const r = await this.#allocHostOffset(guest, want);
-      const chunk = data.subarray(done, done + r.bytes);
-      const allocating = r.metas.some((m) => !m.keepOld);
-      if (allocating) await this.#markDirtyIfLazy();
-      // One write covering the data and the COW regions at both ends.
-      const first = r.metas.find((m) => m.guestStart + m.cowStartTo === guest);
-      const last = r.metas.find((m) => m.guestStart + m.cowEndFrom === guest + r.bytes);
-      const head = first !== undefined ? first.cowStartTo - first.cowStartFrom : 0;
-      const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
-      if (this.dataFile === undefined) await this.#overlapCheck(r.host - head, head + chunk.length + tail);
-      if (head === 0 && tail === 0) {
-        await this.#dataDevice.write(r.host, chunk);
-      } else {
-        const buf = new Uint8Array(head + chunk.length + tail);
-        if (head > 0) await this.#readGuest(guest - head, buf.subarray(0, head));
-        if (tail > 0) await this.#readGuest(guest + r.bytes, buf.subarray(head + chunk.length));
-        buf.set(chunk, head);
-        await this.#dataDevice.write(r.host - head, buf);
+    try {
+      while (done < data.length) {
+        const want = Math.min(data.length - done, INT_MAX);
+        const guest = offset + done;
+        const r = await this.#allocHostOffset(guest, want);
+        try {
+          await this.#writeChunk(guest, data.subarray(done, done + r.bytes), r);
+        } catch (err) {
+          // qcow2_alloc_cluster_abort: the clusters this chunk allocated go back unused.
+          if (!this.#broken && this.dataFile === undefined) {
+            for (const m of r.metas) {
+              if (!m.keepOld) await this.#allocator!.freeClusters(m.hostStart, m.nbClusters * this.clusterSize).catch(() => undefined);
+            }
+          }
+          throw err;
+        }
+        pending.push(...r.metas);
+        done += r.bytes;
       }
-      if (allocating) this.#l2Cache.setDependsOnFlush();
-      pending.push(...r.metas);
-      done += r.bytes;
+    } finally {
+      // qemu runs the chunks of a multi-chunk request as parallel tasks: all allocations happen
+      // before the first task links its L2 entries (and frees the clusters it replaced). Chunks
+      // whose data was written are linked even when a later one failed.
+      if (!this.#broken) for (const m of pending) await this.#linkL2(m);
     }
-    // qemu runs the chunks of a multi-chunk request as parallel tasks: all allocations happen
-    // before the first task links its L2 entries (and frees the clusters it replaced).
-    for (const m of pending) await this.#linkL2(m);
+  }
+
+  /** Writes one chunk's data with the COW regions around it, as one device write. */
+  async #writeChunk(guest: number, chunk: Uint8Array, r: { bytes: number; host: number; metas: L2Meta[] }): Promise<void> {
+    const allocating = r.metas.some((m) => !m.keepOld);
+    if (allocating) await this.#markDirtyIfLazy();
+    // One write covering the data and the COW regions at both ends.
+    const first = r.metas.find((m) => m.guestStart + m.cowStartTo === guest);
+    const last = r.metas.find((m) => m.guestStart + m.cowEndFrom === guest + r.bytes);
+    const head = first !== undefined ? first.cowStartTo - first.cowStartFrom : 0;
+    const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
+    if (this.dataFile === undefined) await this.#overlapCheck(r.host - head, head + chunk.length + tail);
+    if (head === 0 && tail === 0) {
+      await this.#dataDevice.write(r.host, chunk);
+    } else {
+      const buf = new Uint8Array(head + chunk.length + tail);
+      if (head > 0) await this.#readGuest(guest - head, buf.subarray(0, head));
+      if (tail > 0) await this.#readGuest(guest + r.bytes, buf.subarray(head + chunk.length));
+      buf.set(chunk, head);
+      await this.#dataDevice.write(r.host - head, buf);
+    }
+    if (allocating) this.#l2Cache.setDependsOnFlush();
   }
 
   /** qcow2_alloc_cluster_link_l2: points the L2 entries at the new clusters, frees the old ones. */
