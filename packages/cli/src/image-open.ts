@@ -49,3 +49,15 @@ async function openByName(filename: string, options: { format?: string; readOnly
   }
   return openImage(filename, { format, readOnly: options.readOnly ?? true });
 }
+
+/**
+ * The line qemu's qcow2 driver prints on its own (no "qemu-img:" prefix) when it finds the image
+ * corrupt, if `err` (or its cause) is such a corruption error; commands print it before their
+ * own message, as qemu-img's output has it.
+ */
+export function corruptionLine(err: unknown): string | undefined {
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    if (e instanceof TsimgError && e.code === 'corrupt' && e.message.startsWith('qcow2: ')) return `${e.message}\n`;
+  }
+  return undefined;
+}

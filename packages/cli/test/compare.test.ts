@@ -6,7 +6,7 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { corpus } from '../../../test-images/corpus.js';
 import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
@@ -35,6 +35,26 @@ function poke(file: string, offset: number, data: Buffer): void {
   closeSync(fd);
 }
 
+/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
+function corruptL1(src: string, dst: string): void {
+  const buf = readFileSync(join(dir, src));
+  const l1 = Number(buf.readBigUInt64BE(40));
+  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
+  writeFileSync(join(dir, dst), buf);
+}
+
+/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
+function expectSameFailure(args: string[]): void {
+  const theirs = asOurs(qemuImg(args, { cwd: dir }));
+  const ours = tsimg(args, { cwd: dir });
+  const last = (s: string) => s.trimEnd().split('\n').at(-1);
+  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
+    stdout: theirs.stdout,
+    status: theirs.status,
+    last: last(theirs.stderr),
+  });
+}
+
 describeQemu('tsimg compare vs qemu-img compare', () => {
   beforeAll(() => {
     ({ dir, cleanup } = tempDir('tsimg-compare-'));
@@ -57,6 +77,12 @@ describeQemu('tsimg compare vs qemu-img compare', () => {
     sh('truncate', '-s', '10M', 'pad.raw');
   });
   afterAll(() => cleanup());
+
+  it('exits 3 when block status fails (a corrupt L1 entry)', () => {
+    corruptL1('flat.qcow2', 'corrupt.qcow2');
+    expectSameFailure(['compare', 'corrupt.qcow2', 'flat.qcow2']);
+    expectSameFailure(['compare', 'flat.qcow2', 'corrupt.qcow2']);
+  });
 
   it('agrees on identical and different pairs of any formats', () => {
     const pairs = [

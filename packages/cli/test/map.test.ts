@@ -7,7 +7,7 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { writeFileSync, openSync, writeSync, closeSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { corpus } from '../../../test-images/corpus.js';
 import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
@@ -39,6 +39,26 @@ function poke(file: string, offset: number, data: Buffer): void {
 }
 
 const IMAGES: string[] = [];
+
+/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
+function corruptL1(src: string, dst: string): void {
+  const buf = readFileSync(join(dir, src));
+  const l1 = Number(buf.readBigUInt64BE(40));
+  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
+  writeFileSync(join(dir, dst), buf);
+}
+
+/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
+function expectSameFailure(args: string[]): void {
+  const theirs = asOurs(qemuImg(args, { cwd: dir }));
+  const ours = tsimg(args, { cwd: dir });
+  const last = (s: string) => s.trimEnd().split('\n').at(-1);
+  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
+    stdout: theirs.stdout,
+    status: theirs.status,
+    last: last(theirs.stderr),
+  });
+}
 
 describeQemu('tsimg map vs qemu-img map', () => {
   beforeAll(() => {
@@ -76,6 +96,12 @@ describeQemu('tsimg map vs qemu-img map', () => {
       'prealloc.qcow2', 'small.qcow2', 'sparse.raw', 'odd.raw', 'empty.raw');
   });
   afterAll(() => cleanup());
+
+  it('fails on a corrupt L1 entry like qemu-img', () => {
+    corruptL1('nocomp.qcow2', 'corrupt.qcow2');
+    expectSameFailure(['map', '--output=json', 'corrupt.qcow2']);
+    expectSameFailure(['map', 'corrupt.qcow2']);
+  });
 
   it('prints the same extents, human and JSON, for every image', () => {
     for (const img of IMAGES) {

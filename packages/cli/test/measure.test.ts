@@ -6,6 +6,8 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { corpus } from '../../../test-images/corpus.js';
 import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
 
@@ -25,6 +27,26 @@ function expectSame(args: string[], cwd = dir): void {
   expect(tsimg(['measure', ...args], { cwd }), args.join(' ')).toEqual(asOurs(qemuImg(['measure', ...args], { cwd })));
 }
 
+/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
+function corruptL1(src: string, dst: string): void {
+  const buf = readFileSync(join(dir, src));
+  const l1 = Number(buf.readBigUInt64BE(40));
+  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
+  writeFileSync(join(dir, dst), buf);
+}
+
+/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
+function expectSameFailure(args: string[]): void {
+  const theirs = asOurs(qemuImg(args, { cwd: dir }));
+  const ours = tsimg(args, { cwd: dir });
+  const last = (s: string) => s.trimEnd().split('\n').at(-1);
+  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
+    stdout: theirs.stdout,
+    status: theirs.status,
+    last: last(theirs.stderr),
+  });
+}
+
 describeQemu('tsimg measure vs qemu-img measure', () => {
   beforeAll(() => {
     ({ dir, cleanup } = tempDir('tsimg-measure-'));
@@ -41,6 +63,11 @@ describeQemu('tsimg measure vs qemu-img measure', () => {
     sh('qemu-img', 'convert', '-O', 'raw', 'src.qcow2', 'src.raw');
   });
   afterAll(() => cleanup());
+
+  it('fails on a corrupt L1 entry like qemu-img', () => {
+    corruptL1('src.qcow2', 'corrupt.qcow2');
+    expectSameFailure(['measure', '-O', 'qcow2', 'corrupt.qcow2']);
+  });
 
   it('measures sizes with every option that changes the result', () => {
     const sizes = ['0', '512', '1000', '1M', '1G', '1.5G', '2T', '7.99999E', '9223372036854775807'];

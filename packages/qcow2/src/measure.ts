@@ -9,7 +9,7 @@
  * (`measure -O raw --size 8E` is legal, and a qcow2 with 2 MiB clusters may be 2^61 bytes), and
  * the figures must match qemu's to the byte.
  */
-import { UsageError, UnsupportedError } from '@tsimg/raw';
+import { IoError, strerror, TsimgError, UsageError, UnsupportedError } from '@tsimg/raw';
 import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from './types.js';
 import type { ChainImage } from './chain-status.js';
 import { blockStatusAbove } from './map.js';
@@ -216,7 +216,13 @@ async function allocatedClusterBytes(image: ChainImage, clusterSize: number): Pr
   let required = 0n;
   let pnum = 0;
   for (let offset = 0; offset < size; offset += pnum) {
-    const st = await blockStatusAbove(image, offset, size - offset);
+    let st;
+    try {
+      st = await blockStatusAbove(image, offset, size - offset);
+    } catch (err) {
+      const errno = err instanceof TsimgError && err.errno !== undefined ? err.errno : 'EIO';
+      throw new IoError(`Unable to get block status: ${strerror(errno)}`, { cause: err, errno });
+    }
     pnum = st.length;
     if (st.zero) continue;
     if (st.data && st.allocated) {

@@ -7,7 +7,7 @@ import { compareImages } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
-import { openCommandImage as openImage } from '../image-open.js';
+import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 import { createProgress } from '../progress.js';
 
@@ -118,9 +118,11 @@ export const run: CommandRunner = async (argv, io) => {
             say(`Content mismatch at offset ${result.offset}!\n`);
             return 1;
           case 'status-error':
+            io.stderr(corruptionLine(result.cause) ?? '');
             io.stderr(`tsimg: Sector allocation test failed for ${names[result.side]}\n`);
             return 3;
           case 'read-error':
+            io.stderr(corruptionLine(result.cause) ?? '');
             io.stderr(
               `tsimg: Error while reading offset ${result.offset} of ${names[result.side]}: ${readErrorText(result.cause)}\n`,
             );

@@ -3,10 +3,11 @@
  * dump_map_entry), over the generic walker `mapImage` of @tsimg/qcow2.
  */
 import { mapImage, type MapEntry } from '@tsimg/qcow2';
+import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import { cvtnum } from '../interim-parse.js';
-import { openCommandImage as openImage } from '../image-open.js';
+import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
 const LONG = [
@@ -98,9 +99,18 @@ export const run: CommandRunner = async (argv, io) => {
       if (out.length > 1 << 16) flush();
     };
     // qemu dumps an entry once the next one is known, so only the last is dumped "without next".
-    for await (const e of mapImage(image, { startOffset, maxLength, coalesceZeroes: !json })) {
-      if (prev) emit(prev, false);
-      prev = { ...e };
+    try {
+      for await (const e of mapImage(image, { startOffset, maxLength, coalesceZeroes: !json })) {
+        if (prev) emit(prev, false);
+        prev = { ...e };
+      }
+    } catch (err) {
+      if (err instanceof CliExit) throw err;
+      flush(); // what qemu printed before the failing query stays printed
+      const corrupt = corruptionLine(err);
+      if (corrupt) io.stderr(corrupt);
+      const errno = err instanceof TsimgError && err.errno !== undefined ? err.errno : 'EIO';
+      throw new CliExit(1, `Could not read file metadata: ${strerror(errno)}`);
     }
     if (prev) emit(prev, true);
     if (json) out += ']\n';

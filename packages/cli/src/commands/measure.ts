@@ -19,7 +19,7 @@ import {
 import { CliExit } from '../exit.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
 import { cvtnum, isValidOptionList, parseOptionList, type OptType } from '../interim-parse.js';
-import { openCommandImage as openImage } from '../image-open.js';
+import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
 const LONG = [
@@ -260,7 +260,14 @@ export const run: CommandRunner = async (argv, io) => {
     }
     const what: MeasureSource =
       source !== undefined ? { image: source, bitmaps: await persistentBitmaps(source) } : { size: opts.size! };
-    const result = await measure(outFmt, what, qopts);
+    let result: MeasureResult;
+    try {
+      result = await measure(outFmt, what, qopts);
+    } catch (err) {
+      const corrupt = corruptionLine(err);
+      if (corrupt) io.stderr(corrupt);
+      throw err;
+    }
     io.stdout(opts.json ? jsonResult(result) : humanResult(result));
     return 0;
   } finally {
