@@ -331,8 +331,9 @@ export class Qcow2Image implements Image, MappingSource {
 
   // ---- BlockDevice: reads -----------------------------------------------------------------
 
+  /** The virtual size in whole sectors, as qemu counts it (total_sectors = size / 512). */
   size(): number {
-    return this.header.size;
+    return Math.floor(this.header.size / 512) * 512;
   }
 
   async read(offset: number, into: Uint8Array): Promise<void> {
@@ -395,8 +396,8 @@ export class Qcow2Image implements Image, MappingSource {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
       throw new UsageError(`invalid range ${offset}+${length}`);
     }
-    if (offset + length > this.header.size) {
-      throw new UsageError(`range ${offset}+${length} is beyond the end of the image (${this.header.size} bytes)`, {
+    if (offset + length > this.size()) {
+      throw new UsageError(`range ${offset}+${length} is beyond the end of the image (${this.size()} bytes)`, {
         errno: 'EIO',
       });
     }
@@ -528,7 +529,7 @@ export class Qcow2Image implements Image, MappingSource {
       throw new UnsupportedError('Compressed writes are not supported with an external data file', { errno: 'ENOTSUP' });
     }
     const cs = this.clusterSize;
-    if (offset % cs !== 0 || (cluster.length !== cs && offset + cluster.length !== this.header.size) || cluster.length > cs) {
+    if (offset % cs !== 0 || (cluster.length !== cs && offset + cluster.length !== this.size()) || cluster.length > cs) {
       throw new UsageError('Compressed writes must be whole clusters (or the image tail)', { errno: 'EINVAL' });
     }
     let out = compressed;
@@ -799,7 +800,7 @@ export class Qcow2Image implements Image, MappingSource {
 
   /** qcow2_co_truncate without preallocation: grow the L1 table, or drop what lies beyond. */
   async #resize(size: number): Promise<void> {
-    const old = this.header.size;
+    const old = this.size();
     if (size === old) return;
     if (size % 512 !== 0) throw new UsageError('The new size must be a multiple of 512', { errno: 'EINVAL' });
     if (this.version < 3 && this.header.nbSnapshots > 0) {
@@ -1040,7 +1041,7 @@ export class Qcow2Image implements Image, MappingSource {
 
   /** True when the guest range reads as zeroes, judged from metadata only (qemu's is_zero). */
   async #readsAsZero(offset: number, length: number): Promise<boolean> {
-    const end = Math.min(offset + length, this.header.size);
+    const end = Math.min(offset + length, this.size());
     let pos = offset;
     while (pos < end) {
       const run = await lookupRun(this, pos, end - pos);
@@ -1062,7 +1063,7 @@ export class Qcow2Image implements Image, MappingSource {
     }
     const scs = this.geo.subclusterSize;
     const end = offset + length;
-    const imageEnd = this.header.size;
+    const imageEnd = this.size();
     let pos = offset;
     while (pos < end) {
       const scStart = Math.floor(pos / scs) * scs;
@@ -1106,7 +1107,7 @@ export class Qcow2Image implements Image, MappingSource {
     let end = offset + length;
     const head = Math.min(end, Math.ceil(offset / cs) * cs) - offset;
     let pos = offset + head;
-    const tail = end >= this.header.size ? 0 : end - Math.max(pos, Math.floor(end / cs) * cs);
+    const tail = end >= this.size() ? 0 : end - Math.max(pos, Math.floor(end / cs) * cs);
     end -= tail;
     if (head > 0) await this.#zeroSubclusters(offset, head);
     let n = Math.ceil((end - pos) / cs);
@@ -1181,7 +1182,7 @@ export class Qcow2Image implements Image, MappingSource {
     const cs = this.clusterSize;
     const start = Math.ceil(offset / cs) * cs;
     let end = Math.floor((offset + length) / cs) * cs;
-    if (offset + length === this.header.size) end = this.header.size;
+    if (offset + length === this.size()) end = this.size();
     if (start >= end) return;
     await this.#discardClusters(start, end - start, false);
   }
