@@ -90,6 +90,31 @@ type Kind = 'data' | 'zero' | 'unallocated' | 'compressed';
  */
 const MAX_HOST_OFFSET = Number.MAX_SAFE_INTEGER - 4 * 1024 * 1024;
 
+/** How many subclusters from `sc` on (within the cluster) have the kind of subcluster `sc`. */
+function sameKindRun(entry: L2Entry, sc: number, subclusters: number): number {
+  if (entry.kind !== 'extended') return subclusters - sc;
+  const alloc = entry.alloc >>> 0;
+  const zero = entry.zero >>> 0;
+  let mask: number;
+  switch (subclusterKind(entry, sc)) {
+    case 'zero':
+      mask = zero;
+      break;
+    case 'data':
+      mask = alloc & ~zero;
+      break;
+    case 'unallocated':
+      mask = ~alloc & ~zero;
+      break;
+    default:
+      return 1;
+  }
+  // Count the ones of `mask` from bit `sc` upwards.
+  const rest = ~(mask >>> sc) >>> 0;
+  const ones = rest === 0 ? 32 : 31 - Math.clz32(rest & -rest);
+  return Math.max(1, Math.min(ones, subclusters - sc));
+}
+
 /** Kind and host byte offset of the subcluster at `inCluster` bytes into a cluster. */
 function classify(
   src: MappingSource,
@@ -162,7 +187,10 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
       if (c.host !== expectHost) break;
     } else if (first.kind === 'zero' && c.host !== undefined) break;
     if (c.kind === 'data' || c.kind === 'zero') await check(src, c, entry, l2Offset, index);
-    const step = Math.min(end - pos, geo.subclusterSize - (inCluster % geo.subclusterSize));
+    // Step over every following subcluster of the same kind in this cluster at once.
+    const sc = Math.floor(inCluster / geo.subclusterSize);
+    const same = sameKindRun(entry, sc, geo.subclusters);
+    const step = Math.min(end - pos, (sc + same) * geo.subclusterSize - inCluster);
     len += step;
     pos += step;
     if (expectHost !== undefined) expectHost += step;
