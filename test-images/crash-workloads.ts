@@ -265,10 +265,23 @@ export class SectorModel {
     }
   }
 
+  /** An independent copy (to judge a crash at some point of a run later). */
+  clone(): SectorModel {
+    const c = new SectorModel(new Uint8Array(0), 0, this.clusterSize);
+    c.#mem = this.#mem.slice();
+    c.#memExtra = copyExtra(this.#memExtra);
+    c.#disk = this.#disk.slice();
+    c.#diskExtra = copyExtra(this.#diskExtra);
+    c.#memSizes = new Set(this.#memSizes);
+    c.#diskSizes = new Set(this.#diskSizes);
+    c.#size = this.#size;
+    return c;
+  }
+
   /** A flush completed: everything so far is on disk. */
   flushed(): void {
     this.#disk = this.#mem.slice();
-    this.#diskExtra = new Map([...this.#memExtra].map(([s, set]) => [s, new Set(set)]));
+    this.#diskExtra = copyExtra(this.#memExtra);
     this.#diskSizes = new Set(this.#memSizes);
   }
 
@@ -301,6 +314,10 @@ export class SectorModel {
 
 /** One sector filled with each byte value, for native comparisons. */
 const FILLED: readonly Buffer[] = Array.from({ length: 256 }, (_, v) => Buffer.alloc(SECTOR, v));
+
+function copyExtra(extra: Map<number, Set<number>>): Map<number, Set<number>> {
+  return new Map([...extra].map(([s, set]) => [s, new Set(set)]));
+}
 
 function addExtra(extra: Map<number, Set<number>>, val: Uint8Array, s: number, v: number): void {
   if (val[s] === v) return;
