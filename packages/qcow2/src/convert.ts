@@ -56,6 +56,8 @@ export interface ConvertCopyOptions {
   progress?: (percent: number) => void;
   /** Compresses ahead of the writer (a worker pool); default compresses in the target. */
   compressor?: ClusterCompressor;
+  /** How many clusters the compressor works on at once (sets how far ahead reads go). */
+  compressorThreads?: number;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -227,13 +229,14 @@ export async function convertCopy(
     }
   };
 
-  const writeCompressed = async (sector: number, cluster: Uint8Array): Promise<void> => {
-    const pre = options.compressor ? ((await options.compressor.compress(cluster)) ?? null) : undefined;
-    await target.writeCompressed!(sector * SECTOR, cluster, pre);
-  };
-
   // convert_co_write
-  const write = async (sector: number, sectors: number, buf: Uint8Array, st: Status): Promise<void> => {
+  const write = async (
+    sector: number,
+    sectors: number,
+    buf: Uint8Array,
+    st: Status,
+    pre?: Uint8Array | null,
+  ): Promise<void> => {
     while (sectors > 0) {
       let n = sectors;
       let zero = false;
@@ -241,7 +244,7 @@ export async function convertCopy(
         if (!minSparse) {
           await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
         } else if (compressed) {
-          if (!isZero(buf.subarray(0, n * SECTOR))) await writeCompressed(sector, buf.subarray(0, n * SECTOR));
+          if (!isZero(buf.subarray(0, n * SECTOR))) await target.writeCompressed!(sector * SECTOR, buf.subarray(0, n * SECTOR), pre);
           else zero = true;
         } else {
           const run = allocatedRunMin(buf, n, minSparse, sector, alignment);
@@ -259,59 +262,70 @@ export async function convertCopy(
     }
   };
 
-  // Second pass: copy, in guest order. While one data chunk is written, the next one is read
-  // into the other buffer (qemu keeps several requests in flight; writes stay in order so a
-  // qcow2 target is allocated exactly as qemu allocates it).
-  const buffers = [new Uint8Array(bufSectors * SECTOR), new Uint8Array(bufSectors * SECTOR)];
-  let which = 0;
-  let ahead: { sector: number; sectors: number; buf: Uint8Array; done: Promise<void> } | undefined;
-  const readAhead = (sector: number, sectors: number) => {
-    which ^= 1;
-    const buf = buffers[which]!.subarray(0, sectors * SECTOR);
-    ahead = { sector, sectors, buf, done: read(sector, sectors, buf) };
-    // Never an unhandled rejection: the error surfaces when the chunk is awaited.
-    ahead.done.catch(() => undefined);
-  };
-
-  // The next chunk is planned before the current one is written (to start its read); the plan
-  // is kept so each chunk's status is computed exactly once, as in qemu.
-  let planned: { sector: number; n: number; st: Status } | undefined;
-  const plan = async (sector: number): Promise<{ n: number; st: Status }> => {
-    if (planned?.sector === sector) return planned;
-    const n = await iterate(sector);
-    planned = { sector, n, st: status };
-    return planned;
-  };
-
-  for (let sector = 0; sector < totalSectors; ) {
-    const p = await plan(sector);
-    let n = p.n;
-    const st = p.st;
-    if (!minSparse && st === 'zero') {
-      // -S 0: zero ranges are written as data, a buffer at a time.
-      n = Math.min(n, bufSectors);
-      advance(n);
-      await write(sector, n, buffers[0]!.subarray(0, n * SECTOR).fill(0), 'data');
-      ahead = undefined;
-    } else if (st === 'data') {
-      advance(n);
-      if (!ahead || ahead.sector !== sector || ahead.sectors !== n) readAhead(sector, n);
-      const cur = ahead!;
-      await cur.done;
-      ahead = undefined;
-      // Plan the next chunk now, so its read overlaps this write.
-      const next = sector + n;
-      if (next < totalSectors) {
-        const q = await plan(next);
-        if (q.st === 'data') readAhead(next, q.n);
+  // Second pass: copy, in guest order, as a pipeline: up to `depth` chunks are read (and, with
+  // -c, compressed on the pool) ahead of the writer, which takes them strictly in order — qemu
+  // keeps several requests in flight the same way, and in-order writes allocate a qcow2 target
+  // exactly as qemu's do. Chunk statuses are planned one after another, as in qemu.
+  const depth = compressed && options.compressor ? Math.max(2, 2 * (options.compressorThreads ?? 2)) : 4;
+  const spare: Uint8Array[] = [];
+  const takeBuffer = (): Uint8Array => spare.pop() ?? new Uint8Array(bufSectors * SECTOR);
+  interface Chunk {
+    sector: number;
+    n: number;
+    st: Status;
+    buf?: Uint8Array;
+    /** With -c and a compressor: the cluster compressed ahead (null: stored uncompressed). */
+    pre?: Uint8Array | null;
+    ready: Promise<void>;
+  }
+  const queue: Chunk[] = [];
+  let planSector = 0;
+  const fill = async (): Promise<void> => {
+    while (queue.length < depth && planSector < totalSectors) {
+      const sector = planSector;
+      let n = await iterate(sector);
+      const st = status;
+      if (!minSparse && st === 'zero') n = Math.min(n, bufSectors); // -S 0: zeroes as data
+      planSector += n;
+      if (st === 'data' || (!minSparse && st === 'zero')) advance(n);
+      const chunk: Chunk = { sector, n, st, ready: Promise.resolve() };
+      if (st === 'data') {
+        const buf = takeBuffer().subarray(0, n * SECTOR);
+        chunk.buf = buf;
+        chunk.ready = read(sector, n, buf).then(async () => {
+          if (compressed && options.compressor && !isZero(buf)) {
+            chunk.pre = (await options.compressor.compress(buf)) ?? null;
+          }
+        });
+        // Never an unhandled rejection: the error surfaces when the writer awaits the chunk.
+        chunk.ready.catch(() => undefined);
       }
-      await write(sector, n, cur.buf, 'data');
-    } else {
-      await write(sector, n, buffers[0]!, st);
+      queue.push(chunk);
     }
-    sector += n;
+  };
+
+  for (;;) {
+    await fill();
+    const chunk = queue.shift();
+    if (!chunk) break;
+    await chunk.ready;
+    if (chunk.buf) {
+      await write(chunk.sector, chunk.n, chunk.buf, 'data', chunk.pre);
+      spare.push(new Uint8Array(chunk.buf.buffer));
+    } else if (!minSparse && chunk.st === 'zero') {
+      await write(chunk.sector, chunk.n, zeroChunk(chunk.n), 'data');
+    } else {
+      await write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st);
+    }
   }
   if (compressed) await target.finishCompressed!();
+}
+
+let zeroes = new Uint8Array(0);
+/** A shared all-zero buffer of `n` sectors (never written to). */
+function zeroChunk(n: number): Uint8Array {
+  if (zeroes.length < n * SECTOR) zeroes = new Uint8Array(n * SECTOR);
+  return zeroes.subarray(0, n * SECTOR);
 }
 
 async function readSalvaging(src: BlockDevice, offset: number, into: Uint8Array, options: ConvertCopyOptions): Promise<void> {
