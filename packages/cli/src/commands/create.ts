@@ -25,17 +25,17 @@ const U64_MAX = (1n << 64n) - 1n;
 const TRY_HELP = "\nTry 'tsimg --help' for more information";
 
 /** file-posix's creation options (the protocol layer every format here sits on). */
-const FILE_OPTS: readonly OptDesc[] = [
+export const FILE_OPTS: readonly OptDesc[] = [
   { name: 'size', type: 'size', help: 'Virtual disk size' },
   { name: 'nocow', type: 'bool', help: 'Turn off copy-on-write (valid only on btrfs)' },
   { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, falloc, full)' },
   { name: 'extent_size_hint', type: 'size', help: 'Extent size hint for the image file, 0 to disable' },
 ];
 
-const RAW_OPTS: readonly OptDesc[] = [{ name: 'size', type: 'size', help: 'Virtual disk size' }];
+export const RAW_OPTS: readonly OptDesc[] = [{ name: 'size', type: 'size', help: 'Virtual disk size' }];
 
 /** qcow2_create_opts in qemu 7.2's order (the order of the "Formatting" line). */
-const QCOW2_OPTS: readonly OptDesc[] = [
+export const QCOW2_OPTS: readonly OptDesc[] = [
   { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
   { name: 'encrypt.format', type: 'string', help: "Encrypt the image, format choices: 'aes', 'luks'" },
   { name: 'encrypt.key-secret', type: 'string', help: 'ID of secret providing qcow AES key or LUKS passphrase' },

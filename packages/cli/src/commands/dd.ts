@@ -10,7 +10,7 @@ import { blockStatusAbove, createQcow2, openImage as openRawOrQcow2, type Image 
 import { createFile, FileDevice, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
-import { cvtnum } from '../interim-parse.js';
+import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 

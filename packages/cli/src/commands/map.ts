@@ -6,7 +6,7 @@ import { mapImage, type MapEntry } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
-import { cvtnum } from '../interim-parse.js';
+import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 

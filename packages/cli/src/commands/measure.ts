@@ -18,7 +18,9 @@ import {
 } from '@tsimg/qcow2';
 import { CliExit } from '../exit.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
-import { cvtnum, isValidOptionList, parseOptionList, type OptType } from '../interim-parse.js';
+import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
+import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from './create.js';
+import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
@@ -30,39 +32,6 @@ const LONG = [
   { name: 'size', hasArg: true, key: 'size' },
   { name: 'force-share', hasArg: false, key: 'U' },
 ];
-
-// Creation options of the file protocol, which every format's list includes.
-const FILE_OPTS: Record<string, OptType> = {
-  size: 'size',
-  preallocation: 'string',
-  nocow: 'bool',
-  extent_size_hint: 'size',
-};
-
-// qemu 7.2's qcow2 creation options (block/qcow2.c qcow2_create_opts).
-const QCOW2_OPTS: Record<string, OptType> = {
-  ...FILE_OPTS,
-  compat: 'string',
-  backing_file: 'string',
-  backing_fmt: 'string',
-  data_file: 'string',
-  data_file_raw: 'bool',
-  encryption: 'bool',
-  'encrypt.format': 'string',
-  'encrypt.key-secret': 'string',
-  'encrypt.cipher-alg': 'string',
-  'encrypt.cipher-mode': 'string',
-  'encrypt.ivgen-alg': 'string',
-  'encrypt.ivgen-hash-alg': 'string',
-  'encrypt.hash-alg': 'string',
-  'encrypt.iter-time': 'number',
-  cluster_size: 'size',
-  extended_l2: 'bool',
-  preallocation: 'string',
-  lazy_refcounts: 'bool',
-  refcount_bits: 'number',
-  compression_type: 'string',
-};
 
 // What qemu-img 7.2 answers for the target formats it knows but cannot measure.
 const CREATABLE_UNMEASURABLE = new Set([
@@ -78,23 +47,39 @@ const NOT_CREATABLE = new Set([
 const USAGE =
   'usage: tsimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]\n';
 
-function qcow2Options(values: Map<string, string | bigint | boolean>): Qcow2MeasureOptions {
+/**
+ * qemu_opts_do_parse of `-o` against the target format's creation options plus the file
+ * protocol's, with qemu's two-line failure ("Invalid parameter 'x'" / "Invalid options for file
+ * format 'fmt'").
+ */
+function parseTargetOptions(list: string | undefined, format: 'qcow2' | 'raw'): QemuOpts {
+  const opts = new QemuOpts(mergeOptDescs(format === 'qcow2' ? QCOW2_OPTS : RAW_OPTS, FILE_OPTS));
+  if (list === undefined) return opts;
+  try {
+    opts.parse(list);
+  } catch (err) {
+    if (!(err instanceof UsageError)) throw err;
+    throw new CliExit(1, `${err.message}\ntsimg: Invalid options for file format '${format}'`);
+  }
+  return opts;
+}
+
+function qcow2Options(opts: QemuOpts): Qcow2MeasureOptions {
   const num = (k: string): number | undefined => {
-    const v = values.get(k);
-    if (v === undefined) return undefined;
+    const v = opts.get(k)?.value;
     // Out-of-range values fail the same checks as qemu's (a huge number is never a power of two
     // in range), so a lossy conversion is harmless here.
-    return Number(v as bigint);
+    return typeof v === 'bigint' ? Number(v) : undefined;
   };
-  const str = (k: string): string | undefined => values.get(k) as string | undefined;
+  const bool = opts.get('extended_l2')?.value;
   return {
     clusterSize: num('cluster_size'),
     refcountBits: num('refcount_bits'),
-    extendedL2: values.get('extended_l2') as boolean | undefined,
-    compat: str('compat'),
-    preallocation: str('preallocation'),
-    hasBackingFile: values.has('backing_file'),
-    encryptFormat: str('encrypt.format'),
+    extendedL2: typeof bool === 'boolean' ? bool : undefined,
+    compat: opts.getString('compat'),
+    preallocation: opts.getString('preallocation'),
+    hasBackingFile: opts.get('backing_file') !== undefined,
+    encryptFormat: opts.getString('encrypt.format'),
   };
 }
 
@@ -195,8 +180,7 @@ export const run: CommandRunner = async (argv, io) => {
           outFmt = value!;
           break;
         case 'o':
-          if (!isValidOptionList(value!)) throw new CliExit(1, `Invalid option list: ${value}`);
-          options = options === undefined ? value! : `${options},${value}`;
+          options = accumulateOptions(options, value!);
           break;
         case 'l':
           snapshot = value;
@@ -251,8 +235,8 @@ export const run: CommandRunner = async (argv, io) => {
     }
     let qopts: Qcow2MeasureOptions = {};
     if (outFmt === 'qcow2' || outFmt === 'raw') {
-      const values = opts.options !== undefined ? parseOptionList(opts.options, outFmt === 'qcow2' ? QCOW2_OPTS : FILE_OPTS, outFmt) : new Map();
-      if (outFmt === 'qcow2') qopts = qcow2Options(values);
+      const parsed = parseTargetOptions(opts.options, outFmt);
+      if (outFmt === 'qcow2') qopts = qcow2Options(parsed);
     }
     if (outFmt === 'luks') throw new CliExit(1, "Parameter 'key-secret' is required for cipher");
     if (outFmt !== 'qcow2' && outFmt !== 'raw') {
