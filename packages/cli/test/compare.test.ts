@@ -135,6 +135,7 @@ describeQemu('tsimg compare vs qemu-img compare', () => {
     expectSame(['missing.qcow2', 'top.qcow2']);
     expectSame(['-F', 'foo', 'top.qcow2', 'top.raw']);
     expectSame(['-T', 'bogus', 'top.qcow2', 'top.raw']);
+    expectSame(['-T', 'off', 'top.qcow2', 'top.raw']);
     expectSame(['top.qcow2']);
     expectSame(['-x', 'a', 'b']);
     expectSame(['--strict', 'a', 'b']);

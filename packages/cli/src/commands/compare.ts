@@ -18,7 +18,7 @@ const LONG = [
   { name: 'force-share', hasArg: false, key: 'U' },
 ];
 
-const CACHE_MODES = ['none', 'writeback', 'writethrough', 'directsync', 'unsafe'];
+const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
 /** The strerror text qemu prints for a failed read. */
 function readErrorText(cause: unknown): string {

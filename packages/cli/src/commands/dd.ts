@@ -7,7 +7,7 @@
  * allocate those clusters too and the output should be laid out the same.
  */
 import { blockStatusAbove, createQcow2, openImage as openRawOrQcow2, type Image } from '@tsimg/qcow2';
-import { createFile, FileDevice, type BlockDevice } from '@tsimg/raw';
+import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import { cvtnum } from '../options.js';
@@ -74,6 +74,11 @@ function parseOperands(operands: readonly string[]): DdArgs {
   return args;
 }
 
+/** The strerror text qemu prints for a failed read or write. */
+function ioText(err: unknown): string {
+  return err instanceof TsimgError && err.errno !== undefined ? strerror(err.errno) : errorMessage(err);
+}
+
 /**
  * Copies `[from, to)` of `src` to `dst` at `from - shift`. Zero ranges of the source are not
  * read; they are skipped, or written as zeroes when `writeZeroRanges`.
@@ -103,7 +108,7 @@ async function copyRange(
         try {
           await dst.write(pos - shift, zeroes.subarray(0, n));
         } catch (err) {
-          throw new CliExit(1, `error while writing to output image file: ${errorMessage(err)}`);
+          throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
         }
         pos += n;
       }
@@ -116,12 +121,12 @@ async function copyRange(
       try {
         await src.read(pos, view);
       } catch (err) {
-        throw new CliExit(1, `error while reading from input image file: ${errorMessage(err)}`);
+        throw new CliExit(1, `error while reading from input image file: ${ioText(err)}`);
       }
       try {
         await dst.write(pos - shift, view);
       } catch (err) {
-        throw new CliExit(1, `error while writing to output image file: ${errorMessage(err)}`);
+        throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
       }
       pos += n;
     }
