@@ -828,8 +828,10 @@ export class Qcow2Image implements Image, MappingSource {
     const b = new Uint8Array(8);
     new DataView(b.buffer).setBigUint64(0, BigInt(size));
     await this.file.write(24, b);
-    await this.file.flush();
+    // The device has taken the new size: if the flush fails, it still reaches the disk with a
+    // later flush, so the image must not go on believing in the old size.
     this.header.size = size;
+    await this.file.flush();
   }
 
   /** qcow2_shrink_l1_table: zeroes the L1 entries from `newSize` on and frees their L2 tables. */
@@ -837,15 +839,22 @@ export class Qcow2Image implements Image, MappingSource {
     if (newSize >= this.#l1Size) return;
     const from = newSize * 8;
     const to = this.#l1Size * 8;
-    await this.file.flush();
-    await this.file.write(this.#l1Offset + from, new Uint8Array(to - from));
-    await this.file.flush();
+    const dropped: number[] = [];
     for (let i = this.#l1Size - 1; i >= newSize; i--) {
       const e = decodeL1Entry(this.#l1View, i * 8);
-      if (e.l2Offset === 0) continue;
-      await this.#allocator!.freeClusters(e.l2Offset, this.clusterSize, true);
-      encodeL1Entry({ l2Offset: 0, copied: false }, this.#l1View, i * 8);
+      if (e.l2Offset !== 0) dropped.push(e.l2Offset);
     }
+    try {
+      await this.file.flush();
+      await this.file.write(this.#l1Offset + from, new Uint8Array(to - from));
+      await this.file.flush();
+    } finally {
+      // As qemu: the entries leave memory even when the zeroes may not have reached the disk
+      // (a half-cleared table on disk only leaks its L2 tables), and before their clusters are
+      // freed — otherwise a failed free leaves memory pointing at a reusable cluster.
+      this.#l1Bytes.fill(0, from, to);
+    }
+    for (const l2Offset of dropped) await this.#allocator!.freeClusters(l2Offset, this.clusterSize, true);
   }
 
   /** How many clusters from l2Index on need (or do not need) a new allocation. */
