@@ -176,6 +176,45 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
+    name: 'shrinking resize (discard, L1 and refcount table shrink, file truncation), then growing again',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '4M');
+      io(dir, 'base.qcow2', 'write -P 6 0 256k', 'write -P 7 3M 512k');
+    },
+    steps: [
+      { op: 'write', off: 3 * M + 768 * K, len: 64 * K, v: 1 },
+      { op: 'flush' },
+      { op: 'resize', size: 2 * M },
+      { op: 'write', off: 1 * M + 512, len: K, v: 2 },
+      { op: 'flush' },
+      { op: 'resize', size: 4 * M },
+      { op: 'write', off: 3 * M, len: 4 * K, v: 3 },
+    ],
+  },
+  {
+    name: 'extended L2 entries (subclusters) over a backing file',
+    clusterSize: 16 * K,
+    backing: true,
+    prepare: (dir) => {
+      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 240) + 10));
+      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
+    },
+    steps: [
+      { op: 'write', off: K, len: 512, v: 1 },
+      { op: 'zero', off: 4 * K, len: 4 * K },
+      { op: 'write', off: 16 * K + K, len: 2 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'discard', off: 32 * K, len: 16 * K },
+      { op: 'zero', off: 64 * K, len: 32 * K, unmap: true },
+      { op: 'write', off: 100 * K, len: 20 * K, v: 3 },
+      { op: 'flush' },
+      { op: 'write', off: 2 * M - K, len: 2 * K, v: 4 },
+      { op: 'zero', off: 2 * K, len: 512 },
+    ],
+  },
+  {
     name: 'lazy_refcounts=on',
     clusterSize: 4 * K,
     lazy: true,
@@ -235,11 +274,14 @@ export class SectorModel {
       return;
     }
     if (step.op === 'resize') {
-      // Growing only: the new part reads as zeroes, which the model already holds.
+      // Growing: the new part reads as zeroes, which the model already holds (a shrink zeroes
+      // what it cuts off, below). The size itself is one of the sizes so far when it failed.
       if (failed) this.#memSizes.add(step.size);
       else this.#memSizes = new Set([step.size]);
       this.#diskSizes.add(step.size);
+      const old = this.#size;
       this.#size = step.size;
+      for (let s = step.size / SECTOR; s < old / SECTOR; s++) this.#set(s, 0, failed);
       return;
     }
     const cs = this.clusterSize;
@@ -255,14 +297,16 @@ export class SectorModel {
       to = step.off + step.len === this.#size ? this.#size : Math.floor((step.off + step.len) / cs) * cs;
       v = 0;
     }
-    for (let s = from / SECTOR; s < to / SECTOR; s++) {
-      if (failed) addExtra(this.#memExtra, this.#mem, s, v);
-      else {
-        this.#mem[s] = v;
-        this.#memExtra.delete(s);
-      }
-      addExtra(this.#diskExtra, this.#disk, s, v);
+    for (let s = from / SECTOR; s < to / SECTOR; s++) this.#set(s, v, failed);
+  }
+
+  #set(s: number, v: number, failed: boolean): void {
+    if (failed) addExtra(this.#memExtra, this.#mem, s, v);
+    else {
+      this.#mem[s] = v;
+      this.#memExtra.delete(s);
     }
+    addExtra(this.#diskExtra, this.#disk, s, v);
   }
 
   /** An independent copy (to judge a crash at some point of a run later). */

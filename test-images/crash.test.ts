@@ -63,6 +63,8 @@ class UnflushedLog implements BlockDevice {
   changes: Change[] = [];
   /** Called after every completed flush. */
   onFlushed: (() => void) | undefined;
+  /** Called when a flush fails. */
+  onFailedFlush: (() => void) | undefined;
 
   constructor(inner: BlockDevice) {
     this.inner = inner;
@@ -103,7 +105,12 @@ class UnflushedLog implements BlockDevice {
   async flush(): Promise<void> {
     // A flush covers the changes made before it was called.
     const covered = this.changes.length;
-    await this.inner.flush();
+    try {
+      await this.inner.flush();
+    } catch (err) {
+      this.onFailedFlush?.();
+      throw err;
+    }
     this.changes.splice(0, covered);
     this.onFlushed?.();
   }
@@ -149,6 +156,11 @@ interface RunOutcome {
   unflushed: Change[];
   /** With `snapshots`: the file after each completed flush once the fault hit, and the model then. */
   snapshots: { label: string; bytes: Buffer; model: SectorModel }[];
+  /**
+   * With `snapshots` and a failed flush: the writes made between it and the next completed
+   * flush, which a disk may persist in any order (the failed flush ordered nothing).
+   */
+  afterFailedFlush: number[];
 }
 
 /** Runs `w` on a copy of its base image at `path` through a faulty device following `plan`. */
@@ -165,12 +177,23 @@ async function runWorkload(
   const fd = await FileDevice.open(path);
   const dev = faultyDevice(fd, plan);
   const log = new UnflushedLog(dev);
+  let writesAtFault = 0;
   const failed: string[] = [];
   const snaps: RunOutcome['snapshots'] = [];
   let current: { index: number; step: Step } | undefined;
+  const afterFailedFlush: number[] = [];
   if (snapshots) {
     const at = (v: FaultPlan['failWrite']): number => (typeof v === 'number' ? v : Infinity);
+    let writesAtFailedFlush: number | undefined;
+    log.onFailedFlush = () => {
+      if (writesAtFault === 0) writesAtFault = dev.writes;
+    };
     log.onFlushed = () => {
+      if (dev.flushes >= at(plan.failFlush) && writesAtFailedFlush === undefined) {
+        // The first completed flush after the failed one (flush numbers count failures too).
+        writesAtFailedFlush = writesAtFault;
+        for (let m = writesAtFault + 1; m <= dev.writes; m++) afterFailedFlush.push(m);
+      }
       if (dev.writes < at(plan.failWrite) && dev.flushes < at(plan.failFlush)) return;
       // A crash now: the step under way may be partly done.
       const m = model.clone();
@@ -214,7 +237,7 @@ async function runWorkload(
   }
   // After a power loss the wrapper lets go of the file without closing it.
   await fd.close().catch(() => undefined);
-  return { writes: dev.writes, flushes: dev.flushes, durable, failed, model, unflushed: dev.powerLost ? log.changes : [], snapshots: snaps };
+  return { writes: dev.writes, flushes: dev.flushes, durable, failed, model, unflushed: dev.powerLost ? log.changes : [], snapshots: snaps, afterFailedFlush };
 }
 
 /** What the checks found on one distinct image file (the model comparison aside). */
@@ -369,6 +392,23 @@ describeQemu('crash safety: power loss and EIO at every write and flush', () => 
               report(`${describePlan(plan)}, ${snap.label}`, problems);
             }
             deepCases += deep.snapshots.length;
+            // A failed flush, then a power loss before the next one completes, with what the
+            // disk cache may have kept since the last completed flush.
+            for (const m of deep.afterFailedFlush) {
+              const crash: FaultPlan = { ...plan, powerLossAfterWrite: m };
+              const out2 = await runWorkload(w, dir, path, crash, base);
+              const u2 = out2.unflushed;
+              const replays: [string, Change[]][] = [['none of the unflushed changes kept', []]];
+              if (u2.length > 0) replays.push([`${u2.length} unflushed changes kept`, u2]);
+              if (u2.length > 1) replays.push(['only the last unflushed change kept', u2.slice(-1)]);
+              for (const [label, changes] of replays) {
+                const copy = join(dir, 'replay.qcow2');
+                await replay(path, copy, changes);
+                const problems = await verify(w, dir, copy, out2, backingBytes, cache);
+                if (problems.length > 0) failures.push(`${describePlan(plan)}, then power loss after write #${m}, ${label}: ${problems.join('; ')} [after: ${out2.failed.join('; ')}]`);
+              }
+              deepCases += 1;
+            }
           }
         }
         totals.cases += plans.length + deepCases;
