@@ -7,13 +7,7 @@
  * padded to 8}` until a type-0 end marker. The backing file name lives at backing_file_offset.
  */
 import { FormatError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
-import {
-  QCOW2_MAGIC,
-  MIN_CLUSTER_BITS,
-  MAX_CLUSTER_BITS,
-  MAX_BACKING_FILE_NAME,
-  u64ToNumber,
-} from './types.js';
+import { QCOW2_MAGIC, MIN_CLUSTER_BITS, MAX_CLUSTER_BITS, MAX_BACKING_FILE_NAME } from './types.js';
 
 /** Every field of the fixed header, v2 and v3 (v3-only fields take their v2 defaults for v2). */
 export interface Qcow2Header {
@@ -75,10 +69,14 @@ export const V3_HEADER_LENGTH = 112;
 
 const FEATURE_NAME_ENTRY = 48;
 
-function u64(view: DataView, offset: number, what: string): number {
-  const v = u64ToNumber(view.getBigUint64(offset));
-  if (v === undefined) throw new FormatError(`qcow2 header field ${what} is too large`);
-  return v;
+/**
+ * A 64-bit field as a number. Values past 2^53 come back rounded: qemu accepts some of them
+ * (an L1 table far past the end of the file reads as zeroes), so decoding must not refuse them;
+ * the checks that bound them (alignment, table limits) run on open, where the exact bits are
+ * available from the view.
+ */
+function u64(view: DataView, offset: number): number {
+  return Number(view.getBigUint64(offset));
 }
 
 /** Decodes the fixed header at the start of `view`. Checks only the magic and the version. */
@@ -92,17 +90,17 @@ export function decodeHeader(view: DataView): Qcow2Header {
   }
   const h: Qcow2Header = {
     version: version as 2 | 3,
-    backingFileOffset: u64(view, 8, 'backing_file_offset'),
+    backingFileOffset: u64(view, 8),
     backingFileSize: view.getUint32(16),
     clusterBits: view.getUint32(20),
-    size: u64(view, 24, 'size'),
+    size: u64(view, 24),
     cryptMethod: view.getUint32(32),
     l1Size: view.getUint32(36),
-    l1TableOffset: u64(view, 40, 'l1_table_offset'),
-    refcountTableOffset: u64(view, 48, 'refcount_table_offset'),
+    l1TableOffset: u64(view, 40),
+    refcountTableOffset: u64(view, 48),
     refcountTableClusters: view.getUint32(56),
     nbSnapshots: view.getUint32(60),
-    snapshotsOffset: u64(view, 64, 'snapshots_offset'),
+    snapshotsOffset: u64(view, 64),
     incompatibleFeatures: 0n,
     compatibleFeatures: 0n,
     autoclearFeatures: 0n,
@@ -178,8 +176,9 @@ export function decodeExtensions(view: DataView, start: number, end: number): He
     const type = view.getUint32(off);
     const len = view.getUint32(off + 4);
     off += 8;
+    // qemu checks the length before looking at the type, even for the end marker.
+    if (off > end || len > end - off) throw new FormatError('Header extension too large', { errno: 'EINVAL' });
     if (type === EXT_END) return out;
-    if (len > end - off) throw new FormatError('Invalid extension length: header extension exceeds the header area');
     const data = new Uint8Array(view.buffer, view.byteOffset + off, len);
     const d = new DataView(view.buffer, view.byteOffset + off, len);
     switch (type) {
@@ -199,13 +198,13 @@ export function decodeExtensions(view: DataView, start: number, end: number): He
         out.push({
           kind: 'bitmaps',
           nbBitmaps: d.getUint32(0),
-          bitmapDirectorySize: u64(d, 8, 'bitmap_directory_size'),
-          bitmapDirectoryOffset: u64(d, 16, 'bitmap_directory_offset'),
+          bitmapDirectorySize: u64(d, 8),
+          bitmapDirectoryOffset: u64(d, 16),
         });
         break;
       case EXT_CRYPTO_HEADER:
         if (len !== 16) throw new FormatError('Invalid encryption header extension length');
-        out.push({ kind: 'crypto-header', offset: u64(d, 0, 'crypto header offset'), length: u64(d, 8, 'crypto header length') });
+        out.push({ kind: 'crypto-header', offset: u64(d, 0), length: u64(d, 8) });
         break;
       case EXT_DATA_FILE:
         out.push({ kind: 'data-file', name: cString(data) });
@@ -305,19 +304,21 @@ export function findExtension<K extends HeaderExtension['kind']>(
  * backing name) the way qemu's qcow2_do_open does, with its messages.
  */
 export async function loadHeader(dev: BlockDevice): Promise<HeaderInfo> {
-  const first = new Uint8Array(Math.min(Math.max(dev.size(), 0), 1 << MAX_CLUSTER_BITS) || V2_HEADER_LENGTH);
-  if (first.length < V2_HEADER_LENGTH) throw new FormatError('Image is not in qcow2 format');
-  await dev.read(0, first);
-  const view = new DataView(first.buffer);
-  const header = decodeHeader(view);
+  // Like qemu, read the fixed header zero-padded: a file shorter than a header still decodes
+  // (and fails a later check) rather than being "not qcow2".
+  const fixed = new Uint8Array(V3_HEADER_LENGTH);
+  await dev.read(0, fixed.subarray(0, Math.min(fixed.length, dev.size())));
+  const header = decodeHeader(new DataView(fixed.buffer));
   if (header.clusterBits < MIN_CLUSTER_BITS || header.clusterBits > MAX_CLUSTER_BITS) {
     throw new FormatError(`Unsupported cluster size: 2^${header.clusterBits}`, { errno: 'EINVAL' });
   }
+  const first = new Uint8Array(2 ** header.clusterBits);
+  await dev.read(0, first.subarray(0, Math.min(first.length, dev.size())));
+  const view = new DataView(first.buffer);
   const clusterSize = 2 ** header.clusterBits;
   if (header.version === 3) {
     if (header.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
     if (header.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
-    if (header.headerLength % 8 !== 0) throw new FormatError('Header length must be a multiple of 8', { errno: 'EINVAL' });
     if (header.refcountOrder > 6) {
       throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
     }
