@@ -13,7 +13,7 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { faultyDevice, FileDevice, type BlockDevice, type BlockStatus, type FaultPlan, type WriteZeroesOptions } from '@tsimg/raw';
-import { loadHeader, openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
+import { INCOMPAT_DIRTY, loadHeader, openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg } from './qemu.js';
 import { maxSize, SectorModel, WORKLOADS, type Step, type Workload } from './crash-workloads.js';
 
@@ -246,6 +246,8 @@ interface Verdict {
   checkOutput: string;
   /** The guest content as qemu-img convert reads it. */
   raw?: Buffer;
+  /** The header's dirty bit (lazy refcounts) was set. */
+  dirty: boolean;
   /** Problems found by qemu-img convert or by opening the image with tsimg. */
   problems: string[];
 }
@@ -259,11 +261,22 @@ async function verdictOf(w: Workload, dir: string, path: string, cache: Map<stri
   const key = createHash('sha1').update(readFileSync(path)).digest('hex');
   const hit = cache.get(key);
   if (hit !== undefined) return hit;
+  const problems: string[] = [];
+  const dirty = ((await headerOf(path)).incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
+  if (w.lazy && !dirty) {
+    // Without the dirty bit the refcounts must be right as they are: only a dirty image may
+    // leave them to `check -r all`.
+    const plain = qemuImg(['check', path]);
+    if (plain.status !== 0 && plain.status !== 3) {
+      problems.push(`qemu-img check of a clean lazy-refcount image exit ${plain.status}: ${(plain.stdout + plain.stderr).trim().replaceAll('\n', ' | ')}`);
+    }
+  }
   const check = qemuImg(w.lazy ? ['check', '-r', 'all', path] : ['check', path]);
   const v: Verdict = {
     checkStatus: check.status,
     checkOutput: (check.stdout + check.stderr).trim().replaceAll('\n', ' | '),
-    problems: [],
+    dirty,
+    problems,
   };
   const rawPath = join(dir, 'case.raw');
   const conv = qemuImg(['convert', '-f', 'qcow2', '-O', 'raw', path, rawPath]);
@@ -299,6 +312,7 @@ async function verify(w: Workload, dir: string, path: string, out: RunOutcome, b
   const checkOk = w.lazy ? v.checkStatus === 0 : v.checkStatus === 0 || v.checkStatus === 3;
   if (!checkOk) problems.push(`qemu-img check${w.lazy ? ' -r all' : ''} exit ${v.checkStatus}: ${v.checkOutput}`);
   problems.push(...v.problems);
+  if (out.durable && v.dirty) problems.push('the image was closed cleanly but its dirty bit is set');
   if (v.raw !== undefined) problems.push(...out.model.mismatches(v.raw, out.durable).map((m) => `qemu reads: ${m}`));
   return problems;
 }
@@ -312,11 +326,11 @@ function scratchDir(): { dir: string; cleanup: () => void } {
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
-async function headerOf(path: string): Promise<{ l1TableOffset: number; refcountTableOffset: number }> {
+async function headerOf(path: string): Promise<{ l1TableOffset: number; refcountTableOffset: number; incompatibleFeatures: bigint }> {
   const fd = await FileDevice.open(path, { readOnly: true });
   try {
     const h = (await loadHeader(fd)).header;
-    return { l1TableOffset: h.l1TableOffset, refcountTableOffset: h.refcountTableOffset };
+    return { l1TableOffset: h.l1TableOffset, refcountTableOffset: h.refcountTableOffset, incompatibleFeatures: h.incompatibleFeatures };
   } finally {
     await fd.close();
   }
