@@ -59,17 +59,17 @@ export const QCOW2_OPTS: readonly OptDesc[] = [
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits', defaultValue: '16' },
 ];
 
-const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, file: FILE_OPTS };
+export const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, file: FILE_OPTS };
 
 /** The drivers of qemu-img 7.2 (`qemu-img --help`), and the values QAPI's BlockdevDriver takes. */
-const QEMU_DRIVERS = new Set(
+export const QEMU_DRIVERS = new Set(
   ('blkdebug blklogwrites blkverify bochs cloop compress copy-before-write copy-on-read dmg file ftp ftps ' +
     'gluster host_cdrom host_device http https iscsi iser luks nbd nfs null-aio null-co nvme parallels ' +
     'preallocate qcow qcow2 qed quorum raw rbd replication snapshot-access ssh throttle vdi vhdx vmdk vpc vvfat').split(' '),
 );
 const BLOCKDEV_DRIVERS = new Set([...QEMU_DRIVERS, 'blkreplay']);
 /** qemu formats that can create images (tsimg creates raw, qcow2 and file). */
-const QEMU_CREATABLE = new Set(
+export const QEMU_CREATABLE = new Set(
   'file gluster host_cdrom host_device iscsi iser luks nbd nfs nvme parallels qcow qcow2 qed raw rbd ssh vdi vhdx vmdk vpc'.split(' '),
 );
 
@@ -77,7 +77,7 @@ const USAGE =
   'usage: tsimg create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]\n';
 
 /** qemu-img's print_block_option_help. */
-function printOptionHelp(io: CliIO, filename: string | undefined, fmt: string): number {
+export function printOptionHelp(io: CliIO, filename: string | undefined, fmt: string): number {
   const descs = FORMAT_OPTS[fmt];
   if (!descs) {
     io.stderr(
@@ -103,7 +103,7 @@ function printOptionHelp(io: CliIO, filename: string | undefined, fmt: string): 
 }
 
 /** bdrv_find_protocol: the host path of `filename` (only the file protocol is available). */
-function protocolPath(filename: string): string {
+export function protocolPath(filename: string): string {
   const m = /^([^:/]*):/.exec(filename);
   if (!m) return filename;
   if (m[1] === 'file') return filename.slice(5);
@@ -165,7 +165,7 @@ function qapiInt(param: string, str: string): bigint {
 }
 
 /** Runs a step that may fail with qemu's EFBIG rewording. */
-function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown {
+export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown {
   if (err instanceof TsimgError && err.errno === 'EFBIG') {
     const hint = clusterSizeHint ? ' (try using a larger cluster size)' : '';
     return new TsimgError('limit', `The image size is too large for file format '${fmt}'${hint}`, { errno: 'EFBIG' });
@@ -174,7 +174,7 @@ function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown 
 }
 
 /** qcow2_co_create_opts: creates the files, converts the options, creates the image. */
-async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean): Promise<void> {
+export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean): Promise<void> {
   const path = protocolPath(filename);
   await createFile(path);
   const cleanup: string[] = [path];
