@@ -3,7 +3,7 @@
  * format list first, so an unknown name reads like qemu's ("Unknown driver 'foo'") and a format
  * qemu knows but tsimg does not handle says so, before @tsimg/qcow2's `openImage` runs.
  */
-import { openImage, type Image } from '@tsimg/qcow2';
+import { openImage, type Image, type OpenImageOptions } from '@tsimg/qcow2';
 import { TsimgError, UnsupportedError } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './commands/info.js';
@@ -24,13 +24,13 @@ export const QEMU_FORMATS: readonly string[] = [
  */
 export async function openCommandImage(
   name: string,
-  options: { format?: string; readOnly?: boolean; imageOpts?: boolean } = {},
+  options: { format?: string; readOnly?: boolean; imageOpts?: boolean; snapshot?: OpenImageOptions['snapshot'] } = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
   const { format, filename } = parseImageOpts(name);
   try {
-    return await openByName(filename, { format, readOnly: options.readOnly });
+    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -39,7 +39,10 @@ export async function openCommandImage(
   }
 }
 
-async function openByName(filename: string, options: { format?: string; readOnly?: boolean }): Promise<Image> {
+async function openByName(
+  filename: string,
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot'] },
+): Promise<Image> {
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.includes(format)) {
@@ -47,7 +50,7 @@ async function openByName(filename: string, options: { format?: string; readOnly
     }
     throw new UnsupportedError(`Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
-  return openImage(filename, { format, readOnly: options.readOnly ?? true });
+  return openImage(filename, { format, readOnly: options.readOnly ?? true, snapshot: options.snapshot });
 }
 
 /**

@@ -7,7 +7,7 @@
  * Works on any {@link Image}: it only uses `blockStatus`, `read`, `write`, `writeZeroes` and,
  * for `-c`, an optional {@link CompressedTarget}.
  */
-import { IoError, dataRunLength, isZero, zeroRunLength, type BlockDevice } from '@tsimg/raw';
+import { IoError, TsimgError, dataRunLength, isZero, strerror, zeroRunLength, type BlockDevice } from '@tsimg/raw';
 import { chainBlockStatus, type ChainImage } from './chain-status.js';
 
 const SECTOR = 512;
@@ -15,6 +15,36 @@ const SECTOR = 512;
 export const CONVERT_BUF_SIZE = 2 * 1024 * 1024;
 /** BDRV_REQUEST_MAX_SECTORS: the longest block-status query qemu makes. */
 const MAX_REQUEST_SECTORS = Math.floor(0x7fffffff / SECTOR);
+
+/** The strerror text qemu prints for a failed request (EIO when the cause names no errno). */
+function reason(err: unknown): string {
+  const errno = err instanceof TsimgError ? err.errno : (err as { code?: unknown } | null)?.code;
+  return strerror(typeof errno === 'string' ? errno : 'EIO');
+}
+
+/**
+ * A request of the copy loop failed; the message is the line qemu-img prints for it, the
+ * original error is the `cause`.
+ */
+export class ConvertError extends IoError {
+  constructor(op: 'read' | 'write' | 'status', offset: number, cause: unknown) {
+    const text =
+      op === 'status'
+        ? `error while reading block status at offset ${offset}: ${reason(cause)}`
+        : `error while ${op === 'read' ? 'reading' : 'writing'} at byte ${offset}: ${reason(cause)}`;
+    super(text, { cause, errno: cause instanceof TsimgError ? cause.errno : undefined });
+    this.name = 'ConvertError';
+  }
+}
+
+/** Runs one request, turning its failure into a {@link ConvertError}. */
+async function request<T>(op: 'read' | 'write' | 'status', offset: number, run: () => Promise<T>): Promise<T> {
+  try {
+    return await run();
+  } catch (err) {
+    throw err instanceof ConvertError ? err : new ConvertError(op, offset, err);
+  }
+}
 
 /** A target that can store whole clusters compressed (qcow2). */
 export interface CompressedTarget {
@@ -173,13 +203,15 @@ export async function convertCopy(
       if (want <= 0) {
         // The sector-rounded tail of a source whose size is not a multiple of 512.
         kind = 'data';
-        count = n * SECTOR;
+        count = srcSectors[index]! * SECTOR - offset;
       } else {
-        const st = await chainBlockStatus(src, offset, want, targetHasBacking ? src.backing : undefined);
+        const st = await request('status', offset, () =>
+          chainBlockStatus(src, offset, want, targetHasBacking ? src.backing : undefined),
+        );
         kind = st.kind;
         count = st.length;
         // A status ending at the source's unaligned end covers the rest of its last sector.
-        if (offset + count >= src.size()) count = n * SECTOR;
+        if (offset + count >= src.size()) count = srcSectors[index]! * SECTOR - offset;
       }
       n = Math.ceil(count / SECTOR);
       const tail = (sector - start + n) % srcAlignment[index]!;
@@ -292,7 +324,7 @@ export async function convertCopy(
       if (st === 'data') {
         const buf = takeBuffer().subarray(0, n * SECTOR);
         chunk.buf = buf;
-        chunk.ready = read(sector, n, buf).then(async () => {
+        chunk.ready = request('read', sector * SECTOR, () => read(sector, n, buf)).then(async () => {
           if (compressed && options.compressor && !isZero(buf)) {
             chunk.pre = (await options.compressor.compress(buf)) ?? null;
           }
@@ -309,16 +341,17 @@ export async function convertCopy(
     const chunk = queue.shift();
     if (!chunk) break;
     await chunk.ready;
+    const at = chunk.sector * SECTOR;
     if (chunk.buf) {
-      await write(chunk.sector, chunk.n, chunk.buf, 'data', chunk.pre);
+      await request('write', at, () => write(chunk.sector, chunk.n, chunk.buf!, 'data', chunk.pre));
       spare.push(new Uint8Array(chunk.buf.buffer));
     } else if (!minSparse && chunk.st === 'zero') {
-      await write(chunk.sector, chunk.n, zeroChunk(chunk.n), 'data');
+      await request('write', at, () => write(chunk.sector, chunk.n, zeroChunk(chunk.n), 'data'));
     } else {
-      await write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st);
+      await request('write', at, () => write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st));
     }
   }
-  if (compressed) await target.finishCompressed!();
+  if (compressed) await request('write', totalSectors * SECTOR, () => target.finishCompressed!());
 }
 
 let zeroes = new Uint8Array(0);
@@ -344,7 +377,7 @@ async function readSalvaging(src: BlockDevice, offset: number, into: Uint8Array,
       try {
         await src.read(offset + pos, sec);
       } catch (e) {
-        options.warn?.(`error while reading offset ${offset + pos}: ${(e as Error).message}`);
+        options.warn?.(`error while reading offset ${offset + pos}: ${reason(e)}`);
         sec.fill(0);
       }
     }

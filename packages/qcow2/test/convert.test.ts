@@ -100,6 +100,16 @@ describe('convertCopy', () => {
     expect(out.subarray(3072, 8072).every((x) => x === 2)).toBe(true);
   });
 
+  it('copies every source when a status reaches the end of one (regression)', async () => {
+    const a = new MemoryDevice({ data: new Uint8Array(1 << 20).fill(1) });
+    const b = new MemoryDevice({ data: new Uint8Array(1 << 20).fill(2) });
+    const dst = new MemoryDevice({ size: 2 << 20 });
+    await convertCopy([image(a), image(b)], dst, { hasZeroInit: true });
+    const out = dst.contents();
+    expect(out.subarray(0, 1 << 20).every((x) => x === 1)).toBe(true);
+    expect(out.subarray(1 << 20).every((x) => x === 2)).toBe(true);
+  });
+
   it('leaves ranges unallocated in the source out when the target has a backing file', async () => {
     const base = new MemoryDevice({ data: new Uint8Array(1 << 20).fill(7) });
     const top = new MemoryDevice({ size: 1 << 20, pageSize: 65536 });

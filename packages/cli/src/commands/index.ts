@@ -12,3 +12,4 @@ registerCommand('compare', async () => (await import('./compare.js')).run);
 registerCommand('dd', async () => (await import('./dd.js')).run);
 registerCommand('check', async () => (await import('./check.js')).run);
 registerCommand('create', async () => (await import('./create.js')).run);
+registerCommand('convert', async () => (await import('./convert.js')).run);

@@ -1,0 +1,416 @@
+/**
+ * `tsimg convert`: qemu-img 7.2's img_convert — option checks in qemu's order and with its
+ * messages, the target created as `bdrv_create` would (no "Formatting" line), then the generic
+ * copy loop `convertCopy` of @tsimg/qcow2, which makes the same allocation decisions as qemu's
+ * in-order convert so a qcow2 target comes out byte for byte the same.
+ */
+import {
+  convertCopy,
+  createCompressPool,
+  type CompressPool,
+  type Image,
+  type Qcow2Image,
+} from '@tsimg/qcow2';
+import { createFile } from '@tsimg/raw';
+import { CliExit } from '../exit.js';
+import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { corruptionLine, openCommandImage } from '../image-open.js';
+import type { CliIO, CommandRunner } from '../main.js';
+import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
+import { createProgress } from '../progress.js';
+import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
+import {
+  createQcow2Image,
+  FILE_OPTS,
+  FORMAT_OPTS,
+  printOptionHelp,
+  protocolPath,
+  QEMU_CREATABLE,
+  QEMU_DRIVERS,
+  tooLarge,
+} from './create.js';
+
+const TRY_HELP = "\nTry 'tsimg --help' for more information";
+const SECTOR = 512;
+/** qemu-img's MAX_BUF_SECTORS: the largest -S, in sectors. */
+const MAX_BUF_SECTORS = 32768;
+/** qemu-img's MAX_COROUTINES: the largest -m. */
+const MAX_COROUTINES = 16;
+const CACHE_MODES = new Set(['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe']);
+
+const LONG = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'object', hasArg: true, key: 'object' },
+  { name: 'image-opts', hasArg: false, key: 'image-opts' },
+  { name: 'force-share', hasArg: false, key: 'U' },
+  { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
+  { name: 'salvage', hasArg: false, key: 'salvage' },
+  { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
+  { name: 'bitmaps', hasArg: false, key: 'bitmaps' },
+  { name: 'skip-broken-bitmaps', hasArg: false, key: 'skip-broken' },
+];
+
+const USAGE =
+  'usage: tsimg convert [--object objectdef] [--image-opts] [--target-image-opts] [--target-is-zero] ' +
+  '[--bitmaps [--skip-broken-bitmaps]] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt] [-t cache] [-T src_cache] ' +
+  '[-O output_fmt] [-B backing_file [-F backing_fmt]] [-o options] [-l snapshot_param] [-S sparse_size] ' +
+  '[-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename\n';
+
+/** Everything the command line says, after getopt. */
+interface ConvertArgs {
+  fmt?: string;
+  outFmt: string;
+  outBase?: string;
+  backingFmt?: string;
+  options?: string;
+  snapshot?: SnapshotParam;
+  snapshotName?: string;
+  minSparse: number;
+  explicitSparse: boolean;
+  compressed: boolean;
+  copyRange: boolean;
+  progress: boolean;
+  quiet: boolean;
+  skipCreate: boolean;
+  targetIsZero: boolean;
+  imageOpts: boolean;
+  targetImageOpts: boolean;
+  salvage: boolean;
+  bitmaps: boolean;
+  skipBroken: boolean;
+  cache: string;
+  srcCache: string;
+  files: string[];
+}
+
+function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
+  const parsed = getoptLong(argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', LONG);
+  const a: ConvertArgs = {
+    outFmt: 'raw',
+    minSparse: 8 * SECTOR,
+    explicitSparse: false,
+    compressed: false,
+    copyRange: false,
+    progress: false,
+    quiet: false,
+    skipCreate: false,
+    targetIsZero: false,
+    imageOpts: false,
+    targetImageOpts: false,
+    salvage: false,
+    bitmaps: false,
+    skipBroken: false,
+    cache: 'unsafe',
+    srcCache: 'writeback',
+    files: parsed.operands,
+  };
+  let outFmt: string | undefined;
+  for (const { key, value } of parsed.options) {
+    switch (key) {
+      case 'h':
+        io.stdout(USAGE);
+        return 0;
+      case 'f':
+        a.fmt = value;
+        break;
+      case 'O':
+        outFmt = value;
+        break;
+      case 'B':
+        a.outBase = value;
+        break;
+      case 'C':
+        a.copyRange = true;
+        break;
+      case 'c':
+        a.compressed = true;
+        break;
+      case 'F':
+        a.backingFmt = value;
+        break;
+      case 'o':
+        a.options = accumulateOptions(a.options, value!);
+        break;
+      case 'l':
+        if (value!.startsWith('snapshot.')) a.snapshot = parseSnapshotParam(value!);
+        else a.snapshotName = value;
+        break;
+      case 'S': {
+        const bytes = cvtnum('buffer size for sparse output', value!);
+        if (bytes % BigInt(SECTOR) !== 0n || bytes / BigInt(SECTOR) > BigInt(MAX_BUF_SECTORS)) {
+          throw new CliExit(
+            1,
+            'Invalid buffer size for sparse output specified. Valid sizes are multiples of ' +
+              `${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection ` +
+              '(fully allocates output).',
+          );
+        }
+        a.minSparse = Number(bytes);
+        a.explicitSparse = true;
+        break;
+      }
+      case 'p':
+        a.progress = true;
+        break;
+      case 't':
+        a.cache = value!;
+        break;
+      case 'T':
+        a.srcCache = value!;
+        break;
+      case 'q':
+        a.quiet = true;
+        break;
+      case 'n':
+        a.skipCreate = true;
+        break;
+      case 'm': {
+        const n = /^\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.test(value!) ? Number(value) : NaN;
+        if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
+          throw new CliExit(1, `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+        }
+        break; // tsimg keeps its own number of requests in flight; writes stay in order either way
+      }
+      case 'W':
+        break; // out-of-order writes are not needed for speed here and would change the layout
+      case 'U':
+        break; // tsimg takes no image locks, so there is nothing to share
+      case 'r':
+        cvtnum('rate limit', value!);
+        break; // accepted; tsimg does not throttle
+      case 'object':
+        break; // secrets are only needed for encryption, which tsimg refuses
+      case 'image-opts':
+        a.imageOpts = true;
+        break;
+      case 'salvage':
+        a.salvage = true;
+        break;
+      case 'target-image-opts':
+        a.targetImageOpts = true;
+        break;
+      case 'target-is-zero':
+        a.targetIsZero = true;
+        break;
+      case 'bitmaps':
+        a.bitmaps = true;
+        break;
+      case 'skip-broken':
+        a.skipBroken = true;
+        break;
+    }
+  }
+  if (parsed.error) throw new CliExit(1, qemuGetoptMessage(parsed.error) + TRY_HELP);
+  if (outFmt !== undefined) a.outFmt = outFmt;
+  else if (a.targetImageOpts) a.outFmt = '';
+  return a;
+}
+
+/** qemu-img's checks that need no file, in its order. */
+function checkArgs(a: ConvertArgs): void {
+  if (a.skipBroken && !a.bitmaps) throw new CliExit(1, 'Use of --skip-broken-bitmaps requires --bitmaps');
+  if (a.compressed && a.copyRange) throw new CliExit(1, 'Cannot enable copy offloading when -c is used');
+  if (a.explicitSparse && a.copyRange) throw new CliExit(1, 'Cannot enable copy offloading when -S is used');
+  if (a.copyRange && a.salvage) throw new CliExit(1, 'Cannot use copy offloading in salvaging mode');
+  if (a.targetImageOpts && !a.skipCreate) throw new CliExit(1, '--target-image-opts requires use of -n flag');
+  if (a.skipCreate && a.options !== undefined) throw new CliExit(1, '-o has no effect when skipping image creation');
+  if (a.targetIsZero && !a.skipCreate) throw new CliExit(1, '--target-is-zero requires use of -n flag');
+}
+
+export const run: CommandRunner = async (argv, io) => {
+  const args = parseArgs(argv, io);
+  if (typeof args === 'number') return args;
+  checkArgs(args);
+  const sources = args.files.slice(0, -1);
+  const outFilename = args.files.length >= 2 ? args.files[args.files.length - 1] : undefined;
+
+  if (args.options !== undefined && hasHelpOption(args.options)) {
+    if (!args.outFmt) throw new CliExit(1, 'Option help requires a format be specified');
+    try {
+      return printOptionHelp(io, outFilename, args.outFmt);
+    } catch (err) {
+      throw new CliExit(1, err instanceof Error ? err.message : String(err));
+    }
+  }
+  if (sources.length < 1) throw new CliExit(1, 'Must specify image file name');
+  if (!CACHE_MODES.has(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
+
+  const progress = createProgress(io, args.progress && !args.quiet);
+  progress.print(0, 100);
+  const opened: Image[] = [];
+  let target: Image | undefined;
+  let pool: CompressPool | undefined;
+  try {
+    for (const name of sources) {
+      opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts }));
+    }
+    if (args.snapshot !== undefined || args.snapshotName !== undefined) {
+      if (args.snapshotName !== undefined && sources.length > 1) {
+        throw new CliExit(1, 'No support for concatenating multiple snapshot');
+      }
+      // qemu loads the snapshot into the opened image; reopening on it gives the same view.
+      const first = opened[0]!;
+      await first.close();
+      opened[0] = await openCommandImage(sources[0]!, {
+        format: first.format,
+        readOnly: true,
+        imageOpts: args.imageOpts,
+        snapshot: args.snapshot ?? args.snapshotName,
+      });
+    }
+    const totalBytes = opened.reduce((n, img) => n + Math.ceil(img.size() / SECTOR) * SECTOR, 0);
+    const out = outFilename!;
+
+    let opts: QemuOpts | undefined;
+    if (!args.skipCreate) {
+      const descs = FORMAT_OPTS[args.outFmt];
+      if (!descs) {
+        if (!QEMU_DRIVERS.has(args.outFmt)) throw new CliExit(1, `Unknown file format '${args.outFmt}'`);
+        if (!QEMU_CREATABLE.has(args.outFmt)) {
+          throw new CliExit(1, `Format driver '${args.outFmt}' does not support image creation`);
+        }
+        throw new CliExit(1, `Format '${args.outFmt}' is not supported by tsimg (raw and qcow2 are)`);
+      }
+      protocolPathOrExit(out);
+      opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
+      if (args.options !== undefined) {
+        try {
+          opts.parse(args.options);
+        } catch (err) {
+          throw new CliExit(1, err instanceof Error ? err.message : String(err));
+        }
+      }
+      opts.setNumber('size', BigInt(totalBytes));
+      if (args.outBase !== undefined) {
+        if (!opts.desc('backing_file')) throw new CliExit(1, `Backing file not supported for file format '${args.outFmt}'`);
+        opts.set('backing_file', args.outBase);
+      }
+      if (args.backingFmt !== undefined) {
+        if (!opts.desc('backing_fmt')) {
+          throw new CliExit(1, `Backing file format not supported for file format '${args.outFmt}'`);
+        }
+        opts.set('backing_fmt', args.backingFmt);
+      }
+    }
+    const outBaseParam = opts?.getString('backing_file');
+    const outBase = outBaseParam ?? args.outBase;
+    const targetHasBacking = outBase !== undefined;
+    if (args.targetIsZero && targetHasBacking) {
+      throw new CliExit(1, 'Cannot use --target-is-zero when the destination image has a backing file');
+    }
+    if (sources.length > 1 && outBase !== undefined) {
+      throw new CliExit(1, 'Having a backing file for the target makes no sense when concatenating multiple input images');
+    }
+    if (outBaseParam !== undefined && opts?.getString('backing_fmt') === undefined) {
+      throw new CliExit(1, 'Use of backing file requires explicit backing format');
+    }
+    if (args.compressed && opts) {
+      if (args.outFmt !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+      if (opts.get('encryption') !== undefined || opts.getString('encrypt.format') !== undefined) {
+        throw new CliExit(1, 'Compression and encryption not supported at the same time');
+      }
+      const prealloc = opts.getString('preallocation');
+      if (prealloc !== undefined && prealloc !== 'off') {
+        throw new CliExit(1, 'Compression and preallocation not supported at the same time');
+      }
+    }
+    if (args.bitmaps) {
+      if (sources.length > 1) throw new CliExit(1, 'Copying bitmaps only possible with single source');
+      await checkBitmaps(opened[0]!, args.skipBroken);
+    }
+
+    if (opts) {
+      try {
+        if (args.outFmt === 'qcow2') await createQcow2Image(out, opts, false);
+        else await createFile(protocolPath(out), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
+      } catch (err) {
+        const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
+        throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}`);
+      }
+    }
+    if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
+
+    target = await openCommandImage(out, {
+      format: args.outFmt || undefined,
+      readOnly: false,
+      imageOpts: args.targetImageOpts,
+    });
+    if (args.bitmaps && target.format !== 'qcow2') {
+      throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
+    }
+    if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+    if (args.skipCreate && target.size() < totalBytes) throw new CliExit(1, 'output file is smaller than input file');
+
+    const clusterSize = (target as Partial<Qcow2Image>).clusterSize ?? 0;
+    if (args.compressed) {
+      const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
+      pool = createCompressPool(type);
+    }
+    try {
+      await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
+        minSparse: args.minSparse,
+        compressed: args.compressed,
+        clusterSize,
+        // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
+        hasZeroInit: args.skipCreate ? args.targetIsZero : true,
+        targetHasBacking,
+        targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
+        salvage: args.salvage,
+        warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
+        progress: (pct) => progress.print(pct, 0),
+        compressor: pool,
+        compressorThreads: pool?.threads,
+      });
+    } catch (err) {
+      // qemu's qcow2 driver prints its corruption line before qemu-img's own message.
+      const line = corruptionLine(err);
+      if (line) io.stderr(line);
+      throw err;
+    }
+    if (args.bitmaps) await copyBitmaps(opened[0]!, target);
+    await target.close();
+    target = undefined;
+    progress.print(100, 0);
+    return 0;
+  } finally {
+    progress.end();
+    await pool?.close();
+    if (target) await target.close().catch(() => undefined);
+    for (const img of opened) await img.close().catch(() => undefined);
+  }
+};
+
+function protocolPathOrExit(name: string): string {
+  try {
+    return protocolPath(name);
+  } catch (err) {
+    throw new CliExit(1, err instanceof Error ? err.message : String(err));
+  }
+}
+
+/** convert_check_bitmaps: refuses inconsistent bitmaps unless --skip-broken-bitmaps. */
+async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
+  const bitmaps = await listBitmaps(source);
+  for (const b of bitmaps) {
+    if (b.inconsistent && !skipBroken) {
+      throw new CliExit(
+        1,
+        `Cannot copy inconsistent bitmap '${b.name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it`,
+      );
+    }
+  }
+}
+
+async function listBitmaps(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
+  if (source.format !== 'qcow2') return [];
+  const { loadImageBitmaps } = await import('@tsimg/qcow2');
+  return loadImageBitmaps(source as Qcow2Image);
+}
+
+/** convert_copy_bitmaps: every consistent persistent bitmap of the source, into the target. */
+async function copyBitmaps(source: Image, target: Image): Promise<void> {
+  if (source.format !== 'qcow2') return;
+  const { copyPersistentBitmaps } = await import('@tsimg/qcow2');
+  await copyPersistentBitmaps(source as Qcow2Image, target as Qcow2Image);
+}
+
