@@ -21,3 +21,5 @@ export * from './open.js';
 export * from './check.js';
 export * from './create.js';
 export * from './luks-header.js';
+export * from './compress-pool.js';
+export * from './bitmap-copy.js';
