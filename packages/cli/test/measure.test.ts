@@ -101,6 +101,8 @@ describeQemu('tsimg measure vs qemu-img measure', () => {
       expectSame(['-O', 'raw', src]);
     }
     expectSame(['-O', 'qcow2', '-f', 'raw', 'src.qcow2']);
+    expectSame(['-O', 'qcow2', '-o', 'size=4P', 'src.qcow2']);
+    expectSame(['-O', 'qcow2', '-o', 'size=1G', 'src.qcow2']);
     expectSame(['-O', 'qcow2', '--image-opts', 'driver=qcow2,file.filename=src.qcow2']);
     expectSame(['-O', 'qcow2', '--image-opts']);
     expectSame(['-O', 'qcow2', '-l', 'snap1', 'src.qcow2']);

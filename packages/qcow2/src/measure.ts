@@ -30,6 +30,11 @@ export interface Qcow2MeasureOptions {
   hasBackingFile?: boolean;
   /** `encrypt.format`; only its absence (or a non-luks value) is supported. */
   encryptFormat?: string;
+  /**
+   * `-o size=…` when an image is measured: qemu checks it against the L1 limit before it takes
+   * the image's size instead (so `-o size=4P` fails even for a small source).
+   */
+  sizeOption?: bigint;
 }
 
 /** What `measure` reports. `bitmaps` is present only when source and target both support them. */
@@ -237,7 +242,7 @@ async function allocatedClusterBytes(image: ChainImage, clusterSize: number): Pr
 export async function measureQcow2(source: MeasureSource, options: Qcow2MeasureOptions = {}): Promise<MeasureResult> {
   const p = qcow2Params(options);
   const cs = BigInt(p.clusterSize);
-  let virtualSize = roundUp('size' in source ? BigInt(source.size) : 0n, cs);
+  let virtualSize = roundUp('size' in source ? BigInt(source.size) : (options.sizeOption ?? 0n), cs);
 
   const l2eSize = p.extendedL2 ? 16n : 8n;
   const l2Tables = divRoundUp(virtualSize / cs, cs / l2eSize);

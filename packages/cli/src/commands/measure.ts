@@ -72,7 +72,9 @@ function qcow2Options(opts: QemuOpts): Qcow2MeasureOptions {
     return typeof v === 'bigint' ? Number(v) : undefined;
   };
   const bool = opts.get('extended_l2')?.value;
+  const size = opts.get('size')?.value;
   return {
+    sizeOption: typeof size === 'bigint' ? size : undefined,
     clusterSize: num('cluster_size'),
     refcountBits: num('refcount_bits'),
     extendedL2: typeof bool === 'boolean' ? bool : undefined,
