@@ -160,9 +160,22 @@ function jsonResult(r: MeasureResult): string {
   return `{\n${lines.join(',\n')}\n}\n`;
 }
 
+/** The command line after option parsing. */
+interface MeasureArgs {
+  json: boolean;
+  fmt?: string;
+  outFmt: string;
+  /** The `-o` lists, joined. */
+  options?: string;
+  snapshot?: string;
+  size?: bigint;
+  imageOpts: boolean;
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, 'hf:O:o:l:U', LONG);
-  const handleOptions = (): { json: boolean; fmt?: string; outFmt: string; options?: string; snapshot?: string; size?: bigint; imageOpts: boolean } | number => {
+  // Options are handled in order, as qemu's getopt loop does, up to a getopt error if any.
+  const handleOptions = (): MeasureArgs | number => {
     let json = false;
     let fmt: string | undefined;
     let outFmt = 'raw';
