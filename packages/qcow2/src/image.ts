@@ -22,7 +22,17 @@ import { TableCache } from './cache.js';
 import { compressCluster, decompressCluster, type CompressionType } from './compress.js';
 import { calculateL2Meta, linkedBitmap, type L2Meta } from './cow.js';
 import { repairDirty, type CheckLog } from './check.js';
-import { findExtension, loadHeader, type HeaderExtension, type HeaderInfo, type Qcow2Header } from './header.js';
+import {
+  encodeExtensions,
+  encodeHeader,
+  findExtension,
+  loadHeader,
+  QEMU_FEATURE_NAMES,
+  V3_HEADER_LENGTH,
+  type HeaderExtension,
+  type HeaderInfo,
+  type Qcow2Header,
+} from './header.js';
 import {
   compressedEntry,
   compressedRange,
@@ -573,6 +583,93 @@ export class Qcow2Image implements Image, MappingSource {
       const len = this.file.size();
       const padded = Math.ceil(len / 512) * 512;
       if (padded !== len) await this.file.resize(padded);
+    });
+  }
+
+  // ---- metadata written by other modules (persistent bitmaps) ----------------------------
+
+  /**
+   * qcow2_alloc_clusters for metadata a caller lays out itself (bitmap data, tables, the
+   * bitmap directory): `size` bytes in whole clusters, first fit, refcount 1. Returns the
+   * host offset.
+   */
+  async allocateClusters(size: number): Promise<number> {
+    const alloc = this.#checkWritable();
+    return this.#exclusive(() => alloc.allocClusters(size));
+  }
+
+  /** qcow2_free_clusters: drops one reference from every cluster of the host byte range. */
+  async freeClusters(offset: number, size: number): Promise<void> {
+    const alloc = this.#checkWritable();
+    await this.#exclusive(() => alloc.freeClusters(offset, size));
+  }
+
+  /**
+   * Writes metadata bytes at host `offset` of the image file (clusters the caller got from
+   * {@link allocateClusters}), after the same overlap check as the engine's own tables.
+   */
+  async writeMetadata(offset: number, data: Uint8Array): Promise<void> {
+    this.#checkWritable();
+    await this.#exclusive(() => this.#storeMetadata(offset, data));
+  }
+
+  /**
+   * update_ext_header_and_dir's header step: writes the caches and syncs (qcow2_flush_caches,
+   * so everything the new directory names is on disk first), then rewrites the header cluster
+   * as qcow2_update_header does with the bitmaps extension `bitmaps` (none when undefined) and
+   * the bitmaps autoclear bit set to match, and syncs again.
+   */
+  async updateBitmapsExtension(
+    bitmaps: { nbBitmaps: number; bitmapDirectorySize: number; bitmapDirectoryOffset: number } | undefined,
+  ): Promise<void> {
+    this.#checkWritable();
+    if (this.version < 3) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
+    await this.#exclusive(async () => {
+      await this.#flushAll(false);
+      const h = this.header;
+      const cs = this.clusterSize;
+      const exts = this.extensions;
+      // qcow2_update_header's order: backing format, data file, crypto header, feature table
+      // (v3, clusters above 4 KiB), bitmaps, then the unknown extensions as they were.
+      const next: HeaderExtension[] = [];
+      for (const kind of ['backing-format', 'data-file', 'crypto-header'] as const) {
+        const e = findExtension(exts, kind);
+        if (e) next.push(e);
+      }
+      if (cs > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
+      if (bitmaps) next.push({ kind: 'bitmaps', ...bitmaps });
+      next.push(...exts.filter((e) => e.kind === 'unknown'));
+      const buf = new Uint8Array(cs);
+      // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields).
+      const headerLength = Math.max(h.headerLength, V3_HEADER_LENGTH);
+      if (h.headerLength > V3_HEADER_LENGTH) await this.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
+      const extBytes = encodeExtensions(next);
+      const nospc = (): never => {
+        throw new TsimgError('limit', 'Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
+      };
+      if (headerLength + extBytes.length > cs) nospc();
+      buf.set(extBytes, headerLength);
+      let backingFileOffset = 0;
+      let backingFileSize = 0;
+      if (this.backingFile !== undefined) {
+        const name = new TextEncoder().encode(this.backingFile);
+        backingFileOffset = headerLength + extBytes.length;
+        if (cs - backingFileOffset < name.length) nospc();
+        buf.set(name, backingFileOffset);
+        backingFileSize = name.length;
+      }
+      const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
+      const updated: Qcow2Header = { ...h, headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
+      const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
+      encodeHeader(updated, new DataView(buf.buffer));
+      buf.set(unknownFields, V3_HEADER_LENGTH);
+      await this.file.write(0, buf);
+      await this.file.flush();
+      Object.assign(this.header, updated);
+      exts.splice(0, exts.length, ...next);
+      // The bitmaps just stored describe the image as it is now; a later change clears the
+      // bit again, as #beforeChange does for any bitmaps tsimg does not track.
+      this.#cleanedAutoclear = false;
     });
   }
 
