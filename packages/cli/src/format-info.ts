@@ -8,7 +8,7 @@
  * `tdb_hash(key) % 512`, ties broken by reverse insertion (= QAPI schema) order. The
  * ImageInfo objects from @tsimg/qcow2 are built in schema order; {@link qdictOrder} does the rest.
  */
-import type { ImageInfo, SnapshotInfo } from '@tsimg/qcow2';
+import { encodeByteString, type ImageInfo, type SnapshotInfo } from '@tsimg/qcow2';
 
 /** A value qemu's QObject layer can hold (as far as info needs). */
 export type QValue = string | number | bigint | boolean | readonly QValue[] | { readonly [key: string]: QValue | undefined };
@@ -48,28 +48,62 @@ function scalarText(v: string | number | bigint | boolean): string {
   return String(v);
 }
 
-/** qemu's JSON string escaping (qobject/qjson.c to_json): non-ASCII and controls as \uXXXX. */
+/**
+ * qemu's mod_utf8_codepoint (util/unicode.c): the code point at `i` and where the next starts;
+ * -1 for invalid input (bad or missing continuation bytes, overlong forms except C0 80,
+ * surrogates, noncharacters, beyond U+10FFFF).
+ */
+function modUtf8Codepoint(b: Uint8Array, i: number): { cp: number; end: number } {
+  const minCp = [0x80, 0x800, 0x10000, 0x200000, 0x4000000];
+  let p = i;
+  let byte = b[p++]!;
+  if (byte < 0x80) return { cp: byte, end: p };
+  if (byte >= 0xfe || (byte & 0x40) === 0) return { cp: -1, end: p };
+  let len = 0;
+  let mask = 0x80;
+  for (; byte & mask; mask >>= 1) len++;
+  let cp = byte & (mask - 1);
+  for (let k = 1; k < len; k++) {
+    byte = p < b.length ? b[p]! : 0;
+    if ((byte & 0xc0) !== 0x80) return { cp: -1, end: p };
+    p++;
+    cp = (cp << 6) | (byte & 0x3f);
+  }
+  if (cp > 0x10ffff) cp = -1;
+  else if ((cp >= 0xfdd0 && cp <= 0xfdef) || (cp & 0xfffe) === 0xfffe) cp = -1;
+  else if (cp >= 0xd800 && cp <= 0xdfff) cp = -1;
+  else if (len >= 2 && cp < minCp[len - 2]! && !(len === 2 && cp === 0)) cp = -1;
+  return { cp, end: p };
+}
+
+/**
+ * qemu's JSON string escaping (qobject/qjson.c to_json_str) over the string's bytes: controls,
+ * DEL and non-ASCII as \uXXXX (surrogate pairs beyond the BMP), invalid UTF-8 as \uFFFD.
+ */
 export function jsonString(s: string): string {
+  const b = encodeByteString(s);
   let out = '"';
-  for (const ch of s) {
-    const cp = ch.codePointAt(0)!;
-    switch (ch) {
-      case '"': out += '\\"'; break;
-      case '\\': out += '\\\\'; break;
-      case '\b': out += '\\b'; break;
-      case '\f': out += '\\f'; break;
-      case '\n': out += '\\n'; break;
-      case '\r': out += '\\r'; break;
-      case '\t': out += '\\t'; break;
-      default:
-        if (cp > 0xffff) {
-          const c = cp - 0x10000;
-          out += `\\u${hex4(0xd800 + (c >> 10))}\\u${hex4(0xdc00 + (c & 0x3ff))}`;
-        } else if (cp < 0x20 || cp >= 0x7f) {
-          out += `\\u${hex4(cp)}`;
-        } else {
-          out += ch;
-        }
+  for (let i = 0; i < b.length && b[i] !== 0; ) {
+    const r = modUtf8Codepoint(b, i);
+    i = r.end;
+    let cp = r.cp;
+    switch (cp) {
+      case 0x22: out += '\\"'; continue;
+      case 0x5c: out += '\\\\'; continue;
+      case 0x08: out += '\\b'; continue;
+      case 0x0c: out += '\\f'; continue;
+      case 0x0a: out += '\\n'; continue;
+      case 0x0d: out += '\\r'; continue;
+      case 0x09: out += '\\t'; continue;
+    }
+    if (cp < 0) cp = 0xfffd;
+    if (cp > 0xffff) {
+      const c = cp - 0x10000;
+      out += `\\u${hex4(0xd800 + (c >> 10))}\\u${hex4(0xdc00 + (c & 0x3ff))}`;
+    } else if (cp < 0x20 || cp >= 0x7f) {
+      out += `\\u${hex4(cp)}`;
+    } else {
+      out += String.fromCharCode(cp);
     }
   }
   return out + '"';
@@ -186,7 +220,7 @@ export function sizeToStr(val: number | bigint): string {
 
 /** printf("%-Ns") / ("%Ns") counting bytes, as C does. */
 function padBytes(s: string, width: number, left: boolean): string {
-  const n = utf8.encode(s).length;
+  const n = encodeByteString(s).length;
   if (n >= width) return s;
   return left ? s + ' '.repeat(width - n) : ' '.repeat(width - n) + s;
 }

@@ -13,7 +13,7 @@ import {
   tdbHash,
   toQemuJson,
 } from '../src/format-info.js';
-import type { ImageInfo } from '@tsimg/qcow2';
+import { decodeByteString, type ImageInfo } from '@tsimg/qcow2';
 
 describe('qemu QDict key order', () => {
   it('reproduces the orders qemu-img 7.2 prints', () => {
@@ -105,6 +105,13 @@ describe('JSON', () => {
     expect(jsonString('\b\f\n\r\t\x01\x7f')).toBe('"\\b\\f\\n\\r\\t\\u0001\\u007F"');
     expect(jsonString('é€')).toBe('"\\u00E9\\u20AC"');
     expect(jsonString('😀')).toBe('"\\uD83D\\uDE00"');
+  });
+
+  it('replaces what qemu\'s mod_utf8_codepoint rejects with \\uFFFD', () => {
+    expect(jsonString(decodeByteString(Uint8Array.from([0x61, 0xbd, 0x62])))).toBe('"a\\uFFFDb"');
+    expect(jsonString(decodeByteString(Uint8Array.from([0xe2, 0x82])))).toBe('"\\uFFFD"'); // truncated sequence
+    expect(jsonString(decodeByteString(Uint8Array.from([0xc0, 0x80])))).toBe('"\\u0000"'); // qemu's modified UTF-8 NUL
+    expect(jsonString('\uFFFE\uFDD0')).toBe('"\\uFFFD\\uFFFD"'); // noncharacters
   });
 
   it('pretty-prints empty containers on two lines', () => {

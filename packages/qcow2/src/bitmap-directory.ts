@@ -13,7 +13,8 @@
  * bit 0 says whether the cluster's range reads all ones (1) or all zeroes (0).
  */
 import { FormatError, type BlockDevice } from '@tsimg/raw';
-import { u64ToNumber } from './types.js';
+import { readOrFail } from './snapshot.js';
+import { cutAtNul, decodeByteString, encodeByteString } from './byte-string.js';
 
 /** The bitmap is in use (possibly inconsistent): its data must not be trusted. */
 export const BME_FLAG_IN_USE = 1 << 0;
@@ -38,6 +39,7 @@ export const BITMAP_DIR_ENTRY_SIZE = 24;
 
 /** One bitmap directory entry. */
 export interface BitmapDirectoryEntry {
+  /** Exact up to 2^53; a larger (corrupt) on-disk value is kept approximately. */
   bitmapTableOffset: number;
   /** Number of u64 entries in the bitmap table. */
   bitmapTableSize: number;
@@ -49,8 +51,6 @@ export interface BitmapDirectoryEntry {
   extraData: Uint8Array;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: false });
-const utf8enc = new TextEncoder();
 
 /** Bytes one entry occupies, including the padding to 8. */
 export function bitmapDirEntrySize(nameSize: number, extraDataSize: number): number {
@@ -63,11 +63,12 @@ export function bitmapDirEntrySize(nameSize: number, extraDataSize: number): num
  */
 export function decodeBitmapDirEntry(view: DataView, offset: number): { entry: BitmapDirectoryEntry; next: number } {
   if (offset + BITMAP_DIR_ENTRY_SIZE > view.byteLength) throw new FormatError('Broken bitmap directory');
-  const tableOffset = u64ToNumber(view.getBigUint64(offset));
+  // Kept approximately beyond 2^53, as for snapshot L1 offsets: qemu reads such a table as zeroes.
+  const tableOffset = Number(view.getBigUint64(offset));
   const nameSize = view.getUint16(offset + 18);
   const extraSize = view.getUint32(offset + 20);
   const next = offset + bitmapDirEntrySize(nameSize, extraSize);
-  if (next > view.byteLength || tableOffset === undefined) throw new FormatError('Broken bitmap directory');
+  if (next > view.byteLength) throw new FormatError('Broken bitmap directory');
   const start = view.byteOffset + offset + BITMAP_DIR_ENTRY_SIZE;
   return {
     entry: {
@@ -77,7 +78,7 @@ export function decodeBitmapDirEntry(view: DataView, offset: number): { entry: B
       type: view.getUint8(offset + 16),
       granularityBits: view.getUint8(offset + 17),
       extraData: new Uint8Array(view.buffer, start, extraSize).slice(),
-      name: utf8.decode(new Uint8Array(view.buffer, start + extraSize, nameSize)),
+      name: decodeByteString(new Uint8Array(view.buffer, start + extraSize, nameSize)),
     },
     next,
   };
@@ -85,7 +86,7 @@ export function decodeBitmapDirEntry(view: DataView, offset: number): { entry: B
 
 /** Encodes a directory: the entries in order, each padded to 8 bytes. */
 export function encodeBitmapDirectory(entries: readonly BitmapDirectoryEntry[]): Uint8Array {
-  const names = entries.map((e) => utf8enc.encode(e.name));
+  const names = entries.map((e) => encodeByteString(e.name));
   const size = entries.reduce((n, e, i) => n + bitmapDirEntrySize(names[i]!.length, e.extraData.length), 0);
   const out = new Uint8Array(size);
   const v = new DataView(out.buffer);
@@ -112,7 +113,7 @@ export function encodeBitmapDirectory(entries: readonly BitmapDirectoryEntry[]):
  * `virtualSize` bytes and `clusterSize`-byte clusters.
  */
 export function bitmapDirEntryValid(e: BitmapDirectoryEntry, clusterSize: number, virtualSize: number): boolean {
-  const nameSize = utf8enc.encode(e.name).length;
+  const nameSize = encodeByteString(e.name).length;
   if (
     e.bitmapTableSize === 0 ||
     e.bitmapTableOffset === 0 ||
@@ -134,6 +135,9 @@ export function bitmapDirEntryValid(e: BitmapDirectoryEntry, clusterSize: number
   }
   return true;
 }
+
+/** The name as qemu uses it: a C string, ending at the first NUL. */
+export const cName = cutAtNul;
 
 /** Where the bitmaps header extension says the directory is. */
 export interface BitmapDirectoryLocation {
@@ -158,7 +162,7 @@ export async function loadBitmapDirectory(
     throw new FormatError('Requested bitmap directory size is too big');
   }
   const dir = new Uint8Array(loc.bitmapDirectorySize);
-  await dev.read(loc.bitmapDirectoryOffset, dir);
+  await readOrFail(dev.read(loc.bitmapDirectoryOffset, dir), 'Failed to read bitmap directory');
   const view = new DataView(dir.buffer);
   const out: BitmapDirectoryEntry[] = [];
   let off = 0;
@@ -167,10 +171,14 @@ export async function loadBitmapDirectory(
     if (out.length + 1 > loc.nbBitmaps) {
       throw new FormatError('More bitmaps found than specified in header extension');
     }
+    // qemu sizes an entry in int arithmetic: a huge extra_data_size wraps negative and passes
+    // the bounds check, to be refused just below for having extra data at all.
+    const size32 = (BITMAP_DIR_ENTRY_SIZE + view.getUint16(off + 18) + view.getUint32(off + 20)) | 0;
+    if (off + ((size32 + 7) & ~7) > dir.length) throw new FormatError('Broken bitmap directory');
+    if (view.getUint32(off + 20) !== 0) throw new FormatError('Bitmap extra data is not supported');
     const { entry, next } = decodeBitmapDirEntry(view, off);
-    if (entry.extraData.length !== 0) throw new FormatError('Bitmap extra data is not supported');
     if (!bitmapDirEntryValid(entry, clusterSize, virtualSize)) {
-      throw new FormatError(`Bitmap '${entry.name}' doesn't satisfy the constraints`);
+      throw new FormatError(`Bitmap '${cName(entry.name)}' doesn't satisfy the constraints`);
     }
     out.push(entry);
     off = next;
@@ -239,14 +247,17 @@ export async function loadBitmapTable(
   virtualSize: number,
 ): Promise<BitmapTableEntry[]> {
   const raw = new Uint8Array(entry.bitmapTableSize * 8);
-  await dev.read(entry.bitmapTableOffset, raw);
+  await readOrFail(
+    dev.read(entry.bitmapTableOffset, raw),
+    `Could not read bitmap_table table from image for bitmap '${cName(entry.name)}'`,
+  );
   const view = new DataView(raw.buffer);
   const out: BitmapTableEntry[] = [];
   for (let i = 0; i < entry.bitmapTableSize; i++) {
     const e = decodeBitmapTableEntry(view.getBigUint64(i * 8), clusterSize);
     if (e.kind === 'invalid') {
       throw new FormatError(
-        `Could not read bitmap_table table from image for bitmap '${entry.name}': Invalid argument`,
+        `Could not read bitmap_table table from image for bitmap '${cName(entry.name)}': Invalid argument`,
         { errno: 'EINVAL' },
       );
     }
@@ -254,7 +265,7 @@ export async function loadBitmapTable(
   }
   const expected = bitmapTableSizeFor(virtualSize, entry.granularityBits, clusterSize);
   if (expected !== entry.bitmapTableSize || expected > BME_MAX_TABLE_SIZE) {
-    throw new FormatError(`Could not read bitmap '${entry.name}' from image: Invalid argument`, { errno: 'EINVAL' });
+    throw new FormatError(`Could not read bitmap '${cName(entry.name)}' from image: Invalid argument`, { errno: 'EINVAL' });
   }
   return out;
 }

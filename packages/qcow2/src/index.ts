@@ -23,3 +23,4 @@ export * from './create.js';
 export * from './luks-header.js';
 export * from './compress-pool.js';
 export * from './bitmap-copy.js';
+export * from './byte-string.js';

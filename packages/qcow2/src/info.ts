@@ -12,6 +12,7 @@
 import {
   FileDevice,
   FormatError,
+  IoError,
   TsimgError,
   UnsupportedError,
   UsageError,
@@ -61,7 +62,9 @@ import {
   loadSnapshots,
   snapshotIcount,
   snapshotVmStateSize,
-  validateSnapshotTable,
+  MAX_SNAPSHOTS,
+  readOrFail,
+  SNAPSHOT_HEADER_SIZE,
   type Qcow2Snapshot,
 } from './snapshot.js';
 import {
@@ -69,10 +72,12 @@ import {
   QCOW2_MAX_BITMAPS,
   QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
   bitmapFlagNames,
+  cName,
   loadBitmapDirectory,
   loadBitmapTable,
   type BitmapDirectoryEntry,
 } from './bitmap-directory.js';
+import { cutAtNul, decodeByteString, encodeByteString } from './byte-string.js';
 import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from './luks-header.js';
 
 
@@ -150,6 +155,8 @@ export interface CollectInfoOptions {
 }
 
 const BDRV_SECTOR_SIZE = 512;
+/** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */
+const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /** Formats qemu knows but tsimg does not handle (recognised so they are not shown as raw). */
 const FOREIGN_FORMATS = new Set([
@@ -194,7 +201,14 @@ function headerView(dev: BlockDevice): BlockDevice {
   return {
     readOnly: true,
     size: () => Math.max(dev.size(), 1 << MAX_CLUSTER_BITS),
-    read: (offset, into) => dev.read(offset, into),
+    read: async (offset, into) => {
+      // qemu's block layer refuses requests ending past BDRV_MAX_LENGTH with EIO.
+      if (offset + into.length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
+      // Past the end of the file (even at offsets beyond 2^53, from corrupt pointers) reads zeroes.
+      const inFile = Math.max(0, Math.min(into.length, dev.size() - offset));
+      if (inFile > 0) await dev.read(offset, into.subarray(0, inFile));
+      into.fill(0, inFile);
+    },
     write: () => Promise.reject(new UsageError('read-only view')),
     writeZeroes: () => Promise.reject(new UsageError('read-only view')),
     discard: () => Promise.reject(new UsageError('read-only view')),
@@ -250,6 +264,8 @@ function unsupportedFeatures(extensions: readonly HeaderExtension[], mask: bigin
 /** Everything about a qcow2 image that info needs, loaded and checked as qemu's open does. */
 export interface Qcow2Metadata {
   hdr: HeaderInfo;
+  /** The header's size field, exact (hdr.header.size is approximate beyond 2^53). */
+  sizeBytes: bigint;
   clusterSize: number;
   snapshots: Qcow2Snapshot[];
   bitmaps: BitmapDirectoryEntry[];
@@ -257,12 +273,10 @@ export interface Qcow2Metadata {
   warnings: string[];
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: false });
-
 /** Bytes up to the first NUL, as text (qemu keeps these names as C strings). */
 function cBytes(b: Uint8Array): string {
   const nul = b.indexOf(0);
-  return utf8.decode(nul >= 0 ? b.subarray(0, nul) : b);
+  return decodeByteString(nul >= 0 ? b.subarray(0, nul) : b);
 }
 
 /** A failure in qemu's extension walk, with the extensions read before it (for the feature table). */
@@ -339,7 +353,7 @@ function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end:
           fail(`bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
         }
         if (nb === 0) fail('found bitmaps extension with zero bitmaps');
-        if (offset % BigInt(clusterSize) !== 0n || offset > BigInt(Number.MAX_SAFE_INTEGER)) {
+        if (offset % BigInt(clusterSize) !== 0n) {
           fail('bitmaps_ext: invalid bitmap directory offset');
         }
         if (size > BigInt(QCOW2_MAX_BITMAP_DIRECTORY_SIZE)) {
@@ -359,6 +373,52 @@ function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end:
   return out;
 }
 
+/** The header's 64-bit fields as on disk (qemu accepts values past 2^53 where its checks pass). */
+interface WideFields {
+  backingFileOffset: bigint;
+  size: bigint;
+  l1TableOffset: bigint;
+  refcountTableOffset: bigint;
+  snapshotsOffset: bigint;
+}
+
+/**
+ * decodeHeader, tolerating 64-bit offsets and sizes beyond 2^53: those come back exact in `raw`
+ * and approximate in the header (any such offset lies far past the end of a real file).
+ */
+function decodeHeaderWide(fixed: Uint8Array): { h: Qcow2Header; raw: WideFields } {
+  const copy = fixed.slice();
+  const v = new DataView(copy.buffer);
+  const raw: WideFields = {
+    backingFileOffset: v.getBigUint64(8),
+    size: v.getBigUint64(24),
+    l1TableOffset: v.getBigUint64(40),
+    refcountTableOffset: v.getBigUint64(48),
+    snapshotsOffset: v.getBigUint64(64),
+  };
+  for (const off of [8, 24, 40, 48, 64]) v.setBigUint64(off, 0n);
+  const h = decodeHeader(v);
+  h.backingFileOffset = Number(raw.backingFileOffset);
+  h.size = Number(raw.size);
+  h.l1TableOffset = Number(raw.l1TableOffset);
+  h.refcountTableOffset = Number(raw.refcountTableOffset);
+  h.snapshotsOffset = Number(raw.snapshotsOffset);
+  return { h, raw };
+}
+
+/** Throws EIO for a read qemu's block layer would refuse (ending past BDRV_MAX_LENGTH). */
+async function checkReach(offset: number, length: number): Promise<void> {
+  if (offset + length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
+}
+
+/** qcow2_validate_table: entry count within `maxBytes`, offset aligned and the end below 2^63. */
+function validateTable(offset: bigint, entries: number, entryLen: number, maxBytes: number, clusterSize: number, what: string): void {
+  if (entries > Math.floor(maxBytes / entryLen)) throw new FormatError(`${what} too large`, { errno: 'EFBIG' });
+  if ((1n << 63n) - 1n - BigInt(entries) * BigInt(entryLen) < offset || offset % BigInt(clusterSize) !== 0n) {
+    throw new FormatError(`${what} offset invalid`, { errno: 'EINVAL' });
+  }
+}
+
 /**
  * Loads the metadata of a qcow2 image from `file` the way qcow2_do_open does for qemu-img info
  * (read-only, BDRV_O_NO_IO): the same checks in the same order with the same messages —
@@ -370,14 +430,14 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
   const view = headerView(file);
   const fixed = new Uint8Array(V3_HEADER_LENGTH);
   await view.read(0, fixed);
-  const h = decodeHeader(new DataView(fixed.buffer));
+  const { h, raw } = decodeHeaderWide(fixed);
   if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
     throw new FormatError(`Unsupported cluster size: 2^${h.clusterBits}`, { errno: 'EINVAL' });
   }
   const clusterSize = 2 ** h.clusterBits;
   if (h.version === 3 && h.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
   if (h.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
-  if (h.backingFileOffset > clusterSize) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
+  if (raw.backingFileOffset > BigInt(clusterSize)) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
   const cluster = new Uint8Array(clusterSize);
   await view.read(0, cluster);
   const extStart = h.version === 3 ? h.headerLength : V2_HEADER_LENGTH;
@@ -415,23 +475,22 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
   if (h.refcountTableClusters === 0) {
     throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
   }
-  if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / clusterSize) {
-    throw new FormatError('Reference count table too large', { errno: 'EFBIG' });
-  }
-  if (h.refcountTableOffset % clusterSize !== 0) {
-    throw new FormatError('Reference count table offset invalid', { errno: 'EINVAL' });
-  }
-  validateSnapshotTable(h.snapshotsOffset, h.nbSnapshots, clusterSize);
-  if (h.l1Size > QCOW_MAX_L1_SIZE / 8) throw new FormatError('Active L1 table too large', { errno: 'EFBIG' });
-  if (h.l1TableOffset % clusterSize !== 0) throw new FormatError('Active L1 table offset invalid', { errno: 'EINVAL' });
+  validateTable(raw.refcountTableOffset, h.refcountTableClusters, clusterSize, QCOW_MAX_REFTABLE_SIZE, clusterSize, 'Reference count table');
+  validateTable(raw.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, clusterSize, 'Snapshot table');
+  validateTable(raw.l1TableOffset, h.l1Size, 8, QCOW_MAX_L1_SIZE, clusterSize, 'Active L1 table');
   const l2Bits = BigInt(h.clusterBits - 3 - (extL2 ? 1 : 0));
   const shift = BigInt(h.clusterBits) + l2Bits;
-  const l1Needed = (BigInt(h.size) + (1n << shift) - 1n) >> shift;
+  // size_to_l1 in uint64_t arithmetic (it wraps for sizes near 2^64, as in qemu)
+  const l1Needed = BigInt.asUintN(64, raw.size + (1n << shift) - 1n) >> shift;
   if (l1Needed > 0x7fffffffn) throw new FormatError('Image is too big', { errno: 'EFBIG' });
   if (BigInt(h.l1Size) < l1Needed) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
   if (h.cryptMethod !== CRYPT_NONE && h.cryptMethod !== CRYPT_AES && h.cryptMethod !== CRYPT_LUKS) {
     throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod}`, { errno: 'EINVAL' });
   }
+  // qemu reads the L1 table and the refcount table here; only their position can make that
+  // fail (reads past the end of the file return zeroes).
+  if (h.l1Size > 0) await readOrFail(checkReach(h.l1TableOffset, h.l1Size * 8), 'Could not read L1 table');
+  await readOrFail(checkReach(h.refcountTableOffset, h.refcountTableClusters * clusterSize), 'Could not initialize refcount handling');
 
   const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings);
   let encrypt: Qcow2EncryptionInfo | undefined;
@@ -469,14 +528,13 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
       if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
     }
   }
-  return { hdr: { header: h, extensions, backingFile }, clusterSize, snapshots, bitmaps, encrypt, warnings };
+  return { hdr: { header: h, extensions, backingFile }, sizeBytes: raw.size, clusterSize, snapshots, bitmaps, encrypt, warnings };
 }
 
 /** qemu's pstrcpy into a fixed buffer: the string up to its first NUL, cut to `max - 1` bytes. */
 function cString(s: string, max: number): string {
-  const nul = s.indexOf('\0');
-  const bytes = new TextEncoder().encode(nul >= 0 ? s.slice(0, nul) : s);
-  return bytes.length < max ? new TextDecoder().decode(bytes) : new TextDecoder().decode(bytes.subarray(0, max - 1));
+  const bytes = encodeByteString(cutAtNul(s));
+  return bytes.length < max ? decodeByteString(bytes) : decodeByteString(bytes.subarray(0, max - 1));
 }
 
 /** QAPI SnapshotInfo for a qcow2 snapshot (qcow2_snapshot_list + bdrv_query_snapshot_info_list). */
@@ -506,7 +564,7 @@ export function qcow2ImageInfo(
   // Member order follows the QAPI schema (it decides qemu's key order on ties).
   info['dirty-flag'] = (h.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n;
   if (actualSize !== undefined) info['actual-size'] = actualSize;
-  info['virtual-size'] = Math.floor(h.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  info['virtual-size'] = Number((meta.sizeBytes / 512n) * 512n);
   info['cluster-size'] = meta.clusterSize;
   if (h.cryptMethod !== CRYPT_NONE) info.encrypted = true;
   if (meta.hdr.backingFile !== undefined && cString(meta.hdr.backingFile, 1024) !== '') {
@@ -542,7 +600,7 @@ function qcow2Specific(meta: Qcow2Metadata): ImageInfoSpecificQcow2 {
   if (meta.encrypt) d.encrypt = meta.encrypt;
   if (h.version === 3 && meta.bitmaps.length > 0) {
     d.bitmaps = meta.bitmaps.map((b) => ({
-      name: b.name,
+      name: cName(b.name),
       granularity: 2 ** b.granularityBits,
       flags: bitmapFlagNames(b.flags),
     }));
@@ -696,6 +754,8 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
   } catch (err) {
     throw openError(name, err);
   }
+  let meta: Qcow2Metadata;
+  let actualSize: number | undefined;
   try {
     let format = requested;
     if (format === undefined) {
@@ -712,13 +772,18 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
       info.format = format;
       return { info, warnings: [] };
     }
-    const meta = await loadQcow2Metadata(dev);
-    return { info: qcow2ImageInfo(meta, filename, actual), warnings: meta.warnings };
+    meta = await loadQcow2Metadata(dev);
+    actualSize = actual;
   } catch (err) {
     throw openError(name, err);
   } finally {
     await dev.close();
   }
+  // bdrv_getlength refuses more than INT64_MAX bytes; info reports that after a successful open.
+  if (meta.sizeBytes / BigInt(BDRV_SECTOR_SIZE) > ((1n << 63n) - 1n) / BigInt(BDRV_SECTOR_SIZE)) {
+    throw new TsimgError('limit', `Can't get image size '${filename}': File too large`, { errno: 'EFBIG' });
+  }
+  return { info: qcow2ImageInfo(meta, filename, actualSize), warnings: meta.warnings };
 }
 
 /** Options for {@link collectImageInfoList}. */

@@ -9,6 +9,7 @@
  * material offset (sectors), u32 stripes}.
  */
 import { FormatError, UnsupportedError } from '@tsimg/raw';
+import { decodeByteString } from './byte-string.js';
 
 /** QAPI QCryptoBlockInfoLUKSSlot. */
 export interface LuksSlotInfo {
@@ -58,7 +59,7 @@ function bytesEqual(a: Uint8Array, offset: number, s: string): boolean {
 
 function fixedString(b: Uint8Array): string {
   const nul = b.indexOf(0);
-  return new TextDecoder('latin1').decode(nul >= 0 ? b.subarray(0, nul) : b);
+  return decodeByteString(nul >= 0 ? b.subarray(0, nul) : b);
 }
 
 /**

@@ -17,8 +17,8 @@
  * The 64-bit counters (vm clock, VM state size, disk size, icount) stay `bigint`: they are
  * arbitrary u64 on disk and qemu prints them as such.
  */
-import { FormatError, type BlockDevice } from '@tsimg/raw';
-import { u64ToNumber } from './types.js';
+import { FormatError, IoError, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { decodeByteString, encodeByteString } from './byte-string.js';
 
 /** Size of the fixed part of an entry. */
 export const SNAPSHOT_HEADER_SIZE = 40;
@@ -35,11 +35,13 @@ export const ICOUNT_NONE = 0xffff_ffff_ffff_ffffn;
 
 /** One snapshot table entry, every on-disk field kept. */
 export interface Qcow2Snapshot {
+  /** Exact up to 2^53; a larger (corrupt) on-disk value is kept approximately. */
   l1TableOffset: number;
   /** Number of entries of the snapshot's L1 table. */
   l1Size: number;
-  /** Unique ID (usually a decimal number), as stored. */
+  /** Unique ID (usually a decimal number), as stored (bytes as by decodeByteString). */
   id: string;
+  /** The name, as stored (bytes as by decodeByteString). */
   name: string;
   dateSec: number;
   dateNsec: number;
@@ -58,12 +60,6 @@ export interface Qcow2Snapshot {
   unknownExtraData: Uint8Array;
 }
 
-const utf8 = new TextDecoder('utf-8', { fatal: false });
-const utf8enc = new TextEncoder();
-
-function bytesToString(b: Uint8Array): string {
-  return utf8.decode(b);
-}
 
 /** The VM state size the entry describes: the 64-bit field when present, else the 32-bit one. */
 export function snapshotVmStateSize(sn: Qcow2Snapshot): bigint {
@@ -82,7 +78,7 @@ export function snapshotIcount(sn: Qcow2Snapshot): bigint | undefined {
 
 /** Bytes an entry takes on disk, without the padding that aligns the next one. */
 export function snapshotEntrySize(sn: Qcow2Snapshot): number {
-  return SNAPSHOT_HEADER_SIZE + sn.extraDataSize + utf8enc.encode(sn.id).length + utf8enc.encode(sn.name).length;
+  return SNAPSHOT_HEADER_SIZE + sn.extraDataSize + encodeByteString(sn.id).length + encodeByteString(sn.name).length;
 }
 
 /**
@@ -91,8 +87,9 @@ export function snapshotEntrySize(sn: Qcow2Snapshot): number {
  */
 export function decodeSnapshot(view: DataView, offset: number): { snapshot: Qcow2Snapshot; end: number } {
   if (offset + SNAPSHOT_HEADER_SIZE > view.byteLength) throw new FormatError('Snapshot table entry is truncated');
-  const l1 = u64ToNumber(view.getBigUint64(offset));
-  if (l1 === undefined) throw new FormatError('Snapshot L1 table offset invalid');
+  // qemu lists a snapshot whatever its L1 offset says (it is checked only when used), so a
+  // value beyond 2^53 is kept, approximately: any such offset is far past the end of a file.
+  const l1 = Number(view.getBigUint64(offset));
   const idSize = view.getUint16(offset + 12);
   const nameSize = view.getUint16(offset + 14);
   const extraDataSize = view.getUint32(offset + 36);
@@ -118,9 +115,9 @@ export function decodeSnapshot(view: DataView, offset: number): { snapshot: Qcow
     sn.unknownExtraData = new Uint8Array(view.buffer, view.byteOffset + p + SNAPSHOT_KNOWN_EXTRA_SIZE, extraDataSize - SNAPSHOT_KNOWN_EXTRA_SIZE).slice();
   }
   p += extraDataSize;
-  sn.id = bytesToString(new Uint8Array(view.buffer, view.byteOffset + p, idSize));
+  sn.id = decodeByteString(new Uint8Array(view.buffer, view.byteOffset + p, idSize));
   p += idSize;
-  sn.name = bytesToString(new Uint8Array(view.buffer, view.byteOffset + p, nameSize));
+  sn.name = decodeByteString(new Uint8Array(view.buffer, view.byteOffset + p, nameSize));
   return { snapshot: sn, end };
 }
 
@@ -130,8 +127,8 @@ export function decodeSnapshot(view: DataView, offset: number): { snapshot: Qcow
  * `extraDataSize` must cover them. Throws when the ID or name is longer than 65535 bytes.
  */
 export function encodeSnapshot(sn: Qcow2Snapshot): Uint8Array {
-  const id = utf8enc.encode(sn.id);
-  const name = utf8enc.encode(sn.name);
+  const id = encodeByteString(sn.id);
+  const name = encodeByteString(sn.name);
   if (id.length > 0xffff || name.length > 0xffff) throw new FormatError('Snapshot ID or name is too long');
   const known = sn.icount !== undefined ? 24 : sn.diskSize !== undefined ? 16 : sn.vmStateSizeLarge !== undefined ? 8 : 0;
   const minExtra = sn.unknownExtraData.length > 0 ? SNAPSHOT_KNOWN_EXTRA_SIZE + sn.unknownExtraData.length : known;
@@ -209,7 +206,7 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
   for (let i = 0; i < count; i++) {
     pos = pos + ((8 - (pos % 8)) % 8);
     tableLength = tableLength + ((8 - (tableLength % 8)) % 8);
-    const fixed = await reader.bytes(pos, SNAPSHOT_HEADER_SIZE);
+    const fixed = await readOrFail(reader.bytes(pos, SNAPSHOT_HEADER_SIZE), 'Failed to read snapshot table');
     const fixedView = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
     const extraDataSize = fixedView.getUint32(36);
     if (extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
@@ -220,7 +217,7 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
       );
     }
     const size = SNAPSHOT_HEADER_SIZE + extraDataSize + fixedView.getUint16(12) + fixedView.getUint16(14);
-    const entry = await reader.bytes(pos, size);
+    const entry = await readOrFail(reader.bytes(pos, size), 'Failed to read snapshot table');
     const { snapshot } = decodeSnapshot(new DataView(entry.buffer, entry.byteOffset, entry.byteLength), 0);
     pos += size;
     tableLength += size;
@@ -234,6 +231,16 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
     out.push(snapshot);
   }
   return out;
+}
+
+/** Awaits a read, turning a device failure into qemu's "<context>: <strerror>" message. */
+export async function readOrFail<T>(read: Promise<T>, context: string): Promise<T> {
+  try {
+    return await read;
+  } catch (err) {
+    if (!(err instanceof TsimgError) || err.code !== 'io') throw err;
+    throw new IoError(`${context}: ${err.errno !== undefined ? strerror(err.errno) : err.message}`, { cause: err, errno: err.errno });
+  }
 }
 
 /** Serves small sequential reads from one large window, so a big table costs few device reads. */
@@ -252,7 +259,14 @@ class WindowReader {
     if (offset < this.#start || offset + length > this.#start + this.#buf.length) {
       this.#buf = new Uint8Array(Math.max(length, WindowReader.WINDOW));
       this.#start = offset;
-      await this.#dev.read(offset, this.#buf);
+      try {
+        await this.#dev.read(offset, this.#buf);
+      } catch {
+        // The window may reach where the entry does not (e.g. past the largest readable
+        // offset): read just the entry, so only a read qemu would make can fail.
+        this.#buf = new Uint8Array(length);
+        await this.#dev.read(offset, this.#buf);
+      }
     }
     return this.#buf.subarray(offset - this.#start, offset - this.#start + length);
   }

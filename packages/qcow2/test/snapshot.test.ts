@@ -3,6 +3,9 @@ import fc from 'fast-check';
 import { join } from 'node:path';
 import { FileDevice, MemoryDevice, type BlockDevice } from '@tsimg/raw';
 import {
+  cutAtNul,
+  decodeByteString,
+  encodeByteString,
   decodeSnapshot,
   decodeSnapshotTable,
   encodeSnapshot,
@@ -243,5 +246,42 @@ describeQemu('snapshot tables written by qemu-img', () => {
     } finally {
       await dev.close();
     }
+  });
+});
+
+describe('names as byte strings', () => {
+  it('round-trips any bytes, and decodes valid UTF-8 as usual', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 40 }), (b) => {
+        expect(encodeByteString(decodeByteString(b))).toEqual(b);
+      }),
+    );
+    fc.assert(
+      fc.property(fc.string({ unit: 'grapheme' }), (s) => {
+        expect(decodeByteString(new TextEncoder().encode(s))).toBe(s);
+      }),
+    );
+  });
+
+  it('escapes invalid bytes one by one', () => {
+    expect(decodeByteString(Uint8Array.from([0x61, 0xbd, 0xc3]))).toBe('a\udcbd\udcc3');
+    expect(decodeByteString(Uint8Array.from([0xed, 0xa0, 0x80]))).toBe('\udced\udca0\udc80'); // encoded surrogate
+    expect(decodeByteString(Uint8Array.from([0xc0, 0x80]))).toBe('\udcc0\udc80'); // overlong NUL
+  });
+
+  it('keeps a snapshot name with invalid UTF-8 byte for byte', () => {
+    const name = decodeByteString(Uint8Array.from([0x73, 0xff, 0x6e]));
+    const sn: Qcow2Snapshot = {
+      l1TableOffset: 0, l1Size: 0, id: '1', name, dateSec: 0, dateNsec: 0, vmClockNsec: 0n,
+      vmStateSize32: 0, extraDataSize: 0, unknownExtraData: new Uint8Array(0),
+    };
+    const bytes = encodeSnapshot(sn);
+    expect(Array.from(bytes.subarray(41))).toEqual([0x73, 0xff, 0x6e]);
+    expect(decodeSnapshot(new DataView(bytes.buffer), 0).snapshot.name).toBe(name);
+  });
+
+  it('cuts at NUL like a C string', () => {
+    expect(cutAtNul('ab\0cd')).toBe('ab');
+    expect(cutAtNul('abc')).toBe('abc');
   });
 });
