@@ -77,11 +77,16 @@ async function loadDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]>
   return loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
 }
 
-/** The persistent bitmaps of an open qcow2 image, with whether each is inconsistent (IN_USE flag set, as qemu sees it). */
+/**
+ * The persistent bitmaps of an open qcow2 image, with whether each is inconsistent (IN_USE flag set, as qemu sees it).
+ * They come in the order of qemu's list of a node's bitmaps (FOR_EACH_DIRTY_BITMAP), the reverse
+ * of the directory: qemu inserts each loaded bitmap at the head. So the first inconsistent one
+ * is the one convert_check_bitmaps names.
+ */
 export async function loadImageBitmaps(image: Qcow2Image): Promise<{ name: string; inconsistent: boolean }[]> {
   // bdrv_supports_persistent_dirty_bitmap: only v3 images can carry bitmaps.
   if (image.version < 3) throw new UnsupportedError('Source lacks bitmap support', { errno: 'ENOTSUP' });
-  const entries = await loadDirectory(image);
+  const entries = (await loadDirectory(image)).reverse();
   return entries.map((e) => ({ name: memName(e.name), inconsistent: (e.flags & BME_FLAG_IN_USE) !== 0 }));
 }
 
@@ -146,7 +151,6 @@ function anyBitSet(data: Uint8Array, from: number, to: number): boolean {
  * bitmap in `target`: the message qemu gives, or undefined when it can be stored.
  */
 function storeProblem(target: Qcow2Image, name: string, granularityBits: number, count: number, dirSize: number): string | undefined {
-  if (target.version < 3) return 'Cannot store dirty bitmaps in qcow2 v2 files';
   if (granularityBits > BME_MAX_GRANULARITY_BITS) return `Granularity exceeds maximum (${2 ** BME_MAX_GRANULARITY_BITS} bytes)`;
   if (granularityBits < BME_MIN_GRANULARITY_BITS) return `Granularity is under minimum (${2 ** BME_MIN_GRANULARITY_BITS} bytes)`;
   const bitmapBytes = Math.ceil(bitCount(target.size(), granularityBits) / 8);
@@ -161,6 +165,8 @@ function storeProblem(target: Qcow2Image, name: string, granularityBits: number,
 
 /** convert_copy_bitmaps: copies every bitmap that is not inconsistent (inconsistent ones are skipped — the caller refuses them first unless --skip-broken-bitmaps) from `source` to `target` (freshly created, opened read-write), keeping name, granularity, and the auto (enabled) flag; the data is the source bitmap's bits. */
 export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Image): Promise<void> {
+  // qemu-img convert refuses such a target before it copies anything (bdrv_supports_persistent_dirty_bitmap).
+  if (target.version < 3) throw new UnsupportedError("Format driver 'qcow2' does not support bitmaps", { errno: 'ENOTSUP' });
   const sourceEntries = await loadDirectory(source);
   if (sourceEntries.length === 0) return;
   // The target's own bitmaps, if they are still valid: tsimg does not track writes, so any
@@ -170,11 +176,13 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
   const names = new Set(existing.map((e) => memName(e.name)));
   let dirSize = existing.reduce((n, e) => n + bitmapDirEntrySize(new TextEncoder().encode(memName(e.name)).length, 0), 0);
 
-  // qemu adds the bitmaps one by one; a failure stops the copy, but those added before it are
-  // still stored when the target is closed.
+  // qemu adds the bitmaps one by one in its list order (the reverse of the source directory);
+  // a failure stops the copy, but those added before it are still stored when the target is
+  // closed. Each is added at the head of the target's list, which is the order they are stored
+  // in: the source's directory order again.
   const added: DirtyBitmap[] = [];
   let failure: TsimgError | undefined;
-  for (const entry of sourceEntries) {
+  for (const entry of [...sourceEntries].reverse()) {
     if (entry.flags & BME_FLAG_IN_USE) continue;
     const name = memName(entry.name);
     if (names.has(name)) {
@@ -203,7 +211,7 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
     dirSize += entrySize;
     added.push(bitmap);
   }
-  if (added.length > 0) await storeBitmaps(target, existing, targetExt, added);
+  if (added.length > 0) await storeBitmaps(target, existing, targetExt, added.reverse());
   if (failure) throw failure;
 }
 
