@@ -37,6 +37,8 @@ export class TableCache {
   readonly #entries = new Map<number, Entry>();
   #dependency: TableCache | undefined;
   #dependsOnFlush = false;
+  /** Tables were stored since the last completed sync (a failed sync leaves them unordered). */
+  #unsynced = false;
 
   constructor(tableSize: number, capacity: number, hooks: CacheHooks) {
     this.tableSize = tableSize;
@@ -119,8 +121,11 @@ export class TableCache {
 
   async #flushDependency(): Promise<void> {
     const dep = this.#dependency;
-    this.#dependency = undefined;
-    if (dep !== undefined) await dep.flush();
+    if (dep === undefined) return;
+    await dep.flush();
+    // Only once the other cache is on disk does this one stop waiting for it: after a failed
+    // flush the rule still holds for the next attempt.
+    if (this.#dependency === dep) this.#dependency = undefined;
   }
 
   /** Before writing any table, sync the device (data written before metadata pointing at it). */
@@ -131,8 +136,8 @@ export class TableCache {
   async #resolveDependencies(): Promise<void> {
     await this.#flushDependency();
     if (this.#dependsOnFlush) {
-      this.#dependsOnFlush = false;
       await this.#hooks.sync();
+      this.#dependsOnFlush = false;
     }
   }
 
@@ -151,14 +156,20 @@ export class TableCache {
         e.dirty = true;
         throw err;
       }
+      this.#unsynced = true;
     }
   }
 
-  /** Writes every dirty table and syncs. */
+  /**
+   * Writes every dirty table and syncs — also when an earlier sync of stored tables failed,
+   * so that whatever depends on this cache never reaches the disk in the same unordered batch.
+   */
   async flush(): Promise<void> {
-    const wasDirty = this.dirty || this.#dependency?.dirty === true;
     await this.write();
-    if (wasDirty) await this.#hooks.sync();
+    if (this.#unsynced) {
+      await this.#hooks.sync();
+      this.#unsynced = false;
+    }
   }
 
   /** Drops least recently used tables beyond `capacity`, writing dirty ones first. */
@@ -183,5 +194,6 @@ export class TableCache {
     this.#entries.clear();
     this.#dependency = undefined;
     this.#dependsOnFlush = false;
+    this.#unsynced = false;
   }
 }
