@@ -17,7 +17,6 @@
 import { FormatError, TsimgError, UnsupportedError } from '@tsimg/raw';
 import { findExtension } from './header.js';
 import {
-  BITMAP_DIR_ENTRY_SIZE,
   BME_FLAG_AUTO,
   BME_FLAG_IN_USE,
   BME_MAX_GRANULARITY_BITS,
@@ -35,6 +34,7 @@ import {
   loadBitmapTable,
   type BitmapDirectoryEntry,
 } from './bitmap-directory.js';
+import { cutAtNul, encodeByteString } from './byte-string.js';
 import type { Qcow2Image } from './image.js';
 import { AUTOCLEAR_BITMAPS } from './types.js';
 
@@ -51,9 +51,11 @@ interface DirtyBitmap {
 }
 
 /** The name as qemu holds it in memory: a C string, ending at the first NUL. */
-function memName(name: string): string {
-  const nul = name.indexOf('\0');
-  return nul < 0 ? name : name.slice(0, nul);
+const memName = cutAtNul;
+
+/** Bytes of a name on disk (names are byte strings, see byte-string.ts). */
+function nameBytes(name: string): number {
+  return encodeByteString(name).length;
 }
 
 /** Number of bits of a bitmap of 2^granularityBits-byte granules over `size` bytes. */
@@ -157,7 +159,7 @@ function storeProblem(target: Qcow2Image, name: string, granularityBits: number,
   if (bitmapBytes > BME_MAX_PHYS_SIZE || bitmapBytes > BME_MAX_TABLE_SIZE * target.clusterSize) {
     return 'Too much space will be occupied by the bitmap. Use larger granularity';
   }
-  if (new TextEncoder().encode(name).length > BME_MAX_NAME_SIZE) return `Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`;
+  if (nameBytes(name) > BME_MAX_NAME_SIZE) return `Name length exceeds maximum (${BME_MAX_NAME_SIZE} characters)`;
   if (count > QCOW2_MAX_BITMAPS) return 'Maximum number of persistent bitmaps is already reached';
   if (dirSize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) return 'Not enough space in the bitmap directory';
   return undefined;
@@ -174,7 +176,7 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
   const targetExt = findExtension(target.extensions, 'bitmaps');
   const existing = await loadDirectory(target);
   const names = new Set(existing.map((e) => memName(e.name)));
-  let dirSize = existing.reduce((n, e) => n + bitmapDirEntrySize(new TextEncoder().encode(memName(e.name)).length, 0), 0);
+  let dirSize = existing.reduce((n, e) => n + bitmapDirEntrySize(nameBytes(e.name), 0), 0);
 
   // qemu adds the bitmaps one by one in its list order (the reverse of the source directory);
   // a failure stops the copy, but those added before it are still stored when the target is
@@ -189,7 +191,7 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
       failure = new UnsupportedError(`Failed to create bitmap ${name}: Bitmap already exists: ${name}`, { errno: 'EEXIST' });
       break;
     }
-    const entrySize = bitmapDirEntrySize(new TextEncoder().encode(name).length, 0);
+    const entrySize = bitmapDirEntrySize(nameBytes(name), 0);
     const problem = storeProblem(target, name, entry.granularityBits, existing.length + added.length + 1, dirSize + entrySize);
     if (problem !== undefined) {
       failure = new UnsupportedError(
@@ -253,7 +255,7 @@ async function storeBitmaps(
     }
     // bitmap_list_store, not in place.
     const dir = encodeBitmapDirectory(entries);
-    if (dir.length === 0 || dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE || dir.length < BITMAP_DIR_ENTRY_SIZE) {
+    if (dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
       throw new FormatError('Failed to update bitmap extension: Invalid argument', { errno: 'EINVAL' });
     }
     const dirOffset = await take(dir.length, 'directory');
