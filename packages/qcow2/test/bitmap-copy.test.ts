@@ -249,6 +249,17 @@ describeQemu('persistent bitmap copy (library)', () => {
     await expect(copyInto(p('src.qcow2'), p('v2dst.qcow2'))).rejects.toThrow("Format driver 'qcow2' does not support bitmaps");
   });
 
+  it('engine: updateBitmapsExtension(undefined) drops the extension and the autoclear bit', async () => {
+    copyFileSync(p('src.qcow2'), p('drop.qcow2'));
+    const img = await open(p('drop.qcow2'), false);
+    await img.updateBitmapsExtension(undefined);
+    await img.close();
+    expect(infoBitmaps(p('drop.qcow2'))).toBeUndefined();
+    expect(readFileSync(p('drop.qcow2'))[95]! & 1).toBe(0);
+    // the directory, tables and data are left behind, as qemu leaves them
+    expect(qemuImg(['check', p('drop.qcow2')]).stdout).toContain('leaked clusters were found');
+  });
+
   it('stores nothing when every bitmap of the source is inconsistent', async () => {
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', p('none.qcow2'), '64M');
     const before = readFileSync(p('none.qcow2'));
