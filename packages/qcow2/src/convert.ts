@@ -326,7 +326,14 @@ export async function convertCopy(
         chunk.buf = buf;
         chunk.ready = request('read', sector * SECTOR, () => read(sector, n, buf)).then(async () => {
           if (compressed && options.compressor && !isZero(buf)) {
-            chunk.pre = (await options.compressor.compress(buf)) ?? null;
+            // The image's tail cluster is compressed zero-padded to a whole cluster, as qemu
+            // does: a compressed cluster must inflate to the full cluster size to be readable.
+            let input = buf;
+            if (buf.length < clusterSectors * SECTOR) {
+              input = new Uint8Array(clusterSectors * SECTOR);
+              input.set(buf);
+            }
+            chunk.pre = (await options.compressor.compress(input)) ?? null;
           }
         });
         // Never an unhandled rejection: the error surfaces when the writer awaits the chunk.
