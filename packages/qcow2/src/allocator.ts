@@ -274,7 +274,9 @@ export class Allocator {
         length = Math.max(length, n.offset + n.length - offset);
       }
       const end = Math.min(offset + length, file.size());
-      if (end > offset) await file.discard(offset, end - offset);
+      // As qemu: discarding freed clusters is optional, so its failure is ignored — failing
+      // here would abandon an operation whose metadata changes are already made in memory.
+      if (end > offset) await file.discard(offset, end - offset).catch(() => undefined);
     }
   }
 
