@@ -1320,6 +1320,7 @@ export class Qcow2Image implements Image, MappingSource {
     const t = await this.#getClusterTable(offset);
     const view = tableView(t.table);
     const n = Math.min(nbClusters, geo.l2Entries - t.index);
+    const dropped: L2Entry[] = [];
     for (let i = 0; i < n; i++) {
       const at = (t.index + i) * geo.entrySize;
       const old = decodeL2Entry(view, at, geo);
@@ -1333,8 +1334,20 @@ export class Qcow2Image implements Image, MappingSource {
       if (sameEntry(view, at, next, geo)) continue;
       encodeL2Entry(next, view, at, geo);
       this.#l2Cache.markDirty(t.l2Offset, t.table);
+      if (full) {
+        dropped.push(old);
+        continue;
+      }
       await this.#refcountCache.setDependency(this.#l2Cache);
       await this.#freeAnyCluster(old, full);
+    }
+    if (dropped.length > 0) {
+      // A shrink frees (and discards) these clusters for good: the L2 entries that drop them
+      // reach the disk first, so that if the shrink fails later, a reused cluster is never
+      // still mapped at its old place on disk. A failed flush here leaks them instead.
+      await this.#l2Cache.flush();
+      await this.#refcountCache.setDependency(this.#l2Cache);
+      for (const e of dropped) await this.#freeAnyCluster(e, true);
     }
     return n;
   }
