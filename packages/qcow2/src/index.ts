@@ -24,3 +24,4 @@ export * from './luks-header.js';
 export * from './compress-pool.js';
 export * from './bitmap-copy.js';
 export * from './byte-string.js';
+export * from './qcow2-metadata.js';

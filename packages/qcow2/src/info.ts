@@ -4,82 +4,27 @@
  * (qemu's JSON key order derives from it; the CLI's formatter does the rest).
  *
  * Like qemu-img info (which opens with BDRV_O_NO_IO | BDRV_O_NO_BACKING), this reads only
- * metadata: the header and its extensions, the snapshot table, the bitmap directory and
- * tables, and the LUKS header. It never opens the backing file or the external data file, and
- * it applies the open-time checks qemu applies, with qemu's messages, so an image qemu refuses
- * is refused here too.
+ * metadata (qcow2-metadata.ts, with qemu's open-time checks and messages, so an image qemu
+ * refuses is refused here too). It never opens the backing file or the external data file.
+ * Also here: format probing, and resolving image names (`file:`, `json:`, `--image-opts`).
  */
+import { FileDevice, FormatError, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { findExtension } from './header.js';
 import {
-  FileDevice,
-  FormatError,
-  IoError,
-  TsimgError,
-  UnsupportedError,
-  UsageError,
-  type BlockDevice,
-} from '@tsimg/raw';
-import {
-  decodeHeader,
-  EXT_BACKING_FORMAT,
-  EXT_BITMAPS,
-  EXT_CRYPTO_HEADER,
-  EXT_DATA_FILE,
-  EXT_END,
-  EXT_FEATURE_NAMES,
-  findExtension,
-  V2_HEADER_LENGTH,
-  V3_HEADER_LENGTH,
-  V3_HEADER_LENGTH_MIN,
-  type FeatureName,
-  type HeaderExtension,
-  type HeaderInfo,
-  type Qcow2Header,
-} from './header.js';
-import {
-  AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
-  COMPRESSION_ZLIB,
   COMPRESSION_ZSTD,
-  CRYPT_AES,
-  CRYPT_LUKS,
   CRYPT_NONE,
-  INCOMPAT_COMPRESSION,
   INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  INCOMPAT_KNOWN,
-  MAX_BACKING_FILE_NAME,
-  MAX_CLUSTER_BITS,
-  MIN_CLUSTER_BITS,
   QCOW2_MAGIC,
-  QCOW_MAX_L1_SIZE,
-  QCOW_MAX_REFTABLE_SIZE,
-  u64ToNumber,
 } from './types.js';
-import {
-  loadSnapshots,
-  snapshotIcount,
-  snapshotVmStateSize,
-  MAX_SNAPSHOTS,
-  readOrFail,
-  SNAPSHOT_HEADER_SIZE,
-  type Qcow2Snapshot,
-} from './snapshot.js';
-import {
-  BME_FLAG_IN_USE,
-  QCOW2_MAX_BITMAPS,
-  QCOW2_MAX_BITMAP_DIRECTORY_SIZE,
-  bitmapFlagNames,
-  cName,
-  loadBitmapDirectory,
-  loadBitmapTable,
-  type BitmapDirectoryEntry,
-} from './bitmap-directory.js';
+import { snapshotIcount, snapshotVmStateSize, type Qcow2Snapshot } from './snapshot.js';
+import { bitmapFlagNames, cName } from './bitmap-directory.js';
 import { cutAtNul, decodeByteString, encodeByteString } from './byte-string.js';
-import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from './luks-header.js';
-
+import { loadQcow2Metadata, type Qcow2EncryptionInfo, type Qcow2Metadata } from './qcow2-metadata.js';
 
 /** QAPI SnapshotInfo. */
 export interface SnapshotInfo {
@@ -100,8 +45,6 @@ export interface Qcow2BitmapInfo {
   flags: Array<'in-use' | 'auto'>;
 }
 
-/** QAPI ImageInfoSpecificQCow2Encryption. */
-export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
 
 /** QAPI ImageInfoSpecificQCow2. */
 export interface ImageInfoSpecificQcow2 {
@@ -155,8 +98,6 @@ export interface CollectInfoOptions {
 }
 
 const BDRV_SECTOR_SIZE = 512;
-/** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */
-const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /** Formats qemu knows but tsimg does not handle (recognised so they are not shown as raw). */
 const FOREIGN_FORMATS = new Set([
@@ -192,34 +133,6 @@ export function probeFormat(first: Uint8Array): string {
   return 'raw';
 }
 
-/**
- * A view of a host file for header parsing: at least 2 MiB long, reading zeroes past the end —
- * qemu's file driver pads short reads the same way, so a truncated header is judged on its
- * fields (e.g. "qcow2 header too short"), not on the file size.
- */
-function headerView(dev: BlockDevice): BlockDevice {
-  return {
-    readOnly: true,
-    size: () => Math.max(dev.size(), 1 << MAX_CLUSTER_BITS),
-    read: async (offset, into) => {
-      // qemu's block layer refuses requests ending past BDRV_MAX_LENGTH with EIO.
-      if (offset + into.length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
-      // Past the end of the file (even at offsets beyond 2^53, from corrupt pointers) reads zeroes.
-      const inFile = Math.max(0, Math.min(into.length, dev.size() - offset));
-      if (inFile > 0) await dev.read(offset, into.subarray(0, inFile));
-      into.fill(0, inFile);
-    },
-    write: () => Promise.reject(new UsageError('read-only view')),
-    writeZeroes: () => Promise.reject(new UsageError('read-only view')),
-    discard: () => Promise.reject(new UsageError('read-only view')),
-    flush: () => Promise.resolve(),
-    resize: () => Promise.reject(new UsageError('read-only view')),
-    blockStatus: (offset, length) => dev.blockStatus(offset, length),
-    allocatedSize: () => dev.allocatedSize(),
-    close: () => Promise.resolve(),
-  };
-}
-
 /** qemu's path_has_protocol: a ':' before any '/'. */
 export function pathHasProtocol(path: string): boolean {
   const m = /[:/]/.exec(path);
@@ -241,294 +154,6 @@ export function fullBackingFilename(backed: string, backing: string): string | u
   const slash = backed.lastIndexOf('/');
   if (slash + 1 > prefix) prefix = slash + 1;
   return backed.slice(0, prefix) + backing;
-}
-
-/**
- * qemu's report_unsupported_feature message for the unknown incompatible bits `mask`, naming
- * them from the image's feature name table.
- */
-function unsupportedFeatures(extensions: readonly HeaderExtension[], mask: bigint): string {
-  const parts: string[] = [];
-  const table = findExtension(extensions, 'feature-names')?.features ?? [];
-  for (const f of table) {
-    if (f.name === '') break;
-    if (f.type === 0 && f.bit < 64 && (mask & (1n << BigInt(f.bit))) !== 0n) {
-      parts.push(f.name.slice(0, 46));
-      mask &= ~(1n << BigInt(f.bit));
-    }
-  }
-  if (mask !== 0n) parts.push(`Unknown incompatible feature: ${mask.toString(16)}`);
-  return `Unsupported qcow2 feature(s): ${parts.join(', ')}`;
-}
-
-/** Everything about a qcow2 image that info needs, loaded and checked as qemu's open does. */
-export interface Qcow2Metadata {
-  hdr: HeaderInfo;
-  /** The header's size field, exact (hdr.header.size is approximate beyond 2^53). */
-  sizeBytes: bigint;
-  clusterSize: number;
-  snapshots: Qcow2Snapshot[];
-  bitmaps: BitmapDirectoryEntry[];
-  encrypt?: Qcow2EncryptionInfo;
-  warnings: string[];
-}
-
-/** Bytes up to the first NUL, as text (qemu keeps these names as C strings). */
-function cBytes(b: Uint8Array): string {
-  const nul = b.indexOf(0);
-  return decodeByteString(nul >= 0 ? b.subarray(0, nul) : b);
-}
-
-/** A failure in qemu's extension walk, with the extensions read before it (for the feature table). */
-class ExtensionWalkError extends FormatError {
-  readonly partial: HeaderExtension[];
-  constructor(message: string, partial: HeaderExtension[]) {
-    super(message, { errno: 'EINVAL' });
-    this.partial = partial;
-  }
-}
-
-/**
- * qcow2_read_extensions: walks the extensions of the first cluster from `start` to `end` with
- * qemu's checks, in qemu's order, checking each extension as it is reached (so the first bad
- * one decides the message). Reports the bitmap warnings through `warnings`.
- */
-function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end: number, warnings: string[]): HeaderExtension[] {
-  const clusterSize = 2 ** h.clusterBits;
-  const v = new DataView(cluster.buffer, cluster.byteOffset, cluster.byteLength);
-  const out: HeaderExtension[] = [];
-  const fail = (msg: string): never => {
-    throw new ExtensionWalkError(msg, out);
-  };
-  let off = start;
-  while (off < end) {
-    const type = v.getUint32(off);
-    const len = v.getUint32(off + 4);
-    off += 8;
-    if (off > end || len > end - off) fail('Header extension too large');
-    const body = cluster.subarray(off, off + len);
-    const d = new DataView(cluster.buffer, cluster.byteOffset + off, len);
-    switch (type) {
-      case EXT_END:
-        return out;
-      case EXT_BACKING_FORMAT:
-        if (len >= 16) fail(`ERROR: ext_backing_format: len=${len} too large (>=16)`);
-        out.push({ kind: 'backing-format', name: cBytes(body) });
-        break;
-      case EXT_FEATURE_NAMES: {
-        const features: FeatureName[] = [];
-        for (let i = 0; i + 48 <= len; i += 48) {
-          features.push({ type: body[i]!, bit: body[i + 1]!, name: cBytes(body.subarray(i + 2, i + 48)) });
-        }
-        out.push({ kind: 'feature-names', features });
-        break;
-      }
-      case EXT_CRYPTO_HEADER: {
-        if (h.cryptMethod !== CRYPT_LUKS) fail('CRYPTO header extension only expected with LUKS encryption method');
-        if (len !== 16) fail(`CRYPTO header extension size ${len}, but expected size 16`);
-        const offset = u64ToNumber(d.getBigUint64(0));
-        const length = u64ToNumber(d.getBigUint64(8));
-        if (offset === undefined || offset % clusterSize !== 0) {
-          fail(`Encryption header offset '${d.getBigUint64(0)}' is not a multiple of cluster size '${clusterSize}'`);
-        }
-        out.push({ kind: 'crypto-header', offset: offset!, length: length ?? Number.MAX_SAFE_INTEGER });
-        break;
-      }
-      case EXT_BITMAPS: {
-        if (len !== 24) fail('bitmaps_ext: Invalid extension length');
-        if ((h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
-          // qemu warns and then ignores the bitmaps (a read-write open would drop the extension).
-          warnings.push(
-            h.version < 3
-              ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
-              : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
-          );
-          break;
-        }
-        if (d.getUint32(4) !== 0) fail('bitmaps_ext: Reserved field is not zero');
-        const nb = d.getUint32(0);
-        const size = d.getBigUint64(8);
-        const offset = d.getBigUint64(16);
-        if (nb > QCOW2_MAX_BITMAPS) {
-          fail(`bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
-        }
-        if (nb === 0) fail('found bitmaps extension with zero bitmaps');
-        if (offset % BigInt(clusterSize) !== 0n) {
-          fail('bitmaps_ext: invalid bitmap directory offset');
-        }
-        if (size > BigInt(QCOW2_MAX_BITMAP_DIRECTORY_SIZE)) {
-          fail(`bitmaps_ext: bitmap directory size (${size}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`);
-        }
-        out.push({ kind: 'bitmaps', nbBitmaps: nb, bitmapDirectorySize: Number(size), bitmapDirectoryOffset: Number(offset) });
-        break;
-      }
-      case EXT_DATA_FILE:
-        out.push({ kind: 'data-file', name: cBytes(body) });
-        break;
-      default:
-        out.push({ kind: 'unknown', type, data: body.slice() });
-    }
-    off += (len + 7) & ~7;
-  }
-  return out;
-}
-
-/** The header's 64-bit fields as on disk (qemu accepts values past 2^53 where its checks pass). */
-interface WideFields {
-  backingFileOffset: bigint;
-  size: bigint;
-  l1TableOffset: bigint;
-  refcountTableOffset: bigint;
-  snapshotsOffset: bigint;
-}
-
-/**
- * decodeHeader, tolerating 64-bit offsets and sizes beyond 2^53: those come back exact in `raw`
- * and approximate in the header (any such offset lies far past the end of a real file).
- */
-function decodeHeaderWide(fixed: Uint8Array): { h: Qcow2Header; raw: WideFields } {
-  const copy = fixed.slice();
-  const v = new DataView(copy.buffer);
-  const raw: WideFields = {
-    backingFileOffset: v.getBigUint64(8),
-    size: v.getBigUint64(24),
-    l1TableOffset: v.getBigUint64(40),
-    refcountTableOffset: v.getBigUint64(48),
-    snapshotsOffset: v.getBigUint64(64),
-  };
-  for (const off of [8, 24, 40, 48, 64]) v.setBigUint64(off, 0n);
-  const h = decodeHeader(v);
-  h.backingFileOffset = Number(raw.backingFileOffset);
-  h.size = Number(raw.size);
-  h.l1TableOffset = Number(raw.l1TableOffset);
-  h.refcountTableOffset = Number(raw.refcountTableOffset);
-  h.snapshotsOffset = Number(raw.snapshotsOffset);
-  return { h, raw };
-}
-
-/** Throws EIO for a read qemu's block layer would refuse (ending past BDRV_MAX_LENGTH). */
-async function checkReach(offset: number, length: number): Promise<void> {
-  if (offset + length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
-}
-
-/** qcow2_validate_table: entry count within `maxBytes`, offset aligned and the end below 2^63. */
-function validateTable(offset: bigint, entries: number, entryLen: number, maxBytes: number, clusterSize: number, what: string): void {
-  if (entries > Math.floor(maxBytes / entryLen)) throw new FormatError(`${what} too large`, { errno: 'EFBIG' });
-  if ((1n << 63n) - 1n - BigInt(entries) * BigInt(entryLen) < offset || offset % BigInt(clusterSize) !== 0n) {
-    throw new FormatError(`${what} offset invalid`, { errno: 'EINVAL' });
-  }
-}
-
-/**
- * Loads the metadata of a qcow2 image from `file` the way qcow2_do_open does for qemu-img info
- * (read-only, BDRV_O_NO_IO): the same checks in the same order with the same messages —
- * header fields, compression type, feature bits, table pointers and sizes, extensions (backing
- * format, LUKS header, bitmaps), backing file name, snapshot table, bitmaps. Reads past the end
- * of the file see zeroes, as in qemu.
- */
-export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadata> {
-  const view = headerView(file);
-  const fixed = new Uint8Array(V3_HEADER_LENGTH);
-  await view.read(0, fixed);
-  const { h, raw } = decodeHeaderWide(fixed);
-  if (h.clusterBits < MIN_CLUSTER_BITS || h.clusterBits > MAX_CLUSTER_BITS) {
-    throw new FormatError(`Unsupported cluster size: 2^${h.clusterBits}`, { errno: 'EINVAL' });
-  }
-  const clusterSize = 2 ** h.clusterBits;
-  if (h.version === 3 && h.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
-  if (h.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
-  if (raw.backingFileOffset > BigInt(clusterSize)) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
-  const cluster = new Uint8Array(clusterSize);
-  await view.read(0, cluster);
-  const extStart = h.version === 3 ? h.headerLength : V2_HEADER_LENGTH;
-  const extEnd = h.backingFileOffset !== 0 ? h.backingFileOffset : clusterSize;
-  const warnings: string[] = [];
-
-  if (h.compressionType !== COMPRESSION_ZLIB && h.compressionType !== COMPRESSION_ZSTD) {
-    throw new UnsupportedError(`qcow2: unknown compression type: ${h.compressionType}`, { errno: 'ENOTSUP' });
-  }
-  const hasCompressionBit = (h.incompatibleFeatures & INCOMPAT_COMPRESSION) !== 0n;
-  if (h.compressionType === COMPRESSION_ZLIB && hasCompressionBit) {
-    throw new FormatError('qcow2: Compression type incompatible feature bit must not be set', { errno: 'EINVAL' });
-  }
-  if (h.compressionType !== COMPRESSION_ZLIB && !hasCompressionBit) {
-    throw new FormatError('qcow2: Compression type incompatible feature bit must be set', { errno: 'EINVAL' });
-  }
-  const unknown = h.incompatibleFeatures & ~INCOMPAT_KNOWN;
-  if (unknown !== 0n) {
-    // qemu names the bits from the feature table, walking the extensions as far as it can.
-    let exts: HeaderExtension[];
-    try {
-      exts = walkExtensions(cluster, h, extStart, extEnd, []);
-    } catch (err) {
-      exts = err instanceof ExtensionWalkError ? err.partial : [];
-    }
-    throw new UnsupportedError(unsupportedFeatures(exts, unknown), { errno: 'ENOTSUP' });
-  }
-  if (h.refcountOrder > 6) {
-    throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
-  }
-  const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
-  if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {
-    throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
-  }
-  if (h.refcountTableClusters === 0) {
-    throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
-  }
-  validateTable(raw.refcountTableOffset, h.refcountTableClusters, clusterSize, QCOW_MAX_REFTABLE_SIZE, clusterSize, 'Reference count table');
-  validateTable(raw.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, clusterSize, 'Snapshot table');
-  validateTable(raw.l1TableOffset, h.l1Size, 8, QCOW_MAX_L1_SIZE, clusterSize, 'Active L1 table');
-  const l2Bits = BigInt(h.clusterBits - 3 - (extL2 ? 1 : 0));
-  const shift = BigInt(h.clusterBits) + l2Bits;
-  // size_to_l1 in uint64_t arithmetic (it wraps for sizes near 2^64, as in qemu)
-  const l1Needed = BigInt.asUintN(64, raw.size + (1n << shift) - 1n) >> shift;
-  if (l1Needed > 0x7fffffffn) throw new FormatError('Image is too big', { errno: 'EFBIG' });
-  if (BigInt(h.l1Size) < l1Needed) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
-  if (h.cryptMethod !== CRYPT_NONE && h.cryptMethod !== CRYPT_AES && h.cryptMethod !== CRYPT_LUKS) {
-    throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod}`, { errno: 'EINVAL' });
-  }
-  // qemu reads the L1 table and the refcount table here; only their position can make that
-  // fail (reads past the end of the file return zeroes).
-  if (h.l1Size > 0) await readOrFail(checkReach(h.l1TableOffset, h.l1Size * 8), 'Could not read L1 table');
-  await readOrFail(checkReach(h.refcountTableOffset, h.refcountTableClusters * clusterSize), 'Could not initialize refcount handling');
-
-  const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings);
-  let encrypt: Qcow2EncryptionInfo | undefined;
-  const crypto = findExtension(extensions, 'crypto-header');
-  if (crypto) {
-    // The LUKS header is read through the extension's window (qcow2_crypto_hdr_read_func).
-    if (crypto.length < LUKS_HEADER_SIZE) throw new FormatError('Request for data outside of extension header');
-    const luksHeader = new Uint8Array(LUKS_HEADER_SIZE);
-    await view.read(crypto.offset, luksHeader);
-    encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
-  } else if (h.cryptMethod === CRYPT_AES) {
-    encrypt = { format: 'aes' };
-  }
-
-  let backingFile: string | undefined;
-  if (h.backingFileOffset !== 0) {
-    const len = h.backingFileSize;
-    if (len > Math.min(MAX_BACKING_FILE_NAME, clusterSize - h.backingFileOffset)) {
-      throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
-    }
-    const name = new Uint8Array(len);
-    await view.read(h.backingFileOffset, name);
-    backingFile = cBytes(name);
-  }
-
-  const snapshots = await loadSnapshots(view, h.snapshotsOffset, h.nbSnapshots);
-
-  let bitmaps: BitmapDirectoryEntry[] = [];
-  const bitmapsExt = findExtension(extensions, 'bitmaps');
-  if (bitmapsExt) {
-    const virtualSize = Math.floor(h.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
-    bitmaps = await loadBitmapDirectory(view, bitmapsExt, clusterSize, virtualSize);
-    // qemu loads every consistent bitmap on open, so a broken table fails the open.
-    for (const bm of bitmaps) {
-      if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
-    }
-  }
-  return { hdr: { header: h, extensions, backingFile }, sizeBytes: raw.size, clusterSize, snapshots, bitmaps, encrypt, warnings };
 }
 
 /** qemu's pstrcpy into a fixed buffer: the string up to its first NUL, cut to `max - 1` bytes. */
