@@ -11,7 +11,8 @@ import {
   type Image,
   type Qcow2Image,
 } from '@tsimg/qcow2';
-import { createFile } from '@tsimg/raw';
+import { stat } from 'node:fs/promises';
+import { createFile, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import { corruptionLine, openCommandImage } from '../image-open.js';
@@ -78,6 +79,7 @@ interface ConvertArgs {
   salvage: boolean;
   bitmaps: boolean;
   skipBroken: boolean;
+  forceShare: boolean;
   cache: string;
   srcCache: string;
   files: string[];
@@ -100,6 +102,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     salvage: false,
     bitmaps: false,
     skipBroken: false,
+    forceShare: false,
     cache: 'unsafe',
     srcCache: 'writeback',
     files: parsed.operands,
@@ -174,7 +177,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
       case 'W':
         break; // out-of-order writes are not needed for speed here and would change the layout
       case 'U':
-        break; // tsimg takes no image locks, so there is nothing to share
+        a.forceShare = true;
+        break;
       case 'r':
         cvtnum('rate limit', value!);
         break; // accepted; tsimg does not throttle
@@ -235,14 +239,15 @@ export const run: CommandRunner = async (argv, io) => {
   if (sources.length < 1) throw new CliExit(1, 'Must specify image file name');
   if (!CACHE_MODES.has(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
 
-  const progress = createProgress(io, args.progress && !args.quiet);
+  // img_convert initialises progress with a 1% step (compare and rebase use 2%).
+  const progress = createProgress(io, args.progress && !args.quiet, 1.0);
   progress.print(0, 100);
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
   try {
     for (const name of sources) {
-      opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts }));
+      opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts }));
     }
     if (args.snapshot !== undefined || args.snapshotName !== undefined) {
       if (args.snapshotName !== undefined && sources.length > 1) {
@@ -250,8 +255,14 @@ export const run: CommandRunner = async (argv, io) => {
       }
       // qemu loads the snapshot into the opened image; reopening on it gives the same view.
       const first = opened[0]!;
+      if (first.format !== 'qcow2') {
+        throw new CliExit(
+          1,
+          `Failed to load snapshot: Block format '${first.format}' used by device '' does not support temporarily loading internal snapshots`,
+        );
+      }
       await first.close();
-      opened[0] = await openCommandImage(sources[0]!, {
+      opened[0] = await openNamed(sources[0]!, {
         format: first.format,
         readOnly: true,
         imageOpts: args.imageOpts,
@@ -296,7 +307,14 @@ export const run: CommandRunner = async (argv, io) => {
     const outBase = outBaseParam ?? args.outBase;
     const targetHasBacking = outBase !== undefined;
     if (args.targetIsZero && targetHasBacking) {
-      throw new CliExit(1, 'Cannot use --target-is-zero when the destination image has a backing file');
+      const message = 'Cannot use --target-is-zero when the destination image has a backing file';
+      // qemu jumps out with its `ret` still 0 when -n skipped creation (only -n lets
+      // --target-is-zero through): the error is printed, the target left alone, and the
+      // status is 0, with the final progress line of a success.
+      if (!args.skipCreate) throw new CliExit(1, message);
+      io.stderr(`tsimg: ${message}\n`);
+      progress.print(100, 0);
+      return 0;
     }
     if (sources.length > 1 && outBase !== undefined) {
       throw new CliExit(1, 'Having a backing file for the target makes no sense when concatenating multiple input images');
@@ -319,6 +337,13 @@ export const run: CommandRunner = async (argv, io) => {
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
+    // qemu's image locks: without -U the sources (with their backing and data files) do not
+    // share write access, so a target that is one of those files cannot be written.
+    const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
+    if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+      const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
+      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
+    }
     if (opts) {
       try {
         if (args.outFmt === 'qcow2') await createQcow2Image(out, opts, false);
@@ -329,11 +354,16 @@ export const run: CommandRunner = async (argv, io) => {
       }
     }
     if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
+    if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+      throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
+    }
 
-    target = await openCommandImage(out, {
+    target = await openNamed(out, {
       format: args.outFmt || undefined,
       readOnly: false,
       imageOpts: args.targetImageOpts,
+      // qemu-img convert's default target cache mode is `unsafe`: no flush reaches the disk.
+      noFlush: args.cache === 'unsafe',
     });
     if (args.bitmaps && target.format !== 'qcow2') {
       throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
@@ -358,7 +388,7 @@ export const run: CommandRunner = async (argv, io) => {
         salvage: args.salvage,
         warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
         progress: (pct) => progress.print(pct, 0),
-        compressor: pool,
+        compressor: pool && wholeClusters(pool, clusterSize),
         compressorThreads: pool?.threads,
       });
     } catch (err) {
@@ -379,6 +409,62 @@ export const run: CommandRunner = async (argv, io) => {
     for (const img of opened) await img.close().catch(() => undefined);
   }
 };
+
+/**
+ * A compressor that always compresses whole clusters: the image's tail cluster (shorter when the
+ * size is not a multiple of the cluster size) is zero-padded first, as qemu's
+ * qcow2_co_pwritev_compressed does — a compressed cluster must inflate to the full cluster size,
+ * or reading it fails with EIO.
+ */
+function wholeClusters(pool: CompressPool, clusterSize: number): Pick<CompressPool, 'compress'> {
+  const compress: CompressPool['compress'] = (cluster) => {
+    if (cluster.length >= clusterSize) return pool.compress(cluster);
+    const full = new Uint8Array(clusterSize);
+    full.set(cluster);
+    return pool.compress(full);
+  };
+  return { compress };
+}
+
+/**
+ * openCommandImage, also for names with qemu's `file:` protocol prefix (the file is opened by
+ * the rest of the name; errors still quote the name as given, as qemu's do).
+ */
+async function openNamed(name: string, options: Parameters<typeof openCommandImage>[1] = {}): Promise<Image> {
+  if (options.imageOpts || !name.startsWith('file:')) return openCommandImage(name, options);
+  const path = name.slice('file:'.length);
+  try {
+    return await openCommandImage(path, options);
+  } catch (err) {
+    const prefix = `Could not open '${path}': `;
+    if (!(err instanceof TsimgError) || !err.message.startsWith(prefix)) throw err;
+    throw new TsimgError(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
+  }
+}
+
+/** `dev:ino` of every file the opened sources read: images, backing files, data files. */
+async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
+  const ids = new Set<string>();
+  const add = async (dev: unknown): Promise<void> => {
+    const name = (dev as { fileName?: unknown } | undefined)?.fileName;
+    if (typeof name !== 'string') return;
+    const st = await stat(name).catch(() => undefined);
+    if (st) ids.add(`${st.dev}:${st.ino}`);
+  };
+  for (const top of images) {
+    for (let img: Image | undefined = top; img; img = img.backing) {
+      await add(img.file);
+      await add((img as Partial<Qcow2Image>).dataFile);
+    }
+  }
+  return ids;
+}
+
+/** True when `path` exists and is one of the files in `ids`. */
+async function isOneOf(path: string, ids: Set<string>): Promise<boolean> {
+  const st = await stat(path).catch(() => undefined);
+  return st !== undefined && ids.has(`${st.dev}:${st.ino}`);
+}
 
 function protocolPathOrExit(name: string): string {
   try {
