@@ -106,11 +106,27 @@ export class Allocator {
     return (this.freeClusterIndex - n) * this.#clusterSize;
   }
 
+  /**
+   * Clusters were freed whose unlinking L2 entries may not be on disk yet. Before one of them
+   * is handed out again, the L2 tables are flushed: otherwise new data written into it would
+   * show at its old guest offset after a crash (qemu leaves that window open).
+   */
+  #freedSinceL2Flush = false;
+
+  async #settleFreed(): Promise<void> {
+    if (!this.#freedSinceL2Flush) return;
+    await this.#h.l2Cache.flush();
+    this.#freedSinceL2Flush = false;
+  }
+
   /** qcow2_alloc_clusters: allocates `size` bytes (whole clusters) and returns the host offset. */
   async allocClusters(size: number): Promise<number> {
     for (;;) {
       const offset = await this.#allocNoref(size, MAX_CLUSTER_OFFSET);
-      if ((await this.updateRefcount(offset, size, 1, false)) !== AGAIN) return offset;
+      if ((await this.updateRefcount(offset, size, 1, false)) !== AGAIN) {
+        await this.#settleFreed();
+        return offset;
+      }
     }
   }
 
@@ -124,7 +140,10 @@ export class Allocator {
       let i = 0;
       let index = offset / this.#clusterSize;
       for (; i < n; i++) if ((await this.getRefcount(index++)) !== 0) break;
-      if ((await this.updateRefcount(offset, i * this.#clusterSize, 1, false)) !== AGAIN) return i;
+      if ((await this.updateRefcount(offset, i * this.#clusterSize, 1, false)) !== AGAIN) {
+        if (i > 0) await this.#settleFreed();
+        return i;
+      }
     }
   }
 
@@ -152,6 +171,7 @@ export class Allocator {
     }
     this.freeByteOffset = offset + size;
     if (this.freeByteOffset % this.#clusterSize === 0) this.freeByteOffset = 0;
+    await this.#settleFreed();
     return offset;
   }
 
@@ -219,6 +239,7 @@ export class Allocator {
         setRefcount(block!, blockIndex, h.refcountOrder, refcount);
         h.refcountCache.markDirty(blockOffset, block);
         if (refcount === 0) {
+          if (decrease) this.#freedSinceL2Flush = true;
           // A freed cluster may have held a cached table: forget it, never write it back.
           if (h.refcountCache.has(clusterOffset)) {
             h.refcountCache.discard(clusterOffset);
