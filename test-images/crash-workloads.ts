@@ -153,6 +153,22 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
+    name: 'discard and zero-unmap, then writes that reuse the freed clusters',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '4M');
+      io(dir, 'base.qcow2', 'write -P 5 0 64k');
+    },
+    steps: [
+      { op: 'discard', off: 0, len: 8 * K },
+      { op: 'write', off: 1 * M, len: 4 * K, v: 1 },
+      { op: 'zero', off: 16 * K, len: 4 * K, unmap: true },
+      { op: 'write', off: 1 * M + 64 * K, len: 8 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'write', off: 32 * K + 512, len: K, v: 3 },
+    ],
+  },
+  {
     name: 'writes over compressed clusters',
     clusterSize: 4 * K,
     prepare: (dir) => {
