@@ -24,13 +24,20 @@ export const QEMU_FORMATS: readonly string[] = [
  */
 export async function openCommandImage(
   name: string,
-  options: { format?: string; readOnly?: boolean; imageOpts?: boolean; snapshot?: OpenImageOptions['snapshot'] } = {},
+  options: {
+    format?: string;
+    readOnly?: boolean;
+    imageOpts?: boolean;
+    snapshot?: OpenImageOptions['snapshot'];
+    /** Cache mode `unsafe`: the image's files skip flushes (see OpenImageOptions.noFlush). */
+    noFlush?: boolean;
+  } = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
   const { format, filename } = parseImageOpts(name);
   try {
-    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot });
+    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -41,7 +48,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot'] },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean },
 ): Promise<Image> {
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
@@ -50,7 +57,7 @@ async function openByName(
     }
     throw new UnsupportedError(`Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
-  return openImage(filename, { format, readOnly: options.readOnly ?? true, snapshot: options.snapshot });
+  return openImage(filename, { format, readOnly: options.readOnly ?? true, snapshot: options.snapshot, noFlush: options.noFlush });
 }
 
 /**

@@ -37,6 +37,11 @@ export interface OpenImageOptions {
   snapshot?: string | { id?: string; name?: string };
   /** Receives the lines qemu would print while repairing a dirty image opened read/write. */
   log?: CheckLog;
+  /**
+   * qemu's cache mode `unsafe` (qemu-img convert's default for its target): flushes of the
+   * image's files are skipped (FileDevice `noFlush`). Backing images are read-only anyway.
+   */
+  noFlush?: boolean;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -133,8 +138,9 @@ async function openLayer(
   seen: string[],
   snapshot?: OpenImageOptions['snapshot'],
   log?: CheckLog,
+  noFlush = false,
 ): Promise<Image> {
-  const file = await FileDevice.open(filename, { readOnly });
+  const file = await FileDevice.open(filename, { readOnly, noFlush });
   let dataFile: BlockDevice | undefined;
   let backing: Image | undefined;
   try {
@@ -165,7 +171,7 @@ async function openLayer(
       const ext = findExtension(info.extensions, 'data-file');
       // qemu opens the data file by the name as stored: relative names are relative to the
       // working directory, not to the image (unlike backing files).
-      if (ext !== undefined) dataFile = await FileDevice.open(ext.name, { readOnly });
+      if (ext !== undefined) dataFile = await FileDevice.open(ext.name, { readOnly, noFlush });
     }
     if (withBacking && info.backingFile !== undefined && info.backingFile !== '') {
       const name = resolveRelative(filename, info.backingFile);
@@ -205,7 +211,7 @@ async function openLayer(
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   try {
-    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot, options.log);
+    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot, options.log, options.noFlush);
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;
