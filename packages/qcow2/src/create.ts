@@ -101,6 +101,8 @@ class Layout {
   readonly finishedL2: number[] = [];
   l1IndexInProgress = -1;
 
+  /** One DataView per refcount block: the allocator reads entries millions of times. */
+  readonly #views = new Map<Uint8Array, DataView>();
   /** Other metadata bytes (refcount tables, freed and live), by cluster index. */
   readonly overlay = new Map<number, Uint8Array>();
   fileLength = 0;
@@ -157,6 +159,15 @@ class Layout {
 
   // ---- refcounts ----
 
+  viewOf(block: Uint8Array): DataView {
+    let v = this.#views.get(block);
+    if (!v) {
+      v = new DataView(block.buffer, block.byteOffset, block.byteLength);
+      this.#views.set(block, v);
+    }
+    return v;
+  }
+
   getEntry(block: Uint8Array, index: number): number {
     const o = this.order;
     if (o <= 2) {
@@ -164,8 +175,8 @@ class Layout {
       const bits = 1 << o;
       return (block[Math.floor(index / per)]! >> ((index % per) * bits)) & ((1 << bits) - 1);
     }
-    const v = new DataView(block.buffer, block.byteOffset, block.byteLength);
     if (o === 3) return block[index]!;
+    const v = this.viewOf(block);
     if (o === 4) return v.getUint16(index * 2);
     if (o === 5) return v.getUint32(index * 4);
     return Number(v.getBigUint64(index * 8));
@@ -182,9 +193,12 @@ class Layout {
       block[byte] = (block[byte]! & ~mask) | ((value << shift) & mask);
       return;
     }
-    const v = new DataView(block.buffer, block.byteOffset, block.byteLength);
-    if (o === 3) block[index] = value;
-    else if (o === 4) v.setUint16(index * 2, value);
+    if (o === 3) {
+      block[index] = value;
+      return;
+    }
+    const v = this.viewOf(block);
+    if (o === 4) v.setUint16(index * 2, value);
     else if (o === 5) v.setUint32(index * 4, value);
     else v.setBigUint64(index * 8, BigInt(value));
   }
@@ -481,9 +495,11 @@ class Creator {
       await this.drainL2(false);
     }
     if (!last) return;
-    // qemu 7.2 extends the file to the end of the last allocated cluster (measured: a
-    // 1001 KiB image with 64 KiB clusters ends on a cluster boundary, its data file at 1 MiB)
-    const end = Math.ceil((last.hostOffset + last.bytes) / lay.cs) * lay.cs;
+    // qemu 7.2 extends the file to the end of the last allocated subcluster (measured: a
+    // 1001 KiB image with 64 KiB clusters ends on a cluster boundary, its data file at 1 MiB;
+    // with extended L2 entries both end on a 2 KiB boundary)
+    const sub = this.o.extendedL2 ? lay.cs / 32 : lay.cs;
+    const end = Math.ceil((last.hostOffset + last.bytes) / sub) * sub;
     if (this.dataFile) {
       const length = Math.ceil(this.dataFile.size() / 512) * 512;
       if (end > length) await this.truncateData(end, mode);
