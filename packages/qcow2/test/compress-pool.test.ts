@@ -76,6 +76,26 @@ describe('createCompressPool', () => {
     });
   }
 
+  for (const type of ['zlib', 'zstd'] as CompressionType[]) {
+    it(`${type}: threads 0 compresses on the calling thread, with exactly the workers' bytes`, async () => {
+      const input = clusters(30, 65536);
+      const inThread = createCompressPool(type, { threads: 0 });
+      const workers = createCompressPool(type, { threads: 2 });
+      try {
+        expect(inThread.threads).toBe(0);
+        const a = await Promise.all(input.map((c) => inThread.compress(c)));
+        const b = await Promise.all(input.map((c) => workers.compress(c)));
+        expect(a.every((r, i) => same(r, b[i]))).toBe(true);
+        expect(a.filter((r) => r === undefined).length).toBe(10); // the random third
+        await expect(inThread.compress(new Uint8Array(100))).rejects.toBeInstanceOf(UsageError);
+      } finally {
+        await inThread.close();
+        await workers.close();
+      }
+      await expect(inThread.compress(new Uint8Array(65536))).rejects.toBeInstanceOf(UsageError);
+    });
+  }
+
   it('copies the cluster, so the caller may reuse its buffer and views of big buffers work', async () => {
     const big = new Uint8Array(8 << 20).fill(0x41);
     const pool = createCompressPool('zlib', { threads: 2 });
@@ -104,7 +124,8 @@ describe('createCompressPool', () => {
 
   it('validates its arguments like compressCluster', async () => {
     expect(() => createCompressPool('lz4' as CompressionType)).toThrow(UnsupportedError);
-    expect(() => createCompressPool('zlib', { threads: 0 })).toThrow(UsageError);
+    expect(() => createCompressPool('zlib', { threads: -1 })).toThrow(UsageError);
+    expect(() => createCompressPool('zlib', { threads: 1.5 })).toThrow(UsageError);
     const pool = createCompressPool('zlib', { threads: 1 });
     await expect(pool.compress(new Uint8Array(100))).rejects.toBeInstanceOf(UsageError);
     await pool.close();

@@ -374,7 +374,8 @@ export const run: CommandRunner = async (argv, io) => {
     const clusterSize = (target as Partial<Qcow2Image>).clusterSize ?? 0;
     if (args.compressed) {
       const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
-      pool = createCompressPool(type);
+      // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
+      pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
     }
     try {
       await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
