@@ -52,6 +52,25 @@ const cases: ConvertCase[] = [
   { name: '-o help raw', args: ['-o', 'help', S('mixed.qcow2'), 'out'] },
   { name: '-o ? qcow2', args: ['-O', 'qcow2', '-o', '?', S('mixed.qcow2'), 'out'] },
 
+  // Option combinations qcow2 create refuses, and a few more that it takes.
+  { name: 'compat=0.10 with lazy_refcounts', args: ['-O', 'qcow2', '-o', 'compat=0.10,lazy_refcounts=on', S('mixed.qcow2'), 'out'] },
+  { name: 'compat=0.10 with extended_l2', args: ['-O', 'qcow2', '-o', 'compat=0.10,extended_l2=on', S('mixed.qcow2'), 'out'] },
+  { name: 'compat=0.10 with zstd', args: ['-O', 'qcow2', '-o', 'compat=0.10,compression_type=zstd', S('mixed.qcow2'), 'out'] },
+  { name: 'extended_l2 with 2M clusters', args: ['-O', 'qcow2', '-o', 'extended_l2=on,cluster_size=2M', S('mixed.qcow2'), 'out'] },
+  { name: 'extended_l2 with 512-byte clusters', args: ['-O', 'qcow2', '-o', 'extended_l2=on,cluster_size=512', S('mixed.qcow2'), 'out'] },
+  { name: 'refcount_bits=3', args: ['-O', 'qcow2', '-o', 'refcount_bits=3', S('mixed.qcow2'), 'out'] },
+  { name: 'compat=0.10 with refcount_bits=8', args: ['-O', 'qcow2', '-o', 'compat=0.10,refcount_bits=8', S('mixed.qcow2'), 'out'] },
+  { name: 'preallocation=full, 512-byte clusters', args: ['-O', 'qcow2', '-o', 'preallocation=full,cluster_size=512', S('c4k.qcow2'), 'out'] },
+  { name: 'preallocation=metadata with -B', args: ['-O', 'qcow2', '-o', 'preallocation=metadata', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'] },
+  { name: 'preallocation=bogus', args: ['-O', 'qcow2', '-o', 'preallocation=bogus', S('mixed.qcow2'), 'out'] },
+  { name: 'data_file with -B', args: ['-O', 'qcow2', '-o', 'data_file=out.data', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'], files: ['out', 'out.data'] },
+  { name: 'data_file with -c', args: ['-c', '-O', 'qcow2', '-o', 'data_file=out.data', S('mixed.qcow2'), 'out'], files: ['out', 'out.data'] },
+  { name: 'data_file_raw with preallocation=metadata', args: ['-O', 'qcow2', '-o', 'data_file=out.data,data_file_raw=on,preallocation=metadata', S('mixed.qcow2'), 'out'], files: ['out', 'out.data'] },
+  { name: 'raw target from an extended-L2 source, -S 4k', args: ['-S', '4k', S('extl2.qcow2'), 'out'] },
+  { name: '4k-cluster source to 64k, -S 64k', args: ['-S', '64k', '-O', 'qcow2', S('c4k.qcow2'), 'out'] },
+  { name: 'zstd source to zlib -c', args: ['-c', '-O', 'qcow2', S('zstd.qcow2'), 'out'], check: 'compressed' },
+  { name: 'lazy_refcounts + cluster_size + refcount_bits', args: ['-O', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=8k,refcount_bits=32', S('top.qcow2'), 'out'] },
+
   // -c
   { name: '-c zlib', args: ['-c', '-O', 'qcow2', S('mixed.qcow2'), 'out'], check: 'compressed', spawn: true },
   { name: '-c zstd', args: ['-c', '-O', 'qcow2', '-o', 'compression_type=zstd', S('mixed.qcow2'), 'out'], check: 'compressed' },
@@ -183,6 +202,13 @@ const cases: ConvertCase[] = [
   { name: 'corrupt compressed cluster, --salvage', args: ['--salvage', S('corrupt.qcow2'), 'out'] },
   { name: 'corrupt compressed cluster, --salvage -q', args: ['--salvage', '-q', '-O', 'qcow2', S('corrupt.qcow2'), 'out'] },
   { name: '--salvage on a good image', args: ['--salvage', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },
+
+  { name: '--salvage -p on the corrupt image', args: ['--salvage', '-p', S('corrupt.qcow2'), 'out'] },
+  { name: '--salvage -S 0 to qcow2', args: ['--salvage', '-S', '0', '-O', 'qcow2', S('corrupt.qcow2'), 'out'] },
+  { name: '-n -S 4k into a raw full of data', args: ['-n', '-S', '4k', S('odd.raw'), 'out'], before: existing('dense.raw') },
+  { name: '-n -S 0 into a raw full of data', args: ['-n', '-S', '0', S('odd.raw'), 'out'], before: existing('dense.raw') },
+  { name: '-n -C into a raw', args: ['-n', '-C', S('mixed.qcow2'), 'out'], before: existing('tgt8m.raw') },
+  { name: '-l with -B', args: ['-l', 's1', '-O', 'qcow2', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('snap.qcow2'), 'out'] },
 
   // --image-opts
   { name: '--image-opts', args: ['--image-opts', `driver=qcow2,file.filename=${S('mixed.qcow2')}`, '-O', 'qcow2', 'out'] },
