@@ -27,9 +27,13 @@ interface Source {
   /** Virtual size in 512-byte sectors. */
   sectors: number;
   ops: Op[];
+  /** A backing image under a qcow2 source (raw or qcow2, possibly shorter), with its own writes. */
+  backing?: { format: 'raw' | 'qcow2'; sectors: number; ops: Op[] };
 }
 
 interface Target {
+  /** flatten: the chain into one image; B: -B the source's backing; concat: source + backing. */
+  mode: 'flatten' | 'B' | 'concat';
   format: 'raw' | 'qcow2';
   sparse?: string;
   compressed: boolean;
@@ -83,10 +87,26 @@ const source: fc.Arbitrary<Source> = fc
       );
       return { ...s, clusterBits, ops: [...compressedOps, ...ops.filter((o) => o.kind !== 'compressed')] };
     });
-  });
+  })
+  .chain((s) =>
+    s.format === 'raw'
+      ? fc.constant(s)
+      : fc.option(
+          fc.record({
+            format: fc.constantFrom('raw' as const, 'qcow2' as const),
+            sectors: fc.integer({ min: 128, max: s.sectors }),
+          }).chain((b) =>
+            fc
+              .array(op(b.sectors * 512, 65536), { minLength: 1, maxLength: 6 })
+              .map((ops) => ({ ...b, ops: ops.filter((o) => o.kind !== 'compressed') })),
+          ),
+          { nil: undefined },
+        ).map((backing): Source => ({ ...s, backing })),
+  );
 
 const target: fc.Arbitrary<Target> = fc
   .record({
+    mode: fc.constantFrom('flatten' as const, 'flatten' as const, 'B' as const, 'concat' as const),
     format: fc.constantFrom('raw' as const, 'qcow2' as const, 'qcow2' as const),
     sparse: fc.option(fc.constantFrom('0', '512', '4k', '8k', '64k', '1M'), { nil: undefined }),
     compressed: fc.boolean(),
@@ -113,7 +133,7 @@ const target: fc.Arbitrary<Target> = fc
     // where qemu compresses every cluster (zero ones included) — a known difference, reported;
     // convert.test.ts has the row.
     const sparse = compressed && t.sparse === '0' ? undefined : t.sparse;
-    return { format: t.format, sparse, compressed, options: o };
+    return { mode: t.mode, format: t.format, sparse, compressed, options: o };
   });
 
 function opCommand(o: Op, cs: number): string {
@@ -127,6 +147,17 @@ function opCommand(o: Op, cs: number): string {
     case 'compressed':
       return `write -c -P ${o.pattern} ${o.cluster * cs} ${cs}`;
   }
+}
+
+/** Runs the ops on an image with qemu-io (writes past the end cut to the image); returns them as text. */
+function writeOps(file: string, format: string, size: number, ops: Op[], cs: number): string[] {
+  const cmds = ops
+    .map((o) => (o.kind === 'write' || o.kind === 'zero' || o.kind === 'discard' ? { ...o, length: Math.min(o.length, size - o.offset) } : o))
+    .filter((o) => o.kind === 'compressed' || o.length > 0)
+    .map((o) => opCommand(o, cs));
+  const io = qemuIo(['-f', format, ...cmds.flatMap((c) => ['-c', c]), file]);
+  expect(io.status, io.stderr).toBe(0);
+  return cmds;
 }
 
 describeQemu('random sparse images through random convert options', () => {
@@ -155,17 +186,22 @@ describeQemu('random sparse images through random convert options', () => {
             if (s.zstd) o.push('compression_type=zstd');
             create.push('-o', o.join(','));
           }
+          const base = s.backing && join(dir, `base.${s.backing.format}`);
+          if (s.backing && base) {
+            const b = qemuImg(['create', '-f', s.backing.format, base, String(s.backing.sectors * 512)]);
+            expect(b.status, b.stderr).toBe(0);
+            writeOps(base, s.backing.format, s.backing.sectors * 512, s.backing.ops, 65536);
+            create.push('-b', base, '-F', s.backing.format);
+          }
           const made = qemuImg([...create, src, String(size)]);
           expect(made.status, made.stderr).toBe(0);
-          // Writes past the end are cut to the image; qemu-io refuses them otherwise.
-          const cmds = s.ops
-            .map((o) => (o.kind === 'write' || o.kind === 'zero' || o.kind === 'discard' ? { ...o, length: Math.min(o.length, size - o.offset) } : o))
-            .filter((o) => o.kind === 'compressed' || o.length > 0)
-            .map((o) => opCommand(o, cs));
-          const io = qemuIo(['-f', s.format, ...cmds.flatMap((c) => ['-c', c]), src]);
-          expect(io.status, io.stderr).toBe(0);
+          const cmds = writeOps(src, s.format, size, s.ops, cs);
 
-          const args = ['-f', s.format, src, '-O', t.format];
+          // Concatenation: no -f (it would apply to both), so both are probed (a raw one with
+          // qemu's probing warning).
+          const args = t.mode === 'concat' && base ? [src, base] : ['-f', s.format, src];
+          if (t.mode === 'B' && base) args.push('-B', base, '-F', s.backing!.format);
+          args.push('-O', t.format);
           if (t.sparse !== undefined) args.push('-S', t.sparse);
           if (t.compressed) args.push('-c');
           if (t.options.length) args.push('-o', t.options.join(','));
