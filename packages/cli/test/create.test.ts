@@ -181,6 +181,40 @@ const CASES: string[][] = [
   ["-f", "qcow2", "-o", "cluster_size=512", "-b", "base.qcow2", "-F", "qcow2", "x.qcow2"],
 ];
 
+CASES.push(
+  ['-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', 'sub/o3.qcow2'],
+  ['-f', 'qcow2', '-b', 'junk.qcow2', '-F', 'qcow2', 'sub/o3.qcow2'],
+  ['-f', 'qcow2', '-b', 'junk.qcow2', 'sub/o3.qcow2'],
+  ['-f', 'qcow2', '-b', 'sub/mid.qcow2', '-F', 'qcow2', '-u', 'o3.qcow2'],
+  ['-f', 'qcow2', '-b', 'withdata.qcow2', '-F', 'qcow2', 'o.qcow2'],
+  ['-f', 'qcow2', '-b', 'chain.qcow2', '-F', 'qcow2', 'o.qcow2'],
+  ['-f', 'qcow2', '-b', 'chain.qcow2', '-F', 'raw', 'o.qcow2'],
+  ['-f', 'qcow2', '-b', 'base.qcow2', '-F', 'file', 'x.qcow2'],
+  ['-f', 'qcow2', 'adir', '1M'],
+  ['-f', 'raw', 'adir', '1M'],
+  ['-f', 'qcow2', '-o', 'data_file=adir', 'x.qcow2', '1M'],
+  ['-f', 'qcow2', '-o', 'data_file=x.qcow2', 'x.qcow2', '1M'],
+  ['-f', 'qcow2', '-o', 'data_file=./x.qcow2', 'x.qcow2', '1M'],
+  ['-f', 'qcow2', '-o', 'data_file=file:dd2.raw,preallocation=metadata', 'file:x.qcow2', '1M'],
+  ['-f', 'qcow2', 'base.qcow2', '1M'],
+  ['-qfqcow2', 'x.qcow2', '1M'],
+  ['-qx', 'x.qcow2', '1M'],
+  ['--help=x'],
+  ['--obj', 'secret,id=x,data=y', 'x.raw', '1M'],
+  ['-f', 'qcow2', '--', 'x.qcow2', '1M'],
+  ['-f', 'qcow2', '-o', 'size=1M', '-o', 'cluster_size=4k', 'x.qcow2'],
+  ['-f', 'qcow2', '-o', 'size=1M', '-o', ',', 'x.qcow2'],
+  ['-f', 'qcow2', '-b', 'base.raw', '-F', 'raw', '-o', 'backing_fmt=qcow2', 'x.qcow2'],
+  ['-f', 'qcow2', '-o', 'backing_file=b.qcow2', '-F', 'qcow2', 'sub/x.qcow2'],
+  ['-f', 'qcow2', '-b', './b.qcow2', '-F', 'qcow2', 'sub/x.qcow2'],
+  ['-f', 'qcow2', '-b', 'b.qcow2', '-F', 'qcow2', './sub/x.qcow2'],
+  ['-f', 'file', '-o', 'preallocation=full', 'x.raw', '1000'],
+  ['-f', 'file', '-o', 'help'],
+  ['-f', 'raw', '-o', 'preallocation=full', 'x.raw', '100T'],
+  ['-f', 'qcow2', '-o', 'preallocation=metadata,extended_l2=on', 'x.qcow2', '3000'],
+  ['-f', 'qcow2', '-o', 'preallocation=metadata,extended_l2=on,data_file=d.raw', 'x.qcow2', '1001k'],
+);
+
 /** Options crossed into a byte-level matrix of the "Formatting" line and the files. */
 const QCOW2_OPTIONS = [
   '',
@@ -262,11 +296,14 @@ describeQemu('tsimg create against qemu-img create', () => {
       ['-f', 'raw', 'base.raw', '1000'],
       ['-f', 'qcow2', 'sub/b.qcow2', '5M'],
       ['-f', 'qcow2', '-u', '-b', 'nonexist', '-F', 'qcow2', 'sub/mid.qcow2', '5M'],
+      ['-f', 'qcow2', '-o', 'data_file=dd.raw', 'withdata.qcow2', '3M'],
+      ['-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'chain.qcow2'],
     ]) {
       const r = qemuImg(['create', '-q', ...args], { cwd: template });
       if (r.status !== 0) throw new Error(r.stderr);
     }
     writeFileSync(join(template, 'sub', 'junk.qcow2'), 'junk\n');
+    mkdirSync(join(template, 'adir'));
   });
   afterAll(() => cleanup());
 

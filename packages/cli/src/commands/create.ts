@@ -4,7 +4,7 @@
  * as in file-posix, qcow2's option conversion (qcow2_co_create_opts) — with qemu's messages,
  * each prefixed by the file name as qemu-img prints them.
  */
-import { rm } from 'node:fs/promises';
+import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { createQcow2, openImage, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
@@ -174,7 +174,7 @@ export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): u
 }
 
 /** qcow2_co_create_opts: creates the files, converts the options, creates the image. */
-export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean): Promise<void> {
+export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
   const path = protocolPath(filename);
   await createFile(path);
   const cleanup: string[] = [path];
@@ -183,6 +183,14 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
   try {
     if (dataName !== undefined) {
       const dataPath = protocolPath(dataName);
+      if (await sameFile(path, dataPath)) {
+        // qemu holds the image open, so creating it again as the data file fails on its lock;
+        // the image is deleted, and deleting it a second time warns
+        cleanup.splice(0);
+        await rm(path, { force: true });
+        io.stderr(`tsimg: ${dataPath} is not a regular file: No such file or directory\n`);
+        throw new UsageError(`Failed to get shared "resize" lock\nIs another process using the image [${dataPath}]?`);
+      }
       await createFile(dataPath);
       cleanup.push(dataPath);
     }
@@ -214,7 +222,8 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
       preallocation: prealloc as Qcow2Preallocation | undefined,
       backingFile: opts.getString('backing_file'),
       backingFormat: backingFmt,
-      dataFile: dataName,
+      // qemu records the data file's node name, which has lost any "file:" prefix
+      dataFile: dataName === undefined ? undefined : protocolPath(dataName),
       dataFileRaw: qapiBool(opts, 'data_file_raw'),
     };
     if (encrypt) {
@@ -238,6 +247,16 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
     for (const d of devices) await d.close().catch(() => undefined);
     for (const p of cleanup) await rm(p, { force: true }).catch(() => undefined);
     throw err;
+  }
+}
+
+/** Whether two paths name the same existing file. */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  try {
+    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
   }
 }
 
@@ -332,7 +351,7 @@ async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
 
   try {
     if (r.fmt === 'qcow2') {
-      await createQcow2Image(r.filename, opts, r.objects);
+      await createQcow2Image(r.filename, opts, r.objects, io);
     } else {
       await createFile(protocolPath(r.filename), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
     }
