@@ -92,6 +92,9 @@ export class Allocator {
 
   /** alloc_clusters_noref: first fit of `size` bytes from freeClusterIndex, refcounts untouched. */
   async #allocNoref(size: number, max: number): Promise<number> {
+    // A cluster still queued for discard must not be handed out: the discard would come after
+    // its new contents.
+    if (this.cacheDiscards) await this.processDiscards();
     const n = Math.ceil(size / this.#clusterSize);
     retry: for (;;) {
       for (let i = 0; i < n; i++) {
@@ -168,6 +171,9 @@ export class Allocator {
       }
       const r = await this.updateRefcount(offset, size, 1, false);
       if (r !== AGAIN) break;
+      // As qemu: after metadata was placed, the search starts over with a fresh cluster
+      // (the partly used one may now be followed by that metadata).
+      offset = 0;
     }
     this.freeByteOffset = offset + size;
     if (this.freeByteOffset % this.#clusterSize === 0) this.freeByteOffset = 0;
@@ -255,6 +261,9 @@ export class Allocator {
       failure = err;
     }
     if (again || failure !== undefined) {
+      // As qemu's qcow2_process_discards on failure: the queued discards are dropped, not
+      // issued — the undo below makes those clusters used again.
+      if (!this.cacheDiscards) this.#discards = [];
       // Undo what this call changed so far (qemu's "Try do undo any updates").
       if (clusterOffset > offset) {
         try {
@@ -390,8 +399,11 @@ export class Allocator {
       setRefcount(block, (newBlock / cs) % perBlock, order, 1);
     } else {
       // Described elsewhere: at most two levels of recursion reach a self-describing block.
+      // That block may need a new refcount block (or a bigger table) itself: then its
+      // allocation placed metadata, the caller's search restarts and so does this one (qemu
+      // returns update_refcount's -EAGAIN from here; newBlock stays free and is found again).
       const r = await this.updateRefcount(newBlock, cs, 1, false);
-      if (r === AGAIN) throw new TsimgError('io', 'refcount block allocation did not converge');
+      if (r === AGAIN) return AGAIN;
       await h.refcountCache.flush();
       block = h.refcountCache.getEmpty(newBlock);
     }
