@@ -10,7 +10,8 @@
  * faultyDevice drops every unflushed change at a power loss; a real disk cache may keep any of
  * them, in any order. So each power-loss case is also checked with all unflushed changes
  * replayed, and with only the last one — which catches a missing flush between dependent
- * writes. CRASH_DEEP=1 adds crashes at every later flush point after each EIO (slow).
+ * writes. CRASH_DEEP=1 adds crashes at every later flush point after each EIO, and EIO on
+ * every read of the image file (slow).
  */
 import { describe, expect, it } from 'vitest';
 import { createHash } from 'node:crypto';
@@ -43,6 +44,7 @@ function describePlan(plan: FaultPlan): string {
   if (plan.powerLossAfterWrite !== undefined) return `power loss after write #${plan.powerLossAfterWrite}`;
   if (plan.failWrite !== undefined) return `EIO on write #${String(plan.failWrite)}`;
   if (plan.failFlush !== undefined) return `EIO on flush #${String(plan.failFlush)}`;
+  if (plan.failRead !== undefined) return `EIO on read #${String(plan.failRead)}`;
   return 'no fault';
 }
 
@@ -152,6 +154,7 @@ async function replay(from: string, to: string, changes: readonly Change[]): Pro
 interface RunOutcome {
   writes: number;
   flushes: number;
+  reads: number;
   /** The image was closed cleanly: everything done must be durable. */
   durable: boolean;
   /** Steps that failed, with their errors. */
@@ -199,7 +202,7 @@ async function runWorkload(
         flushedAfterFailure = true;
         for (let m = writesAtFault + 1; m <= dev.writes; m++) afterFailedFlush.push(m);
       }
-      if (dev.writes < at(plan.failWrite) && dev.flushes < at(plan.failFlush)) return;
+      if (dev.writes < at(plan.failWrite) && dev.flushes < at(plan.failFlush) && dev.reads < at(plan.failRead)) return;
       // A crash now: the step under way may be partly done.
       const m = model.clone();
       if (current !== undefined) m.apply(current.step, true);
@@ -242,7 +245,7 @@ async function runWorkload(
   }
   // After a power loss the wrapper lets go of the file without closing it.
   await fd.close().catch(() => undefined);
-  return { writes: dev.writes, flushes: dev.flushes, durable, failed, model, unflushed: dev.powerLost ? log.changes : [], snapshots: snaps, afterFailedFlush };
+  return { writes: dev.writes, flushes: dev.flushes, reads: dev.reads, durable, failed, model, unflushed: dev.powerLost ? log.changes : [], snapshots: snaps, afterFailedFlush };
 }
 
 /** What the checks found on one distinct image file (the model comparison aside). */
@@ -342,9 +345,9 @@ async function headerOf(path: string): Promise<{ l1TableOffset: number; refcount
 }
 
 /**
- * CRASH_DEEP=1 adds, for every EIO case, a power loss at every completed flush after the error
- * (an engine that forgets an ordering rule after a failure shows only then). Thousands of extra
- * images: minutes, so not part of the default run.
+ * CRASH_DEEP=1 adds EIO on every read of the image file, and for every EIO case a power loss at
+ * every completed flush after the error (an engine that forgets an ordering rule after a failure
+ * shows only then). Thousands of extra images: minutes, so not part of the default run.
  */
 const DEEP = process.env.CRASH_DEEP === '1';
 
@@ -380,6 +383,7 @@ describeQemu('crash safety: power loss and EIO at every write and flush', () => 
         for (let n = 1; n <= probe.writes; n++) plans.push({ powerLossAfterWrite: n });
         for (let n = 1; n <= probe.writes; n++) plans.push({ failWrite: n });
         for (let n = 1; n <= probe.flushes; n++) plans.push({ failFlush: n });
+        if (DEEP) for (let n = 1; n <= probe.reads; n++) plans.push({ failRead: n });
 
         const failures: string[] = [];
         let deepCases = 0;
@@ -426,7 +430,7 @@ describeQemu('crash safety: power loss and EIO at every write and flush', () => 
         totals.cases += plans.length + deepCases;
         totals.failures += failures.length;
         console.log(
-          `crash: ${w.name}: ${probe.writes} writes, ${probe.flushes} flushes, ${plans.length} fault cases` +
+          `crash: ${w.name}: ${probe.writes} writes, ${probe.flushes} flushes${DEEP ? `, ${probe.reads} reads` : ''}, ${plans.length} fault cases` +
             `${DEEP ? ` + ${deepCases} later crashes` : ''}, ` +
             `${failures.length} failing (${cache.size} distinct images checked)`,
         );
