@@ -179,7 +179,12 @@ export async function checkReadSnapshotTable(img: CheckImage, res: CheckResult, 
   }
   let invalid: { msg: string; errno: string } | undefined;
   if (img.nbSnapshots > MAX_SNAPSHOTS) invalid = { msg: 'snapshot table too large', errno: 'EFBIG' };
-  else if (offHi >= 0x8000_0000 || 2 ** 63 - img.nbSnapshots * SNAPSHOT_HEADER < img.snapshotsOffset || img.snapshotsOffset % img.clusterSize !== 0) {
+  else if (
+    // qcow2_validate_table, on the exact 64-bit value (a double would round it, and with it
+    // its alignment)
+    (1n << 63n) - 1n - BigInt(img.nbSnapshots * SNAPSHOT_HEADER) < pv.getBigUint64(4) ||
+    pv.getUint32(8) % img.clusterSize !== 0
+  ) {
     invalid = { msg: 'snapshot table offset invalid', errno: 'EINVAL' };
   }
   if (invalid) {
