@@ -18,5 +18,8 @@ export default defineConfig({
     testTimeout: 60_000,
     hookTimeout: 300_000,
     pool: 'forks',
+    // Most tests wait on child processes (qemu-img, tsimg) and files, not on this process's
+    // CPU: vitest's default of cores - 1 (one worker on a 2-core machine) leaves a core idle.
+    maxWorkers: 3,
   },
 });
