@@ -135,6 +135,36 @@ export function makeSources(root: string): string {
   io(dir, 'corrupt.qcow2', 'qcow2', 'write -P 0x91 0 64k', 'write -c -P 0x92 1M 64k', 'write -P 0x93 1536k 64k');
   corruptCompressed(join(dir, 'corrupt.qcow2'), 1 << 20);
 
+  // An L1 entry pointing at an unaligned L2 table: block status fails over the first 512 MiB.
+  img(dir, 'create', '-f', 'qcow2', 'badl1.qcow2', '64k');
+  io(dir, 'badl1.qcow2', 'qcow2', 'write -P 0x94 0 8k');
+  {
+    const fd = openSync(join(dir, 'badl1.qcow2'), 'r+');
+    try {
+      const l1 = Number(u64(fd, 40));
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE((u64(fd, l1) & 0x00fffffffffffe00n) | 0x8000000000000000n | 0x200n);
+      writeSync(fd, b, 0, 8, l1);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  // 4 KiB clusters (an L2 table maps 2 MiB): data in each 2 MiB, the L1 entry for [4M, 6M) bad.
+  img(dir, 'create', '-f', 'qcow2', '-o', 'cluster_size=4k', 'badl1late.qcow2', '6M');
+  io(dir, 'badl1late.qcow2', 'qcow2', 'write -P 0x95 0 64k', 'write -P 0x96 2M 64k', 'write -P 0x97 4M 64k');
+  {
+    const fd = openSync(join(dir, 'badl1late.qcow2'), 'r+');
+    try {
+      const l1 = Number(u64(fd, 40));
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE((u64(fd, l1 + 16) & 0x00fffffffffffe00n) | 0x8000000000000000n | 0x200n);
+      writeSync(fd, b, 0, 8, l1 + 16);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   // Existing targets for -n.
   img(dir, 'create', '-f', 'qcow2', 'tgt4m.qcow2', '4M');
   img(dir, 'create', '-f', 'qcow2', 'tgt1m.qcow2', '1M');

@@ -6,7 +6,7 @@
  * the system zlib (then: same guest contents, a clean `qemu-img check`, size within 1%).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { copyFileSync, symlinkSync } from 'node:fs';
+import { copyFileSync, mkdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeQemu, tempDir } from '../../../test-images/qemu.js';
 import { compareFiles, expectedText, limiter, runCase, textOf, type ConvertCase } from './convert-harness.js';
@@ -15,6 +15,14 @@ import { makeSources } from './convert-sources.js';
 const S = (name: string): string => `../../src/${name}`;
 /** An existing target copied from the sources into the case directory as `out`. */
 const existing = (name: string) => (dir: string) => copyFileSync(join(dir, '..', '..', 'src', name), join(dir, 'out'));
+
+/** Why rows with a corrupt L1 entry differ in their text (a bug in @tsimg/qcow2, reported). */
+const CORRUPT_LINE =
+  'on an image opened read-only qemu prints "qcow2: Image is corrupt: ... (L1 index: 0); further non-fatal corruption events will be suppressed" (no marking, %#x of 0 is "0"); Qcow2Image.corrupt() always says "Marking image as corrupt" and formats 0 as 0x0';
+const STATUS_ACROSS_TABLES =
+  "block status at 2M+64k asks past the end of the L2 table into the bad one and fails there (tsimg: 'at offset 2162688'); qemu's query stops at the table boundary and fails at 4194304";
+const SALVAGE_STATUS =
+  "--salvage does not cover block-status errors in convertCopy: qemu retries on a quarter of the range down to one sector, warns 'error while reading block status at offset N' and reads the sector as data";
 
 const QCOW2_SOURCES = ['mixed.qcow2', 'c4k.qcow2', 'zstd.qcow2', 'extl2.qcow2', 'top.qcow2', 'df.qcow2', 'pmeta.qcow2', 'pfalloc.qcow2', 'snap.qcow2'];
 const RAW_SOURCES = ['sparse.raw', 'dense.raw', 'odd.raw'];
@@ -80,7 +88,8 @@ const cases: ConvertCase[] = [
   {
     name: '-c -S 0',
     args: ['-c', '-S', '0', '-O', 'qcow2', S('sparse.raw'), 'out'],
-    knownDifference:
+    check: 'compressed',
+    failing:
       "@tsimg/qcow2 convertCopy's convert_co_write tests `!minSparse` before `compressed` and writes plain clusters; qemu writes every cluster (zero ones too) compressed under -S 0 -c",
   },
   { name: '-c to raw', args: ['-c', S('mixed.qcow2'), 'out'] },
@@ -122,7 +131,7 @@ const cases: ConvertCase[] = [
     name: '-n into a qcow2 full of data',
     args: ['-n', '-O', 'qcow2', S('mixed.qcow2'), 'out'],
     before: existing('dirty.qcow2'),
-    knownDifference:
+    failing:
       'same metadata, but qemu also punches the clusters that zero writes free out of the file (discard passthrough of an image opened with unmap); @tsimg/qcow2 frees them without discarding, so their old bytes stay',
   },
   { name: '-n --target-is-zero', args: ['-n', '--target-is-zero', '-O', 'qcow2', S('mixed.qcow2'), 'out'], before: existing('tgt4m.qcow2') },
@@ -210,6 +219,15 @@ const cases: ConvertCase[] = [
   { name: '-n -C into a raw', args: ['-n', '-C', S('mixed.qcow2'), 'out'], before: existing('tgt8m.raw') },
   { name: '-l with -B', args: ['-l', 's1', '-O', 'qcow2', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('snap.qcow2'), 'out'] },
 
+  { name: 'unaligned L2 offset', args: [S('badl1.qcow2'), 'out'], failing: CORRUPT_LINE },
+  { name: 'unaligned L2 offset, --salvage', args: ['--salvage', S('badl1.qcow2'), 'out'], failing: `${CORRUPT_LINE}; ${SALVAGE_STATUS}` },
+  { name: 'unaligned L2 offset, --salvage -q', args: ['--salvage', '-q', '-O', 'qcow2', S('badl1.qcow2'), 'out'], failing: `${CORRUPT_LINE}; ${SALVAGE_STATUS}` },
+  { name: 'unaligned L2 offset after good data', args: [S('badl1late.qcow2'), 'out'], failing: `${CORRUPT_LINE}; ${STATUS_ACROSS_TABLES}` },
+  { name: 'unaligned L2 offset after good data, -p', args: ['-p', S('badl1late.qcow2'), '-O', 'qcow2', 'out'], failing: `${CORRUPT_LINE}; ${STATUS_ACROSS_TABLES}` },
+  { name: '-B relative to a target in a subdirectory', args: ['-O', 'qcow2', '-B', '../../../src/flatbase.qcow2', '-F', 'qcow2', S('top.qcow2'), 'sub/out'], before: (d) => mkdirSync(join(d, 'sub')), files: ['sub/out'] },
+  { name: '-p with two sources', args: ['-p', S('mixed.qcow2'), S('top.qcow2'), '-O', 'qcow2', 'out'] },
+  { name: '-p -n', args: ['-p', '-n', S('mixed.qcow2'), 'out'], before: existing('tgt8m.raw') },
+
   // --image-opts
   { name: '--image-opts', args: ['--image-opts', `driver=qcow2,file.filename=${S('mixed.qcow2')}`, '-O', 'qcow2', 'out'] },
   { name: '--image-opts without driver', args: ['--image-opts', `file.filename=${S('mixed.qcow2')}`, 'out'] },
@@ -217,7 +235,7 @@ const cases: ConvertCase[] = [
   {
     name: '--image-opts bad syntax',
     args: ['--image-opts', 'driver=qcow2,,,=', 'out'],
-    knownDifference: "qemu checks the driver name ('qcow2,') before the empty option name; the shared --image-opts parser (commands/info.ts parseImageOpts) the other way round",
+    failing: "qemu checks the driver name ('qcow2,') before the empty option name; the shared --image-opts parser (commands/info.ts parseImageOpts) the other way round",
   },
   { name: 'file: prefix on the source', args: [`file:${S('mixed.qcow2')}`, 'out'] },
   { name: 'file: prefix on a missing source', args: ['file:nonexistent', 'out'] },
@@ -265,7 +283,7 @@ describeQemu('tsimg convert matches qemu-img convert', () => {
   afterAll(() => (process.env.CONVERT_KEEP ? console.log(`kept ${work.dir}`) : work.cleanup()));
 
   describe.each(cases.map((c, i) => [c.name, i, c] as const))('%s', (_name, i, c) => {
-    it('same status, output and files', async () => {
+    (c.failing ? it.fails : it)(c.failing ? `known bug: ${c.failing}` : 'same status, output and files', async () => {
       const r = await results.get(i)!;
       const ts = textOf(r.ts);
       const want = expectedText(r.qemu);
