@@ -105,6 +105,8 @@ class Layout {
   readonly #views = new Map<Uint8Array, DataView>();
   /** Other metadata bytes (refcount tables, freed and live), by cluster index. */
   readonly overlay = new Map<number, Uint8Array>();
+  /** The part of each overlay cluster that was written ([start, end) within the cluster). */
+  readonly extents = new Map<number, [number, number]>();
   fileLength = 0;
 
   constructor(clusterBits: number, refcountOrder: number, extendedL2: boolean) {
@@ -133,7 +135,11 @@ class Layout {
       if (!cluster) {
         cluster = new Uint8Array(this.cs);
         this.overlay.set(ci, cluster);
+        this.extents.set(ci, [within, within + n]);
       }
+      const ext = this.extents.get(ci)!;
+      ext[0] = Math.min(ext[0], within);
+      ext[1] = Math.max(ext[1], within + n);
       cluster.set(data.subarray(pos, pos + n), within);
       pos += n;
     }
@@ -143,6 +149,7 @@ class Layout {
   /** A whole cluster now belongs to a table that will be written over it. */
   claim(offset: number): void {
     this.overlay.delete(offset / this.cs);
+    this.extents.delete(offset / this.cs);
     this.fileLength = Math.max(this.fileLength, offset + this.cs);
   }
 
@@ -150,8 +157,13 @@ class Layout {
   truncate(length: number): void {
     if (length < this.fileLength) {
       for (const ci of [...this.overlay.keys()]) {
-        if (ci * this.cs >= length) this.overlay.delete(ci);
-        else if ((ci + 1) * this.cs > length) this.overlay.get(ci)!.fill(0, length - ci * this.cs);
+        if (ci * this.cs >= length) {
+          this.overlay.delete(ci);
+          this.extents.delete(ci);
+        } else if ((ci + 1) * this.cs > length) {
+          const ext = this.extents.get(ci)!;
+          ext[1] = Math.min(ext[1], length - ci * this.cs);
+        }
       }
     }
     this.fileLength = length;
@@ -551,7 +563,7 @@ class Creator {
     lay.finishedL2.splice(0);
     if (all) lay.l1IndexInProgress = -1;
     offsets.sort((a, b) => a - b);
-    await writeRuns(this.file, offsets.map((o) => [o, lay.l2Tables.get(o)!] as const), lay.cs);
+    await writeRuns(this.file, offsets.map((o) => [o, lay.l2Tables.get(o)!] as const));
     for (const o of offsets) lay.l2Tables.delete(o);
   }
 
@@ -684,37 +696,33 @@ class Creator {
       await fillZeroes(this.file, zeroFill.start, zeroFill.end);
     }
     await this.drainL2(true);
+    // only what qemu wrote: a cluster holding a 16-byte L1 table stays a hole after it
     const pieces: (readonly [number, Uint8Array])[] = [];
-    for (const [ci, bytes] of lay.overlay) pieces.push([ci * lay.cs, bytes]);
+    for (const [ci, bytes] of lay.overlay) {
+      const [lo, hi] = lay.extents.get(ci)!;
+      if (hi > lo) pieces.push([ci * lay.cs + lo, bytes.subarray(lo, hi)]);
+    }
     for (const [off, bytes] of lay.refblocks) pieces.push([off, bytes]);
     pieces.sort((a, b) => a[0] - b[0]);
-    // the last overlay cluster may hold only part of a cluster's worth of file
-    await writeRuns(this.file, pieces, lay.cs, lay.fileLength);
+    await writeRuns(this.file, pieces);
     if (this.file.size() !== lay.fileLength) await this.file.resize(lay.fileLength);
   }
 }
 
-/** Writes cluster-sized pieces, merging neighbours into large writes; nothing past `limit`. */
-async function writeRuns(
-  dev: CreateTarget,
-  pieces: readonly (readonly [number, Uint8Array])[],
-  clusterSize: number,
-  limit = Number.MAX_SAFE_INTEGER,
-): Promise<void> {
+/** Writes pieces (offset, bytes) sorted by offset, merging adjacent ones into large writes. */
+async function writeRuns(dev: CreateTarget, pieces: readonly (readonly [number, Uint8Array])[]): Promise<void> {
   const MAX_RUN = 16 * 1024 * 1024;
   let i = 0;
   while (i < pieces.length) {
-    let j = i + 1;
-    while (j < pieces.length && pieces[j]![0] === pieces[j - 1]![0] + clusterSize && (j - i) * clusterSize < MAX_RUN) j++;
     const start = pieces[i]![0];
-    const end = Math.min(pieces[j - 1]![0] + clusterSize, limit);
-    if (end > start) {
+    let end = start + pieces[i]![1].length;
+    let j = i + 1;
+    while (j < pieces.length && pieces[j]![0] === end && end - start < MAX_RUN) end += pieces[j++]![1].length;
+    if (j === i + 1) {
+      await dev.write(start, pieces[i]![1]);
+    } else {
       const buf = new Uint8Array(end - start);
-      for (let k = i; k < j; k++) {
-        const off = pieces[k]![0] - start;
-        const n = Math.min(clusterSize, buf.length - off);
-        if (n > 0) buf.set(pieces[k]![1].subarray(0, n), off);
-      }
+      for (let k = i; k < j; k++) buf.set(pieces[k]![1], pieces[k]![0] - start);
       await dev.write(start, buf);
     }
     i = j;

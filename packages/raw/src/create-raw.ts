@@ -19,6 +19,7 @@ export type SizedWritable = Pick<BlockDevice, 'write' | 'resize' | 'size'>;
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
 const SECTOR = 512n;
+const MAX_BLOCKSIZE = 4096;
 
 /** Options for {@link createFile}. */
 export interface CreateFileOptions {
@@ -57,6 +58,8 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
   try {
     if (mode === 'off' || n <= current) {
       await dev.resize(n);
+      // qemu ignores a failure here too: the file already has its size
+      if (current === 0 && n > 0) await allocateFirstBlock(dev, n).catch(() => undefined);
       return;
     }
     // full: qemu first sets the final size, then writes zeroes from the old end
@@ -72,6 +75,16 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
     const what = mode === 'full' ? 'Could not write zeros for preallocation' : 'Could not preallocate new data';
     throw new IoError(`${what}: ${strerror(errno ?? 'EIO')}`, { cause: err, errno });
   }
+}
+
+/**
+ * file-posix's allocate_first_block: after growing an empty file, qemu writes zeroes over its
+ * first block (4 KiB, or 512 bytes for files under 4 KiB) so that later alignment probing finds
+ * an allocated block. It changes no byte, only the allocation `qemu-img info` reports.
+ */
+async function allocateFirstBlock(dev: SizedWritable, size: number): Promise<void> {
+  const n = Math.min(size < MAX_BLOCKSIZE ? 512 : MAX_BLOCKSIZE, size);
+  await dev.write(0, new Uint8Array(n));
 }
 
 /** Checks a preallocation name for a host file (file-posix's qapi_enum_parse + mode check). */
