@@ -82,6 +82,13 @@ export function dataRunLength(buf: Uint8Array, granularity: number = ZERO_GRANUL
   checkGranularity(granularity);
   const len = buf.length;
   let pos = 0;
-  while (pos < len && !isZeroRange(buf, pos, Math.min(len, pos + granularity))) pos += granularity;
+  while (pos < len) {
+    const end = Math.min(len, pos + granularity);
+    // A non-zero first or last byte settles it without a call: data granules nearly always
+    // have one, and a native call per 512-byte granule costs more than the compare itself
+    // (convert -S over 400 MB of data: 115–250 ms → 1–6 ms).
+    if (buf[pos] === 0 && buf[end - 1] === 0 && isZeroRange(buf, pos, end)) break;
+    pos += granularity;
+  }
   return Math.min(pos, len);
 }
