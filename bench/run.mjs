@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // Benchmarks: time tsimg against qemu-img on the same inputs in the same run, and print the
-// ratio tsimg / qemu-img (wall time, median of N runs). Never part of `npm test`.
+// ratio tsimg / qemu-img (wall time, median of N runs, the two alternating), with the CPU time
+// ratio (steadier than wall time on a shared machine) and tsimg's peak memory. Never part of
+// `npm test`. Results and what they mean: docs/performance.md.
 //
 //   npm run bench               # all rows
 //   npm run bench -- convert    # rows whose name contains "convert"
@@ -59,12 +61,20 @@ function makeMixed(path, size) {
   closeSync(fd);
 }
 
+// /usr/bin/time (GNU) adds CPU time and peak memory; without it only wall time is shown.
+const gnuTime = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
+
+/** One run: wall seconds, CPU seconds (user + sys, children included) and peak RSS in MiB. */
 function time(cmd, args) {
   const t0 = process.hrtime.bigint();
-  const r = spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  const t = Number(process.hrtime.bigint() - t0) / 1e9;
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${r.stderr}`);
-  return t;
+  const r = gnuTime
+    ? spawnSync(gnuTime, ['-f', '@@ %U %S %M', cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+    : spawnSync(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  const err = String(r.stderr);
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed: ${err}`);
+  const m = /@@ ([\d.]+) ([\d.]+) (\d+)/.exec(err);
+  return { wall, cpu: m ? Number(m[1]) + Number(m[2]) : NaN, rss: m ? Number(m[3]) / 1024 : NaN };
 }
 
 function median(xs) {
@@ -112,22 +122,37 @@ const rows = [
   ['convert compressed qcow2→raw', ['convert', '-O', 'raw', qcowC, o('tcr.raw')], ['convert', '-O', 'raw', qcowC, o('qcr.raw')], 1.0],
   ['compare 1 GiB qcow2 pair', ['compare', qcow, copy], ['compare', qcow, copy], 1.0],
   ['map 8 TiB sparse', ['map', '--output=json', sparse], ['map', '--output=json', sparse], 1.0],
-  ['info', ['info', qcow], ['info', qcow], 1.0],
+  // Start-up bound: qemu-img answers in ~5 ms, `node -e 0` alone takes ~60 ms. No target.
+  ['info', ['info', qcow], ['info', qcow], null],
 ];
 
-console.log(`\n${'workload'.padEnd(36)} ${'tsimg s'.padStart(9)} ${'qemu s'.padStart(9)} ${'ratio'.padStart(7)}  target`);
+console.log(
+  `\n${'workload'.padEnd(36)} ${'tsimg s'.padStart(8)} ${'qemu s'.padStart(8)} ${'ratio'.padStart(6)} ${'target'.padStart(7)}` +
+    `  ${'cpu t/q'.padStart(12)} ${'cpu ratio'.padStart(9)} ${'tsimg MiB'.padStart(9)}`,
+);
 for (const [name, targs, qargs, target] of rows) {
   if (filter && !name.includes(filter)) continue;
-  let tt, tq;
+  // tsimg and qemu-img alternate, so a burst of load elsewhere on the machine hits both.
+  const t = [];
+  const q = [];
   try {
-    tt = median(Array.from({ length: runs }, () => time(process.execPath, [tsimg, ...targs])));
+    for (let i = 0; i < runs; i++) {
+      t.push(time(process.execPath, [tsimg, ...targs]));
+      q.push(time('qemu-img', qargs));
+    }
   } catch (err) {
-    console.log(`${name.padEnd(36)} tsimg failed: ${String(err.message).split('\n')[0]}`);
+    console.log(`${name.padEnd(36)} failed: ${String(err.message).split('\n')[0]}`);
     continue;
   }
-  tq = median(Array.from({ length: runs }, () => time('qemu-img', qargs)));
-  const ratio = tt / tq;
+  const tw = median(t.map((x) => x.wall));
+  const qw = median(q.map((x) => x.wall));
+  const tc = median(t.map((x) => x.cpu));
+  const qc = median(q.map((x) => x.cpu));
+  const rss = Math.max(...t.map((x) => x.rss));
+  const ratio = tw / qw;
   console.log(
-    `${name.padEnd(36)} ${tt.toFixed(3).padStart(9)} ${tq.toFixed(3).padStart(9)} ${ratio.toFixed(2).padStart(7)}  ≤ ${target.toFixed(1)}${ratio <= target ? '' : '  (over)'}`,
+    `${name.padEnd(36)} ${tw.toFixed(3).padStart(8)} ${qw.toFixed(3).padStart(8)} ${ratio.toFixed(2).padStart(6)} ${(target === null ? '—' : '≤ ' + target.toFixed(1)).padStart(7)}` +
+      `  ${(tc.toFixed(2) + '/' + qc.toFixed(2)).padStart(12)} ${(tc / qc).toFixed(2).padStart(9)} ${rss.toFixed(0).padStart(9)}` +
+      (target === null || ratio <= target ? '' : '  (over)'),
   );
 }
