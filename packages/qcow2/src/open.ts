@@ -146,7 +146,13 @@ async function openLayer(
   try {
     const fmt = format ?? ((await probeQcow2(file)) ? 'qcow2' : 'raw');
     if (fmt === 'raw') {
-      if (snapshot !== undefined) throw new UnsupportedError("Failed to load snapshot: snapshots are not supported by the 'raw' format", { errno: 'ENOTSUP' });
+      if (snapshot !== undefined) {
+        // bdrv_snapshot_load_tmp's words for a format without internal snapshots
+        throw new UnsupportedError(
+          "Failed to load snapshot: Block format 'raw' used by device '' does not support temporarily loading internal snapshots",
+          { errno: 'ENOTSUP' },
+        );
+      }
       return new RawImage(filename, file);
     }
     const info = await loadHeader(file);

@@ -7,7 +7,6 @@ import {
   AUTOCLEAR_BITMAPS,
   findExtension,
   loadBitmapDirectory,
-  loadSnapshots,
   measure,
   Qcow2Image,
   type Image,
@@ -17,6 +16,7 @@ import {
   type Qcow2MeasureOptions,
 } from '@tsimg/qcow2';
 import { CliExit } from '../exit.js';
+import { parseSnapshotParam } from '../snapshot-param.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
 import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
 import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from './create.js';
@@ -96,52 +96,6 @@ async function persistentBitmaps(image: Image): Promise<MeasureBitmap[] | undefi
   if (ext === undefined || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return [];
   const entries = await loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
   return entries.map((e) => ({ name: e.name, granularity: 2 ** e.granularityBits }));
-}
-
-/**
- * qemu's bdrv_snapshot_load_tmp(_by_id_or_name): a read-only view of `image` whose L1 table is
- * the snapshot's. `spec` is a name or ID, or `snapshot.id=…,snapshot.name=…`.
- */
-async function snapshotView(image: Image, spec: string): Promise<Image> {
-  const fail = (msg: string): never => {
-    throw new CliExit(1, `Failed to load snapshot: ${msg}`);
-  };
-  let id: string | undefined;
-  let name: string | undefined;
-  let byIdOrName: string | undefined;
-  if (spec.startsWith('snapshot.')) {
-    for (const part of spec.split(',')) {
-      const eq = part.indexOf('=');
-      const key = eq < 0 ? part : part.slice(0, eq);
-      if (key === 'snapshot.id') id = part.slice(eq + 1);
-      else if (key === 'snapshot.name') name = part.slice(eq + 1);
-      else throw new CliExit(1, `Invalid parameter '${key}'\ntsimg: Failed in parsing snapshot param '${spec}'`);
-    }
-  } else {
-    byIdOrName = spec;
-  }
-  if (!(image instanceof Qcow2Image)) {
-    return fail(`Block format '${image.format}' used by device '' does not support temporarily loading internal snapshots`);
-  }
-  const h = image.header;
-  const snapshots = await loadSnapshots(image.file, h.snapshotsOffset, h.nbSnapshots);
-  const matches = (sid?: string, sname?: string) =>
-    snapshots.find((sn) => (sid === undefined || sn.id === sid) && (sname === undefined || sn.name === sname));
-  const sn =
-    byIdOrName !== undefined
-      ? (matches(byIdOrName, undefined) ?? matches(undefined, byIdOrName))
-      : id === undefined && name === undefined
-        ? undefined
-        : matches(id, name);
-  if (sn === undefined) return fail("Can't find snapshot");
-  const header = { ...h, l1TableOffset: sn.l1TableOffset, l1Size: sn.l1Size };
-  return Qcow2Image.open(image.file, {
-    filename: image.filename,
-    readOnly: true,
-    dataFile: image.dataFile,
-    backing: image.backing,
-    info: { header, extensions: image.extensions },
-  });
 }
 
 function humanResult(r: MeasureResult): string {
@@ -238,11 +192,14 @@ export const run: CommandRunner = async (argv, io) => {
   if (filename === undefined && opts.size === undefined) {
     throw new CliExit(1, 'Either --size N or one filename must be specified.');
   }
+  const snapshot =
+    opts.snapshot === undefined ? undefined : opts.snapshot.startsWith('snapshot.') ? parseSnapshotParam(opts.snapshot) : opts.snapshot;
   const image =
-    filename !== undefined ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts }) : undefined;
+    filename !== undefined
+      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot })
+      : undefined;
   try {
-    // The view shares the image's devices: only the image itself is closed at the end.
-    const source = image !== undefined && opts.snapshot !== undefined ? await snapshotView(image, opts.snapshot) : image;
+    const source = image;
     const outFmt = opts.outFmt;
     if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     if (outFmt !== 'qcow2' && outFmt !== 'raw' && outFmt !== 'luks' && !CREATABLE_UNMEASURABLE.has(outFmt)) {
