@@ -125,6 +125,12 @@ const cases: ConvertCase[] = [
   { name: '-B -S 0', args: ['-O', 'qcow2', '-S', '0', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'] },
   { name: '-B with two sources', args: ['-O', 'qcow2', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), S('mixed.qcow2'), 'out'] },
 
+  { name: '-o backing_file and -B both', args: ['-O', 'qcow2', '-o', `backing_file=${S('base.qcow2')},backing_fmt=qcow2`, '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'] },
+  { name: '-B with -o backing_fmt', args: ['-O', 'qcow2', '-o', 'backing_fmt=qcow2', '-B', S('flatbase.qcow2'), S('top.qcow2'), 'out'] },
+  { name: '-B and -o backing_fmt differing from -F', args: ['-O', 'qcow2', '-o', 'backing_fmt=raw', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'] },
+  { name: '-B -F with cluster_size and -S 4k', args: ['-O', 'qcow2', '-o', 'cluster_size=4k', '-S', '4k', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'] },
+  { name: '-B a raw source over a raw backing', args: ['-O', 'qcow2', '-B', S('base0.raw'), '-F', 'raw', S('sparse.raw'), 'out'] },
+
   // -n
   { name: '-n into an existing qcow2', args: ['-n', '-O', 'qcow2', S('mixed.qcow2'), 'out'], before: existing('tgt4m.qcow2') },
   {
@@ -159,6 +165,10 @@ const cases: ConvertCase[] = [
   { name: '-l on raw', args: ['-l', 's1', S('sparse.raw'), 'out'] },
   { name: '-l with two sources', args: ['-l', 's1', S('snap.qcow2'), S('mixed.qcow2'), 'out'] },
   { name: '-l snapshot.name= with two sources', args: ['-l', 'snapshot.name=s1', S('snap.qcow2'), S('mixed.qcow2'), 'out'] },
+
+  { name: '-l with -n', args: ['-n', '-l', 's1', '-O', 'qcow2', S('snap.qcow2'), 'out'], before: existing('tgt4m.qcow2') },
+  { name: '-l with --image-opts', args: ['--image-opts', '-l', 's2', `driver=qcow2,file.filename=${S('snap.qcow2')}`, 'out'] },
+  { name: '-l on a chain top without snapshots', args: ['-l', 's1', S('top.qcow2'), 'out'] },
 
   // Several sources
   { name: 'two sources -> raw', args: [S('mixed.qcow2'), S('odd.raw'), 'out'] },

@@ -263,7 +263,7 @@ export const run: CommandRunner = async (argv, io) => {
       }
       await first.close();
       opened[0] = await openNamed(sources[0]!, {
-        format: first.format,
+        format: args.imageOpts ? undefined : first.format,
         readOnly: true,
         imageOpts: args.imageOpts,
         snapshot: args.snapshot ?? args.snapshotName,
