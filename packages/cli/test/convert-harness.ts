@@ -4,7 +4,7 @@
  * same), compared on exit status, stdout, stderr and the files each one wrote.
  */
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { main } from '@tsimg/cli';
 import { asTsimg, qemuImg, tsimgBin, type RunResult } from '../../../test-images/qemu.js';
@@ -93,6 +93,7 @@ export async function runCase(root: string, index: number, c: ConvertCase): Prom
   mkdirSync(tdir, { recursive: true });
   c.before?.(qdir);
   c.before?.(tdir);
+  if (process.env.CONVERT_KEEP) writeFileSync(join(root, String(index), 'case.txt'), `${c.name}\n${c.args.join(' ')}\n`);
   const [qemu, ts] = await Promise.all([
     runAsync('qemu-img', ['convert', ...c.args], qdir),
     c.spawn || process.env.CONVERT_SPAWN ? runAsync(process.execPath, [tsimgBin, 'convert', ...c.args], tdir) : inProcess(c.args, tdir),
