@@ -1,7 +1,8 @@
 /**
  * Corpus convert cross-check: every image of the shared corpus goes through `qemu-img convert`
  * and `tsimg convert` with the same arguments — to raw (the active layer, and each internal
- * snapshot with -l) the outputs must be the same bytes, and to qcow2 the same file byte for byte.
+ * snapshot with -l) the outputs must be the same bytes, and to qcow2 (with -p: the same
+ * progress lines) the same file byte for byte.
  *
  * tsimg runs in this process (the CLI's `main`; a Node start-up per image would cost more than
  * the conversions), qemu-img as a process alongside it. The terabyte-sized sparse image is
@@ -67,6 +68,24 @@ function diffFiles(a: string, b: string): string | undefined {
   }
 }
 
+/**
+ * Images whose -p lines differ (the bytes do not): Qcow2Image.blockStatus merges what qemu's
+ * qcow2_co_block_status reports in pieces — a run never spans two L2 tables in qemu, compressed
+ * clusters come one at a time, data runs end where host offsets stop being contiguous, and
+ * qemu's block layer asks the host file too, so data clusters over holes of the image file
+ * (preallocation=metadata) are zero there. qemu's copy loop makes one chunk, and one progress
+ * step, per status run.
+ */
+const PROGRESS_DIFFERS = new Set(
+  (
+    'qcow2-v2 qcow2-v3 cluster-4k cluster-64k cluster-512 refcount-1 refcount-2 refcount-4 refcount-8 refcount-16 ' +
+    'refcount-32 refcount-64 lazy-refcounts extl2-backing compressed-zlib compressed-zstd compressed-zstd-4k ' +
+    'compressed-zlib-512 prealloc-metadata'
+  )
+    .split(' ')
+    .map((n) => `${n}.qcow2`),
+);
+
 interface Job {
   name: string;
   image: CorpusImage;
@@ -78,7 +97,8 @@ function jobsFor(image: CorpusImage): Job[] {
   const src = ['-U', '-f', image.format, image.path];
   const jobs: Job[] = [];
   if (!image.huge) jobs.push({ name: 'to raw', image, args: [...src, '-O', 'raw'] });
-  jobs.push({ name: 'to qcow2', image, args: [...src, '-O', 'qcow2'] });
+  // -p here: the progress lines (stdout) of every image are compared too.
+  jobs.push({ name: 'to qcow2, with -p', image, args: ['-p', ...src, '-O', 'qcow2'] });
   for (const snap of image.snapshots) jobs.push({ name: `snapshot ${snap} to raw`, image, args: ['-l', snap, ...src, '-O', 'raw'] });
   return jobs;
 }
@@ -123,6 +143,13 @@ describeQemu('corpus convert cross-check: tsimg convert writes what qemu-img con
             rmSync(r.q, { force: true });
             rmSync(r.t, { force: true });
           }
+        });
+        if (!job.args.includes('-p')) continue;
+        const known = PROGRESS_DIFFERS.has(image.file);
+        (known ? it.fails : it)(`${known ? 'known bug: ' : ''}-p prints qemu's progress lines`, async () => {
+          const key = [...results.keys()].find((j) => j.image.file === image.file && j.name === job.name)!;
+          const r = await results.get(key)!;
+          expect(r.ts.stdout.split('\r')).toEqual(r.qemu.stdout.split('\r'));
         });
       }
     });
