@@ -9,23 +9,11 @@
  * table, corrupt bit set, dirty lazy refcounts), must not repair a dirty image while opening,
  * and must write metadata through the file device in qemu's order.
  */
-import { FormatError, IoError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
-import { loadHeader, findExtension, type Qcow2Header, type HeaderExtension } from './header.js';
-import {
-  COMPRESSION_ZLIB,
-  COMPRESSION_ZSTD,
-  INCOMPAT_COMPRESSION,
-  INCOMPAT_DATA_FILE,
-  INCOMPAT_EXTL2,
-  INCOMPAT_KNOWN,
-  AUTOCLEAR_BITMAPS,
-  AUTOCLEAR_DATA_FILE_RAW,
-  AUTOCLEAR_KNOWN,
-  QCOW_MAX_L1_SIZE,
-  QCOW_MAX_REFTABLE_SIZE,
-} from './types.js';
+import { IoError, type BlockDevice } from '@tsimg/raw';
+import { findExtension, type Qcow2Header, type HeaderExtension } from './header.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, AUTOCLEAR_BITMAPS, AUTOCLEAR_KNOWN } from './types.js';
 import { getRefcount, setRefcount } from './refcount.js';
-import { loadBitmapDirectory, loadBitmapTable, QCOW2_MAX_BITMAPS, QCOW2_MAX_BITMAP_DIRECTORY_SIZE } from './bitmap-directory.js';
+import { openQcow2Metadata } from './qcow2-metadata.js';
 
 const TWO32 = 2 ** 32;
 /** Offsets from here on cannot be read or written (qemu's int64 request limit). */
@@ -155,138 +143,25 @@ export async function readAt(file: BlockDevice, offset: number, length: number):
   return out;
 }
 
-function validateTable(
-  clusterSize: number,
-  offset: number,
-  entries: number,
-  entryLen: number,
-  maxBytes: number,
-  name: string,
-): void {
-  if (entries > Math.floor(maxBytes / entryLen)) throw new FormatError(`${name} too large`, { errno: 'EFBIG' });
-  if (INT64_MAX_APPROX - entries * entryLen < offset || offset % clusterSize !== 0) {
-    throw new FormatError(`${name} offset invalid`, { errno: 'EINVAL' });
-  }
-}
-
-/** qemu's report_unsupported_feature text. */
-function unsupportedFeatures(exts: readonly HeaderExtension[], mask: bigint): string {
-  const names: string[] = [];
-  const table = findExtension(exts, 'feature-names')?.features ?? [];
-  for (const f of table) {
-    if (f.name === '') break;
-    if (f.type === 0 && (mask & (1n << BigInt(f.bit))) !== 0n) {
-      names.push(f.name.slice(0, 46));
-      mask &= ~(1n << BigInt(f.bit));
-    }
-  }
-  if (mask !== 0n) names.push(`Unknown incompatible feature: ${mask.toString(16)}`);
-  return `Unsupported qcow2 feature(s): ${names.join(', ')}`;
-}
-
 /**
- * Opens the qcow2 image on `file` for a check (qcow2_do_open with BDRV_O_CHECK): validates the
- * header and table pointers with qemu's messages, reads the active L1 table and the refcount
- * table. Throws a FormatError/UnsupportedError (the CLI prints "Could not open ...: <message>").
+ * Opens the qcow2 image on `file` for a check: qcow2_do_open with BDRV_O_CHECK (the shared
+ * open checks of qcow2-metadata.ts, with qemu's messages), reading the active L1 table and the
+ * refcount table. A writable open clears unknown autoclear bits, as qemu does. Throws a
+ * FormatError/UnsupportedError (the CLI prints "Could not open ...: <message>").
  */
 export async function openForCheck(file: BlockDevice, log: CheckLog, writable = !file.readOnly): Promise<CheckImage> {
-  const { header, extensions } = await loadHeader(file);
+  const opened = await openQcow2Metadata(file, { check: true, readWrite: writable, readTables: true });
+  for (const [kind, text] of opened.log) log(text, kind);
+  const { header, extensions } = opened.hdr;
   const clusterBits = header.clusterBits;
-  const clusterSize = 2 ** clusterBits;
+  const clusterSize = opened.clusterSize;
   const incompat = header.incompatibleFeatures;
-  if (header.compressionType !== COMPRESSION_ZLIB && header.compressionType !== COMPRESSION_ZSTD) {
-    throw new UnsupportedError(`qcow2: unknown compression type: ${header.compressionType}`, { errno: 'ENOTSUP' });
-  }
-  if (header.compressionType === COMPRESSION_ZLIB) {
-    if ((incompat & INCOMPAT_COMPRESSION) !== 0n) {
-      throw new FormatError('qcow2: Compression type incompatible feature bit must not be set', { errno: 'EINVAL' });
-    }
-  } else if ((incompat & INCOMPAT_COMPRESSION) === 0n) {
-    throw new FormatError('qcow2: Compression type incompatible feature bit must be set', { errno: 'EINVAL' });
-  }
-  if ((incompat & ~INCOMPAT_KNOWN) !== 0n) {
-    throw new UnsupportedError(unsupportedFeatures(extensions, incompat & ~INCOMPAT_KNOWN), { errno: 'ENOTSUP' });
-  }
   const extendedL2 = (incompat & INCOMPAT_EXTL2) !== 0n;
-  if (extendedL2 && clusterSize / 32 < 512) {
-    throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
-  }
   const refcountOrder = header.refcountOrder;
   const l2EntryBytes = extendedL2 ? 16 : 8;
   const l2Bits = clusterBits - Math.log2(l2EntryBytes);
-  const reftableSize = header.refcountTableClusters * (clusterSize / 8);
-  validateTable(
-    clusterSize,
-    header.refcountTableOffset,
-    header.refcountTableClusters,
-    clusterSize,
-    QCOW_MAX_REFTABLE_SIZE,
-    'Reference count table',
-  );
-  validateTable(clusterSize, header.l1TableOffset, header.l1Size, 8, QCOW_MAX_L1_SIZE, 'Active L1 table');
-  const l1VmStateIndex = Math.ceil(header.size / 2 ** (clusterBits + l2Bits));
-  if (l1VmStateIndex > 0x7fffffff) throw new FormatError('Image is too big', { errno: 'EFBIG' });
-  if (header.l1Size < l1VmStateIndex) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
-  let l1Table: Uint8Array;
-  let reftable: Uint8Array;
-  try {
-    l1Table = await readAt(file, header.l1TableOffset, header.l1Size * 8);
-  } catch (err) {
-    throw new IoError(`Could not read L1 table: ${(err as Error).message}`, { cause: err });
-  }
-  if (header.cryptMethod > 2) {
-    throw new FormatError(`Unsupported encryption method ${header.cryptMethod | 0}`, { errno: 'EINVAL' });
-  }
-  try {
-    reftable = await readAt(file, header.refcountTableOffset, reftableSize * 8);
-  } catch (err) {
-    throw new IoError(`Could not initialize refcount handling: ${(err as Error).message}`, { cause: err });
-  }
-  const dataFile = (incompat & INCOMPAT_DATA_FILE) !== 0n;
-  let bm = findExtension(extensions, 'bitmaps');
-  if (bm && (header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) {
-    // qcow2_read_extensions: bitmaps written by a program that did not know them are ignored
-    log(
-      header.version < 3
-        ? 'warning: This qcow2 v2 image contains bitmaps, but they may have been modified by a program without persistent bitmap support; so now they must all be considered inconsistent'
-        : 'warning: a program lacking bitmap support modified this file, so all bitmaps are now considered inconsistent',
-      'report',
-    );
-    log("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.", 'raw');
-    bm = undefined;
-  }
-  if (bm) {
-    if (bm.nbBitmaps > QCOW2_MAX_BITMAPS) {
-      throw new FormatError(
-        `bitmaps_ext: Image has ${bm.nbBitmaps} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`,
-        { errno: 'EINVAL' },
-      );
-    }
-    if (bm.nbBitmaps === 0) throw new FormatError('found bitmaps extension with zero bitmaps', { errno: 'EINVAL' });
-    if (bm.bitmapDirectoryOffset % clusterSize !== 0) {
-      throw new FormatError('bitmaps_ext: invalid bitmap directory offset', { errno: 'EINVAL' });
-    }
-    if (bm.bitmapDirectorySize > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
-      throw new FormatError(
-        `bitmaps_ext: bitmap directory size (${bm.bitmapDirectorySize}) exceeds the maximum supported size (${QCOW2_MAX_BITMAP_DIRECTORY_SIZE})`,
-        { errno: 'EINVAL' },
-      );
-    }
-  }
-  if (dataFile && !findExtension(extensions, 'data-file')) {
-    throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
-  }
-  if (!dataFile && (header.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
-    throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
-  }
+  const bm = opened.bitmapsExt;
   const crypto = findExtension(extensions, 'crypto-header');
-  if (header.cryptMethod === 2 && !crypto) {
-    throw new FormatError('Missing CRYPTO header for crypt method 2', { errno: 'EINVAL' });
-  }
-  if (header.cryptMethod !== 0) {
-    // qemu opens the encryption layer even for a check, which needs the key
-    throw new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher", { errno: 'EINVAL' });
-  }
   if (writable && (header.autoclearFeatures & ~AUTOCLEAR_KNOWN) !== 0n) {
     // qemu clears unknown autoclear bits when it opens an image for writing. (It does so by
     // rewriting the whole header from its open-time state, which in check mode has no
@@ -298,11 +173,6 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
     await file.write(88, b);
     await file.flush();
   }
-  if (bm) {
-    // qcow2_load_dirty_bitmaps: the directory and every bitmap table must load
-    const dir = await loadBitmapDirectory(file, bm, clusterSize, header.size);
-    for (const e of dir) await loadBitmapTable(file, e, clusterSize, header.size);
-  }
   return {
     file,
     writable,
@@ -313,17 +183,17 @@ export async function openForCheck(file: BlockDevice, log: CheckLog, writable = 
     l2Size: 2 ** l2Bits,
     l2EntryBytes,
     extendedL2,
-    dataFile,
+    dataFile: (incompat & INCOMPAT_DATA_FILE) !== 0n,
     refcountOrder,
     refcountBlockBits: clusterBits - (refcountOrder - 3),
     refcountMax: refcountOrder >= 6 ? Number.MAX_SAFE_INTEGER : 2 ** (1 << refcountOrder) - 1,
     virtualSize: header.size,
     l1TableOffset: header.l1TableOffset,
     l1Size: header.l1Size,
-    l1Table,
+    l1Table: opened.l1Table ?? new Uint8Array(0),
     reftableOffset: header.refcountTableOffset,
-    reftableSize,
-    reftable,
+    reftableSize: header.refcountTableClusters * (clusterSize / 8),
+    reftable: opened.reftable ?? new Uint8Array(0),
     nbSnapshots: 0,
     snapshotsOffset: 0,
     snapshotsSize: 0,

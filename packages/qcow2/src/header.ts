@@ -1,6 +1,6 @@
 /**
  * The qcow2 header and its extensions: pure codecs over a DataView, plus `loadHeader` which
- * reads the first cluster of a device and validates what the rest of the package relies on.
+ * reads and decodes them from a device (qemu's open checks are in qcow2-metadata.ts).
  *
  * Layout (docs/interop/qcow2.txt): a 72-byte v2 header, v3 adds fields up to header_length
  * (104, or 112 with the compression_type byte), then extensions `{u32 type, u32 length, data
@@ -299,42 +299,33 @@ export function findExtension<K extends HeaderExtension['kind']>(
 }
 
 /**
- * Reads and decodes the header, its extensions and the backing file name from `dev`, checking
- * the fields that bound everything else (cluster size, header length, refcount order,
- * backing name) the way qemu's qcow2_do_open does, with its messages.
+ * Reads and decodes the header, its extensions and the backing file name from `dev` — the
+ * codecs only. qemu's open-time checks (qcow2_do_open: feature bits, table pointers, sizes,
+ * extension rules, in qemu's order with its messages) belong to `openQcow2Metadata`
+ * (qcow2-metadata.ts), which every opener uses; this is for images known to be sound (e.g. one
+ * just written). It refuses only what it cannot decode: a cluster size out of range (the first
+ * cluster is read whole) and a backing file name longer than any qemu accepts.
  */
 export async function loadHeader(dev: BlockDevice): Promise<HeaderInfo> {
-  // Like qemu, read the fixed header zero-padded: a file shorter than a header still decodes
-  // (and fails a later check) rather than being "not qcow2".
+  // Read the fixed header zero-padded: a file shorter than a header still decodes.
   const fixed = new Uint8Array(V3_HEADER_LENGTH);
   await dev.read(0, fixed.subarray(0, Math.min(fixed.length, dev.size())));
   const header = decodeHeader(new DataView(fixed.buffer));
   if (header.clusterBits < MIN_CLUSTER_BITS || header.clusterBits > MAX_CLUSTER_BITS) {
     throw new FormatError(`Unsupported cluster size: 2^${header.clusterBits}`, { errno: 'EINVAL' });
   }
-  const first = new Uint8Array(2 ** header.clusterBits);
-  await dev.read(0, first.subarray(0, Math.min(first.length, dev.size())));
-  const view = new DataView(first.buffer);
   const clusterSize = 2 ** header.clusterBits;
-  if (header.version === 3) {
-    if (header.headerLength < V3_HEADER_LENGTH_MIN) throw new FormatError('qcow2 header too short', { errno: 'EINVAL' });
-    if (header.headerLength > clusterSize) throw new FormatError('qcow2 header exceeds cluster size', { errno: 'EINVAL' });
-    if (header.refcountOrder > 6) {
-      throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
-    }
-  }
-  if (header.backingFileOffset > clusterSize) throw new FormatError('Invalid backing file offset', { errno: 'EINVAL' });
-  const extEnd = header.backingFileOffset > 0 ? header.backingFileOffset : clusterSize;
-  const extensions =
-    extEnd > extensionsStart(header) ? decodeExtensions(view, extensionsStart(header), Math.min(extEnd, first.length)) : [];
+  const first = new Uint8Array(clusterSize);
+  await dev.read(0, first.subarray(0, Math.min(first.length, dev.size())));
+  const extEnd = header.backingFileOffset > 0 ? Math.min(header.backingFileOffset, clusterSize) : clusterSize;
+  const start = extensionsStart(header);
+  const extensions = extEnd > start ? decodeExtensions(new DataView(first.buffer), start, extEnd) : [];
   let backingFile: string | undefined;
   if (header.backingFileOffset > 0) {
-    if (header.backingFileSize > MAX_BACKING_FILE_NAME || header.backingFileSize >= clusterSize) {
-      throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
-    }
+    if (header.backingFileSize > MAX_BACKING_FILE_NAME) throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
     const nameBytes = new Uint8Array(header.backingFileSize);
-    await dev.read(header.backingFileOffset, nameBytes);
-    backingFile = utf8.decode(nameBytes);
+    await dev.read(header.backingFileOffset, nameBytes.subarray(0, Math.max(0, Math.min(nameBytes.length, dev.size() - header.backingFileOffset))));
+    backingFile = cString(nameBytes);
   }
   return { header, extensions, backingFile };
 }

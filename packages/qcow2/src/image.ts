@@ -26,7 +26,6 @@ import {
   encodeExtensions,
   encodeHeader,
   findExtension,
-  loadHeader,
   QEMU_FEATURE_NAMES,
   V3_HEADER_LENGTH,
   type HeaderExtension,
@@ -44,6 +43,7 @@ import {
   entryWritableInPlace,
   type L2Entry,
 } from './l2-entry.js';
+import { openQcow2Metadata, validateTable, type Qcow2OpenState } from './qcow2-metadata.js';
 import { geometry, l2OffsetFor, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
 import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from './refcount.js';
 import {
@@ -52,15 +52,11 @@ import {
   AUTOCLEAR_KNOWN,
   COMPAT_LAZY_REFCOUNTS,
   COMPRESSION_ZSTD,
-  CRYPT_NONE,
   INCOMPAT_CORRUPT,
   INCOMPAT_DATA_FILE,
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
-  INCOMPAT_KNOWN,
   QCOW_MAX_L1_SIZE,
-  QCOW_MAX_REFTABLE_SIZE,
-  QCOW_MAX_SNAPSHOTS,
 } from './types.js';
 
 /** An open image of any format: a BlockDevice that knows its file and backing image. */
@@ -80,8 +76,11 @@ export interface Qcow2OpenOptions {
   dataFile?: BlockDevice;
   /** The backing image, when opened. */
   backing?: Image;
-  /** Pre-read header (saves a read); loaded from `file` otherwise. */
-  info?: HeaderInfo;
+  /**
+   * The open checks' result when the caller ran them already (openQcow2Metadata with
+   * `readTables`, e.g. to find the data file and the backing file first); run on `file` otherwise.
+   */
+  opened?: Qcow2OpenState;
   /**
    * Read a snapshot instead of the active layer: its L1 table replaces the active one, the
    * virtual size stays the image's (qemu's qcow2_snapshot_load_tmp). Read-only opens only.
@@ -235,74 +234,43 @@ export class Qcow2Image implements Image, MappingSource {
   }
 
   /**
-   * Opens a qcow2 image on `file`, validating the header the way qemu's qcow2_do_open does and
-   * loading the active L1 table (and, when writable, the refcount table).
+   * Opens a qcow2 image on `file` with qcow2_do_open's checks (qcow2-metadata.ts, shared with
+   * info and check), loading the active L1 table and, when writable, the refcount table. A
+   * dirty image opened read/write is repaired first, as qemu does at the end of its open.
    */
   static async open(file: BlockDevice, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
-    let info = opts.info ?? (await loadHeader(file));
-    if ((info.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n && !opts.readOnly && opts.l1Table === undefined) {
-      const unknownBits = info.header.incompatibleFeatures & ~INCOMPAT_KNOWN;
-      if (unknownBits !== 0n) throw unsupportedFeatures(info.extensions, unknownBits);
-      if ((info.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n) {
-        throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
-      }
+    if (opts.l1Table !== undefined && !opts.readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
+    const flags = { readWrite: !opts.readOnly, readTables: true };
+    let opened = opts.opened?.l1Table && opts.opened.reftable ? opts.opened : await openQcow2Metadata(file, flags);
+    if ((opened.hdr.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n && !opts.readOnly) {
       // qemu repairs a dirty (lazy refcounts) image when it is opened for writing: the
       // refcounts are rebuilt from the L1/L2 tables and the dirty bit is cleared.
       await repairDirty(file, opts.log);
-      info = await loadHeader(file);
+      opened = await openQcow2Metadata(file, flags);
     }
+    const info = opened.hdr;
     const h = info.header;
-    const cs = 2 ** h.clusterBits;
-    const incompat = h.incompatibleFeatures;
-    const unknown = incompat & ~INCOMPAT_KNOWN;
-    if (unknown !== 0n) throw unsupportedFeatures(info.extensions, unknown);
-    if ((incompat & INCOMPAT_CORRUPT) !== 0n && !opts.readOnly) {
-      throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
-    }
-    if (h.cryptMethod !== CRYPT_NONE) {
-      if (h.cryptMethod > 2) throw new UnsupportedError(`Unsupported encryption method: ${h.cryptMethod}`, { errno: 'EINVAL' });
-      throw new UnsupportedError('Encrypted qcow2 images are not supported', { errno: 'ENOTSUP' });
-    }
-    if ((incompat & INCOMPAT_EXTL2) !== 0n && cs / 32 < 512) {
-      throw new FormatError(`Unsupported subcluster size: ${cs / 32}`, { errno: 'EINVAL' });
-    }
-    if ((incompat & INCOMPAT_DATA_FILE) !== 0n && opts.dataFile === undefined) {
+    const cs = opened.clusterSize;
+    // The engine reads guest data from the data file, so it must have been opened.
+    if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n && opts.dataFile === undefined) {
       throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
     }
-    if ((h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n && (incompat & INCOMPAT_DATA_FILE) === 0n) {
-      throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
-    }
-    // Refcount table.
-    if (h.refcountTableClusters > QCOW_MAX_REFTABLE_SIZE / cs) {
-      throw new TsimgError('limit', 'Reference count table too large', { errno: 'EINVAL' });
-    }
-    if (h.refcountTableClusters === 0) {
-      throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
-    }
-    validateTable(h.refcountTableOffset, h.refcountTableClusters * cs, cs, 'Invalid reference count table offset');
-    if (h.nbSnapshots > QCOW_MAX_SNAPSHOTS) throw new TsimgError('limit', 'Too many snapshots', { errno: 'EINVAL' });
-    validateTable(h.snapshotsOffset, h.nbSnapshots * 40, cs, 'Invalid snapshot table offset');
-    // L1 table.
-    if (h.l1Size > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+    let l1 = opened.l1Table!;
     if (opts.l1Table !== undefined) {
-      if (!opts.readOnly) throw new UsageError('Device is not readonly', { errno: 'EINVAL' });
-      if (opts.l1Table.size > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Snapshot L1 table too large', { errno: 'EFBIG' });
-      validateTable(opts.l1Table.offset, opts.l1Table.size * 8, cs, 'Snapshot L1 table offset invalid');
+      // qcow2_snapshot_load_tmp: the snapshot's L1 table replaces the active one.
+      try {
+        validateTable(BigInt(opts.l1Table.offset), opts.l1Table.size, 8, QCOW_MAX_L1_SIZE, cs, 'Snapshot L1 table');
+      } catch (err) {
+        throw new FormatError(`Failed to load snapshot: ${(err as Error).message}`, { errno: (err as FormatError).errno, cause: err });
+      }
+      l1 = new Uint8Array(opts.l1Table.size * 8);
+      const inFile = Math.max(0, Math.min(l1.length, file.size() - opts.l1Table.offset));
+      if (inFile > 0) await file.read(opts.l1Table.offset, l1.subarray(0, inFile));
     }
-    const entrySize = (incompat & INCOMPAT_EXTL2) !== 0n ? 16 : 8;
-    const l2Span = (cs / entrySize) * cs;
-    const needL1 = Math.ceil(h.size / l2Span);
-    if (needL1 > INT_MAX) throw new TsimgError('limit', 'Image is too big', { errno: 'EFBIG' });
-    if (h.l1Size < needL1) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
-    if (h.l1Size > 0) validateTable(h.l1TableOffset, h.l1Size * 8, cs, 'Invalid L1 table offset');
-    const l1Where = opts.l1Table ?? { offset: h.l1TableOffset, size: h.l1Size };
-    const l1 = new Uint8Array(l1Where.size * 8);
-    if (l1.length > 0) await file.read(l1Where.offset, l1);
     let reftable = new Float64Array(0);
     if (!opts.readOnly) {
-      const bytes = new Uint8Array(h.refcountTableClusters * cs);
-      await file.read(h.refcountTableOffset, bytes);
-      const view = new DataView(bytes.buffer);
+      const bytes = opened.reftable!;
+      const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       reftable = new Float64Array(bytes.length / REFTABLE_ENTRY_SIZE);
       for (let i = 0; i < reftable.length; i++) reftable[i] = decodeReftableEntry(view, i).offset;
     }
@@ -1409,30 +1377,6 @@ function sameEntry(view: DataView, at: number, entry: L2Entry, geo: Geometry): b
   encodeL2Entry(entry, scratch, 0, geo);
   for (let i = 0; i < size; i += 4) if (scratch.getUint32(i) !== view.getUint32(at + i)) return false;
   return true;
-}
-
-/** Checks a table's offset and size the way qemu's validate_table_offset does. */
-function validateTable(offset: number, bytes: number, clusterSize: number, message: string): void {
-  if (bytes === 0) return;
-  if (offset % clusterSize !== 0 || offset + bytes > Number.MAX_SAFE_INTEGER) {
-    throw new FormatError(message, { errno: 'EINVAL' });
-  }
-}
-
-/** "Unsupported qcow2 feature(s): ..." naming the bits from the image's feature table. */
-function unsupportedFeatures(exts: readonly HeaderExtension[], mask: bigint): UnsupportedError {
-  const names: string[] = [];
-  let left = mask;
-  for (const f of findExtension(exts, 'feature-names')?.features ?? []) {
-    if (f.type !== 0 || f.bit > 63) continue;
-    const bit = 1n << BigInt(f.bit);
-    if ((left & bit) !== 0n) {
-      names.push(f.name.slice(0, 46));
-      left &= ~bit;
-    }
-  }
-  if (left !== 0n) names.push(`Unknown incompatible feature: ${left.toString(16)}`);
-  return new UnsupportedError(`Unsupported qcow2 feature(s): ${names.join(', ')}`, { errno: 'ENOTSUP' });
 }
 
 /** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */

@@ -14,9 +14,9 @@ import {
   type WriteZeroesOptions,
 } from '@tsimg/raw';
 import type { CheckLog } from './check.js';
-import { findExtension, loadHeader } from './header.js';
+import { findExtension } from './header.js';
+import { openQcow2Metadata } from './qcow2-metadata.js';
 import { Qcow2Image, type Image } from './image.js';
-import { loadSnapshots, validateSnapshotTable } from './snapshot.js';
 import { INCOMPAT_DATA_FILE, QCOW2_MAGIC } from './types.js';
 
 export type { Image } from './image.js';
@@ -155,13 +155,16 @@ async function openLayer(
       }
       return new RawImage(filename, file);
     }
-    const info = await loadHeader(file);
+    // qcow2_do_open's checks (shared with info and check) come before the data file and the
+    // backing chain are opened, as in qemu.
+    const opened = await openQcow2Metadata(file, { readWrite: !readOnly, readTables: true });
+    for (const [kind, text] of opened.log) log?.(text, kind);
+    const info = opened.hdr;
     const h = info.header;
     let l1Table: { offset: number; size: number } | undefined;
     if (snapshot !== undefined) {
       if (!readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
-      validateSnapshotTable(h.snapshotsOffset, h.nbSnapshots, 2 ** h.clusterBits);
-      const list = await loadSnapshots(file, h.snapshotsOffset, h.nbSnapshots);
+      const list = opened.snapshots;
       const sn =
         typeof snapshot === 'string'
           ? (list.find((s) => s.id === snapshot) ?? list.find((s) => s.name === snapshot))
@@ -200,7 +203,7 @@ async function openLayer(
         throw rewrap(err, 'Could not open backing file: ');
       }
     }
-    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, info, l1Table, log });
+    return await Qcow2Image.open(file, { filename, readOnly, dataFile, backing, opened, l1Table, log });
   } catch (err) {
     await backing?.close().catch(() => undefined);
     await dataFile?.close().catch(() => undefined);

@@ -10,7 +10,7 @@
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
  * with EIO.
  */
-import { FormatError, IoError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
 import {
   decodeHeader,
   EXT_BACKING_FORMAT,
@@ -30,12 +30,15 @@ import {
 } from './header.js';
 import {
   AUTOCLEAR_BITMAPS,
+  AUTOCLEAR_DATA_FILE_RAW,
   COMPRESSION_ZLIB,
   COMPRESSION_ZSTD,
   CRYPT_AES,
   CRYPT_LUKS,
   CRYPT_NONE,
   INCOMPAT_COMPRESSION,
+  INCOMPAT_CORRUPT,
+  INCOMPAT_DATA_FILE,
   INCOMPAT_EXTL2,
   INCOMPAT_KNOWN,
   MAX_BACKING_FILE_NAME,
@@ -142,7 +145,14 @@ class ExtensionWalkError extends FormatError {
  * qemu's checks, in qemu's order, checking each extension as it is reached (so the first bad
  * one decides the message). Reports the bitmap warnings through `warnings`.
  */
-function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end: number, warnings: string[]): HeaderExtension[] {
+function walkExtensions(
+  cluster: Uint8Array,
+  h: Qcow2Header,
+  start: number,
+  end: number,
+  warnings: string[],
+  flags: Qcow2OpenFlags,
+): HeaderExtension[] {
   const clusterSize = 2 ** h.clusterBits;
   const v = new DataView(cluster.buffer, cluster.byteOffset, cluster.byteLength);
   const out: HeaderExtension[] = [];
@@ -180,6 +190,8 @@ function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end:
         if (offset === undefined || offset % clusterSize !== 0) {
           fail(`Encryption header offset '${d.getBigUint64(0)}' is not a multiple of cluster size '${clusterSize}'`);
         }
+        // qcrypto_block_open: without BDRV_O_NO_IO the LUKS layer needs the key here.
+        if (!flags.noIo) fail(keySecretRequired().message);
         out.push({ kind: 'crypto-header', offset: offset!, length: length ?? Number.MAX_SAFE_INTEGER });
         break;
       }
@@ -223,7 +235,7 @@ function walkExtensions(cluster: Uint8Array, h: Qcow2Header, start: number, end:
 }
 
 /** The header's 64-bit fields as on disk (qemu accepts values past 2^53 where its checks pass). */
-interface WideFields {
+export interface WideFields {
   backingFileOffset: bigint;
   size: bigint;
   l1TableOffset: bigint;
@@ -260,12 +272,59 @@ async function checkReach(offset: number, length: number): Promise<void> {
   if (offset + length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
 }
 
-/** qcow2_validate_table: entry count within `maxBytes`, offset aligned and the end below 2^63. */
-function validateTable(offset: bigint, entries: number, entryLen: number, maxBytes: number, clusterSize: number, what: string): void {
+/**
+ * qcow2_validate_table on the exact 64-bit offset: at most `maxBytes` of entries (else
+ * "<what> too large", EFBIG), the offset cluster-aligned and the table ending below 2^63 (else
+ * "<what> offset invalid", EINVAL). `what` is qemu's table name, e.g. "Active L1 table".
+ */
+export function validateTable(offset: bigint, entries: number, entryLen: number, maxBytes: number, clusterSize: number, what: string): void {
   if (entries > Math.floor(maxBytes / entryLen)) throw new FormatError(`${what} too large`, { errno: 'EFBIG' });
   if ((1n << 63n) - 1n - BigInt(entries) * BigInt(entryLen) < offset || offset % BigInt(clusterSize) !== 0n) {
     throw new FormatError(`${what} offset invalid`, { errno: 'EINVAL' });
   }
+}
+
+/**
+ * How the image is opened — the open flags that change what qcow2_do_open checks. qemu-img
+ * info opens read-only with BDRV_O_NO_IO; check with BDRV_O_CHECK (read/write for -r); the
+ * engine (map, convert, compare, measure, dd...) plainly, read-only or read/write.
+ */
+export interface Qcow2OpenFlags {
+  /**
+   * BDRV_O_CHECK: a missing refcount table is accepted, the snapshot table is neither
+   * validated nor read, and a corrupt image opens read/write (to be repaired).
+   */
+  check?: boolean;
+  /** BDRV_O_RDWR: a corrupt image is refused ("Image is corrupt; cannot be opened read/write") unless `check`. */
+  readWrite?: boolean;
+  /**
+   * BDRV_O_NO_IO: encryption is set up without a key (the LUKS header is only parsed). Without
+   * it an encrypted image needs `encrypt.key-secret`, which tsimg never has, so it fails like
+   * qemu without the option.
+   */
+  noIo?: boolean;
+  /**
+   * Return the active L1 table and the refcount table as read (qemu always reads them; info
+   * needs only their reads to be possible, so it leaves this off and saves the memory).
+   */
+  readTables?: boolean;
+}
+
+/** What qcow2_do_open leaves behind: the metadata plus what the check and the engine go on with. */
+export interface Qcow2OpenState extends Qcow2Metadata {
+  /** The header's 64-bit fields exactly as on disk (the header's numbers round past 2^53). */
+  exact: WideFields;
+  /** The active L1 table, big-endian entries as on disk (with `readTables`). */
+  l1Table?: Uint8Array;
+  /** The refcount table, big-endian entries as on disk (with `readTables`). */
+  reftable?: Uint8Array;
+  /** The bitmaps extension when qemu uses it (absent, or ignored without the autoclear bit: undefined). */
+  bitmapsExt?: Extract<HeaderExtension, { kind: 'bitmaps' }>;
+  /**
+   * Lines qemu prints while opening, as `[kind, text]` for a check log: the bitmap warning is
+   * an error_report-style line, the leak hint raw text without a newline.
+   */
+  log: Array<[kind: 'report' | 'raw', text: string]>;
 }
 
 /**
@@ -276,6 +335,17 @@ function validateTable(offset: bigint, entries: number, entryLen: number, maxByt
  * of the file see zeroes, as in qemu.
  */
 export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadata> {
+  return openQcow2Metadata(file, { noIo: true });
+}
+
+/**
+ * qcow2_do_open's checks, in its order and with its messages, for every opener: info, check
+ * and the engine differ only by `flags` (qemu's BDRV_O_CHECK, BDRV_O_RDWR, BDRV_O_NO_IO).
+ * Writes nothing: clearing unknown autoclear bits and repairing a dirty image are the caller's
+ * (they need its write path). Throws the typed errors with qemu's messages; the caller adds
+ * "Could not open 'NAME': ".
+ */
+export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags = {}): Promise<Qcow2OpenState> {
   const view = headerView(file);
   const fixed = new Uint8Array(V3_HEADER_LENGTH);
   await view.read(0, fixed);
@@ -308,24 +378,30 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
     // qemu names the bits from the feature table, walking the extensions as far as it can.
     let exts: HeaderExtension[];
     try {
-      exts = walkExtensions(cluster, h, extStart, extEnd, []);
+      exts = walkExtensions(cluster, h, extStart, extEnd, [], flags);
     } catch (err) {
       exts = err instanceof ExtensionWalkError ? err.partial : [];
     }
     throw new UnsupportedError(unsupportedFeatures(exts, unknown), { errno: 'ENOTSUP' });
   }
-  if (h.refcountOrder > 6) {
-    throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
+  if ((h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n && flags.readWrite && !flags.check) {
+    // Corrupt images may be written to only to repair them.
+    throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
   }
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {
     throw new FormatError(`Unsupported subcluster size: ${clusterSize / 32}`, { errno: 'EINVAL' });
   }
-  if (h.refcountTableClusters === 0) {
+  if (h.refcountOrder > 6) {
+    throw new FormatError('Reference count entry width too large; may not exceed 64 bits', { errno: 'EINVAL' });
+  }
+  if (h.refcountTableClusters === 0 && !flags.check) {
     throw new FormatError('Image does not contain a reference count table', { errno: 'EINVAL' });
   }
   validateTable(raw.refcountTableOffset, h.refcountTableClusters, clusterSize, QCOW_MAX_REFTABLE_SIZE, clusterSize, 'Reference count table');
-  validateTable(raw.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, clusterSize, 'Snapshot table');
+  if (!flags.check) {
+    validateTable(raw.snapshotsOffset, h.nbSnapshots, SNAPSHOT_HEADER_SIZE, SNAPSHOT_HEADER_SIZE * MAX_SNAPSHOTS, clusterSize, 'Snapshot table');
+  }
   validateTable(raw.l1TableOffset, h.l1Size, 8, QCOW_MAX_L1_SIZE, clusterSize, 'Active L1 table');
   const l2Bits = BigInt(h.clusterBits - 3 - (extL2 ? 1 : 0));
   const shift = BigInt(h.clusterBits) + l2Bits;
@@ -333,15 +409,38 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
   const l1Needed = BigInt.asUintN(64, raw.size + (1n << shift) - 1n) >> shift;
   if (l1Needed > 0x7fffffffn) throw new FormatError('Image is too big', { errno: 'EFBIG' });
   if (BigInt(h.l1Size) < l1Needed) throw new FormatError('L1 table is too small', { errno: 'EINVAL' });
-  if (h.cryptMethod !== CRYPT_NONE && h.cryptMethod !== CRYPT_AES && h.cryptMethod !== CRYPT_LUKS) {
-    throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod}`, { errno: 'EINVAL' });
+  // Reads past the end of the file return zeroes; only a table reaching past BDRV_MAX_LENGTH fails.
+  let l1Table: Uint8Array | undefined;
+  if (h.l1Size > 0) {
+    await readOrFail(checkReach(h.l1TableOffset, h.l1Size * 8), 'Could not read L1 table');
+    if (flags.readTables) {
+      l1Table = new Uint8Array(h.l1Size * 8);
+      await view.read(h.l1TableOffset, l1Table);
+    }
+  } else if (flags.readTables) {
+    l1Table = new Uint8Array(0);
   }
-  // qemu reads the L1 table and the refcount table here; only their position can make that
-  // fail (reads past the end of the file return zeroes).
-  if (h.l1Size > 0) await readOrFail(checkReach(h.l1TableOffset, h.l1Size * 8), 'Could not read L1 table');
-  await readOrFail(checkReach(h.refcountTableOffset, h.refcountTableClusters * clusterSize), 'Could not initialize refcount handling');
+  // qcow2_update_options refuses crypt methods it does not know.
+  if (h.cryptMethod !== CRYPT_NONE && h.cryptMethod !== CRYPT_AES && h.cryptMethod !== CRYPT_LUKS) {
+    throw new UnsupportedError(`Unsupported encryption method ${h.cryptMethod | 0}`, { errno: 'EINVAL' });
+  }
+  const reftableBytes = h.refcountTableClusters * clusterSize;
+  await readOrFail(checkReach(h.refcountTableOffset, reftableBytes), 'Could not initialize refcount handling');
+  let reftable: Uint8Array | undefined;
+  if (flags.readTables) {
+    reftable = new Uint8Array(reftableBytes);
+    await view.read(h.refcountTableOffset, reftable);
+  }
 
-  const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings);
+  const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings, flags);
+  const dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
+  // The data file itself is opened by the caller (it knows how to resolve its name).
+  if (dataFile && !findExtension(extensions, 'data-file')) {
+    throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
+  }
+  if (!dataFile && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
+    throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
+  }
   let encrypt: Qcow2EncryptionInfo | undefined;
   const crypto = findExtension(extensions, 'crypto-header');
   if (crypto) {
@@ -351,7 +450,10 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
     await view.read(crypto.offset, luksHeader);
     encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
   } else if (h.cryptMethod === CRYPT_AES) {
+    if (!flags.noIo) throw keySecretRequired();
     encrypt = { format: 'aes' };
+  } else if (h.cryptMethod === CRYPT_LUKS && !flags.noIo) {
+    throw new FormatError(`Missing CRYPTO header for crypt method ${h.cryptMethod}`, { errno: 'EINVAL' });
   }
 
   let backingFile: string | undefined;
@@ -365,7 +467,8 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
     backingFile = cBytes(name);
   }
 
-  const snapshots = await loadSnapshots(view, h.snapshotsOffset, h.nbSnapshots);
+  // The snapshot table is not read in check mode: a broken one must not stop the check.
+  const snapshots = flags.check ? [] : await loadSnapshots(view, h.snapshotsOffset, h.nbSnapshots);
 
   let bitmaps: BitmapDirectoryEntry[] = [];
   const bitmapsExt = findExtension(extensions, 'bitmaps');
@@ -377,6 +480,31 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
       if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
     }
   }
-  return { hdr: { header: h, extensions, backingFile }, sizeBytes: raw.size, clusterSize, snapshots, bitmaps, encrypt, warnings };
+  const log: Qcow2OpenState['log'] = [];
+  for (const w of warnings) {
+    log.push(['report', w]);
+    log.push(['raw', LEAK_HINT]);
+  }
+  return {
+    hdr: { header: h, extensions, backingFile },
+    sizeBytes: raw.size,
+    clusterSize,
+    snapshots,
+    bitmaps,
+    encrypt,
+    warnings,
+    exact: raw,
+    l1Table,
+    reftable,
+    bitmapsExt,
+    log,
+  };
 }
 
+/** What qemu prints (error_printf, no newline) after the bitmap warning. */
+const LEAK_HINT = "Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.";
+
+/** qcrypto_block_open without a key (tsimg takes none): what qemu says without `encrypt.key-secret`. */
+function keySecretRequired(): UnsupportedError {
+  return new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher", { errno: 'EINVAL' });
+}
