@@ -79,6 +79,14 @@ const cases: ConvertCase[] = [
   { name: 'zstd source to zlib -c', args: ['-c', '-O', 'qcow2', S('zstd.qcow2'), 'out'], check: 'compressed' },
   { name: 'lazy_refcounts + cluster_size + refcount_bits', args: ['-O', 'qcow2', '-o', 'lazy_refcounts=on,cluster_size=8k,refcount_bits=32', S('top.qcow2'), 'out'] },
 
+  { name: 'cluster_size=4M', args: ['-O', 'qcow2', '-o', 'cluster_size=4M', S('mixed.qcow2'), 'out'] },
+  { name: 'cluster_size=256', args: ['-O', 'qcow2', '-o', 'cluster_size=256', S('mixed.qcow2'), 'out'] },
+  { name: 'refcount_bits=128', args: ['-O', 'qcow2', '-o', 'refcount_bits=128', S('mixed.qcow2'), 'out'] },
+  { name: 'encrypt.format=luks without a secret', args: ['-O', 'qcow2', '-o', 'encrypt.format=luks', S('mixed.qcow2'), 'out'] },
+  { name: 'raw target with a qcow2 option', args: ['-o', 'cluster_size=4k', S('mixed.qcow2'), 'out'] },
+  { name: 'qcow2 target with nocow', args: ['-O', 'qcow2', '-o', 'nocow=on', S('mixed.qcow2'), 'out'] },
+  { name: 'empty -o', args: ['-O', 'qcow2', '-o', '', S('mixed.qcow2'), 'out'] },
+
   // -c
   { name: '-c zlib', args: ['-c', '-O', 'qcow2', S('mixed.qcow2'), 'out'], check: 'compressed', spawn: true },
   { name: '-c zstd', args: ['-c', '-O', 'qcow2', '-o', 'compression_type=zstd', S('mixed.qcow2'), 'out'], check: 'compressed' },
