@@ -434,11 +434,12 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
 
   const extensions = walkExtensions(cluster, h, extStart, extEnd, warnings, flags);
   const dataFile = (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n;
-  // The data file itself is opened by the caller (it knows how to resolve its name).
-  if (dataFile && !findExtension(extensions, 'data-file')) {
+  // The data file itself is opened by the caller (it knows how to resolve its name). qemu-img
+  // info (BDRV_O_NO_IO) passes both checks: 7.2 opens such images for info, and only for info.
+  if (dataFile && !flags.noIo && !findExtension(extensions, 'data-file')) {
     throw new FormatError("'data-file' is required for this image", { errno: 'EINVAL' });
   }
-  if (!dataFile && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
+  if (!dataFile && !flags.noIo && (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n) {
     throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
   }
   let encrypt: Qcow2EncryptionInfo | undefined;
@@ -479,6 +480,11 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
     for (const bm of bitmaps) {
       if ((bm.flags & BME_FLAG_IN_USE) === 0) await loadBitmapTable(view, bm, clusterSize, virtualSize);
     }
+  }
+  // bdrv_open_driver after the driver's open (refresh_total_sectors): the sector count times
+  // 512 may not pass BDRV_MAX_LENGTH. Only a size that wraps size_to_l1 gets this far.
+  if (raw.size / BigInt(BDRV_SECTOR_SIZE) > BigInt(BDRV_MAX_LENGTH / BDRV_SECTOR_SIZE)) {
+    throw new FormatError('Could not refresh total sector count: File too large', { errno: 'EFBIG' });
   }
   const log: Qcow2OpenState['log'] = [];
   for (const w of warnings) {
