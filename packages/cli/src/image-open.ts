@@ -31,13 +31,15 @@ export async function openCommandImage(
     snapshot?: OpenImageOptions['snapshot'];
     /** Cache mode `unsafe`: the image's files skip flushes (see OpenImageOptions.noFlush). */
     noFlush?: boolean;
+    /** FileDevice I/O mode of the image's files (see OpenImageOptions.io). */
+    io?: 'async' | 'sync';
   } = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
   const { format, filename } = parseImageOpts(name);
   try {
-    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush });
+    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush, io: options.io });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -48,7 +50,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync' },
 ): Promise<Image> {
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
@@ -57,7 +59,13 @@ async function openByName(
     }
     throw new UnsupportedError(`Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
-  return openImage(filename, { format, readOnly: options.readOnly ?? true, snapshot: options.snapshot, noFlush: options.noFlush });
+  return openImage(filename, {
+    format,
+    readOnly: options.readOnly ?? true,
+    snapshot: options.snapshot,
+    noFlush: options.noFlush,
+    io: options.io,
+  });
 }
 
 /**

@@ -42,6 +42,12 @@ export interface OpenImageOptions {
    * image's files are skipped (FileDevice `noFlush`). Backing images are read-only anyway.
    */
   noFlush?: boolean;
+  /**
+   * FileDevice `io` for the image's own files: `'sync'` does their I/O on the calling thread.
+   * For convert -c, whose target gets one small write per cluster, that saves a thread-pool
+   * round trip per write (256 MiB -c zstd: 0.55 → 0.48 s CPU).
+   */
+  io?: 'async' | 'sync';
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -138,9 +144,9 @@ async function openLayer(
   seen: string[],
   snapshot?: OpenImageOptions['snapshot'],
   log?: CheckLog,
-  noFlush = false,
+  fileOptions: { noFlush?: boolean; io?: 'async' | 'sync' } = {},
 ): Promise<Image> {
-  const file = await FileDevice.open(filename, { readOnly, noFlush });
+  const file = await FileDevice.open(filename, { readOnly, ...fileOptions });
   let dataFile: BlockDevice | undefined;
   let backing: Image | undefined;
   try {
@@ -180,7 +186,7 @@ async function openLayer(
       const ext = findExtension(info.extensions, 'data-file');
       // qemu opens the data file by the name as stored: relative names are relative to the
       // working directory, not to the image (unlike backing files).
-      if (ext !== undefined) dataFile = await FileDevice.open(ext.name, { readOnly, noFlush });
+      if (ext !== undefined) dataFile = await FileDevice.open(ext.name, { readOnly, ...fileOptions });
     }
     if (withBacking && info.backingFile !== undefined && info.backingFile !== '') {
       const name = resolveRelative(filename, info.backingFile);
@@ -220,7 +226,10 @@ async function openLayer(
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   try {
-    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot, options.log, options.noFlush);
+    return await openLayer(filename, options.format, readOnly, options.backing ?? true, [await canonical(filename)], options.snapshot, options.log, {
+      noFlush: options.noFlush,
+      io: options.io,
+    });
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;

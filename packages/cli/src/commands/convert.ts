@@ -364,6 +364,9 @@ export const run: CommandRunner = async (argv, io) => {
       imageOpts: args.targetImageOpts,
       // qemu-img convert's default target cache mode is `unsafe`: no flush reaches the disk.
       noFlush: args.cache === 'unsafe',
+      // -c writes one small compressed cluster at a time: synchronous writes skip a thread-pool
+      // round trip each (the reads of the sources stay asynchronous).
+      io: args.compressed ? 'sync' : undefined,
     });
     if (args.bitmaps && target.format !== 'qcow2') {
       throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
