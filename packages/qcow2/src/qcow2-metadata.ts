@@ -1,10 +1,13 @@
 /**
- * A qcow2 image's metadata, loaded and checked the way qemu 7.2's qcow2_do_open does when
- * qemu-img info opens an image (read-only, BDRV_O_NO_IO): the same checks in the same order with
- * the same messages — header fields, compression type, feature bits, table pointers and sizes,
- * the header extensions (walked as qcow2_read_extensions walks them), the LUKS header, the
- * backing file name, the snapshot table and the bitmaps. Nothing else is read: no L1/L2 or
- * refcount data, no backing file, no external data file.
+ * qcow2_do_open's checks, owned here for every opener: a qcow2 image's metadata loaded and
+ * checked the way qemu 7.2 opens it — the same checks in the same order with the same messages:
+ * header fields, compression type, feature bits, table pointers and sizes (on their exact
+ * 64-bit values), the header extensions (walked as qcow2_read_extensions walks them), the LUKS
+ * header, the external data file rules, the backing file name, the snapshot table and the
+ * bitmaps. info opens with BDRV_O_NO_IO (`loadQcow2Metadata`), check with BDRV_O_CHECK
+ * (check-state.ts `openForCheck`), the engine plainly (open.ts, image.ts `Qcow2Image.open`);
+ * `Qcow2OpenFlags` carries what differs. Nothing is written here, and no L2 or refcount block,
+ * backing file or data file is read.
  *
  * Damaged images behave as in qemu: 64-bit offsets beyond 2^53 are accepted where qemu's checks
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
