@@ -347,11 +347,16 @@ describeQemu('hostile images', () => {
         );
         return;
       }
-      // after the repair, qemu-img must think of tsimg's file what it thinks of its own
+      // after the repair, qemu-img must think of tsimg's file what it thinks of its own.
+      // Known, deliberate deviation: when the check cannot complete (status 1) on a dirty
+      // lazy-refcounts image, qemu still marks it clean on close and rewrites the header from
+      // its half-loaded state (e.g. a zeroed snapshot pointer), leaving stale refcounts behind
+      // a clean bit; tsimg leaves an image whose check failed as it found it.
+      const failedCheck = q.status === 1;
       const qa = run('qemu-img', ['check', c.q]);
       const ta = run('qemu-img', ['check', c.t]);
       if (qa.status !== ta.status || norm(qa.stdout + qa.stderr, c.q) !== norm(ta.stdout + ta.stderr, c.t)) {
-        (c.deviates ? soft : failures).push(`${c.where}: after repair qemu-img check says ${ta.status} for tsimg's file, ${qa.status} for its own`);
+        (c.deviates || failedCheck ? soft : failures).push(`${c.where}: after repair qemu-img check says ${ta.status} for tsimg's file, ${qa.status} for its own`);
       }
       rmSync(c.q, { force: true });
       rmSync(c.t, { force: true });

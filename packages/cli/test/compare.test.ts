@@ -151,5 +151,6 @@ describeQemu('tsimg compare vs qemu-img compare', () => {
       expectSame(['-s', img.file, raw], cdir);
       expectSame(['-s', img.file, img.file], cdir);
     }
-  });
+    // ~50 images x 3 comparisons, each spawning both tools: minutes on a busy 2-core machine
+  }, 300_000);
 });
