@@ -97,8 +97,6 @@ const cases: ConvertCase[] = [
     name: '-c -S 0',
     args: ['-c', '-S', '0', '-O', 'qcow2', S('sparse.raw'), 'out'],
     check: 'compressed',
-    failing:
-      "@tsimg/qcow2 convertCopy's convert_co_write tests `!minSparse` before `compressed` and writes plain clusters; qemu writes every cluster (zero ones too) compressed under -S 0 -c",
   },
   { name: '-c to raw', args: ['-c', S('mixed.qcow2'), 'out'] },
   { name: '-c with preallocation', args: ['-c', '-O', 'qcow2', '-o', 'preallocation=metadata', S('mixed.qcow2'), 'out'] },

@@ -310,12 +310,13 @@ export async function convertCopy(
       let n = sectors;
       let zero = false;
       if (st === 'data') {
-        if (!minSparse) {
-          await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
-        } else if (compressed) {
-          if (!(zeroed ?? isZero(buf.subarray(0, n * SECTOR)))) {
+        if (compressed) {
+          // qemu writes compressed whatever -S says; -S 0 only stops it skipping zero clusters.
+          if (!minSparse || !(zeroed ?? isZero(buf.subarray(0, n * SECTOR)))) {
             await target.writeCompressed!(sector * SECTOR, buf.subarray(0, n * SECTOR), pre);
           } else zero = true;
+        } else if (!minSparse) {
+          await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
         } else {
           const run = pieces?.[piece++] ?? allocatedRunMin(buf, n, minSparse, sector, alignment);
           n = run.run;
@@ -376,11 +377,22 @@ export async function convertCopy(
   let queuedBytes = 0;
   let open: Group | undefined;
 
+  const padToCluster = (buf: Uint8Array): Uint8Array => {
+    if (buf.length >= clusterSectors * SECTOR) return buf;
+    const full = new Uint8Array(clusterSectors * SECTOR);
+    full.set(buf);
+    return full;
+  };
+
   const prepare = async (chunk: Chunk): Promise<void> => {
     const buf = chunk.buf!;
     if (compressed) {
       chunk.zeroed = isZero(buf);
-      if (options.compressor && !chunk.zeroed) chunk.pre = (await options.compressor.compress(buf)) ?? null;
+      if (options.compressor && (!chunk.zeroed || !minSparse)) {
+        // The image's last cluster may be short: qemu compresses it zero-padded to a whole
+        // cluster (a shorter stream would not decompress to a full cluster when read back).
+        chunk.pre = (await options.compressor.compress(padToCluster(buf))) ?? null;
+      }
     } else if (minSparse) {
       chunk.pieces = split(chunk.sector, chunk.n, buf);
     }

@@ -392,7 +392,7 @@ export const run: CommandRunner = async (argv, io) => {
         salvage: args.salvage,
         warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
         progress: (pct) => progress.print(pct, 0),
-        compressor: pool && wholeClusters(pool, clusterSize),
+        compressor: pool,
         compressorThreads: pool?.threads,
       });
     } catch (err) {
@@ -419,22 +419,6 @@ export const run: CommandRunner = async (argv, io) => {
  * creating (a 4th parameter being added as this is written; passing it either way compiles).
  */
 const createQcow2 = createQcow2Image as (filename: string, opts: QemuOpts, objects: boolean, io: CliIO) => Promise<void>;
-
-/**
- * A compressor that always compresses whole clusters: the image's tail cluster (shorter when the
- * size is not a multiple of the cluster size) is zero-padded first, as qemu's
- * qcow2_co_pwritev_compressed does — a compressed cluster must inflate to the full cluster size,
- * or reading it fails with EIO.
- */
-function wholeClusters(pool: CompressPool, clusterSize: number): Pick<CompressPool, 'compress'> {
-  const compress: CompressPool['compress'] = (cluster) => {
-    if (cluster.length >= clusterSize) return pool.compress(cluster);
-    const full = new Uint8Array(clusterSize);
-    full.set(cluster);
-    return pool.compress(full);
-  };
-  return { compress };
-}
 
 /**
  * openCommandImage, also for names with qemu's `file:` protocol prefix (the file is opened by
