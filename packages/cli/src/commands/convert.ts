@@ -368,7 +368,8 @@ export const run: CommandRunner = async (argv, io) => {
       // round trip each (the reads of the sources stay asynchronous).
       io: args.compressed ? 'sync' : undefined,
     });
-    if (args.bitmaps && target.format !== 'qcow2') {
+    // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
+    if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
       throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
     }
     if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
@@ -401,7 +402,7 @@ export const run: CommandRunner = async (argv, io) => {
       if (line) io.stderr(line);
       throw err;
     }
-    if (args.bitmaps) await copyBitmaps(opened[0]!, target);
+    if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
     await target.close();
     target = undefined;
     progress.print(100, 0);
@@ -482,14 +483,21 @@ async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
 }
 
 async function listBitmaps(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
-  if (source.format !== 'qcow2') return [];
+  if (source.format !== 'qcow2') throw new CliExit(1, 'Source lacks bitmap support');
   const { loadImageBitmaps } = await import('@tsimg/qcow2');
   return loadImageBitmaps(source as Qcow2Image);
 }
 
-/** convert_copy_bitmaps: every consistent persistent bitmap of the source, into the target. */
-async function copyBitmaps(source: Image, target: Image): Promise<void> {
-  if (source.format !== 'qcow2') return;
+/**
+ * convert_copy_bitmaps: every consistent persistent bitmap of the source, into the target;
+ * with --skip-broken-bitmaps each inconsistent one is named in a warning (even under -q).
+ */
+async function copyBitmaps(source: Image, target: Image, skipBroken: boolean, io: CliIO): Promise<void> {
+  if (skipBroken) {
+    for (const b of await listBitmaps(source)) {
+      if (b.inconsistent) io.stderr(`tsimg: warning: Skipping inconsistent bitmap '${b.name}'\n`);
+    }
+  }
   const { copyPersistentBitmaps } = await import('@tsimg/qcow2');
   await copyPersistentBitmaps(source as Qcow2Image, target as Qcow2Image);
 }
