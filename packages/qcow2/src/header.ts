@@ -154,15 +154,84 @@ export function encodeHeader(h: Qcow2Header, view: DataView): void {
 const utf8 = new TextDecoder('utf-8', { fatal: false });
 const utf8enc = new TextEncoder();
 
-/** Reads a NUL-terminated (or length-bounded) string. */
-function cString(bytes: Uint8Array): string {
+/** Turns the bytes of a name into a string (the default decodes UTF-8, replacing bad bytes). */
+export type NameDecoder = (bytes: Uint8Array) => string;
+
+const utf8Lossy: NameDecoder = (bytes) => utf8.decode(bytes);
+
+/** Decodes a NUL-terminated (or length-bounded) name with `text`. */
+export function decodeCString(bytes: Uint8Array, text: NameDecoder = utf8Lossy): string {
   const nul = bytes.indexOf(0);
-  return utf8.decode(nul < 0 ? bytes : bytes.subarray(0, nul));
+  return text(nul < 0 ? bytes : bytes.subarray(0, nul));
 }
 
 /** Where the extension area starts: after the header (v3 header_length, v2 72). */
 export function extensionsStart(h: Qcow2Header): number {
   return h.version === 3 ? h.headerLength : V2_HEADER_LENGTH;
+}
+
+/** Decodes a feature name table body: whole 48-byte entries, a trailing partial one ignored. */
+export function decodeFeatureNameTable(body: Uint8Array, text: NameDecoder = utf8Lossy): FeatureName[] {
+  const features: FeatureName[] = [];
+  for (let i = 0; i + FEATURE_NAME_ENTRY <= body.length; i += FEATURE_NAME_ENTRY) {
+    features.push({ type: body[i]!, bit: body[i + 1]!, name: decodeCString(body.subarray(i + 2, i + FEATURE_NAME_ENTRY), text) });
+  }
+  return features;
+}
+
+/** The fields of a bitmaps extension body, the 64-bit ones exact. */
+export interface BitmapsExtensionBody {
+  nbBitmaps: number;
+  /** Must be zero (qemu refuses the image otherwise). */
+  reserved: number;
+  bitmapDirectorySize: bigint;
+  bitmapDirectoryOffset: bigint;
+}
+
+/** Decodes a bitmaps extension body; `body` must hold at least its 24 bytes. */
+export function decodeBitmapsBody(body: DataView): BitmapsExtensionBody {
+  return {
+    nbBitmaps: body.getUint32(0),
+    reserved: body.getUint32(4),
+    bitmapDirectorySize: body.getBigUint64(8),
+    bitmapDirectoryOffset: body.getBigUint64(16),
+  };
+}
+
+/** Decodes a full disk encryption header pointer body; `body` must hold its 16 bytes. */
+export function decodeCryptoHeaderBody(body: DataView): { offset: bigint; length: bigint } {
+  return { offset: body.getBigUint64(0), length: body.getBigUint64(8) };
+}
+
+/**
+ * Decodes one extension body of `type` (the caller has checked the lengths the bitmaps and
+ * crypto bodies need). 64-bit fields past 2^53 come back rounded; names go through `text`.
+ */
+export function decodeExtension(type: number, data: Uint8Array, text: NameDecoder = utf8Lossy): HeaderExtension {
+  const d = new DataView(data.buffer, data.byteOffset, data.byteLength);
+  switch (type) {
+    case EXT_BACKING_FORMAT:
+      return { kind: 'backing-format', name: decodeCString(data, text) };
+    case EXT_FEATURE_NAMES:
+      return { kind: 'feature-names', features: decodeFeatureNameTable(data, text) };
+    case EXT_BITMAPS: {
+      const b = decodeBitmapsBody(d);
+      return {
+        kind: 'bitmaps',
+        nbBitmaps: b.nbBitmaps,
+        bitmapDirectorySize: Number(b.bitmapDirectorySize),
+        bitmapDirectoryOffset: Number(b.bitmapDirectoryOffset),
+      };
+    }
+    case EXT_CRYPTO_HEADER: {
+      const c = decodeCryptoHeaderBody(d);
+      return { kind: 'crypto-header', offset: Number(c.offset), length: Number(c.length) };
+    }
+    case EXT_DATA_FILE:
+      return { kind: 'data-file', name: decodeCString(data, text) };
+    default:
+      return { kind: 'unknown', type, data: data.slice() };
+  }
 }
 
 /**
@@ -179,39 +248,9 @@ export function decodeExtensions(view: DataView, start: number, end: number): He
     // qemu checks the length before looking at the type, even for the end marker.
     if (off > end || len > end - off) throw new FormatError('Header extension too large', { errno: 'EINVAL' });
     if (type === EXT_END) return out;
-    const data = new Uint8Array(view.buffer, view.byteOffset + off, len);
-    const d = new DataView(view.buffer, view.byteOffset + off, len);
-    switch (type) {
-      case EXT_BACKING_FORMAT:
-        out.push({ kind: 'backing-format', name: cString(data) });
-        break;
-      case EXT_FEATURE_NAMES: {
-        const features: FeatureName[] = [];
-        for (let i = 0; i + FEATURE_NAME_ENTRY <= len; i += FEATURE_NAME_ENTRY) {
-          features.push({ type: d.getUint8(i), bit: d.getUint8(i + 1), name: cString(data.subarray(i + 2, i + 48)) });
-        }
-        out.push({ kind: 'feature-names', features });
-        break;
-      }
-      case EXT_BITMAPS:
-        if (len < 24) throw new FormatError('bitmaps_ext: Invalid extension length');
-        out.push({
-          kind: 'bitmaps',
-          nbBitmaps: d.getUint32(0),
-          bitmapDirectorySize: u64(d, 8),
-          bitmapDirectoryOffset: u64(d, 16),
-        });
-        break;
-      case EXT_CRYPTO_HEADER:
-        if (len !== 16) throw new FormatError('Invalid encryption header extension length');
-        out.push({ kind: 'crypto-header', offset: u64(d, 0), length: u64(d, 8) });
-        break;
-      case EXT_DATA_FILE:
-        out.push({ kind: 'data-file', name: cString(data) });
-        break;
-      default:
-        out.push({ kind: 'unknown', type, data: data.slice() });
-    }
+    if (type === EXT_BITMAPS && len < 24) throw new FormatError('bitmaps_ext: Invalid extension length');
+    if (type === EXT_CRYPTO_HEADER && len !== 16) throw new FormatError('Invalid encryption header extension length');
+    out.push(decodeExtension(type, new Uint8Array(view.buffer, view.byteOffset + off, len)));
     off += (len + 7) & ~7;
   }
   return out;
@@ -325,7 +364,7 @@ export async function loadHeader(dev: BlockDevice): Promise<HeaderInfo> {
     if (header.backingFileSize > MAX_BACKING_FILE_NAME) throw new FormatError('Backing file name too long', { errno: 'EINVAL' });
     const nameBytes = new Uint8Array(header.backingFileSize);
     await dev.read(header.backingFileOffset, nameBytes.subarray(0, Math.max(0, Math.min(nameBytes.length, dev.size() - header.backingFileOffset))));
-    backingFile = cString(nameBytes);
+    backingFile = decodeCString(nameBytes);
   }
   return { header, extensions, backingFile };
 }

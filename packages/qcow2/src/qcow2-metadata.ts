@@ -15,18 +15,19 @@
  */
 import { FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
 import {
+  decodeBitmapsBody,
+  decodeCString,
+  decodeCryptoHeaderBody,
+  decodeExtension,
   decodeHeader,
   EXT_BACKING_FORMAT,
   EXT_BITMAPS,
   EXT_CRYPTO_HEADER,
-  EXT_DATA_FILE,
   EXT_END,
-  EXT_FEATURE_NAMES,
   findExtension,
   V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
   V3_HEADER_LENGTH_MIN,
-  type FeatureName,
   type HeaderExtension,
   type HeaderInfo,
   type Qcow2Header,
@@ -130,8 +131,7 @@ export interface Qcow2Metadata {
 
 /** Bytes up to the first NUL, as text (qemu keeps these names as C strings). */
 function cBytes(b: Uint8Array): string {
-  const nul = b.indexOf(0);
-  return decodeByteString(nul >= 0 ? b.subarray(0, nul) : b);
+  return decodeCString(b, decodeByteString);
 }
 
 /** A failure in qemu's extension walk, with the extensions read before it (for the feature table). */
@@ -175,23 +175,16 @@ function walkExtensions(
         return out;
       case EXT_BACKING_FORMAT:
         if (len >= 16) fail(`ERROR: ext_backing_format: len=${len} too large (>=16)`);
-        out.push({ kind: 'backing-format', name: cBytes(body) });
+        out.push(decodeExtension(type, body, decodeByteString));
         break;
-      case EXT_FEATURE_NAMES: {
-        const features: FeatureName[] = [];
-        for (let i = 0; i + 48 <= len; i += 48) {
-          features.push({ type: body[i]!, bit: body[i + 1]!, name: cBytes(body.subarray(i + 2, i + 48)) });
-        }
-        out.push({ kind: 'feature-names', features });
-        break;
-      }
       case EXT_CRYPTO_HEADER: {
         if (h.cryptMethod !== CRYPT_LUKS) fail('CRYPTO header extension only expected with LUKS encryption method');
         if (len !== 16) fail(`CRYPTO header extension size ${len}, but expected size 16`);
-        const offset = u64ToNumber(d.getBigUint64(0));
-        const length = u64ToNumber(d.getBigUint64(8));
+        const exact = decodeCryptoHeaderBody(d);
+        const offset = u64ToNumber(exact.offset);
+        const length = u64ToNumber(exact.length);
         if (offset === undefined || offset % clusterSize !== 0) {
-          fail(`Encryption header offset '${d.getBigUint64(0)}' is not a multiple of cluster size '${clusterSize}'`);
+          fail(`Encryption header offset '${exact.offset}' is not a multiple of cluster size '${clusterSize}'`);
         }
         // qcrypto_block_open: without BDRV_O_NO_IO the LUKS layer needs the key here.
         if (!flags.noIo) fail(keySecretRequired().message);
@@ -209,10 +202,11 @@ function walkExtensions(
           );
           break;
         }
-        if (d.getUint32(4) !== 0) fail('bitmaps_ext: Reserved field is not zero');
-        const nb = d.getUint32(0);
-        const size = d.getBigUint64(8);
-        const offset = d.getBigUint64(16);
+        const b = decodeBitmapsBody(d);
+        if (b.reserved !== 0) fail('bitmaps_ext: Reserved field is not zero');
+        const nb = b.nbBitmaps;
+        const size = b.bitmapDirectorySize;
+        const offset = b.bitmapDirectoryOffset;
         if (nb > QCOW2_MAX_BITMAPS) {
           fail(`bitmaps_ext: Image has ${nb} bitmaps, exceeding the QEMU supported maximum of ${QCOW2_MAX_BITMAPS}`);
         }
@@ -226,11 +220,9 @@ function walkExtensions(
         out.push({ kind: 'bitmaps', nbBitmaps: nb, bitmapDirectorySize: Number(size), bitmapDirectoryOffset: Number(offset) });
         break;
       }
-      case EXT_DATA_FILE:
-        out.push({ kind: 'data-file', name: cBytes(body) });
-        break;
       default:
-        out.push({ kind: 'unknown', type, data: body.slice() });
+        // feature names, data file name, unknown extensions: no checks, names kept as bytes.
+        out.push(decodeExtension(type, body, decodeByteString));
     }
     off += (len + 7) & ~7;
   }
