@@ -22,19 +22,27 @@ import {
 } from '@tsimg/qcow2';
 import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
-import { getoptLong, qemuGetoptMessage, type LongOption } from '../getopt.js';
+import { getoptLong, type LongOption } from '../getopt.js';
+import {
+  FORMAT_OPTION,
+  getoptExit,
+  HELP_OPTION,
+  IMAGE_SOURCE_OPTIONS,
+  isJsonOutput,
+  OUTPUT_OPTION,
+  refuseFormatWithImageOpts,
+  usageExit,
+} from '../command-options.js';
 import { QEMU_FORMATS } from '../image-open.js';
 import { parseImageOpts } from './info.js';
 import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../format-check.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'format', hasArg: true, key: 'f' },
+  HELP_OPTION,
+  FORMAT_OPTION,
   { name: 'repair', hasArg: true, key: 'r' },
-  { name: 'output', hasArg: true, key: 'output' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  OUTPUT_OPTION,
+  ...IMAGE_SOURCE_OPTIONS,
 ];
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'unsafe', 'directsync', 'writethrough'];
@@ -44,10 +52,6 @@ const HELP =
   "  '-r leaks' repairs leaked clusters, '-r all' also repairs corruptions\n" +
   "  '--output' takes 'human' (default) or 'json'\n" +
   'Exit status: 0 no errors, 1 check failed, 2 corruptions, 3 leaks only, 63 format without checks\n';
-
-function usageExit(message: string): never {
-  throw new CliExit(1, `${message}\nTry 'tsimg --help' for more information`);
-}
 
 async function isQcow2(file: BlockDevice): Promise<boolean> {
   if (file.size() < 4) return false;
@@ -132,7 +136,7 @@ async function backingName(img: CheckImage): Promise<string> {
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':hf:r:T:qU', LONG_OPTIONS);
-  if (parsed.error) usageExit(qemuGetoptMessage(parsed.error));
+  if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;
   let cache: string | undefined;
@@ -171,13 +175,10 @@ export const run: CommandRunner = async (argv, io) => {
   }
   if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
   let filename = parsed.operands[0]!;
-  if (output !== undefined && output !== 'json' && output !== 'human') {
-    throw new CliExit(1, '--output must be used with human or json as argument.');
-  }
-  const json = output === 'json';
+  const json = isJsonOutput(output);
   if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   if (imageOpts) {
-    if (format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
+    refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);
     filename = opts.filename;
     format = opts.format;

@@ -7,7 +7,17 @@ import { TsimgError } from '@tsimg/raw';
 import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/qcow2';
 import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
-import { getoptLong, qemuGetoptMessage, type LongOption } from '../getopt.js';
+import { getoptLong, type LongOption } from '../getopt.js';
+import {
+  FORMAT_OPTION,
+  getoptExit,
+  HELP_OPTION,
+  IMAGE_SOURCE_OPTIONS,
+  isJsonOutput,
+  OUTPUT_OPTION,
+  refuseFormatWithImageOpts,
+  usageExit,
+} from '../command-options.js';
 import {
   formatImageInfoJson,
   formatImageInfoListHuman,
@@ -15,13 +25,11 @@ import {
 } from '../format-info.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'format', hasArg: true, key: 'f' },
-  { name: 'output', hasArg: true, key: 'output' },
+  HELP_OPTION,
+  FORMAT_OPTION,
+  OUTPUT_OPTION,
   { name: 'backing-chain', hasArg: false, key: 'backing-chain' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  ...IMAGE_SOURCE_OPTIONS,
 ];
 
 const HELP =
@@ -31,11 +39,6 @@ const HELP =
   "  '--backing-chain' reports every image of the backing chain\n" +
   "  '--image-opts' treats filename as a set of options (driver=qcow2,file.filename=x)\n" +
   "  '-U' opens the image in shared mode (tsimg takes no locks, so it is accepted and has no effect)\n";
-
-/** Usage errors end like qemu-img's error_exit: the message, then a pointer to --help. */
-function usageExit(message: string): never {
-  throw new CliExit(1, `${message}\nTry 'tsimg --help' for more information`);
-}
 
 /**
  * Splits `--image-opts` text the way QemuOpts does: comma-separated `key=value` pairs, ",," for
@@ -93,7 +96,7 @@ function reportError(err: unknown, io: CliIO): number {
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':f:hU', LONG_OPTIONS);
-  if (parsed.error) usageExit(qemuGetoptMessage(parsed.error));
+  if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;
   let chain = false;
@@ -122,10 +125,8 @@ export const run: CommandRunner = async (argv, io) => {
   }
   if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
   const filename = parsed.operands[0]!;
-  if (output !== undefined && output !== 'json' && output !== 'human') {
-    throw new CliExit(1, '--output must be used with human or json as argument.');
-  }
-  if (imageOpts && format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
+  const json = isJsonOutput(output);
+  if (imageOpts) refuseFormatWithImageOpts(format);
 
   let list: ImageInfo[];
   try {
@@ -144,7 +145,7 @@ export const run: CommandRunner = async (argv, io) => {
   } catch (err) {
     return reportError(err, io);
   }
-  if (output === 'json') {
+  if (json) {
     io.stdout(chain ? formatImageInfoListJson(list) : formatImageInfoJson(list[0]!));
   } else {
     io.stdout(formatImageInfoListHuman(list));
