@@ -35,6 +35,11 @@ export interface AllocatorHost {
   writeReftableHeader(offset: number, clusters: number): Promise<void>;
   /** Called with the offending value when metadata would be placed at offset 0 etc. */
   corrupt(message: string): Promise<never>;
+  /**
+   * Told when a refcount table entry in memory changes from refcount block `from` to `to`
+   * (0 = none), so the owner's pre-write overlap check knows every refcount block.
+   */
+  refblockMoved?(from: number, to: number): void;
 }
 
 /** The refcount side of an open image: the refcount table in memory plus the allocator. */
@@ -343,6 +348,7 @@ export class Allocator {
     for (let i = 0; i < this.table.length; i++) {
       if (this.table[i] !== 0 && next[i] === 0) {
         await this.#discardRefcountBlock(this.table[i]!);
+        h.refblockMoved?.(this.table[i]!, 0);
         this.table[i] = 0;
       }
     }
@@ -416,6 +422,7 @@ export class Allocator {
       await h.file.write(this.tableOffset + tableIndex * REFTABLE_ENTRY_SIZE, entry);
       await h.file.flush();
       this.table[tableIndex] = newBlock;
+      h.refblockMoved?.(0, newBlock);
       if (tableIndex > this.#maxTableIndex) this.#maxTableIndex = tableIndex;
       return AGAIN;
     }
@@ -507,6 +514,13 @@ export class Allocator {
 
     const oldOffset = this.tableOffset;
     const oldSize = this.table.length;
+    if (h.refblockMoved !== undefined) {
+      for (let i = 0; i < Math.max(oldSize, tableSize); i++) {
+        const from = this.table[i] ?? 0;
+        const to = newTable[i] ?? 0;
+        if (from !== to) h.refblockMoved(from, to);
+      }
+    }
     this.table = newTable;
     this.tableOffset = tableOffset;
     this.#updateMaxTableIndex();

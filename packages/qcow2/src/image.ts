@@ -47,6 +47,20 @@ import { openQcow2Metadata, validateTable, type Qcow2OpenState } from './qcow2-m
 import { geometry, l2OffsetFor, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
 import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from './refcount.js';
 import {
+  MetadataClusters,
+  OL_ACTIVE_L1,
+  OL_ACTIVE_L2,
+  OL_BITMAP_DIRECTORY,
+  OL_INACTIVE_L1,
+  OL_MAIN_HEADER,
+  OL_REFCOUNT_BLOCK,
+  OL_REFCOUNT_TABLE,
+  OL_SNAPSHOT_TABLE,
+  overlapName,
+  type ByteRange,
+} from './overlap.js';
+import { snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
+import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
   AUTOCLEAR_KNOWN,
@@ -183,7 +197,33 @@ export class Qcow2Image implements Image, MappingSource {
   #cleanedAutoclear = false;
   #decompressed: { key: string; data: Uint8Array } | undefined;
 
-  private constructor(file: BlockDevice, info: HeaderInfo, opts: Qcow2OpenOptions, l1: Uint8Array, reftable: Float64Array) {
+  // What the pre-write overlap check protects besides the header, the active L1 table and the
+  // refcount table (#overlapCheck). Filled for writable images only: nothing else writes.
+  /** Every L2 table the active L1 table names, kept in step with the L1 table in memory. */
+  readonly #activeL2: MetadataClusters;
+  /** Every refcount block the refcount table names, kept in step by the allocator's hook. */
+  readonly #refblocks: MetadataClusters;
+  /**
+   * The snapshot table and the snapshots' L1 tables as read on open (tsimg changes snapshots
+   * only through other code paths, never through an open image).
+   */
+  readonly #snapshotTable: ByteRange | undefined;
+  readonly #inactiveL1: readonly ByteRange[];
+  /**
+   * The bitmap directory: from open (when the autoclear bit made the extension valid) until
+   * updateBitmapsExtension replaces it. #beforeChange clearing the bit leaves the directory's
+   * clusters in use, and qemu, which keeps the bit while it has the image open, checks it.
+   */
+  #bitmapDirectory: ByteRange | undefined;
+
+  private constructor(
+    file: BlockDevice,
+    info: HeaderInfo,
+    opts: Qcow2OpenOptions,
+    l1: Uint8Array,
+    reftable: Float64Array,
+    snapshots: readonly Qcow2Snapshot[],
+  ) {
     const h = info.header;
     this.filename = opts.filename;
     this.file = file;
@@ -208,15 +248,31 @@ export class Qcow2Image implements Image, MappingSource {
     const fileDev = file;
     this.#l2Cache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(L2_CACHE_BYTES / cs)), {
       load: (offset, into) => fileDev.read(offset, into),
-      store: (offset, data) => this.#storeMetadata(offset, data),
+      // As qcow2_cache_entry_flush: a cached table may be written over itself.
+      store: (offset, data) => this.#storeMetadata(offset, data, OL_ACTIVE_L2),
       sync: () => fileDev.flush(),
     });
     this.#refcountCache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(REFCOUNT_CACHE_BYTES / cs)), {
       load: (offset, into) => fileDev.read(offset, into),
-      store: (offset, data) => this.#storeMetadata(offset, data),
+      store: (offset, data) => this.#storeMetadata(offset, data, OL_REFCOUNT_BLOCK),
       sync: () => fileDev.flush(),
     });
+    this.#activeL2 = new MetadataClusters(cs);
+    this.#refblocks = new MetadataClusters(cs);
+    this.#inactiveL1 = [];
     if (!opts.readOnly) {
+      for (let i = 0; i < this.#l1Size; i++) this.#activeL2.add(decodeL1Entry(this.#l1View, i * 8).l2Offset);
+      this.#refblocks.reset(reftable);
+      // qemu's snapshots_size: the entries one after another, each 8-byte aligned.
+      let tableEnd = 0;
+      for (const sn of snapshots) tableEnd = Math.ceil(tableEnd / 8) * 8 + snapshotEntrySize(sn);
+      if (tableEnd > 0) this.#snapshotTable = { offset: h.snapshotsOffset, length: tableEnd };
+      this.#inactiveL1 = snapshots.filter((sn) => sn.l1Size > 0).map((sn) => ({ offset: sn.l1TableOffset, length: sn.l1Size * 8 }));
+      const bitmaps = findExtension(info.extensions, 'bitmaps');
+      // As qemu: the extension counts only while the autoclear bit says it is valid.
+      if (bitmaps !== undefined && (h.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
+        this.#bitmapDirectory = { offset: bitmaps.bitmapDirectoryOffset, length: bitmaps.bitmapDirectorySize };
+      }
       this.#allocator = new Allocator(
         {
           file,
@@ -226,6 +282,10 @@ export class Qcow2Image implements Image, MappingSource {
           l2Cache: this.#l2Cache,
           writeReftableHeader: (offset, clusters) => this.#writeReftableHeader(offset, clusters),
           corrupt: (m) => this.corrupt(m),
+          refblockMoved: (from, to) => {
+            this.#refblocks.delete(from);
+            this.#refblocks.add(to);
+          },
         },
         reftable,
         h.refcountTableOffset,
@@ -274,7 +334,7 @@ export class Qcow2Image implements Image, MappingSource {
       reftable = new Float64Array(bytes.length / REFTABLE_ENTRY_SIZE);
       for (let i = 0; i < reftable.length; i++) reftable[i] = decodeReftableEntry(view, i).offset;
     }
-    const image = new Qcow2Image(file, info, opts, l1, reftable);
+    const image = new Qcow2Image(file, info, opts, l1, reftable, opened.snapshots);
     if (!opts.readOnly && (h.autoclearFeatures & ~AUTOCLEAR_KNOWN) !== 0n) {
       // qemu clears autoclear bits it does not know on a read/write open.
       image.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
@@ -680,6 +740,7 @@ export class Qcow2Image implements Image, MappingSource {
       await this.file.flush();
       Object.assign(this.header, updated);
       exts.splice(0, exts.length, ...next);
+      this.#bitmapDirectory = bitmaps ? { offset: bitmaps.bitmapDirectoryOffset, length: bitmaps.bitmapDirectorySize } : undefined;
       // The bitmaps just stored describe the image as it is now; a later change clears the
       // bit again, as #beforeChange does for any bitmaps tsimg does not track.
       this.#cleanedAutoclear = false;
@@ -724,25 +785,47 @@ export class Qcow2Image implements Image, MappingSource {
     });
   }
 
-  async #storeMetadata(offset: number, data: Uint8Array): Promise<void> {
-    await this.#overlapCheck(offset, data.length);
+  /** A metadata write; `ign` names the kind of metadata it may overwrite (its own). */
+  async #storeMetadata(offset: number, data: Uint8Array, ign = 0): Promise<void> {
+    await this.#overlapCheck(offset, data.length, ign);
     await this.file.write(offset, data);
   }
 
   /**
-   * A cheap form of qemu's pre-write overlap check: a write into the image file must not hit
-   * the header, the active L1 table or the refcount table (a wrong refcount would otherwise
-   * let data overwrite metadata). The image is marked corrupt instead.
+   * qcow2_pre_write_overlap_check in qemu's default ("cached") mode: a write into the image
+   * file must not hit the header, the active L1 table, the refcount table, the snapshot table,
+   * a snapshot's L1 table, an active L2 table, a refcount block or the bitmap directory (a
+   * wrong L2 entry or refcount would otherwise let data overwrite metadata). The image is
+   * marked corrupt instead. `ign` is a mask of OL_* kinds not to check.
    */
-  async #overlapCheck(offset: number, length: number): Promise<void> {
-    const hit = (start: number, len: number): boolean => len > 0 && offset < start + len && start < offset + length;
-    let what: string | undefined;
-    if (hit(0, this.clusterSize)) what = 'qcow2_header';
-    else if (hit(this.#l1Offset, this.#l1Size * 8)) what = 'active L1 table';
-    else if (this.#allocator !== undefined && hit(this.#allocator.tableOffset, this.#allocator.table.length * REFTABLE_ENTRY_SIZE)) {
-      what = 'refcount table';
+  async #overlapCheck(offset: number, length: number, ign = 0): Promise<void> {
+    const what = this.#overlappedMetadata(offset, length, ign);
+    if (what !== 0) await this.corrupt(`Preventing invalid write on metadata (overlaps with ${overlapName(what)})`);
+  }
+
+  /** qcow2_check_metadata_overlap: the first kind of metadata (qemu's order) the write hits, or 0. */
+  #overlappedMetadata(offset: number, length: number, ign: number): number {
+    if (length === 0) return 0;
+    const cs = this.clusterSize;
+    if ((ign & OL_MAIN_HEADER) === 0 && offset < cs) return OL_MAIN_HEADER;
+    // As qemu, the range is widened to whole clusters first.
+    const first = Math.floor(offset / cs);
+    const end = Math.ceil((offset + length) / cs);
+    const start = first * cs;
+    const stop = end * cs;
+    const hit = (at: number, len: number): boolean => len > 0 && start < at + len && at < stop;
+    const hitRange = (r: ByteRange | undefined): boolean => r !== undefined && hit(r.offset, r.length);
+    if ((ign & OL_ACTIVE_L1) === 0 && hit(this.#l1Offset, this.#l1Size * 8)) return OL_ACTIVE_L1;
+    const alloc = this.#allocator;
+    if ((ign & OL_REFCOUNT_TABLE) === 0 && alloc !== undefined && hit(alloc.tableOffset, alloc.table.length * REFTABLE_ENTRY_SIZE)) {
+      return OL_REFCOUNT_TABLE;
     }
-    if (what !== undefined) await this.corrupt(`Preventing invalid write on metadata (overlaps with ${what})`);
+    if ((ign & OL_SNAPSHOT_TABLE) === 0 && hitRange(this.#snapshotTable)) return OL_SNAPSHOT_TABLE;
+    if ((ign & OL_INACTIVE_L1) === 0 && this.#inactiveL1.some(hitRange)) return OL_INACTIVE_L1;
+    if ((ign & OL_ACTIVE_L2) === 0 && this.#activeL2.overlaps(first, end)) return OL_ACTIVE_L2;
+    if ((ign & OL_REFCOUNT_BLOCK) === 0 && this.#refblocks.overlaps(first, end)) return OL_REFCOUNT_BLOCK;
+    if ((ign & OL_BITMAP_DIRECTORY) === 0 && hitRange(this.#bitmapDirectory)) return OL_BITMAP_DIRECTORY;
+    return 0;
   }
 
   /**
@@ -852,6 +935,8 @@ export class Qcow2Image implements Image, MappingSource {
       encodeL1Entry({ l2Offset, copied: true }, this.#l1View, l1Index * 8);
       l1WriteTried = true;
       await this.#writeL1Entry(l1Index);
+      this.#activeL2.delete(old);
+      this.#activeL2.add(l2Offset);
     } catch (err) {
       // As qemu's l2_allocate, the L1 entry in memory keeps pointing at the old table. Unlike
       // qemu, once the L1 write was tried the new table is kept (leaked), not freed: the write
@@ -864,6 +949,7 @@ export class Qcow2Image implements Image, MappingSource {
   }
 
   async #writeL1Entry(l1Index: number): Promise<void> {
+    await this.#overlapCheck(this.#l1Offset + l1Index * 8, 8, OL_ACTIVE_L1);
     await this.file.write(this.#l1Offset + l1Index * 8, this.#l1Bytes.subarray(l1Index * 8, l1Index * 8 + 8));
     await this.file.flush();
   }
@@ -963,6 +1049,7 @@ export class Qcow2Image implements Image, MappingSource {
       // (a half-cleared table on disk only leaks its L2 tables), and before their clusters are
       // freed — otherwise a failed free leaves memory pointing at a reusable cluster.
       this.#l1Bytes.fill(0, from, to);
+      for (const l2Offset of dropped) this.#activeL2.delete(l2Offset);
     }
     for (const l2Offset of dropped) await this.#allocator!.freeClusters(l2Offset, this.clusterSize, true);
   }
