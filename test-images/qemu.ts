@@ -4,9 +4,9 @@
  * `describeQemu` wraps a suite that needs qemu: without qemu-img it is skipped with a loud
  * message, but when the CI variable is set a missing qemu-img fails the run instead.
  */
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -86,4 +86,73 @@ export function asTsimg(text: string): string {
 /** Runs a command and returns stdout, throwing with stderr on failure. */
 export function must(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', maxBuffer: 1 << 28 });
+}
+
+/**
+ * qemu-img's result as tsimg words it: `qemu-img:` message prefixes and the
+ * `Try 'qemu-img --help'` hint name tsimg instead (stdout and status are left as they are).
+ */
+export function qemuAsTsimg(r: RunResult): RunResult {
+  const fix = (s: string): string =>
+    s.replaceAll('qemu-img:', 'tsimg:').replaceAll("Try 'qemu-img --help'", "Try 'tsimg --help'");
+  return { stdout: r.stdout, stderr: fix(r.stderr), status: r.status };
+}
+
+/**
+ * Where `expectSameAsQemu` runs each tool: one directory for both (commands that only read), or
+ * one each (commands that write, run in two copies of the same fixture).
+ */
+export type QemuTsimgCwd = string | { qemu: string; tsimg: string };
+
+/**
+ * Runs `qemu-img args` and `tsimg args` (qemu-img first) and expects the same stdout, stderr
+ * (read through `qemuAsTsimg`) and exit status. Returns tsimg's result for further checks.
+ */
+export function expectSameAsQemu(args: string[], cwd: QemuTsimgCwd, label: string = args.join(' ')): RunResult {
+  const dirs = typeof cwd === 'string' ? { qemu: cwd, tsimg: cwd } : cwd;
+  const theirs = qemuAsTsimg(qemuImg(args, { cwd: dirs.qemu }));
+  const ours = tsimg(args, { cwd: dirs.tsimg });
+  expect(ours, label).toEqual(theirs);
+  return ours;
+}
+
+/**
+ * For failures whose earlier stderr lines may differ: stdout and exit status equal, and the last
+ * stderr line (qemu-img's own message, read through `qemuAsTsimg`) equal.
+ */
+export function expectSameFailureAsQemu(args: string[], cwd: string): void {
+  const theirs = qemuAsTsimg(qemuImg(args, { cwd }));
+  const ours = tsimg(args, { cwd });
+  const last = (s: string) => s.trimEnd().split('\n').at(-1);
+  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
+    stdout: theirs.stdout,
+    status: theirs.status,
+    last: last(theirs.stderr),
+  });
+}
+
+/** Writes `data` into `file` at `offset`, keeping the rest (holes stay holes in a sparse file). */
+export function pokeFile(file: string, offset: number, data: Buffer): void {
+  const fd = openSync(file, 'r+');
+  try {
+    writeSync(fd, data, 0, data.length, offset);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Copies the qcow2 image `src` to `dst` (both under `dir`) with its first L1 entry pointing at an
+ * unaligned L2 table: qemu reports the image corrupt and fails block status / reads with EIO.
+ */
+export function copyWithCorruptL1(dir: string, src: string, dst: string): void {
+  const buf = readFileSync(join(dir, src));
+  const l1 = Number(buf.readBigUInt64BE(40));
+  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
+  writeFileSync(join(dir, dst), buf);
+}
+
+/** Runs a fixture step in `cwd` (no shell): its output is dropped, a failure throws with stderr. */
+export function shIn(cwd: string, cmd: string, ...args: string[]): void {
+  execFileSync(cmd, args, { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
 }

@@ -6,53 +6,18 @@
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { corpus } from '../../../test-images/corpus.js';
-import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
+import { copyWithCorruptL1, describeQemu, expectSameAsQemu, expectSameFailureAsQemu, pokeFile, shIn, tempDir } from '../../../test-images/qemu.js';
 
 let dir = '';
 let cleanup = (): void => {};
 
-function sh(cmd: string, ...args: string[]): void {
-  execFileSync(cmd, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-}
+const sh = (cmd: string, ...args: string[]): void => shIn(dir, cmd, ...args);
 
-function asOurs(r: RunResult): RunResult {
-  const fix = (s: string) => s.replaceAll('qemu-img:', 'tsimg:').replaceAll("Try 'qemu-img --help'", "Try 'tsimg --help'");
-  return { stdout: r.stdout, stderr: fix(r.stderr), status: r.status };
-}
-
-function expectSame(args: string[], cwd = dir): RunResult {
-  const ours = tsimg(['compare', ...args], { cwd });
-  expect(ours, args.join(' ')).toEqual(asOurs(qemuImg(['compare', ...args], { cwd })));
-  return ours;
-}
-
-function poke(file: string, offset: number, data: Buffer): void {
-  const fd = openSync(join(dir, file), 'r+');
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
-}
-
-/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
-function corruptL1(src: string, dst: string): void {
-  const buf = readFileSync(join(dir, src));
-  const l1 = Number(buf.readBigUInt64BE(40));
-  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
-  writeFileSync(join(dir, dst), buf);
-}
-
-/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
-function expectSameFailure(args: string[]): void {
-  const theirs = asOurs(qemuImg(args, { cwd: dir }));
-  const ours = tsimg(args, { cwd: dir });
-  const last = (s: string) => s.trimEnd().split('\n').at(-1);
-  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
-    stdout: theirs.stdout,
-    status: theirs.status,
-    last: last(theirs.stderr),
-  });
+/** Both tools' `compare` with `args`, in `cwd`: same stdout, stderr and status; returns tsimg's. */
+function expectSame(args: string[], cwd = dir) {
+  return expectSameAsQemu(['compare', ...args], cwd);
 }
 
 describeQemu('tsimg compare vs qemu-img compare', () => {
@@ -66,22 +31,22 @@ describeQemu('tsimg compare vs qemu-img compare', () => {
     sh('qemu-img', 'convert', '-O', 'qcow2', 'top.qcow2', 'flat.qcow2');
     sh('qemu-img', 'convert', '-c', '-O', 'qcow2', 'top.qcow2', 'comp.qcow2');
     sh('cp', 'top.raw', 'diff.raw');
-    poke('diff.raw', 4_200_000, Buffer.from('Q'));
+    pokeFile(join(dir, 'diff.raw'), 4_200_000, Buffer.from('Q'));
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', 'empty8.qcow2', '8M');
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', 'empty10.qcow2', '10M');
     sh('qemu-img', 'create', '-q', '-f', 'raw', 'big.raw', '10M');
     sh('cp', 'top.raw', 'tail.raw');
     sh('truncate', '-s', '10M', 'tail.raw');
-    poke('tail.raw', 9 * 1024 * 1024 + 777, Buffer.from('Z'));
+    pokeFile(join(dir, 'tail.raw'), 9 * 1024 * 1024 + 777, Buffer.from('Z'));
     sh('cp', 'top.raw', 'pad.raw');
     sh('truncate', '-s', '10M', 'pad.raw');
   });
   afterAll(() => cleanup());
 
   it('exits 3 when block status fails (a corrupt L1 entry)', () => {
-    corruptL1('flat.qcow2', 'corrupt.qcow2');
-    expectSameFailure(['compare', 'corrupt.qcow2', 'flat.qcow2']);
-    expectSameFailure(['compare', 'flat.qcow2', 'corrupt.qcow2']);
+    copyWithCorruptL1(dir, 'flat.qcow2', 'corrupt.qcow2');
+    expectSameFailureAsQemu(['compare', 'corrupt.qcow2', 'flat.qcow2'], dir);
+    expectSameFailureAsQemu(['compare', 'flat.qcow2', 'corrupt.qcow2'], dir);
   });
 
   it('agrees on identical and different pairs of any formats', () => {

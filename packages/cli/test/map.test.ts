@@ -6,59 +6,22 @@
  * files) and over the shared corpus. Needs `npm run build` first.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { closeSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { corpus } from '../../../test-images/corpus.js';
-import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
+import { copyWithCorruptL1, describeQemu, expectSameAsQemu, expectSameFailureAsQemu, pokeFile, shIn, tempDir } from '../../../test-images/qemu.js';
 
 let dir = '';
 let cleanup = (): void => {};
 
-function sh(cmd: string, ...args: string[]): void {
-  execFileSync(cmd, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-}
+const sh = (cmd: string, ...args: string[]): void => shIn(dir, cmd, ...args);
 
-/** qemu's output as tsimg words it. */
-function asOurs(r: RunResult): RunResult {
-  const fix = (s: string) => s.replaceAll('qemu-img:', 'tsimg:').replaceAll("Try 'qemu-img --help'", "Try 'tsimg --help'");
-  return { stdout: r.stdout, stderr: fix(r.stderr), status: r.status };
-}
-
+/** Both tools with `args` (`map` included), in `cwd`: same stdout, stderr and status. */
 function expectSame(args: string[], cwd = dir): void {
-  const theirs = asOurs(qemuImg(args, { cwd }));
-  const ours = tsimg(args, { cwd });
-  expect(ours, args.join(' ')).toEqual(theirs);
-}
-
-/** Writes bytes into a file at an offset, keeping the rest (a sparse raw file). */
-function poke(file: string, offset: number, data: Buffer): void {
-  const fd = openSync(join(dir, file), 'r+');
-  writeSync(fd, data, 0, data.length, offset);
-  closeSync(fd);
+  expectSameAsQemu(args, cwd);
 }
 
 const IMAGES: string[] = [];
-
-/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
-function corruptL1(src: string, dst: string): void {
-  const buf = readFileSync(join(dir, src));
-  const l1 = Number(buf.readBigUInt64BE(40));
-  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
-  writeFileSync(join(dir, dst), buf);
-}
-
-/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
-function expectSameFailure(args: string[]): void {
-  const theirs = asOurs(qemuImg(args, { cwd: dir }));
-  const ours = tsimg(args, { cwd: dir });
-  const last = (s: string) => s.trimEnd().split('\n').at(-1);
-  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
-    stdout: theirs.stdout,
-    status: theirs.status,
-    last: last(theirs.stderr),
-  });
-}
 
 describeQemu('tsimg map vs qemu-img map', () => {
   beforeAll(() => {
@@ -77,7 +40,7 @@ describeQemu('tsimg map vs qemu-img map', () => {
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'mid.qcow2', '-F', 'qcow2', 'top.qcow2', '4M');
     io('top.qcow2', 'write -P 9 64k 64k', 'write -z 2560k 64k');
     sh('qemu-img', 'create', '-q', '-f', 'raw', 'rawbase.raw', '1M');
-    poke('rawbase.raw', 100000, Buffer.alloc(5000, 1));
+    pokeFile(join(dir, 'rawbase.raw'), 100000, Buffer.alloc(5000, 1));
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'rawbase.raw', '-F', 'raw', 'overraw.qcow2', '2M');
     io('overraw.qcow2', 'write -P 3 0 4k');
     sh('qemu-img', 'create', '-q', '-f', 'qcow2', '-o', 'data_file=ext.data', 'ext.qcow2', '2M');
@@ -88,8 +51,8 @@ describeQemu('tsimg map vs qemu-img map', () => {
     io('small.qcow2', 'write -P 1 0 5k', 'write -P 2 300k 1k');
     writeFileSync(join(dir, 'sparse.raw'), '');
     sh('truncate', '-s', '16M', 'sparse.raw');
-    poke('sparse.raw', 3 * 1024 * 1024, Buffer.alloc(10000, 2));
-    poke('sparse.raw', 9 * 1024 * 1024 + 123, Buffer.from('data'));
+    pokeFile(join(dir, 'sparse.raw'), 3 * 1024 * 1024, Buffer.alloc(10000, 2));
+    pokeFile(join(dir, 'sparse.raw'), 9 * 1024 * 1024 + 123, Buffer.from('data'));
     writeFileSync(join(dir, 'odd.raw'), Buffer.alloc(1000, 5));
     writeFileSync(join(dir, 'empty.raw'), '');
     IMAGES.push('mixed.qcow2', 'nocomp.qcow2', 'base.qcow2', 'mid.qcow2', 'top.qcow2', 'overraw.qcow2', 'ext.qcow2',
@@ -98,9 +61,9 @@ describeQemu('tsimg map vs qemu-img map', () => {
   afterAll(() => cleanup());
 
   it('fails on a corrupt L1 entry like qemu-img', () => {
-    corruptL1('nocomp.qcow2', 'corrupt.qcow2');
-    expectSameFailure(['map', '--output=json', 'corrupt.qcow2']);
-    expectSameFailure(['map', 'corrupt.qcow2']);
+    copyWithCorruptL1(dir, 'nocomp.qcow2', 'corrupt.qcow2');
+    expectSameFailureAsQemu(['map', '--output=json', 'corrupt.qcow2'], dir);
+    expectSameFailureAsQemu(['map', 'corrupt.qcow2'], dir);
   });
 
   it('prints the same extents, human and JSON, for every image', () => {
@@ -145,9 +108,7 @@ describeQemu('tsimg map vs qemu-img map', () => {
 
   it('stops at a compressed cluster in human output with qemu-img\'s message', () => {
     // qemu's stdout is block-buffered when piped, so only the streams are compared, not their order.
-    const theirs = asOurs(qemuImg(['map', 'mixed.qcow2'], { cwd: dir }));
-    const ours = tsimg(['map', 'mixed.qcow2'], { cwd: dir });
-    expect(ours).toEqual(theirs);
+    const ours = expectSameAsQemu(['map', 'mixed.qcow2'], dir);
     expect(ours.stderr).toBe('tsimg: File contains external, encrypted or compressed clusters.\n');
     expect(ours.status).toBe(1);
   });

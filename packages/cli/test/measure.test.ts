@@ -4,47 +4,18 @@
  * snapshots), human and JSON output, and the error messages and exit statuses. Needs
  * `npm run build` first.
  */
-import { afterAll, beforeAll, expect, it } from 'vitest';
-import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { afterAll, beforeAll, it } from 'vitest';
 import { corpus } from '../../../test-images/corpus.js';
-import { describeQemu, qemuImg, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
+import { copyWithCorruptL1, describeQemu, expectSameAsQemu, expectSameFailureAsQemu, shIn, tempDir } from '../../../test-images/qemu.js';
 
 let dir = '';
 let cleanup = (): void => {};
 
-function sh(cmd: string, ...args: string[]): void {
-  execFileSync(cmd, args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-}
+const sh = (cmd: string, ...args: string[]): void => shIn(dir, cmd, ...args);
 
-function asOurs(r: RunResult): RunResult {
-  const fix = (s: string) => s.replaceAll('qemu-img:', 'tsimg:').replaceAll("Try 'qemu-img --help'", "Try 'tsimg --help'");
-  return { stdout: r.stdout, stderr: fix(r.stderr), status: r.status };
-}
-
+/** Both tools' `measure` with `args`, in `cwd`: same stdout, stderr and status. */
 function expectSame(args: string[], cwd = dir): void {
-  expect(tsimg(['measure', ...args], { cwd }), args.join(' ')).toEqual(asOurs(qemuImg(['measure', ...args], { cwd })));
-}
-
-/** A copy of `src` whose first L1 entry points at an unaligned L2 table (qemu: corrupt, EIO). */
-function corruptL1(src: string, dst: string): void {
-  const buf = readFileSync(join(dir, src));
-  const l1 = Number(buf.readBigUInt64BE(40));
-  buf.writeBigUInt64BE(buf.readBigUInt64BE(l1) | 0x200n, l1);
-  writeFileSync(join(dir, dst), buf);
-}
-
-/** stdout and status equal; stderr's last line (qemu-img's own message) equal. */
-function expectSameFailure(args: string[]): void {
-  const theirs = asOurs(qemuImg(args, { cwd: dir }));
-  const ours = tsimg(args, { cwd: dir });
-  const last = (s: string) => s.trimEnd().split('\n').at(-1);
-  expect({ stdout: ours.stdout, status: ours.status, last: last(ours.stderr) }, args.join(' ')).toEqual({
-    stdout: theirs.stdout,
-    status: theirs.status,
-    last: last(theirs.stderr),
-  });
+  expectSameAsQemu(['measure', ...args], cwd);
 }
 
 describeQemu('tsimg measure vs qemu-img measure', () => {
@@ -65,8 +36,8 @@ describeQemu('tsimg measure vs qemu-img measure', () => {
   afterAll(() => cleanup());
 
   it('fails on a corrupt L1 entry like qemu-img', () => {
-    corruptL1('src.qcow2', 'corrupt.qcow2');
-    expectSameFailure(['measure', '-O', 'qcow2', 'corrupt.qcow2']);
+    copyWithCorruptL1(dir, 'src.qcow2', 'corrupt.qcow2');
+    expectSameFailureAsQemu(['measure', '-O', 'qcow2', 'corrupt.qcow2'], dir);
   });
 
   it('measures sizes with every option that changes the result', () => {
