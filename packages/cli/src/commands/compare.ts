@@ -6,17 +6,13 @@
 import { compareImages } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
-import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { getoptLong } from '../getopt.js';
+import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 import { createProgress } from '../progress.js';
 
-const LONG = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'force-share', hasArg: false, key: 'U' },
-];
+const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS];
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
@@ -30,7 +26,7 @@ function readErrorText(cause: unknown): string {
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':hf:F:T:pqsU', LONG);
-  if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
+  if (parsed.error) getoptExit(parsed.error);
   let fmt1: string | undefined;
   let fmt2: string | undefined;
   let cache = 'writeback';
@@ -67,12 +63,10 @@ export const run: CommandRunner = async (argv, io) => {
         imageOpts = true;
         break;
       default:
-        throw new CliExit(1, `--${key} is not supported`);
+        notSupportedExit(key);
     }
   }
-  if (parsed.operands.length !== 2) {
-    throw new CliExit(1, "Expecting two image file names\nTry 'tsimg --help' for more information");
-  }
+  if (parsed.operands.length !== 2) usageExit('Expecting two image file names');
   const [filename1, filename2] = parsed.operands as [string, string];
   const say = (text: string): void => {
     if (!quiet) io.stdout(text);

@@ -14,7 +14,8 @@ import {
 import { stat } from 'node:fs/promises';
 import { createFile, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
-import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { getoptLong } from '../getopt.js';
+import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import { corruptionLine, openCommandImage } from '../image-open.js';
 import type { CliIO, CommandRunner } from '../main.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
@@ -31,7 +32,6 @@ import {
   tooLarge,
 } from './create.js';
 
-const TRY_HELP = "\nTry 'tsimg --help' for more information";
 const SECTOR = 512;
 /** qemu-img's MAX_BUF_SECTORS: the largest -S, in sectors. */
 const MAX_BUF_SECTORS = 32768;
@@ -40,10 +40,8 @@ const MAX_COROUTINES = 16;
 const CACHE_MODES = new Set(['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe']);
 
 const LONG = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  HELP_OPTION,
+  ...IMAGE_SOURCE_OPTIONS,
   { name: 'target-image-opts', hasArg: false, key: 'target-image-opts' },
   { name: 'salvage', hasArg: false, key: 'salvage' },
   { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
@@ -204,7 +202,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         break;
     }
   }
-  if (parsed.error) throw new CliExit(1, qemuGetoptMessage(parsed.error) + TRY_HELP);
+  if (parsed.error) getoptExit(parsed.error);
   if (outFmt !== undefined) a.outFmt = outFmt;
   else if (a.targetImageOpts) a.outFmt = '';
   return a;

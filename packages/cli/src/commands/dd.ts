@@ -9,17 +9,20 @@
 import { blockStatusAbove, createQcow2, openImage as openRawOrQcow2, type Image } from '@tsimg/qcow2';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
-import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { getoptLong } from '../getopt.js';
+import {
+  FORCE_SHARE_OPTION,
+  getoptExit,
+  HELP_OPTION,
+  IMAGE_OPTS_OPTION,
+  notSupportedExit,
+  OBJECT_OPTION,
+} from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
-const LONG = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'force-share', hasArg: false, key: 'U' },
-];
+const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
 
 const INT64_MAX = (1n << 63n) - 1n;
 const COPY_CHUNK = 4 * 1024 * 1024;
@@ -135,7 +138,7 @@ async function copyRange(
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':hf:O:U', LONG);
-  if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
+  if (parsed.error) getoptExit(parsed.error);
   let fmt: string | undefined;
   let outFmt = 'raw';
   let imageOpts = false;
@@ -156,7 +159,7 @@ export const run: CommandRunner = async (argv, io) => {
         imageOpts = true;
         break;
       default:
-        throw new CliExit(1, `--${key} is not supported`);
+        notSupportedExit(key);
     }
   }
   const args = parseOperands(parsed.operands);

@@ -5,18 +5,26 @@
 import { mapImage, type MapEntry } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
-import { getoptLong, qemuGetoptMessage } from '../getopt.js';
+import { getoptLong } from '../getopt.js';
+import {
+  FORMAT_OPTION,
+  getoptExit,
+  HELP_OPTION,
+  IMAGE_SOURCE_OPTIONS,
+  isJsonOutput,
+  notSupportedExit,
+  OUTPUT_OPTION,
+  usageExit,
+} from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
 
 const LONG = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'format', hasArg: true, key: 'f' },
-  { name: 'output', hasArg: true, key: 'output' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  HELP_OPTION,
+  FORMAT_OPTION,
+  OUTPUT_OPTION,
+  ...IMAGE_SOURCE_OPTIONS,
   { name: 'start-offset', hasArg: true, key: 's' },
   { name: 'max-length', hasArg: true, key: 'l' },
 ];
@@ -36,7 +44,7 @@ function jsonEntry(e: MapEntry): string {
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':hf:s:l:U', LONG);
-  if (parsed.error) throw new CliExit(1, `${qemuGetoptMessage(parsed.error)}\nTry 'tsimg --help' for more information`);
+  if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;
   let imageOpts = false;
@@ -65,17 +73,12 @@ export const run: CommandRunner = async (argv, io) => {
         imageOpts = true;
         break;
       default:
-        throw new CliExit(1, `--${key} is not supported`);
+        notSupportedExit(key);
     }
   }
-  if (parsed.operands.length !== 1) {
-    throw new CliExit(1, "Expecting one image file name\nTry 'tsimg --help' for more information");
-  }
+  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
   const filename = parsed.operands[0]!;
-  let json: boolean;
-  if (output === undefined || output === 'human') json = false;
-  else if (output === 'json') json = true;
-  else throw new CliExit(1, '--output must be used with human or json as argument.');
+  const json = isJsonOutput(output);
 
   const image = await openImage(filename, { format, readOnly: true, imageOpts });
   try {

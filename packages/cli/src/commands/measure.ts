@@ -18,6 +18,15 @@ import {
 import { CliExit } from '../exit.js';
 import { parseSnapshotParam } from '../snapshot-param.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
+import {
+  FORCE_SHARE_OPTION,
+  HELP_OPTION,
+  IMAGE_OPTS_OPTION,
+  isJsonOutput,
+  notSupportedExit,
+  OBJECT_OPTION,
+  OUTPUT_OPTION,
+} from '../command-options.js';
 import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
 import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from './create.js';
 import { UsageError } from '@tsimg/raw';
@@ -25,12 +34,12 @@ import { corruptionLine, openCommandImage as openImage } from '../image-open.js'
 import type { CommandRunner } from '../main.js';
 
 const LONG = [
-  { name: 'help', hasArg: false, key: 'h' },
-  { name: 'image-opts', hasArg: false, key: 'image-opts' },
-  { name: 'object', hasArg: true, key: 'object' },
-  { name: 'output', hasArg: true, key: 'output' },
+  HELP_OPTION,
+  IMAGE_OPTS_OPTION,
+  OBJECT_OPTION,
+  OUTPUT_OPTION,
   { name: 'size', hasArg: true, key: 'size' },
-  { name: 'force-share', hasArg: false, key: 'U' },
+  FORCE_SHARE_OPTION,
 ];
 
 // What qemu-img 7.2 answers for the target formats it knows but cannot measure.
@@ -157,9 +166,7 @@ export const run: CommandRunner = async (argv, io) => {
         case 'U':
           break;
         case 'output':
-          if (value === 'json') json = true;
-          else if (value === 'human') json = false;
-          else throw new CliExit(1, '--output must be used with human or json as argument.');
+          json = isJsonOutput(value!);
           break;
         case 'size':
           size = cvtnum('image size', value!, 0n, (1n << 63n) - 1n, (m) => io.stderr(`tsimg: ${m}\n`));
@@ -168,7 +175,7 @@ export const run: CommandRunner = async (argv, io) => {
           imageOpts = true;
           break;
         default:
-          throw new CliExit(1, `--${key} is not supported`);
+          notSupportedExit(key);
       }
     }
     return { json, fmt, outFmt, options, snapshot, size, imageOpts };
