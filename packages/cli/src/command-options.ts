@@ -54,3 +54,9 @@ export function notSupportedExit(key: string): never {
 export function refuseFormatWithImageOpts(format: string | undefined): void {
   if (format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
 }
+
+/** The one image file name info, check and map take, or their usage error. */
+export function expectOneFilename(operands: readonly string[]): string {
+  if (operands.length !== 1) usageExit('Expecting one image file name');
+  return operands[0]!;
+}

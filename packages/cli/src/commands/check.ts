@@ -24,6 +24,7 @@ import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
+  expectOneFilename,
   FORMAT_OPTION,
   getoptExit,
   HELP_OPTION,
@@ -173,8 +174,7 @@ export const run: CommandRunner = async (argv, io) => {
         break;
     }
   }
-  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
-  let filename = parsed.operands[0]!;
+  let filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
   if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   if (imageOpts) {

@@ -5,7 +5,7 @@
  */
 import { compareImages } from '@tsimg/qcow2';
 import { strerror, TsimgError } from '@tsimg/raw';
-import { CliExit, errorMessage } from '../exit.js';
+import { errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';

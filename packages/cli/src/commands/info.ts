@@ -9,6 +9,7 @@ import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
+  expectOneFilename,
   FORMAT_OPTION,
   getoptExit,
   HELP_OPTION,
@@ -16,7 +17,6 @@ import {
   isJsonOutput,
   OUTPUT_OPTION,
   refuseFormatWithImageOpts,
-  usageExit,
 } from '../command-options.js';
 import {
   formatImageInfoJson,
@@ -123,8 +123,7 @@ export const run: CommandRunner = async (argv, io) => {
         break;
     }
   }
-  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
-  const filename = parsed.operands[0]!;
+  const filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
   if (imageOpts) refuseFormatWithImageOpts(format);
 

@@ -7,6 +7,7 @@ import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import {
+  expectOneFilename,
   FORMAT_OPTION,
   getoptExit,
   HELP_OPTION,
@@ -14,7 +15,6 @@ import {
   isJsonOutput,
   notSupportedExit,
   OUTPUT_OPTION,
-  usageExit,
 } from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
@@ -76,8 +76,7 @@ export const run: CommandRunner = async (argv, io) => {
         notSupportedExit(key);
     }
   }
-  if (parsed.operands.length !== 1) usageExit('Expecting one image file name');
-  const filename = parsed.operands[0]!;
+  const filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
 
   const image = await openImage(filename, { format, readOnly: true, imageOpts });
