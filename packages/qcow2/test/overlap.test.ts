@@ -46,6 +46,8 @@ interface Case {
   guest: number;
   /** Why qemu-io itself changes the metadata (legitimately) on the way, if it does. */
   qemuRewrites?: string;
+  /** A compressed write (qcow2_alloc_bytes' allocation, checked before the data goes out). */
+  compressed?: boolean;
 }
 
 /** Points the L2 entry of guest cluster 0 at host `offset`, writable in place (COPIED). */
@@ -93,6 +95,13 @@ const CASES: Case[] = [
     kind: 'active L2 table',
     poke: (p) => freeForAllocation(p, p.l2Offset(0)),
     guest: 65536,
+  },
+  {
+    name: 'a compressed write handed an active L2 table (refcount 0)',
+    kind: 'active L2 table',
+    poke: (p) => freeForAllocation(p, p.l2Offset(0)),
+    guest: 65536,
+    compressed: true,
   },
   {
     name: 'an L2 entry naming the snapshot table',
@@ -150,7 +159,10 @@ describeQemu('pre-write overlap check (qemu default "cached" mode)', () => {
 
       const img = await openImage(ours, { readOnly: false });
       try {
-        await expect(img.write(c.guest, new Uint8Array(65536).fill(0x5a))).rejects.toThrow(expected);
+        const data = new Uint8Array(65536).fill(0x5a);
+        expect(img).toBeInstanceOf(Qcow2Image);
+        const write = c.compressed ? (img as Qcow2Image).writeCompressed(c.guest, data) : img.write(c.guest, data);
+        await expect(write).rejects.toThrow(expected);
         // Once corrupt, nothing more is written.
         await expect(img.write(1 << 20, new Uint8Array(512))).rejects.toThrow();
       } finally {
@@ -159,7 +171,7 @@ describeQemu('pre-write overlap check (qemu default "cached" mode)', () => {
       expect(incompatibleFeatures(ours) & CORRUPT_BIT).toBe(CORRUPT_BIT);
       expect(region(ours, target).equals(before)).toBe(true);
 
-      const q = qemuIo(['-c', `write -P 0x5a ${c.guest} 64k`, theirs]);
+      const q = qemuIo(['-c', `write ${c.compressed ? '-c ' : ''}-P 0x5a ${c.guest} 64k`, theirs]);
       expect(q.stdout + q.stderr).toContain(expected);
       expect(incompatibleFeatures(theirs) & CORRUPT_BIT).toBe(CORRUPT_BIT);
       const after = region(theirs, target);
