@@ -59,9 +59,23 @@ export async function main(argv: string[], io: CliIO = defaultIO): Promise<numbe
     const status = err instanceof CliExit ? err.status : 1;
     const msg = errorMessage(err);
     if (msg) io.stderr(`tsimg: ${msg}\n`);
+    const hint = hintOf(err);
+    if (hint) io.stderr(`${hint}\n`);
     if (process.env.TSIMG_DEBUG && err instanceof Error) io.stderr(`${err.stack}\n`);
     return status;
   }
+}
+
+/**
+ * qemu's error_append_hint: a second line some errors carry (e.g. how to repair), printed
+ * after the message without the program name. Found on the error or anything it wraps.
+ */
+function hintOf(err: unknown): string | undefined {
+  for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) {
+    const hint = (e as { hint?: unknown }).hint;
+    if (typeof hint === 'string' && hint) return hint;
+  }
+  return undefined;
 }
 
 function helpText(): string {
