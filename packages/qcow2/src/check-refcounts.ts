@@ -21,9 +21,8 @@ import {
   setCachedRefcount,
   flushRefblocks,
   preWriteOverlapCheck,
-  OL_ACTIVE_L2,
-  OL_INACTIVE_L2,
 } from './check-state.js';
+import { OL_ACTIVE_L2, OL_INACTIVE_L2 } from './overlap.js';
 import { loadBitmapDirectory } from './bitmap-directory.js';
 
 /** Repair modes (qemu's BdrvCheckMode bits). */

@@ -9,6 +9,19 @@
  * table, corrupt bit set, dirty lazy refcounts), must not repair a dirty image while opening,
  * and must write metadata through the file device in qemu's order.
  */
+import {
+  OL_ACTIVE_L1,
+  OL_ACTIVE_L2,
+  OL_BITMAP_DIRECTORY,
+  OL_CACHED,
+  OL_INACTIVE_L1,
+  OL_INACTIVE_L2,
+  OL_MAIN_HEADER,
+  OL_REFCOUNT_BLOCK,
+  OL_REFCOUNT_TABLE,
+  OL_SNAPSHOT_TABLE,
+  overlapName,
+} from './overlap.js';
 import { IoError, type BlockDevice } from '@tsimg/raw';
 import { findExtension, type Qcow2Header, type HeaderExtension } from './header.js';
 import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, AUTOCLEAR_BITMAPS, AUTOCLEAR_KNOWN } from './types.js';
@@ -55,29 +68,6 @@ export interface CheckSnapshot {
   raw: { fixed: Uint8Array; knownExtra: Uint8Array; unknownExtra: Uint8Array; id: Uint8Array; name: Uint8Array };
 }
 
-/** Metadata overlap kinds, qemu's QCOW2_OL_* bits. */
-export const OL_MAIN_HEADER = 1 << 0;
-export const OL_ACTIVE_L1 = 1 << 1;
-export const OL_ACTIVE_L2 = 1 << 2;
-export const OL_REFCOUNT_TABLE = 1 << 3;
-export const OL_REFCOUNT_BLOCK = 1 << 4;
-export const OL_SNAPSHOT_TABLE = 1 << 5;
-export const OL_INACTIVE_L1 = 1 << 6;
-export const OL_INACTIVE_L2 = 1 << 7;
-export const OL_BITMAP_DIRECTORY = 1 << 8;
-/** qemu's default overlap-check mode, "cached": everything but inactive L2 tables. */
-const OL_CACHED = 0x1ff & ~OL_INACTIVE_L2;
-const OL_NAMES = [
-  'qcow2_header',
-  'active L1 table',
-  'active L2 table',
-  'refcount table',
-  'refcount block',
-  'snapshot table',
-  'inactive L1 table',
-  'inactive L2 table',
-  'bitmap directory',
-];
 
 /**
  * Where check output goes: `fprintf(stderr)` lines; `report`: error_report lines (the CLI adds
@@ -378,6 +368,6 @@ export async function preWriteOverlapCheck(img: CheckImage, ign: number, offset:
   const ol = metadataOverlap(img, ign, offset, size);
   if (ol === 0) return true;
   const bit = Math.log2(ol & -ol);
-  await signalCorruption(img, true, `Preventing invalid write on metadata (overlaps with ${OL_NAMES[bit]})`);
+  await signalCorruption(img, true, `Preventing invalid write on metadata (overlaps with ${overlapName(1 << bit)})`);
   return false;
 }

@@ -17,9 +17,8 @@ import {
   diskRefcount,
   preWriteOverlapCheck,
   writeIncompatibleFeatures,
-  OL_ACTIVE_L1,
-  OL_ACTIVE_L2,
 } from './check-state.js';
+import { OL_ACTIVE_L1, OL_ACTIVE_L2 } from './overlap.js';
 import {
   type CheckResult,
   type RefcountPass,

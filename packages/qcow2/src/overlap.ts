@@ -13,7 +13,10 @@ export const OL_REFCOUNT_TABLE = 1 << 3;
 export const OL_REFCOUNT_BLOCK = 1 << 4;
 export const OL_SNAPSHOT_TABLE = 1 << 5;
 export const OL_INACTIVE_L1 = 1 << 6;
+export const OL_INACTIVE_L2 = 1 << 7;
 export const OL_BITMAP_DIRECTORY = 1 << 8;
+/** qemu's default overlap-check mode, "cached": everything but inactive L2 tables. */
+export const OL_CACHED = 0x1ff & ~OL_INACTIVE_L2;
 
 /** qemu's metadata_ol_names, by bit. */
 const OL_NAMES: ReadonlyMap<number, string> = new Map([
@@ -24,6 +27,7 @@ const OL_NAMES: ReadonlyMap<number, string> = new Map([
   [OL_REFCOUNT_BLOCK, 'refcount block'],
   [OL_SNAPSHOT_TABLE, 'snapshot table'],
   [OL_INACTIVE_L1, 'inactive L1 table'],
+  [OL_INACTIVE_L2, 'inactive L2 table'],
   [OL_BITMAP_DIRECTORY, 'bitmap directory'],
 ]);
 
