@@ -12,6 +12,7 @@ import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, s
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cpus, totalmem } from 'node:os';
+import { prng } from '../test-images/prng.mjs';
 
 const root = dirname(dirname(fileURLToPath(import.meta.url)));
 const out = join(root, 'bench', 'out');
@@ -20,18 +21,6 @@ const runs = Number(process.env.BENCH_RUNS ?? 3);
 const filter = process.argv[2] ?? '';
 mkdirSync(out, { recursive: true });
 
-/** A deterministic PRNG (xorshift32) so inputs are the same every run. */
-function prng(seed) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 /**
  * A raw image of `size` bytes, in 1 MiB blocks: 40% holes, 20% zero-filled but allocated,

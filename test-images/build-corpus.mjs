@@ -17,6 +17,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, readdirSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { prng } from './prng.mjs';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -35,18 +36,6 @@ const NOISE = `${SRC_DIR}/noise.bin`;
 const TEXT_SIZE = 1 * MiB;
 const NOISE_SIZE = 256 * KiB;
 
-/** xorshift32: tiny, seeded, and the same on every machine. */
-function prng(seed) {
-  let x = seed >>> 0 || 1;
-  return () => {
-    x ^= x << 13;
-    x >>>= 0;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    x >>>= 0;
-    return x;
-  };
-}
 
 function makeSources(out) {
   mkdirSync(join(out, SRC_DIR), { recursive: true });

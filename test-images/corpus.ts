@@ -68,7 +68,9 @@ const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 async function cacheDir(): Promise<string> {
   if (process.env.TSIMG_CORPUS_DIR) return resolve(process.env.TSIMG_CORPUS_DIR);
   const { stdout } = await run('qemu-img', ['--version']);
-  const hash = createHash('sha256').update(readFileSync(buildScript)).update(stdout).digest('hex').slice(0, 16);
+  // the script and the PRNG it imports decide the corpus's bytes
+  const prngScript = fileURLToPath(new URL('./prng.mjs', import.meta.url));
+  const hash = createHash('sha256').update(readFileSync(buildScript)).update(readFileSync(prngScript)).update(stdout).digest('hex').slice(0, 16);
   return join(tmpdir(), `tsimg-corpus-${hash}`);
 }
 
