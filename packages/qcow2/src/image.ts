@@ -155,6 +155,24 @@ class Gate {
   }
 }
 
+/** qemu's BDRV_MAX_LENGTH (INT64_MAX aligned down to 1 GiB): requests ending past it fail with EIO. */
+const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
+
+/**
+ * Loads a metadata table (L2 table, refcount block) as qemu's qcow2_cache_do_get → bdrv_pread:
+ * a request ending past BDRV_MAX_LENGTH fails with EIO (bdrv_check_request32); otherwise bytes
+ * past the end of the file read as zeroes (file-posix), which also covers offsets a device
+ * could not address (beyond 2^53: no file is that large). `into` arrives zero-filled.
+ */
+async function loadTable(dev: BlockDevice, offset: number, into: Uint8Array): Promise<void> {
+  if (offset + into.length > BDRV_MAX_LENGTH) throw new IoError('Input/output error', { errno: 'EIO' });
+  if (offset >= dev.size()) {
+    into.fill(0);
+    return;
+  }
+  await dev.read(offset, into);
+}
+
 function hex(n: number): string {
   return `0x${n.toString(16)}`;
 }
@@ -247,13 +265,13 @@ export class Qcow2Image implements Image, MappingSource {
     const cs = this.clusterSize;
     const fileDev = file;
     this.#l2Cache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(L2_CACHE_BYTES / cs)), {
-      load: (offset, into) => fileDev.read(offset, into),
+      load: (offset, into) => loadTable(fileDev, offset, into),
       // As qcow2_cache_entry_flush: a cached table may be written over itself.
       store: (offset, data) => this.#storeMetadata(offset, data, OL_ACTIVE_L2),
       sync: () => fileDev.flush(),
     });
     this.#refcountCache = new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(REFCOUNT_CACHE_BYTES / cs)), {
-      load: (offset, into) => fileDev.read(offset, into),
+      load: (offset, into) => loadTable(fileDev, offset, into),
       store: (offset, data) => this.#storeMetadata(offset, data, OL_REFCOUNT_BLOCK),
       sync: () => fileDev.flush(),
     });

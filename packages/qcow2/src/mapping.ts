@@ -73,9 +73,8 @@ export async function l2OffsetFor(src: MappingSource, offset: number): Promise<n
   const l1Index = Math.floor(offset / src.geo.l2Span);
   if (l1Index >= src.l1Size) return 0;
   const e = decodeL1Entry(src.l1, l1Index * 8);
-  if (e.l2Offset > MAX_HOST_OFFSET) {
-    await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} is beyond the largest supported offset (L1 index: 0x${l1Index.toString(16)})`);
-  }
+  // No limit on the offset itself (qemu has none): a table past the end of the file reads as
+  // zeroes, as file-posix reads there (the table loader in image.ts).
   if (e.l2Offset % src.geo.clusterSize !== 0) {
     await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
   }
@@ -133,6 +132,12 @@ function classify(
       const host = entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
       return { kind: 'zero', host: host !== undefined && host !== 0 ? host + inCluster : undefined };
     }
+    case 'unallocated': {
+      // Extended L2 may keep a host cluster under unallocated subclusters (qemu's
+      // UNALLOCATED_ALLOC): its offset is checked and bounds the run as a data cluster's does.
+      const host = entry.kind === 'extended' ? entry.hostOffset : undefined;
+      return { kind: 'unallocated', host: host !== undefined && host !== 0 ? host + inCluster : undefined };
+    }
     default:
       return { kind: k };
   }
@@ -183,10 +188,12 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
   while (pos < end) {
     const c = classify(src, entry, inCluster);
     if (c.kind !== first.kind) break;
-    if (first.kind === 'data' || (first.kind === 'zero' && first.host !== undefined)) {
+    // As count_contiguous_subclusters: a run keeps one type (a cluster with a host offset is
+    // not of the type of one without) and, where there is a host offset, contiguous clusters.
+    if (first.kind === 'data' || first.host !== undefined) {
       if (c.host !== expectHost) break;
-    } else if (first.kind === 'zero' && c.host !== undefined) break;
-    if (c.kind === 'data' || c.kind === 'zero') await check(src, c, entry, l2Offset, index);
+    } else if (c.host !== undefined) break;
+    await check(src, c, entry, l2Offset, index);
     // Step over every following subcluster of the same kind in this cluster at once.
     const sc = Math.floor(inCluster / geo.subclusterSize);
     const same = sameKindRun(entry, sc, geo.subclusters);
@@ -222,6 +229,11 @@ async function check(
     await src.corrupt(`Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where}`);
   }
   if (src.version < 3 && entry.kind === 'zero') await src.corrupt(`Zero cluster entry found in pre-v3 image ${where}`);
+  // qcow2_get_host_offset: a normal, zero-allocated or unallocated-allocated (extended L2)
+  // cluster must start at a cluster boundary.
+  if (entry.kind !== 'compressed' && host !== undefined && host !== 0 && host % src.geo.clusterSize !== 0) {
+    await src.corrupt(`Cluster allocation offset 0x${host.toString(16)} unaligned ${where}`);
+  }
   if (entry.kind === 'compressed' && src.geo.dataFile) {
     await src.corrupt(`Compressed cluster entry found in image with external data file ${where}`);
   }
