@@ -426,15 +426,27 @@ export class Qcow2Image implements Image, MappingSource {
             return r.hostOffset !== undefined
               ? { kind: 'zero', offset: at, length: r.length, hostOffset: r.hostOffset }
               : { kind: 'zero', offset: at, length: r.length };
-          case 'unallocated':
-            return { kind: 'unallocated', offset: at, length: r.length };
+          case 'unallocated': {
+            const st: BlockStatus = { kind: 'unallocated', offset: at, length: r.length };
+            // An unallocated subcluster of an allocated cluster keeps its host offset (qemu:
+            // OFFSET_VALID for UNALLOCATED_ALLOC); map.ts prints it.
+            return r.hostOffset !== undefined ? Object.assign(st, { hostOffset: r.hostOffset }) : st;
+          }
         }
       };
       const first = toStatus(await lookupRun(this, offset, length), offset);
       // Merge following runs of the same kind (contiguous on the host when there is a host).
       while (first.length < length) {
         const at = offset + first.length;
-        const next = toStatus(await lookupRun(this, at, length - first.length), at);
+        // qemu answers one run per call (qcow2_co_block_status) and never looks past it: a
+        // failure further on (a corrupt entry) is the next call's, after this run is reported.
+        let run: MappedRun;
+        try {
+          run = await lookupRun(this, at, length - first.length);
+        } catch {
+          break;
+        }
+        const next = toStatus(run, at);
         if (next.kind !== first.kind) break;
         const fh = 'hostOffset' in first ? first.hostOffset : undefined;
         const nh = 'hostOffset' in next ? next.hostOffset : undefined;

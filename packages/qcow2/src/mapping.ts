@@ -51,7 +51,8 @@ export function geometry(clusterBits: number, extendedL2: boolean, dataFile: boo
 export type MappedRun =
   | { kind: 'data'; length: number; hostOffset: number }
   | { kind: 'zero'; length: number; hostOffset?: number }
-  | { kind: 'unallocated'; length: number }
+  /** `hostOffset`: the host cluster an extended L2 entry keeps under unallocated subclusters. */
+  | { kind: 'unallocated'; length: number; hostOffset?: number }
   | { kind: 'compressed'; length: number; entry: Extract<L2Entry, { kind: 'compressed' }>; clusterOffset: number };
 
 /** Where the mapping reads its tables from. */
@@ -212,7 +213,7 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
   if (first.kind === 'zero') {
     return first.host !== undefined ? { kind: 'zero', length: len, hostOffset: first.host } : { kind: 'zero', length: len };
   }
-  return { kind: 'unallocated', length: len };
+  return first.host !== undefined ? { kind: 'unallocated', length: len, hostOffset: first.host } : { kind: 'unallocated', length: len };
 }
 
 async function check(

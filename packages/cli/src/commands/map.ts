@@ -108,6 +108,9 @@ export const run: CommandRunner = async (argv, io) => {
       }
     } catch (err) {
       if (err instanceof CliExit) throw err;
+      // mapImage yielded `prev` once the entry after it was known: qemu dumped it then (with the
+      // separator), before the query that failed.
+      if (prev) emit(prev, false);
       flush(); // what qemu printed before the failing query stays printed
       const corrupt = corruptionLine(err);
       if (corrupt) io.stderr(corrupt);
