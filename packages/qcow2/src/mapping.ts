@@ -86,7 +86,8 @@ type Kind = 'data' | 'zero' | 'unallocated' | 'compressed';
 
 /**
  * Host offsets are exact numbers up to 2^56 (multiples of 512), but devices take safe integers
- * only: metadata pointing beyond 2^53 - 4 MiB is treated as corrupt.
+ * only: a data cluster beyond 2^53 - 4 MiB is treated as corrupt (qemu would read zeroes there).
+ * L2 tables have no such limit: their loader reads zeroes past the end of the file (image.ts).
  */
 const MAX_HOST_OFFSET = Number.MAX_SAFE_INTEGER - 4 * 1024 * 1024;
 
