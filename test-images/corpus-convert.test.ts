@@ -79,7 +79,7 @@ function diffFiles(a: string, b: string): string | undefined {
 const PROGRESS_DIFFERS = new Set(
   (
     'qcow2-v2 qcow2-v3 cluster-4k cluster-64k cluster-512 refcount-1 refcount-2 refcount-4 refcount-8 refcount-16 ' +
-    'refcount-32 refcount-64 lazy-refcounts extl2-backing compressed-zlib compressed-zstd compressed-zstd-4k ' +
+    'refcount-32 refcount-64 lazy-refcounts compressed-zlib compressed-zstd compressed-zstd-4k ' +
     'compressed-zlib-512 prealloc-metadata'
   )
     .split(' ')
