@@ -44,7 +44,7 @@ import {
   type L2Entry,
 } from './l2-entry.js';
 import { openQcow2Metadata, validateTable, type Qcow2OpenState } from './qcow2-metadata.js';
-import { geometry, l2OffsetFor, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
+import { geometry, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
 import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from './refcount.js';
 import {
   MetadataClusters,
