@@ -344,7 +344,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
     if (opts) {
       try {
-        if (args.outFmt === 'qcow2') await createQcow2(out, opts, false, io);
+        if (args.outFmt === 'qcow2') await createQcow2Image(out, opts, false, io);
         else await createFile(protocolPath(out), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
       } catch (err) {
         const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
@@ -412,12 +412,6 @@ export const run: CommandRunner = async (argv, io) => {
     for (const img of opened) await img.close().catch(() => undefined);
   }
 };
-
-/**
- * create.ts's createQcow2Image, which takes the command's io for the lines qemu prints while
- * creating (a 4th parameter being added as this is written; passing it either way compiles).
- */
-const createQcow2 = createQcow2Image as (filename: string, opts: QemuOpts, objects: boolean, io: CliIO) => Promise<void>;
 
 /**
  * openCommandImage, also for names with qemu's `file:` protocol prefix (the file is opened by
