@@ -242,3 +242,42 @@ export function compressedEntry(hostOffset: number, length: number): { kind: 'co
   const first = Math.floor(hostOffset / COMPRESSED_SECTOR_SIZE);
   return { kind: 'compressed', hostOffset, sectors: last - first + 1 };
 }
+
+/**
+ * How many plain (not extended) L2 entries from `index` on, at most `count`, continue a run of
+ * `kind` whose next cluster is expected at host offset `host` (undefined: a run without host
+ * clusters), reading the raw words instead of decoding each entry into an object — mapping a
+ * sparse or fully allocated table is then a tight loop over 8192 words. It answers only for
+ * entries that decode to that kind with exactly that host offset (data clusters contiguous,
+ * at most `maxHost`); anything else, compressed or odd entries included, ends the count and is
+ * left to the caller's full decode and checks.
+ */
+export function plainRunLength(
+  view: DataView,
+  index: number,
+  count: number,
+  kind: 'data' | 'zero' | 'unallocated',
+  host: number | undefined,
+  ctx: { clusterSize: number; dataFile: boolean; maxHost: number },
+): number {
+  let next = host;
+  let i = 0;
+  for (; i < count; i++) {
+    const at = (index + i) * 8;
+    const hi = view.getUint32(at);
+    const lo = view.getUint32(at + 4);
+    if ((hi & COMPRESSED_HI) !== 0) break;
+    const offset = (hi & OFFSET_HI_MASK) * TWO32 + ((lo & OFFSET_LO_MASK) >>> 0);
+    const zeroFlag = (lo & 1) !== 0;
+    if (kind === 'unallocated') {
+      if (zeroFlag || offset !== 0 || (ctx.dataFile && (hi & COPIED_HI) !== 0)) break;
+      continue;
+    }
+    if (zeroFlag !== (kind === 'zero')) break;
+    if (offset !== (next ?? 0) || offset > ctx.maxHost) break;
+    // A data entry needs a host cluster: offset 0 is one only in an external data file.
+    if (kind === 'data' && (next === undefined || (offset === 0 && !(ctx.dataFile && (hi & COPIED_HI) !== 0)))) break;
+    if (next !== undefined) next += ctx.clusterSize;
+  }
+  return i;
+}

@@ -7,6 +7,7 @@ import {
   decodeL1Entry,
   decodeL2Entry,
   l2EntrySize,
+  plainRunLength,
   subclusterKind,
   SUBCLUSTERS_PER_CLUSTER,
   type EntryContext,
@@ -172,7 +173,8 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
   let inCluster = offset % geo.clusterSize;
   let entry = decodeL2Entry(view, index * geo.entrySize, geo);
   const first = classify(src, entry, inCluster);
-  await check(src, first, entry, l2Offset, index);
+  const bad = problem(src, first, entry, l2Offset, index);
+  if (bad !== undefined) await src.corrupt(bad);
   if (first.kind === 'compressed') {
     const c = entry as Extract<L2Entry, { kind: 'compressed' }>;
     return {
@@ -195,7 +197,8 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
     if (first.kind === 'data' || first.host !== undefined) {
       if (c.host !== expectHost) break;
     } else if (c.host !== undefined) break;
-    await check(src, c, entry, l2Offset, index);
+    const wrong = problem(src, c, entry, l2Offset, index);
+    if (wrong !== undefined) await src.corrupt(wrong);
     // Step over every following subcluster of the same kind in this cluster at once.
     const sc = Math.floor(inCluster / geo.subclusterSize);
     const same = sameKindRun(entry, sc, geo.subclusters);
@@ -207,6 +210,23 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
     if (inCluster === geo.clusterSize && pos < end) {
       index++;
       inCluster = 0;
+      if (!geo.extendedL2) {
+        // Whole clusters that plainly continue the run (the common case) are counted from the
+        // raw words; the first one that does not is decoded and checked below.
+        const zeroOk = first.kind !== 'zero' || src.version >= 3;
+        const whole = zeroOk ? Math.floor((end - pos) / geo.clusterSize) : 0;
+        const run = plainRunLength(view, index, whole, first.kind as 'data' | 'zero' | 'unallocated', expectHost, {
+          clusterSize: geo.clusterSize,
+          dataFile: geo.dataFile,
+          maxHost: MAX_HOST_OFFSET,
+        });
+        const bytes = run * geo.clusterSize;
+        len += bytes;
+        pos += bytes;
+        if (expectHost !== undefined) expectHost += bytes;
+        index += run;
+        if (pos >= end) break;
+      }
       entry = decodeL2Entry(view, index * geo.entrySize, geo);
     }
   }
@@ -217,26 +237,32 @@ export async function lookupRun(src: MappingSource, offset: number, length: numb
   return first.host !== undefined ? { kind: 'unallocated', length: len, hostOffset: first.host } : { kind: 'unallocated', length: len };
 }
 
-async function check(
+/**
+ * What is corrupt about the entry a run goes over (qemu's checks in qcow2_get_host_offset and
+ * its callers), or undefined. Synchronous and allocation-free on the good path: it runs once
+ * per decoded cluster.
+ */
+function problem(
   src: MappingSource,
   c: { kind: Kind; host?: number },
   entry: L2Entry,
   l2Offset: number,
   index: number,
-): Promise<void> {
-  const where = `(L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`;
-  if (c.host === -1) await src.corrupt(`Invalid cluster entry found ${where}`);
+): string | undefined {
+  const where = (): string => `(L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`;
+  if (c.host === -1) return `Invalid cluster entry found ${where()}`;
   const host = entry.kind === 'compressed' || entry.kind === 'data' || entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
   if (host !== undefined && host > MAX_HOST_OFFSET) {
-    await src.corrupt(`Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where}`);
+    return `Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where()}`;
   }
-  if (src.version < 3 && entry.kind === 'zero') await src.corrupt(`Zero cluster entry found in pre-v3 image ${where}`);
+  if (src.version < 3 && entry.kind === 'zero') return `Zero cluster entry found in pre-v3 image ${where()}`;
   // qcow2_get_host_offset: a normal, zero-allocated or unallocated-allocated (extended L2)
   // cluster must start at a cluster boundary.
   if (entry.kind !== 'compressed' && host !== undefined && host !== 0 && host % src.geo.clusterSize !== 0) {
-    await src.corrupt(`Cluster allocation offset 0x${host.toString(16)} unaligned ${where}`);
+    return `Cluster allocation offset 0x${host.toString(16)} unaligned ${where()}`;
   }
   if (entry.kind === 'compressed' && src.geo.dataFile) {
-    await src.corrupt(`Compressed cluster entry found in image with external data file ${where}`);
+    return `Compressed cluster entry found in image with external data file ${where()}`;
   }
+  return undefined;
 }

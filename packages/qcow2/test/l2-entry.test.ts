@@ -8,6 +8,7 @@ import {
   decodeL2Entry,
   encodeL1Entry,
   encodeL2Entry,
+  plainRunLength,
   subclusterKind,
   type EntryContext,
   type L2Entry,
@@ -121,5 +122,68 @@ describe('L1 entries', () => {
     const view = new DataView(new ArrayBuffer(8));
     view.setBigUint64(0, 0x10000n | 1n);
     expect(decodeL1Entry(view, 0).reserved).toBe(true);
+  });
+});
+
+describe('plainRunLength (raw-word scan of plain L2 tables)', () => {
+  // Entries drawn from what a table can hold, weighted towards runs that continue each other.
+  const bits = 16;
+  const cs = 2 ** bits;
+  const word = fc.oneof(
+    fc.constant({ hi: 0, lo: 0 }), // unallocated
+    fc.constant({ hi: 0, lo: 1 }), // zero without host
+    fc.constant({ hi: 0x8000_0000, lo: 0 }), // COPIED, no offset
+    fc.integer({ min: 1, max: 8 }).map((c) => ({ hi: 0x8000_0000, lo: c * cs })), // data
+    fc.integer({ min: 1, max: 8 }).map((c) => ({ hi: 0, lo: c * cs + 1 })), // zero with host
+    fc.integer({ min: 1, max: 8 }).map((c) => ({ hi: 0x4000_0000, lo: c * cs })), // compressed
+    fc.integer({ min: 1, max: 8 }).map((c) => ({ hi: 0x0100_0000, lo: c * cs })), // reserved bit
+    fc.integer({ min: 1, max: 8 }).map((c) => ({ hi: 0, lo: c * cs + 0x100 })), // reserved low bit
+  );
+
+  it('counts exactly the entries the full decode would continue the run with', () => {
+    fc.assert(
+      fc.property(
+        fc.array(word, { minLength: 1, maxLength: 24 }),
+        fc.constantFrom('data' as const, 'zero' as const, 'unallocated' as const),
+        fc.option(fc.integer({ min: 0, max: 8 }).map((c) => c * cs), { nil: undefined }),
+        fc.boolean(),
+        (words, kind, host, dataFile) => {
+          const view = new DataView(new ArrayBuffer(words.length * 8));
+          words.forEach((w, i) => {
+            view.setUint32(i * 8, w.hi >>> 0);
+            view.setUint32(i * 8 + 4, w.lo >>> 0);
+          });
+          const ctx: EntryContext = { clusterBits: bits, extendedL2: false, dataFile };
+          // Reference: decode each entry and compare kind and host offset.
+          let expected = 0;
+          let next = host;
+          for (let i = 0; i < words.length; i++) {
+            const e = decodeL2Entry(view, i * 8, ctx);
+            const entryHost = e.kind === 'data' || e.kind === 'zero' ? e.hostOffset : undefined;
+            const ok =
+              kind === 'unallocated'
+                ? e.kind === 'unallocated'
+                : kind === 'data'
+                  ? e.kind === 'data' && next !== undefined && entryHost === next
+                  : e.kind === 'zero' && entryHost === (next ?? 0);
+            if (!ok) break;
+            if (next !== undefined) next += cs;
+            expected++;
+          }
+          const got = plainRunLength(view, 0, words.length, kind, host, { clusterSize: cs, dataFile, maxHost: 2 ** 52 });
+          expect(got).toBe(expected);
+        },
+      ),
+      { numRuns: 2000 },
+    );
+  });
+
+  it('stops at the count and at hosts beyond maxHost', () => {
+    const view = new DataView(new ArrayBuffer(32));
+    for (let i = 0; i < 4; i++) view.setUint32(i * 8 + 4, (i + 1) * cs);
+    const ctx = { clusterSize: cs, dataFile: false, maxHost: 2 * cs };
+    expect(plainRunLength(view, 0, 4, 'data', cs, ctx)).toBe(2);
+    expect(plainRunLength(view, 0, 1, 'data', cs, ctx)).toBe(1);
+    expect(plainRunLength(view, 1, 3, 'data', 2 * cs, { ...ctx, maxHost: 2 ** 40 })).toBe(3);
   });
 });
