@@ -132,6 +132,44 @@ describe('compareImages', () => {
   });
 });
 
+describe('compareImages looks ahead without reporting out of order', () => {
+  /** `dev` with block status failing from `from` on (a corrupt L2 table further on, say). */
+  function statusFailsFrom(dev: MemoryDevice, from: number): ChainImage {
+    return Object.assign(Object.create(dev) as MemoryDevice, {
+      async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+        if (offset >= from) throw new Error('boom');
+        return dev.blockStatus(offset, Math.min(length, from - offset));
+      },
+      size: () => dev.size(),
+      read: (o: number, into: Uint8Array) => dev.read(o, into),
+    });
+  }
+
+  it('a mismatch before a failing read or status further on is what is reported', async () => {
+    const data: [number, number, number][] = [[0, 16 * M, 1]];
+    const a = await mem(16 * M, data);
+    const b = await mem(16 * M, [...data, [5 * M + 512, 1, 2]]);
+    // b's 2nd read (2-4 MiB) fails: reported before the mismatch of a chunk read ahead.
+    expect(await compareImages(a, faultyDevice(b, { failRead: 2 }))).toMatchObject({ kind: 'read-error', side: 2, offset: 2 * M });
+    expect(await compareImages(a, faultyDevice(b, { failRead: 4 }))).toEqual({ kind: 'content', offset: 5 * M + 512, sizeMismatch: false });
+    const c = await mem(16 * M, [...data, [M + 512, 1, 2]]);
+    expect(await compareImages(a, faultyDevice(c, { failRead: 3 }))).toEqual({ kind: 'content', offset: M + 512, sizeMismatch: false });
+    expect(await compareImages(a, statusFailsFrom(c, 6 * M))).toEqual({ kind: 'content', offset: M + 512, sizeMismatch: false });
+    expect(await compareImages(a, statusFailsFrom(b, 6 * M))).toEqual({ kind: 'content', offset: 5 * M + 512, sizeMismatch: false });
+    expect(await compareImages(a, statusFailsFrom(b, 4 * M))).toMatchObject({ kind: 'status-error', side: 2 });
+    expect(await compareImages(a, statusFailsFrom(a, 6 * M))).toMatchObject({ kind: 'status-error', side: 2 });
+  });
+
+  it('progress stops at the step that decides', async () => {
+    const a = await mem(16 * M, [[0, 16 * M, 1]]);
+    const b = await mem(16 * M, [[0, 16 * M, 1], [5 * M, 1, 9]]);
+    let done = 0;
+    const r = await compareImages(a, b, { onProgress: (n) => (done += n) });
+    expect(r).toEqual({ kind: 'content', offset: 5 * M, sizeMismatch: false });
+    expect(done).toBe(4 * M);
+  });
+});
+
 describe('compareImages properties', () => {
   const K = 1024;
   const writes = fc.array(
