@@ -2,6 +2,7 @@
  * Raw deflate as qcow2's compression_type=zlib stores clusters, with node:zlib set up the way
  * qemu's qcow2_zlib_compress / qcow2_zlib_decompress set up the system zlib.
  */
+import { createRequire } from 'node:module';
 import type * as Zlib from 'node:zlib';
 import { FormatError } from '@tsimg/raw';
 
@@ -9,9 +10,13 @@ type ZlibModule = typeof Zlib;
 
 let zlibModule: Promise<ZlibModule> | undefined;
 
-/** node:zlib, imported on first use so that CLI start-up does not pay for it. */
+/**
+ * node:zlib, loaded on first use so that CLI start-up does not pay for it. By require() rather
+ * than import(): the CLI's bundle runs as a classic script (bin/load-bundle.js), where a
+ * dynamic import() has no module loader to call.
+ */
 export function loadZlib(): Promise<ZlibModule> {
-  zlibModule ??= import('node:zlib');
+  zlibModule ??= Promise.resolve(createRequire(import.meta.url)('node:zlib') as ZlibModule);
   return zlibModule;
 }
 
