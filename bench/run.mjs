@@ -8,7 +8,7 @@
 //   npm run bench -- convert    # rows whose name contains "convert"
 //   BENCH_RUNS=5 npm run bench
 import { spawnSync, execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, writeSync, closeSync, ftruncateSync, statSync, rmSync } from 'node:fs';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cpus, totalmem } from 'node:os';
@@ -61,8 +61,16 @@ delete env.NODE_EXTRA_CA_CERTS;
 // /usr/bin/time (GNU) adds CPU time and peak memory; without it only wall time is shown.
 const gnuTime = existsSync('/usr/bin/time') ? '/usr/bin/time' : undefined;
 
-/** One run: wall seconds, CPU seconds (user + sys, children included) and peak RSS in MiB. */
-function time(cmd, args) {
+/**
+ * One run: wall seconds, CPU seconds (user + sys, children included) and peak RSS in MiB.
+ * Before it (untimed), `output` is removed and dirty pages are written back: otherwise a run
+ * pays for truncating the previous run's output, and the kernel throttles whichever tool
+ * happens to write while earlier runs' gigabytes are still being flushed — the same command
+ * then varied 0.1–1.1 s here.
+ */
+function time(cmd, args, output) {
+  if (output !== undefined) rmSync(output, { force: true });
+  spawnSync('sync');
   const t0 = process.hrtime.bigint();
   const r = gnuTime
     ? spawnSync(gnuTime, ['-f', '@@ %U %S %M', cmd, ...args], { stdio: ['ignore', 'ignore', 'pipe'], env })
@@ -135,8 +143,10 @@ for (const [name, targs, qargs, target] of rows) {
   const q = [];
   try {
     for (let i = 0; i < runs; i++) {
-      t.push(time(process.execPath, [tsimg, ...targs]));
-      q.push(time('qemu-img', qargs));
+      // A convert's output is its last argument.
+      const output = (args) => (args[0] === 'convert' ? args[args.length - 1] : undefined);
+      t.push(time(process.execPath, [tsimg, ...targs], output(targs)));
+      q.push(time('qemu-img', qargs, output(qargs)));
     }
   } catch (err) {
     console.log(`${name.padEnd(36)} failed: ${String(err.message).split('\n')[0]}`);
