@@ -204,9 +204,18 @@ const cases: ConvertCase[] = [
   { name: '-t bogus', args: ['-t', 'bogus', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },
   ...['none', 'writeback', 'unsafe'].map((t): ConvertCase => ({ name: `-T ${t}`, args: ['-T', t, '-O', 'qcow2', S('mixed.qcow2'), 'out'] })),
   { name: '-T bogus', args: ['-T', 'bogus', S('mixed.qcow2'), 'out'] },
-  { name: '-r 1M', args: ['-r', '1G', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },
+  { name: '-r 1G', args: ['-r', '1G', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },
   { name: '-r junk', args: ['-r', 'junk', S('mixed.qcow2'), 'out'] },
   { name: '-r 0', args: ['-r', '0', S('mixed.qcow2'), 'out'] },
+  { name: '-r -1', args: ['-r', '-1', S('mixed.qcow2'), 'out'] },
+  { name: '-r 1.5 (fraction without a suffix)', args: ['-r', '1.5', S('mixed.qcow2'), 'out'] },
+  { name: '-r 1e3', args: ['-r', '1e3', S('mixed.qcow2'), 'out'] },
+  { name: '-r empty', args: ['-r', '', S('mixed.qcow2'), 'out'] },
+  { name: '-r 8E (out of range)', args: ['-r', '8E', S('mixed.qcow2'), 'out'] },
+  { name: '-r 2^63 (out of range)', args: ['-r', '9223372036854775808', S('mixed.qcow2'), 'out'] },
+  { name: '-r 2^63-1', args: ['-r', '9223372036854775807', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },
+  // Fast enough that neither waits noticeably, slow enough that the bucket is in use.
+  { name: '-r 64M -n into a full target', args: ['-r', '64M', '-n', S('odd.raw'), 'out'], before: existing('dense.raw') },
 
   // -C
   { name: '-C', args: ['-C', '-O', 'qcow2', S('mixed.qcow2'), 'out'] },

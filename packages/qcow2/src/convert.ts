@@ -9,6 +9,7 @@
  */
 import { IoError, TsimgError, dataRunLength, isZero, strerror, zeroRunLength, type BlockDevice } from '@tsimg/raw';
 import { chainBlockStatus, type ChainImage } from './chain-status.js';
+import { WriteThrottle, type ThrottleClock } from './throttle.js';
 
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE: the largest chunk read and written at once. */
@@ -105,6 +106,13 @@ export interface ConvertCopyOptions {
   compressor?: ClusterCompressor;
   /** How many clusters the compressor works on at once (sets how far ahead reads go). */
   compressorThreads?: number;
+  /**
+   * `-r`: the target's write rate limit in bytes per second (0 or undefined: none). Every
+   * write request waits in qemu's leaky bucket first ({@link WriteThrottle}).
+   */
+  rateLimit?: number;
+  /** The clock and timer of the rate limit (tests inject a fake one); default the real one. */
+  clock?: ThrottleClock;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -188,6 +196,8 @@ export async function convertCopy(
   if (compressed && (clusterSectors <= 0 || !target.writeCompressed)) {
     throw new IoError('invalid cluster size');
   }
+  // qemu-img sets the target's throttle group up before the copy starts.
+  const throttle = options.rateLimit ? new WriteThrottle(options.rateLimit, options.clock) : undefined;
 
   const srcSectors = sources.map((s) => Math.ceil(s.size() / SECTOR));
   const srcAlignment = sources.map((s) => Math.max(1, (s.clusterSize ?? 0) / SECTOR));
@@ -313,20 +323,28 @@ export async function convertCopy(
         if (compressed) {
           // qemu writes compressed whatever -S says; -S 0 only stops it skipping zero clusters.
           if (!minSparse || !(zeroed ?? isZero(buf.subarray(0, n * SECTOR)))) {
+            await throttle?.admit(n * SECTOR);
             await target.writeCompressed!(sector * SECTOR, buf.subarray(0, n * SECTOR), pre);
           } else zero = true;
         } else if (!minSparse) {
+          await throttle?.admit(n * SECTOR);
           await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
         } else {
           const run = pieces?.[piece++] ?? allocatedRunMin(buf, n, minSparse, sector, alignment);
           n = run.run;
-          if (run.data) await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
-          else zero = true;
+          if (run.data) {
+            await throttle?.admit(n * SECTOR);
+            await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
+          } else zero = true;
         }
       } else if (st === 'zero') {
         zero = true;
       }
-      if (zero && !hasZeroInit) await target.writeZeroes(sector * SECTOR, n * SECTOR, { mayUnmap: true });
+      if (zero && !hasZeroInit) {
+        // A zero write is a write request to the throttle, counted at its full length.
+        await throttle?.admit(n * SECTOR);
+        await target.writeZeroes(sector * SECTOR, n * SECTOR, { mayUnmap: true });
+      }
       sector += n;
       sectors -= n;
       buf = buf.subarray(n * SECTOR);
@@ -457,7 +475,11 @@ export async function convertCopy(
       await request('write', at, () => write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st));
     }
   }
-  if (compressed) await request('write', totalSectors * SECTOR, () => target.finishCompressed!());
+  if (compressed) {
+    // qemu ends the stream with an empty compressed write, which the throttle also sees.
+    await throttle?.admit(0);
+    await request('write', totalSectors * SECTOR, () => target.finishCompressed!());
+  }
 }
 
 let zeroes = new Uint8Array(0);

@@ -75,6 +75,8 @@ interface ConvertArgs {
   imageOpts: boolean;
   targetImageOpts: boolean;
   salvage: boolean;
+  /** -r: bytes per second the target may be written at (0: unlimited). */
+  rateLimit: number;
   bitmaps: boolean;
   skipBroken: boolean;
   forceShare: boolean;
@@ -98,6 +100,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     imageOpts: false,
     targetImageOpts: false,
     salvage: false,
+    rateLimit: 0,
     bitmaps: false,
     skipBroken: false,
     forceShare: false,
@@ -178,8 +181,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         a.forceShare = true;
         break;
       case 'r':
-        cvtnum('rate limit', value!);
-        break; // accepted; tsimg does not throttle
+        a.rateLimit = Number(cvtnum('rate limit', value!));
+        break;
       case 'object':
         break; // secrets are only needed for encryption, which tsimg refuses
       case 'image-opts':
@@ -389,6 +392,7 @@ export const run: CommandRunner = async (argv, io) => {
         targetHasBacking,
         targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
         salvage: args.salvage,
+        rateLimit: args.rateLimit,
         warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
         progress: (pct) => progress.print(pct, 0),
         compressor: pool,
