@@ -171,5 +171,15 @@ export function makeSources(root: string): string {
   img(dir, 'create', '-f', 'raw', 'tgt8m.raw', '8M');
   img(dir, 'create', '-f', 'qcow2', 'dirty.qcow2', '4M');
   io(dir, 'dirty.qcow2', 'qcow2', 'write -P 0xee 0 4M');
+  // Targets that hold data, compressed clusters, a zero cluster and holes, for -n: the
+  // clusters that zero writes free are punched out of the file by qemu (discard=unmap).
+  const FILL = ['write -P 0x61 0 3M', 'write -c -P 0x62 3M 64k', 'write -c -P 0x63 3136k 64k', 'write -z 3328k 64k', 'write -P 0x64 6M 2M'];
+  img(dir, 'create', '-f', 'qcow2', 'filled.qcow2', '8M');
+  io(dir, 'filled.qcow2', 'qcow2', ...FILL);
+  img(dir, 'create', '-f', 'qcow2', '-o', 'extended_l2=on', 'filledx.qcow2', '8M');
+  io(dir, 'filledx.qcow2', 'qcow2', ...FILL);
+  // An external data file named as the case directories will have it (`out.data`).
+  img(dir, 'create', '-f', 'qcow2', '-o', 'data_file=out.data', 'filleddf.qcow2', '8M');
+  io(dir, 'filleddf.qcow2', 'qcow2', ...FILL);
   return dir;
 }

@@ -102,6 +102,14 @@ export interface Qcow2OpenOptions {
   l1Table?: { offset: number; size: number };
   /** Receives the lines qemu prints while repairing a dirty image opened read/write. */
   log?: CheckLog;
+  /**
+   * qemu's `discard=unmap` (BDRV_O_UNMAP, e.g. qemu-img convert's target unless -S 0): the
+   * image's pass-discard-request then defaults to on, so host clusters freed by guest requests
+   * (zero writes that may unmap, discards) are also discarded in the image file (punched).
+   * Unlike qemu without unmap, {@link Qcow2Image.discard} is never ignored: callers only make
+   * that request when they mean it.
+   */
+  unmap?: boolean;
 }
 
 /** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
@@ -206,6 +214,8 @@ export class Qcow2Image implements Image, MappingSource {
   readonly #compression: CompressionType;
   readonly #lazy: boolean;
   readonly #dataRaw: boolean;
+  /** discard_passthrough[QCOW2_DISCARD_REQUEST]: on when the image was opened with unmap. */
+  readonly #passDiscardRequest: boolean;
   #closed = false;
   /** Set once corruption was found: no more writes, no write-back on close. */
   #broken = false;
@@ -258,6 +268,7 @@ export class Qcow2Image implements Image, MappingSource {
     this.#compression = h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
     this.#lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     this.#dataRaw = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+    this.#passDiscardRequest = opts.unmap === true;
     this.#l1Size = l1.length / 8;
     this.#l1Offset = opts.l1Table?.offset ?? h.l1TableOffset;
     this.#l1Bytes = l1;
@@ -1345,14 +1356,27 @@ export class Qcow2Image implements Image, MappingSource {
     let pos = offset + head;
     const tail = end >= this.size() ? 0 : end - Math.max(pos, Math.floor(end / cs) * cs);
     end -= tail;
-    if (head > 0) await this.#zeroSubclusters(offset, head);
-    let n = Math.ceil((end - pos) / cs);
-    while (n > 0) {
-      const done = await this.#zeroInL2(pos, n, mayUnmap);
-      n -= done;
-      pos += done * cs;
+    // As qemu: the host discards of clusters this frees are collected and issued once the
+    // L2 entries and refcounts are updated (in the caches), merged into as few as possible.
+    const alloc = this.#allocator!;
+    alloc.cacheDiscards = true;
+    try {
+      if (head > 0) await this.#zeroSubclusters(offset, head);
+      let n = Math.ceil((end - pos) / cs);
+      while (n > 0) {
+        const done = await this.#zeroInL2(pos, n, mayUnmap);
+        n -= done;
+        pos += done * cs;
+      }
+      if (tail > 0) await this.#zeroSubclusters(end, tail);
+    } catch (err) {
+      // qcow2_process_discards(bs, ret < 0) drops the queue without discarding.
+      alloc.cacheDiscards = false;
+      alloc.dropDiscards();
+      throw err;
     }
-    if (tail > 0) await this.#zeroSubclusters(end, tail);
+    alloc.cacheDiscards = false;
+    await alloc.processDiscards();
   }
 
   /** zero_l2_subclusters: sets zero bits for some subclusters of one cluster (extended L2). */
@@ -1405,7 +1429,8 @@ export class Qcow2Image implements Image, MappingSource {
       this.#l2Cache.markDirty(t.l2Offset, t.table);
       if (unmap) {
         await this.#refcountCache.setDependency(this.#l2Cache);
-        await this.#freeAnyCluster(old);
+        // qemu frees them as QCOW2_DISCARD_REQUEST: discarded in the file with unmap.
+        await this.#freeAnyCluster(old, this.#passDiscardRequest);
       }
     }
     return n;
@@ -1469,7 +1494,8 @@ export class Qcow2Image implements Image, MappingSource {
         continue;
       }
       await this.#refcountCache.setDependency(this.#l2Cache);
-      await this.#freeAnyCluster(old, full);
+      // A guest discard frees as QCOW2_DISCARD_REQUEST: passed to the file with unmap.
+      await this.#freeAnyCluster(old, this.#passDiscardRequest);
     }
     if (dropped.length > 0) {
       // A shrink frees (and discards) these clusters for good: the L2 entries that drop them

@@ -368,6 +368,9 @@ export const run: CommandRunner = async (argv, io) => {
       // -c writes one small compressed cluster at a time: synchronous writes skip a thread-pool
       // round trip each (the reads of the sources stay asynchronous).
       io: args.compressed ? 'sync' : undefined,
+      // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
+      // free are then punched out of the file as well.
+      unmap: args.minSparse !== 0,
     });
     // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
     if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
