@@ -150,6 +150,23 @@ export function makeSources(root: string): string {
     }
   }
 
+  // An L2 entry with an unaligned host offset (guest cluster 64k): its block status fails, and
+  // so do reads there; --salvage copies each of its sectors as data that reads as zeroes.
+  img(dir, 'create', '-f', 'qcow2', 'badl2.qcow2', '1M');
+  io(dir, 'badl2.qcow2', 'qcow2', 'write -P 0x98 0 256k', 'write -P 0x99 512k 64k');
+  {
+    const fd = openSync(join(dir, 'badl2.qcow2'), 'r+');
+    try {
+      const l1 = Number(u64(fd, 40));
+      const l2 = Number(u64(fd, l1) & 0x00fffffffffffe00n);
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(u64(fd, l2 + 8) | 0x200n);
+      writeSync(fd, b, 0, 8, l2 + 8);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   // 4 KiB clusters (an L2 table maps 2 MiB): data in each 2 MiB, the L1 entry for [4M, 6M) bad.
   img(dir, 'create', '-f', 'qcow2', '-o', 'cluster_size=4k', 'badl1late.qcow2', '6M');
   io(dir, 'badl1late.qcow2', 'qcow2', 'write -P 0x95 0 64k', 'write -P 0x96 2M 64k', 'write -P 0x97 4M 64k');

@@ -181,8 +181,9 @@ async function loadTable(dev: BlockDevice, offset: number, into: Uint8Array): Pr
   await dev.read(offset, into);
 }
 
+/** printf's `%#x`, as qemu's corruption messages format offsets: no `0x` for zero. */
 function hex(n: number): string {
-  return `0x${n.toString(16)}`;
+  return n === 0 ? '0' : `0x${n.toString(16)}`;
 }
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
@@ -219,6 +220,8 @@ export class Qcow2Image implements Image, MappingSource {
   #closed = false;
   /** Set once corruption was found: no more writes, no write-back on close. */
   #broken = false;
+  /** A non-fatal (read-only) corruption event was reported already: later ones are silent. */
+  #signaledCorruption = false;
   /** Set when a table switch in the header failed: no more changes, but write-back on close. */
   #frozen = false;
   #markedDirty = false;
@@ -386,11 +389,44 @@ export class Qcow2Image implements Image, MappingSource {
     return this.#l2Cache.get(offset);
   }
 
+  /** This image's mapping for looking ahead: corruption found through it is not signalled. */
+  readonly #lookahead: MappingSource = (() => {
+    const img = this;
+    return {
+      get geo() {
+        return img.geo;
+      },
+      get version() {
+        return img.version;
+      },
+      get l1Size() {
+        return img.l1Size;
+      },
+      get l1() {
+        return img.l1;
+      },
+      l2Table: (offset: number) => img.l2Table(offset),
+      corrupt: async (message: string): Promise<never> => {
+        throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
+      },
+    };
+  })();
+
   /**
    * Reports corruption like qcow2_signal_corruption: a writable image gets the corrupt bit (so
-   * nothing writes over metadata again) and the operation fails with EIO.
+   * nothing writes over metadata again) and the operation fails with EIO. On a read-only image
+   * the event is not fatal: the image stays usable, and only the first event carries qemu's
+   * line ("Image is corrupt: ...") — later ones fail with a plain EIO, as qemu suppresses them.
    */
   async corrupt(message: string): Promise<never> {
+    if (this.readOnly) {
+      const first = !this.#signaledCorruption;
+      this.#signaledCorruption = true;
+      if (!first) throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
+      throw new TsimgError('corrupt', `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`, {
+        errno: 'EIO',
+      });
+    }
     // Like qemu making the node unusable: nothing cached is written back any more.
     this.#broken = true;
     this.#l2Cache.clear();
@@ -451,9 +487,11 @@ export class Qcow2Image implements Image, MappingSource {
         const at = offset + first.length;
         // qemu answers one run per call (qcow2_co_block_status) and never looks past it: a
         // failure further on (a corrupt entry) is the next call's, after this run is reported.
+        // Nor does a corruption found there count as met: the next call signals it (and on a
+        // read-only image, only the first signal prints qemu's line).
         let run: MappedRun;
         try {
-          run = await lookupRun(this, at, length - first.length);
+          run = await lookupRun(this.#lookahead, at, length - first.length);
         } catch {
           break;
         }

@@ -396,7 +396,15 @@ export const run: CommandRunner = async (argv, io) => {
         targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
         salvage: args.salvage,
         rateLimit: args.rateLimit,
-        warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
+        warn: (m, causes) => {
+          // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
+          // per image, even with -q); the errors salvage swallowed are where tsimg has it.
+          for (const cause of causes) {
+            const line = corruptionLine(cause);
+            if (line) io.stderr(line);
+          }
+          if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
+        },
         progress: (pct) => progress.print(pct, 0),
         compressor: pool,
         compressorThreads: pool?.threads,
