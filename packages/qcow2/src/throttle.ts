@@ -16,10 +16,17 @@ export interface ThrottleClock {
   sleep(ns: number): Promise<void>;
 }
 
-/** The real clock: `performance.now()` and `setTimeout`. */
+/** setTimeout's longest delay (ms); longer ones would fire at once. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
+/** The real clock: `performance.now()` and `setTimeout` (in steps, for waits of weeks: -r 1). */
 export const realClock: ThrottleClock = {
   now: () => performance.now() * 1e6,
-  sleep: (ns) => new Promise((resolve) => setTimeout(resolve, ns / 1e6)),
+  sleep: async (ns) => {
+    for (let ms = ns / 1e6; ms > 0; ms -= MAX_TIMEOUT_MS) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(ms, MAX_TIMEOUT_MS)));
+    }
+  },
 };
 
 /**

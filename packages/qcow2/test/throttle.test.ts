@@ -4,9 +4,9 @@
  * leaks avg bytes per second, and a request finding it fuller waits (level - avg/10) / avg
  * seconds, then adds its whole size without looking again.
  */
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { MemoryDevice } from '@tsimg/raw';
-import { WriteThrottle, convertCopy, type ThrottleClock } from '@tsimg/qcow2';
+import { WriteThrottle, convertCopy, realClock, type ThrottleClock } from '@tsimg/qcow2';
 
 const MiB = 1 << 20;
 const S = 1e9;
@@ -108,6 +108,23 @@ describe('convertCopy with rateLimit', () => {
       const dst = new MemoryDevice({ size: 6 * MiB });
       await convertCopy([new MemoryDevice({ data: image() })], dst, { hasZeroInit: false, rateLimit, clock });
       expect(clock.sleeps).toEqual([]);
+    }
+  });
+});
+
+describe('realClock', () => {
+  it('waits longer than setTimeout can in one go (-r 1 and a big write) in steps, on fake timers', async () => {
+    vi.useFakeTimers();
+    try {
+      let done = false;
+      const wait = realClock.sleep(3e9 * 1e6).then(() => (done = true)); // 3e9 ms: past 2^31 - 1
+      await vi.advanceTimersByTimeAsync(2 ** 31 - 1);
+      expect(done).toBe(false);
+      await vi.advanceTimersByTimeAsync(3e9 - (2 ** 31 - 1));
+      await wait;
+      expect(done).toBe(true);
+    } finally {
+      vi.useRealTimers();
     }
   });
 });
