@@ -33,13 +33,15 @@ export async function openCommandImage(
     noFlush?: boolean;
     /** FileDevice I/O mode of the image's files (see OpenImageOptions.io). */
     io?: 'async' | 'sync';
+    /** qemu's discard=unmap (see OpenImageOptions.unmap). */
+    unmap?: boolean;
   } = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
   const { format, filename } = parseImageOpts(name);
   try {
-    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush, io: options.io });
+    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush, io: options.io, unmap: options.unmap });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -50,7 +52,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync' },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean },
 ): Promise<Image> {
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
@@ -65,6 +67,7 @@ async function openByName(
     snapshot: options.snapshot,
     noFlush: options.noFlush,
     io: options.io,
+    unmap: options.unmap,
   });
 }
 

@@ -150,6 +150,23 @@ export function makeSources(root: string): string {
     }
   }
 
+  // An L2 entry with an unaligned host offset (guest cluster 64k): its block status fails, and
+  // so do reads there; --salvage copies each of its sectors as data that reads as zeroes.
+  img(dir, 'create', '-f', 'qcow2', 'badl2.qcow2', '1M');
+  io(dir, 'badl2.qcow2', 'qcow2', 'write -P 0x98 0 256k', 'write -P 0x99 512k 64k');
+  {
+    const fd = openSync(join(dir, 'badl2.qcow2'), 'r+');
+    try {
+      const l1 = Number(u64(fd, 40));
+      const l2 = Number(u64(fd, l1) & 0x00fffffffffffe00n);
+      const b = Buffer.alloc(8);
+      b.writeBigUInt64BE(u64(fd, l2 + 8) | 0x200n);
+      writeSync(fd, b, 0, 8, l2 + 8);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
   // 4 KiB clusters (an L2 table maps 2 MiB): data in each 2 MiB, the L1 entry for [4M, 6M) bad.
   img(dir, 'create', '-f', 'qcow2', '-o', 'cluster_size=4k', 'badl1late.qcow2', '6M');
   io(dir, 'badl1late.qcow2', 'qcow2', 'write -P 0x95 0 64k', 'write -P 0x96 2M 64k', 'write -P 0x97 4M 64k');
@@ -171,5 +188,16 @@ export function makeSources(root: string): string {
   img(dir, 'create', '-f', 'raw', 'tgt8m.raw', '8M');
   img(dir, 'create', '-f', 'qcow2', 'dirty.qcow2', '4M');
   io(dir, 'dirty.qcow2', 'qcow2', 'write -P 0xee 0 4M');
+  // Targets that hold data, compressed clusters, a zero cluster and holes, for -n: the
+  // clusters that zero writes free are punched out of the file by qemu (discard=unmap).
+  const FILL = ['write -P 0x61 0 3M', 'write -c -P 0x62 3M 64k', 'write -c -P 0x63 3136k 64k', 'write -z 3328k 64k', 'write -P 0x64 6M 2M'];
+  img(dir, 'create', '-f', 'qcow2', 'filled.qcow2', '8M');
+  io(dir, 'filled.qcow2', 'qcow2', ...FILL);
+  img(dir, 'create', '-f', 'qcow2', '-o', 'extended_l2=on', 'filledx.qcow2', '8M');
+  io(dir, 'filledx.qcow2', 'qcow2', ...FILL);
+  // An external data file named as the case directories will have it (`out.data`).
+  img(dir, 'create', '-f', 'qcow2', '-o', 'data_file=out.data', 'filleddf.qcow2', '8M');
+  // (no compressed clusters: an image with a data file cannot have them)
+  io(dir, 'filleddf.qcow2', 'qcow2', ...FILL.filter((w) => !w.includes(' -c ')));
   return dir;
 }

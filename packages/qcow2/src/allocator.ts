@@ -297,6 +297,11 @@ export class Allocator {
     } else this.#discards.push({ offset, length });
   }
 
+  /** qcow2_process_discards with an error: forgets the queued ranges without discarding. */
+  dropDiscards(): void {
+    this.#discards = [];
+  }
+
   /** qcow2_process_discards: drops the queued ranges from the file. */
   async processDiscards(): Promise<void> {
     const list = this.#discards.sort((a, b) => a.offset - b.offset);

@@ -9,6 +9,7 @@
  */
 import { IoError, TsimgError, dataRunLength, isZero, strerror, zeroRunLength, type BlockDevice } from '@tsimg/raw';
 import { chainBlockStatus, type ChainImage } from './chain-status.js';
+import { WriteThrottle, type ThrottleClock } from './throttle.js';
 
 const SECTOR = 512;
 /** qemu-img's IO_BUF_SIZE: the largest chunk read and written at once. */
@@ -95,19 +96,38 @@ export interface ConvertCopyOptions {
   targetHasBacking?: boolean;
   /** Size of the target's backing image, when known (qemu splits at its end). */
   targetBackingSize?: number;
-  /** `--salvage`: read errors become zeroes with a warning instead of failing. */
+  /**
+   * `--salvage`: read errors become zeroes with a warning instead of failing; a block-status
+   * error is retried on a quarter of the range down to one sector, which is then warned about
+   * and copied as data (so its read decides: data, or zeroes with a warning).
+   */
   salvage?: boolean;
-  /** Called with a warning line (salvage). */
-  warn?: (message: string) => void;
+  /**
+   * Called with a warning line (salvage) in the order qemu-img prints them — the status
+   * warnings of the first pass, then each chunk's status and read warnings as the writer
+   * reaches it — with the errors behind it: the one it reports and those retried away just
+   * before (a caller may print what they carry, e.g. qcow2's corruption line, before it).
+   */
+  warn?: (message: string, causes: readonly unknown[]) => void;
   /** Progress in percent, as qemu computes it. */
   progress?: (percent: number) => void;
   /** Compresses ahead of the writer (a worker pool); default compresses in the target. */
   compressor?: ClusterCompressor;
   /** How many clusters the compressor works on at once (sets how far ahead reads go). */
   compressorThreads?: number;
+  /**
+   * `-r`: the target's write rate limit in bytes per second (0 or undefined: none). Every
+   * write request waits in qemu's leaky bucket first ({@link WriteThrottle}).
+   */
+  rateLimit?: number;
+  /** The clock and timer of the rate limit (tests inject a fake one); default the real one. */
+  clock?: ThrottleClock;
 }
 
 type Status = 'data' | 'zero' | 'backing';
+/** A salvage warning held back until the writer reaches its chunk. */
+type Warning = [message: string, causes: readonly unknown[]];
+type Warn = (message: string, causes: readonly unknown[]) => void;
 
 /**
  * qemu's is_allocated_sectors: the length (in sectors) of the leading run of `buf` that is all
@@ -188,6 +208,8 @@ export async function convertCopy(
   if (compressed && (clusterSectors <= 0 || !target.writeCompressed)) {
     throw new IoError('invalid cluster size');
   }
+  // qemu-img sets the target's throttle group up before the copy starts.
+  const throttle = options.rateLimit ? new WriteThrottle(options.rateLimit, options.clock) : undefined;
 
   const srcSectors = sources.map((s) => Math.ceil(s.size() / SECTOR));
   const srcAlignment = sources.map((s) => Math.max(1, (s.clusterSize ?? 0) / SECTOR));
@@ -203,7 +225,7 @@ export async function convertCopy(
   // convert_iteration_sectors, with its carried state.
   let status: Status = 'data';
   let nextStatus = 0;
-  const iterate = async (sector: number): Promise<number> => {
+  const iterate = async (sector: number, warn: Warn | undefined): Promise<number> => {
     const { index, start } = part(sector);
     let n = Math.min(totalSectors - sector, MAX_REQUEST_SECTORS);
     let postBackingZero = false;
@@ -214,21 +236,38 @@ export async function convertCopy(
     if (nextStatus <= sector) {
       const src = sources[index]!;
       const offset = (sector - start) * SECTOR;
-      const want = Math.min(n * SECTOR, src.size() - offset);
       let kind: 'data' | 'zero' | 'unallocated';
       let count: number;
-      if (want <= 0) {
+      if (offset >= src.size()) {
         // The sector-rounded tail of a source whose size is not a multiple of 512.
         kind = 'data';
         count = srcSectors[index]! * SECTOR - offset;
       } else {
-        const st = await request('status', offset, () =>
-          chainBlockStatus(src, offset, want, targetHasBacking ? src.backing : undefined),
-        );
-        kind = st.kind;
-        count = st.length;
-        // A status ending at the source's unaligned end covers the rest of its last sector.
-        if (offset + count >= src.size()) count = srcSectors[index]! * SECTOR - offset;
+        const retried: unknown[] = [];
+        for (;;) {
+          const want = Math.min(n * SECTOR, src.size() - offset);
+          try {
+            const st = await chainBlockStatus(src, offset, want, targetHasBacking ? src.backing : undefined);
+            kind = st.kind;
+            count = st.length;
+            // A status ending at the source's unaligned end covers the rest of its last sector.
+            if (offset + count >= src.size()) count = srcSectors[index]! * SECTOR - offset;
+            break;
+          } catch (err) {
+            if (!options.salvage) throw err instanceof ConvertError ? err : new ConvertError('status', offset, err);
+            retried.push(err);
+            if (n > 1) {
+              // qemu retries on a quarter of the range, down to a single sector.
+              n = Math.ceil(n / 4);
+              continue;
+            }
+            // One sector whose status cannot be had: copy it as data, its read decides.
+            warn?.(`error while reading block status at offset ${offset}: ${reason(err)}`, retried);
+            kind = 'data';
+            count = SECTOR;
+            break;
+          }
+        }
       }
       n = Math.ceil(count / SECTOR);
       const tail = (sector - start + n) % srcAlignment[index]!;
@@ -251,11 +290,13 @@ export async function convertCopy(
     return n;
   };
 
-  // First pass, only for progress: how many sectors will be copied (qemu's allocated_sectors).
+  // First pass: how many sectors will be copied (qemu's allocated_sectors). qemu always makes
+  // it; it shows only in the progress and in salvage warnings (qemu prints the block-status
+  // ones twice, once here), so only then is it made.
   let allocatedSectors = 0;
-  if (options.progress) {
+  if (options.progress || options.salvage) {
     for (let sector = 0; sector < totalSectors; ) {
-      const n = await iterate(sector);
+      const n = await iterate(sector, options.warn);
       if (status === 'data' || (!minSparse && status === 'zero')) allocatedSectors += n;
       sector += n;
     }
@@ -267,13 +308,14 @@ export async function convertCopy(
     options.progress?.((100 * allocatedDone) / allocatedSectors);
   };
 
-  const read = async (sector: number, sectors: number, buf: Uint8Array): Promise<void> => {
+  // With `salvage` (a warning sink), unreadable sectors become zeroes; without, errors throw.
+  const read = async (sector: number, sectors: number, buf: Uint8Array, salvage?: Warn): Promise<void> => {
     let done = 0;
     while (done < sectors) {
       const { index, start } = part(sector + done);
       const n = Math.min(sectors - done, srcSectors[index]! - (sector + done - start));
       const into = buf.subarray(done * SECTOR, (done + n) * SECTOR);
-      await readSalvaging(sources[index]!, (sector + done - start) * SECTOR, into, options);
+      await readSalvaging(sources[index]!, (sector + done - start) * SECTOR, into, salvage);
       done += n;
     }
   };
@@ -313,20 +355,28 @@ export async function convertCopy(
         if (compressed) {
           // qemu writes compressed whatever -S says; -S 0 only stops it skipping zero clusters.
           if (!minSparse || !(zeroed ?? isZero(buf.subarray(0, n * SECTOR)))) {
+            await throttle?.admit(n * SECTOR);
             await target.writeCompressed!(sector * SECTOR, buf.subarray(0, n * SECTOR), pre);
           } else zero = true;
         } else if (!minSparse) {
+          await throttle?.admit(n * SECTOR);
           await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
         } else {
           const run = pieces?.[piece++] ?? allocatedRunMin(buf, n, minSparse, sector, alignment);
           n = run.run;
-          if (run.data) await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
-          else zero = true;
+          if (run.data) {
+            await throttle?.admit(n * SECTOR);
+            await target.write(sector * SECTOR, buf.subarray(0, n * SECTOR));
+          } else zero = true;
         }
       } else if (st === 'zero') {
         zero = true;
       }
-      if (zero && !hasZeroInit) await target.writeZeroes(sector * SECTOR, n * SECTOR, { mayUnmap: true });
+      if (zero && !hasZeroInit) {
+        // A zero write is a write request to the throttle, counted at its full length.
+        await throttle?.admit(n * SECTOR);
+        await target.writeZeroes(sector * SECTOR, n * SECTOR, { mayUnmap: true });
+      }
       sector += n;
       sectors -= n;
       buf = buf.subarray(n * SECTOR);
@@ -370,6 +420,8 @@ export async function convertCopy(
     zeroed?: boolean;
     /** Uncompressed with -S: the chunk's split into data and zero runs. */
     pieces?: Piece[];
+    /** Salvage warnings (block status, then reads), printed when the writer gets here. */
+    warnings: Warning[];
     ready: Promise<void>;
   }
   const queue: Chunk[] = [];
@@ -398,13 +450,19 @@ export async function convertCopy(
     }
   };
 
-  // Starts the group's read. If it fails, each chunk is read again on its own, so the error
-  // (or salvage warning) names the chunk qemu's would.
+  // Starts the group's read. If it fails, each chunk is read again on its own (salvaging, with
+  // --salvage), so the error or the warnings go with the chunk qemu's loop would name.
   const issue = (g: Group): void => {
+    // With --salvage each chunk reads on its own: an error the group read met and then lost
+    // would be missing from the warnings of the chunk it belongs to.
     const whole =
-      g.chunks.length > 1 ? read(g.sector, g.n, g.buf.subarray(0, g.n * SECTOR)).then(() => true, () => false) : undefined;
+      g.chunks.length > 1 && !options.salvage
+        ? read(g.sector, g.n, g.buf.subarray(0, g.n * SECTOR)).then(() => true, () => false)
+        : undefined;
     for (const chunk of g.chunks) {
-      const own = (): Promise<void> => request('read', chunk.sector * SECTOR, () => read(chunk.sector, chunk.n, chunk.buf!));
+      const salvage: Warn | undefined = options.salvage ? (m, causes) => chunk.warnings.push([m, causes]) : undefined;
+      const own = (): Promise<void> =>
+        request('read', chunk.sector * SECTOR, () => read(chunk.sector, chunk.n, chunk.buf!, salvage));
       const loaded = whole === undefined ? own() : whole.then((ok) => (ok ? undefined : own()));
       chunk.ready = loaded.then(() => prepare(chunk));
       // Never an unhandled rejection: the error surfaces when the writer awaits the chunk.
@@ -415,12 +473,13 @@ export async function convertCopy(
   const fill = async (): Promise<void> => {
     while (queuedBytes < windowBytes && queue.length < MAX_QUEUED_CHUNKS && planSector < totalSectors) {
       const sector = planSector;
-      let n = await iterate(sector);
+      const warnings: Warning[] = [];
+      let n = await iterate(sector, (m, causes) => warnings.push([m, causes]));
       const st = status;
       if (!minSparse && st === 'zero') n = Math.min(n, bufSectors); // -S 0: zeroes as data
       planSector += n;
       if (st === 'data' || (!minSparse && st === 'zero')) advance(n);
-      const chunk: Chunk = { sector, n, st, ready: Promise.resolve() };
+      const chunk: Chunk = { sector, n, st, warnings, ready: Promise.resolve() };
       if (st === 'data') {
         if (open !== undefined && (open.sector + open.n !== sector || (open.n + n) * SECTOR > groupBytes)) {
           issue(open);
@@ -444,7 +503,11 @@ export async function convertCopy(
     if (queue.length === 0 || (queuedBytes <= windowBytes / 2 && queue.length <= MAX_QUEUED_CHUNKS / 2)) await fill();
     const chunk = queue.shift();
     if (!chunk) break;
-    await chunk.ready;
+    try {
+      await chunk.ready;
+    } finally {
+      for (const [m, causes] of chunk.warnings) options.warn?.(m, causes);
+    }
     const at = chunk.sector * SECTOR;
     if (chunk.buf) {
       await request('write', at, () => write(chunk.sector, chunk.n, chunk.buf!, 'data', chunk.pre, chunk.pieces, chunk.zeroed));
@@ -457,7 +520,11 @@ export async function convertCopy(
       await request('write', at, () => write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st));
     }
   }
-  if (compressed) await request('write', totalSectors * SECTOR, () => target.finishCompressed!());
+  if (compressed) {
+    // qemu ends the stream with an empty compressed write, which the throttle also sees.
+    await throttle?.admit(0);
+    await request('write', totalSectors * SECTOR, () => target.finishCompressed!());
+  }
 }
 
 let zeroes = new Uint8Array(0);
@@ -467,7 +534,7 @@ function zeroChunk(n: number): Uint8Array {
   return zeroes.subarray(0, n * SECTOR);
 }
 
-async function readSalvaging(src: BlockDevice, offset: number, into: Uint8Array, options: ConvertCopyOptions): Promise<void> {
+async function readSalvaging(src: BlockDevice, offset: number, into: Uint8Array, salvage: Warn | undefined): Promise<void> {
   // A source whose size is not sector-aligned reads as zeroes up to the sector boundary.
   const inside = Math.max(0, Math.min(into.length, src.size() - offset));
   if (inside < into.length) into.fill(0, inside);
@@ -476,14 +543,17 @@ async function readSalvaging(src: BlockDevice, offset: number, into: Uint8Array,
   try {
     await src.read(offset, part);
   } catch (err) {
-    if (!options.salvage) throw err;
+    if (!salvage) throw err;
     // Retry sector by sector; unreadable sectors become zeroes with a warning, like qemu.
+    let retried: unknown[] = [err];
     for (let pos = 0; pos < inside; pos += SECTOR) {
       const sec = part.subarray(pos, Math.min(inside, pos + SECTOR));
       try {
         await src.read(offset + pos, sec);
       } catch (e) {
-        options.warn?.(`error while reading offset ${offset + pos}: ${reason(e)}`);
+        retried.push(e);
+        salvage(`error while reading offset ${offset + pos}: ${reason(e)}`, retried);
+        retried = [];
         sec.fill(0);
       }
     }

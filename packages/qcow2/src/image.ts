@@ -102,6 +102,14 @@ export interface Qcow2OpenOptions {
   l1Table?: { offset: number; size: number };
   /** Receives the lines qemu prints while repairing a dirty image opened read/write. */
   log?: CheckLog;
+  /**
+   * qemu's `discard=unmap` (BDRV_O_UNMAP, e.g. qemu-img convert's target unless -S 0): the
+   * image's pass-discard-request then defaults to on, so host clusters freed by guest requests
+   * (zero writes that may unmap, discards) are also discarded in the image file (punched).
+   * Unlike qemu without unmap, {@link Qcow2Image.discard} is never ignored: callers only make
+   * that request when they mean it.
+   */
+  unmap?: boolean;
 }
 
 /** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
@@ -173,8 +181,9 @@ async function loadTable(dev: BlockDevice, offset: number, into: Uint8Array): Pr
   await dev.read(offset, into);
 }
 
+/** printf's `%#x`, as qemu's corruption messages format offsets: no `0x` for zero. */
 function hex(n: number): string {
-  return `0x${n.toString(16)}`;
+  return n === 0 ? '0' : `0x${n.toString(16)}`;
 }
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
@@ -206,9 +215,13 @@ export class Qcow2Image implements Image, MappingSource {
   readonly #compression: CompressionType;
   readonly #lazy: boolean;
   readonly #dataRaw: boolean;
+  /** discard_passthrough[QCOW2_DISCARD_REQUEST]: on when the image was opened with unmap. */
+  readonly #passDiscardRequest: boolean;
   #closed = false;
   /** Set once corruption was found: no more writes, no write-back on close. */
   #broken = false;
+  /** A non-fatal (read-only) corruption event was reported already: later ones are silent. */
+  #signaledCorruption = false;
   /** Set when a table switch in the header failed: no more changes, but write-back on close. */
   #frozen = false;
   #markedDirty = false;
@@ -258,6 +271,7 @@ export class Qcow2Image implements Image, MappingSource {
     this.#compression = h.compressionType === COMPRESSION_ZSTD ? 'zstd' : 'zlib';
     this.#lazy = (h.compatibleFeatures & COMPAT_LAZY_REFCOUNTS) !== 0n;
     this.#dataRaw = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;
+    this.#passDiscardRequest = opts.unmap === true;
     this.#l1Size = l1.length / 8;
     this.#l1Offset = opts.l1Table?.offset ?? h.l1TableOffset;
     this.#l1Bytes = l1;
@@ -375,11 +389,44 @@ export class Qcow2Image implements Image, MappingSource {
     return this.#l2Cache.get(offset);
   }
 
+  /** This image's mapping for looking ahead: corruption found through it is not signalled. */
+  readonly #lookahead: MappingSource = (() => {
+    const img = this;
+    return {
+      get geo() {
+        return img.geo;
+      },
+      get version() {
+        return img.version;
+      },
+      get l1Size() {
+        return img.l1Size;
+      },
+      get l1() {
+        return img.l1;
+      },
+      l2Table: (offset: number) => img.l2Table(offset),
+      corrupt: async (message: string): Promise<never> => {
+        throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
+      },
+    };
+  })();
+
   /**
    * Reports corruption like qcow2_signal_corruption: a writable image gets the corrupt bit (so
-   * nothing writes over metadata again) and the operation fails with EIO.
+   * nothing writes over metadata again) and the operation fails with EIO. On a read-only image
+   * the event is not fatal: the image stays usable, and only the first event carries qemu's
+   * line ("Image is corrupt: ...") — later ones fail with a plain EIO, as qemu suppresses them.
    */
   async corrupt(message: string): Promise<never> {
+    if (this.readOnly) {
+      const first = !this.#signaledCorruption;
+      this.#signaledCorruption = true;
+      if (!first) throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
+      throw new TsimgError('corrupt', `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`, {
+        errno: 'EIO',
+      });
+    }
     // Like qemu making the node unusable: nothing cached is written back any more.
     this.#broken = true;
     this.#l2Cache.clear();
@@ -440,9 +487,11 @@ export class Qcow2Image implements Image, MappingSource {
         const at = offset + first.length;
         // qemu answers one run per call (qcow2_co_block_status) and never looks past it: a
         // failure further on (a corrupt entry) is the next call's, after this run is reported.
+        // Nor does a corruption found there count as met: the next call signals it (and on a
+        // read-only image, only the first signal prints qemu's line).
         let run: MappedRun;
         try {
-          run = await lookupRun(this, at, length - first.length);
+          run = await lookupRun(this.#lookahead, at, length - first.length);
         } catch {
           break;
         }
@@ -1345,14 +1394,27 @@ export class Qcow2Image implements Image, MappingSource {
     let pos = offset + head;
     const tail = end >= this.size() ? 0 : end - Math.max(pos, Math.floor(end / cs) * cs);
     end -= tail;
-    if (head > 0) await this.#zeroSubclusters(offset, head);
-    let n = Math.ceil((end - pos) / cs);
-    while (n > 0) {
-      const done = await this.#zeroInL2(pos, n, mayUnmap);
-      n -= done;
-      pos += done * cs;
+    // As qemu: the host discards of clusters this frees are collected and issued once the
+    // L2 entries and refcounts are updated (in the caches), merged into as few as possible.
+    const alloc = this.#allocator!;
+    alloc.cacheDiscards = true;
+    try {
+      if (head > 0) await this.#zeroSubclusters(offset, head);
+      let n = Math.ceil((end - pos) / cs);
+      while (n > 0) {
+        const done = await this.#zeroInL2(pos, n, mayUnmap);
+        n -= done;
+        pos += done * cs;
+      }
+      if (tail > 0) await this.#zeroSubclusters(end, tail);
+    } catch (err) {
+      // qcow2_process_discards(bs, ret < 0) drops the queue without discarding.
+      alloc.cacheDiscards = false;
+      alloc.dropDiscards();
+      throw err;
     }
-    if (tail > 0) await this.#zeroSubclusters(end, tail);
+    alloc.cacheDiscards = false;
+    await alloc.processDiscards();
   }
 
   /** zero_l2_subclusters: sets zero bits for some subclusters of one cluster (extended L2). */
@@ -1405,7 +1467,8 @@ export class Qcow2Image implements Image, MappingSource {
       this.#l2Cache.markDirty(t.l2Offset, t.table);
       if (unmap) {
         await this.#refcountCache.setDependency(this.#l2Cache);
-        await this.#freeAnyCluster(old);
+        // qemu frees them as QCOW2_DISCARD_REQUEST: discarded in the file with unmap.
+        await this.#freeAnyCluster(old, this.#passDiscardRequest);
       }
     }
     return n;
@@ -1469,7 +1532,8 @@ export class Qcow2Image implements Image, MappingSource {
         continue;
       }
       await this.#refcountCache.setDependency(this.#l2Cache);
-      await this.#freeAnyCluster(old, full);
+      // A guest discard frees as QCOW2_DISCARD_REQUEST: passed to the file with unmap.
+      await this.#freeAnyCluster(old, this.#passDiscardRequest);
     }
     if (dropped.length > 0) {
       // A shrink frees (and discards) these clusters for good: the L2 entries that drop them

@@ -25,3 +25,4 @@ export * from './compress-pool.js';
 export * from './bitmap-copy.js';
 export * from './byte-string.js';
 export * from './qcow2-metadata.js';
+export * from './throttle.js';

@@ -70,6 +70,11 @@ export interface MappingSource {
   corrupt(message: string): Promise<never>;
 }
 
+/** printf's `%#x`, as qemu's corruption messages format numbers: no `0x` for zero. */
+function hashHex(n: number): string {
+  return n === 0 ? '0' : `0x${n.toString(16)}`;
+}
+
 /** L2 table offset for guest `offset` (0 when unallocated or beyond the L1 table). */
 export async function l2OffsetFor(src: MappingSource, offset: number): Promise<number> {
   const l1Index = Math.floor(offset / src.geo.l2Span);
@@ -78,7 +83,7 @@ export async function l2OffsetFor(src: MappingSource, offset: number): Promise<n
   // No limit on the offset itself (qemu has none): a table past the end of the file reads as
   // zeroes, as file-posix reads there (the table loader in image.ts).
   if (e.l2Offset % src.geo.clusterSize !== 0) {
-    await src.corrupt(`L2 table offset 0x${e.l2Offset.toString(16)} unaligned (L1 index: 0x${l1Index.toString(16)})`);
+    await src.corrupt(`L2 table offset ${hashHex(e.l2Offset)} unaligned (L1 index: ${hashHex(l1Index)})`);
   }
   return e.l2Offset;
 }
@@ -249,8 +254,9 @@ function problem(
   l2Offset: number,
   index: number,
 ): string | undefined {
-  const where = (): string => `(L2 offset: 0x${l2Offset.toString(16)}, L2 index: 0x${index.toString(16)})`;
-  if (c.host === -1) return `Invalid cluster entry found ${where()}`;
+  const where = (): string => `(L2 offset: ${hashHex(l2Offset)}, L2 index: ${hashHex(index)})`;
+  // qemu's format string has two spaces here ("found " " (L2 offset").
+  if (c.host === -1) return `Invalid cluster entry found  ${where()}`;
   const host = entry.kind === 'compressed' || entry.kind === 'data' || entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
   if (host !== undefined && host > MAX_HOST_OFFSET) {
     return `Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where()}`;

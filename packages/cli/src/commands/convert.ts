@@ -75,6 +75,8 @@ interface ConvertArgs {
   imageOpts: boolean;
   targetImageOpts: boolean;
   salvage: boolean;
+  /** -r: bytes per second the target may be written at (0: unlimited). */
+  rateLimit: number;
   bitmaps: boolean;
   skipBroken: boolean;
   forceShare: boolean;
@@ -98,6 +100,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     imageOpts: false,
     targetImageOpts: false,
     salvage: false,
+    rateLimit: 0,
     bitmaps: false,
     skipBroken: false,
     forceShare: false,
@@ -178,8 +181,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         a.forceShare = true;
         break;
       case 'r':
-        cvtnum('rate limit', value!);
-        break; // accepted; tsimg does not throttle
+        a.rateLimit = Number(cvtnum('rate limit', value!));
+        break;
       case 'object':
         break; // secrets are only needed for encryption, which tsimg refuses
       case 'image-opts':
@@ -365,6 +368,9 @@ export const run: CommandRunner = async (argv, io) => {
       // -c writes one small compressed cluster at a time: synchronous writes skip a thread-pool
       // round trip each (the reads of the sources stay asynchronous).
       io: args.compressed ? 'sync' : undefined,
+      // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
+      // free are then punched out of the file as well.
+      unmap: args.minSparse !== 0,
     });
     // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
     if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
@@ -389,7 +395,16 @@ export const run: CommandRunner = async (argv, io) => {
         targetHasBacking,
         targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
         salvage: args.salvage,
-        warn: args.quiet ? undefined : (m) => io.stderr(`tsimg: warning: ${m}\n`),
+        rateLimit: args.rateLimit,
+        warn: (m, causes) => {
+          // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
+          // per image, even with -q); the errors salvage swallowed are where tsimg has it.
+          for (const cause of causes) {
+            const line = corruptionLine(cause);
+            if (line) io.stderr(line);
+          }
+          if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
+        },
         progress: (pct) => progress.print(pct, 0),
         compressor: pool,
         compressorThreads: pool?.threads,
