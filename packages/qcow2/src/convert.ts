@@ -122,6 +122,14 @@ export interface ConvertCopyOptions {
   rateLimit?: number;
   /** The clock and timer of the rate limit (tests inject a fake one); default the real one. */
   clock?: ThrottleClock;
+  /**
+   * How many writes may be in flight at once (default 1: one after the other). Only for targets
+   * whose layout does not depend on the order writes complete in — a raw file — where the next
+   * write then waits in the kernel instead of for this thread (1 GiB qcow2→raw: 0.227 → 0.200 s,
+   * medians of 9). A qcow2 target allocates clusters in write order: qemu's byte-identical
+   * layout needs one write at a time there.
+   */
+  parallelWrites?: number;
 }
 
 type Status = 'data' | 'zero' | 'backing';
@@ -499,8 +507,17 @@ export async function convertCopy(
     open = undefined;
   };
 
+  // Writes start in guest order. With parallelWrites > 1 the next ones start before the earlier
+  // ones end and are awaited oldest first, so the first failure in guest order is the one
+  // reported; when the window is full of writes in flight, the oldest is waited for.
+  const maxWrites = Math.max(1, options.parallelWrites ?? 1);
+  const writing: Promise<void>[] = [];
   for (;;) {
     if (queue.length === 0 || (queuedBytes <= windowBytes / 2 && queue.length <= MAX_QUEUED_CHUNKS / 2)) await fill();
+    if (queue.length === 0 && writing.length > 0) {
+      await writing.shift();
+      continue;
+    }
     const chunk = queue.shift();
     if (!chunk) break;
     try {
@@ -509,17 +526,27 @@ export async function convertCopy(
       for (const [m, causes] of chunk.warnings) options.warn?.(m, causes);
     }
     const at = chunk.sector * SECTOR;
+    let done: Promise<void>;
     if (chunk.buf) {
-      await request('write', at, () => write(chunk.sector, chunk.n, chunk.buf!, 'data', chunk.pre, chunk.pieces, chunk.zeroed));
-      queuedBytes -= chunk.n * SECTOR;
-      const g = chunk.group!;
-      if (--g.refs === 0) spare.push(g.buf);
+      done = request('write', at, () => write(chunk.sector, chunk.n, chunk.buf!, 'data', chunk.pre, chunk.pieces, chunk.zeroed)).then(() => {
+        queuedBytes -= chunk.n * SECTOR;
+        const g = chunk.group!;
+        if (--g.refs === 0) spare.push(g.buf);
+      });
     } else if (!minSparse && chunk.st === 'zero') {
-      await request('write', at, () => write(chunk.sector, chunk.n, zeroChunk(chunk.n), 'data'));
+      done = request('write', at, () => write(chunk.sector, chunk.n, zeroChunk(chunk.n), 'data'));
     } else {
-      await request('write', at, () => write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st));
+      done = request('write', at, () => write(chunk.sector, chunk.n, new Uint8Array(0), chunk.st));
     }
+    if (maxWrites === 1) {
+      await done;
+      continue;
+    }
+    done.catch(() => undefined); // surfaces when awaited, in order
+    writing.push(done);
+    if (writing.length >= maxWrites) await writing.shift();
   }
+  for (const w of writing) await w;
   if (compressed) {
     // qemu ends the stream with an empty compressed write, which the throttle also sees.
     await throttle?.admit(0);

@@ -408,6 +408,9 @@ export const run: CommandRunner = async (argv, io) => {
         progress: (pct) => progress.print(pct, 0),
         compressor: pool,
         compressorThreads: pool?.threads,
+        // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
+        // writes one at a time, as qemu's throttle sees them.
+        parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
       });
     } catch (err) {
       // qemu's qcow2 driver prints its corruption line before qemu-img's own message.
