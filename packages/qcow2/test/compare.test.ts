@@ -8,6 +8,7 @@ import {
   firstNonZeroSector,
   type ChainImage,
 } from '@tsimg/qcow2';
+import { delegating } from './delegating.js';
 
 const M = 1024 * 1024;
 
@@ -135,13 +136,11 @@ describe('compareImages', () => {
 describe('compareImages looks ahead without reporting out of order', () => {
   /** `dev` with block status failing from `from` on (a corrupt L2 table further on, say). */
   function statusFailsFrom(dev: MemoryDevice, from: number): ChainImage {
-    return Object.assign(Object.create(dev) as MemoryDevice, {
+    return delegating(dev, {
       async blockStatus(offset: number, length: number): Promise<BlockStatus> {
         if (offset >= from) throw new Error('boom');
         return dev.blockStatus(offset, Math.min(length, from - offset));
       },
-      size: () => dev.size(),
-      read: (o: number, into: Uint8Array) => dev.read(o, into),
     });
   }
 

@@ -6,30 +6,22 @@
 import { describe, expect, it } from 'vitest';
 import { IoError, MemoryDevice, type BlockDevice } from '@tsimg/raw';
 import { convertCopy, type ChainImage, type CompressedTarget } from '@tsimg/qcow2';
+import { delegating } from './delegating.js';
 
 const CS = 65536;
 
 /** A source whose reads fail when they touch byte `bad`; counts the reads it gets. */
 function source(data: Uint8Array, bad?: number): ChainImage & { reads: number } {
   const dev = new MemoryDevice({ data });
-  const img = {
+  const img = delegating(dev, {
     reads: 0,
     readOnly: true,
-    size: () => dev.size(),
     read: async (o: number, into: Uint8Array) => {
       img.reads++;
       if (bad !== undefined && o <= bad && bad < o + into.length) throw new IoError('injected', { errno: 'EIO' });
       await dev.read(o, into);
     },
-    write: (o: number, d: Uint8Array) => dev.write(o, d),
-    writeZeroes: (o: number, l: number) => dev.writeZeroes(o, l),
-    discard: (o: number, l: number) => dev.discard(o, l),
-    flush: () => dev.flush(),
-    resize: (n: number) => dev.resize(n),
-    blockStatus: (o: number, l: number) => dev.blockStatus(o, l),
-    allocatedSize: () => dev.allocatedSize(),
-    close: () => dev.close(),
-  };
+  });
   return img;
 }
 

@@ -7,6 +7,7 @@
 import { describe, expect, it } from 'vitest';
 import { IoError, MemoryDevice, type BlockStatus } from '@tsimg/raw';
 import { convertCopy, type ChainImage } from '@tsimg/qcow2';
+import { delegating } from './delegating.js';
 
 const SECTOR = 512;
 
@@ -17,18 +18,12 @@ const SECTOR = 512;
 function source(data: Uint8Array, badFrom: number, badTo: number, readsFail: boolean) {
   const dev = new MemoryDevice({ data });
   const queries: string[] = [];
-  const img: ChainImage = {
+  const img: ChainImage = delegating(dev, {
     readOnly: true,
-    size: () => dev.size(),
     read: async (o: number, into: Uint8Array) => {
       if (readsFail && o < badTo && badFrom < o + into.length) throw new IoError('injected read', { errno: 'EIO' });
       await dev.read(o, into);
     },
-    write: (o: number, d: Uint8Array) => dev.write(o, d),
-    writeZeroes: (o: number, l: number) => dev.writeZeroes(o, l),
-    discard: (o: number, l: number) => dev.discard(o, l),
-    flush: () => dev.flush(),
-    resize: (n: number) => dev.resize(n),
     blockStatus: async (o: number, l: number): Promise<BlockStatus> => {
       queries.push(`${o}+${l}`);
       if (o >= badFrom && o < badTo) throw new IoError('injected status', { errno: 'EIO' });
@@ -36,9 +31,7 @@ function source(data: Uint8Array, badFrom: number, badTo: number, readsFail: boo
       const end = o < badFrom ? Math.min(o + l, badFrom) : o + l;
       return { kind: 'data', offset: o, length: end - o };
     },
-    allocatedSize: () => dev.allocatedSize(),
-    close: () => dev.close(),
-  };
+  });
   return { img, queries };
 }
 
