@@ -298,18 +298,18 @@ export async function convertCopy(
     return n;
   };
 
-  // First pass: how many sectors will be copied (qemu's allocated_sectors). qemu always makes
-  // it; it shows only in the progress and in salvage warnings (qemu prints the block-status
-  // ones twice, once here), so only then is it made.
+  // First pass: how many sectors will be copied (qemu's allocated_sectors), for the progress.
+  // Made always, as qemu does: a source whose block status fails then fails before anything
+  // is written (and with --salvage, qemu prints the block-status warnings twice, once here).
+  // It reads metadata only (cached L2 tables, SEEK_DATA on raw files): ~1 ms for the bench's
+  // 1 GiB images.
   let allocatedSectors = 0;
-  if (options.progress || options.salvage) {
-    for (let sector = 0; sector < totalSectors; ) {
-      const n = await iterate(sector, options.warn);
-      if (status === 'data' || (!minSparse && status === 'zero')) allocatedSectors += n;
-      sector += n;
-    }
-    nextStatus = 0;
+  for (let sector = 0; sector < totalSectors; ) {
+    const n = await iterate(sector, options.warn);
+    if (status === 'data' || (!minSparse && status === 'zero')) allocatedSectors += n;
+    sector += n;
   }
+  nextStatus = 0;
   let allocatedDone = 0;
   const advance = (n: number): void => {
     allocatedDone += n;

@@ -76,13 +76,19 @@ describe('convertCopy --salvage with block-status errors', () => {
     expect(causes[0]!.every((e) => e instanceof IoError)).toBe(true);
   });
 
-  it('without --salvage fails on the first pass-worthy error before writing anything (with -p)', async () => {
-    const { img } = source(data, 2 * SECTOR, 3 * SECTOR, false);
-    const dst = new MemoryDevice({ data: new Uint8Array(size).fill(7) });
-    const run = convertCopy([img], dst, { hasZeroInit: false, progress: () => undefined });
-    await expect(run).rejects.toThrow('error while reading block status at offset 1024: Input/output error');
-    expect(dst.contents().every((b) => b === 7)).toBe(true);
-  });
+  for (const progress of [undefined, () => undefined]) {
+    it(`without --salvage fails on the first pass's error before writing anything (${progress ? 'with' : 'without'} -p)`, async () => {
+      // The bad range lies 30 MiB in: a loop without a first pass would have written the
+      // chunks before it (its read window is 8 MiB).
+      const big = new Uint8Array(32 << 20).fill(0x42);
+      const bad = 30 << 20;
+      const { img } = source(big, bad, bad + SECTOR, false);
+      const dst = new MemoryDevice({ data: new Uint8Array(big.length).fill(7) });
+      const run = convertCopy([img], dst, { hasZeroInit: false, progress });
+      await expect(run).rejects.toThrow(`error while reading block status at offset ${bad}: Input/output error`);
+      expect(dst.contents().every((b) => b === 7)).toBe(true);
+    });
+  }
 
   it('-q (no warn callback) still salvages', async () => {
     const { img } = source(data, 2 * SECTOR, 3 * SECTOR, true);
