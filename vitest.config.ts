@@ -10,6 +10,7 @@ export default defineConfig({
     alias: {
       '@tsimg/raw': src('raw'),
       '@tsimg/qcow2': src('qcow2'),
+      '@tsimg/image': src('image'),
       '@tsimg/cli': src('cli'),
     },
   },

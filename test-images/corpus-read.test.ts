@@ -13,7 +13,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, fstatSync, openSync, readSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import type { BlockStatus } from '@tsimg/raw';
 import { corpus, type CorpusImage } from './corpus.js';
 import { describeQemu, hasQemu, qemuImg, tempDir } from './qemu.js';

@@ -19,7 +19,8 @@ import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileS
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { faultyDevice, FileDevice, type BlockDevice, type BlockStatus, type FaultPlan, type WriteZeroesOptions } from '@tsimg/raw';
-import { INCOMPAT_DIRTY, loadHeader, openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
+import { openImage, type Image } from '@tsimg/image';
+import { INCOMPAT_DIRTY, loadHeader, Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg } from './qemu.js';
 import { maxSize, SectorModel, WORKLOADS, type Step, type Workload } from './crash-workloads.js';
 

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync, statSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import { describeQemu, qemuImg, tempDir } from './qemu.js';
 
 interface Fixture {

@@ -34,7 +34,7 @@ await build({
 // The worker runs as its own ES module (new Worker(url)), outside the bundle.
 await build({
   ...shared,
-  entryPoints: [here('../qcow2/dist/compress-worker.js')],
+  entryPoints: [here('../qcow2/dist/compress/compress-worker.js')],
   outfile: here('./dist/bundle/compress-worker.js'),
   format: 'esm',
 });

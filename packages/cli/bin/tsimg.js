@@ -17,7 +17,7 @@ const mtime = (path) => {
 const made = mtime(bundleFile);
 const stale =
   made === undefined ||
-  ['raw', 'qcow2', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made);
+  ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made);
 const { main } = stale ? await import('../dist/main.js') : loadBundle().exports;
 main(process.argv.slice(2)).then((code) => {
   process.exitCode = code;

@@ -8,7 +8,8 @@
  * `tdb_hash(key) % 512`, ties broken by reverse insertion (= QAPI schema) order. The
  * ImageInfo objects from @tsimg/qcow2 are built in schema order; {@link qdictOrder} does the rest.
  */
-import { encodeByteString, type ImageInfo, type SnapshotInfo } from '@tsimg/qcow2';
+import { type ImageInfo, type SnapshotInfo } from '@tsimg/image';
+import { encodeByteString } from '@tsimg/qcow2';
 
 /** A value qemu's QObject layer can hold (as far as info needs). */
 export type QValue = string | number | bigint | boolean | readonly QValue[] | { readonly [key: string]: QValue | undefined };

@@ -3,7 +3,7 @@
  * format list first, so an unknown name reads like qemu's ("Unknown driver 'foo'") and a format
  * qemu knows but tsimg does not handle says so, before @tsimg/qcow2's `openImage` runs.
  */
-import { openImage, type Image, type OpenImageOptions } from '@tsimg/qcow2';
+import { openImage, type Image, type OpenImageOptions } from '@tsimg/image';
 import { TsimgError, UnsupportedError } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './commands/info.js';

@@ -13,7 +13,8 @@ import {
   tdbHash,
   toQemuJson,
 } from '../src/format-info.js';
-import { decodeByteString, type ImageInfo } from '@tsimg/qcow2';
+import { type ImageInfo } from '@tsimg/image';
+import { decodeByteString } from '@tsimg/qcow2';
 
 describe('qemu QDict key order', () => {
   it('reproduces the orders qemu-img 7.2 prints', () => {

@@ -15,7 +15,7 @@
  * byte `i >> 3`, bit `i & 7`. A cluster of bitmap data is `clusterSize` bytes of that stream.
  */
 import { FormatError, TsimgError, UnsupportedError } from '@tsimg/raw';
-import { findExtension } from './header.js';
+import { findExtension } from './format/header.js';
 import {
   BME_FLAG_AUTO,
   BME_FLAG_IN_USE,
@@ -33,10 +33,10 @@ import {
   loadBitmapDirectory,
   loadBitmapTable,
   type BitmapDirectoryEntry,
-} from './bitmap-directory.js';
-import { cutAtNul, encodeByteString } from './byte-string.js';
-import type { Qcow2Image } from './image.js';
-import { AUTOCLEAR_BITMAPS } from './types.js';
+} from './format/bitmap-directory.js';
+import { cutAtNul, encodeByteString } from './format/byte-string.js';
+import type { Qcow2Image } from './engine/image.js';
+import { AUTOCLEAR_BITMAPS } from './format/types.js';
 
 /** A bitmap in memory: what qemu's BdrvDirtyBitmap holds for the copy. */
 interface DirtyBitmap {

@@ -9,10 +9,8 @@
  * (`measure -O raw --size 8E` is legal, and a qcow2 with 2 MiB clusters may be 2^61 bytes), and
  * the figures must match qemu's to the byte.
  */
-import { IoError, strerror, TsimgError, UsageError, UnsupportedError } from '@tsimg/raw';
-import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from './types.js';
-import type { ChainImage } from './chain-status.js';
-import { blockStatusAbove } from './map.js';
+import { UsageError, UnsupportedError } from '@tsimg/raw';
+import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from './format/types.js';
 
 /** qcow2 creation options that change the measured size (the others are accepted and ignored). */
 export interface Qcow2MeasureOptions {
@@ -51,17 +49,17 @@ export interface MeasureBitmap {
 }
 
 /**
- * What is measured: a virtual size, or an open image (whose allocation is walked through its
- * backing chain). `bitmaps` is set when the source supports persistent bitmaps (qcow2 v3): the
- * list of its persistent bitmaps, possibly empty. Leave it undefined for sources without
- * bitmap support (raw, qcow2 v2), and no bitmaps figure is reported.
+ * What is measured: a virtual size, or an image of `imageSize` bytes whose stored data a copy
+ * needs `allocatedBytes(clusterSize)` bytes for (the image layer walks the chain for that).
+ * `bitmaps` is set when the source supports persistent bitmaps (qcow2 v3): the list of its
+ * persistent bitmaps, possibly empty. Leave it undefined for sources without bitmap support
+ * (raw, qcow2 v2), and no bitmaps figure is reported.
  */
-export type MeasureSource =
+export type MeasureInput =
   | { size: bigint | number }
-  | { image: ChainImage; bitmaps?: readonly MeasureBitmap[] };
+  | { imageSize: number; allocatedBytes(clusterSize: number): Promise<bigint>; bitmaps?: readonly MeasureBitmap[] };
 
 const DEFAULT_CLUSTER_SIZE = 65536;
-const SECTOR = 512n;
 const L1E_SIZE = 8n;
 const REFTABLE_ENTRY_SIZE = 8n;
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
@@ -210,36 +208,8 @@ function qcow2Params(options: Qcow2MeasureOptions): Qcow2Params {
   return { clusterSize, version, refcountBits, extendedL2, preallocation: prealloc as Qcow2Params['preallocation'] };
 }
 
-/**
- * Bytes of the source that a converted copy has to store, counted per cluster of the target:
- * zero runs (including unallocated ranges at the bottom of the chain) are skipped, and each data
- * run is extended to the end of its target cluster — qemu's loop, overestimates included.
- */
-async function allocatedClusterBytes(image: ChainImage, clusterSize: number): Promise<bigint> {
-  const size = image.size();
-  const cs = clusterSize;
-  let required = 0n;
-  let pnum = 0;
-  for (let offset = 0; offset < size; offset += pnum) {
-    let st;
-    try {
-      st = await blockStatusAbove(image, offset, size - offset);
-    } catch (err) {
-      const errno = err instanceof TsimgError && err.errno !== undefined ? err.errno : 'EIO';
-      throw new IoError(`Unable to get block status: ${strerror(errno)}`, { cause: err, errno });
-    }
-    pnum = st.length;
-    if (st.zero) continue;
-    if (st.data && st.allocated) {
-      pnum = Math.ceil((offset + pnum) / cs) * cs - offset;
-      required += BigInt((offset % cs) + pnum);
-    }
-  }
-  return required;
-}
-
 /** `qemu-img measure -O qcow2`: required, fully allocated and (when relevant) bitmaps size. */
-export async function measureQcow2(source: MeasureSource, options: Qcow2MeasureOptions = {}): Promise<MeasureResult> {
+export async function measureQcow2(source: MeasureInput, options: Qcow2MeasureOptions = {}): Promise<MeasureResult> {
   const p = qcow2Params(options);
   const cs = BigInt(p.clusterSize);
   let virtualSize = roundUp('size' in source ? BigInt(source.size) : (options.sizeOption ?? 0n), cs);
@@ -252,11 +222,11 @@ export async function measureQcow2(source: MeasureSource, options: Qcow2MeasureO
 
   let required = 0n;
   let bitmaps: bigint | undefined;
-  if ('image' in source) {
-    const ssize = source.image.size();
+  if ('imageSize' in source) {
+    const ssize = source.imageSize;
     virtualSize = roundUp(BigInt(ssize), cs);
     // With a backing file nobody knows what the new image shares with it: count everything.
-    required = options.hasBackingFile ? virtualSize : await allocatedClusterBytes(source.image, p.clusterSize);
+    required = options.hasBackingFile ? virtualSize : await source.allocatedBytes(p.clusterSize);
     if (p.version >= 3 && source.bitmaps !== undefined) {
       bitmaps = qcow2BitmapsSize(source.bitmaps, BigInt(ssize), p.clusterSize);
     }
@@ -269,22 +239,3 @@ export async function measureQcow2(source: MeasureSource, options: Qcow2MeasureO
   return result;
 }
 
-/** `qemu-img measure -O raw`: the virtual size (sector-aligned for `--size`), either way. */
-export async function measureRaw(source: MeasureSource): Promise<MeasureResult> {
-  const required = 'size' in source ? roundUp(BigInt(source.size), SECTOR) : BigInt(source.image.size());
-  return { required, fullyAllocated: required };
-}
-
-/** The target formats {@link measure} can measure. */
-export const MEASURABLE_FORMATS: readonly string[] = ['qcow2', 'raw'];
-
-/** Measures for target format `format` ('qcow2' or 'raw'; anything else is unsupported). */
-export async function measure(
-  format: string,
-  source: MeasureSource,
-  options: Qcow2MeasureOptions = {},
-): Promise<MeasureResult> {
-  if (format === 'qcow2') return measureQcow2(source, options);
-  if (format === 'raw') return measureRaw(source);
-  throw new UnsupportedError(`Block driver '${format}' does not support size measurement`);
-}

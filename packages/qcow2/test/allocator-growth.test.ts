@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { closeSync, mkdirSync, openSync, readSync, rmSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import { describeQemu, qemuImg, qemuIo, tempDir, tsimg } from '../../../test-images/qemu.js';
 
 const MiB = 1024 * 1024;

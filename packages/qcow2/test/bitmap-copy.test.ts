@@ -6,7 +6,8 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { copyPersistentBitmaps, loadImageBitmaps, openImage, type Qcow2Image } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
+import { copyPersistentBitmaps, loadImageBitmaps, type Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 /** One bitmap as the file holds it: directory fields and the dirty bit ranges [start, end). */

@@ -5,10 +5,10 @@ import { randomFillSync } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { UnsupportedError, UsageError } from '@tsimg/raw';
-import { compressCluster, type CompressionType } from '../src/compress.js';
-import { createCompressPool } from '../src/compress-pool.js';
-import type { CompressReply } from '../src/compress-worker.js';
-import { loadZstd } from '../src/zstd.js';
+import { compressCluster, type CompressionType } from '../src/compress/compress.js';
+import { createCompressPool } from '../src/compress/compress-pool.js';
+import type { CompressReply } from '../src/compress/compress-worker.js';
+import { loadZstd } from '../src/compress/zstd.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
 const distPool = fileURLToPath(new URL('../dist/compress-pool.js', import.meta.url));
@@ -23,8 +23,8 @@ beforeAll(() => {
   const tsc = `${root}node_modules/typescript/bin/tsc`;
   const build = spawnSync(process.execPath, [tsc, '-b', 'packages/raw', 'packages/qcow2'], { cwd: root, encoding: 'utf8' });
   for (const name of ['compress-worker', 'compress', 'deflate', 'zstd', 'zstd-frame']) {
-    const src = statSync(new URL(`../src/${name}.ts`, import.meta.url)).mtimeMs;
-    const dist = statSync(new URL(`../dist/${name}.js`, import.meta.url), { throwIfNoEntry: false })?.mtimeMs ?? 0;
+    const src = statSync(new URL(`../src/compress/${name}.ts`, import.meta.url)).mtimeMs;
+    const dist = statSync(new URL(`../dist/compress/${name}.js`, import.meta.url), { throwIfNoEntry: false })?.mtimeMs ?? 0;
     if (dist < src) throw new Error(`dist/${name}.js was not rebuilt:\n${build.stdout}${build.stderr}`);
   }
 }, 120_000);

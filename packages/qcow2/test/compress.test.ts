@@ -4,9 +4,9 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { deflateRawSync } from 'node:zlib';
 import { FormatError, UnsupportedError, UsageError } from '@tsimg/raw';
-import { compressCluster, decompressCluster, type CompressionType } from '../src/compress.js';
-import { loadZstd, zstdDecompress, type ZstdBackendName } from '../src/zstd.js';
-import { ZSTD_MAGIC } from '../src/zstd-frame.js';
+import { compressCluster, decompressCluster, type CompressionType } from '../src/compress/compress.js';
+import { loadZstd, zstdDecompress, type ZstdBackendName } from '../src/compress/zstd.js';
+import { ZSTD_MAGIC } from '../src/compress/zstd-frame.js';
 import { describeQemu, qemuImg, tempDir } from '../../../test-images/qemu.js';
 
 const TYPES: CompressionType[] = ['zlib', 'zstd'];

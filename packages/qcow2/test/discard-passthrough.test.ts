@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 type Req = { k: 'z'; off: number; len: number } | { k: 'd'; off: number; len: number };

@@ -6,7 +6,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 const CS = 65536;

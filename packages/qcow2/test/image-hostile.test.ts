@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { TsimgError } from '@tsimg/raw';
-import { openImage, type Image } from '@tsimg/qcow2';
+import { openImage, type Image } from '@tsimg/image';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 import { mutateQcow2, prng } from '../../../test-images/mutate.js';
 

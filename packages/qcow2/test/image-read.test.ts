@@ -5,7 +5,8 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage, Qcow2Image, type Image } from '@tsimg/qcow2';
+import { openImage, type Image } from '@tsimg/image';
+import { Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 interface Case {

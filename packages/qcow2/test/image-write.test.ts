@@ -8,7 +8,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { closeSync, copyFileSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage, Qcow2Image } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
+import { Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 type Op =

@@ -8,7 +8,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
 import { describeQemu, expectSameAsQemu, expectSameFailureAsQemu, pokeFile, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 function be64(v: bigint): Buffer {

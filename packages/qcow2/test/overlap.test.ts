@@ -7,8 +7,9 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { copyFileSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { decodeL1Entry, openImage, Qcow2Image } from '@tsimg/qcow2';
-import { MetadataClusters, OL_ACTIVE_L2, OL_BITMAP_DIRECTORY, overlapName } from '../src/overlap.js';
+import { openImage } from '@tsimg/image';
+import { decodeL1Entry, Qcow2Image } from '@tsimg/qcow2';
+import { MetadataClusters, OL_ACTIVE_L2, OL_BITMAP_DIRECTORY, overlapName } from '../src/format/overlap.js';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 import { poke, type Qcow2Poker } from '../../../test-images/mutate.js';
 

@@ -6,6 +6,7 @@
  * 63 the format has no checks (raw).
  */
 import { FileDevice, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { openImage, resolveRelative } from '@tsimg/image';
 import {
   FIX_ERRORS,
   FIX_LEAKS,
@@ -14,8 +15,6 @@ import {
   checkImage,
   finishRepair,
   openForCheck,
-  openImage,
-  resolveRelative,
   findExtension,
   type CheckImage,
   type CheckOutcome,

@@ -3,7 +3,7 @@
  * exit statuses (qemu-img.c img_compare): 0 identical, 1 different, 2 an image could not be
  * opened, 3 block status failed, 4 a read failed. The loop is `compareImages` of @tsimg/qcow2.
  */
-import { compareImages } from '@tsimg/qcow2';
+import { compareImages } from '@tsimg/image';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';

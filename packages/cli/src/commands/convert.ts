@@ -4,13 +4,8 @@
  * copy loop `convertCopy` of @tsimg/qcow2, which makes the same allocation decisions as qemu's
  * in-order convert so a qcow2 target comes out byte for byte the same.
  */
-import {
-  convertCopy,
-  createCompressPool,
-  type CompressPool,
-  type Image,
-  type Qcow2Image,
-} from '@tsimg/qcow2';
+import { convertCopy, type Image } from '@tsimg/image';
+import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
 import { createFile, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';

@@ -6,7 +6,8 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { createQcow2, openImage, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
+import { openImage } from '@tsimg/image';
+import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';

@@ -6,7 +6,8 @@
  * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
  * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove, createQcow2, openImage as openRawOrQcow2, type Image } from '@tsimg/qcow2';
+import { blockStatusAbove, openImage as openRawOrQcow2, type Image } from '@tsimg/image';
+import { createQcow2 } from '@tsimg/qcow2';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';

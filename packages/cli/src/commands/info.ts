@@ -4,7 +4,7 @@
  * statuses. The gathering lives in @tsimg/qcow2 (info.ts); the printing in ../format-info.ts.
  */
 import { TsimgError } from '@tsimg/raw';
-import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/qcow2';
+import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';

@@ -1,8 +1,8 @@
 /**
  * `tsimg map`: the image's extents as qemu-img 7.2 prints them (qemu-img.c img_map,
- * dump_map_entry), over the generic walker `mapImage` of @tsimg/qcow2.
+ * dump_map_entry), over the generic walker `mapImage` of @tsimg/image.
  */
-import { mapImage, type MapEntry } from '@tsimg/qcow2';
+import { mapImage, type MapEntry } from '@tsimg/image';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';

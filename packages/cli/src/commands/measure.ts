@@ -3,16 +3,14 @@
  * existing image, with qemu-img 7.2's checks, messages and output (qemu-img.c img_measure), over
  * `measure` of @tsimg/qcow2.
  */
+import { measure, type Image, type MeasureSource } from '@tsimg/image';
 import {
   AUTOCLEAR_BITMAPS,
   findExtension,
   loadBitmapDirectory,
-  measure,
   Qcow2Image,
-  type Image,
   type MeasureBitmap,
   type MeasureResult,
-  type MeasureSource,
   type Qcow2MeasureOptions,
 } from '@tsimg/qcow2';
 import { CliExit } from '../exit.js';

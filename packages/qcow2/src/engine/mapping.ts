@@ -12,7 +12,7 @@ import {
   SUBCLUSTERS_PER_CLUSTER,
   type EntryContext,
   type L2Entry,
-} from './l2-entry.js';
+} from '../format/l2-entry.js';
 
 /** Sizes derived from the header that every mapping computation uses. */
 export interface Geometry extends EntryContext {

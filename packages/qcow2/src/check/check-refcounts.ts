@@ -6,7 +6,7 @@
  * zeroing misaligned preallocated L2 entries, growing the file for refcount blocks past its end).
  */
 import { isZero, strerror } from '@tsimg/raw';
-import { setRefcount, getRefcount } from './refcount.js';
+import { setRefcount, getRefcount } from '../format/refcount.js';
 import {
   type CheckImage,
   hex,
@@ -22,8 +22,8 @@ import {
   flushRefblocks,
   preWriteOverlapCheck,
 } from './check-state.js';
-import { OL_ACTIVE_L2, OL_INACTIVE_L2 } from './overlap.js';
-import { loadBitmapDirectory } from './bitmap-directory.js';
+import { OL_ACTIVE_L2, OL_INACTIVE_L2 } from '../format/overlap.js';
+import { loadBitmapDirectory } from '../format/bitmap-directory.js';
 
 /** Repair modes (qemu's BdrvCheckMode bits). */
 export const FIX_LEAKS = 1;

@@ -18,7 +18,7 @@ import {
   preWriteOverlapCheck,
   writeIncompatibleFeatures,
 } from './check-state.js';
-import { OL_ACTIVE_L1, OL_ACTIVE_L2 } from './overlap.js';
+import { OL_ACTIVE_L1, OL_ACTIVE_L2 } from '../format/overlap.js';
 import {
   type CheckResult,
   type RefcountPass,
@@ -32,7 +32,7 @@ import {
 } from './check-refcounts.js';
 import { rebuildRefcountStructure } from './check-rebuild.js';
 import { checkReadSnapshotTable, writeSnapshots, errnoOf, checkErrnoText } from './check-snapshots.js';
-import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from './types.js';
+import { INCOMPAT_CORRUPT, INCOMPAT_DIRTY } from '../format/types.js';
 
 export { FIX_ERRORS, FIX_LEAKS, emptyResult, type CheckResult } from './check-refcounts.js';
 export { openForCheck, type CheckImage, type CheckLog } from './check-state.js';

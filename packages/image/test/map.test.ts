@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryDevice, type BlockStatus } from '@tsimg/raw';
-import { blockStatusAbove, entryMergeable, mapBlockStatus, mapImage, type MapEntry, type MappedImage } from '@tsimg/qcow2';
+import { blockStatusAbove, entryMergeable, mapBlockStatus, mapImage, type MapEntry, type MappedImage } from '@tsimg/image';
 
 type Run = { kind: 'data' | 'zero' | 'unallocated'; length: number; host?: number };
 

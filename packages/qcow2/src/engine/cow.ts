@@ -4,7 +4,7 @@
  * qemu's calculate_l2_meta, including the subcluster rules of extended L2 entries.
  */
 import { FormatError } from '@tsimg/raw';
-import { decodeL2Entry, subclusterKind, type L2Entry, type SubclusterKind } from './l2-entry.js';
+import { decodeL2Entry, subclusterKind, type L2Entry, type SubclusterKind } from '../format/l2-entry.js';
 import type { Geometry } from './mapping.js';
 
 /**

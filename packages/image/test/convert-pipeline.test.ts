@@ -5,7 +5,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { IoError, MemoryDevice, type BlockDevice } from '@tsimg/raw';
-import { convertCopy, type ChainImage, type CompressedTarget } from '@tsimg/qcow2';
+import { convertCopy, type ChainImage, type CompressedTarget } from '@tsimg/image';
 import { delegating } from './delegating.js';
 
 const CS = 65536;

@@ -1,13 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { faultyDevice, MemoryDevice, type BlockDevice, type BlockStatus } from '@tsimg/raw';
-import {
-  compareImages,
-  COMPARE_CHUNK,
-  firstDifferentSector,
-  firstNonZeroSector,
-  type ChainImage,
-} from '@tsimg/qcow2';
+import { compareImages, COMPARE_CHUNK, firstDifferentSector, firstNonZeroSector, type ChainImage } from '@tsimg/image';
 import { delegating } from './delegating.js';
 
 const M = 1024 * 1024;

@@ -18,8 +18,6 @@
  */
 import type { BlockDevice, BlockStatus } from '@tsimg/raw';
 import type { ChainImage } from './chain-status.js';
-import { Qcow2Image } from './image.js';
-import { decodeReftableEntry, getRefcount, REFTABLE_ENTRY_SIZE, refcountsPerBlock } from './refcount.js';
 
 /**
  * What `map` needs of an image: a chain image that also names the files its host offsets point
@@ -97,63 +95,6 @@ function checked(st: BlockStatus, asked: number): BlockStatus {
   return st;
 }
 
-/**
- * qemu's qcow2_detect_metadata_preallocation: true when the qcow2 file has clearly more
- * clusters in use (refcount > 0) than blocks allocated on the host — the image was created with
- * preallocation=metadata, or clusters were allocated but only partly written. qemu then asks the
- * host file about every data run (BDRV_BLOCK_RECURSE) and reports holes there as zero. Any
- * failure answers false, as in qemu.
- */
-export async function detectMetadataPreallocation(image: Qcow2Image): Promise<boolean> {
-  try {
-    const cs = image.clusterSize;
-    const h = image.header;
-    const fileLength = image.file.size();
-    const realAllocation = await image.file.allocatedSize();
-    if (realAllocation === undefined) return false;
-    const realClusters = Math.floor(realAllocation / cs);
-    const threshold = Math.max(Math.floor((realClusters * 10) / 9), realClusters + 2);
-    const endCluster = Math.ceil(fileLength / cs);
-    const table = new Uint8Array(h.refcountTableClusters * cs);
-    await image.file.read(h.refcountTableOffset, table);
-    const tableView = new DataView(table.buffer);
-    const entries = table.length / REFTABLE_ENTRY_SIZE;
-    const perBlock = refcountsPerBlock(h.clusterBits, h.refcountOrder);
-    const block = new Uint8Array(cs);
-    let loaded = -1;
-    let count = 0;
-    for (let i = 0; i < endCluster && count < threshold; i++) {
-      const index = Math.floor(i / perBlock);
-      if (index >= entries) break; // no refblock covers the rest: refcount 0
-      const blockOffset = decodeReftableEntry(tableView, index).offset;
-      if (blockOffset === 0) {
-        i = (index + 1) * perBlock - 1; // a missing refblock: skip all of its clusters
-        continue;
-      }
-      if (blockOffset % cs !== 0) return false; // qemu: "Refblock offset ... unaligned" → error
-      if (loaded !== blockOffset) {
-        await image.file.read(blockOffset, block);
-        loaded = blockOffset;
-      }
-      if (getRefcount(block, i % perBlock, h.refcountOrder) !== 0) count++;
-    }
-    return count >= threshold;
-  } catch {
-    return false;
-  }
-}
-
-const preallocCache = new WeakMap<object, Promise<boolean>>();
-
-function metadataPreallocated(image: Qcow2Image): Promise<boolean> {
-  let p = preallocCache.get(image);
-  if (p === undefined) {
-    p = detectMetadataPreallocation(image);
-    preallocCache.set(image, p);
-  }
-  return p;
-}
-
 /** A layer's status with qemu's DATA|ZERO case: data clusters over a hole of the host file. */
 type LayerStatus = BlockStatus & { alsoZero?: boolean };
 
@@ -164,9 +105,10 @@ type LayerStatus = BlockStatus & { alsoZero?: boolean };
  */
 async function layerStatus(layer: ChainImage, offset: number, bytes: number): Promise<LayerStatus> {
   const st: LayerStatus = checked(await layer.blockStatus(offset, bytes), bytes);
-  if (st.kind !== 'data' || st.hostOffset === undefined || !(layer instanceof Qcow2Image)) return st;
-  if (!(await metadataPreallocated(layer))) return st;
+  if (st.kind !== 'data' || st.hostOffset === undefined || layer.metadataPreallocated === undefined) return st;
+  if (!(await layer.metadataPreallocated())) return st;
   const host = layer.dataFile ?? layer.file;
+  if (host === undefined) return st;
   try {
     const hostSize = host.size();
     if (st.hostOffset >= hostSize) return { ...st, alsoZero: true };

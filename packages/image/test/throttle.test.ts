@@ -6,7 +6,7 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { MemoryDevice } from '@tsimg/raw';
-import { WriteThrottle, convertCopy, realClock, type ThrottleClock } from '@tsimg/qcow2';
+import { WriteThrottle, convertCopy, realClock, type ThrottleClock } from '@tsimg/image';
 
 const MiB = 1 << 20;
 const S = 1e9;

@@ -14,7 +14,7 @@
  * one by one: each metadata cluster is written once with its final content.
  */
 import { fillZeroes, truncateWithPreallocation, TsimgError, UsageError, type BlockDevice } from '@tsimg/raw';
-import { encodeExtensions, encodeHeader, QEMU_FEATURE_NAMES, V2_HEADER_LENGTH, V3_HEADER_LENGTH, type HeaderExtension, type Qcow2Header } from './header.js';
+import { encodeExtensions, encodeHeader, QEMU_FEATURE_NAMES, V2_HEADER_LENGTH, V3_HEADER_LENGTH, type HeaderExtension, type Qcow2Header } from '../format/header.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
   COMPAT_LAZY_REFCOUNTS,
@@ -23,7 +23,7 @@ import {
   INCOMPAT_EXTL2,
   QCOW_MAX_L1_SIZE,
   QCOW_MAX_REFTABLE_SIZE,
-} from './types.js';
+} from '../format/types.js';
 import { resolveQcow2CreateOptions, type Qcow2CreateOptions, type ResolvedQcow2CreateOptions } from './create-options.js';
 
 export type { Qcow2CreateOptions, Qcow2Preallocation, ResolvedQcow2CreateOptions } from './create-options.js';

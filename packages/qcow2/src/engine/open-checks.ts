@@ -31,7 +31,7 @@ import {
   type HeaderExtension,
   type HeaderInfo,
   type Qcow2Header,
-} from './header.js';
+} from '../format/header.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -51,8 +51,8 @@ import {
   QCOW_MAX_L1_SIZE,
   QCOW_MAX_REFTABLE_SIZE,
   u64ToNumber,
-} from './types.js';
-import { loadSnapshots, MAX_SNAPSHOTS, readOrFail, SNAPSHOT_HEADER_SIZE, type Qcow2Snapshot } from './snapshot.js';
+} from '../format/types.js';
+import { loadSnapshots, MAX_SNAPSHOTS, readOrFail, SNAPSHOT_HEADER_SIZE, type Qcow2Snapshot } from '../format/snapshot.js';
 import {
   BME_FLAG_IN_USE,
   QCOW2_MAX_BITMAPS,
@@ -60,9 +60,9 @@ import {
   loadBitmapDirectory,
   loadBitmapTable,
   type BitmapDirectoryEntry,
-} from './bitmap-directory.js';
-import { decodeByteString } from './byte-string.js';
-import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from './luks-header.js';
+} from '../format/bitmap-directory.js';
+import { decodeByteString } from '../format/byte-string.js';
+import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
 
 const BDRV_SECTOR_SIZE = 512;
 /** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */

@@ -8,6 +8,15 @@ import type { BlockDevice } from '@tsimg/raw';
 export interface ChainImage extends BlockDevice {
   readonly backing?: ChainImage;
   readonly clusterSize?: number;
+  /** The device the layer's host offsets point into (its file). */
+  readonly file?: BlockDevice;
+  /** An external data file, when host offsets of data point there instead. */
+  readonly dataFile?: BlockDevice;
+  /**
+   * The format's judgement that data runs must be checked against the host file, whose holes
+   * then read as zeroes (qemu's BDRV_BLOCK_RECURSE for metadata-preallocated qcow2).
+   */
+  metadataPreallocated?(): Promise<boolean>;
 }
 
 /** The chain's view of one run: which layer decided it (depth 0 = top). */

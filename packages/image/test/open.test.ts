@@ -2,7 +2,8 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { openSync, writeSync, closeSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { openImage, Qcow2Image, RawImage, resolveRelative } from '@tsimg/qcow2';
+import { openImage, RawImage, resolveRelative } from '@tsimg/image';
+import { Qcow2Image } from '@tsimg/qcow2';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 function poke(file: string, offset: number, bytes: number[]): void {

@@ -1,14 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryDevice } from '@tsimg/raw';
-import {
-  measure,
-  measureQcow2,
-  measureRaw,
-  qcow2BitmapsSize,
-  qcow2CalcPreallocSize,
-  qcow2RefcountMetadataSize,
-  type MappedImage,
-} from '@tsimg/qcow2';
+import { measure, measureRaw, type MappedImage } from '@tsimg/image';
+import { measureQcow2, qcow2BitmapsSize, qcow2CalcPreallocSize, qcow2RefcountMetadataSize } from '@tsimg/qcow2';
 import { describeQemu, qemuImg } from '../../../test-images/qemu.js';
 
 const G = 1024n ** 3n;
@@ -79,16 +72,16 @@ describe('measureQcow2 / measureRaw', () => {
   it('counts allocated clusters of a source image, each data run rounded to target clusters', async () => {
     // 1 byte of data in the first 4 KiB page, and a page straddling the 64 KiB boundary.
     const img = await memImage(1024 * 1024, [[0, 1], [60 * 1024, 8 * 1024]]);
-    const r = await measureQcow2({ image: img });
+    const r = await measure('qcow2', { image: img });
     // qemu's loop: the run at 0 is extended to the end of its cluster (swallowing [60k, 64k)),
     // the next query starts at 64k and finds [64k, 68k), again one cluster.
     const clusters = 2n * 65536n;
     const full = qcow2CalcPreallocSize(1024n * 1024n, 65536, 4, false);
     expect(r).toEqual({ required: full - 1024n * 1024n + clusters, fullyAllocated: full });
     // With a backing file the whole image counts; bitmaps appear when the source has them.
-    expect((await measureQcow2({ image: img }, { hasBackingFile: true })).required).toBe(full);
-    expect((await measureQcow2({ image: img, bitmaps: [] })).bitmaps).toBe(0n);
-    expect((await measureQcow2({ image: img, bitmaps: [] }, { compat: '0.10' })).bitmaps).toBeUndefined();
+    expect((await measure('qcow2', { image: img }, { hasBackingFile: true })).required).toBe(full);
+    expect((await measure('qcow2', { image: img, bitmaps: [] })).bitmaps).toBe(0n);
+    expect((await measure('qcow2', { image: img, bitmaps: [] }, { compat: '0.10' })).bitmaps).toBeUndefined();
     expect(await measureRaw({ image: img })).toEqual({ required: 1048576n, fullyAllocated: 1048576n });
   });
 });

@@ -5,14 +5,16 @@ import { MemoryDevice } from '@tsimg/raw';
 import {
   collectImageInfo,
   collectImageInfoList,
+  fullBackingFilename,
+  pathHasProtocol,
+  probeFormat,
+} from '@tsimg/image';
+import {
   decodeLuksInfo,
   encodeExtensions,
   encodeHeader,
-  fullBackingFilename,
   loadQcow2Metadata,
   LUKS_HEADER_SIZE,
-  pathHasProtocol,
-  probeFormat,
   QEMU_FEATURE_NAMES,
   snapshotInfo,
   type Qcow2Header,

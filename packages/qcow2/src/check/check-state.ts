@@ -20,12 +20,12 @@ import {
   OL_REFCOUNT_TABLE,
   OL_SNAPSHOT_TABLE,
   overlapName,
-} from './overlap.js';
+} from '../format/overlap.js';
 import { IoError, type BlockDevice } from '@tsimg/raw';
-import { findExtension, type Qcow2Header, type HeaderExtension } from './header.js';
-import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, AUTOCLEAR_BITMAPS, AUTOCLEAR_KNOWN } from './types.js';
-import { getRefcount, setRefcount } from './refcount.js';
-import { openQcow2Metadata } from './qcow2-metadata.js';
+import { findExtension, type Qcow2Header, type HeaderExtension } from '../format/header.js';
+import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, AUTOCLEAR_BITMAPS, AUTOCLEAR_KNOWN } from '../format/types.js';
+import { getRefcount, setRefcount } from '../format/refcount.js';
+import { openQcow2Metadata } from '../engine/open-checks.js';
 
 const TWO32 = 2 ** 32;
 /** Offsets from here on cannot be read or written (qemu's int64 request limit). */

@@ -55,7 +55,7 @@ const QCOW2_MAX_THREADS = 4;
  */
 function workerUrl(): URL {
   const fromSource = import.meta.url.endsWith('.ts');
-  const url = new URL(fromSource ? '../dist/compress-worker.js' : './compress-worker.js', import.meta.url);
+  const url = new URL(fromSource ? '../../dist/compress/compress-worker.js' : './compress-worker.js', import.meta.url);
   if (!existsSync(url)) {
     throw new TsimgError('io', `compress worker ${fileURLToPath(url)} is missing: build the package (npm run build)`);
   }

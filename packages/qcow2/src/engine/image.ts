@@ -18,10 +18,11 @@ import {
   type WriteZeroesOptions,
 } from '@tsimg/raw';
 import { Allocator } from './allocator.js';
+import { detectMetadataPreallocation } from './preallocation.js';
 import { TableCache } from './cache.js';
-import { compressCluster, decompressCluster, type CompressionType } from './compress.js';
+import { compressCluster, decompressCluster, type CompressionType } from '../compress/compress.js';
 import { calculateL2Meta, linkedBitmap, type L2Meta } from './cow.js';
-import { repairDirty, type CheckLog } from './check.js';
+import { repairDirty, type CheckLog } from '../check/check.js';
 import {
   encodeExtensions,
   encodeHeader,
@@ -31,7 +32,7 @@ import {
   type HeaderExtension,
   type HeaderInfo,
   type Qcow2Header,
-} from './header.js';
+} from '../format/header.js';
 import {
   compressedEntry,
   compressedRange,
@@ -42,10 +43,10 @@ import {
   entryHostCluster,
   entryWritableInPlace,
   type L2Entry,
-} from './l2-entry.js';
-import { openQcow2Metadata, validateTable, type Qcow2OpenState } from './qcow2-metadata.js';
+} from '../format/l2-entry.js';
+import { openQcow2Metadata, validateTable, type Qcow2OpenState } from './open-checks.js';
 import { geometry, lookupRun, type Geometry, type MappedRun, type MappingSource } from './mapping.js';
-import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from './refcount.js';
+import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from '../format/refcount.js';
 import {
   MetadataClusters,
   OL_ACTIVE_L1,
@@ -58,8 +59,8 @@ import {
   OL_SNAPSHOT_TABLE,
   overlapName,
   type ByteRange,
-} from './overlap.js';
-import { snapshotEntrySize, type Qcow2Snapshot } from './snapshot.js';
+} from '../format/overlap.js';
+import { snapshotEntrySize, type Qcow2Snapshot } from '../format/snapshot.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -71,25 +72,24 @@ import {
   INCOMPAT_DIRTY,
   INCOMPAT_EXTL2,
   QCOW_MAX_L1_SIZE,
-} from './types.js';
+} from '../format/types.js';
 
-/** An open image of any format: a BlockDevice that knows its file and backing image. */
-export interface Image extends BlockDevice {
-  readonly format: 'raw' | 'qcow2';
-  readonly filename: string;
-  /** The device holding the image (for qcow2 the metadata file). */
-  readonly file: BlockDevice;
-  readonly backing?: Image;
+/**
+ * What a qcow2 image reads through where it is unallocated: its backing image, of any format
+ * (the image layer opens it). Only its own chain matters here, for zero detection.
+ */
+export interface BackingDevice extends BlockDevice {
+  readonly backing?: BackingDevice;
 }
 
 /** What Qcow2Image.open needs besides the file. */
-export interface Qcow2OpenOptions {
+export interface Qcow2OpenOptions<B extends BackingDevice = BackingDevice> {
   filename: string;
   readOnly: boolean;
   /** The external data file, when the header names one (opened by the caller). */
   dataFile?: BlockDevice;
   /** The backing image, when opened. */
-  backing?: Image;
+  backing?: B;
   /**
    * The open checks' result when the caller ran them already (openQcow2Metadata with
    * `readTables`, e.g. to find the data file and the backing file first); run on `file` otherwise.
@@ -187,12 +187,12 @@ function hex(n: number): string {
 }
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
-export class Qcow2Image implements Image, MappingSource {
+export class Qcow2Image<B extends BackingDevice = BackingDevice> implements MappingSource {
   readonly format = 'qcow2' as const;
   readonly filename: string;
   readonly file: BlockDevice;
   readonly readOnly: boolean;
-  readonly backing?: Image;
+  readonly backing?: B;
   /** The external data file, if the image has one. */
   readonly dataFile?: BlockDevice;
   /** The header as it is on disk now (updated by every header write). */
@@ -227,6 +227,7 @@ export class Qcow2Image implements Image, MappingSource {
   #markedDirty = false;
   #cleanedAutoclear = false;
   #decompressed: { key: string; data: Uint8Array } | undefined;
+  #preallocated: Promise<boolean> | undefined;
 
   // What the pre-write overlap check protects besides the header, the active L1 table and the
   // refcount table (#overlapCheck). Filled for writable images only: nothing else writes.
@@ -250,7 +251,7 @@ export class Qcow2Image implements Image, MappingSource {
   private constructor(
     file: BlockDevice,
     info: HeaderInfo,
-    opts: Qcow2OpenOptions,
+    opts: Qcow2OpenOptions<B>,
     l1: Uint8Array,
     reftable: Float64Array,
     snapshots: readonly Qcow2Snapshot[],
@@ -330,7 +331,7 @@ export class Qcow2Image implements Image, MappingSource {
    * info and check), loading the active L1 table and, when writable, the refcount table. A
    * dirty image opened read/write is repaired first, as qemu does at the end of its open.
    */
-  static async open(file: BlockDevice, opts: Qcow2OpenOptions): Promise<Qcow2Image> {
+  static async open<B extends BackingDevice = BackingDevice>(file: BlockDevice, opts: Qcow2OpenOptions<B>): Promise<Qcow2Image<B>> {
     if (opts.l1Table !== undefined && !opts.readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
     const flags = { readWrite: !opts.readOnly, readTables: true };
     let opened = opts.opened?.l1Table && opts.opened.reftable ? opts.opened : await openQcow2Metadata(file, flags);
@@ -373,6 +374,14 @@ export class Qcow2Image implements Image, MappingSource {
       await image.#writeFeatureFields();
     }
     return image;
+  }
+
+  /**
+   * qemu's metadata-preallocation judgement, made once per open image: when true, block status
+   * of data runs is to be checked against the host file, whose holes read as zeroes.
+   */
+  metadataPreallocated(): Promise<boolean> {
+    return (this.#preallocated ??= detectMetadataPreallocation(this));
   }
 
   // ---- MappingSource --------------------------------------------------------------------
@@ -1561,7 +1570,7 @@ function sameEntry(view: DataView, at: number, entry: L2Entry, geo: Geometry): b
 }
 
 /** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */
-export async function chainReadsAsZero(image: Image, offset: number, length: number): Promise<boolean> {
+export async function chainReadsAsZero(image: BackingDevice, offset: number, length: number): Promise<boolean> {
   const end = Math.min(offset + length, image.size());
   let pos = offset;
   while (pos < end) {

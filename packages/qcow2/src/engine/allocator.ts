@@ -15,8 +15,8 @@ import {
   refcountMax,
   refcountMetadataSize,
   setRefcount,
-} from './refcount.js';
-import { QCOW_MAX_REFTABLE_SIZE } from './types.js';
+} from '../format/refcount.js';
+import { QCOW_MAX_REFTABLE_SIZE } from '../format/types.js';
 
 /** Largest host offset qemu allocates (QCOW_MAX_CLUSTER_OFFSET: bits 9..55). */
 const MAX_CLUSTER_OFFSET = 2 ** 56 - 1;

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { IoError, MemoryDevice, type BlockStatus } from '@tsimg/raw';
-import { convertCopy, type ChainImage } from '@tsimg/qcow2';
+import { convertCopy, type ChainImage } from '@tsimg/image';
 import { delegating } from './delegating.js';
 
 const SECTOR = 512;

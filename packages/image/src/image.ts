@@ -1,0 +1,71 @@
+/**
+ * The generic image: what every format's open image is (a BlockDevice with its file, backing
+ * image and data file), and what a format provides to be opened, probed and reported on.
+ */
+import type { BlockDevice } from '@tsimg/raw';
+import type { ImageInfo } from './info-types.js';
+
+/** An open image of any format: a BlockDevice that knows its file and backing image. */
+export interface Image extends BlockDevice {
+  /** The format's name as qemu spells it (`raw`, `qcow2`, …). */
+  readonly format: string;
+  readonly filename: string;
+  /** The device holding the image (for qcow2 the metadata file). */
+  readonly file: BlockDevice;
+  /** An external data file, when host offsets of data point there instead of into `file`. */
+  readonly dataFile?: BlockDevice;
+  readonly backing?: Image;
+  /** The allocation granularity, for formats that have one. */
+  readonly clusterSize?: number;
+  /**
+   * The format's judgement that data runs must be checked against the host file, whose holes
+   * then read as zeroes (qemu's BDRV_BLOCK_RECURSE for metadata-preallocated qcow2).
+   */
+  metadataPreallocated?(): Promise<boolean>;
+}
+
+/** A snapshot to read instead of the active layer: an ID or name, or both to match. */
+export type SnapshotSelector = string | { id?: string; name?: string };
+
+/** What the generic opener hands a format while it opens one layer. */
+export interface LayerContext {
+  readonly filename: string;
+  readonly readOnly: boolean;
+  readonly snapshot?: SnapshotSelector;
+  /** Receives the lines qemu prints while repairing a dirty image opened read/write. */
+  readonly log?: (line: string, kind?: 'report' | 'raw') => void;
+  /** qemu's `discard=unmap` for this layer (see OpenImageOptions.unmap). */
+  readonly unmap: boolean;
+  /** Opens a file the image names (a data file) with this layer's mode and file options. */
+  openFile(name: string): Promise<BlockDevice>;
+  /**
+   * Opens the backing image by the name stored in the image and its recorded format (empty or
+   * undefined: probed). Resolves the name, refuses loops and chains that are too deep, and
+   * answers undefined when the caller asked for no backing chain.
+   */
+  openBacking(storedName: string, formatName: string | undefined): Promise<Image | undefined>;
+}
+
+/** The parts of `qemu-img info` a format fills in (the generic layer adds the rest). */
+export type FormatInfo = Omit<ImageInfo, 'filename' | 'format' | 'actual-size' | 'full-backing-filename'>;
+
+/**
+ * An image format. The generic loops (open, info, map, convert …) reach a format only through
+ * this: adding a format is a new `ImageFormat` in the list of formats, nothing else.
+ */
+export interface ImageFormat {
+  /** The name, as `-f` takes it. */
+  readonly name: string;
+  /** True when the first bytes of a file are this format's (probing); absent: never probed. */
+  probe?(first: Uint8Array): boolean;
+  /**
+   * Opens one layer on `file` (which the caller closes if this throws). Files the layer opens
+   * through `ctx` are closed by the caller on failure too.
+   */
+  open(file: BlockDevice, ctx: LayerContext): Promise<Image>;
+  /**
+   * `qemu-img info`'s view of the image from its metadata alone; warnings as qemu prints them;
+   * the exact size in bytes when `virtual-size` (a number) cannot hold it.
+   */
+  info(file: BlockDevice): Promise<{ info: FormatInfo; warnings: string[]; sizeBytes?: bigint }>;
+}

@@ -1,0 +1,93 @@
+/**
+ * Where an image is: resolving image names (`file:`, `json:`) and `--image-opts` block options
+ * to a host file and a format, with qemu's messages.
+ */
+import { TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { pathHasProtocol } from './paths.js';
+
+/** Where an image is: the host file, and the format its name or options ask for. */
+export interface ImageLocation {
+  /** The host file's path; qemu reports it as the image's filename. */
+  path: string;
+  /** `driver` from block options ('qcow2', 'raw', or 'file' for the bare protocol). */
+  format?: string;
+}
+
+/**
+ * Resolves flattened block options (`--image-opts` text, or a `json:` name) to a host file:
+ * `driver`, `file.driver` (= file), `file.filename` / `file`, or `filename` with driver=file.
+ * Throws qemu's messages (without the "Could not open" prefix).
+ */
+export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
+  const driver = opts.get('driver');
+  if (driver === 'file') {
+    for (const key of opts.keys()) {
+      if (key !== 'driver' && key !== 'filename') throw new UsageError(`Invalid parameter '${key}'`);
+    }
+    const path = opts.get('filename');
+    if (path === undefined || path === '') throw new UsageError("The 'file' block driver requires a file name");
+    return { path, format: 'file' };
+  }
+  for (const key of opts.keys()) {
+    if (!['driver', 'file', 'file.driver', 'file.filename'].includes(key)) {
+      throw new UsageError(
+        driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
+      );
+    }
+  }
+  const fileDriver = opts.get('file.driver');
+  const node = opts.get('file');
+  if (node !== undefined) {
+    // A string `file` names an existing block node; tsimg has none (nor has qemu-img).
+    if (fileDriver !== undefined || opts.has('file.filename')) {
+      throw new UsageError('Cannot reference an existing block device with additional options or a new filename');
+    }
+    throw new TsimgError('not-found', `Cannot find device='${node}' nor node-name='${node}'`);
+  }
+  if (fileDriver !== undefined && fileDriver !== 'file') throw new UnsupportedError(`Unknown protocol '${fileDriver}'`);
+  const path = opts.get('file.filename');
+  if (path === undefined) {
+    if (fileDriver !== undefined) throw new UsageError("The 'file' block driver requires a file name");
+    throw new UsageError('A block device must be specified for "file"');
+  }
+  if (path === '') throw new UsageError("The 'file' block driver requires a file name");
+  return { path, format: driver };
+}
+
+/** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */
+function flattenJson(value: unknown, prefix: string, out: Map<string, string>): void {
+  if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) flattenJson(v, prefix ? `${prefix}.${k}` : k, out);
+  } else {
+    out.set(prefix, typeof value === 'string' ? value : JSON.stringify(value));
+  }
+}
+
+/**
+ * Resolves an image name as qemu does for a filename argument or a backing file name: a plain
+ * path, `file:<path>`, or `json:{...}` block options; any other `proto:` is an unknown protocol.
+ */
+export function locateImage(name: string): ImageLocation {
+  if (!pathHasProtocol(name)) return { path: name };
+  const proto = name.slice(0, name.indexOf(':'));
+  if (proto === 'file') {
+    const path = name.slice(5);
+    if (path === '') throw new UsageError("The 'file' block driver requires a file name");
+    return { path };
+  }
+  if (proto === 'json') {
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(name.slice(5));
+    } catch {
+      throw new UsageError('Could not parse the JSON options: JSON parse error');
+    }
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+      throw new UsageError('Could not parse the JSON options: Invalid JSON object given');
+    }
+    const opts = new Map<string, string>();
+    flattenJson(parsed, '', opts);
+    return locateImageFromOptions(opts);
+  }
+  throw new UnsupportedError(`Unknown protocol '${proto}'`);
+}
