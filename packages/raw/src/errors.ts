@@ -111,6 +111,7 @@ const STRERROR: Readonly<Record<string, string>> = {
   ELOOP: 'Too many levels of symbolic links',
   EOVERFLOW: 'Value too large for defined data type',
   ENOTSUP: 'Operation not supported',
+  ENOLCK: 'No locks available',
   EDQUOT: 'Disk quota exceeded',
 };
 
