@@ -12,7 +12,8 @@ export type TsimgErrorCode =
   | 'corrupt' // the image is marked or found corrupt; writes are refused
   | 'not-found' // a file, snapshot or bitmap that does not exist
   | 'read-only' // a write to a device opened read-only
-  | 'limit'; // a size or count beyond the limits qemu enforces
+  | 'limit' // a size or count beyond the limits qemu enforces
+  | 'locked'; // another process (or open) holds a conflicting image lock
 
 /** Base class of all tsimg errors: `code` says what kind, `message` is one line for a person. */
 export class TsimgError extends Error {
@@ -67,6 +68,23 @@ export class ReadOnlyError extends TsimgError {
   }
 }
 
+/**
+ * An image lock could not be taken: another user of the file holds a conflicting permission
+ * (qemu's file-posix: `Failed to get "write" lock`, `Failed to get shared "write" lock`), or a
+ * lock byte could not be set. `hint` is qemu's second line, `Is another process using the
+ * image [NAME]?`, present when a conflict was found (qemu's error_append_hint); the CLI prints
+ * it on a line of its own after the message.
+ */
+export class LockError extends TsimgError {
+  /** qemu's hint line (without a newline), or undefined when qemu prints none. */
+  readonly hint?: string;
+  constructor(message: string, options?: { cause?: unknown; errno?: string; hint?: string }) {
+    super('locked', message, { errno: 'EAGAIN', ...options });
+    this.name = 'LockError';
+    this.hint = options?.hint;
+  }
+}
+
 // glibc's strerror texts, so messages read like qemu's ("Could not open 'x': No such file or directory").
 const STRERROR: Readonly<Record<string, string>> = {
   EPERM: 'Operation not permitted',
@@ -93,6 +111,7 @@ const STRERROR: Readonly<Record<string, string>> = {
   ELOOP: 'Too many levels of symbolic links',
   EOVERFLOW: 'Value too large for defined data type',
   ENOTSUP: 'Operation not supported',
+  ENOLCK: 'No locks available',
   EDQUOT: 'Disk quota exceeded',
 };
 

@@ -22,6 +22,10 @@
  *   st_blocks is not trusted.
  * Both report everything past the end of the file as `zero`.
  *
+ * Zeroing and discarding inside the file use the optional native module (native.ts) as qemu's
+ * handle_aiocb_write_zeroes / _unmap / discard do: with `mayUnmap` (and for `discard`)
+ * fallocate(PUNCH_HOLE | KEEP_SIZE), else fallocate(ZERO_RANGE); a file system that answers
+ * ENOTSUP (remembered for the device) or EINVAL falls back to what follows. Without the module,
  * Node has no fallocate (punch hole, zero range), so:
  * - `writeZeroes`/`discard` whose range reaches the end of the file truncate down to the start
  *   of the range and back up: the tail becomes a hole. This is two ftruncate calls, not one
@@ -31,11 +35,25 @@
  *   becomes allocated. With `mayUnmap` (and for `discard`), chunks that already read as zero
  *   are skipped instead, so holes stay holes — a read is cheaper than a write; with
  *   SEEK_DATA/SEEK_HOLE the holes are skipped without even reading them.
+ *
+ * Image locking (lock.ts): with the `lock` option, the device takes qemu's lock bytes for the
+ * given permissions at open — before it returns, so before any write — and drops them at close.
+ * `create` takes qemu's create locks (raw_co_create) before it empties the file, so creating
+ * over an image in use fails instead of destroying it.
+ *
+ * Host block devices (qemu's host_device driver): the size comes from BLKGETSIZE64 (or sysfs
+ * without the native module), the device never grows ("Cannot grow device files"), every byte
+ * reads as data in `blockStatus`, and `allocatedSize` is st_blocks × 512, which is 0.
  */
 import fs from 'node:fs';
 import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
-import { ReadOnlyError, systemError, UsageError } from './errors.js';
+import { IoError, ReadOnlyError, strerror, systemError, TsimgError, UsageError } from './errors.js';
+import {
+  acquireImageLock, CREATE_PERMISSIONS, type ImageLock, type LockCalls, lockCallsFor, type LockingMode,
+  type LockPermissions, nativeLockCalls,
+} from './lock.js';
+import { type Errno, loadNative, type NativeFs, nativeStatus } from './native.js';
 import { findAllocation, loadLseek, type Lseek } from './seek.js';
 import { dataRunLength, isZero, zeroRunLength } from './zero.js';
 
@@ -65,7 +83,37 @@ export interface FileDeviceOptions {
    * 1 GiB convert here, the fdatasync calls cost ~0.3 s of a ~1 s run.
    */
   noFlush?: boolean;
+  /**
+   * Take qemu's image lock for these permissions (see lock.ts, {@link imageFilePermissions}) at
+   * open, and drop it at close. A conflicting user makes `open` throw a LockError with qemu's
+   * message and hint. Without it no lock is held (except while `create` empties the file).
+   */
+  lock?: LockPermissions;
+  /**
+   * qemu's `file.locking`: `'auto'` (default) locks with OFD locks when the kernel has them
+   * and does not lock otherwise; `'on'` falls back to POSIX locks (with qemu's warning); `'off'`
+   * never locks, not even for `create`. Without the native module nothing can lock: `'on'`
+   * throws an UnsupportedError and `'auto'` calls `onWarning` (when a lock was asked for).
+   */
+  locking?: LockingMode;
+  /**
+   * Receives warnings (one line, or a first line and further lines, as qemu prints them after
+   * `warning: `). Default: process.emitWarning, so nothing is lost when no one listens.
+   */
+  onWarning?: (message: string) => void;
+  /** `false`: do as if the native module were missing (for tests of the fallback paths). */
+  native?: boolean;
 }
+
+/** True when the native module loads, so FileDevice can lock images and use fallocate. */
+export function lockingAvailable(): boolean {
+  return loadNative() !== undefined;
+}
+
+/** Which locks a FileDevice holds: qemu's lock kind and permissions, or `'none'`. */
+export type FileLockState =
+  | { kind: 'none' }
+  | { kind: 'ofd' | 'posix'; permissions: LockPermissions };
 
 // seek.ts is not in index.ts; its public part is exported through here.
 export { type Allocation, findAllocation, hasSeekData, type Lseek, SEEK_DATA, SEEK_HOLE } from './seek.js';
@@ -92,6 +140,14 @@ export class FileDevice implements BlockDevice {
   readonly #syncIo: boolean;
   readonly #blocksTrusted: boolean;
   readonly #noFlush: boolean;
+  /** A host block device (S_ISBLK): fixed size, no holes to find, fallocate on the device. */
+  readonly blockDevice: boolean;
+  readonly #native: NativeFs | undefined;
+  readonly #lockCalls: LockCalls | undefined;
+  #lock: ImageLock | undefined;
+  // fallocate modes found unsupported on this file (qemu's has_discard / has_write_zeroes).
+  #noPunchHole = false;
+  #noZeroRange = false;
   // SEEK_DATA/SEEK_HOLE: undefined until the first blockStatus looks for it, false without it.
   #lseek: Lseek | false | undefined;
   #size: number;
@@ -107,8 +163,13 @@ export class FileDevice implements BlockDevice {
     fileName: string, fd: number, size: number, readOnly: boolean, syncIo: boolean, blocksTrusted: boolean,
     scanOnly: boolean,
     noFlush: boolean,
+    host: { blockDevice: boolean; native: NativeFs | undefined; lockCalls: LockCalls | undefined; lock: ImageLock | undefined },
   ) {
     this.fileName = fileName;
+    this.blockDevice = host.blockDevice;
+    this.#native = host.native;
+    this.#lockCalls = host.lockCalls;
+    this.#lock = host.lock;
     this.#lseek = scanOnly ? false : undefined;
     this.#fd = fd;
     this.#syncIo = syncIo;
@@ -119,18 +180,23 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
-   * Opens (or with `create`, creates or truncates) a regular file. Throws a TsimgError with
-   * code `not-found` for a missing file, `io` for other OS errors (`"Could not open 'x': …"`),
-   * `usage` (EINVAL) for something that is not a regular file — the messages of qemu's
-   * file-posix driver. The size is read once here and then tracked: changes made to the file by
-   * others while it is open are not seen.
+   * Opens (or with `create`, creates or truncates) a regular file or a host block device. Throws
+   * a TsimgError with code `not-found` for a missing file, `io` for other OS errors
+   * (`"Could not open 'x': …"`), `usage` (EINVAL) for something that is neither a regular file
+   * nor a block device — the messages of qemu's file-posix driver — and a LockError (code
+   * `locked`) when the `lock` (or `create`'s lock) conflicts with another user. The size is read
+   * once here and then tracked: changes made to the file by others while it is open are not seen.
+   *
+   * `create` is qemu's raw_co_create: open without truncating, lock (write and resize held,
+   * resize unshared), test for other users, and only then truncate to 0.
    */
   static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
     const readOnly = options.readOnly ?? false;
     const create = options.create ?? false;
     if (readOnly && create) throw new UsageError(`Could not create '${path}': opened read-only`);
-    const { O_RDONLY, O_RDWR, O_CREAT, O_TRUNC } = fs.constants;
-    const flags = readOnly ? O_RDONLY : O_RDWR | (create ? O_CREAT | O_TRUNC : 0);
+    const { O_RDONLY, O_RDWR, O_CREAT } = fs.constants;
+    // No O_TRUNC: the file is emptied only once the create lock is held (raw_co_create).
+    const flags = readOnly ? O_RDONLY : O_RDWR | (create ? O_CREAT : 0);
     const verb = create ? 'create' : 'open';
     let fd: number;
     try {
@@ -138,21 +204,68 @@ export class FileDevice implements BlockDevice {
     } catch (err) {
       throw systemError(err, `Could not ${verb} '${path}'`);
     }
+    let lock: ImageLock | undefined;
     try {
       const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
-      if (!stat.isFile()) {
+      const blockDevice = stat.isBlockDevice();
+      if (!stat.isFile() && !blockDevice) {
         // qemu's file-posix message; a directory opened read-write failed earlier with EISDIR.
         throw new UsageError(`'file' driver requires '${path}' to be a regular file`, { errno: 'EINVAL' });
       }
-      const fsType = await call<fs.StatsFs>((cb) => fs.statfs(path, cb)).then((st) => st.type, () => undefined);
+      const native = options.native === false ? undefined : loadNative();
+      const locking = options.locking ?? 'auto';
+      const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'TsimgWarning'));
+      const why = options.native === false ? 'disabled by the caller' : nativeStatus();
+      const lockCalls = options.lock !== undefined || locking === 'on' ? lockCallsFor(locking, native, warn, why) : undefined;
+      if (create && !blockDevice) {
+        // raw_co_create locks with whatever fcntl the kernel has, whatever file.locking says;
+        // only 'off' (which qemu-img create cannot say) skips it here.
+        const createCalls = lockCalls ?? (locking !== 'off' && native ? nativeLockCalls(native, native.ofd ? 'ofd' : 'posix') : undefined);
+        if (createCalls !== undefined) lock = acquireImageLock(fd, CREATE_PERMISSIONS, path, createCalls);
+        await call((cb) => fs.ftruncate(fd, 0, cb));
+        if (lock !== undefined && (options.lock === undefined || lockCalls === undefined)) {
+          lock.release();
+          lock = undefined;
+        }
+      }
+      if (options.lock !== undefined && lockCalls !== undefined) {
+        if (lock !== undefined) lock.update(options.lock);
+        else lock = acquireImageLock(fd, options.lock, path, lockCalls);
+      }
+      const size = blockDevice ? blockDeviceSize(fd, stat, native, path) : create ? 0 : stat.size;
+      const fsType = blockDevice ? undefined : await call<fs.StatsFs>((cb) => fs.statfs(path, cb)).then((st) => st.type, () => undefined);
       const blocksTrusted = fsType !== undefined && BLOCKS_TRUSTED.has(fsType);
       const scanOnly = options.allocation === 'scan';
       const noFlush = options.noFlush ?? false;
-      return new FileDevice(path, fd, stat.size, readOnly, options.io === 'sync', blocksTrusted, scanOnly, noFlush);
+      return new FileDevice(path, fd, size, readOnly, options.io === 'sync', blocksTrusted, scanOnly, noFlush, {
+        blockDevice, native, lockCalls, lock,
+      });
     } catch (err) {
+      lock?.release();
       fs.close(fd, () => {});
       throw systemError(err, `Could not open '${path}'`);
     }
+  }
+
+  /** The locks this device holds (see the `lock` option). */
+  lockState(): FileLockState {
+    const lock = this.#lock;
+    return lock === undefined ? { kind: 'none' } : { kind: lock.kind, permissions: lock.permissions };
+  }
+
+  /**
+   * Changes the permissions this device holds, as a qemu reopen or permission change does
+   * (e.g. from read-only to read-write use): see {@link ImageLock.update}. Throws a LockError,
+   * keeping the old permissions, when another user conflicts. Without locking (`locking:
+   * 'off'`, or 'auto' without OFD locks or the native module) there is nothing to change and it
+   * returns false; true when the lock is held with the new permissions.
+   */
+  setPermissions(permissions: LockPermissions): boolean {
+    checkOpen(this.#closed);
+    if (this.#lockCalls === undefined) return false;
+    if (this.#lock === undefined) this.#lock = acquireImageLock(this.#fd, permissions, this.fileName, this.#lockCalls);
+    else this.#lock.update(permissions);
+    return true;
   }
 
   size(): number {
@@ -173,6 +286,7 @@ export class FileDevice implements BlockDevice {
     this.#checkWritable();
     checkRange(offset, data.length);
     if (data.length === 0) return;
+    this.#checkDeviceEnd(offset + data.length, 'writing', offset);
     await this.#shared(() => this.#writeFully(offset, data));
   }
 
@@ -184,6 +298,7 @@ export class FileDevice implements BlockDevice {
     this.#checkWritable();
     checkRange(offset, length);
     if (length === 0) return;
+    this.#checkDeviceEnd(offset + length, 'zeroing', offset);
     await this.#zeroRange(offset, offset + length, options.mayUnmap ?? false, true);
   }
 
@@ -202,10 +317,19 @@ export class FileDevice implements BlockDevice {
     await this.#shared(() => this.#sys(`Could not flush '${this.fileName}'`, (cb) => fs.fdatasync(this.#fd, cb)));
   }
 
-  /** Sets the file's size with ftruncate: growing adds a hole, shrinking drops the tail. */
+  /**
+   * Sets the file's size with ftruncate: growing adds a hole, shrinking drops the tail. A block
+   * device keeps its size: growing throws qemu's "Cannot grow device files" (a UsageError,
+   * EINVAL), a smaller or equal size does nothing (raw_co_truncate with exact=false, as
+   * qemu-img resize and the format drivers call it).
+   */
   async resize(size: number): Promise<void> {
     this.#checkWritable();
     checkUint(size, 'size');
+    if (this.blockDevice) {
+      if (size > this.#size) throw new UsageError('Cannot grow device files', { errno: 'EINVAL' });
+      return;
+    }
     await this.#exclusive(() => this.#truncate(size));
   }
 
@@ -234,6 +358,8 @@ export class FileDevice implements BlockDevice {
     return this.#shared(async () => {
       const size = this.#size;
       if (offset >= size) return { kind: 'zero', offset, length, hostOffset: offset };
+      // qemu's host_device has no block status: the generic layer reports all of it as data.
+      if (this.blockDevice) return { kind: 'data', offset, length: Math.min(length, size - offset), hostOffset: offset };
       const lseek = this.#seeker();
       if (lseek !== undefined) return this.#seekStatus(lseek, offset, length, size);
       if (this.#allHoles(size)) return { kind: 'zero', offset, length, hostOffset: offset };
@@ -304,13 +430,18 @@ export class FileDevice implements BlockDevice {
     return stat.blocks * 512;
   }
 
-  /** Flushes (unless read-only) and closes the file descriptor, even when the flush fails. */
+  /**
+   * Flushes (unless read-only), drops the image lock and closes the file descriptor, even when
+   * the flush fails.
+   */
   async close(): Promise<void> {
     checkOpen(this.#closed);
     try {
       await this.flush();
     } finally {
       this.#closed = true;
+      this.#lock?.release();
+      this.#lock = undefined;
       await this.#exclusive(() => this.#sys(`Could not close '${this.fileName}'`, (cb) => fs.close(this.#fd, cb)));
     }
   }
@@ -327,7 +458,32 @@ export class FileDevice implements BlockDevice {
     if (this.readOnly) throw new ReadOnlyError();
   }
 
+  /** A block device ends where it ends: what pwrite past its end says (ENOSPC). */
+  #checkDeviceEnd(end: number, what: string, offset: number): void {
+    if (!this.blockDevice || end <= this.#size) return;
+    throw new IoError(`error while ${what} '${this.fileName}' at byte ${Math.max(offset, this.#size)}: ${strerror('ENOSPC')}`, { errno: 'ENOSPC' });
+  }
+
   async #zeroRange(start: number, end: number, mayUnmap: boolean, grow: boolean): Promise<void> {
+    const inside = Math.min(end, this.#size);
+    if (this.#native !== undefined && start < inside) {
+      // grow is true for writeZeroes, false for discard, which only punches holes (as qemu).
+      const isWriteZeroes = grow;
+      const done = await this.#shared(async () => this.#fallocateZero(start, inside, mayUnmap, isWriteZeroes));
+      if (done) {
+        if (grow && end > this.#size) {
+          await this.#exclusive(async () => {
+            if (end > this.#size) await this.#truncate(end);
+          });
+        }
+        return;
+      }
+    }
+    if (this.blockDevice) {
+      // No truncation tricks on a device: write the zeroes.
+      if (start < inside) await this.#shared(() => this.#writeZeroChunks(start, inside, false));
+      return;
+    }
     if (mayUnmap && end >= this.#size) {
       // The range covers the tail: cut it off, then (writeZeroes past the end) grow back.
       const done = await this.#exclusive(async () => {
@@ -340,13 +496,44 @@ export class FileDevice implements BlockDevice {
       });
       if (done) return;
     }
-    const inside = Math.min(end, this.#size);
-    if (start < inside) await this.#shared(() => this.#writeZeroChunks(start, inside, mayUnmap));
+    const within = Math.min(end, this.#size);
+    if (start < within) await this.#shared(() => this.#writeZeroChunks(start, within, mayUnmap));
     if (grow && end > this.#size) {
       await this.#exclusive(async () => {
         if (end > this.#size) await this.#truncate(end);
       });
     }
+  }
+
+  /**
+   * Zeroes `[start, end)` (inside the file) with fallocate, in qemu's order: with `mayUnmap`,
+   * PUNCH_HOLE | KEEP_SIZE first (handle_aiocb_write_zeroes_unmap; discard is this alone), then
+   * — for writeZeroes only — ZERO_RANGE (handle_aiocb_write_zeroes). ENOTSUP marks the mode
+   * unsupported for this device, EINVAL (unaligned ranges on some file systems) and EBUSY try
+   * the next way; false when none worked, so the caller writes zeroes. Other errors throw.
+   */
+  #fallocateZero(start: number, end: number, mayUnmap: boolean, zeroRange: boolean): boolean {
+    const native = this.#native;
+    if (native === undefined) return false;
+    const len = end - start;
+    const fail = (errno: Errno): never => {
+      throw new IoError(`error while zeroing '${this.fileName}' at byte ${start}: ${strerror(errno)}`, { errno });
+    };
+    const soft = (errno: Errno): boolean => errno === 'ENOTSUP' || errno === 'EINVAL' || errno === 'EBUSY' || errno === 'ENOSYS' || errno === 'ENODEV' || errno === 'ENOTTY';
+    const unsupported = (errno: Errno): boolean => errno !== 'EINVAL' && errno !== 'EBUSY';
+    if (mayUnmap && !this.#noPunchHole) {
+      const errno = native.fallocate(this.#fd, native.FALLOC_FL_PUNCH_HOLE | native.FALLOC_FL_KEEP_SIZE, start, len);
+      if (errno === undefined) return true;
+      if (!soft(errno)) fail(errno);
+      if (unsupported(errno)) this.#noPunchHole = true;
+    }
+    if (zeroRange && !this.#noZeroRange) {
+      const errno = native.fallocate(this.#fd, native.FALLOC_FL_ZERO_RANGE, start, len);
+      if (errno === undefined) return true;
+      if (!soft(errno)) fail(errno);
+      if (unsupported(errno)) this.#noZeroRange = true;
+    }
+    return false;
   }
 
   /**
@@ -404,6 +591,7 @@ export class FileDevice implements BlockDevice {
   }
 
   async #writeFully(offset: number, data: Uint8Array): Promise<void> {
+    // (A block device's end is checked before: a short write there would return 0 forever.)
     let done = 0;
     while (done < data.length) {
       const pos = offset + done;
@@ -466,6 +654,29 @@ export class FileDevice implements BlockDevice {
       release();
     }
   }
+}
+
+/**
+ * A block device's size: BLKGETSIZE64 (what qemu's lseek(SEEK_END) returns), or without the
+ * native module the 512-byte sector count in /sys/dev/block/MAJOR:MINOR/size.
+ */
+function blockDeviceSize(fd: number, stat: fs.Stats, native: NativeFs | undefined, path: string): number {
+  if (native !== undefined) {
+    const r = native.blockDeviceSize(fd);
+    if (typeof r === 'number') return r;
+    throw new IoError(`Could not open '${path}': ${strerror(r.errno)}`, { errno: r.errno });
+  }
+  // glibc's gnu_dev_major / gnu_dev_minor, on a dev_t that fits in a double here.
+  const rdev = BigInt(stat.rdev);
+  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
+  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
+  try {
+    const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
+    if (Number.isSafeInteger(sectors)) return sectors * 512;
+  } catch {
+    // No sysfs (not Linux, or not mounted): nothing else tells the size without the module.
+  }
+  throw new TsimgError('unsupported', `Could not get the size of block device '${path}': the native module tsimg_fs is not available`, { errno: 'ENOTSUP' });
 }
 
 type Callback<T> = (err: NodeJS.ErrnoException | null, value: T) => void;
