@@ -63,10 +63,9 @@ import {
 } from '../format/bitmap-directory.js';
 import { decodeByteString } from '../format/byte-string.js';
 import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
+import { BDRV_MAX_LENGTH } from './state.js';
 
 const BDRV_SECTOR_SIZE = 512;
-/** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */
-const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */
 export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
