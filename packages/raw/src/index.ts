@@ -9,3 +9,4 @@ export * from './read-only.js';
 export * from './counting.js';
 export * from './faulty.js';
 export * from './create-raw.js';
+export { BDRV_SECTOR_SIZE, INT_MAX, BDRV_REQUEST_MAX_BYTES, BDRV_MAX_LENGTH } from './limits.js';

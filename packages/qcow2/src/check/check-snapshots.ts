@@ -8,7 +8,6 @@ import {
   type CheckImage,
   type CheckSnapshot,
   readAt,
-  hex64,
   u64,
   diskRefcount,
   lookupRefblock,
@@ -17,6 +16,7 @@ import {
   flushRefblocks,
   preWriteOverlapCheck,
 } from './check-state.js';
+import { hexDigits64 } from '../format/hex.js';
 import { type CheckResult, CheckAbort, FIX_ERRORS } from './check-refcounts.js';
 
 /** qemu's -errno of a failure, as an errno name. */
@@ -94,7 +94,7 @@ async function readSnapshots(
     const v = new DataView(h.buffer, h.byteOffset, h.length);
     offset += SNAPSHOT_HEADER;
     const l1TableOffset = u64(v.getUint32(0), v.getUint32(4));
-    const l1TableOffsetHex = hex64(v.getUint32(0), v.getUint32(4));
+    const l1TableOffsetHex = hexDigits64(v.getUint32(0), v.getUint32(4));
     const l1Size = v.getUint32(8);
     const idSize = v.getUint16(12);
     const nameSize = v.getUint16(14);

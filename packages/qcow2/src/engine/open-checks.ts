@@ -13,7 +13,7 @@
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
  * with EIO.
  */
-import { FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH, BDRV_SECTOR_SIZE, FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
 import {
   decodeBitmapsBody,
   decodeCString,
@@ -64,9 +64,6 @@ import {
 import { decodeByteString } from '../format/byte-string.js';
 import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
 
-const BDRV_SECTOR_SIZE = 512;
-/** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */
-const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */
 export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
