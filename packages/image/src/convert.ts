@@ -7,15 +7,15 @@
  * Works on any {@link Image}: it only uses `blockStatus`, `read`, `write`, `writeZeroes` and,
  * for `-c`, an optional {@link CompressedTarget}.
  */
-import { IoError, TsimgError, dataRunLength, isZero, strerror, zeroRunLength, type BlockDevice } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, INT_MAX, IoError, TsimgError, dataRunLength, isZero, strerror, zeroRunLength, type BlockDevice } from '@tsimg/raw';
 import { chainBlockStatus, type ChainImage } from './chain-status.js';
 import { WriteThrottle, type ThrottleClock } from './throttle.js';
 
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 /** qemu-img's IO_BUF_SIZE: the largest chunk read and written at once. */
 export const CONVERT_BUF_SIZE = 2 * 1024 * 1024;
 /** BDRV_REQUEST_MAX_SECTORS: the longest block-status query qemu makes. */
-const MAX_REQUEST_SECTORS = Math.floor(0x7fffffff / SECTOR);
+const MAX_REQUEST_SECTORS = Math.floor(INT_MAX / SECTOR);
 /**
  * The copy loop reads contiguous data chunks with one read of up to this many bytes, and keeps
  * up to READ_WINDOW of them in flight. Measured (1 GiB raw → qcow2): 8 MiB reads and a 32 MiB

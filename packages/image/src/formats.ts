@@ -3,11 +3,11 @@
  * {@link ImageFormat}. A new format is one more entry here (or in a caller's own list).
  */
 import { findExtension, loadQcow2Metadata, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE } from '@tsimg/qcow2';
-import { TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { RawImage } from './raw-image.js';
 
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 
 /** The raw format: no metadata, the file is the guest's disk. */
 export const rawFormat: ImageFormat = {

@@ -16,3 +16,4 @@ export {
   RAW_LOCK_SHARED_BASE,
 } from './lock.js';
 export { type Errno, loadNative, type LockType, type NativeFs, nativeStatus } from './native.js';
+export { BDRV_SECTOR_SIZE, INT_MAX, BDRV_REQUEST_MAX_BYTES, BDRV_MAX_LENGTH } from './limits.js';

@@ -7,7 +7,7 @@
 import { convertCopy, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
-import { createFile, TsimgError } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, createFile, TsimgError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
@@ -27,7 +27,7 @@ import {
   tooLarge,
 } from './create.js';
 
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 /** qemu-img's MAX_BUF_SECTORS: the largest -S, in sectors. */
 const MAX_BUF_SECTORS = 32768;
 /** qemu-img's MAX_COROUTINES: the largest -m. */

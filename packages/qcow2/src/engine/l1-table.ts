@@ -4,13 +4,14 @@
  * order (new table written and synced before the header names it; old one freed after).
  */
 import { TsimgError } from '@tsimg/raw';
+import { INT_MAX } from '@tsimg/raw';
 import { decodeL1Entry, encodeL1Entry } from '../format/l2-entry.js';
 import { OL_ACTIVE_L1 } from '../format/overlap.js';
 import { QCOW_MAX_L1_SIZE } from '../format/types.js';
 import { overlapCheck } from './corruption.js';
 import { headerSwitch } from './header-write.js';
 import { hashHex } from './mapping.js';
-import { INT_MAX, type EngineState } from './state.js';
+import { type EngineState } from './state.js';
 
 /** One L2 table, where it is, and the entry index of the guest offset asked for. */
 export interface ClusterTable {

@@ -13,7 +13,7 @@
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
  * with EIO.
  */
-import { FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH, BDRV_SECTOR_SIZE, FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
 import {
   decodeBitmapsBody,
   decodeCString,
@@ -63,9 +63,7 @@ import {
 } from '../format/bitmap-directory.js';
 import { decodeByteString } from '../format/byte-string.js';
 import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
-import { BDRV_MAX_LENGTH } from './state.js';
 
-const BDRV_SECTOR_SIZE = 512;
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */
 export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);

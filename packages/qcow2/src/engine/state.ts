@@ -7,6 +7,7 @@
  * Qcow2Image (image.ts) is the facade that owns it.
  */
 import { IoError, ReadOnlyError, TsimgError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH } from '@tsimg/raw';
 import type { Allocator } from './allocator.js';
 import type { TableCache } from './cache.js';
 import type { CompressionType } from '../compress/compress.js';
@@ -15,11 +16,6 @@ import type { Geometry, MappingSource } from './mapping.js';
 import type { ByteRange, MetadataClusters } from '../format/overlap.js';
 import { INCOMPAT_CORRUPT } from '../format/types.js';
 
-/** BDRV_REQUEST_MAX_BYTES: the largest single request qemu's block layer passes down. */
-export const REQUEST_MAX_BYTES = 2 ** 31 - 512;
-export const INT_MAX = 2 ** 31 - 1;
-/** qemu's BDRV_MAX_LENGTH (INT64_MAX aligned down to 1 GiB): requests ending past it fail with EIO. */
-export const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /**
  * What a qcow2 image reads through where it is unallocated: its backing image, of any format

@@ -1,3 +1,4 @@
+import { INT_MAX, BDRV_REQUEST_MAX_BYTES as REQUEST_MAX_BYTES } from '@tsimg/raw';
 /**
  * The allocating write path of an open image (qcow2_co_pwritev_part): mapping a guest range to
  * host clusters (in place or newly allocated), one data write with its copy-on-write regions,
@@ -10,7 +11,7 @@ import { beforeChange, markDirtyIfLazy } from './header-write.js';
 import { getClusterTable } from './l1-table.js';
 import { hashHex } from './mapping.js';
 import { readGuest } from './read.js';
-import { dataDevice, INT_MAX, REQUEST_MAX_BYTES, tableView, type EngineState } from './state.js';
+import { dataDevice, tableView, type EngineState } from './state.js';
 
 /** What qcow2_alloc_host_offset mapped: the bytes covered, the host offset, allocations to link. */
 interface HostMapping {
