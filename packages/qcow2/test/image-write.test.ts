@@ -248,7 +248,7 @@ describe('Qcow2Image writes on memory devices (with or without qemu)', () => {
             version: v2 ? 2 : 3,
             lazyRefcounts: cfg.lazy && !v2,
           };
-          let base = new Uint8Array(size);
+          let base: Uint8Array = new Uint8Array(size);
           let back: MemoryDevice | undefined;
           if (cfg.backing) {
             back = await rawBacking(size - 512 * 1024, backingWrites);
@@ -393,7 +393,7 @@ describe('Qcow2Image write API edges (memory devices)', () => {
             ? img.write(o.off, new Uint8Array(o.len).fill(o.p))
             : o.k === 'z'
               ? img.writeZeroes(o.off, o.len, { mayUnmap: o.unmap })
-              : img.discard(o.off, (o as { len: number }).len);
+              : img.discard((o as { off: number }).off, (o as { len: number }).len);
         if (i === 20) seen.push(img.read(0, probe).then(() => probe.slice()));
         return p;
       }),
