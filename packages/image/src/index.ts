@@ -9,7 +9,7 @@ export * from './probe.js';
 export * from './location.js';
 export * from './info.js';
 export * from './measure.js';
-export * from './chain-status.js';
+export * from './block-status.js';
 export * from './map.js';
 export * from './compare.js';
 export * from './convert.js';
