@@ -61,6 +61,8 @@ export interface CopyPipelineOptions {
   compressor?: ClusterCompressor;
   /** Receives warnings in qemu's order, when the writer reaches their chunk. */
   warn?: Warn;
+  /** Checked before each write; see ConvertCopyOptions.signal. */
+  signal?: AbortSignal;
   /** Called with the sectors of each chunk planned that counts for the progress. */
   advance(n: number): void;
 }
@@ -102,6 +104,11 @@ class CopyPipeline {
       if (queue.length === 0 && writing.length > 0) {
         await writing.shift();
         continue;
+      }
+      if (this.o.signal?.aborted) {
+        // Nothing of the copy may still run when the caller closes the images.
+        await Promise.allSettled([...writing, ...queue.map((c) => c.ready)]);
+        this.o.signal.throwIfAborted();
       }
       const chunk = queue.shift();
       if (!chunk) break;

@@ -82,6 +82,12 @@ export interface ConvertCopyOptions {
    * layout needs one write at a time there.
    */
   parallelWrites?: number;
+  /**
+   * Stops the copy when aborted: checked before each block-status query of the first pass and
+   * before each write, and once the reads and writes in flight have settled, the copy rejects
+   * with the signal's reason. What was written stays written.
+   */
+  signal?: AbortSignal;
 }
 
 /**
@@ -109,6 +115,7 @@ export async function convertCopy(
   // 1 GiB images.
   let allocatedSectors = 0;
   for (let sector = 0; sector < plan.totalSectors; ) {
+    options.signal?.throwIfAborted();
     const n = await plan.next(sector, options.warn);
     if (counted()) allocatedSectors += n;
     sector += n;
@@ -125,6 +132,7 @@ export async function convertCopy(
     parallelWrites: options.parallelWrites ?? 1,
     compressor: options.compressor,
     warn: options.warn,
+    signal: options.signal,
     advance: (n) => {
       allocatedDone += n;
       options.progress?.((100 * allocatedDone) / allocatedSectors);

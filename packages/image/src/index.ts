@@ -13,4 +13,5 @@ export * from './block-status.js';
 export * from './map.js';
 export * from './compare.js';
 export * from './convert.js';
+export * from './convert-api.js';
 export * from './throttle.js';
