@@ -8,8 +8,7 @@
  * The loop never prints: it returns what qemu-img would report, and the CLI words it.
  */
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
-import type { ChainImage } from './chain-status.js';
-import { blockStatusAbove, type StatusAbove } from './map.js';
+import { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
 
 /** qemu-img's IO_BUF_SIZE: the most one read of the loop covers. */
 export const COMPARE_CHUNK = 2 * 1024 * 1024;

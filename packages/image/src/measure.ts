@@ -4,8 +4,7 @@
  */
 import { BDRV_SECTOR_SIZE, IoError, strerror, TsimgError, UnsupportedError } from '@tsimg/raw';
 import { measureQcow2, type MeasureBitmap, type MeasureResult, type Qcow2MeasureOptions } from '@tsimg/qcow2';
-import type { ChainImage } from './chain-status.js';
-import { blockStatusAbove } from './map.js';
+import { blockStatusAbove, type ChainImage } from './block-status.js';
 
 /**
  * What is measured: a virtual size, or an open image (whose allocation is walked through its
