@@ -66,7 +66,10 @@ function qapiInt(param: string, str: string): bigint {
   return v;
 }
 
-/** Runs a step that may fail with qemu's EFBIG rewording. */
+/**
+ * qemu's rewording of an EFBIG failure of image creation ("The image size is too large for file
+ * format ..."); other errors are returned unchanged.
+ */
 export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown {
   if (err instanceof TsimgError && err.errno === 'EFBIG') {
     const hint = clusterSizeHint ? ' (try using a larger cluster size)' : '';

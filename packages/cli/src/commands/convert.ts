@@ -517,7 +517,7 @@ function protocolPathOrExit(name: string): string {
 
 /** convert_check_bitmaps: refuses inconsistent bitmaps unless --skip-broken-bitmaps. */
 async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
-  const bitmaps = await listBitmaps(source);
+  const bitmaps = await bitmapStates(source);
   for (const b of bitmaps) {
     if (b.inconsistent && !skipBroken) {
       throw new CliExit(
@@ -528,7 +528,8 @@ async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
   }
 }
 
-async function listBitmaps(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
+/** The source's persistent bitmaps, each with whether it is inconsistent (in use). */
+async function bitmapStates(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
   if (source.format !== 'qcow2') throw new CliExit(1, 'Source lacks bitmap support');
   const { loadImageBitmaps } = await import('@tsimg/qcow2');
   return loadImageBitmaps(source as Qcow2Image);
@@ -540,7 +541,7 @@ async function listBitmaps(source: Image): Promise<{ name: string; inconsistent:
  */
 async function copyBitmaps(source: Image, target: Image, skipBroken: boolean, io: CliIO): Promise<void> {
   if (skipBroken) {
-    for (const b of await listBitmaps(source)) {
+    for (const b of await bitmapStates(source)) {
       if (b.inconsistent) io.stderr(`tsimg: warning: Skipping inconsistent bitmap '${b.name}'\n`);
     }
   }
