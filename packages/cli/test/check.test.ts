@@ -9,7 +9,7 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { asTsimg, describeQemu, must, qemuImg, qemuIo, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
 import { poke, type Qcow2Poker } from '../../../test-images/mutate.js';
-import { printf2, formatCheckHuman } from '../src/format-check.js';
+import { printf2, formatCheckHuman } from '../src/check-output.js';
 import { emptyResult } from '@tsimg/qcow2';
 
 describe('printf2 (glibc %0.2f)', () => {

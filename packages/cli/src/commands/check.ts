@@ -19,7 +19,7 @@ import {
   type CheckImage,
   type CheckOutcome,
 } from '@tsimg/qcow2';
-import type { CliIO, CommandRunner } from '../main.js';
+import type { CliIO, CommandRunner } from '../command.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
@@ -33,9 +33,9 @@ import {
   refuseFormatWithImageOpts,
   usageExit,
 } from '../command-options.js';
-import { QEMU_FORMATS } from '../image-open.js';
-import { parseImageOpts } from './info.js';
-import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../format-check.js';
+import { QEMU_FORMATS } from '../qemu-formats.js';
+import { parseImageOpts } from '../image-opts.js';
+import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../check-output.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -68,7 +68,7 @@ async function openChecked(
   io: CliIO,
 ): Promise<{ file: FileDevice; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
-    if (!QEMU_FORMATS.includes(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
+    if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
   let file: FileDevice;

@@ -21,7 +21,7 @@ import {
 } from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
-import type { CommandRunner } from '../main.js';
+import type { CommandRunner } from '../command.js';
 
 const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
 
