@@ -6,7 +6,7 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
-import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
 import type { CliIO } from './command.js';
 import type { QemuOpts } from './options.js';
 import { BLOCKDEV_DRIVERS } from './qemu-formats.js';
@@ -73,7 +73,7 @@ function qapiInt(param: string, str: string): bigint {
 export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown {
   if (err instanceof TsimgError && err.errno === 'EFBIG') {
     const hint = clusterSizeHint ? ' (try using a larger cluster size)' : '';
-    return new TsimgError('limit', `The image size is too large for file format '${fmt}'${hint}`, { errno: 'EFBIG' });
+    return new LimitError(`The image size is too large for file format '${fmt}'${hint}`, { errno: 'EFBIG' });
   }
   return err;
 }

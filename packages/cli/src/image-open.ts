@@ -4,7 +4,7 @@
  * qemu knows but tsimg does not handle says so, before @tsimg/image's `openImage` runs.
  */
 import { openImage, type Image, type OpenImageOptions } from '@tsimg/image';
-import { TsimgError, UnsupportedError } from '@tsimg/raw';
+import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './image-opts.js';
 import { QEMU_FORMATS } from './qemu-formats.js';
@@ -38,7 +38,7 @@ export async function openCommandImage(
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
     const reason = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
-    throw new TsimgError(err.code, `Could not open '${name}': ${reason}`, { cause: err, errno: err.errno });
+    throw errorWithCode(err.code, `Could not open '${name}': ${reason}`, { cause: err, errno: err.errno });
   }
 }
 
@@ -49,7 +49,7 @@ async function openByName(
   const format = options.format;
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.has(format)) {
-      throw new TsimgError('usage', `Could not open '${filename}': Unknown driver '${format}'`, { errno: 'EINVAL' });
+      throw new UsageError(`Could not open '${filename}': Unknown driver '${format}'`, { errno: 'EINVAL' });
     }
     throw new UnsupportedError(`Could not open '${filename}': tsimg does not support the '${format}' format`);
   }

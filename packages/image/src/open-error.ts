@@ -2,14 +2,14 @@
  * The prefixes qemu puts on an open failure ("Could not open 'x': ...", "Could not open backing
  * file: ..."), keeping the error's code and errno.
  */
-import { TsimgError } from '@tsimg/raw';
+import { TsimgError, IoError, errorWithCode } from '@tsimg/raw';
 
 /** `err` with `prefix` before its message, keeping its code and errno (`io` for a foreign error). */
 export function prefixedError(prefix: string, err: unknown): TsimgError {
   if (err instanceof TsimgError) {
-    return new TsimgError(err.code, `${prefix}${err.message}`, { cause: err, errno: err.errno });
+    return errorWithCode(err.code, `${prefix}${err.message}`, { cause: err, errno: err.errno });
   }
-  return new TsimgError('io', `${prefix}${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  return new IoError(`${prefix}${err instanceof Error ? err.message : String(err)}`, { cause: err });
 }
 
 /** Wraps `err` as qemu-img's img_open words an open failure, keeping its hint line too. */

@@ -4,7 +4,7 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
+import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
@@ -99,10 +99,10 @@ async function openBackingLayer(
   const name = resolveRelative(layer.filename, stored);
   const real = await canonical(name);
   if (layer.seen.includes(real)) {
-    throw new TsimgError('format', `Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
+    throw new FormatError(`Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
   }
   if (layer.seen.length >= MAX_BACKING_DEPTH) {
-    throw new TsimgError('limit', `Backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { errno: 'EINVAL' });
+    throw new LimitError(`Backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { errno: 'EINVAL' });
   }
   let fmt: ImageFormat | undefined;
   if (formatName !== undefined && formatName !== '') {

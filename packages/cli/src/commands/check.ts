@@ -5,7 +5,7 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { FileDevice, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { FileDevice, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
 import { openImage, resolveRelative } from '@tsimg/image';
 import {
   FIX_ERRORS,
@@ -111,7 +111,7 @@ async function openChecked(
         let msg = err instanceof Error ? err.message : String(err);
         const prefix = `Could not open '${backingPath}': `;
         if (msg.startsWith(prefix + prefix)) msg = msg.slice(prefix.length);
-        throw new TsimgError('format', `Could not open backing file: ${msg}`);
+        throw new FormatError(`Could not open backing file: ${msg}`);
       });
       await backing.close();
     }

@@ -7,7 +7,7 @@
 import { convertCopy, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
-import { BDRV_SECTOR_SIZE, TsimgError } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, TsimgError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
@@ -479,7 +479,7 @@ async function openNamed(name: string, options: Parameters<typeof openCommandIma
   } catch (err) {
     const prefix = `Could not open '${path}': `;
     if (!(err instanceof TsimgError) || !err.message.startsWith(prefix)) throw err;
-    throw new TsimgError(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
+    throw errorWithCode(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import { dirname, join } from 'node:path';
 import { openImage } from '@tsimg/image';
-import { TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import type { CliIO, CommandRunner } from '../command.js';
@@ -45,7 +45,7 @@ async function openBacking(fullName: string, fmt: string | undefined): Promise<{
     // openImage words errors as `qemu-img info` does; bdrv_img_create shows bdrv_open's own text
     const prefix = `Could not open '${fullName}': `;
     if (err instanceof TsimgError && err.message.startsWith(prefix)) {
-      throw new TsimgError(err.code, err.message.slice(prefix.length), { cause: err, errno: err.errno });
+      throw errorWithCode(err.code, err.message.slice(prefix.length), { cause: err, errno: err.errno });
     }
     throw err;
   }

@@ -17,7 +17,7 @@
  * (preallocate_co and the falloc/full truncate), header-cluster.ts (qcow2_update_header),
  * output.ts (writing the model to the device); this module runs them in qemu's order.
  */
-import { BDRV_MAX_LENGTH, TsimgError, UsageError } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH, TsimgError, UsageError, IoError, LimitError } from '@tsimg/raw';
 import { resolveQcow2CreateOptions, type Qcow2CreateOptions } from './create-options.js';
 import { headerCluster } from './header-cluster.js';
 import { COPIED, Layout } from './layout.js';
@@ -49,14 +49,14 @@ async function runCreate(run: CreateRun): Promise<void> {
     headerCluster(o, lay, false);
   } catch (err) {
     if (err instanceof TsimgError && err.errno === 'ENOSPC') {
-      throw new TsimgError('limit', 'Could not update qcow2 header: No space left on device', { errno: 'ENOSPC' });
+      throw new LimitError('Could not update qcow2 header: No space left on device', { errno: 'ENOSPC' });
     }
     throw err;
   }
   // blk_truncate(size, preallocation)
   if (o.size >= 1n << 63n) throw new UsageError('Could not resize image: Image size cannot be negative', { errno: 'EINVAL' });
   if (o.size > BDRV_MAX_LENGTH_BIG) {
-    throw new TsimgError('io', `Could not resize image: offset(${o.size}) exceeds maximum(${BDRV_MAX_LENGTH_BIG})`, { errno: 'EIO' });
+    throw new IoError(`Could not resize image: offset(${o.size}) exceeds maximum(${BDRV_MAX_LENGTH_BIG})`, { errno: 'EIO' });
   }
   const l2Coverage = 2 ** (o.clusterBits + o.clusterBits - (o.extendedL2 ? 4 : 3));
   const l1Size = Number((o.size + BigInt(l2Coverage) - 1n) / BigInt(l2Coverage));
@@ -74,14 +74,12 @@ async function runCreate(run: CreateRun): Promise<void> {
   let header: Uint8Array;
   try {
     if (o.backingFile !== undefined && new TextEncoder().encode(o.backingFile).length > 1023) {
-      throw new TsimgError('usage', 'Invalid argument', { errno: 'EINVAL' });
+      throw new UsageError('Invalid argument', { errno: 'EINVAL' });
     }
     header = headerCluster(o, lay, true);
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'ENOSPC' || err.errno === 'EINVAL')) {
-      throw new TsimgError(
-        'limit',
-        `Could not assign backing file '${o.backingFile}' with format '${o.backingFormat}': ${err.message}`,
+      throw new LimitError(`Could not assign backing file '${o.backingFile}' with format '${o.backingFormat}': ${err.message}`,
         { errno: err.errno },
       );
     }

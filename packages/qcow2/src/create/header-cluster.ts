@@ -2,7 +2,7 @@
  * The header cluster of a new image as qemu's qcow2_update_header writes it: the header, its
  * extensions (backing format, data file name, feature names) and the backing file name.
  */
-import { TsimgError } from '@tsimg/raw';
+import { TsimgError, LimitError } from '@tsimg/raw';
 import { encodeExtensions, encodeHeader, QEMU_FEATURE_NAMES, V2_HEADER_LENGTH, V3_HEADER_LENGTH, type HeaderExtension, type Qcow2Header } from '../format/header.js';
 import {
   AUTOCLEAR_DATA_FILE_RAW,
@@ -50,7 +50,7 @@ export function headerCluster(o: ResolvedQcow2CreateOptions, lay: Layout, withBa
   const buf = new Uint8Array(cs);
   const start = header.headerLength;
   const nospc = (): never => {
-    throw new TsimgError('limit', 'No space left on device', { errno: 'ENOSPC' });
+    throw new LimitError('No space left on device', { errno: 'ENOSPC' });
   };
   if (start + extBytes.length > cs) nospc();
   buf.set(extBytes, start);

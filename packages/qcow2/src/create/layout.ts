@@ -12,7 +12,7 @@
  * to the same offsets by a property test (test/create-layout.test.ts): the same allocation
  * sequence gives the same host offsets, refcount table offset and table size.
  */
-import { INT_MAX, TsimgError, UsageError } from '@tsimg/raw';
+import { INT_MAX, TsimgError, UsageError, LimitError } from '@tsimg/raw';
 import { getRefcount, refcountMax, refcountMetadataSize, setRefcount } from '../format/refcount.js';
 import { QCOW_MAX_L1_SIZE, QCOW_MAX_REFTABLE_SIZE } from '../format/types.js';
 
@@ -21,7 +21,7 @@ export const COPIED = 1n << 63n;
 
 /** An error with qemu's errno (EFBIG is reworded by qemu-img create). */
 export function efbig(message: string): TsimgError {
-  return new TsimgError('limit', message, { errno: 'EFBIG' });
+  return new LimitError(message, { errno: 'EFBIG' });
 }
 
 /** Signal from the allocator that the caller must search for free clusters again (-EAGAIN). */

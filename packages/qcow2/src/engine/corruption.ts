@@ -2,7 +2,7 @@
  * Corruption handling of an open image: qemu's corruption signal (the corrupt bit, EIO) and
  * the pre-write overlap check that keeps writes into the image file off its metadata.
  */
-import { TsimgError } from '@tsimg/raw';
+import { TsimgError, CorruptError, IoError } from '@tsimg/raw';
 import {
   OL_ACTIVE_L1,
   OL_ACTIVE_L2,
@@ -30,8 +30,8 @@ export async function signalCorruption(s: EngineState, message: string): Promise
   if (s.readOnly) {
     const first = !s.signaledCorruption;
     s.signaledCorruption = true;
-    if (!first) throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
-    throw new TsimgError('corrupt', `qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`, {
+    if (!first) throw new IoError(`qcow2: ${message}`, { errno: 'EIO' });
+    throw new CorruptError(`qcow2: Image is corrupt: ${message}; further non-fatal corruption events will be suppressed`, {
       errno: 'EIO',
     });
   }
@@ -47,7 +47,7 @@ export async function signalCorruption(s: EngineState, message: string): Promise
       // the corruption report matters more than the failed mark
     }
   }
-  throw new TsimgError('corrupt', `qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`, {
+  throw new CorruptError(`qcow2: Marking image as corrupt: ${message}; further corruption events will be suppressed`, {
     errno: 'EIO',
   });
 }

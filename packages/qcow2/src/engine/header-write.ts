@@ -3,7 +3,7 @@
  * autoclear bits), the header fields that switch to a new table, and the header cluster with
  * a new bitmaps extension — each followed by a sync, as qemu orders them.
  */
-import { TsimgError } from '@tsimg/raw';
+import { TsimgError, LimitError } from '@tsimg/raw';
 import {
   encodeExtensions,
   encodeHeader,
@@ -118,7 +118,7 @@ async function encodeHeaderCluster(
   if (h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
   const extBytes = encodeExtensions(next);
   const nospc = (): never => {
-    throw new TsimgError('limit', 'Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
+    throw new LimitError('Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
   };
   if (headerLength + extBytes.length > cs) nospc();
   buf.set(extBytes, headerLength);

@@ -3,7 +3,7 @@
  * for a guest offset, writing one L1 entry, and growing or shrinking the table, in qemu's
  * order (new table written and synced before the header names it; old one freed after).
  */
-import { TsimgError } from '@tsimg/raw';
+import { TsimgError, LimitError } from '@tsimg/raw';
 import { INT_MAX } from '@tsimg/raw';
 import { decodeL1Entry, encodeL1Entry } from '../format/l2-entry.js';
 import { OL_ACTIVE_L1 } from '../format/overlap.js';
@@ -81,13 +81,13 @@ async function writeL1Entry(s: EngineState, l1Index: number): Promise<void> {
 /** qcow2_grow_l1_table. */
 export async function growL1(s: EngineState, minSize: number, exact: boolean): Promise<void> {
   if (minSize <= s.l1Size) return;
-  if (minSize > INT_MAX / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+  if (minSize > INT_MAX / 8) throw new LimitError('Active L1 table too large', { errno: 'EFBIG' });
   let newSize = minSize;
   if (!exact) {
     newSize = Math.max(s.l1Size, 1);
     while (minSize > newSize) newSize = Math.ceil((newSize * 3) / 2);
   }
-  if (newSize > QCOW_MAX_L1_SIZE / 8) throw new TsimgError('limit', 'Active L1 table too large', { errno: 'EFBIG' });
+  if (newSize > QCOW_MAX_L1_SIZE / 8) throw new LimitError('Active L1 table too large', { errno: 'EFBIG' });
   const bytes = new Uint8Array(newSize * 8);
   bytes.set(s.l1Bytes.subarray(0, s.l1Size * 8));
   const alloc = s.allocator!;

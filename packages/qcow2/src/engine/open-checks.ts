@@ -13,7 +13,7 @@
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
  * with EIO.
  */
-import { BDRV_MAX_LENGTH, BDRV_SECTOR_SIZE, FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH, BDRV_SECTOR_SIZE, FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice, CorruptError } from '@tsimg/raw';
 import {
   decodeBitmapsBody,
   decodeCString,
@@ -378,7 +378,7 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
   }
   if ((h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n && flags.readWrite && !flags.check) {
     // Corrupt images may be written to only to repair them.
-    throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
+    throw new CorruptError('qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
   }
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {

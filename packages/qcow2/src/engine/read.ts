@@ -3,7 +3,7 @@
  * or its data file, zeroes, compressed clusters, the backing image where unallocated) and
  * block status, merged over runs of one kind.
  */
-import { TsimgError, type BlockStatus } from '@tsimg/raw';
+import { TsimgError, type BlockStatus, IoError } from '@tsimg/raw';
 import { decompress, type CompressedReadAhead } from './compressed.js';
 import { lookupRun, type MappedRun, type MappingSource } from './mapping.js';
 import { dataDevice, type BackingDevice, type EngineState } from './state.js';
@@ -102,7 +102,7 @@ function lookahead(s: EngineState): MappingSource {
     },
     l2Table: (offset: number) => s.l2Table(offset),
     corrupt: async (message: string): Promise<never> => {
-      throw new TsimgError('io', `qcow2: ${message}`, { errno: 'EIO' });
+      throw new IoError(`qcow2: ${message}`, { errno: 'EIO' });
     },
   };
 }

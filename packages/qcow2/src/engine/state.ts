@@ -6,7 +6,7 @@
  * The engine modules are functions over one EngineState (imago's split of its Qcow2 object);
  * Qcow2Image (image.ts) is the facade that owns it.
  */
-import { IoError, ReadOnlyError, TsimgError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { IoError, ReadOnlyError, TsimgError, UsageError, type BlockDevice, CorruptError } from '@tsimg/raw';
 import { BDRV_MAX_LENGTH } from '@tsimg/raw';
 import type { Allocator } from './allocator.js';
 import type { TableCache } from './cache.js';
@@ -176,7 +176,7 @@ export function checkWritable(s: EngineState): Allocator {
   if (s.closed) throw new UsageError('device is closed');
   if (s.readOnly || s.allocator === undefined) throw new ReadOnlyError();
   if ((s.header.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n || s.broken) {
-    throw new TsimgError('corrupt', 'Image is corrupt; writes are refused', { errno: 'EIO' });
+    throw new CorruptError('Image is corrupt; writes are refused', { errno: 'EIO' });
   }
   if (s.frozen) {
     throw new IoError('An earlier header update failed; the image takes no more changes until it is reopened', {
