@@ -10,7 +10,7 @@ import {
 } from '../src/info-output.js';
 import { dumpQObject, jsonString, qdictOrder, tdbHash, toQemuJson } from '../src/qobject-output.js';
 import { type ImageInfo } from '@tsimg/image';
-import { decodeByteString } from '@tsimg/qcow2';
+import { decodeByteString } from '../../qcow2/src/format/byte-string.js';
 
 describe('qemu QDict key order', () => {
   it('reproduces the orders qemu-img 7.2 prints', () => {

@@ -8,7 +8,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryDevice } from '@tsimg/raw';
-import { Allocator, TableCache } from '@tsimg/qcow2';
+import { Allocator } from '../src/engine/allocator.js';
+import { TableCache } from '../src/engine/cache.js';
 import { Layout } from '../src/create/layout.js';
 
 type Op =

@@ -13,7 +13,8 @@ import { copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { openImage } from '@tsimg/image';
 import { MemoryDevice } from '@tsimg/raw';
-import { INCOMPAT_CORRUPT, loadHeader, Qcow2Image, type BackingDevice, type Qcow2CreateOptions } from '@tsimg/qcow2';
+import { loadHeader, Qcow2Image, type BackingDevice, type Qcow2CreateOptions } from '@tsimg/qcow2';
+import { INCOMPAT_CORRUPT } from '../src/format/types.js';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 import {
   createMemoryQcow2,

@@ -2,20 +2,7 @@ import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
-import {
-  CorruptError,
-  errorWithCode,
-  FormatError,
-  IoError,
-  LimitError,
-  LockError,
-  NotFoundError,
-  ReadOnlyError,
-  TsimgError,
-  UnsupportedError,
-  UsageError,
-  type TsimgErrorCode,
-} from '@tsimg/raw';
+import { CorruptError, errorWithCode, FormatError, IoError, LimitError, LockError, NotFoundError, ReadOnlyError, TsimgError, UnsupportedError, UsageError, type TsimgErrorCode } from '@tsimg/raw';
 
 const CLASSES: [TsimgErrorCode, new (...args: never[]) => TsimgError][] = [
   ['format', FormatError],
