@@ -3,7 +3,7 @@
  * format list first, so an unknown name reads like qemu's ("Unknown driver 'foo'") and a format
  * qemu knows but tsimg does not handle says so, before @tsimg/image's `openImage` runs.
  */
-import { openImage, type Image, type OpenImageOptions } from '@tsimg/image';
+import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions } from '@tsimg/image';
 import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './image-opts.js';
@@ -47,7 +47,8 @@ async function openByName(
   options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean },
 ): Promise<Image> {
   const format = options.format;
-  if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
+  // Any format the image layer has opens here; a new one needs nothing from the CLI.
+  if (format !== undefined && findFormat(DEFAULT_FORMATS, format) === undefined) {
     if (!QEMU_FORMATS.has(format)) {
       throw new UsageError(`Could not open '${filename}': Unknown driver '${format}'`, { errno: 'EINVAL' });
     }
