@@ -153,6 +153,7 @@ export function dataDevice(s: EngineState): BlockDevice {
   return s.dataFile ?? s.file;
 }
 
+/** A DataView over one cached table's bytes. */
 export function tableView(table: Uint8Array): DataView {
   return new DataView(table.buffer, table.byteOffset, table.byteLength);
 }
