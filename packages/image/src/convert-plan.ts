@@ -239,12 +239,17 @@ export class ConvertPlan {
  * image when the target has one (so that range stays the target backing's), else through the
  * whole chain — as qemu-img's convert_iteration_sectors asks it.
  *
- * Two of qemu's rules are left out here, as tsimg's convert has always left them out (keeping
- * its output unchanged): the metadata-preallocation rule (RECURSE: qemu would see DATA|ZERO,
- * i.e. a zero chunk, where a metadata-preallocated source's data clusters lie over holes of its
- * file; tsimg reads them and finds the zeroes by scanning, which writes the same target), and,
- * with a target backing, the ZERO qemu adds to a range unallocated in the source past the end
- * of the source's backing image (tsimg leaves it to the target's backing).
+ * Two of qemu's rules are left out here, as tsimg's convert has always left them out (this
+ * module was split out without changing what convert does; whether to adopt them is a
+ * behaviour change of its own, to be cross-checked against qemu-img first):
+ * - the metadata-preallocation rule (`recurse: false`): qemu sees DATA|ZERO, i.e. a zero
+ *   chunk, where a metadata-preallocated source's data clusters lie over holes of its file;
+ *   tsimg reads them as data and its -S scan finds the zeroes. The bytes copied are the same,
+ *   but the chunks, and with them qemu's `-p` percentages, can differ;
+ * - with a target backing, the ZERO qemu adds to a range the source leaves unallocated past
+ *   the end of the source's own backing image: qemu writes zeroes there unless the range lies
+ *   past the end of the target's backing too (so with `-n`, where that size is unknown, or a
+ *   target backing longer than the source's); tsimg leaves the range to the target's backing.
  */
 async function sourceStatus(
   src: ChainImage,
