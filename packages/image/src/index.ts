@@ -14,3 +14,7 @@ export * from './map.js';
 export * from './compare.js';
 export * from './convert.js';
 export * from './throttle.js';
+export {
+  backingNodePermissions, checkForceShare, dataFileLock, FORCE_SHARE_WRITE_MESSAGE, imageFileLock, type NodePermissions,
+  NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
+} from './permissions.js';

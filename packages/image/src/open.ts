@@ -4,10 +4,14 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice } from '@tsimg/raw';
+import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, type LockingMode } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { resolveRelative } from './paths.js';
+import {
+  backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
+  topNodePermissions,
+} from './permissions.js';
 import { probeFormat } from './probe.js';
 
 /** Options for {@link openImage}. */
@@ -44,6 +48,22 @@ export interface OpenImageOptions {
   unmap?: boolean;
   /** The formats to open and probe with (default: raw and qcow2). */
   formats?: readonly ImageFormat[];
+  /**
+   * qemu's force-share (`-U`): take no permission away from others (read-only opens only; with
+   * `readOnly: false` the open fails with qemu's "force-share=on can only be used with
+   * read-only images"). See permissions.ts for what each file locks.
+   */
+  forceShare?: boolean;
+  /** qemu-img's BDRV_O_NO_SHARE (convert's sources): others may not write while it is open. */
+  noShare?: boolean;
+  /** qemu-img's BDRV_O_RESIZE: the image's user may resize it. */
+  resize?: boolean;
+  /** qemu-img's BDRV_O_NO_IO: only metadata is read, so no file asks for consistent read. */
+  noIo?: boolean;
+  /** qemu's `file.locking` for the image's own file (backing and data files: 'auto'). */
+  locking?: LockingMode;
+  /** Receives FileDevice's lock warnings (see FileDeviceOptions.onWarning). */
+  onWarning?: (message: string) => void;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -69,19 +89,27 @@ interface OpenContext {
   formats: readonly ImageFormat[];
   withBacking: boolean;
   fileOptions: { noFlush?: boolean; io?: 'async' | 'sync' };
+  /** The top image's file's `file.locking`. */
+  locking?: LockingMode;
+  onWarning?: (message: string) => void;
+  /** The permission updates to make once the whole chain is open (see openImage). */
+  finalLocks: (() => void)[];
 }
 
 /** Opens one layer; errors carry the reason only (the caller adds "Could not open ..."). */
 async function openLayer(
   filename: string,
   format: ImageFormat | undefined,
-  readOnly: boolean,
+  perms: NodePermissions,
   seen: string[],
   octx: OpenContext,
   top?: Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap'>,
 ): Promise<Image> {
+  const readOnly = !perms.writable;
   const fileOptions = top !== undefined ? octx.fileOptions : {};
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions });
+  // Locked like qemu: opened sharing everything, given its permissions once the format is known.
+  const lockOptions = { lock: NO_PERMISSIONS, onWarning: octx.onWarning };
+  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, ...lockOptions, locking: top !== undefined ? octx.locking : undefined });
   const opened: BlockDevice[] = [];
   try {
     let fmt = format;
@@ -92,6 +120,9 @@ async function openLayer(
       fmt = findFormat(octx.formats, name);
       if (fmt === undefined) throw new UnsupportedError(`image format '${name}' is not supported by tsimg`);
     }
+    file.setPermissions(imageFileLock(openingPermissions(perms), fmt.name));
+    const fileFormat = fmt.name;
+    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fileFormat)));
     const ctx: LayerContext = {
       filename,
       readOnly,
@@ -99,8 +130,9 @@ async function openLayer(
       log: top?.log,
       unmap: top?.unmap ?? false,
       openFile: async (name) => {
-        const dev = await FileDevice.open(name, { readOnly, ...fileOptions });
+        const dev = await FileDevice.open(name, { readOnly, ...fileOptions, ...lockOptions, lock: dataFileLock(openingPermissions(perms)) });
         opened.push(dev);
+        octx.finalLocks.push(() => dev.setPermissions(dataFileLock(perms)));
         return dev;
       },
       openBacking: async (stored, formatName) => {
@@ -121,7 +153,7 @@ async function openLayer(
           }
         }
         try {
-          const backing = await openLayer(name, bfmt, true, [...seen, real], octx);
+          const backing = await openLayer(name, bfmt, backingNodePermissions(perms), [...seen, real], octx);
           opened.push(backing);
           return backing;
         } catch (err) {
@@ -138,21 +170,35 @@ async function openLayer(
 }
 
 /**
- * Opens `filename` as an image. Errors read like qemu's: `Could not open 'NAME': reason`
+ * Opens `filename` as an image, locking its files in qemu's two steps: each file as its node
+ * is opened (openingPermissions), then all of them with the permissions the command's use
+ * asks for (the BlockBackend attaching; errors then name no backing file). Errors read like qemu's: `Could not open 'NAME': reason`
  * (e.g. `Could not open 'a.qcow2': Could not open backing file: Could not open 'b': No such
  * file or directory`).
  */
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true, fileOptions: { noFlush: options.noFlush, io: options.io } };
+  const octx: OpenContext = {
+    formats, withBacking: options.backing ?? true, fileOptions: { noFlush: options.noFlush, io: options.io },
+    locking: options.locking, onWarning: options.onWarning, finalLocks: [],
+  };
   try {
+    const flags = { write: !readOnly, resize: options.resize, noIo: options.noIo, noShare: options.noShare, forceShare: options.forceShare };
+    const perms = topNodePermissions(flags);
     let format: ImageFormat | undefined;
     if (options.format !== undefined) {
       format = findFormat(formats, options.format);
       if (format === undefined) throw new UnsupportedError(`Unknown driver '${options.format}'`, { errno: 'EINVAL' });
     }
-    return await openLayer(filename, format, readOnly, [await canonical(filename)], octx, options);
+    const image = await openLayer(filename, format, perms, [await canonical(filename)], octx, options);
+    try {
+      for (const update of octx.finalLocks) update();
+    } catch (err) {
+      await image.close().catch(() => undefined);
+      throw err;
+    }
+    return image;
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;

@@ -12,6 +12,7 @@ import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import { corruptionLine, openCommandImage } from '../image-open.js';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import type { CliIO, CommandRunner } from '../main.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress } from '../progress.js';
@@ -238,12 +239,14 @@ export const run: CommandRunner = async (argv, io) => {
   // img_convert initialises progress with a 1% step (compare and rebase use 2%).
   const progress = createProgress(io, args.progress && !args.quiet, 1.0);
   progress.print(0, 100);
+  // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
+  const sourceLocks = { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) };
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
   try {
     for (const name of sources) {
-      opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts }));
+      opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...sourceLocks }));
     }
     if (args.snapshot !== undefined || args.snapshotName !== undefined) {
       if (args.snapshotName !== undefined && sources.length > 1) {
@@ -263,6 +266,7 @@ export const run: CommandRunner = async (argv, io) => {
         readOnly: true,
         imageOpts: args.imageOpts,
         snapshot: args.snapshot ?? args.snapshotName,
+        ...sourceLocks,
       });
     }
     const totalBytes = opened.reduce((n, img) => n + Math.ceil(img.size() / SECTOR) * SECTOR, 0);
@@ -334,7 +338,9 @@ export const run: CommandRunner = async (argv, io) => {
     }
 
     // qemu's image locks: without -U the sources (with their backing and data files) do not
-    // share write access, so a target that is one of those files cannot be written.
+    // share write access, so a target that is one of those files cannot be written. The locks
+    // refuse it themselves (OFD locks conflict within one process); this says it even without
+    // the native module, where nothing is locked.
     const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
     if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
       const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
@@ -346,7 +352,7 @@ export const run: CommandRunner = async (argv, io) => {
         else await createFile(protocolPath(out), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
       } catch (err) {
         const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
-        throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}`);
+        throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
       }
     }
     if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
@@ -366,6 +372,7 @@ export const run: CommandRunner = async (argv, io) => {
       // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
       // free are then punched out of the file as well.
       unmap: args.minSparse !== 0,
+      onWarning: lockWarnings(io, true),
     });
     // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
     if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {

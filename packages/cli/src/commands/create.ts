@@ -6,12 +6,13 @@
  */
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { openImage } from '@tsimg/image';
+import { dataFileLock, imageFileLock, openImage, topNodePermissions } from '@tsimg/image';
 import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import type { CliIO, CommandRunner } from '../main.js';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import {
   accumulateOptions,
   cvtnum,
@@ -235,11 +236,13 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
       if (!objects) throw new UsageError(`No secret with id '${encrypt.keySecret}'`);
       throw new UnsupportedError('Encrypted qcow2 images are not supported by tsimg');
     }
-    const file = await FileDevice.open(path);
+    // Held while formatting as qemu's qcow2 node holds its file open read-write.
+    const onWarning = lockWarnings(io, true);
+    const file = await FileDevice.open(path, { lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
     devices.push(file);
     let data: FileDevice | undefined;
     if (dataName !== undefined) {
-      data = await FileDevice.open(protocolPath(dataName));
+      data = await FileDevice.open(protocolPath(dataName), { lock: dataFileLock(topNodePermissions({ write: true })), onWarning });
       devices.push(data);
     }
     await createQcow2(file, options, data);
@@ -268,7 +271,8 @@ async function openBacking(fullName: string, fmt: string | undefined): Promise<{
     throw new UnsupportedError(`tsimg cannot open '${fmt}' images`);
   }
   try {
-    const img = await openImage(fullName, { format: fmt === 'file' ? 'raw' : fmt, readOnly: true });
+    // bdrv_img_create: BDRV_O_NO_IO and force-share, so a backing file in use is no obstacle.
+    const img = await openImage(fullName, { format: fmt === 'file' ? 'raw' : fmt, readOnly: true, noIo: true, forceShare: true, onWarning: () => undefined });
     try {
       return { format: fmt === 'file' ? 'file' : img.format, size: Math.ceil(img.size() / 512) * 512 };
     } finally {
@@ -332,7 +336,7 @@ async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
       opened = await openBacking(fullBackingName(r.filename, backingFile), backingFmt);
     } catch (err) {
       const msg = err instanceof Error ? err.message : String(err);
-      throw new CliExit(1, `${r.filename}: ${msg}\nCould not open backing image.`);
+      throw new CliExit(1, `${r.filename}: ${msg}${lockHint(err)}\nCould not open backing image.`);
     }
     if (backingFmt === undefined) {
       // qemu prints the hint without a final newline
@@ -422,7 +426,7 @@ export const run: CommandRunner = async (argv, io) => {
   } catch (err) {
     if (err instanceof CliExit) throw err;
     const msg = err instanceof Error ? err.message : String(err);
-    throw new CliExit(1, `${filename}: ${msg}`);
+    throw new CliExit(1, `${filename}: ${msg}${lockHint(err)}`);
   }
   return 0;
 };

@@ -3,7 +3,8 @@
  * filename` — qemu-img 7.2's img_info: same options, same text and JSON, same messages and exit
  * statuses. The gathering lives in @tsimg/qcow2 (info.ts); the printing in ../format-info.ts.
  */
-import { TsimgError } from '@tsimg/raw';
+import { type LockingMode, TsimgError } from '@tsimg/raw';
+import { lockWarnings } from '../lock-messages.js';
 import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../main.js';
 import { CliExit } from '../exit.js';
@@ -76,10 +77,10 @@ export function splitImageOpts(text: string): Map<string, string> {
  * `--image-opts` text resolved to a host file and a format (as other commands use it), with
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string } {
+export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode } {
   try {
     const loc = locateImageFromOptions(splitImageOpts(text));
-    return { format: loc.format, filename: loc.path };
+    return { format: loc.format, filename: loc.path, locking: loc.locking };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }
@@ -101,6 +102,7 @@ export const run: CommandRunner = async (argv, io) => {
   let output: string | undefined;
   let chain = false;
   let imageOpts = false;
+  let forceShare = false;
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -118,8 +120,11 @@ export const run: CommandRunner = async (argv, io) => {
       case 'image-opts':
         imageOpts = true;
         break;
+      case 'U':
+        forceShare = true;
+        break;
       default:
-        // -U and --object: info takes no locks and needs no secrets (it never decrypts).
+        // --object: info needs no secrets (it never decrypts).
         break;
     }
   }
@@ -133,6 +138,8 @@ export const run: CommandRunner = async (argv, io) => {
       format,
       blockOptions: imageOpts ? splitImageOpts(filename) : undefined,
       chain,
+      forceShare,
+      onWarning: lockWarnings(io, false),
       onWarnings: (warnings) => {
         for (const w of warnings) io.stderr(`tsimg: ${w}\n`);
         // qemu follows the bitmap warning with this line, without a newline of its own.

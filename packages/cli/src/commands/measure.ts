@@ -30,6 +30,7 @@ import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from './create.js';
 import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../main.js';
+import { lockWarnings } from '../lock-messages.js';
 
 const LONG = [
   HELP_OPTION,
@@ -131,6 +132,7 @@ interface MeasureArgs {
   snapshot?: string;
   size?: bigint;
   imageOpts: boolean;
+  forceShare: boolean;
 }
 
 export const run: CommandRunner = async (argv, io) => {
@@ -144,6 +146,7 @@ export const run: CommandRunner = async (argv, io) => {
     let snapshot: string | undefined;
     let size: bigint | undefined;
     let imageOpts = false;
+    let forceShare = false;
     for (const { key, value } of parsed.options) {
       switch (key) {
         case 'h':
@@ -162,6 +165,7 @@ export const run: CommandRunner = async (argv, io) => {
           snapshot = value;
           break;
         case 'U':
+          forceShare = true;
           break;
         case 'output':
           json = isJsonOutput(value!);
@@ -176,7 +180,7 @@ export const run: CommandRunner = async (argv, io) => {
           notSupportedExit(key);
       }
     }
-    return { json, fmt, outFmt, options, snapshot, size, imageOpts };
+    return { json, fmt, outFmt, options, snapshot, size, imageOpts, forceShare };
   };
   const opts = handleOptions();
   if (typeof opts === 'number') return opts;
@@ -201,7 +205,7 @@ export const run: CommandRunner = async (argv, io) => {
     opts.snapshot === undefined ? undefined : opts.snapshot.startsWith('snapshot.') ? parseSnapshotParam(opts.snapshot) : opts.snapshot;
   const image =
     filename !== undefined
-      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot })
+      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot, forceShare: opts.forceShare, onWarning: lockWarnings(io, false) })
       : undefined;
   try {
     const source = image;
