@@ -40,7 +40,6 @@ import { QEMU_FORMATS } from '../image-open.js';
 import { parseImageOpts } from './info.js';
 import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../format-check.js';
 
-
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
   FORMAT_OPTION,
@@ -124,7 +123,7 @@ async function openChecked(
         // qemu names a backing file's failure once, after "Could not open backing file: ".
         let msg = err instanceof Error ? err.message : String(err);
         const prefix = `Could not open '${backingPath}': `;
-        if (msg.startsWith(prefix + prefix)) msg = msg.slice(prefix.length);
+        if (msg.startsWith(prefix)) msg = msg.slice(prefix.length);
         throw new TsimgError('format', `Could not open backing file: ${msg}`, { cause: err });
       });
       lock.held.push(backing);
