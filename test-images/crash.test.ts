@@ -20,7 +20,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { faultyDevice, FileDevice, type BlockDevice, type BlockStatus, type FaultPlan, type WriteZeroesOptions } from '@tsimg/raw';
 import { openImage, type Image } from '@tsimg/image';
-import { INCOMPAT_DIRTY, loadHeader, Qcow2Image } from '@tsimg/qcow2';
+import { loadHeader, Qcow2Image } from '@tsimg/qcow2';
+import { INCOMPAT_DIRTY } from '../packages/qcow2/src/format/types.js';
 import { describeQemu, qemuImg } from './qemu.js';
 import { maxSize, SectorModel, WORKLOADS, type Step, type Workload } from './crash-workloads.js';
 

@@ -4,7 +4,11 @@
  * through `tsimg info`, `check`, `map` and `convert -O raw` (the ones registered; the others are
  * skipped loudly). Every run must end within seconds under a 256 MiB heap, succeed or fail with
  * `tsimg: ...` lines (never a stack trace or a JavaScript error text), exit with qemu-img's
- * status, and where qemu-img can convert the image, tsimg must produce the same bytes.
+ * status (every command, every image: a difference fails the test), print check's report line
+ * for line as qemu-img does, and where qemu-img can convert the image, produce the same bytes.
+ * `check -r all` must make the same repairs as qemu-img, except on the images listed in
+ * KNOWN_REPAIR_DIFFERENCES (qemu 7.2's own deliberate-deviation cases, explained there); that
+ * list is asserted exactly, so a case that starts to match qemu-img fails until it is removed.
  *
  * The tsimg runs happen in one child process (`node --max-old-space-size=256`) that calls the
  * CLI's `main` once per run, so hundreds of runs stay cheap; a watchdog kills it on a hang and
@@ -190,6 +194,29 @@ function argsFor(cmd: Command, file: string, out: string): string[] {
   }
 }
 
+/**
+ * The repair cases where tsimg deliberately differs from qemu 7.2, by base image and seed, with
+ * the reason. 'snapshots': qemu opens an image for `check -r` by rewriting its header when it has
+ * persistent bitmaps (the extl2-bitmap base) or unknown autoclear bits, and that rewrite drops
+ * every internal snapshot (check mode has not read them yet) or skips the snapshot table's
+ * checks; tsimg keeps and checks them. 'failed-check': the check cannot complete on a dirty
+ * lazy-refcounts image, and qemu still marks it clean on close, rewriting the header from its
+ * half-loaded state; tsimg leaves an image whose check failed as it found it.
+ */
+const KNOWN_REPAIR_DIFFERENCES: Record<string, 'snapshots' | 'failed-check'> = {
+  'v3-64k seed 51011': 'snapshots', // random header bytes reach the autoclear field
+  'dirty-rc8 seed 53008': 'failed-check',
+  'dirty-rc8 seed 53010': 'failed-check',
+  'extl2-bitmap seed 54000': 'snapshots',
+  'extl2-bitmap seed 54001': 'snapshots',
+  'extl2-bitmap seed 54002': 'snapshots', // an invalid snapshot table offset qemu never looks at
+  'extl2-bitmap seed 54003': 'snapshots', // an absurd snapshot count qemu never looks at
+  'extl2-bitmap seed 54005': 'snapshots',
+  'extl2-bitmap seed 54006': 'snapshots',
+  'extl2-bitmap seed 54008': 'snapshots',
+  'extl2-bitmap seed 54013': 'snapshots',
+};
+
 describeQemu('hostile images', () => {
   let dir: string;
   let cleanup: () => void;
@@ -233,10 +260,11 @@ describeQemu('hostile images', () => {
     const results = await runAll(jobs);
     const tsimgMs = Date.now() - t0;
 
-    // Hard failures: crashes, hangs, slow runs, JavaScript error texts, converted bytes that
-    // differ from qemu-img's, and for check (whose report is compared line by line) any
-    // difference past opening. Soft: other commands' exit statuses and open-error wording,
-    // listed loudly; TSIMG_HOSTILE_STRICT=1 fails on them too.
+    // Failures: crashes, hangs, slow runs, JavaScript error texts, converted bytes that differ
+    // from qemu-img's, any exit status that differs from qemu-img's, and for check (whose
+    // report is compared line by line) any difference past opening. The open-path differences
+    // (exit statuses of runs where either tool failed to open, check's open-error wording) are
+    // listed apart so the report says where they come from, but they fail the test as well.
     const failures: string[] = [];
     const soft: string[] = [];
     let maxMs = 0;
@@ -288,12 +316,12 @@ describeQemu('hostile images', () => {
       for (const f of [m.out, `${m.c.file}.${m.cmd}.q.raw`]) rmSync(f, { force: true });
     }
     console.log(
-      `hostile images: ${cases.length} images × ${cmds.length} commands, tsimg total ${tsimgMs} ms, slowest run ${maxMs} ms, max heap ${maxHeap} MiB, ${failures.length} failures, ${soft.length} differences from qemu-img`,
+      `hostile images: ${cases.length} images × ${cmds.length} commands, tsimg total ${tsimgMs} ms, slowest run ${maxMs} ms, max heap ${maxHeap} MiB, ${failures.length} failures, ${soft.length} open-path differences from qemu-img`,
     );
     if (failures.length) console.log(`FAILURES:\n${failures.join('\n')}`);
     if (soft.length) console.warn(`\n!!! hostile images: ${soft.length} differences from qemu-img (engine/open, see the report):\n${soft.join('\n')}\n`);
     expect(failures).toEqual([]);
-    if (process.env.TSIMG_HOSTILE_STRICT) expect(soft).toEqual([]);
+    expect(soft).toEqual([]);
   }, 180_000);
 
   it(`check -r all on ${REPAIR_CASES_PER_BASE * BASES.length} mutated images: the same repairs as qemu-img`, async () => {
@@ -305,7 +333,7 @@ describeQemu('hostile images', () => {
     // header when it has persistent bitmaps or unknown autoclear bits, and that rewrite drops
     // every internal snapshot (check mode has not read them yet). tsimg keeps them, so such
     // images are compared as soft differences only.
-    const cases: Array<{ q: string; t: string; where: string; deviates: boolean }> = [];
+    const cases: Array<{ q: string; t: string; key: string; where: string; deviates: boolean }> = [];
     for (const [bi, base] of BASES.entries()) {
       const src = join(dir, `${base.name}.qcow2`);
       for (let k = 0; k < REPAIR_CASES_PER_BASE; k++) {
@@ -319,12 +347,14 @@ describeQemu('hostile images', () => {
         const v3 = hdr.length >= 104 && hdr.readUInt32BE(4) === 3;
         const autoclear = v3 ? hdr.readBigUInt64BE(88) : 0n;
         const deviates = base.name.includes('bitmap') || (autoclear & ~3n) !== 0n;
-        cases.push({ q, t, deviates, where: `${base.name} seed ${seed} (${mutation.kind}: ${mutation.detail}) — tsimg check -r all` });
+        cases.push({ q, t, deviates, key: `${base.name} seed ${seed}`, where: `${base.name} seed ${seed} (${mutation.kind}: ${mutation.detail}) — tsimg check -r all` });
       }
     }
     const results = await runAll(cases.map((c, id) => ({ id, args: ['check', '-r', 'all', c.t] })));
     const failures: string[] = [];
     const soft: string[] = [];
+    /** The KNOWN_REPAIR_DIFFERENCES keys of the soft differences seen, each once. */
+    const seen = new Set<string>();
     cases.forEach((c, id) => {
       const r = results.get(id)!;
       if (r.crashed) {
@@ -342,6 +372,7 @@ describeQemu('hostile images', () => {
         const tl = tOut.split('\n');
         let k = 0;
         while (k < ql.length && ql[k] === tl[k]) k++;
+        if (atOpen) seen.add(c.key);
         (atOpen ? soft : failures).push(
           `${c.where}: status ${r.status} (qemu-img ${q.status}), output differs at line ${k + 1}:\n  qemu-img: ${ql.slice(k, k + 3).join(' | ')}\n  tsimg:    ${tl.slice(k, k + 3).join(' | ')}`,
         );
@@ -356,14 +387,19 @@ describeQemu('hostile images', () => {
       const qa = run('qemu-img', ['check', c.q]);
       const ta = run('qemu-img', ['check', c.t]);
       if (qa.status !== ta.status || norm(qa.stdout + qa.stderr, c.q) !== norm(ta.stdout + ta.stderr, c.t)) {
+        if (c.deviates || failedCheck) seen.add(c.key);
         (c.deviates || failedCheck ? soft : failures).push(`${c.where}: after repair qemu-img check says ${ta.status} for tsimg's file, ${qa.status} for its own`);
       }
       rmSync(c.q, { force: true });
       rmSync(c.t, { force: true });
     });
-    console.log(`hostile repairs: ${cases.length} images, ${failures.length} failures, ${soft.length} open-path differences`);
+    console.log(`hostile repairs: ${cases.length} images, ${failures.length} failures, ${soft.length} known deliberate differences`);
     if (failures.length) console.log(`FAILURES:\n${failures.join('\n')}`);
-    if (soft.length) console.warn(`\n!!! hostile repairs: ${soft.length} open-path differences:\n${soft.join('\n')}\n`);
+    if (soft.length) console.warn(`\n!!! hostile repairs: ${soft.length} known deliberate differences:\n${soft.join('\n')}\n`);
     expect(failures).toEqual([]);
+    // Exactly the listed cases differ (those this run made): a new one fails, and so does a
+    // listed one that now matches qemu-img, so the table stays true.
+    const inRun = new Set(cases.map((c) => c.key));
+    expect([...seen].sort()).toEqual(Object.keys(KNOWN_REPAIR_DIFFERENCES).filter((k) => inRun.has(k)).sort());
   }, 180_000);
 });

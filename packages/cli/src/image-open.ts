@@ -1,21 +1,13 @@
 /**
  * Opening the images named on a command line: `-f` names are checked against qemu-img 7.2's
  * format list first, so an unknown name reads like qemu's ("Unknown driver 'foo'") and a format
- * qemu knows but tsimg does not handle says so, before @tsimg/qcow2's `openImage` runs.
+ * qemu knows but tsimg does not handle says so, before @tsimg/image's `openImage` runs.
  */
-import { openImage, type Image, type OpenImageOptions } from '@tsimg/image';
-import { type LockingMode, TsimgError, UnsupportedError } from '@tsimg/raw';
+import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions } from '@tsimg/image';
+import { type LockingMode, TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
-import { parseImageOpts } from './commands/info.js';
-
-/** Every format qemu-img 7.2 lists under "Supported formats". */
-export const QEMU_FORMATS: readonly string[] = [
-  'blkdebug', 'blklogwrites', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
-  'copy-on-read', 'dmg', 'file', 'ftp', 'ftps', 'gluster', 'host_cdrom', 'host_device', 'http',
-  'https', 'iscsi', 'iser', 'luks', 'nbd', 'nfs', 'null-aio', 'null-co', 'nvme', 'parallels',
-  'preallocate', 'qcow', 'qcow2', 'qed', 'quorum', 'raw', 'rbd', 'replication', 'snapshot-access',
-  'ssh', 'throttle', 'vdi', 'vhdx', 'vmdk', 'vpc', 'vvfat',
-];
+import { parseImageOpts } from './image-opts.js';
+import { QEMU_FORMATS } from './qemu-formats.js';
 
 /**
  * Opens `name` (read-only unless asked) with an optional `-f` format name. With `imageOpts`,
@@ -46,7 +38,7 @@ export async function openCommandImage(
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
     const reason = err.message.startsWith(prefix) ? err.message.slice(prefix.length) : err.message;
-    throw new TsimgError(err.code, `Could not open '${name}': ${reason}`, { cause: err, errno: err.errno });
+    throw errorWithCode(err.code, `Could not open '${name}': ${reason}`, { cause: err, errno: err.errno });
   }
 }
 
@@ -55,9 +47,10 @@ async function openByName(
   options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
-  if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
-    if (!QEMU_FORMATS.includes(format)) {
-      throw new TsimgError('usage', `Could not open '${filename}': Unknown driver '${format}'`, { errno: 'EINVAL' });
+  // Any format the image layer has opens here; a new one needs nothing from the CLI.
+  if (format !== undefined && findFormat(DEFAULT_FORMATS, format) === undefined) {
+    if (!QEMU_FORMATS.has(format)) {
+      throw new UsageError(`Could not open '${filename}': Unknown driver '${format}'`, { errno: 'EINVAL' });
     }
     throw new UnsupportedError(`Could not open '${filename}': tsimg does not support the '${format}' format`);
   }

@@ -1,6 +1,6 @@
 /** How the CLI prints image-lock warnings and the hint of a lock error, as qemu prints them. */
 import { LockError, lockingAvailable } from '@tsimg/raw';
-import type { CliIO } from './main.js';
+import type { CliIO } from './command.js';
 
 /**
  * The lock warnings of one command, printed as qemu's warn_report prints (`tsimg: warning: `

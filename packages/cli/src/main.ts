@@ -2,28 +2,14 @@
  * Entry point of the `tsimg` command: picks the subcommand, runs it, and turns whatever it
  * throws into one `tsimg: ...` line and qemu-img's exit status — never a stack trace.
  *
- * Each subcommand lives in `commands/<name>.ts` and is loaded lazily, so `tsimg info` does not
- * pay for the modules of `convert`.
+ * Each subcommand lives in `commands/<name>.ts` and is loaded lazily through the table in
+ * command-table.ts, so `tsimg info` does not pay for the modules of `convert`.
  */
+import type { CliIO } from './command.js';
+import { COMMANDS } from './command-table.js';
 import { CliExit, errorMessage } from './exit.js';
 
-/** A subcommand: gets its own argv (without the name), returns the exit status. */
-export type CommandRunner = (argv: string[], io: CliIO) => Promise<number>;
-
-/** Where a command writes; tests may capture it. */
-export interface CliIO {
-  stdout: (text: string) => void;
-  stderr: (text: string) => void;
-  /** True when stdout is a terminal (progress lines are redrawn in place). */
-  isTTY: boolean;
-}
-
-const COMMANDS: Record<string, () => Promise<CommandRunner>> = {};
-
-/** Registers a lazily loaded subcommand (called from commands/index.ts). */
-export function registerCommand(name: string, load: () => Promise<CommandRunner>): void {
-  COMMANDS[name] = load;
-}
+export type { CliIO, CommandRunner } from './command.js';
 
 const defaultIO: CliIO = {
   stdout: (t) => void process.stdout.write(t),
@@ -33,7 +19,6 @@ const defaultIO: CliIO = {
 
 /** Runs `tsimg <argv>`; resolves to the exit status. */
 export async function main(argv: string[], io: CliIO = defaultIO): Promise<number> {
-  await import('./commands/index.js');
   const [name, ...rest] = argv;
   if (name === undefined) {
     io.stderr("tsimg: Not enough arguments\nTry 'tsimg --help' for more information\n");

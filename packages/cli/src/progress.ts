@@ -10,7 +10,7 @@
  * qemu keeps the value in a C `float`; the arithmetic is repeated in single precision
  * (Math.fround) so the printed figures are the same to the last digit.
  */
-import type { CliIO } from './main.js';
+import type { CliIO } from './command.js';
 
 /** A progress reporter; see {@link createProgress}. */
 export interface Progress {

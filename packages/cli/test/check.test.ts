@@ -9,8 +9,8 @@ import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { asTsimg, describeQemu, must, qemuImg, qemuIo, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
 import { poke, type Qcow2Poker } from '../../../test-images/mutate.js';
-import { printf2, formatCheckHuman } from '../src/format-check.js';
-import { emptyResult } from '@tsimg/qcow2';
+import { printf2, formatCheckHuman } from '../src/check-output.js';
+import { emptyResult } from '../../qcow2/src/check/check.js';
 
 describe('printf2 (glibc %0.2f)', () => {
   it('rounds exact ties to even, like glibc', () => {

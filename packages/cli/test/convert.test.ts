@@ -275,7 +275,7 @@ const cases: ConvertCase[] = [
   {
     name: '--image-opts bad syntax',
     args: ['--image-opts', 'driver=qcow2,,,=', 'out'],
-    failing: "qemu checks the driver name ('qcow2,') before the empty option name; the shared --image-opts parser (commands/info.ts parseImageOpts) the other way round",
+    failing: "qemu checks the driver name ('qcow2,') before the empty option name; the shared --image-opts parser (image-opts.ts parseImageOpts) the other way round",
   },
   { name: 'file: prefix on the source', args: [`file:${S('mixed.qcow2')}`, 'out'] },
   { name: 'file: prefix on a missing source', args: ['file:nonexistent', 'out'] },

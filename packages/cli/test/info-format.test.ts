@@ -1,20 +1,16 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import {
-  dumpQObject,
   formatG,
   formatImageInfoHuman,
   formatImageInfoJson,
-  jsonString,
-  qdictOrder,
   sizeToStr,
   snapshotHeaderLine,
   snapshotLine,
-  tdbHash,
-  toQemuJson,
-} from '../src/format-info.js';
+} from '../src/info-output.js';
+import { dumpQObject, jsonString, qdictOrder, tdbHash, toQemuJson } from '../src/qobject-output.js';
 import { type ImageInfo } from '@tsimg/image';
-import { decodeByteString } from '@tsimg/qcow2';
+import { decodeByteString } from '../../qcow2/src/format/byte-string.js';
 
 describe('qemu QDict key order', () => {
   it('reproduces the orders qemu-img 7.2 prints', () => {

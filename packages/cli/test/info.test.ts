@@ -10,7 +10,9 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { closeSync, copyFileSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { decodeByteString, encodeSnapshotTable, ICOUNT_NONE, type Qcow2Snapshot } from '@tsimg/qcow2';
+import { type Qcow2Snapshot } from '@tsimg/qcow2';
+import { decodeByteString } from '../../qcow2/src/format/byte-string.js';
+import { encodeSnapshotTable, ICOUNT_NONE } from '../../qcow2/src/format/snapshot.js';
 import { asTsimg, describeQemu, qemuImg, qemuIo, tempDir, tsimg } from '../../../test-images/qemu.js';
 
 // Snapshot dates print in local time: pin it for both tools (children inherit the environment).

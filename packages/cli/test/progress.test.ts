@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { createProgress, formatPercent } from '../src/progress.js';
-import type { CliIO } from '../src/main.js';
+import type { CliIO } from '../src/command.js';
 
 function capture(): CliIO & { out: string; err: string } {
   const io = {

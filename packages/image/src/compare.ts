@@ -7,12 +7,12 @@
  *
  * The loop never prints: it returns what qemu-img would report, and the CLI words it.
  */
-import type { ChainImage } from './chain-status.js';
-import { blockStatusAbove, type StatusAbove } from './map.js';
+import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
+import { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
 
 /** qemu-img's IO_BUF_SIZE: the most one read of the loop covers. */
 export const COMPARE_CHUNK = 2 * 1024 * 1024;
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 /**
  * Steps of the compare loop planned ahead (each at most one COMPARE_CHUNK per image): the reads
  * of the next ones run while one is compared: 4 steps (16 MiB of buffers). Measured (1 GiB

@@ -3,11 +3,11 @@
  * {@link ImageFormat}. A new format is one more entry here (or in a caller's own list).
  */
 import { findExtension, loadQcow2Metadata, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE } from '@tsimg/qcow2';
-import { TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { RawImage } from './raw-image.js';
 
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 
 /** The raw format: no metadata, the file is the guest's disk. */
 export const rawFormat: ImageFormat = {
@@ -53,7 +53,7 @@ export const qcow2Format: ImageFormat = {
     if (ctx.snapshot !== undefined) {
       if (!ctx.readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
       const sn = findSnapshot(opened.snapshots, ctx.snapshot);
-      if (sn === undefined) throw new TsimgError('not-found', "Failed to load snapshot: Can't find snapshot", { errno: 'ENOENT' });
+      if (sn === undefined) throw new NotFoundError("Failed to load snapshot: Can't find snapshot", { errno: 'ENOENT' });
       l1Table = { offset: sn.l1TableOffset, size: sn.l1Size };
     }
     let dataFile: BlockDevice | undefined;

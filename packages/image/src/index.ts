@@ -1,20 +1,37 @@
 /** @tsimg/image — images of any format: open, probe, chains, convert, compare, map, info, measure. */
-export * from './image.js';
-export * from './info-types.js';
-export * from './formats.js';
-export * from './raw-image.js';
-export * from './open.js';
-export * from './paths.js';
-export * from './probe.js';
-export * from './location.js';
-export * from './info.js';
-export * from './measure.js';
-export * from './chain-status.js';
-export * from './map.js';
-export * from './compare.js';
-export * from './convert.js';
-export * from './throttle.js';
+
+export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
+export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
+export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
+export { convertCopy, type ConvertCopyOptions } from './convert.js';
+export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';
+export {
+  type FormatInfo,
+  type Image,
+  type ImageFormat,
+  type LayerContext,
+  type SnapshotSelector,
+} from './image.js';
+export {
+  type ImageInfo,
+  type ImageInfoResult,
+  type ImageInfoSpecific,
+  type SnapshotInfo,
+} from './info-types.js';
+export {
+  collectImageInfo,
+  collectImageInfoList,
+  type CollectInfoListOptions,
+  type CollectInfoOptions,
+} from './info.js';
+export { type ImageLocation, locateImage, locateImageFromOptions } from './location.js';
+export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
+export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
+export { openImage, type OpenImageOptions } from './open.js';
 export {
   backingNodePermissions, checkForceShare, dataFileLock, FORCE_SHARE_WRITE_MESSAGE, imageFileLock, type NodePermissions,
   NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
+export { resolveRelative } from './paths.js';
+export { probeFormat } from './probe.js';
+export { RawImage } from './raw-image.js';

@@ -6,7 +6,7 @@
  * Like qemu-img info (which opens with BDRV_O_NO_IO | BDRV_O_NO_BACKING), this reads only
  * metadata, through the format's `info`: it never opens the backing file or the data file.
  */
-import { FileDevice, FormatError, TsimgError, UnsupportedError, type LockingMode } from '@tsimg/raw';
+import { FileDevice, FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode, UsageError } from '@tsimg/raw';
 import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
@@ -42,7 +42,7 @@ async function openFile(path: string, lock: Pick<CollectInfoOptions, 'locking' |
     return await FileDevice.open(path, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning });
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
-      throw new TsimgError('usage', `'file' driver requires '${path}' to be a regular file`);
+      throw new UsageError(`'file' driver requires '${path}' to be a regular file`);
     }
     throw err;
   }
@@ -117,7 +117,7 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     await dev.close();
   }
   if (size > MAX_INFO_SIZE) {
-    throw new TsimgError('limit', `Can't get image size '${filename}': File too large`, { errno: 'EFBIG' });
+    throw new LimitError(`Can't get image size '${filename}': File too large`, { errno: 'EFBIG' });
   }
   return result;
 }

@@ -2,7 +2,7 @@
  * Where an image is: resolving image names (`file:`, `json:`) and `--image-opts` block options
  * to a host file and a format, with qemu's messages.
  */
-import { type LockingMode, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
 import { pathHasProtocol } from './paths.js';
 
 /** Where an image is: the host file, and the format its name or options ask for. */
@@ -50,7 +50,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     if (fileDriver !== undefined || opts.has('file.filename')) {
       throw new UsageError('Cannot reference an existing block device with additional options or a new filename');
     }
-    throw new TsimgError('not-found', `Cannot find device='${node}' nor node-name='${node}'`);
+    throw new NotFoundError(`Cannot find device='${node}' nor node-name='${node}'`);
   }
   if (fileDriver !== undefined && fileDriver !== 'file') throw new UnsupportedError(`Unknown protocol '${fileDriver}'`);
   const path = opts.get('file.filename');

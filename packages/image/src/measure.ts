@@ -2,10 +2,9 @@
  * `qemu-img measure`'s generic half: what a source image stores (walked through its chain as
  * qemu's loop does), handed to the target format's calculation.
  */
-import { IoError, strerror, TsimgError, UnsupportedError } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, IoError, strerror, TsimgError, UnsupportedError } from '@tsimg/raw';
 import { measureQcow2, type MeasureBitmap, type MeasureResult, type Qcow2MeasureOptions } from '@tsimg/qcow2';
-import type { ChainImage } from './chain-status.js';
-import { blockStatusAbove } from './map.js';
+import { blockStatusAbove, type ChainImage } from './block-status.js';
 
 /**
  * What is measured: a virtual size, or an open image (whose allocation is walked through its
@@ -17,7 +16,7 @@ export type MeasureSource =
   | { size: bigint | number }
   | { image: ChainImage; bitmaps?: readonly MeasureBitmap[] };
 
-const SECTOR = 512n;
+const SECTOR = BigInt(BDRV_SECTOR_SIZE);
 
 function roundUp(n: bigint, align: bigint): bigint {
   return ((n + align - 1n) / align) * align;

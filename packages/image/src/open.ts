@@ -4,9 +4,10 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, type LockingMode } from '@tsimg/raw';
+import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
+import { prefixedError } from './open-error.js';
 import { resolveRelative } from './paths.js';
 import {
   backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
@@ -69,13 +70,6 @@ export interface OpenImageOptions {
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
 export const MAX_BACKING_DEPTH = 256;
 
-function rewrap(err: unknown, prefix: string): TsimgError {
-  if (err instanceof TsimgError) {
-    return new TsimgError(err.code, `${prefix}${err.message}`, { cause: err, errno: err.errno });
-  }
-  return new TsimgError('io', `${prefix}${err instanceof Error ? err.message : String(err)}`, { cause: err });
-}
-
 async function canonical(path: string): Promise<string> {
   try {
     return await realpath(path);
@@ -84,45 +78,85 @@ async function canonical(path: string): Promise<string> {
   }
 }
 
-/** What one layer's open needs to know of the whole open. */
+/** What every layer's open needs to know of the whole open. */
 interface OpenContext {
   formats: readonly ImageFormat[];
   withBacking: boolean;
-  fileOptions: { noFlush?: boolean; io?: 'async' | 'sync' };
-  /** The top image's file's `file.locking`. */
-  locking?: LockingMode;
   onWarning?: (message: string) => void;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
 }
 
-/** Opens one layer; errors carry the reason only (the caller adds "Could not open ..."). */
-async function openLayer(
-  filename: string,
-  format: ImageFormat | undefined,
-  perms: NodePermissions,
-  seen: string[],
+/** What only the top layer gets: its open options (backing images are plain read-only opens). */
+type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap'>;
+
+/** A layer being opened: its name, mode, the chain above it (canonical names) and file options. */
+interface Layer {
+  filename: string;
+  readOnly: boolean;
+  /** Canonical names of this layer and the layers above it, for loop detection. */
+  seen: readonly string[];
+  fileOptions: { noFlush?: boolean; io?: 'async' | 'sync'; locking?: LockingMode };
+  /** The permissions qemu gives this layer's node (permissions.ts). */
+  perms: NodePermissions;
+}
+
+/** The format of a layer opened without one: probed from its first bytes, like qemu. */
+async function probeLayer(file: BlockDevice, formats: readonly ImageFormat[]): Promise<ImageFormat> {
+  const first = new Uint8Array(Math.min(2048, file.size()));
+  if (first.length > 0) await file.read(0, first);
+  const name = probeFormat(first, formats);
+  const fmt = findFormat(formats, name);
+  if (fmt === undefined) throw new UnsupportedError(`image format '${name}' is not supported by tsimg`);
+  return fmt;
+}
+
+/**
+ * Opens the backing image `stored` names below `layer` (with its recorded format, or probed):
+ * resolved relative to the layer's file, refusing loops and chains deeper than qemu allows.
+ */
+async function openBackingLayer(
+  layer: Layer,
+  stored: string,
+  formatName: string | undefined,
   octx: OpenContext,
-  top?: Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap'>,
 ): Promise<Image> {
-  const readOnly = !perms.writable;
-  const fileOptions = top !== undefined ? octx.fileOptions : {};
+  const name = resolveRelative(layer.filename, stored);
+  const real = await canonical(name);
+  if (layer.seen.includes(real)) {
+    throw new FormatError(`Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
+  }
+  if (layer.seen.length >= MAX_BACKING_DEPTH) {
+    throw new LimitError(`Backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { errno: 'EINVAL' });
+  }
+  let fmt: ImageFormat | undefined;
+  if (formatName !== undefined && formatName !== '') {
+    fmt = findFormat(octx.formats, formatName);
+    if (fmt === undefined) {
+      throw new UnsupportedError(`Could not open backing file: Unknown driver '${formatName}'`, { errno: 'EINVAL' });
+    }
+  }
+  try {
+    const perms = backingNodePermissions(layer.perms);
+    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
+  } catch (err) {
+    throw prefixedError('Could not open backing file: ', err);
+  }
+}
+
+/**
+ * Opens one layer with `format` (probed when undefined); errors carry the reason only (the
+ * caller adds "Could not open ..."). On failure every file the layer opened is closed again.
+ */
+async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: OpenContext, top?: TopOptions): Promise<Image> {
+  const { filename, readOnly, fileOptions, perms } = layer;
   // Locked like qemu: opened sharing everything, given its permissions once the format is known.
-  const lockOptions = { lock: NO_PERMISSIONS, onWarning: octx.onWarning };
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, ...lockOptions, locking: top !== undefined ? octx.locking : undefined });
+  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
   const opened: BlockDevice[] = [];
   try {
-    let fmt = format;
-    if (fmt === undefined) {
-      const first = new Uint8Array(Math.min(2048, file.size()));
-      if (first.length > 0) await file.read(0, first);
-      const name = probeFormat(first, octx.formats);
-      fmt = findFormat(octx.formats, name);
-      if (fmt === undefined) throw new UnsupportedError(`image format '${name}' is not supported by tsimg`);
-    }
+    const fmt = format ?? (await probeLayer(file, octx.formats));
     file.setPermissions(imageFileLock(openingPermissions(perms), fmt.name));
-    const fileFormat = fmt.name;
-    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fileFormat)));
+    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fmt.name)));
     const ctx: LayerContext = {
       filename,
       readOnly,
@@ -130,35 +164,17 @@ async function openLayer(
       log: top?.log,
       unmap: top?.unmap ?? false,
       openFile: async (name) => {
-        const dev = await FileDevice.open(name, { readOnly, ...fileOptions, ...lockOptions, lock: dataFileLock(openingPermissions(perms)) });
+        const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
+        const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });
         opened.push(dev);
         octx.finalLocks.push(() => dev.setPermissions(dataFileLock(perms)));
         return dev;
       },
       openBacking: async (stored, formatName) => {
         if (!octx.withBacking) return undefined;
-        const name = resolveRelative(filename, stored);
-        const real = await canonical(name);
-        if (seen.includes(real)) {
-          throw new TsimgError('format', `Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
-        }
-        if (seen.length >= MAX_BACKING_DEPTH) {
-          throw new TsimgError('limit', `Backing chain is deeper than ${MAX_BACKING_DEPTH} images`, { errno: 'EINVAL' });
-        }
-        let bfmt: ImageFormat | undefined;
-        if (formatName !== undefined && formatName !== '') {
-          bfmt = findFormat(octx.formats, formatName);
-          if (bfmt === undefined) {
-            throw new UnsupportedError(`Could not open backing file: Unknown driver '${formatName}'`, { errno: 'EINVAL' });
-          }
-        }
-        try {
-          const backing = await openLayer(name, bfmt, backingNodePermissions(perms), [...seen, real], octx);
-          opened.push(backing);
-          return backing;
-        } catch (err) {
-          throw rewrap(err, 'Could not open backing file: ');
-        }
+        const backing = await openBackingLayer(layer, stored, formatName, octx);
+        opened.push(backing);
+        return backing;
       },
     };
     return await fmt.open(file, ctx);
@@ -179,19 +195,23 @@ async function openLayer(
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = {
-    formats, withBacking: options.backing ?? true, fileOptions: { noFlush: options.noFlush, io: options.io },
-    locking: options.locking, onWarning: options.onWarning, finalLocks: [],
-  };
+  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
   try {
-    const flags = { write: !readOnly, resize: options.resize, noIo: options.noIo, noShare: options.noShare, forceShare: options.forceShare };
-    const perms = topNodePermissions(flags);
     let format: ImageFormat | undefined;
     if (options.format !== undefined) {
       format = findFormat(formats, options.format);
       if (format === undefined) throw new UnsupportedError(`Unknown driver '${options.format}'`, { errno: 'EINVAL' });
     }
-    const image = await openLayer(filename, format, perms, [await canonical(filename)], octx, options);
+    const flags = { write: !readOnly, resize: options.resize, noIo: options.noIo, noShare: options.noShare, forceShare: options.forceShare };
+    const top: Layer = {
+      filename,
+      readOnly,
+      seen: [await canonical(filename)],
+      // Only the image's own files get the file options; backing files are plain reads.
+      fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking },
+      perms: topNodePermissions(flags),
+    };
+    const image = await openLayer(top, format, octx, options);
     try {
       for (const update of octx.finalLocks) update();
     } catch (err) {
@@ -202,6 +222,6 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;
-    throw rewrap(err, `Could not open '${filename}': `);
+    throw prefixedError(`Could not open '${filename}': `, err);
   }
 }

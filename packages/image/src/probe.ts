@@ -23,8 +23,8 @@ const QCOW_MAGIC = 0x514649fb;
 
 /**
  * The format whose driver would claim an image starting with `first` (at least the first
- * 2 KiB, or the whole file): one of `formats` (default: tsimg's), else the name of a format tsimg does not handle,
- * else raw.
+ * 2 KiB, or the whole file): one of `formats` (default: tsimg's), else the name of a format
+ * tsimg does not handle, else raw.
  */
 export function probeFormat(first: Uint8Array, formats: readonly ImageFormat[] = DEFAULT_FORMATS): string {
   for (const f of formats) if (f.probe?.(first)) return f.name;

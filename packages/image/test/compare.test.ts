@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { faultyDevice, MemoryDevice, type BlockDevice, type BlockStatus } from '@tsimg/raw';
-import { compareImages, COMPARE_CHUNK, firstDifferentSector, firstNonZeroSector, type ChainImage } from '@tsimg/image';
+import { compareImages, type ChainImage } from '@tsimg/image';
+import { COMPARE_CHUNK, firstDifferentSector, firstNonZeroSector } from '../src/compare.js';
 import { delegating } from './delegating.js';
 
 const M = 1024 * 1024;

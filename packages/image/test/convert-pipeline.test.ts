@@ -5,7 +5,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { IoError, MemoryDevice, type BlockDevice } from '@tsimg/raw';
-import { convertCopy, type ChainImage, type CompressedTarget } from '@tsimg/image';
+import { convertCopy, type ChainImage } from '@tsimg/image';
+import { type CompressedTarget } from '../src/convert.js';
 import { delegating } from './delegating.js';
 
 const CS = 65536;

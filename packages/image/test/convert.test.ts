@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryDevice, type BlockDevice } from '@tsimg/raw';
-import { allocatedRun, allocatedRunMin, convertCopy, type ChainImage } from '@tsimg/image';
+import { convertCopy, type ChainImage } from '@tsimg/image';
+import { allocatedRun, allocatedRunMin } from '../src/convert.js';
 
 /** Records the writes a target receives, on top of a MemoryDevice. */
 class RecordingTarget extends MemoryDevice {

@@ -2,23 +2,12 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { join } from 'node:path';
 import { writeFileSync } from 'node:fs';
 import { MemoryDevice } from '@tsimg/raw';
-import {
-  collectImageInfo,
-  collectImageInfoList,
-  fullBackingFilename,
-  pathHasProtocol,
-  probeFormat,
-} from '@tsimg/image';
-import {
-  decodeLuksInfo,
-  encodeExtensions,
-  encodeHeader,
-  loadQcow2Metadata,
-  LUKS_HEADER_SIZE,
-  QEMU_FEATURE_NAMES,
-  snapshotInfo,
-  type Qcow2Header,
-} from '@tsimg/qcow2';
+import { collectImageInfo, collectImageInfoList, probeFormat } from '@tsimg/image';
+import { fullBackingFilename, pathHasProtocol } from '../src/paths.js';
+import { loadQcow2Metadata, type Qcow2Header } from '@tsimg/qcow2';
+import { decodeLuksInfo, LUKS_HEADER_SIZE } from '../../qcow2/src/format/luks-header.js';
+import { encodeExtensions, encodeHeader, QEMU_FEATURE_NAMES } from '../../qcow2/src/format/header.js';
+import { snapshotInfo } from '../../qcow2/src/info.js';
 import { describeQemu, must, tempDir } from '../../../test-images/qemu.js';
 
 describe('backing file names', () => {

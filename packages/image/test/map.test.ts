@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { MemoryDevice, type BlockStatus } from '@tsimg/raw';
-import { blockStatusAbove, entryMergeable, mapBlockStatus, mapImage, type MapEntry, type MappedImage } from '@tsimg/image';
+import { blockStatusAbove, mapImage, type MapEntry, type MappedImage } from '@tsimg/image';
+import { entryMergeable, mapBlockStatus } from '../src/map.js';
 
 type Run = { kind: 'data' | 'zero' | 'unallocated'; length: number; host?: number };
 

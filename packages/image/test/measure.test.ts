@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { MemoryDevice } from '@tsimg/raw';
-import { measure, measureRaw, type MappedImage } from '@tsimg/image';
-import { measureQcow2, qcow2BitmapsSize, qcow2CalcPreallocSize, qcow2RefcountMetadataSize } from '@tsimg/qcow2';
+import { measure, type MappedImage } from '@tsimg/image';
+import { measureRaw } from '../src/measure.js';
+import { measureQcow2 } from '@tsimg/qcow2';
+import { qcow2BitmapsSize, qcow2CalcPreallocSize } from '../../qcow2/src/measure.js';
+import { qcow2RefcountMetadataSize } from '../../qcow2/src/format/refcount.js';
 import { describeQemu, qemuImg } from '../../../test-images/qemu.js';
 
 const G = 1024n ** 3n;

@@ -6,7 +6,8 @@
  */
 import { describe, expect, it, vi } from 'vitest';
 import { MemoryDevice } from '@tsimg/raw';
-import { WriteThrottle, convertCopy, realClock, type ThrottleClock } from '@tsimg/image';
+import { convertCopy } from '@tsimg/image';
+import { WriteThrottle, realClock, type ThrottleClock } from '../src/throttle.js';
 
 const MiB = 1 << 20;
 const S = 1e9;

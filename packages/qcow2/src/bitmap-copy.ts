@@ -14,7 +14,7 @@
  * words, bit `i` covering guest bytes [i << granularityBits, (i + 1) << granularityBits), so
  * byte `i >> 3`, bit `i & 7`. A cluster of bitmap data is `clusterSize` bytes of that stream.
  */
-import { FormatError, TsimgError, UnsupportedError } from '@tsimg/raw';
+import { FormatError, TsimgError, UnsupportedError, IoError } from '@tsimg/raw';
 import { findExtension } from './format/header.js';
 import {
   BME_FLAG_AUTO,
@@ -112,7 +112,7 @@ async function loadBitmap(image: Qcow2Image, entry: BitmapDirectoryEntry): Promi
       try {
         await image.file.read(e.offset, cluster);
       } catch (err) {
-        throw new TsimgError('io', `Could not read bitmap '${memName(entry.name)}' from image: ${errText(err)}`, { cause: err });
+        throw new IoError(`Could not read bitmap '${memName(entry.name)}' from image: ${errText(err)}`, { cause: err });
       }
       data.set(cluster.subarray(0, end - start), start);
     }
@@ -234,7 +234,7 @@ async function storeBitmaps(
     try {
       offset = await target.allocateClusters(size);
     } catch (err) {
-      throw new TsimgError('io', `Failed to allocate clusters for bitmap '${what}': ${errText(err)}`, { cause: err });
+      throw new IoError(`Failed to allocate clusters for bitmap '${what}': ${errText(err)}`, { cause: err });
     }
     taken.push({ offset, size });
     return offset;
@@ -310,6 +310,6 @@ async function writeOrFail(target: Qcow2Image, offset: number, data: Uint8Array,
     await target.writeMetadata(offset, data);
   } catch (err) {
     if (err instanceof TsimgError && err.code === 'corrupt') throw err;
-    throw new TsimgError('io', `Failed to write bitmap '${name}' to file: ${errText(err)}`, { cause: err });
+    throw new IoError(`Failed to write bitmap '${name}' to file: ${errText(err)}`, { cause: err });
   }
 }

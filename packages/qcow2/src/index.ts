@@ -1,22 +1,47 @@
 /** @tsimg/qcow2 — the qcow2 image format. */
-export * from './format/types.js';
-export * from './format/header.js';
-export * from './compress/compress.js';
-export * from './measure.js';
-export * from './format/snapshot.js';
-export * from './format/bitmap-directory.js';
-export * from './info.js';
-export * from './format/l2-entry.js';
-export * from './format/refcount.js';
-export * from './engine/cache.js';
-export * from './engine/allocator.js';
-export * from './engine/mapping.js';
-export * from './engine/cow.js';
-export * from './engine/image.js';
-export * from './check/check.js';
-export * from './create/create.js';
-export * from './format/luks-header.js';
-export * from './compress/compress-pool.js';
-export * from './bitmap-copy.js';
-export * from './format/byte-string.js';
-export * from './engine/open-checks.js';
+
+export { copyPersistentBitmaps, loadImageBitmaps } from './bitmap-copy.js';
+export {
+  checkErrnoText,
+  type CheckImage,
+  checkImage,
+  type CheckLog,
+  type CheckOutcome,
+  type CheckResult,
+  finishRepair,
+  FIX_ERRORS,
+  FIX_LEAKS,
+  openForCheck,
+  repairDirty,
+} from './check/check.js';
+export { type CompressPool, createCompressPool } from './compress/compress-pool.js';
+export { type CompressionType } from './compress/compress.js';
+export {
+  createQcow2,
+  type Qcow2CreateOptions,
+  type Qcow2Preallocation,
+  type ResolvedQcow2CreateOptions,
+  resolveQcow2CreateOptions,
+} from './create/create.js';
+export { type BackingDevice, Qcow2Image } from './engine/image.js';
+export { loadQcow2Metadata, openQcow2Metadata, type Qcow2Metadata } from './engine/open-checks.js';
+export { type Qcow2OpenOptions } from './engine/open.js';
+export { loadBitmapDirectory } from './format/bitmap-directory.js';
+export { encodeByteString } from './format/byte-string.js';
+export { findExtension, loadHeader, type Qcow2Header } from './format/header.js';
+export { loadSnapshots, type Qcow2Snapshot } from './format/snapshot.js';
+export { AUTOCLEAR_BITMAPS, INCOMPAT_DATA_FILE, QCOW2_MAGIC } from './format/types.js';
+export {
+  type ImageInfoSpecificQcow2,
+  type Qcow2BitmapInfo,
+  type Qcow2ImageInfo,
+  qcow2ImageInfo,
+  type SnapshotInfo,
+} from './info.js';
+export {
+  type MeasureBitmap,
+  type MeasureInput,
+  measureQcow2,
+  type MeasureResult,
+  type Qcow2MeasureOptions,
+} from './measure.js';

@@ -11,6 +11,7 @@
  */
 import { UsageError, UnsupportedError } from '@tsimg/raw';
 import { MAX_CLUSTER_BITS, MIN_CLUSTER_BITS, QCOW_MAX_L1_SIZE } from './format/types.js';
+import { qcow2RefcountMetadataSize } from './format/refcount.js';
 
 /** qcow2 creation options that change the measured size (the others are accepted and ignored). */
 export interface Qcow2MeasureOptions {
@@ -61,7 +62,6 @@ export type MeasureInput =
 
 const DEFAULT_CLUSTER_SIZE = 65536;
 const L1E_SIZE = 8n;
-const REFTABLE_ENTRY_SIZE = 8n;
 const PREALLOC_MODES = ['off', 'metadata', 'falloc', 'full'] as const;
 
 function roundUp(n: bigint, align: bigint): bigint {
@@ -78,39 +78,6 @@ function isPowerOfTwo(n: number): boolean {
 
 function ctz(n: number): number {
   return Math.log2(n & -n);
-}
-
-/**
- * Bytes of refcount table and refcount blocks needed to cover `clusters` clusters plus the
- * refcount structures themselves (qcow2_refcount_metadata_size). With `generousIncrease`, room
- * for the table to grow by half is added, as qemu does when enlarging a refcount table.
- */
-export function qcow2RefcountMetadataSize(
-  clusters: bigint,
-  clusterSize: number,
-  refcountOrder: number,
-  generousIncrease = false,
-): { bytes: bigint; refblocks: bigint } {
-  const cs = BigInt(clusterSize);
-  const blocksPerTableCluster = cs / REFTABLE_ENTRY_SIZE;
-  const refcountsPerBlock = (cs * 8n) / (1n << BigInt(refcountOrder));
-  let table = 0n;
-  let blocks = 0n;
-  let last: bigint;
-  let n = 0n;
-  let generous = generousIncrease;
-  do {
-    last = n;
-    blocks = divRoundUp(clusters + table + blocks, refcountsPerBlock);
-    table = divRoundUp(blocks, blocksPerTableCluster);
-    n = clusters + blocks + table;
-    if (n === last && generous) {
-      clusters += divRoundUp(table, 2n);
-      n = 0n; // force another round
-      generous = false;
-    }
-  } while (n !== last);
-  return { bytes: (blocks + table) * cs, refblocks: blocks };
 }
 
 /**

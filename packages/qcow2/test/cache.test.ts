@@ -1,6 +1,6 @@
 /** TableCache: LRU eviction at safe points, write-back of dirty tables, dependency order. */
 import { describe, expect, it } from 'vitest';
-import { TableCache, type CacheHooks } from '@tsimg/qcow2';
+import { TableCache, type CacheHooks } from '../src/engine/cache.js';
 
 function recorder(log: string[], name: string): CacheHooks {
   return {

@@ -11,9 +11,9 @@ import type { CompressReply } from '../src/compress/compress-worker.js';
 import { loadZstd } from '../src/compress/zstd.js';
 
 const root = fileURLToPath(new URL('../../../', import.meta.url));
-const distPool = fileURLToPath(new URL('../dist/compress-pool.js', import.meta.url));
-const distCompress = fileURLToPath(new URL('../dist/compress.js', import.meta.url));
-const distWorker = new URL('../dist/compress-worker.js', import.meta.url);
+const distPool = fileURLToPath(new URL('../dist/compress/compress-pool.js', import.meta.url));
+const distCompress = fileURLToPath(new URL('../dist/compress/compress.js', import.meta.url));
+const distWorker = new URL('../dist/compress/compress-worker.js', import.meta.url);
 
 // Workers run the compiled compress-worker.js (Node cannot run a .ts worker), also when vitest
 // runs the pool from source: build first, so the worker is never older than these sources.

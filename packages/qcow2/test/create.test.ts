@@ -8,13 +8,8 @@ import { describe, expect, it, beforeAll, afterAll } from 'vitest';
 import { readFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { MemoryDevice } from '@tsimg/raw';
-import {
-  createQcow2,
-  loadHeader,
-  resolveQcow2CreateOptions,
-  findExtension,
-  type Qcow2CreateOptions,
-} from '@tsimg/qcow2';
+import { createQcow2, loadHeader, findExtension, type Qcow2CreateOptions } from '@tsimg/qcow2';
+import { resolveQcow2CreateOptions } from '../src/create/create.js';
 import { describeQemu, qemuImg, tempDir } from '../../../test-images/qemu.js';
 
 const M = 1024n * 1024n;

@@ -2,16 +2,8 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import {
-  decodeHeader,
-  encodeHeader,
-  decodeExtensions,
-  encodeExtensions,
-  extensionsStart,
-  QEMU_FEATURE_NAMES,
-  type HeaderExtension,
-  type Qcow2Header,
-} from '@tsimg/qcow2';
+import { type Qcow2Header } from '@tsimg/qcow2';
+import { decodeHeader, encodeHeader, decodeExtensions, encodeExtensions, extensionsStart, QEMU_FEATURE_NAMES, type HeaderExtension } from '../src/format/header.js';
 import { describeQemu, qemuImg, tempDir } from '../../../test-images/qemu.js';
 
 const arbHeader: fc.Arbitrary<Qcow2Header> = fc

@@ -1,18 +1,7 @@
 /** Round trips of the L1/L2 entry codecs, and their bit layout against the spec. */
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  compressedEntry,
-  compressedRange,
-  decodeL1Entry,
-  decodeL2Entry,
-  encodeL1Entry,
-  encodeL2Entry,
-  plainRunLength,
-  subclusterKind,
-  type EntryContext,
-  type L2Entry,
-} from '@tsimg/qcow2';
+import { compressedEntry, compressedRange, decodeL1Entry, decodeL2Entry, encodeL1Entry, encodeL2Entry, plainRunLength, subclusterKind, type EntryContext, type L2Entry } from '../src/format/l2-entry.js';
 
 const clusterBits = fc.integer({ min: 9, max: 21 });
 /** A cluster-aligned host offset below 2^56. */

@@ -1,15 +1,7 @@
 /** Refcount entry codecs for every refcount width, and qemu's refcount metadata size. */
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  getRefcount,
-  refcountMax,
-  refcountMetadataSize,
-  refcountsPerBlock,
-  setRefcount,
-  decodeReftableEntry,
-  encodeReftableEntry,
-} from '@tsimg/qcow2';
+import { getRefcount, refcountMax, refcountMetadataSize, refcountsPerBlock, setRefcount, decodeReftableEntry, encodeReftableEntry } from '../src/format/refcount.js';
 
 describe('refcount entries', () => {
   for (let order = 0; order <= 6; order++) {

@@ -10,6 +10,7 @@
 import type { BlockDevice } from './block-device.js';
 import { IoError, strerror, TsimgError, UnsupportedError, UsageError } from './errors.js';
 import { FileDevice } from './file-device.js';
+import { BDRV_SECTOR_SIZE } from './limits.js';
 
 /** Preallocation modes of a host file (qemu's PreallocMode minus `metadata`). */
 export type RawPreallocation = 'off' | 'falloc' | 'full';
@@ -18,7 +19,7 @@ export type RawPreallocation = 'off' | 'falloc' | 'full';
 export type SizedWritable = Pick<BlockDevice, 'write' | 'resize' | 'size'>;
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
-const SECTOR = 512n;
+const SECTOR = BigInt(BDRV_SECTOR_SIZE);
 const MAX_BLOCKSIZE = 4096;
 
 /** Options for {@link createFile}. */

@@ -85,6 +85,57 @@ export class LockError extends TsimgError {
   }
 }
 
+/** The image is marked or found corrupt: qemu refuses to write it (and says so once). */
+export class CorruptError extends TsimgError {
+  constructor(message: string, options?: { cause?: unknown; errno?: string }) {
+    super('corrupt', message, options);
+    this.name = 'CorruptError';
+  }
+}
+
+/** A file, snapshot or bitmap that does not exist. */
+export class NotFoundError extends TsimgError {
+  constructor(message: string, options?: { cause?: unknown; errno?: string }) {
+    super('not-found', message, options);
+    this.name = 'NotFoundError';
+  }
+}
+
+/** A size or count beyond what qemu accepts (a table too large, a chain too deep). */
+export class LimitError extends TsimgError {
+  constructor(message: string, options?: { cause?: unknown; errno?: string }) {
+    super('limit', message, options);
+    this.name = 'LimitError';
+  }
+}
+
+/** The subclass each code's errors are instances of. */
+const CLASS_OF: { readonly [C in TsimgErrorCode]: new (message: string, options?: { cause?: unknown; errno?: string }) => TsimgError } = {
+  format: FormatError,
+  unsupported: UnsupportedError,
+  io: IoError,
+  usage: UsageError,
+  corrupt: CorruptError,
+  'not-found': NotFoundError,
+  'read-only': ReadOnlyError,
+  limit: LimitError,
+  locked: LockError,
+};
+
+/**
+ * An error of `code` as an instance of that code's subclass: for code that passes a code along
+ * (re-wording an error with a prefix, keeping what kind it is). A `hint` is kept too.
+ */
+export function errorWithCode(
+  code: TsimgErrorCode,
+  message: string,
+  options?: { cause?: unknown; errno?: string; hint?: string },
+): TsimgError {
+  const err = new CLASS_OF[code](message, options);
+  if (options?.hint !== undefined && !(err instanceof LockError)) Object.assign(err, { hint: options.hint });
+  return err;
+}
+
 // glibc's strerror texts, so messages read like qemu's ("Could not open 'x': No such file or directory").
 const STRERROR: Readonly<Record<string, string>> = {
   EPERM: 'Operation not permitted',
@@ -130,6 +181,6 @@ export function systemError(err: unknown, context: string): TsimgError {
   const errno = typeof code === 'string' ? code : undefined;
   const reason = errno !== undefined ? strerror(errno) : err instanceof Error ? err.message : String(err);
   const message = `${context}: ${reason}`;
-  if (errno === 'ENOENT') return new TsimgError('not-found', message, { cause: err, errno });
+  if (errno === 'ENOENT') return new NotFoundError(message, { cause: err, errno });
   return new IoError(message, { cause: err, errno });
 }

@@ -49,71 +49,21 @@ import fs from 'node:fs';
 import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
 import { IoError, ReadOnlyError, strerror, systemError, TsimgError, UsageError } from './errors.js';
-import {
-  acquireImageLock, CREATE_PERMISSIONS, type ImageLock, type LockCalls, lockCallsFor, type LockingMode,
-  type LockPermissions, nativeLockCalls,
-} from './lock.js';
-import { type Errno, loadNative, type NativeFs, nativeStatus } from './native.js';
+import { call, type Callback } from './fs-call.js';
+import { blockDeviceSize } from './host-device.js';
+import { acquireImageLock, type ImageLock, type LockCalls, type LockingMode, type LockPermissions } from './lock.js';
+import { type Errno, loadNative, type NativeFs } from './native.js';
+import { lockAtOpen } from './open-lock.js';
+import type { FileDeviceOptions, FileLockState } from './file-device-options.js';
 import { findAllocation, loadLseek, type Lseek } from './seek.js';
 import { dataRunLength, isZero, zeroRunLength } from './zero.js';
 
-/** Options for {@link FileDevice.open}. */
-export interface FileDeviceOptions {
-  /** Open read-only: writes, discards and resizes throw a ReadOnlyError. */
-  readOnly?: boolean;
-  /** Create the file if missing and truncate it to 0 bytes if present (like `qemu-img create`). */
-  create?: boolean;
-  /**
-   * `'async'` (default): reads and writes run on libuv's thread pool, so several can be in flight.
-   * `'sync'`: blocking `readSync`/`writeSync`. Measured from the page cache, a 64 KiB read then
-   * costs ≈3 µs instead of ≈30–50 µs (a 4 KiB write ≈7 µs instead of ≈20 µs; from 1 MiB on
-   * the two are equal), but the event loop waits for every I/O, so there is no I/O concurrency
-   * and a slow disk stalls the process. Good for metadata-heavy single-threaded work.
-   */
-  io?: 'async' | 'sync';
-  /**
-   * How `blockStatus` finds data and zeroes. `'auto'` (default): SEEK_DATA/SEEK_HOLE when the
-   * optional `fs-ext` module is available (see {@link hasSeekData}), else `'scan'`. `'scan'`:
-   * read the file and look for zero blocks. See the module comment for what each reports.
-   */
-  allocation?: 'auto' | 'scan';
-  /**
-   * qemu's `cache.no-flush` (part of cache mode `unsafe`, qemu-img convert's default for its
-   * target): `flush` (and the flush in `close`) return at once without syncing. Measured on a
-   * 1 GiB convert here, the fdatasync calls cost ~0.3 s of a ~1 s run.
-   */
-  noFlush?: boolean;
-  /**
-   * Take qemu's image lock for these permissions (see lock.ts, {@link imageFilePermissions}) at
-   * open, and drop it at close. A conflicting user makes `open` throw a LockError with qemu's
-   * message and hint. Without it no lock is held (except while `create` empties the file).
-   */
-  lock?: LockPermissions;
-  /**
-   * qemu's `file.locking`: `'auto'` (default) locks with OFD locks when the kernel has them
-   * and does not lock otherwise; `'on'` falls back to POSIX locks (with qemu's warning); `'off'`
-   * never locks, not even for `create`. Without the native module nothing can lock: `'on'`
-   * throws an UnsupportedError and `'auto'` calls `onWarning` (when a lock was asked for).
-   */
-  locking?: LockingMode;
-  /**
-   * Receives warnings (one line, or a first line and further lines, as qemu prints them after
-   * `warning: `). Default: process.emitWarning, so nothing is lost when no one listens.
-   */
-  onWarning?: (message: string) => void;
-  /** `false`: do as if the native module were missing (for tests of the fallback paths). */
-  native?: boolean;
-}
+export type { FileDeviceOptions, FileLockState } from './file-device-options.js';
 
 /** True when the native module loads, so FileDevice can lock images and use fallocate. */
 export function lockingAvailable(): boolean {
   return loadNative() !== undefined;
 }
-
-/** Which locks a FileDevice holds: qemu's lock kind and permissions, or `'none'`. */
-export type FileLockState =
-  | { kind: 'none' }
-  | { kind: 'ofd' | 'posix'; permissions: LockPermissions };
 
 // seek.ts is not in index.ts; its public part is exported through here.
 export { type Allocation, findAllocation, hasSeekData, type Lseek, SEEK_DATA, SEEK_HOLE } from './seek.js';
@@ -205,6 +155,7 @@ export class FileDevice implements BlockDevice {
       throw systemError(err, `Could not ${verb} '${path}'`);
     }
     let lock: ImageLock | undefined;
+    let lockCalls: LockCalls | undefined;
     try {
       const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
       const blockDevice = stat.isBlockDevice();
@@ -213,25 +164,7 @@ export class FileDevice implements BlockDevice {
         throw new UsageError(`'file' driver requires '${path}' to be a regular file`, { errno: 'EINVAL' });
       }
       const native = options.native === false ? undefined : loadNative();
-      const locking = options.locking ?? 'auto';
-      const warn = options.onWarning ?? ((message: string) => process.emitWarning(message, 'TsimgWarning'));
-      const why = options.native === false ? 'disabled by the caller' : nativeStatus();
-      const lockCalls = options.lock !== undefined || locking === 'on' ? lockCallsFor(locking, native, warn, why) : undefined;
-      if (create && !blockDevice) {
-        // raw_co_create locks with whatever fcntl the kernel has, whatever file.locking says;
-        // only 'off' (which qemu-img create cannot say) skips it here.
-        const createCalls = lockCalls ?? (locking !== 'off' && native ? nativeLockCalls(native, native.ofd ? 'ofd' : 'posix') : undefined);
-        if (createCalls !== undefined) lock = acquireImageLock(fd, CREATE_PERMISSIONS, path, createCalls);
-        await call((cb) => fs.ftruncate(fd, 0, cb));
-        if (lock !== undefined && (options.lock === undefined || lockCalls === undefined)) {
-          lock.release();
-          lock = undefined;
-        }
-      }
-      if (options.lock !== undefined && lockCalls !== undefined) {
-        if (lock !== undefined) lock.update(options.lock);
-        else lock = acquireImageLock(fd, options.lock, path, lockCalls);
-      }
+      ({ lockCalls, lock } = await lockAtOpen(fd, path, options, blockDevice, native));
       const size = blockDevice ? blockDeviceSize(fd, stat, native, path) : create ? 0 : stat.size;
       const fsType = blockDevice ? undefined : await call<fs.StatsFs>((cb) => fs.statfs(path, cb)).then((st) => st.type, () => undefined);
       const blocksTrusted = fsType !== undefined && BLOCKS_TRUSTED.has(fsType);
@@ -654,34 +587,4 @@ export class FileDevice implements BlockDevice {
       release();
     }
   }
-}
-
-/**
- * A block device's size: BLKGETSIZE64 (what qemu's lseek(SEEK_END) returns), or without the
- * native module the 512-byte sector count in /sys/dev/block/MAJOR:MINOR/size.
- */
-function blockDeviceSize(fd: number, stat: fs.Stats, native: NativeFs | undefined, path: string): number {
-  if (native !== undefined) {
-    const r = native.blockDeviceSize(fd);
-    if (typeof r === 'number') return r;
-    throw new IoError(`Could not open '${path}': ${strerror(r.errno)}`, { errno: r.errno });
-  }
-  // glibc's gnu_dev_major / gnu_dev_minor, on a dev_t that fits in a double here.
-  const rdev = BigInt(stat.rdev);
-  const major = Number(((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn));
-  const minor = Number((rdev & 0xffn) | ((rdev >> 12n) & ~0xffn));
-  try {
-    const sectors = Number(fs.readFileSync(`/sys/dev/block/${major}:${minor}/size`, 'utf8').trim());
-    if (Number.isSafeInteger(sectors)) return sectors * 512;
-  } catch {
-    // No sysfs (not Linux, or not mounted): nothing else tells the size without the module.
-  }
-  throw new TsimgError('unsupported', `Could not get the size of block device '${path}': the native module tsimg_fs is not available`, { errno: 'ENOTSUP' });
-}
-
-type Callback<T> = (err: NodeJS.ErrnoException | null, value: T) => void;
-
-/** Runs a node:fs callback-style call as a Promise (faster than fs/promises, see above). */
-function call<T = void>(start: (cb: Callback<T>) => void): Promise<T> {
-  return new Promise<T>((resolve, reject) => start((err, value) => (err ? reject(err) : resolve(value))));
 }

@@ -1,18 +1,43 @@
 /** @tsimg/raw — the bottom of tsimg's block layer. */
-export * from './errors.js';
-export * from './block-device.js';
-export * from './zero.js';
-export { checkRange, checkUint } from './assert.js';
-export * from './memory-device.js';
-export * from './file-device.js';
-export * from './read-only.js';
-export * from './counting.js';
-export * from './faulty.js';
-export * from './create-raw.js';
+
+export { type BlockDevice, type BlockStatus, type WriteZeroesOptions } from './block-device.js';
+export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
-  acquireImageLock, BLK_PERM_ALL, BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED,
-  conflictTests, CREATE_PERMISSIONS, ImageLock, imageFilePermissions, type LockCalls, lockCallsFor, lockedBytes,
-  type LockingMode, type LockPermissions, type LockTest, nativeLockCalls, permNames, RAW_LOCK_PERM_BASE,
-  RAW_LOCK_SHARED_BASE,
+  createFile,
+  type CreateFileOptions,
+  fillZeroes,
+  type RawPreallocation,
+  truncateWithPreallocation,
+} from './create-raw.js';
+export {
+  CorruptError,
+  errorWithCode,
+  FormatError,
+  IoError,
+  LimitError,
+  LockError,
+  NotFoundError,
+  ReadOnlyError,
+  strerror,
+  systemError,
+  TsimgError,
+  type TsimgErrorCode,
+  UnsupportedError,
+  UsageError,
+} from './errors.js';
+export { type FaultPlan, FaultyDevice, faultyDevice } from './faulty.js';
+export { FileDevice, type FileDeviceOptions, type FileLockState, lockingAvailable } from './file-device.js';
+export { BDRV_MAX_LENGTH, BDRV_REQUEST_MAX_BYTES, BDRV_SECTOR_SIZE, INT_MAX } from './limits.js';
+export {
+  BLK_PERM_ALL,
+  BLK_PERM_CONSISTENT_READ,
+  BLK_PERM_RESIZE,
+  BLK_PERM_WRITE,
+  BLK_PERM_WRITE_UNCHANGED,
+  imageFilePermissions,
+  type LockingMode,
+  type LockPermissions,
 } from './lock.js';
-export { type Errno, loadNative, type LockType, type NativeFs, nativeStatus } from './native.js';
+export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.js';
+export { readOnlyDevice } from './read-only.js';
+export { dataRunLength, isZero, zeroRunLength } from './zero.js';

@@ -24,8 +24,11 @@ import type { Errno, LockType, NativeFs } from './native.js';
 
 /** qemu's permission bits (include/block/block-common.h, QEMU 7.2). */
 export const BLK_PERM_CONSISTENT_READ = 0x01;
+/** Writing guest-visible data. */
 export const BLK_PERM_WRITE = 0x02;
+/** Writes that leave the data as it reads (e.g. writing zeroes where zeroes read). */
 export const BLK_PERM_WRITE_UNCHANGED = 0x04;
+/** Changing the size of the file. */
 export const BLK_PERM_RESIZE = 0x08;
 /** Every permission. (Bit 0x10, the removed BLK_PERM_GRAPH_MOD, is not locked by QEMU 7.2.) */
 export const BLK_PERM_ALL = 0x0f;

@@ -10,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { type BlockStatus, FileDevice, hasSeekData, isZero } from '@tsimg/raw';
+import { type BlockStatus, FileDevice, isZero } from '@tsimg/raw';
+import { hasSeekData } from '../src/file-device.js';
 import { describeQemu, qemuImg } from '../../../test-images/qemu.js';
 
 const KiB = 1024;

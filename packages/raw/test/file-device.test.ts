@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FILE_STATUS_SCAN_LIMIT, FileDevice, type FileDeviceOptions, hasSeekData, IoError, lockingAvailable, UsageError } from '@tsimg/raw';
+import { FileDevice, type FileDeviceOptions, IoError, lockingAvailable, UsageError } from '@tsimg/raw';
+import { FILE_STATUS_SCAN_LIMIT, hasSeekData } from '../src/file-device.js';
 
 let dir: string;
 beforeAll(() => {

@@ -6,10 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import {
-  FileDevice, type FileDeviceOptions, imageFilePermissions, LockError, lockingAvailable, type LockPermissions, nativeStatus,
-  UnsupportedError,
-} from '@tsimg/raw';
+import { FileDevice, type FileDeviceOptions, imageFilePermissions, LockError, lockingAvailable, type LockPermissions, UnsupportedError } from '@tsimg/raw';
+import { nativeStatus } from '../src/native.js';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 /** Native-module suites: skipped loudly without it, failing when CI is set (CI builds it). */

@@ -1,10 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
-import {
-  acquireImageLock, BLK_PERM_ALL, BLK_PERM_CONSISTENT_READ as READ, BLK_PERM_RESIZE as RESIZE, BLK_PERM_WRITE as WRITE,
-  BLK_PERM_WRITE_UNCHANGED as WRITE_UNCHANGED, conflictTests, CREATE_PERMISSIONS, imageFilePermissions, type LockCalls,
-  lockCallsFor, LockError, lockedBytes, type LockPermissions, type NativeFs, permNames, UnsupportedError,
-} from '@tsimg/raw';
+import { BLK_PERM_ALL, BLK_PERM_CONSISTENT_READ as READ, BLK_PERM_RESIZE as RESIZE, BLK_PERM_WRITE as WRITE, BLK_PERM_WRITE_UNCHANGED as WRITE_UNCHANGED, imageFilePermissions, LockError, type LockPermissions, UnsupportedError } from '@tsimg/raw';
+import { acquireImageLock, conflictTests, CREATE_PERMISSIONS, type LockCalls, lockCallsFor, lockedBytes, permNames } from '../src/lock.js';
+import { type NativeFs } from '../src/native.js';
 
 /**
  * A stand-in for the kernel's OFD locks: shared locks on single bytes, one owner per fd. A test

@@ -4,7 +4,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { FileDevice, lockingAvailable, nativeStatus } from '@tsimg/raw';
+import { FileDevice, lockingAvailable } from '@tsimg/raw';
+import { nativeStatus } from '../src/native.js';
 
 const MiB = 1 << 20;
 const native = lockingAvailable();

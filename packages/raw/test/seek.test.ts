@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { findAllocation, type Lseek, SEEK_DATA, SEEK_HOLE } from '@tsimg/raw';
+import { findAllocation, type Lseek, SEEK_DATA, SEEK_HOLE } from '../src/file-device.js';
 
 /** An lseek that answers from a table keyed by whence, throwing `{ code }` for errno names. */
 function fakeLseek(answers: { data: number | string; hole?: number | string }): { lseek: Lseek; calls: number[] } {

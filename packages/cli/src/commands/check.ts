@@ -5,7 +5,7 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { FileDevice, type LockingMode, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
 import {
   dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
 } from '@tsimg/image';
@@ -22,7 +22,7 @@ import {
   type CheckImage,
   type CheckOutcome,
 } from '@tsimg/qcow2';
-import type { CliIO, CommandRunner } from '../main.js';
+import type { CliIO, CommandRunner } from '../command.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
@@ -36,9 +36,9 @@ import {
   refuseFormatWithImageOpts,
   usageExit,
 } from '../command-options.js';
-import { QEMU_FORMATS } from '../image-open.js';
-import { parseImageOpts } from './info.js';
-import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../format-check.js';
+import { QEMU_FORMATS } from '../qemu-formats.js';
+import { parseImageOpts } from '../image-opts.js';
+import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../check-output.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -72,7 +72,7 @@ async function openChecked(
   lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[] },
 ): Promise<{ file: FileDevice; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
-    if (!QEMU_FORMATS.includes(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
+    if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
   let file: FileDevice;
@@ -124,7 +124,7 @@ async function openChecked(
         let msg = err instanceof Error ? err.message : String(err);
         const prefix = `Could not open '${backingPath}': `;
         if (msg.startsWith(prefix)) msg = msg.slice(prefix.length);
-        throw new TsimgError('format', `Could not open backing file: ${msg}`, { cause: err });
+        throw new FormatError(`Could not open backing file: ${msg}`, { cause: err });
       });
       lock.held.push(backing);
     }

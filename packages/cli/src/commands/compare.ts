@@ -9,7 +9,7 @@ import { errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
-import type { CommandRunner } from '../main.js';
+import type { CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { createProgress } from '../progress.js';
 

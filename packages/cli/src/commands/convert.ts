@@ -1,34 +1,27 @@
 /**
  * `tsimg convert`: qemu-img 7.2's img_convert — option checks in qemu's order and with its
  * messages, the target created as `bdrv_create` would (no "Formatting" line), then the generic
- * copy loop `convertCopy` of @tsimg/qcow2, which makes the same allocation decisions as qemu's
+ * copy loop `convertCopy` of @tsimg/image, which makes the same allocation decisions as qemu's
  * in-order convert so a qcow2 target comes out byte for byte the same.
  */
 import { convertCopy, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
-import { createFile, TsimgError } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, TsimgError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
-import { corruptionLine, openCommandImage } from '../image-open.js';
+import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
-import type { CliIO, CommandRunner } from '../main.js';
+import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
+import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
+import { corruptionLine, type LockOptions, openCommandImage } from '../image-open.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
-import { createProgress } from '../progress.js';
+import { createProgress, type Progress } from '../progress.js';
+import { uncreatableFormatMessage } from '../qemu-formats.js';
 import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
-import {
-  createQcow2Image,
-  FILE_OPTS,
-  FORMAT_OPTS,
-  printOptionHelp,
-  protocolPath,
-  QEMU_CREATABLE,
-  QEMU_DRIVERS,
-  tooLarge,
-} from './create.js';
 
-const SECTOR = 512;
+const SECTOR = BDRV_SECTOR_SIZE;
 /** qemu-img's MAX_BUF_SECTORS: the largest -S, in sectors. */
 const MAX_BUF_SECTORS = 32768;
 /** qemu-img's MAX_COROUTINES: the largest -m. */
@@ -135,20 +128,10 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         if (value!.startsWith('snapshot.')) a.snapshot = parseSnapshotParam(value!);
         else a.snapshotName = value;
         break;
-      case 'S': {
-        const bytes = cvtnum('buffer size for sparse output', value!);
-        if (bytes % BigInt(SECTOR) !== 0n || bytes / BigInt(SECTOR) > BigInt(MAX_BUF_SECTORS)) {
-          throw new CliExit(
-            1,
-            'Invalid buffer size for sparse output specified. Valid sizes are multiples of ' +
-              `${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection ` +
-              '(fully allocates output).',
-          );
-        }
-        a.minSparse = Number(bytes);
+      case 'S':
+        a.minSparse = sparseSize(value!);
         a.explicitSparse = true;
         break;
-      }
       case 'p':
         a.progress = true;
         break;
@@ -164,13 +147,9 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
       case 'n':
         a.skipCreate = true;
         break;
-      case 'm': {
-        const n = /^\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.test(value!) ? Number(value) : NaN;
-        if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
-          throw new CliExit(1, `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
-        }
+      case 'm':
+        checkCoroutines(value!);
         break; // tsimg keeps its own number of requests in flight; writes stay in order either way
-      }
       case 'W':
         break; // out-of-order writes are not needed for speed here and would change the layout
       case 'U':
@@ -207,6 +186,28 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
   return a;
 }
 
+/** `-S`: the sparse-detection size in bytes, a multiple of 512 up to qemu's MAX_BUF_SECTORS. */
+function sparseSize(value: string): number {
+  const bytes = cvtnum('buffer size for sparse output', value);
+  if (bytes % BigInt(SECTOR) !== 0n || bytes / BigInt(SECTOR) > BigInt(MAX_BUF_SECTORS)) {
+    throw new CliExit(
+      1,
+      'Invalid buffer size for sparse output specified. Valid sizes are multiples of ' +
+        `${SECTOR} up to ${MAX_BUF_SECTORS * SECTOR}. Select 0 to disable sparse detection ` +
+        '(fully allocates output).',
+    );
+  }
+  return Number(bytes);
+}
+
+/** `-m`: qemu's range check of the number of coroutines (tsimg then ignores the number). */
+function checkCoroutines(value: string): void {
+  const n = /^\s*[+-]?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.test(value) ? Number(value) : NaN;
+  if (!Number.isInteger(n) || n < 1 || n > MAX_COROUTINES) {
+    throw new CliExit(1, `Invalid number of coroutines. Allowed number of coroutines is between 1 and ${MAX_COROUTINES}`);
+  }
+}
+
 /** qemu-img's checks that need no file, in its order. */
 function checkArgs(a: ConvertArgs): void {
   if (a.skipBroken && !a.bitmaps) throw new CliExit(1, 'Use of --skip-broken-bitmaps requires --bitmaps');
@@ -239,70 +240,16 @@ export const run: CommandRunner = async (argv, io) => {
   // img_convert initialises progress with a 1% step (compare and rebase use 2%).
   const progress = createProgress(io, args.progress && !args.quiet, 1.0);
   progress.print(0, 100);
-  // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
-  const sourceLocks = { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) };
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
   try {
-    for (const name of sources) {
-      opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...sourceLocks }));
-    }
-    if (args.snapshot !== undefined || args.snapshotName !== undefined) {
-      if (args.snapshotName !== undefined && sources.length > 1) {
-        throw new CliExit(1, 'No support for concatenating multiple snapshot');
-      }
-      // qemu loads the snapshot into the opened image; reopening on it gives the same view.
-      const first = opened[0]!;
-      if (first.format !== 'qcow2') {
-        throw new CliExit(
-          1,
-          `Failed to load snapshot: Block format '${first.format}' used by device '' does not support temporarily loading internal snapshots`,
-        );
-      }
-      await first.close();
-      opened[0] = await openNamed(sources[0]!, {
-        format: args.imageOpts ? undefined : first.format,
-        readOnly: true,
-        imageOpts: args.imageOpts,
-        snapshot: args.snapshot ?? args.snapshotName,
-        ...sourceLocks,
-      });
-    }
+    // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
+    await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
     const totalBytes = opened.reduce((n, img) => n + Math.ceil(img.size() / SECTOR) * SECTOR, 0);
     const out = outFilename!;
 
-    let opts: QemuOpts | undefined;
-    if (!args.skipCreate) {
-      const descs = FORMAT_OPTS[args.outFmt];
-      if (!descs) {
-        if (!QEMU_DRIVERS.has(args.outFmt)) throw new CliExit(1, `Unknown file format '${args.outFmt}'`);
-        if (!QEMU_CREATABLE.has(args.outFmt)) {
-          throw new CliExit(1, `Format driver '${args.outFmt}' does not support image creation`);
-        }
-        throw new CliExit(1, `Format '${args.outFmt}' is not supported by tsimg (raw and qcow2 are)`);
-      }
-      protocolPathOrExit(out);
-      opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
-      if (args.options !== undefined) {
-        try {
-          opts.parse(args.options);
-        } catch (err) {
-          throw new CliExit(1, err instanceof Error ? err.message : String(err));
-        }
-      }
-      opts.setNumber('size', BigInt(totalBytes));
-      if (args.outBase !== undefined) {
-        if (!opts.desc('backing_file')) throw new CliExit(1, `Backing file not supported for file format '${args.outFmt}'`);
-        opts.set('backing_file', args.outBase);
-      }
-      if (args.backingFmt !== undefined) {
-        if (!opts.desc('backing_fmt')) {
-          throw new CliExit(1, `Backing file format not supported for file format '${args.outFmt}'`);
-        }
-        opts.set('backing_fmt', args.backingFmt);
-      }
-    }
+    const opts = args.skipCreate ? undefined : creationOptions(args, out, totalBytes);
     const outBaseParam = opts?.getString('backing_file');
     const outBase = outBaseParam ?? args.outBase;
     const targetHasBacking = outBase !== undefined;
@@ -316,110 +263,21 @@ export const run: CommandRunner = async (argv, io) => {
       progress.print(100, 0);
       return 0;
     }
-    if (sources.length > 1 && outBase !== undefined) {
-      throw new CliExit(1, 'Having a backing file for the target makes no sense when concatenating multiple input images');
-    }
-    if (outBaseParam !== undefined && opts?.getString('backing_fmt') === undefined) {
-      throw new CliExit(1, 'Use of backing file requires explicit backing format');
-    }
-    if (args.compressed && opts) {
-      if (args.outFmt !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
-      if (opts.get('encryption') !== undefined || opts.getString('encrypt.format') !== undefined) {
-        throw new CliExit(1, 'Compression and encryption not supported at the same time');
-      }
-      const prealloc = opts.getString('preallocation');
-      if (prealloc !== undefined && prealloc !== 'off') {
-        throw new CliExit(1, 'Compression and preallocation not supported at the same time');
-      }
-    }
+    checkTargetOptions(args, opts, sources.length, outBase, outBaseParam);
     if (args.bitmaps) {
       if (sources.length > 1) throw new CliExit(1, 'Copying bitmaps only possible with single source');
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
-    // qemu's image locks: without -U the sources (with their backing and data files) do not
-    // share write access, so a target that is one of those files cannot be written. The locks
-    // refuse it themselves (OFD locks conflict within one process); this says it even without
-    // the native module, where nothing is locked.
-    const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
-    if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
-      const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
-      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
-    }
-    if (opts) {
-      try {
-        if (args.outFmt === 'qcow2') await createQcow2Image(out, opts, false, io);
-        else await createFile(protocolPath(out), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
-      } catch (err) {
-        const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
-        throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
-      }
-    }
-    if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-    if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
-      throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
-    }
-
-    target = await openNamed(out, {
-      format: args.outFmt || undefined,
-      readOnly: false,
-      imageOpts: args.targetImageOpts,
-      // qemu-img convert's default target cache mode is `unsafe`: no flush reaches the disk.
-      noFlush: args.cache === 'unsafe',
-      // -c writes one small compressed cluster at a time: synchronous writes skip a thread-pool
-      // round trip each (the reads of the sources stay asynchronous).
-      io: args.compressed ? 'sync' : undefined,
-      // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
-      // free are then punched out of the file as well.
-      unmap: args.minSparse !== 0,
-      onWarning: lockWarnings(io, true),
-    });
-    // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
-    if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
-      throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
-    }
-    if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
-    if (args.skipCreate && target.size() < totalBytes) throw new CliExit(1, 'output file is smaller than input file');
-
-    const clusterSize = (target as Partial<Qcow2Image>).clusterSize ?? 0;
+    await prepareTarget(args, opened, out, opts, io);
+    target = await openTarget(args, out, lockWarnings(io, true));
+    checkTarget(args, target, totalBytes);
     if (args.compressed) {
       const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
       // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
       pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
     }
-    try {
-      await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
-        minSparse: args.minSparse,
-        compressed: args.compressed,
-        clusterSize,
-        // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
-        hasZeroInit: args.skipCreate ? args.targetIsZero : true,
-        targetHasBacking,
-        targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
-        salvage: args.salvage,
-        rateLimit: args.rateLimit,
-        warn: (m, causes) => {
-          // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
-          // per image, even with -q); the errors salvage swallowed are where tsimg has it.
-          for (const cause of causes) {
-            const line = corruptionLine(cause);
-            if (line) io.stderr(line);
-          }
-          if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
-        },
-        progress: (pct) => progress.print(pct, 0),
-        compressor: pool,
-        compressorThreads: pool?.threads,
-        // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
-        // writes one at a time, as qemu's throttle sees them.
-        parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
-      });
-    } catch (err) {
-      // qemu's qcow2 driver prints its corruption line before qemu-img's own message.
-      const line = corruptionLine(err);
-      if (line) io.stderr(line);
-      throw err;
-    }
+    await copy(args, opened, target, { targetHasBacking, pool, progress, io });
     if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
     await target.close();
     target = undefined;
@@ -434,6 +292,188 @@ export const run: CommandRunner = async (argv, io) => {
 };
 
 /**
+ * Opens every source into `opened` (so the caller closes whatever was opened, even on failure),
+ * then, with `-l`, reopens the first on the snapshot asked for.
+ */
+async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
+  for (const name of sources) {
+    opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
+  }
+  if (args.snapshot === undefined && args.snapshotName === undefined) return;
+  if (args.snapshotName !== undefined && sources.length > 1) {
+    throw new CliExit(1, 'No support for concatenating multiple snapshot');
+  }
+  // qemu loads the snapshot into the opened image; reopening on it gives the same view.
+  const first = opened[0]!;
+  if (first.format !== 'qcow2') {
+    throw new CliExit(
+      1,
+      `Failed to load snapshot: Block format '${first.format}' used by device '' does not support temporarily loading internal snapshots`,
+    );
+  }
+  await first.close();
+  opened[0] = await openNamed(sources[0]!, {
+    format: args.imageOpts ? undefined : first.format,
+    readOnly: true,
+    imageOpts: args.imageOpts,
+    snapshot: args.snapshot ?? args.snapshotName,
+    ...locks,
+  });
+}
+
+/** The target's creation options (without -n): `-o`, the sources' total size, `-B` and `-F`. */
+function creationOptions(args: ConvertArgs, out: string, totalBytes: number): QemuOpts {
+  const descs = FORMAT_OPTS[args.outFmt];
+  if (!descs) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
+  protocolPathOrExit(out);
+  const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
+  if (args.options !== undefined) {
+    try {
+      opts.parse(args.options);
+    } catch (err) {
+      throw new CliExit(1, err instanceof Error ? err.message : String(err));
+    }
+  }
+  opts.setNumber('size', BigInt(totalBytes));
+  if (args.outBase !== undefined) {
+    if (!opts.desc('backing_file')) throw new CliExit(1, `Backing file not supported for file format '${args.outFmt}'`);
+    opts.set('backing_file', args.outBase);
+  }
+  if (args.backingFmt !== undefined) {
+    if (!opts.desc('backing_fmt')) {
+      throw new CliExit(1, `Backing file format not supported for file format '${args.outFmt}'`);
+    }
+    opts.set('backing_fmt', args.backingFmt);
+  }
+  return opts;
+}
+
+/** img_convert's checks of the target's backing file and of -c against the creation options. */
+function checkTargetOptions(
+  args: ConvertArgs,
+  opts: QemuOpts | undefined,
+  sourceCount: number,
+  outBase: string | undefined,
+  outBaseParam: string | undefined,
+): void {
+  if (sourceCount > 1 && outBase !== undefined) {
+    throw new CliExit(1, 'Having a backing file for the target makes no sense when concatenating multiple input images');
+  }
+  if (outBaseParam !== undefined && opts?.getString('backing_fmt') === undefined) {
+    throw new CliExit(1, 'Use of backing file requires explicit backing format');
+  }
+  if (args.compressed && opts) {
+    if (args.outFmt !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+    if (opts.get('encryption') !== undefined || opts.getString('encrypt.format') !== undefined) {
+      throw new CliExit(1, 'Compression and encryption not supported at the same time');
+    }
+    const prealloc = opts.getString('preallocation');
+    if (prealloc !== undefined && prealloc !== 'off') {
+      throw new CliExit(1, 'Compression and preallocation not supported at the same time');
+    }
+  }
+}
+
+/**
+ * Creates the target (unless -n, `opts` undefined) after qemu's lock check, then checks the
+ * target cache mode and, for an existing target, the lock again.
+ */
+async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: string, opts: QemuOpts | undefined, io: CliIO): Promise<void> {
+  // qemu's image locks: without -U the sources (with their backing and data files) do not
+  // share write access, so a target that is one of those files cannot be written. The locks
+  // refuse it themselves (OFD locks conflict within one process); this says it even without
+  // the native module, where nothing is locked.
+  const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
+  if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+    const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
+    throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
+  }
+  if (opts) {
+    try {
+      await createImageFile(args.outFmt, out, opts, false, io);
+    } catch (err) {
+      const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
+      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
+    }
+  }
+  if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
+  if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+    throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
+  }
+}
+
+/** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
+function openTarget(args: ConvertArgs, out: string, onWarning: (message: string) => void): Promise<Image> {
+  return openNamed(out, {
+    format: args.outFmt || undefined,
+    readOnly: false,
+    imageOpts: args.targetImageOpts,
+    // qemu-img convert's default target cache mode is `unsafe`: no flush reaches the disk.
+    noFlush: args.cache === 'unsafe',
+    // -c writes one small compressed cluster at a time: synchronous writes skip a thread-pool
+    // round trip each (the reads of the sources stay asynchronous).
+    io: args.compressed ? 'sync' : undefined,
+    // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
+    // free are then punched out of the file as well.
+    unmap: args.minSparse !== 0,
+    onWarning,
+  });
+}
+
+/** What the opened target must be able to take: bitmaps, compression, the sources' size. */
+function checkTarget(args: ConvertArgs, target: Image, totalBytes: number): void {
+  // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
+  if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
+    throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
+  }
+  if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+  if (args.skipCreate && target.size() < totalBytes) throw new CliExit(1, 'output file is smaller than input file');
+}
+
+/** The copy itself (convertCopy of @tsimg/image), with qemu's warnings and corruption lines. */
+async function copy(
+  args: ConvertArgs,
+  opened: readonly Image[],
+  target: Image,
+  how: { targetHasBacking: boolean; pool: CompressPool | undefined; progress: Progress; io: CliIO },
+): Promise<void> {
+  const { targetHasBacking, pool, progress, io } = how;
+  try {
+    await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
+      minSparse: args.minSparse,
+      compressed: args.compressed,
+      clusterSize: target.clusterSize ?? 0,
+      // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
+      hasZeroInit: args.skipCreate ? args.targetIsZero : true,
+      targetHasBacking,
+      targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
+      salvage: args.salvage,
+      rateLimit: args.rateLimit,
+      warn: (m, causes) => {
+        // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
+        // per image, even with -q); the errors salvage swallowed are where tsimg has it.
+        for (const cause of causes) {
+          const line = corruptionLine(cause);
+          if (line) io.stderr(line);
+        }
+        if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
+      },
+      progress: (pct) => progress.print(pct, 0),
+      compressor: pool,
+      compressorThreads: pool?.threads,
+      // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
+      // writes one at a time, as qemu's throttle sees them.
+      parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
+    });
+  } catch (err) {
+    // qemu's qcow2 driver prints its corruption line before qemu-img's own message.
+    const line = corruptionLine(err);
+    if (line) io.stderr(line);
+    throw err;
+  }
+}
+
+/**
  * openCommandImage, also for names with qemu's `file:` protocol prefix (the file is opened by
  * the rest of the name; errors still quote the name as given, as qemu's do).
  */
@@ -445,7 +485,7 @@ async function openNamed(name: string, options: Parameters<typeof openCommandIma
   } catch (err) {
     const prefix = `Could not open '${path}': `;
     if (!(err instanceof TsimgError) || !err.message.startsWith(prefix)) throw err;
-    throw new TsimgError(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
+    throw errorWithCode(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
   }
 }
 
@@ -461,7 +501,7 @@ async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
   for (const top of images) {
     for (let img: Image | undefined = top; img; img = img.backing) {
       await add(img.file);
-      await add((img as Partial<Qcow2Image>).dataFile);
+      await add(img.dataFile);
     }
   }
   return ids;
@@ -483,7 +523,7 @@ function protocolPathOrExit(name: string): string {
 
 /** convert_check_bitmaps: refuses inconsistent bitmaps unless --skip-broken-bitmaps. */
 async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
-  const bitmaps = await listBitmaps(source);
+  const bitmaps = await bitmapStates(source);
   for (const b of bitmaps) {
     if (b.inconsistent && !skipBroken) {
       throw new CliExit(
@@ -494,7 +534,8 @@ async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
   }
 }
 
-async function listBitmaps(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
+/** The source's persistent bitmaps, each with whether it is inconsistent (in use). */
+async function bitmapStates(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
   if (source.format !== 'qcow2') throw new CliExit(1, 'Source lacks bitmap support');
   const { loadImageBitmaps } = await import('@tsimg/qcow2');
   return loadImageBitmaps(source as Qcow2Image);
@@ -506,7 +547,7 @@ async function listBitmaps(source: Image): Promise<{ name: string; inconsistent:
  */
 async function copyBitmaps(source: Image, target: Image, skipBroken: boolean, io: CliIO): Promise<void> {
   if (skipBroken) {
-    for (const b of await listBitmaps(source)) {
+    for (const b of await bitmapStates(source)) {
       if (b.inconsistent) io.stderr(`tsimg: warning: Skipping inconsistent bitmap '${b.name}'\n`);
     }
   }

@@ -22,7 +22,7 @@ import {
 import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
-import type { CommandRunner } from '../main.js';
+import type { CommandRunner } from '../command.js';
 
 const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
 

@@ -1,13 +1,12 @@
 /**
  * `tsimg info [-f fmt] [--output=human|json] [--backing-chain] [--image-opts] [-U] [--object ...]
  * filename` — qemu-img 7.2's img_info: same options, same text and JSON, same messages and exit
- * statuses. The gathering lives in @tsimg/qcow2 (info.ts); the printing in ../format-info.ts.
+ * statuses. The gathering lives in @tsimg/image (info.ts); the printing in ../info-output.ts.
  */
-import { type LockingMode, TsimgError } from '@tsimg/raw';
+import { TsimgError } from '@tsimg/raw';
 import { lockWarnings } from '../lock-messages.js';
-import { collectImageInfoList, locateImageFromOptions, type ImageInfo } from '@tsimg/image';
-import type { CliIO, CommandRunner } from '../main.js';
-import { CliExit } from '../exit.js';
+import { collectImageInfoList, type ImageInfo } from '@tsimg/image';
+import type { CliIO, CommandRunner } from '../command.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
   expectOneFilename,
@@ -23,7 +22,8 @@ import {
   formatImageInfoJson,
   formatImageInfoListHuman,
   formatImageInfoListJson,
-} from '../format-info.js';
+} from '../info-output.js';
+import { splitImageOpts } from '../image-opts.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -40,51 +40,6 @@ const HELP =
   "  '--backing-chain' reports every image of the backing chain\n" +
   "  '--image-opts' treats filename as a set of options (driver=qcow2,file.filename=x)\n" +
   "  '-U' opens the image in shared mode (tsimg takes no locks, so it is accepted and has no effect)\n";
-
-/**
- * Splits `--image-opts` text the way QemuOpts does: comma-separated `key=value` pairs, ",," for
- * a literal comma, a bare first element meaning `file=<it>` (the implied option) and any other
- * bare key meaning `key=on`.
- */
-export function splitImageOpts(text: string): Map<string, string> {
-  const opts = new Map<string, string>();
-  let i = 0;
-  let first = true;
-  while (i < text.length) {
-    let part = '';
-    while (i < text.length) {
-      if (text[i] === ',') {
-        if (text[i + 1] === ',') {
-          part += ',';
-          i += 2;
-          continue;
-        }
-        break;
-      }
-      part += text[i++];
-    }
-    i++;
-    const eq = part.indexOf('=');
-    if (eq >= 0) opts.set(part.slice(0, eq), part.slice(eq + 1));
-    else if (first) opts.set('file', part);
-    else if (part !== '') opts.set(part, 'on');
-    first = false;
-  }
-  return opts;
-}
-
-/**
- * `--image-opts` text resolved to a host file and a format (as other commands use it), with
- * qemu's "Could not open '<text>': ..." message when the options name no usable file.
- */
-export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode } {
-  try {
-    const loc = locateImageFromOptions(splitImageOpts(text));
-    return { format: loc.format, filename: loc.path, locking: loc.locking };
-  } catch (err) {
-    throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
-  }
-}
 
 /** Prints an error with qemu's optional hint line and turns it into exit status 1. */
 function reportError(err: unknown, io: CliIO): number {

@@ -18,7 +18,7 @@ import {
 } from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
-import type { CommandRunner } from '../main.js';
+import type { CommandRunner } from '../command.js';
 import { lockWarnings } from '../lock-messages.js';
 
 const LONG = [

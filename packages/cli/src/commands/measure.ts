@@ -1,18 +1,10 @@
 /**
  * `tsimg measure`: the file size a new image needs, for a virtual size or for the contents of an
  * existing image, with qemu-img 7.2's checks, messages and output (qemu-img.c img_measure), over
- * `measure` of @tsimg/qcow2.
+ * `measure` of @tsimg/image.
  */
-import { measure, type Image, type MeasureSource } from '@tsimg/image';
-import {
-  AUTOCLEAR_BITMAPS,
-  findExtension,
-  loadBitmapDirectory,
-  Qcow2Image,
-  type MeasureBitmap,
-  type MeasureResult,
-  type Qcow2MeasureOptions,
-} from '@tsimg/qcow2';
+import { measure, type MeasureSource } from '@tsimg/image';
+import type { MeasureResult, Qcow2MeasureOptions } from '@tsimg/qcow2';
 import { CliExit } from '../exit.js';
 import { parseSnapshotParam } from '../snapshot-param.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
@@ -26,10 +18,12 @@ import {
   OUTPUT_OPTION,
 } from '../command-options.js';
 import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
-import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from './create.js';
+import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from '../creation-options.js';
 import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
-import type { CommandRunner } from '../main.js';
+import { QEMU_CREATABLE, QEMU_FORMATS } from '../qemu-formats.js';
+import { sourceBitmaps } from '../source-bitmaps.js';
+import type { CommandRunner } from '../command.js';
 import { lockWarnings } from '../lock-messages.js';
 
 const LONG = [
@@ -40,17 +34,6 @@ const LONG = [
   { name: 'size', hasArg: true, key: 'size' },
   FORCE_SHARE_OPTION,
 ];
-
-// What qemu-img 7.2 answers for the target formats it knows but cannot measure.
-const CREATABLE_UNMEASURABLE = new Set([
-  'file', 'gluster', 'host_cdrom', 'host_device', 'iscsi', 'iser', 'nbd', 'nfs', 'nvme', 'parallels',
-  'qcow', 'qed', 'rbd', 'ssh', 'vdi', 'vhdx', 'vmdk', 'vpc',
-]);
-const NOT_CREATABLE = new Set([
-  'blkdebug', 'blklogwrites', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
-  'copy-on-read', 'dmg', 'ftp', 'ftps', 'http', 'https', 'null-aio', 'null-co', 'preallocate',
-  'quorum', 'replication', 'snapshot-access', 'throttle', 'vvfat',
-]);
 
 const USAGE =
   'usage: tsimg measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--object objectdef] [--image-opts] [-f fmt] [-l snapshot_param] filename]\n';
@@ -91,19 +74,6 @@ function qcow2Options(opts: QemuOpts): Qcow2MeasureOptions {
     hasBackingFile: opts.get('backing_file') !== undefined,
     encryptFormat: opts.getString('encrypt.format'),
   };
-}
-
-/**
- * The persistent bitmaps qemu would load from `image` (undefined when the format has none):
- * every entry of a v3 qcow2's bitmap directory, none when the autoclear bit says a program
- * without bitmap support touched the image.
- */
-async function persistentBitmaps(image: Image): Promise<MeasureBitmap[] | undefined> {
-  if (!(image instanceof Qcow2Image) || image.header.version < 3) return undefined;
-  const ext = findExtension(image.extensions, 'bitmaps');
-  if (ext === undefined || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return [];
-  const entries = await loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
-  return entries.map((e) => ({ name: e.name, granularity: 2 ** e.granularityBits }));
 }
 
 function humanResult(r: MeasureResult): string {
@@ -210,10 +180,10 @@ export const run: CommandRunner = async (argv, io) => {
   try {
     const source = image;
     const outFmt = opts.outFmt;
-    if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
-    if (outFmt !== 'qcow2' && outFmt !== 'raw' && outFmt !== 'luks' && !CREATABLE_UNMEASURABLE.has(outFmt)) {
-      throw new CliExit(1, `Unknown file format '${outFmt}'`);
+    if (QEMU_FORMATS.has(outFmt) && !QEMU_CREATABLE.has(outFmt)) {
+      throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     }
+    if (!QEMU_CREATABLE.has(outFmt)) throw new CliExit(1, `Unknown file format '${outFmt}'`);
     let qopts: Qcow2MeasureOptions = {};
     if (outFmt === 'qcow2' || outFmt === 'raw') {
       const parsed = parseTargetOptions(opts.options, outFmt);
@@ -224,7 +194,7 @@ export const run: CommandRunner = async (argv, io) => {
       throw new CliExit(1, `Block driver '${outFmt}' does not support size measurement`);
     }
     const what: MeasureSource =
-      source !== undefined ? { image: source, bitmaps: await persistentBitmaps(source) } : { size: opts.size! };
+      source !== undefined ? { image: source, bitmaps: await sourceBitmaps(source) } : { size: opts.size! };
     let result: MeasureResult;
     try {
       result = await measure(outFmt, what, qopts);

@@ -9,8 +9,6 @@ import { isZero, strerror } from '@tsimg/raw';
 import { setRefcount, getRefcount } from '../format/refcount.js';
 import {
   type CheckImage,
-  hex,
-  hex64,
   u64,
   readAt,
   reftableOffsetAt,
@@ -22,6 +20,7 @@ import {
   flushRefblocks,
   preWriteOverlapCheck,
 } from './check-state.js';
+import { hex, hexDigits, hexDigits64 } from '../format/hex.js';
 import { OL_ACTIVE_L2, OL_INACTIVE_L2 } from '../format/overlap.js';
 import { loadBitmapDirectory } from '../format/bitmap-directory.js';
 
@@ -134,8 +133,8 @@ export function incRefcounts(p: RefcountPass, offset: number, size: number, hexO
   if (offset + size - fileLen >= cs) {
     img.log(
       `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${
-        hexOffset ?? hex(offset)
-      } size 0x${hex(size)}`,
+        hexOffset ?? hexDigits(offset)
+      } size ${hex(size)}`,
     );
     res.corruptions++;
     return;
@@ -153,7 +152,7 @@ export function incRefcounts(p: RefcountPass, offset: number, size: number, hexO
     }
     const r = imrt.get(k);
     if (r === img.refcountMax) {
-      img.log(`ERROR: overflow cluster offset=0x${hex(k * cs)}`);
+      img.log(`ERROR: overflow cluster offset=${hex(k * cs)}`);
       img.log(
         'Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing',
       );
@@ -247,7 +246,7 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
     else type = 'normal';
 
     if (!compressed && ((hi & 0x3f00_0000) !== 0 || (lo & 0x1fe) !== 0)) {
-      img.log(`ERROR found l2 entry with reserved bits set: ${hex64(hi, lo)}`);
+      img.log(`ERROR found l2 entry with reserved bits set: ${hexDigits64(hi, lo)}`);
       res.corruptions++;
     }
 
@@ -256,18 +255,18 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
         const offMaskHi = 2 ** hiShift - 1;
         if ((hi & 0x8000_0000) !== 0) {
           img.log(
-            `ERROR: coffset=0x${hex64(hi & offMaskHi, lo)}: copied flag must never be set for compressed clusters`,
+            `ERROR: coffset=0x${hexDigits64(hi & offMaskHi, lo)}: copied flag must never be set for compressed clusters`,
           );
           hi = (hi & 0x7fff_ffff) >>> 0;
           res.corruptions++;
         }
         if (img.dataFile) {
-          img.log(`ERROR compressed cluster ${i} with data file, entry=0x${hex64(hi, lo)}`);
+          img.log(`ERROR compressed cluster ${i} with data file, entry=0x${hexDigits64(hi, lo)}`);
           res.corruptions++;
           break;
         }
         if (bmZero !== 0 || bmAlloc !== 0) {
-          img.log(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hex64(hi, lo)}`);
+          img.log(`ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${hexDigits64(hi, lo)}`);
           res.corruptions++;
           break;
         }
@@ -275,7 +274,7 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
         const coffset = u64(cHi, lo);
         const sectors = (Math.floor(hi / 2 ** hiShift) & csizeMask) + 1;
         const csize = sectors * 512 - (lo & 511);
-        incRefcounts(p, coffset, csize, coffset > Number.MAX_SAFE_INTEGER ? hex64(cHi, lo) : undefined);
+        incRefcounts(p, coffset, csize, coffset > Number.MAX_SAFE_INTEGER ? hexDigits64(cHi, lo) : undefined);
         if (flags & CHECK_FRAG_INFO) {
           res.allocatedClusters++;
           res.compressedClusters++;
@@ -288,14 +287,14 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
         const offset = u64(offHi, offLo);
         if ((bmZero & bmAlloc) !== 0) {
           res.corruptions++;
-          img.log(`ERROR offset=${hex(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
+          img.log(`ERROR offset=${hexDigits(offset)}: Allocated cluster has corrupted subcluster allocation bitmap`);
         }
         if (offset % cs !== 0) {
           res.corruptions++;
           const containsData = img.extendedL2 ? bmAlloc !== 0 : (lo & 1) === 0;
           if (!containsData) {
             img.log(
-              `${fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} offset=${hex(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+              `${fix & FIX_ERRORS ? 'Repairing' : 'ERROR'} offset=${hexDigits(offset)}: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
             );
             if (fix & FIX_ERRORS) {
               const r = await fixL2EntryByZero(p, l2Offset, table, i, active);
@@ -303,7 +302,7 @@ async function checkRefcountsL2(p: RefcountPass, l2Offset: number, flags: number
               if (r.ok) continue;
             }
           } else {
-            img.log(`ERROR offset=${hex(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
+            img.log(`ERROR offset=${hexDigits(offset)}: Data cluster is not properly aligned; L2 entry corrupted.`);
           }
         }
         if (flags & CHECK_FRAG_INFO) {
@@ -353,13 +352,13 @@ export async function checkRefcountsL1(
     const lo = v.getUint32(i * 8 + 4);
     if (hi === 0 && lo === 0) continue;
     if ((hi & 0x7f00_0000) !== 0 || (lo & 0x1ff) !== 0) {
-      img.log(`ERROR found L1 entry with reserved bits set: ${hex64(hi, lo)}`);
+      img.log(`ERROR found L1 entry with reserved bits set: ${hexDigits64(hi, lo)}`);
       res.corruptions++;
     }
     const l2Offset = u64(hi & 0x00ff_ffff, (lo & 0xffff_fe00) >>> 0);
     incRefcounts(p, l2Offset, img.clusterSize);
     if (l2Offset % img.clusterSize !== 0) {
-      img.log(`ERROR l2_offset=${hex(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
+      img.log(`ERROR l2_offset=${hexDigits(l2Offset)}: Table is not cluster aligned; L1 entry corrupted`);
       res.corruptions++;
     }
     await checkRefcountsL2(p, l2Offset, flags, fix, active);
@@ -499,7 +498,7 @@ export async function calculateRefcounts(p: RefcountPass, fix: number): Promise<
     }
     if (sn.l1Size > 0x400000) {
       img.log(
-        `ERROR snapshot ${sn.id} (${sn.name}) l1_size=0x${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
+        `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${hex(sn.l1Size)}: L1 table is too large; snapshot table entry corrupted`,
       );
       res.corruptions++;
       continue;

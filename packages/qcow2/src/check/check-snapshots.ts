@@ -1,14 +1,15 @@
 /**
  * The snapshot table as `check` reads and repairs it (qemu 7.2's block/qcow2-snapshot.c:
  * qcow2_check_read_snapshot_table, qcow2_do_read_snapshots in repair mode, and the table rewrite
- * qcow2_write_snapshots with the few cluster allocations it needs).
+ * qcow2_write_snapshots with the few cluster allocations it needs). Entries are decoded and
+ * encoded by format/snapshot.ts's codec; what is check's own is qemu's repair-mode reading
+ * (oversized extra data cut, overhanging entries dropped) and keeping every field's bytes.
  */
-import { strerror, type BlockDevice } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, strerror, type BlockDevice } from '@tsimg/raw';
 import {
   type CheckImage,
   type CheckSnapshot,
   readAt,
-  hex64,
   u64,
   diskRefcount,
   lookupRefblock,
@@ -17,7 +18,22 @@ import {
   flushRefblocks,
   preWriteOverlapCheck,
 } from './check-state.js';
+import { hexDigits64 } from '../format/hex.js';
 import { type CheckResult, CheckAbort, FIX_ERRORS } from './check-refcounts.js';
+import {
+  decodeSnapshotExtra,
+  decodeSnapshotHeader,
+  encodeSnapshot,
+  joinSnapshotEntries,
+  ICOUNT_NONE,
+  MAX_SNAPSHOTS,
+  QCOW_MAX_SNAPSHOT_EXTRA_DATA,
+  QCOW_MAX_SNAPSHOTS_SIZE,
+  SNAPSHOT_HEADER_SIZE,
+  SNAPSHOT_KNOWN_EXTRA_SIZE,
+  type Qcow2Snapshot,
+} from '../format/snapshot.js';
+import { decodeByteString } from '../format/byte-string.js';
 
 /** qemu's -errno of a failure, as an errno name. */
 export function errnoOf(err: unknown): string {
@@ -33,10 +49,9 @@ export function checkErrnoText(errno: string): string {
   return strerror(errno);
 }
 
-const MAX_SNAPSHOTS = 65536;
-const SNAPSHOT_HEADER = 40;
-const MAX_EXTRA = 1024;
-const MAX_SNAPSHOTS_SIZE = 1024 * MAX_SNAPSHOTS;
+const SNAPSHOT_HEADER = SNAPSHOT_HEADER_SIZE;
+const MAX_EXTRA = QCOW_MAX_SNAPSHOT_EXTRA_DATA;
+const MAX_SNAPSHOTS_SIZE = QCOW_MAX_SNAPSHOTS_SIZE;
 
 const utf8 = new TextDecoder('utf-8', { fatal: false });
 
@@ -93,12 +108,10 @@ async function readSnapshots(
     const h = await reader.read(offset, SNAPSHOT_HEADER);
     const v = new DataView(h.buffer, h.byteOffset, h.length);
     offset += SNAPSHOT_HEADER;
-    const l1TableOffset = u64(v.getUint32(0), v.getUint32(4));
-    const l1TableOffsetHex = hex64(v.getUint32(0), v.getUint32(4));
-    const l1Size = v.getUint32(8);
-    const idSize = v.getUint16(12);
-    const nameSize = v.getUint16(14);
-    let extra = v.getUint32(36);
+    const { l1TableOffset, l1Size, idSize, nameSize, extraDataSize } = decodeSnapshotHeader(v, 0);
+    // the exact 64-bit value for messages (the number is inexact beyond 2^53)
+    const l1TableOffsetHex = hexDigits64(v.getUint32(0), v.getUint32(4));
+    let extra = extraDataSize;
     let truncate = false;
     if (extra > MAX_EXTRA) {
       if (!repair) {
@@ -244,6 +257,12 @@ export async function checkReadSnapshotTable(img: CheckImage, res: CheckResult, 
  * on disk (qemu's free_cluster_index starts at 0 after open), their refcounts set to 1. Only
  * clusters covered by existing refcount blocks can be allocated here (true for any table a
  * check rewrites unless the image is terabytes large); otherwise ENOSPC.
+ *
+ * Why not the engine's Allocator: during a check the image is opened without one (a check
+ * must open images the engine refuses, see check-state.ts), its refcounts live in check's own
+ * refcount-block cache, freed clusters are discarded at once rather than queued, and a
+ * refcount block that would have to be created is an error here, not an allocation. What is
+ * shared is the first-fit rule itself (alloc_clusters_noref), six lines.
  */
 async function allocClusters(img: CheckImage, size: number, overlapCheck: boolean): Promise<number> {
   const cs = img.clusterSize;
@@ -281,6 +300,40 @@ async function addRefcount(img: CheckImage, first: number, count: number, delta:
   }
 }
 
+/**
+ * The entry qcow2_write_snapshots writes for `sn`: its fields as read, the three known extra
+ * fields always present (defaults where the entry had none), and the l1_table_offset bytes
+ * copied exactly (the decoded number is inexact beyond 2^53).
+ */
+function rewrittenEntry(sn: CheckSnapshot, virtualSize: number): Uint8Array {
+  const f = decodeSnapshotHeader(new DataView(sn.raw.fixed.buffer, sn.raw.fixed.byteOffset, SNAPSHOT_HEADER), 0);
+  const known = decodeSnapshotExtra(
+    new DataView(sn.raw.knownExtra.buffer, sn.raw.knownExtra.byteOffset, sn.raw.knownExtra.length),
+    0,
+    sn.raw.knownExtra.length,
+  );
+  // vm_state_size: the 64-bit field when present, else the 32-bit one
+  const vmState = known.vmStateSizeLarge ?? BigInt(f.vmStateSize32);
+  const entry: Qcow2Snapshot = {
+    l1TableOffset: 0,
+    l1Size: f.l1Size,
+    id: decodeByteString(sn.raw.id),
+    name: decodeByteString(sn.raw.name),
+    dateSec: f.dateSec,
+    dateNsec: f.dateNsec,
+    vmClockNsec: f.vmClockNsec,
+    vmStateSize32: vmState <= 0xffff_ffffn ? Number(vmState) : 0,
+    extraDataSize: Math.max(SNAPSHOT_KNOWN_EXTRA_SIZE, sn.extraDataSize),
+    vmStateSizeLarge: vmState,
+    diskSize: known.diskSize ?? BigInt(Math.floor(virtualSize / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE),
+    icount: known.icount ?? ICOUNT_NONE,
+    unknownExtraData: sn.raw.unknownExtra,
+  };
+  const bytes = encodeSnapshot(entry);
+  bytes.set(sn.raw.fixed.subarray(0, 8), 0);
+  return bytes;
+}
+
 /** qcow2_write_snapshots: writes the snapshot list to new clusters, switches the header, frees the old table. */
 export async function writeSnapshots(img: CheckImage): Promise<void> {
   let size = 0;
@@ -291,38 +344,7 @@ export async function writeSnapshots(img: CheckImage): Promise<void> {
   const offset = await allocClusters(img, size, true);
   await flushRefblocks(img);
   await img.file.flush();
-  const table = new Uint8Array(size);
-  const tv = new DataView(table.buffer);
-  let p = 0;
-  for (const sn of img.snapshots) {
-    p = Math.ceil(p / 8) * 8;
-    const f = new DataView(sn.raw.fixed.buffer, sn.raw.fixed.byteOffset, SNAPSHOT_HEADER);
-    const known = new Uint8Array(24);
-    known.set(sn.raw.knownExtra);
-    const kv = new DataView(known.buffer);
-    const extra = sn.raw.knownExtra.length;
-    // vm_state_size: the 64-bit field when present, else the 32-bit one
-    const vmState = extra >= 8 ? kv.getBigUint64(0) : BigInt(f.getUint32(32));
-    const diskSize = extra >= 16 ? kv.getBigUint64(8) : BigInt(Math.floor(img.virtualSize / 512) * 512);
-    const icount = extra >= 24 ? kv.getBigUint64(16) : 0xffff_ffff_ffff_ffffn;
-    table.set(sn.raw.fixed.subarray(0, 12), p); // l1_table_offset, l1_size
-    tv.setUint16(p + 12, sn.raw.id.length);
-    tv.setUint16(p + 14, sn.raw.name.length);
-    table.set(sn.raw.fixed.subarray(16, 32), p + 16); // date_sec, date_nsec, vm_clock_nsec
-    tv.setUint32(p + 32, vmState <= 0xffff_ffffn ? Number(vmState) : 0);
-    tv.setUint32(p + 36, Math.max(24, sn.extraDataSize));
-    p += SNAPSHOT_HEADER;
-    tv.setBigUint64(p, vmState);
-    tv.setBigUint64(p + 8, diskSize);
-    tv.setBigUint64(p + 16, icount);
-    p += 24;
-    table.set(sn.raw.unknownExtra, p);
-    p += sn.raw.unknownExtra.length;
-    table.set(sn.raw.id, p);
-    p += sn.raw.id.length;
-    table.set(sn.raw.name, p);
-    p += sn.raw.name.length;
-  }
+  const table = joinSnapshotEntries(img.snapshots.map((sn) => rewrittenEntry(sn, img.virtualSize)));
   await img.file.write(offset, table);
   await img.file.flush();
   const hdr = new Uint8Array(12);

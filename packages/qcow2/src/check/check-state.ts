@@ -26,27 +26,11 @@ import { findExtension, type Qcow2Header, type HeaderExtension } from '../format
 import { INCOMPAT_DATA_FILE, INCOMPAT_EXTL2, AUTOCLEAR_BITMAPS, AUTOCLEAR_KNOWN } from '../format/types.js';
 import { getRefcount, setRefcount } from '../format/refcount.js';
 import { openQcow2Metadata } from '../engine/open-checks.js';
+import { hexAlt, hexDigits64 } from '../format/hex.js';
 
 const TWO32 = 2 ** 32;
 /** Offsets from here on cannot be read or written (qemu's int64 request limit). */
 const INT64_MAX_APPROX = 2 ** 63;
-
-/** Formats a u64 given as two 32-bit halves as lowercase hex without prefix (printf %PRIx64). */
-export function hex64(hi: number, lo: number): string {
-  if (hi === 0) return (lo >>> 0).toString(16);
-  return (hi >>> 0).toString(16) + (lo >>> 0).toString(16).padStart(8, '0');
-}
-
-/** Formats a non-negative integer as hex (exact below 2^53). */
-export function hex(n: number): string {
-  if (n < TWO32) return n.toString(16);
-  return hex64(Math.floor(n / TWO32), n % TWO32);
-}
-
-/** printf's `%#x`: `0x` prefix except for zero. */
-export function hashHex(n: number): string {
-  return n === 0 ? '0' : `0x${hex(n)}`;
-}
 
 /** The value of two 32-bit halves as a number (exact below 2^53). */
 export function u64(hi: number, lo: number): number {
@@ -253,7 +237,7 @@ export async function lookupRefblock(img: CheckImage, tableIndex: number): Promi
     await signalCorruption(
       img,
       true,
-      `Refblock offset 0x${hex64(hi, lo)} unaligned (reftable index: ${hashHex(tableIndex)})`,
+      `Refblock offset 0x${hexDigits64(hi, lo)} unaligned (reftable index: ${hexAlt(tableIndex)})`,
     );
     return { kind: 'error' };
   }

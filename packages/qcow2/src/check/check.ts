@@ -12,12 +12,12 @@ import {
   type CheckLog,
   openForCheck,
   readAt,
-  hex64,
   u64,
   diskRefcount,
   preWriteOverlapCheck,
   writeIncompatibleFeatures,
 } from './check-state.js';
+import { hexDigits64 } from '../format/hex.js';
 import { OL_ACTIVE_L1, OL_ACTIVE_L2 } from '../format/overlap.js';
 import {
   type CheckResult,
@@ -60,7 +60,7 @@ async function checkOflagCopied(img: CheckImage, res: CheckResult, fix: number):
     const copied = (hi & 0x8000_0000) !== 0;
     if ((rc === 1) !== copied) {
       res.corruptions++;
-      img.log(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hex64(hi, lo)} refcount=${rc}`);
+      img.log(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${hexDigits64(hi, lo)} refcount=${rc}`);
       if (repair) {
         l1.setUint32(i * 8, rc === 1 ? (hi | 0x8000_0000) >>> 0 : hi & 0x7fff_ffff);
         const ok = await preWriteOverlapCheck(img, OL_ACTIVE_L1, img.l1TableOffset + i * 8, 8);
@@ -109,7 +109,7 @@ async function checkOflagCopied(img: CheckImage, res: CheckResult, fix: number):
       }
       if ((refcount === 1) !== ((ehi & 0x8000_0000) !== 0)) {
         res.corruptions++;
-        img.log(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hex64(ehi, elo)} refcount=${refcount}`);
+        img.log(`${repair ? 'Repairing' : 'ERROR'} OFLAG_COPIED data cluster: l2_entry=${hexDigits64(ehi, elo)} refcount=${refcount}`);
         if (repair) {
           v.setUint32(j * eb, refcount === 1 ? (ehi | 0x8000_0000) >>> 0 : ehi & 0x7fff_ffff);
           dirty++;

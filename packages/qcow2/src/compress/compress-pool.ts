@@ -14,7 +14,7 @@ import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { TsimgError, UsageError } from '@tsimg/raw';
+import { TsimgError, UsageError, IoError } from '@tsimg/raw';
 import { checkClusterSize, checkCompressionType, type CompressionType } from './compress.js';
 import type { CompressReply, CompressRequest, CompressWorkerConfig } from './compress-worker.js';
 import { deflateClusterSync, loadZlib } from './deflate.js';
@@ -57,7 +57,7 @@ function workerUrl(): URL {
   const fromSource = import.meta.url.endsWith('.ts');
   const url = new URL(fromSource ? '../../dist/compress/compress-worker.js' : './compress-worker.js', import.meta.url);
   if (!existsSync(url)) {
-    throw new TsimgError('io', `compress worker ${fileURLToPath(url)} is missing: build the package (npm run build)`);
+    throw new IoError(`compress worker ${fileURLToPath(url)} is missing: build the package (npm run build)`);
   }
   return url;
 }
@@ -117,11 +117,11 @@ export function createCompressPool(type: CompressionType, options: CompressPoolO
         slot.pending.delete(reply.id);
         if (slot.pending.size === 0) worker.unref();
         if (reply.ok) p.resolve(reply.result);
-        else p.reject(new TsimgError('io', `compression failed: ${reply.message}`, { errno: reply.code }));
+        else p.reject(new IoError(`compression failed: ${reply.message}`, { errno: reply.code }));
       });
-      worker.on('error', (err) => failAll(new TsimgError('io', `compression worker failed: ${err.message}`, { cause: err }), all));
+      worker.on('error', (err) => failAll(new IoError(`compression worker failed: ${err.message}`, { cause: err }), all));
       worker.on('exit', (code) => {
-        if (!closing) failAll(new TsimgError('io', `compression worker exited with status ${code}`), all);
+        if (!closing) failAll(new IoError(`compression worker exited with status ${code}`), all);
       });
       // Idle workers must not keep the process alive. After the listeners: adding a 'message'
       // listener refs the worker again.

@@ -3,7 +3,7 @@
  * backends loaded on first use (never at CLI start-up): zstd-napi (native, an optional
  * dependency that may fail to build) and @bokuweb/zstd-wasm (always installable).
  */
-import { FormatError, TsimgError } from '@tsimg/raw';
+import { FormatError, TsimgError, UnsupportedError } from '@tsimg/raw';
 import { createRequire } from 'node:module';
 import { locateZstdFrame } from './zstd-frame.js';
 
@@ -33,8 +33,12 @@ const ZSTD_LEVEL = 3;
 const require = createRequire(import.meta.url);
 
 /**
- * The part of zstd-napi's binding we use, declared here rather than imported as a type: the
- * package is optional, and the build must not need it to be installed.
+ * The part of zstd-napi's `binding` module we use, declared here rather than imported as a type:
+ * the package is optional, and the build must not need it to be installed. `zstd-napi/binding`
+ * is the package's documented low-level entry (its index points readers to it), and the only
+ * one that decompresses into a caller's buffer with a bound: the high-level Decompressor
+ * allocates whatever a frame's header claims, or grows without limit for a frame without a
+ * content size, which a hostile image could use to exhaust memory.
  */
 interface ZstdNapiBinding {
   CCtx: new () => {
@@ -50,7 +54,7 @@ interface ZstdNapiBinding {
 }
 
 function loadNapi(): ZstdCodec {
-  const binding = require('zstd-napi/binding.js') as ZstdNapiBinding;
+  const binding = require('zstd-napi/binding') as ZstdNapiBinding;
   // One context per loaded codec; a codec instance lives in one thread and calls are synchronous.
   const cctx = new binding.CCtx();
   const dctx = new binding.DCtx();
@@ -124,7 +128,7 @@ async function loadBackend(backend: ZstdBackendName | 'auto'): Promise<ZstdCodec
       return await loadWasm();
     }
   } catch (err) {
-    throw new TsimgError('unsupported', `zstd is not available (${backend}): ${(err as Error).message}`, {
+    throw new UnsupportedError(`zstd is not available (${backend}): ${(err as Error).message}`, {
       cause: err,
     });
   }

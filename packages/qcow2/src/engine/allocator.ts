@@ -7,7 +7,7 @@
  * "Again" is qemu's -EAGAIN: metadata was placed where the caller's clusters were going to go,
  * so the caller searches again.
  */
-import { FormatError, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { FormatError, TsimgError, type BlockDevice, IoError, LimitError } from '@tsimg/raw';
 import type { TableCache } from './cache.js';
 import {
   REFTABLE_ENTRY_SIZE,
@@ -109,7 +109,7 @@ export class Allocator {
       break;
     }
     if (this.freeClusterIndex > 0 && this.freeClusterIndex - 1 > Math.floor(max / this.#clusterSize)) {
-      throw new TsimgError('limit', 'Image is too large: no host offset left to allocate', { errno: 'EFBIG' });
+      throw new LimitError('Image is too large: no host offset left to allocate', { errno: 'EFBIG' });
     }
     return (this.freeClusterIndex - n) * this.#clusterSize;
   }
@@ -195,7 +195,7 @@ export class Allocator {
   async addToCluster(clusterIndex: number, delta: number): Promise<void> {
     if (delta === 0) return;
     const r = await this.updateRefcount(clusterIndex * this.#clusterSize, 1, Math.abs(delta), delta < 0);
-    if (r === AGAIN) throw new TsimgError('io', 'refcount update unexpectedly needed a new refcount block');
+    if (r === AGAIN) throw new IoError('refcount update unexpectedly needed a new refcount block');
   }
 
   /**
@@ -461,7 +461,7 @@ export class Allocator {
       !exactSize,
     );
     if (total > QCOW_MAX_REFTABLE_SIZE) {
-      throw new TsimgError('limit', 'Refcount table would exceed the maximum size', { errno: 'EFBIG' });
+      throw new LimitError('Refcount table would exceed the maximum size', { errno: 'EFBIG' });
     }
     const areaIndex = Math.floor(startOffset / cs / perBlock);
     let tableSize = exactSize ? total : total + Math.ceil(total / 2);
@@ -469,7 +469,7 @@ export class Allocator {
     tableSize = Math.ceil(tableSize / entriesPerCluster) * entriesPerCluster;
     const tableClusters = (tableSize * REFTABLE_ENTRY_SIZE) / cs;
     if (tableSize > QCOW_MAX_REFTABLE_SIZE) {
-      throw new TsimgError('limit', 'Refcount table would exceed the maximum size', { errno: 'EFBIG' });
+      throw new LimitError('Refcount table would exceed the maximum size', { errno: 'EFBIG' });
     }
     const newTable = new Float64Array(tableSize);
     if (tableSize > this.#maxTableIndex) {

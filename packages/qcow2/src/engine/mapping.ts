@@ -71,7 +71,7 @@ export interface MappingSource {
 }
 
 /** printf's `%#x`, as qemu's corruption messages format numbers: no `0x` for zero. */
-function hashHex(n: number): string {
+export function hashHex(n: number): string {
   return n === 0 ? '0' : `0x${n.toString(16)}`;
 }
 

@@ -13,7 +13,7 @@
  * pass, reads past the end of the file see zeroes, and reads ending past BDRV_MAX_LENGTH fail
  * with EIO.
  */
-import { FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice } from '@tsimg/raw';
+import { BDRV_MAX_LENGTH, BDRV_SECTOR_SIZE, FormatError, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice, CorruptError } from '@tsimg/raw';
 import {
   decodeBitmapsBody,
   decodeCString,
@@ -64,9 +64,6 @@ import {
 import { decodeByteString } from '../format/byte-string.js';
 import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
 
-const BDRV_SECTOR_SIZE = 512;
-/** INT64_MAX aligned down to 1 GiB: no request may end beyond it (block/io.c). */
-const BDRV_MAX_LENGTH = 2 ** 63 - 2 ** 30;
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */
 export type Qcow2EncryptionInfo = { format: 'aes' } | ({ format: 'luks' } & LuksInfo);
@@ -381,7 +378,7 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
   }
   if ((h.incompatibleFeatures & INCOMPAT_CORRUPT) !== 0n && flags.readWrite && !flags.check) {
     // Corrupt images may be written to only to repair them.
-    throw new TsimgError('corrupt', 'qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
+    throw new CorruptError('qcow2: Image is corrupt; cannot be opened read/write', { errno: 'EACCES' });
   }
   const extL2 = (h.incompatibleFeatures & INCOMPAT_EXTL2) !== 0n;
   if (extL2 && clusterSize / 32 < 2 ** MIN_CLUSTER_BITS) {

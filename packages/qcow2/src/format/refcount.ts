@@ -124,9 +124,44 @@ export function encodeReftableEntry(view: DataView, index: number, offset: numbe
 }
 
 /**
- * qemu's qcow2_refcount_metadata_size: how many refcount blocks (and the bytes of blocks plus
- * table) cover `clusters` clusters including themselves, found as a fixed point; with
- * `generousIncrease` the table gets room for half as many blocks again.
+ * qemu's qcow2_refcount_metadata_size, the one implementation (measure, create and the engine's
+ * allocator all call it): how many refcount blocks, and how many bytes of blocks plus table,
+ * cover `clusters` clusters including themselves, found as a fixed point. With
+ * `generousIncrease` the table gets room for half as many blocks again, as qemu does when it
+ * enlarges a refcount table. In `bigint` because a measured image may exceed 2^53 bytes.
+ */
+export function qcow2RefcountMetadataSize(
+  clusters: bigint,
+  clusterSize: number,
+  refcountOrder: number,
+  generousIncrease = false,
+): { bytes: bigint; refblocks: bigint } {
+  const cs = BigInt(clusterSize);
+  const blocksPerTableCluster = cs / BigInt(REFTABLE_ENTRY_SIZE);
+  const refcountsPerBlk = (cs * 8n) / (1n << BigInt(refcountOrder));
+  const divRoundUp = (n: bigint, d: bigint): bigint => (n + d - 1n) / d;
+  let table = 0n;
+  let blocks = 0n;
+  let last: bigint;
+  let n = 0n;
+  let generous = generousIncrease;
+  do {
+    last = n;
+    blocks = divRoundUp(clusters + table + blocks, refcountsPerBlk);
+    table = divRoundUp(blocks, blocksPerTableCluster);
+    n = clusters + blocks + table;
+    if (n === last && generous) {
+      clusters += divRoundUp(table, 2n);
+      n = 0n; // force another round
+      generous = false;
+    }
+  } while (n !== last);
+  return { bytes: (blocks + table) * cs, refblocks: blocks };
+}
+
+/**
+ * {@link qcow2RefcountMetadataSize} for an open image's offsets (`number`s, exact below 2^53):
+ * the refcount block count and the bytes of blocks plus table.
  */
 export function refcountMetadataSize(
   clusters: number,
@@ -134,24 +169,6 @@ export function refcountMetadataSize(
   order: number,
   generousIncrease: boolean,
 ): { refblockCount: number; bytes: number } {
-  const blocksPerTableCluster = clusterSize / REFTABLE_ENTRY_SIZE;
-  const refcountsPerBlk = (clusterSize * 8) / (1 << order);
-  let table = 0;
-  let blocks = 0;
-  let n = 0;
-  let last: number;
-  let generous = generousIncrease;
-  let total = clusters;
-  do {
-    last = n;
-    blocks = Math.ceil((total + table + blocks) / refcountsPerBlk);
-    table = Math.ceil(blocks / blocksPerTableCluster);
-    n = total + blocks + table;
-    if (n === last && generous) {
-      total += Math.ceil(table / 2);
-      n = 0;
-      generous = false;
-    }
-  } while (n !== last);
-  return { refblockCount: blocks, bytes: (blocks + table) * clusterSize };
+  const r = qcow2RefcountMetadataSize(BigInt(clusters), clusterSize, order, generousIncrease);
+  return { refblockCount: Number(r.refblocks), bytes: Number(r.bytes) };
 }

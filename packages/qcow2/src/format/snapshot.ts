@@ -81,36 +81,74 @@ export function snapshotEntrySize(sn: Qcow2Snapshot): number {
   return SNAPSHOT_HEADER_SIZE + sn.extraDataSize + encodeByteString(sn.id).length + encodeByteString(sn.name).length;
 }
 
+/** The fixed 40-byte part of an entry, with the sizes of what follows it. */
+export interface SnapshotHeader {
+  /** Exact up to 2^53; a larger (corrupt) on-disk value is kept approximately. */
+  l1TableOffset: number;
+  l1Size: number;
+  idSize: number;
+  nameSize: number;
+  dateSec: number;
+  dateNsec: number;
+  vmClockNsec: bigint;
+  vmStateSize32: number;
+  extraDataSize: number;
+}
+
+/** Decodes the fixed part of the entry at `offset` (the caller made sure 40 bytes are there). */
+export function decodeSnapshotHeader(view: DataView, offset: number): SnapshotHeader {
+  return {
+    // qemu lists a snapshot whatever its L1 offset says (it is checked only when used), so a
+    // value beyond 2^53 is kept, approximately: any such offset is far past the end of a file.
+    l1TableOffset: Number(view.getBigUint64(offset)),
+    l1Size: view.getUint32(offset + 8),
+    idSize: view.getUint16(offset + 12),
+    nameSize: view.getUint16(offset + 14),
+    dateSec: view.getUint32(offset + 16),
+    dateNsec: view.getUint32(offset + 20),
+    vmClockNsec: view.getBigUint64(offset + 24),
+    vmStateSize32: view.getUint32(offset + 32),
+    extraDataSize: view.getUint32(offset + 36),
+  };
+}
+
+/** Decodes the known extra data at `offset`: the fields `length` bytes cover (up to 24). */
+export function decodeSnapshotExtra(
+  view: DataView,
+  offset: number,
+  length: number,
+): Pick<Qcow2Snapshot, 'vmStateSizeLarge' | 'diskSize' | 'icount'> {
+  const out: Pick<Qcow2Snapshot, 'vmStateSizeLarge' | 'diskSize' | 'icount'> = {};
+  if (length >= 8) out.vmStateSizeLarge = view.getBigUint64(offset);
+  if (length >= 16) out.diskSize = view.getBigUint64(offset + 8);
+  if (length >= 24) out.icount = view.getBigUint64(offset + 16);
+  return out;
+}
+
 /**
  * Decodes the entry at `offset` of `view`. Returns the entry and the offset just past it
  * (before alignment). Throws a FormatError when the entry does not fit in `view`.
  */
 export function decodeSnapshot(view: DataView, offset: number): { snapshot: Qcow2Snapshot; end: number } {
   if (offset + SNAPSHOT_HEADER_SIZE > view.byteLength) throw new FormatError('Snapshot table entry is truncated');
-  // qemu lists a snapshot whatever its L1 offset says (it is checked only when used), so a
-  // value beyond 2^53 is kept, approximately: any such offset is far past the end of a file.
-  const l1 = Number(view.getBigUint64(offset));
-  const idSize = view.getUint16(offset + 12);
-  const nameSize = view.getUint16(offset + 14);
-  const extraDataSize = view.getUint32(offset + 36);
+  const h = decodeSnapshotHeader(view, offset);
+  const { idSize, nameSize, extraDataSize } = h;
   const sn: Qcow2Snapshot = {
-    l1TableOffset: l1,
-    l1Size: view.getUint32(offset + 8),
+    l1TableOffset: h.l1TableOffset,
+    l1Size: h.l1Size,
     id: '',
     name: '',
-    dateSec: view.getUint32(offset + 16),
-    dateNsec: view.getUint32(offset + 20),
-    vmClockNsec: view.getBigUint64(offset + 24),
-    vmStateSize32: view.getUint32(offset + 32),
+    dateSec: h.dateSec,
+    dateNsec: h.dateNsec,
+    vmClockNsec: h.vmClockNsec,
+    vmStateSize32: h.vmStateSize32,
     extraDataSize,
     unknownExtraData: new Uint8Array(0),
   };
   let p = offset + SNAPSHOT_HEADER_SIZE;
   const end = p + extraDataSize + idSize + nameSize;
   if (end > view.byteLength) throw new FormatError('Snapshot table entry is truncated');
-  if (extraDataSize >= 8) sn.vmStateSizeLarge = view.getBigUint64(p);
-  if (extraDataSize >= 16) sn.diskSize = view.getBigUint64(p + 8);
-  if (extraDataSize >= 24) sn.icount = view.getBigUint64(p + 16);
+  Object.assign(sn, decodeSnapshotExtra(view, p, extraDataSize));
   if (extraDataSize > SNAPSHOT_KNOWN_EXTRA_SIZE) {
     sn.unknownExtraData = new Uint8Array(view.buffer, view.byteOffset + p + SNAPSHOT_KNOWN_EXTRA_SIZE, extraDataSize - SNAPSHOT_KNOWN_EXTRA_SIZE).slice();
   }
@@ -156,7 +194,11 @@ export function encodeSnapshot(sn: Qcow2Snapshot): Uint8Array {
 
 /** Encodes a whole table: entries one after another, each starting 8-byte aligned. */
 export function encodeSnapshotTable(snapshots: readonly Qcow2Snapshot[]): Uint8Array {
-  const parts = snapshots.map(encodeSnapshot);
+  return joinSnapshotEntries(snapshots.map(encodeSnapshot));
+}
+
+/** Lays encoded entries out as a table: one after another, each starting 8-byte aligned. */
+export function joinSnapshotEntries(parts: readonly Uint8Array[]): Uint8Array {
   let size = 0;
   for (const p of parts) size = ((size + 7) & ~7) + p.length;
   const out = new Uint8Array(size);
@@ -207,8 +249,7 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
     pos = pos + ((8 - (pos % 8)) % 8);
     tableLength = tableLength + ((8 - (tableLength % 8)) % 8);
     const fixed = await readOrFail(reader.bytes(pos, SNAPSHOT_HEADER_SIZE), 'Failed to read snapshot table');
-    const fixedView = new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength);
-    const extraDataSize = fixedView.getUint32(36);
+    const { extraDataSize, idSize, nameSize } = decodeSnapshotHeader(new DataView(fixed.buffer, fixed.byteOffset, fixed.byteLength), 0);
     if (extraDataSize > QCOW_MAX_SNAPSHOT_EXTRA_DATA) {
       throw new SnapshotTableError(
         `Too much extra metadata in snapshot table entry ${i}`,
@@ -216,7 +257,7 @@ export async function loadSnapshots(dev: BlockDevice, offset: number, count: num
         'EFBIG',
       );
     }
-    const size = SNAPSHOT_HEADER_SIZE + extraDataSize + fixedView.getUint16(12) + fixedView.getUint16(14);
+    const size = SNAPSHOT_HEADER_SIZE + extraDataSize + idSize + nameSize;
     const entry = await readOrFail(reader.bytes(pos, size), 'Failed to read snapshot table');
     const { snapshot } = decodeSnapshot(new DataView(entry.buffer, entry.byteOffset, entry.byteLength), 0);
     pos += size;

@@ -32,6 +32,7 @@ export const OFFSET_MASK = 0x00ff_ffff_ffff_fe00n;
 /** Incompatible feature bits. */
 export const INCOMPAT_DIRTY = 1n << 0n;
 export const INCOMPAT_CORRUPT = 1n << 1n;
+/** Guest data lives in an external data file (named by a header extension). */
 export const INCOMPAT_DATA_FILE = 1n << 2n;
 export const INCOMPAT_COMPRESSION = 1n << 3n;
 export const INCOMPAT_EXTL2 = 1n << 4n;

@@ -3,7 +3,7 @@
  * and dump_json_image_check over the QAPI ImageCheck struct), and the repair summary.
  */
 import type { CheckResult } from '@tsimg/qcow2';
-import { toQemuJson, type QValue } from './format-info.js';
+import { toQemuJson, type QValue } from './qobject-output.js';
 
 /** qemu's ImageCheck: the result plus the names, and the fixed counts carried over a re-check. */
 export interface ImageCheckReport {

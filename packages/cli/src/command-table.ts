@@ -1,0 +1,19 @@
+/**
+ * The table of subcommands: each name maps to a loader that imports its module only when that
+ * command runs, so `tsimg info` does not pay for the modules of `convert`. A plain object with
+ * no registration step: main.ts reads it, and nothing imports main.ts back.
+ * Add a line here per command; the command modules themselves never import one another.
+ */
+import type { CommandRunner } from './command.js';
+
+/** Subcommand name → its lazily loaded runner. */
+export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = {
+  map: async () => (await import('./commands/map.js')).run,
+  info: async () => (await import('./commands/info.js')).run,
+  measure: async () => (await import('./commands/measure.js')).run,
+  compare: async () => (await import('./commands/compare.js')).run,
+  dd: async () => (await import('./commands/dd.js')).run,
+  check: async () => (await import('./commands/check.js')).run,
+  create: async () => (await import('./commands/create.js')).run,
+  convert: async () => (await import('./commands/convert.js')).run,
+};

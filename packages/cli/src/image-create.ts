@@ -1,0 +1,179 @@
+/**
+ * Creating an image file from its creation options, as bdrv_create does for the formats tsimg
+ * creates: qcow2_co_create_opts (the files, the QAPI visit of the options, the image), and
+ * file-posix for raw. Also the two helpers create and convert share around it: the file
+ * protocol's name rule and qemu's EFBIG rewording.
+ */
+import { rm, stat } from 'node:fs/promises';
+import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
+import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
+import { dataFileLock, imageFileLock, topNodePermissions } from '@tsimg/image';
+import type { CliIO } from './command.js';
+import { lockWarnings } from './lock-messages.js';
+import type { QemuOpts } from './options.js';
+import { BLOCKDEV_DRIVERS } from './qemu-formats.js';
+
+/** bdrv_find_protocol: the host path of `filename` (only the file protocol is available). */
+export function protocolPath(filename: string): string {
+  const m = /^([^:/]*):/.exec(filename);
+  if (!m) return filename;
+  if (m[1] === 'file') return filename.slice(5);
+  throw new UsageError(`Unknown protocol '${m[1]}'`);
+}
+
+/** Parses a bool option's string the way the QAPI visitor does after qemu_opts_to_qdict. */
+function qapiBool(opts: QemuOpts, name: string): boolean | undefined {
+  const e = opts.get(name);
+  return e === undefined ? undefined : (e.value as boolean);
+}
+
+function enumError(param: string, value: string): never {
+  throw new UsageError(`Parameter '${param}' does not accept value '${value}'`);
+}
+
+/** The encryption settings after qcow2_co_create_opts' legacy handling and the QAPI visit. */
+function encryptionOf(opts: QemuOpts): { keySecret?: string } | undefined {
+  const enc = opts.getString('encryption');
+  let format = opts.getString('encrypt.format');
+  let alias: string | undefined = enc;
+  if (enc === 'on') alias = 'qcow';
+  else if (enc === 'off') alias = undefined;
+  if (format === 'aes') format = 'qcow';
+  if (alias !== undefined && format !== undefined) {
+    throw new UsageError("'encrypt.format' and its alias 'encryption' can't be used at the same time");
+  }
+  format ??= alias;
+  const members = opts.descs.filter((d) => d.name.startsWith('encrypt.') && d.name !== 'encrypt.format');
+  const present = members.filter((d) => opts.get(d.name) !== undefined);
+  if (format === undefined) {
+    if (present.length) throw new UsageError("Parameter 'encrypt.format' is missing");
+    return undefined;
+  }
+  if (format !== 'qcow' && format !== 'luks') enumError('format', format);
+  if (format === 'qcow') {
+    const unexpected = present.find((d) => d.name !== 'encrypt.key-secret');
+    if (unexpected) throw new UsageError(`Parameter '${unexpected.name}' is unexpected`);
+  }
+  return { keySecret: opts.getString('encrypt.key-secret') };
+}
+
+/** qemu_strtoi64(str, NULL, 0) for the QAPI int refcount-bits. */
+function qapiInt(param: string, str: string): bigint {
+  const m = /^[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)$/.exec(str);
+  if (!m) throw new UsageError(`Parameter '${param}' expects integer`);
+  const d = m[2]!;
+  const abs = /^0[xX]/.test(d) ? BigInt(d) : d.length > 1 && d[0] === '0' ? BigInt(`0o${d.slice(1)}`) : BigInt(d);
+  const v = m[1] === '-' ? -abs : abs;
+  if (v > (1n << 63n) - 1n || v < -(1n << 63n)) throw new UsageError(`Parameter '${param}' expects integer`);
+  return v;
+}
+
+/**
+ * qemu's rewording of an EFBIG failure of image creation ("The image size is too large for file
+ * format ..."); other errors are returned unchanged.
+ */
+export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): unknown {
+  if (err instanceof TsimgError && err.errno === 'EFBIG') {
+    const hint = clusterSizeHint ? ' (try using a larger cluster size)' : '';
+    return new LimitError(`The image size is too large for file format '${fmt}'${hint}`, { errno: 'EFBIG' });
+  }
+  return err;
+}
+
+/** qcow2_co_create_opts: creates the files, converts the options, creates the image. */
+export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
+  const path = protocolPath(filename);
+  await createFile(path);
+  const cleanup: string[] = [path];
+  const dataName = opts.getString('data_file');
+  const devices: FileDevice[] = [];
+  try {
+    if (dataName !== undefined) {
+      const dataPath = protocolPath(dataName);
+      if (await sameFile(path, dataPath)) {
+        // qemu holds the image open, so creating it again as the data file fails on its lock;
+        // the image is deleted, and deleting it a second time warns
+        cleanup.splice(0);
+        await rm(path, { force: true });
+        io.stderr(`tsimg: ${dataPath} is not a regular file: No such file or directory\n`);
+        throw new UsageError(`Failed to get shared "resize" lock\nIs another process using the image [${dataPath}]?`);
+      }
+      await createFile(dataPath);
+      cleanup.push(dataPath);
+    }
+    // the QAPI visit of BlockdevCreateOptionsQcow2, in its member order
+    const size = BigInt.asUintN(64, ((opts.get('size')!.value as bigint) + 511n) / 512n * 512n);
+    const compat = opts.getString('compat');
+    let version: 2 | 3 | undefined;
+    if (compat !== undefined) {
+      if (compat === '0.10' || compat === 'v2') version = 2;
+      else if (compat === '1.1' || compat === 'v3') version = 3;
+      else enumError('version', compat);
+    }
+    const backingFmt = opts.getString('backing_fmt');
+    if (backingFmt !== undefined && !BLOCKDEV_DRIVERS.has(backingFmt)) enumError('backing-fmt', backingFmt);
+    const encrypt = encryptionOf(opts);
+    const prealloc = opts.getString('preallocation');
+    if (prealloc !== undefined && !['off', 'metadata', 'falloc', 'full'].includes(prealloc)) enumError('preallocation', prealloc);
+    const refcountBits = opts.get('refcount_bits');
+    const compression = opts.getString('compression_type');
+    if (compression !== undefined && compression !== 'zlib' && compression !== 'zstd') enumError('compression-type', compression);
+    const options: Qcow2CreateOptions = {
+      size,
+      version,
+      clusterSize: opts.get('cluster_size')?.value as bigint | undefined,
+      refcountBits: refcountBits === undefined ? undefined : qapiInt('refcount-bits', refcountBits.str),
+      lazyRefcounts: qapiBool(opts, 'lazy_refcounts'),
+      extendedL2: qapiBool(opts, 'extended_l2'),
+      compressionType: compression as 'zlib' | 'zstd' | undefined,
+      preallocation: prealloc as Qcow2Preallocation | undefined,
+      backingFile: opts.getString('backing_file'),
+      backingFormat: backingFmt,
+      // qemu records the data file's node name, which has lost any "file:" prefix
+      dataFile: dataName === undefined ? undefined : protocolPath(dataName),
+      dataFileRaw: qapiBool(opts, 'data_file_raw'),
+    };
+    if (encrypt) {
+      // qemu validates everything else first (qcow2_co_create), then sets up encryption
+      const { resolveQcow2CreateOptions } = await import('@tsimg/qcow2');
+      resolveQcow2CreateOptions(options);
+      if (encrypt.keySecret === undefined) throw new UsageError("Parameter 'encrypt.key-secret' is required for cipher");
+      if (!objects) throw new UsageError(`No secret with id '${encrypt.keySecret}'`);
+      throw new UnsupportedError('Encrypted qcow2 images are not supported by tsimg');
+    }
+    // Held while formatting as qemu's qcow2 node holds its file open read-write.
+    const onWarning = lockWarnings(io, true);
+    const file = await FileDevice.open(path, { lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
+    devices.push(file);
+    let data: FileDevice | undefined;
+    if (dataName !== undefined) {
+      data = await FileDevice.open(protocolPath(dataName), { lock: dataFileLock(topNodePermissions({ write: true })), onWarning });
+      devices.push(data);
+    }
+    await createQcow2(file, options, data);
+    for (const d of devices.splice(0)) await d.close();
+  } catch (err) {
+    for (const d of devices) await d.close().catch(() => undefined);
+    for (const p of cleanup) await rm(p, { force: true }).catch(() => undefined);
+    throw err;
+  }
+}
+
+/** Whether two paths name the same existing file. */
+async function sameFile(a: string, b: string): Promise<boolean> {
+  try {
+    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    return sa.dev === sb.dev && sa.ino === sb.ino;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * bdrv_create of a `qcow2` or `raw` image at `filename` with `opts` (which hold the size);
+ * `objects` says whether `--object` was given (secrets exist, for qcow2's encryption checks).
+ */
+export async function createImageFile(fmt: string, filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
+  if (fmt === 'qcow2') await createQcow2Image(filename, opts, objects, io);
+  else await createFile(protocolPath(filename), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
+}

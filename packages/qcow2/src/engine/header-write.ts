@@ -1,0 +1,161 @@
+/**
+ * Writes to the image header of an open image: the feature-bit fields (dirty, corrupt,
+ * autoclear bits), the header fields that switch to a new table, and the header cluster with
+ * a new bitmaps extension — each followed by a sync, as qemu orders them.
+ */
+import { TsimgError, LimitError } from '@tsimg/raw';
+import {
+  encodeExtensions,
+  encodeHeader,
+  findExtension,
+  QEMU_FEATURE_NAMES,
+  V3_HEADER_LENGTH,
+  type HeaderExtension,
+  type Qcow2Header,
+} from '../format/header.js';
+import { AUTOCLEAR_BITMAPS, INCOMPAT_DIRTY } from '../format/types.js';
+import { flushAll, type EngineState } from './state.js';
+
+/** The bitmaps header extension's fields (none: no extension). */
+export type BitmapsExtension = { nbBitmaps: number; bitmapDirectorySize: number; bitmapDirectoryOffset: number };
+
+/** Writes the three feature-bit fields of a v3 header (bytes 72..95) and syncs. */
+export async function writeFeatureFields(s: EngineState): Promise<void> {
+  if (s.version < 3) return;
+  const b = new Uint8Array(24);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, s.header.incompatibleFeatures);
+  v.setBigUint64(8, s.header.compatibleFeatures);
+  v.setBigUint64(16, s.header.autoclearFeatures);
+  await s.file.write(72, b);
+  await s.file.flush();
+}
+
+/** The allocator's hook: the header names a new refcount table. */
+export async function writeReftableHeader(s: EngineState, offset: number, clusters: number): Promise<void> {
+  const b = new Uint8Array(12);
+  const v = new DataView(b.buffer);
+  v.setBigUint64(0, BigInt(offset));
+  v.setUint32(8, clusters);
+  await headerSwitch(s, () => s.file.write(48, b));
+  s.header.refcountTableOffset = offset;
+  s.header.refcountTableClusters = clusters;
+}
+
+/**
+ * A header write that moves a table (L1, refcount table), then a sync. When it fails nobody
+ * knows which table the header on disk names, and both must stay as they are: the image
+ * takes no more changes in this session. (Cached tables are still written back: the old and
+ * the new table name the same L2 tables and refcount blocks.)
+ */
+export async function headerSwitch(s: EngineState, write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+    await s.file.flush();
+  } catch (err) {
+    s.frozen = true;
+    throw err;
+  }
+}
+
+/** Before the first change: lazy refcounts set the dirty bit; persistent bitmaps go stale. */
+export async function beforeChange(s: EngineState): Promise<void> {
+  if (!s.cleanedAutoclear && (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
+    // tsimg does not update persistent dirty bitmaps: clearing the autoclear bit marks them
+    // invalid, as the spec asks of software that changes the image without tracking them.
+    s.header.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
+    await writeFeatureFields(s);
+  }
+  s.cleanedAutoclear = true;
+}
+
+/** qcow2_mark_dirty, before the first allocation with lazy refcounts. */
+export async function markDirtyIfLazy(s: EngineState): Promise<void> {
+  if (!s.lazy || s.markedDirty || s.version < 3) return;
+  s.header.incompatibleFeatures |= INCOMPAT_DIRTY;
+  await writeFeatureFields(s);
+  s.markedDirty = true;
+}
+
+/** qcow2_mark_clean, on close once every refcount is on disk: the image is consistent. */
+export async function markClean(s: EngineState): Promise<void> {
+  if (!s.markedDirty) return;
+  s.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
+  await writeFeatureFields(s);
+  s.markedDirty = false;
+}
+
+/**
+ * qcow2_update_header's order of the extensions: backing format, data file, crypto header,
+ * feature table (v3, clusters above 4 KiB), bitmaps, then the unknown extensions as they were.
+ */
+function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined): HeaderExtension[] {
+  const next: HeaderExtension[] = [];
+  for (const kind of ['backing-format', 'data-file', 'crypto-header'] as const) {
+    const e = findExtension(exts, kind);
+    if (e) next.push(e);
+  }
+  if (clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
+  if (bitmaps) next.push({ kind: 'bitmaps', ...bitmaps });
+  next.push(...exts.filter((e) => e.kind === 'unknown'));
+  return next;
+}
+
+/**
+ * Lays out the header cluster as qcow2_update_header does: the header (keeping the fields
+ * past the 112 bytes qemu knows, read from the file), the extensions, the backing file name.
+ */
+async function encodeHeaderCluster(
+  s: EngineState,
+  next: readonly HeaderExtension[],
+  bitmaps: BitmapsExtension | undefined,
+): Promise<{ buf: Uint8Array; updated: Qcow2Header }> {
+  const h = s.header;
+  const cs = s.clusterSize;
+  const buf = new Uint8Array(cs);
+  // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields).
+  const headerLength = Math.max(h.headerLength, V3_HEADER_LENGTH);
+  if (h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
+  const extBytes = encodeExtensions(next);
+  const nospc = (): never => {
+    throw new LimitError('Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
+  };
+  if (headerLength + extBytes.length > cs) nospc();
+  buf.set(extBytes, headerLength);
+  let backingFileOffset = 0;
+  let backingFileSize = 0;
+  if (s.backingFile !== undefined) {
+    const name = new TextEncoder().encode(s.backingFile);
+    backingFileOffset = headerLength + extBytes.length;
+    if (cs - backingFileOffset < name.length) nospc();
+    buf.set(name, backingFileOffset);
+    backingFileSize = name.length;
+  }
+  const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
+  const updated: Qcow2Header = { ...h, headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
+  const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
+  encodeHeader(updated, new DataView(buf.buffer));
+  buf.set(unknownFields, V3_HEADER_LENGTH);
+  return { buf, updated };
+}
+
+/**
+ * update_ext_header_and_dir's header step: writes the caches and syncs (qcow2_flush_caches,
+ * so everything the new directory names is on disk first), then rewrites the header cluster
+ * as qcow2_update_header does with the bitmaps extension `bitmaps` (none when undefined) and
+ * the bitmaps autoclear bit set to match, and syncs again.
+ */
+export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExtension | undefined): Promise<void> {
+  await flushAll(s, false);
+  const exts = s.extensions;
+  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps);
+  const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps);
+  await s.file.write(0, buf);
+  await s.file.flush();
+  Object.assign(s.header, updated);
+  exts.splice(0, exts.length, ...next);
+  s.protectedMetadata.bitmapDirectory = bitmaps ? { offset: bitmaps.bitmapDirectoryOffset, length: bitmaps.bitmapDirectorySize } : undefined;
+  // The bitmaps just stored describe the image as it is now; a later change clears the
+  // bit again, as beforeChange does for any bitmaps tsimg does not track.
+  s.cleanedAutoclear = false;
+}

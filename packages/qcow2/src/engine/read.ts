@@ -1,0 +1,153 @@
+/**
+ * The read path of an open image: guest reads through the L1/L2 mapping (data from the image
+ * or its data file, zeroes, compressed clusters, the backing image where unallocated) and
+ * block status, merged over runs of one kind.
+ */
+import { TsimgError, type BlockStatus, IoError } from '@tsimg/raw';
+import { decompress, type CompressedReadAhead } from './compressed.js';
+import { lookupRun, type MappedRun, type MappingSource } from './mapping.js';
+import { dataDevice, type BackingDevice, type EngineState } from './state.js';
+
+/** Reads guest bytes at `offset` into `into` (the caller checked the range). */
+export async function readGuest(s: EngineState, offset: number, into: Uint8Array): Promise<void> {
+  let pos = 0;
+  const ahead: CompressedReadAhead = { start: -1, end: -1, budget: 0 };
+  // Data runs that continue on the host (across L2 tables) are read with one device call.
+  let pending: { pos: number; host: number; length: number } | undefined;
+  const readPending = async (): Promise<void> => {
+    if (pending === undefined) return;
+    const p = pending;
+    pending = undefined;
+    await dataDevice(s).read(p.host, into.subarray(p.pos, p.pos + p.length));
+  };
+  while (pos < into.length) {
+    const run = await lookupRun(s, offset + pos, into.length - pos);
+    if (run.kind === 'data') {
+      if (pending !== undefined && pending.host + pending.length === run.hostOffset) pending.length += run.length;
+      else {
+        await readPending();
+        pending = { pos, host: run.hostOffset, length: run.length };
+      }
+      pos += run.length;
+      continue;
+    }
+    await readPending();
+    const dst = into.subarray(pos, pos + run.length);
+    switch (run.kind) {
+      case 'zero':
+        dst.fill(0);
+        break;
+      case 'unallocated':
+        await readBacking(s, offset + pos, dst);
+        break;
+      case 'compressed': {
+        ahead.budget = into.length - pos;
+        const cluster = await decompress(s, run.entry, ahead);
+        const start = offset + pos - run.clusterOffset;
+        dst.set(cluster.subarray(start, start + run.length));
+        break;
+      }
+    }
+    pos += run.length;
+  }
+  await readPending();
+}
+
+/** Unallocated guest bytes: the backing image's, zeroes past its end or without one. */
+async function readBacking(s: EngineState, offset: number, dst: Uint8Array): Promise<void> {
+  const b = s.backing;
+  if (b === undefined) {
+    dst.fill(0);
+    return;
+  }
+  const avail = Math.max(0, Math.min(dst.length, b.size() - offset));
+  if (avail > 0) await b.read(offset, dst.subarray(0, avail));
+  if (avail < dst.length) dst.subarray(avail).fill(0);
+}
+
+/** A mapped run as block status at guest offset `at`. */
+function toStatus(r: MappedRun, at: number): BlockStatus {
+  switch (r.kind) {
+    case 'data':
+      return { kind: 'data', offset: at, length: r.length, hostOffset: r.hostOffset };
+    case 'compressed':
+      return { kind: 'data', offset: at, length: r.length };
+    case 'zero':
+      return r.hostOffset !== undefined
+        ? { kind: 'zero', offset: at, length: r.length, hostOffset: r.hostOffset }
+        : { kind: 'zero', offset: at, length: r.length };
+    case 'unallocated': {
+      const st: BlockStatus = { kind: 'unallocated', offset: at, length: r.length };
+      // An unallocated subcluster of an allocated cluster keeps its host offset (qemu:
+      // OFFSET_VALID for UNALLOCATED_ALLOC); map.ts prints it.
+      return r.hostOffset !== undefined ? Object.assign(st, { hostOffset: r.hostOffset }) : st;
+    }
+  }
+}
+
+/** The image's mapping for looking ahead: corruption found through it is not signalled. */
+function lookahead(s: EngineState): MappingSource {
+  return {
+    get geo() {
+      return s.geo;
+    },
+    get version() {
+      return s.version;
+    },
+    get l1Size() {
+      return s.l1Size;
+    },
+    get l1() {
+      return s.l1;
+    },
+    l2Table: (offset: number) => s.l2Table(offset),
+    corrupt: async (message: string): Promise<never> => {
+      throw new IoError(`qcow2: ${message}`, { errno: 'EIO' });
+    },
+  };
+}
+
+/**
+ * Block status of the run at `offset`, merged with following runs of the same kind (contiguous
+ * on the host when there is a host), up to `length` bytes (the caller checked the range).
+ */
+export async function blockStatusAt(s: EngineState, offset: number, length: number): Promise<BlockStatus> {
+  const first = toStatus(await lookupRun(s, offset, length), offset);
+  const ahead = lookahead(s);
+  while (first.length < length) {
+    const at = offset + first.length;
+    // qemu answers one run per call (qcow2_co_block_status) and never looks past it: a
+    // failure further on (a corrupt entry) is the next call's, after this run is reported.
+    // Nor does a corruption found there count as met: the next call signals it (and on a
+    // read-only image, only the first signal prints qemu's line).
+    let run: MappedRun;
+    try {
+      run = await lookupRun(ahead, at, length - first.length);
+    } catch {
+      break;
+    }
+    const next = toStatus(run, at);
+    if (next.kind !== first.kind) break;
+    const fh = 'hostOffset' in first ? first.hostOffset : undefined;
+    const nh = 'hostOffset' in next ? next.hostOffset : undefined;
+    if ((fh === undefined) !== (nh === undefined)) break;
+    if (fh !== undefined && nh !== fh + first.length) break;
+    first.length += next.length;
+  }
+  return first;
+}
+
+/** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */
+export async function chainReadsAsZero(image: BackingDevice, offset: number, length: number): Promise<boolean> {
+  const end = Math.min(offset + length, image.size());
+  let pos = offset;
+  while (pos < end) {
+    const st = await image.blockStatus(pos, end - pos);
+    if (st.kind === 'data') return false;
+    if (st.kind === 'unallocated' && image.backing !== undefined) {
+      if (!(await chainReadsAsZero(image.backing, pos, st.length))) return false;
+    }
+    pos += st.length;
+  }
+  return true;
+}
