@@ -29,8 +29,7 @@ export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './ma
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
 export {
-  backingNodePermissions, checkForceShare, dataFileLock, FORCE_SHARE_WRITE_MESSAGE, imageFileLock, type NodePermissions,
-  NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
+  dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
 export { resolveRelative } from './paths.js';
 export { probeFormat } from './probe.js';

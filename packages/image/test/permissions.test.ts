@@ -4,7 +4,7 @@
  * permissions.ts and raw's lockedBytes.
  */
 import { describe, expect, it } from 'vitest';
-import { lockedBytes } from '@tsimg/raw';
+import { lockedBytes } from '../../raw/src/lock.js';
 import {
   backingNodePermissions, checkForceShare, dataFileLock, imageFileLock, openingPermissions, topNodePermissions,
   type OpenFlags,
