@@ -7,7 +7,9 @@
 import { rm, stat } from 'node:fs/promises';
 import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
+import { dataFileLock, imageFileLock, topNodePermissions } from '@tsimg/image';
 import type { CliIO } from './command.js';
+import { lockWarnings } from './lock-messages.js';
 import type { QemuOpts } from './options.js';
 import { BLOCKDEV_DRIVERS } from './qemu-formats.js';
 
@@ -139,11 +141,13 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
       if (!objects) throw new UsageError(`No secret with id '${encrypt.keySecret}'`);
       throw new UnsupportedError('Encrypted qcow2 images are not supported by tsimg');
     }
-    const file = await FileDevice.open(path);
+    // Held while formatting as qemu's qcow2 node holds its file open read-write.
+    const onWarning = lockWarnings(io, true);
+    const file = await FileDevice.open(path, { lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
     devices.push(file);
     let data: FileDevice | undefined;
     if (dataName !== undefined) {
-      data = await FileDevice.open(protocolPath(dataName));
+      data = await FileDevice.open(protocolPath(dataName), { lock: dataFileLock(topNodePermissions({ write: true })), onWarning });
       devices.push(data);
     }
     await createQcow2(file, options, data);

@@ -4,7 +4,7 @@
  * qemu knows but tsimg does not handle says so, before @tsimg/image's `openImage` runs.
  */
 import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions } from '@tsimg/image';
-import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
+import { type LockingMode, TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './image-opts.js';
 import { QEMU_FORMATS } from './qemu-formats.js';
@@ -27,13 +27,13 @@ export async function openCommandImage(
     io?: 'async' | 'sync';
     /** qemu's discard=unmap (see OpenImageOptions.unmap). */
     unmap?: boolean;
-  } = {},
+  } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename } = parseImageOpts(name);
+  const { format, filename, locking } = parseImageOpts(name);
   try {
-    return await openByName(filename, { format, readOnly: options.readOnly, snapshot: options.snapshot, noFlush: options.noFlush, io: options.io, unmap: options.unmap });
+    return await openByName(filename, { ...options, format, locking });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -44,7 +44,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -61,7 +61,21 @@ async function openByName(
     noFlush: options.noFlush,
     io: options.io,
     unmap: options.unmap,
+    forceShare: options.forceShare,
+    noShare: options.noShare,
+    locking: options.locking,
+    onWarning: options.onWarning,
   });
+}
+
+/** How a command locks the image it opens (see @tsimg/image's OpenImageOptions). */
+export interface LockOptions {
+  /** -U / --force-share: read-only opens only (qemu's message otherwise). */
+  forceShare?: boolean;
+  /** BDRV_O_NO_SHARE: convert opens its sources so that nobody else may write them. */
+  noShare?: boolean;
+  /** Where lock warnings go (lock-messages.ts). */
+  onWarning?: (message: string) => void;
 }
 
 /**

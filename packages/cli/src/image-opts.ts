@@ -4,6 +4,7 @@
  * Shared by every command that takes `--image-opts`.
  */
 import { locateImageFromOptions } from '@tsimg/image';
+import type { LockingMode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 
 /**
@@ -42,10 +43,10 @@ export function splitImageOpts(text: string): Map<string, string> {
  * `--image-opts` text resolved to a host file and a format (as other commands use it), with
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string } {
+export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode } {
   try {
     const loc = locateImageFromOptions(splitImageOpts(text));
-    return { format: loc.format, filename: loc.path };
+    return { format: loc.format, filename: loc.path, locking: loc.locking };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -28,6 +28,9 @@ export { type ImageLocation, locateImage, locateImageFromOptions } from './locat
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
+export {
+  dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
+} from './permissions.js';
 export { resolveRelative } from './paths.js';
 export { probeFormat } from './probe.js';
 export { RawImage } from './raw-image.js';

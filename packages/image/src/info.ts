@@ -6,7 +6,7 @@
  * Like qemu-img info (which opens with BDRV_O_NO_IO | BDRV_O_NO_BACKING), this reads only
  * metadata, through the format's `info`: it never opens the backing file or the data file.
  */
-import { FileDevice, FormatError, TsimgError, UnsupportedError, type BlockDevice, LimitError, UsageError } from '@tsimg/raw';
+import { FileDevice, FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode, UsageError } from '@tsimg/raw';
 import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
@@ -14,6 +14,7 @@ import { locateImage, locateImageFromOptions, type ImageLocation } from './locat
 import { fullBackingFilename } from './paths.js';
 import { FOREIGN_FORMATS, probeFormat } from './probe.js';
 import { openError } from './open-error.js';
+import { imageFileLock, NO_PERMISSIONS, topNodePermissions } from './permissions.js';
 
 /** Options for {@link collectImageInfo}. */
 export interface CollectInfoOptions {
@@ -23,15 +24,22 @@ export interface CollectInfoOptions {
   blockOptions?: ReadonlyMap<string, string>;
   /** The formats to open and probe with (default: raw and qcow2). */
   formats?: readonly ImageFormat[];
+  /** qemu's -U: lock nothing (info opens with BDRV_O_NO_IO: qcow2 files lock 201 203 otherwise). */
+  forceShare?: boolean;
+  /** qemu's `file.locking`; `file.locking` in `blockOptions` wins. */
+  locking?: LockingMode;
+  /** Receives FileDevice's lock warnings. */
+  onWarning?: (message: string) => void;
 }
 
 /** bdrv_getlength refuses more than INT64_MAX bytes; info reports that after a successful open. */
 const MAX_INFO_SIZE = (1n << 63n) - 1n;
 
 /** Opens a host file read-only; a directory or device gets qemu's file-driver message. */
-async function openFile(path: string): Promise<FileDevice> {
+async function openFile(path: string, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning'>): Promise<FileDevice> {
   try {
-    return await FileDevice.open(path, { readOnly: true });
+    // Locked once the format is known (qemu's permissions depend on it).
+    return await FileDevice.open(path, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning });
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
       throw new UsageError(`'file' driver requires '${path}' to be a regular file`);
@@ -79,9 +87,9 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     );
   }
   const filename = loc.path;
-  let dev: BlockDevice;
+  let dev: FileDevice;
   try {
-    dev = await openFile(filename);
+    dev = await openFile(filename, { locking: loc.locking ?? options.locking, onWarning: options.onWarning });
   } catch (err) {
     throw openError(name, err);
   }
@@ -97,6 +105,8 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
         throw new UnsupportedError(`image format '${format}' is not supported by tsimg`);
       }
     }
+    // qemu-img info: BDRV_O_NO_IO | BDRV_O_NO_BACKING, read-only.
+    dev.setPermissions(imageFileLock(topNodePermissions({ write: false, noIo: true, forceShare: options.forceShare }), format === 'file' ? 'raw' : format));
     const actual = await dev.allocatedSize();
     const { info, warnings, sizeBytes } = await findFormat(formats, format)!.info(dev);
     size = sizeBytes ?? BigInt(info['virtual-size']);
@@ -136,6 +146,9 @@ export async function collectImageInfoList(filename: string, options: CollectInf
       format,
       formats: options.formats,
       blockOptions: out.length === 0 ? options.blockOptions : undefined,
+      forceShare: options.forceShare,
+      locking: out.length === 0 ? options.locking : undefined,
+      onWarning: options.onWarning,
     });
     if (warnings.length > 0) options.onWarnings?.(warnings);
     out.push(info);

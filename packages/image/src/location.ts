@@ -2,7 +2,7 @@
  * Where an image is: resolving image names (`file:`, `json:`) and `--image-opts` block options
  * to a host file and a format, with qemu's messages.
  */
-import { TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
+import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
 import { pathHasProtocol } from './paths.js';
 
 /** Where an image is: the host file, and the format its name or options ask for. */
@@ -11,6 +11,14 @@ export interface ImageLocation {
   path: string;
   /** `driver` from block options ('qcow2', 'raw', or 'file' for the bare protocol). */
   format?: string;
+  /** qemu's `file.locking` (`locking` with driver=file), when the options give it. */
+  locking?: LockingMode;
+}
+
+/** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
+function lockingOption(value: string | undefined): LockingMode | undefined {
+  if (value === undefined || value === 'on' || value === 'off' || value === 'auto') return value;
+  throw new UsageError(`invalid parameter value: ${value}`);
 }
 
 /**
@@ -22,14 +30,14 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
   const driver = opts.get('driver');
   if (driver === 'file') {
     for (const key of opts.keys()) {
-      if (key !== 'driver' && key !== 'filename') throw new UsageError(`Invalid parameter '${key}'`);
+      if (key !== 'driver' && key !== 'filename' && key !== 'locking') throw new UsageError(`Invalid parameter '${key}'`);
     }
     const path = opts.get('filename');
     if (path === undefined || path === '') throw new UsageError("The 'file' block driver requires a file name");
-    return { path, format: 'file' };
+    return { path, format: 'file', locking: lockingOption(opts.get('locking')) };
   }
   for (const key of opts.keys()) {
-    if (!['driver', 'file', 'file.driver', 'file.filename'].includes(key)) {
+    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key)) {
       throw new UsageError(
         driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
       );
@@ -51,7 +59,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     throw new UsageError('A block device must be specified for "file"');
   }
   if (path === '') throw new UsageError("The 'file' block driver requires a file name");
-  return { path, format: driver };
+  return { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
 }
 
 /** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */

@@ -4,11 +4,15 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError } from '@tsimg/raw';
+import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
 import { resolveRelative } from './paths.js';
+import {
+  backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
+  topNodePermissions,
+} from './permissions.js';
 import { probeFormat } from './probe.js';
 
 /** Options for {@link openImage}. */
@@ -45,6 +49,22 @@ export interface OpenImageOptions {
   unmap?: boolean;
   /** The formats to open and probe with (default: raw and qcow2). */
   formats?: readonly ImageFormat[];
+  /**
+   * qemu's force-share (`-U`): take no permission away from others (read-only opens only; with
+   * `readOnly: false` the open fails with qemu's "force-share=on can only be used with
+   * read-only images"). See permissions.ts for what each file locks.
+   */
+  forceShare?: boolean;
+  /** qemu-img's BDRV_O_NO_SHARE (convert's sources): others may not write while it is open. */
+  noShare?: boolean;
+  /** qemu-img's BDRV_O_RESIZE: the image's user may resize it. */
+  resize?: boolean;
+  /** qemu-img's BDRV_O_NO_IO: only metadata is read, so no file asks for consistent read. */
+  noIo?: boolean;
+  /** qemu's `file.locking` for the image's own file (backing and data files: 'auto'). */
+  locking?: LockingMode;
+  /** Receives FileDevice's lock warnings (see FileDeviceOptions.onWarning). */
+  onWarning?: (message: string) => void;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -62,6 +82,9 @@ async function canonical(path: string): Promise<string> {
 interface OpenContext {
   formats: readonly ImageFormat[];
   withBacking: boolean;
+  onWarning?: (message: string) => void;
+  /** The permission updates to make once the whole chain is open (see openImage). */
+  finalLocks: (() => void)[];
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
@@ -73,7 +96,9 @@ interface Layer {
   readOnly: boolean;
   /** Canonical names of this layer and the layers above it, for loop detection. */
   seen: readonly string[];
-  fileOptions: { noFlush?: boolean; io?: 'async' | 'sync' };
+  fileOptions: { noFlush?: boolean; io?: 'async' | 'sync'; locking?: LockingMode };
+  /** The permissions qemu gives this layer's node (permissions.ts). */
+  perms: NodePermissions;
 }
 
 /** The format of a layer opened without one: probed from its first bytes, like qemu. */
@@ -112,7 +137,8 @@ async function openBackingLayer(
     }
   }
   try {
-    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {} }, fmt, octx);
+    const perms = backingNodePermissions(layer.perms);
+    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -123,11 +149,14 @@ async function openBackingLayer(
  * caller adds "Could not open ..."). On failure every file the layer opened is closed again.
  */
 async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: OpenContext, top?: TopOptions): Promise<Image> {
-  const { filename, readOnly, fileOptions } = layer;
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions });
+  const { filename, readOnly, fileOptions, perms } = layer;
+  // Locked like qemu: opened sharing everything, given its permissions once the format is known.
+  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));
+    file.setPermissions(imageFileLock(openingPermissions(perms), fmt.name));
+    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fmt.name)));
     const ctx: LayerContext = {
       filename,
       readOnly,
@@ -135,8 +164,10 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       log: top?.log,
       unmap: top?.unmap ?? false,
       openFile: async (name) => {
-        const dev = await FileDevice.open(name, { readOnly, ...fileOptions });
+        const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
+        const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });
         opened.push(dev);
+        octx.finalLocks.push(() => dev.setPermissions(dataFileLock(perms)));
         return dev;
       },
       openBacking: async (stored, formatName) => {
@@ -155,28 +186,39 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
 }
 
 /**
- * Opens `filename` as an image. Errors read like qemu's: `Could not open 'NAME': reason`
+ * Opens `filename` as an image, locking its files in qemu's two steps: each file as its node
+ * is opened (openingPermissions), then all of them with the permissions the command's use
+ * asks for (the BlockBackend attaching; errors then name no backing file). Errors read like qemu's: `Could not open 'NAME': reason`
  * (e.g. `Could not open 'a.qcow2': Could not open backing file: Could not open 'b': No such
  * file or directory`).
  */
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true };
+  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
   try {
     let format: ImageFormat | undefined;
     if (options.format !== undefined) {
       format = findFormat(formats, options.format);
       if (format === undefined) throw new UnsupportedError(`Unknown driver '${options.format}'`, { errno: 'EINVAL' });
     }
+    const flags = { write: !readOnly, resize: options.resize, noIo: options.noIo, noShare: options.noShare, forceShare: options.forceShare };
     const top: Layer = {
       filename,
       readOnly,
       seen: [await canonical(filename)],
       // Only the image's own files get the file options; backing files are plain reads.
-      fileOptions: { noFlush: options.noFlush, io: options.io },
+      fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking },
+      perms: topNodePermissions(flags),
     };
-    return await openLayer(top, format, octx, options);
+    const image = await openLayer(top, format, octx, options);
+    try {
+      for (const update of octx.finalLocks) update();
+    } catch (err) {
+      await image.close().catch(() => undefined);
+      throw err;
+    }
+    return image;
   } catch (err) {
     // qemu opens the image first and loads the snapshot afterwards: no "Could not open" there.
     if (err instanceof TsimgError && err.message.startsWith('Failed to load snapshot')) throw err;

@@ -11,6 +11,7 @@ describe('@tsimg/image public API', () => {
     expect(Object.keys(api).sort()).toEqual([
     'DEFAULT_FORMATS',
     'MEASURABLE_FORMATS',
+    'NO_PERMISSIONS',
     'RawImage',
     'blockStatusAbove',
     'collectImageInfo',
@@ -18,16 +19,20 @@ describe('@tsimg/image public API', () => {
     'compareImages',
     'convert',
     'convertCopy',
+    'dataFileLock',
     'findFormat',
+    'imageFileLock',
     'locateImage',
     'locateImageFromOptions',
     'mapImage',
     'measure',
     'openImage',
+    'openingPermissions',
     'probeFormat',
     'qcow2Format',
     'rawFormat',
     'resolveRelative',
+    'topNodePermissions',
     ]);
   });
 

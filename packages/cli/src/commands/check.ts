@@ -5,8 +5,11 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { FileDevice, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
-import { openImage, resolveRelative } from '@tsimg/image';
+import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
+import {
+  dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
+} from '@tsimg/image';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import {
   FIX_ERRORS,
   FIX_LEAKS,
@@ -66,19 +69,25 @@ async function openChecked(
   format: string | undefined,
   writable: boolean,
   io: CliIO,
+  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[] },
 ): Promise<{ file: FileDevice; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${filename}': tsimg does not support the '${format}' format`);
   }
   let file: FileDevice;
+  const onWarning = lockWarnings(io, writable);
+  let node: NodePermissions;
   try {
-    file = await FileDevice.open(filename, { readOnly: !writable, io: 'sync' });
+    // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
+    node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
+    file = await FileDevice.open(filename, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
-    throw new CliExit(1, `Could not open '${filename}': ${(err as Error).message}`);
+    throw new CliExit(1, `Could not open '${filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
     const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
+    file.setPermissions(imageFileLock(node, fmt));
     if (fmt === 'raw') {
       if (format === undefined && writable) {
         // raw-format.c warns whenever a probed raw image is opened for writing
@@ -93,11 +102,13 @@ async function openChecked(
     const log = (line: string, kind?: 'report' | 'raw'): void =>
       io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
     const img = await openForCheck(file, log, writable);
+    const finalLocks: (() => void)[] = [];
     const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
     if (dataFileExt) {
       // qemu opens the external data file too; its failure fails the open
-      const df = await FileDevice.open(resolveRelative(filename, dataFileExt.name), { readOnly: true });
-      await df.close();
+      const df = await FileDevice.open(resolveRelative(filename, dataFileExt.name), { readOnly: !writable, lock: dataFileLock(openingPermissions(node)), onWarning });
+      lock.held.push(df); // held, as qemu holds its data child, until the check ends
+      finalLocks.push(() => df.setPermissions(dataFileLock(node)));
     }
     const info = img.header.backingFileOffset > 0 ? await backingName(img) : undefined;
     if (info !== undefined && info !== '') {
@@ -105,23 +116,26 @@ async function openChecked(
       const fmtName = findExtension(img.extensions, 'backing-format')?.name;
       const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
       const backingPath = resolveRelative(filename, info);
-      const backing = await openImage(backingPath, { format: bfmt, readOnly: true }).catch((err: unknown) => {
+      // A read-only top's permissions are what qemu gives a backing child of a check (its
+      // user shares everything): read, sharing read and write-unchanged on a qcow2 file.
+      const backing = await openImage(backingPath, { format: bfmt, readOnly: true, forceShare: lock.forceShare, onWarning }).catch((err: unknown) => {
         // openImage words its errors for a top-level image ("Could not open 'b': reason");
         // qemu names a backing file's failure once, after "Could not open backing file: ".
         let msg = err instanceof Error ? err.message : String(err);
         const prefix = `Could not open '${backingPath}': `;
-        if (msg.startsWith(prefix + prefix)) msg = msg.slice(prefix.length);
-        throw new FormatError(`Could not open backing file: ${msg}`);
+        if (msg.startsWith(prefix)) msg = msg.slice(prefix.length);
+        throw new FormatError(`Could not open backing file: ${msg}`, { cause: err });
       });
-      await backing.close();
+      lock.held.push(backing);
     }
+    for (const update of finalLocks) update(); // as openImage's second step
     return { file, img };
   } catch (err) {
     await file.close().catch(() => undefined);
+    for (const dev of lock.held.splice(0).reverse()) await dev.close().catch(() => undefined);
     if (err instanceof CliExit) throw err;
     if (err instanceof TsimgError) {
-      const hint = (err as { hint?: unknown }).hint;
-      throw new CliExit(1, `Could not open '${filename}': ${err.message}${typeof hint === 'string' ? `\n${hint}` : ''}`);
+      throw new CliExit(1, `Could not open '${filename}': ${err.message}${lockHint(err)}`);
     }
     throw err;
   }
@@ -143,6 +157,8 @@ export const run: CommandRunner = async (argv, io) => {
   let fix = 0;
   let quiet = false;
   let imageOpts = false;
+  let forceShare = false;
+  let locking: LockingMode | undefined;
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -168,8 +184,11 @@ export const run: CommandRunner = async (argv, io) => {
       case 'image-opts':
         imageOpts = true;
         break;
+      case 'U':
+        forceShare = true;
+        break;
       default:
-        // -U and --object: tsimg takes no locks and check needs no secrets.
+        // --object: check needs no secrets.
         break;
     }
   }
@@ -181,12 +200,14 @@ export const run: CommandRunner = async (argv, io) => {
     const opts = parseImageOpts(filename);
     filename = opts.filename;
     format = opts.format;
+    locking = opts.locking;
   }
   const out = (text: string): void => {
     if (!quiet) io.stdout(text);
   };
 
-  const { file, img } = await openChecked(filename, format, fix !== 0, io);
+  const held: BlockDevice[] = [];
+  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held });
   try {
     if (!img) throw new CliExit(63, 'This image format does not support checks');
     let outcome: CheckOutcome = await checkImage(img, fix);
@@ -208,5 +229,6 @@ export const run: CommandRunner = async (argv, io) => {
   } finally {
     if (img && fix) await finishRepair(img).catch(() => undefined);
     await file.close().catch(() => undefined);
+    for (const dev of held.reverse()) await dev.close().catch(() => undefined);
   }
 };

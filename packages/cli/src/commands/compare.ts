@@ -10,6 +10,7 @@ import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../command.js';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import { createProgress } from '../progress.js';
 
 const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS];
@@ -34,6 +35,7 @@ export const run: CommandRunner = async (argv, io) => {
   let quiet = false;
   let strict = false;
   let imageOpts = false;
+  let forceShare = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
       case 'h':
@@ -58,7 +60,8 @@ export const run: CommandRunner = async (argv, io) => {
         strict = true;
         break;
       case 'U':
-        break; // tsimg takes no locks
+        forceShare = true;
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -79,9 +82,9 @@ export const run: CommandRunner = async (argv, io) => {
     }
     const open = async (name: string, format?: string) => {
       try {
-        return await openImage(name, { format, readOnly: true, imageOpts });
+        return await openImage(name, { format, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
       } catch (err) {
-        io.stderr(`tsimg: ${errorMessage(err)}\n`);
+        io.stderr(`tsimg: ${errorMessage(err)}${lockHint(err)}\n`);
         return undefined;
       }
     };

@@ -12,9 +12,10 @@ import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import type { CliIO, CommandRunner } from '../command.js';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
-import { corruptionLine, openCommandImage } from '../image-open.js';
+import { corruptionLine, type LockOptions, openCommandImage } from '../image-open.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress, type Progress } from '../progress.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
@@ -243,7 +244,8 @@ export const run: CommandRunner = async (argv, io) => {
   let target: Image | undefined;
   let pool: CompressPool | undefined;
   try {
-    await openSources(args, sources, opened);
+    // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
+    await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
     const totalBytes = opened.reduce((n, img) => n + Math.ceil(img.size() / SECTOR) * SECTOR, 0);
     const out = outFilename!;
 
@@ -268,7 +270,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
 
     await prepareTarget(args, opened, out, opts, io);
-    target = await openTarget(args, out);
+    target = await openTarget(args, out, lockWarnings(io, true));
     checkTarget(args, target, totalBytes);
     if (args.compressed) {
       const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
@@ -293,9 +295,9 @@ export const run: CommandRunner = async (argv, io) => {
  * Opens every source into `opened` (so the caller closes whatever was opened, even on failure),
  * then, with `-l`, reopens the first on the snapshot asked for.
  */
-async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[]): Promise<void> {
+async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
   for (const name of sources) {
-    opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts }));
+    opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
   }
   if (args.snapshot === undefined && args.snapshotName === undefined) return;
   if (args.snapshotName !== undefined && sources.length > 1) {
@@ -315,6 +317,7 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     readOnly: true,
     imageOpts: args.imageOpts,
     snapshot: args.snapshot ?? args.snapshotName,
+    ...locks,
   });
 }
 
@@ -377,7 +380,9 @@ function checkTargetOptions(
  */
 async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: string, opts: QemuOpts | undefined, io: CliIO): Promise<void> {
   // qemu's image locks: without -U the sources (with their backing and data files) do not
-  // share write access, so a target that is one of those files cannot be written.
+  // share write access, so a target that is one of those files cannot be written. The locks
+  // refuse it themselves (OFD locks conflict within one process); this says it even without
+  // the native module, where nothing is locked.
   const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
   if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
@@ -388,7 +393,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
       await createImageFile(args.outFmt, out, opts, false, io);
     } catch (err) {
       const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
-      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}`);
+      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
@@ -398,7 +403,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, onWarning: (message: string) => void): Promise<Image> {
   return openNamed(out, {
     format: args.outFmt || undefined,
     readOnly: false,
@@ -411,6 +416,7 @@ function openTarget(args: ConvertArgs, out: string): Promise<Image> {
     // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
     // free are then punched out of the file as well.
     unmap: args.minSparse !== 0,
+    onWarning,
   });
 }
 

@@ -10,6 +10,7 @@ import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import type { CliIO, CommandRunner } from '../command.js';
+import { lockHint } from '../lock-messages.js';
 import { TRY_HELP } from '../command-options.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
@@ -35,7 +36,8 @@ async function openBacking(fullName: string, fmt: string | undefined): Promise<{
     throw new UnsupportedError(`tsimg cannot open '${fmt}' images`);
   }
   try {
-    const img = await openImage(fullName, { format: fmt === 'file' ? 'raw' : fmt, readOnly: true });
+    // bdrv_img_create: BDRV_O_NO_IO and force-share, so a backing file in use is no obstacle.
+    const img = await openImage(fullName, { format: fmt === 'file' ? 'raw' : fmt, readOnly: true, noIo: true, forceShare: true, onWarning: () => undefined });
     try {
       return { format: fmt === 'file' ? 'file' : img.format, size: Math.ceil(img.size() / 512) * 512 };
     } finally {
@@ -99,7 +101,7 @@ async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
       opened = await openBacking(fullBackingName(r.filename, backingFile), backingFmt);
     } catch (err) {
       const msg = err instanceof Error ? err.message : String(err);
-      throw new CliExit(1, `${r.filename}: ${msg}\nCould not open backing image.`);
+      throw new CliExit(1, `${r.filename}: ${msg}${lockHint(err)}\nCould not open backing image.`);
     }
     if (backingFmt === undefined) {
       // qemu prints the hint without a final newline
@@ -185,7 +187,7 @@ export const run: CommandRunner = async (argv, io) => {
   } catch (err) {
     if (err instanceof CliExit) throw err;
     const msg = err instanceof Error ? err.message : String(err);
-    throw new CliExit(1, `${filename}: ${msg}`);
+    throw new CliExit(1, `${filename}: ${msg}${lockHint(err)}`);
   }
   return 0;
 };

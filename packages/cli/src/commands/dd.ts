@@ -6,7 +6,7 @@
  * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
  * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove, openImage as openRawOrQcow2, type Image } from '@tsimg/image';
+import { blockStatusAbove, imageFileLock, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
 import { createQcow2 } from '@tsimg/qcow2';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
@@ -21,6 +21,7 @@ import {
 } from '../command-options.js';
 import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
+import { lockHint, lockWarnings } from '../lock-messages.js';
 import type { CommandRunner } from '../command.js';
 
 const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
@@ -143,6 +144,7 @@ export const run: CommandRunner = async (argv, io) => {
   let fmt: string | undefined;
   let outFmt = 'raw';
   let imageOpts = false;
+  let forceShare = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
       case 'h':
@@ -155,6 +157,7 @@ export const run: CommandRunner = async (argv, io) => {
         outFmt = value!;
         break;
       case 'U':
+        forceShare = true;
         break;
       case 'image-opts':
         imageOpts = true;
@@ -170,7 +173,8 @@ export const run: CommandRunner = async (argv, io) => {
   const input = args.input;
   const output = args.output;
 
-  const src = await openImage(input, { format: fmt, readOnly: true, imageOpts });
+  const src = await openImage(input, { format: fmt, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
+  const onWarning = lockWarnings(io, true);
   try {
     if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
@@ -188,18 +192,18 @@ export const run: CommandRunner = async (argv, io) => {
     const createSize = ((outSize + 511n) / 512n) * 512n;
 
     const createError = (err: unknown): CliExit =>
-      new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}`);
+      new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}${lockHint(err)}`);
     let dst: Image | FileDevice;
     if (outFmt === 'raw') {
       try {
         await createFile(output, { size: createSize });
-        dst = await FileDevice.open(output);
+        dst = await FileDevice.open(output, { lock: imageFileLock(topNodePermissions({ write: true }), 'raw'), onWarning });
       } catch (err) {
         throw createError(err);
       }
     } else {
       try {
-        const file = await FileDevice.open(output, { create: true });
+        const file = await FileDevice.open(output, { create: true, lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
         try {
           await createQcow2(file, { size: createSize });
         } finally {
@@ -208,7 +212,7 @@ export const run: CommandRunner = async (argv, io) => {
       } catch (err) {
         throw createError(err);
       }
-      dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false });
+      dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false, onWarning });
     }
     try {
       let inPos: bigint;

@@ -4,6 +4,7 @@
  * statuses. The gathering lives in @tsimg/image (info.ts); the printing in ../info-output.ts.
  */
 import { TsimgError } from '@tsimg/raw';
+import { lockWarnings } from '../lock-messages.js';
 import { collectImageInfoList, type ImageInfo } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../command.js';
 import { getoptLong, type LongOption } from '../getopt.js';
@@ -56,6 +57,7 @@ export const run: CommandRunner = async (argv, io) => {
   let output: string | undefined;
   let chain = false;
   let imageOpts = false;
+  let forceShare = false;
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -73,8 +75,11 @@ export const run: CommandRunner = async (argv, io) => {
       case 'image-opts':
         imageOpts = true;
         break;
+      case 'U':
+        forceShare = true;
+        break;
       default:
-        // -U and --object: info takes no locks and needs no secrets (it never decrypts).
+        // --object: info needs no secrets (it never decrypts).
         break;
     }
   }
@@ -88,6 +93,8 @@ export const run: CommandRunner = async (argv, io) => {
       format,
       blockOptions: imageOpts ? splitImageOpts(filename) : undefined,
       chain,
+      forceShare,
+      onWarning: lockWarnings(io, false),
       onWarnings: (warnings) => {
         for (const w of warnings) io.stderr(`tsimg: ${w}\n`);
         // qemu follows the bitmap warning with this line, without a newline of its own.

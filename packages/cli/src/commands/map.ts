@@ -19,6 +19,7 @@ import {
 import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../command.js';
+import { lockWarnings } from '../lock-messages.js';
 
 const LONG = [
   HELP_OPTION,
@@ -48,6 +49,7 @@ export const run: CommandRunner = async (argv, io) => {
   let format: string | undefined;
   let output: string | undefined;
   let imageOpts = false;
+  let forceShare = false;
   let startOffset = 0;
   let maxLength: number | undefined;
   for (const { key, value } of parsed.options) {
@@ -68,7 +70,8 @@ export const run: CommandRunner = async (argv, io) => {
         maxLength = Number(cvtnum('max length', value!));
         break;
       case 'U':
-        break; // tsimg takes no locks, so there is nothing to share
+        forceShare = true;
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -79,7 +82,7 @@ export const run: CommandRunner = async (argv, io) => {
   const filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
 
-  const image = await openImage(filename, { format, readOnly: true, imageOpts });
+  const image = await openImage(filename, { format, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
   try {
     // Lines are collected and written in batches: one write per entry is slow for big maps.
     let out = json ? '[' : `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`;

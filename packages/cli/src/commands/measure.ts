@@ -24,6 +24,7 @@ import { corruptionLine, openCommandImage as openImage } from '../image-open.js'
 import { QEMU_CREATABLE, QEMU_FORMATS } from '../qemu-formats.js';
 import { sourceBitmaps } from '../source-bitmaps.js';
 import type { CommandRunner } from '../command.js';
+import { lockWarnings } from '../lock-messages.js';
 
 const LONG = [
   HELP_OPTION,
@@ -101,6 +102,7 @@ interface MeasureArgs {
   snapshot?: string;
   size?: bigint;
   imageOpts: boolean;
+  forceShare: boolean;
 }
 
 export const run: CommandRunner = async (argv, io) => {
@@ -114,6 +116,7 @@ export const run: CommandRunner = async (argv, io) => {
     let snapshot: string | undefined;
     let size: bigint | undefined;
     let imageOpts = false;
+    let forceShare = false;
     for (const { key, value } of parsed.options) {
       switch (key) {
         case 'h':
@@ -132,6 +135,7 @@ export const run: CommandRunner = async (argv, io) => {
           snapshot = value;
           break;
         case 'U':
+          forceShare = true;
           break;
         case 'output':
           json = isJsonOutput(value!);
@@ -146,7 +150,7 @@ export const run: CommandRunner = async (argv, io) => {
           notSupportedExit(key);
       }
     }
-    return { json, fmt, outFmt, options, snapshot, size, imageOpts };
+    return { json, fmt, outFmt, options, snapshot, size, imageOpts, forceShare };
   };
   const opts = handleOptions();
   if (typeof opts === 'number') return opts;
@@ -171,7 +175,7 @@ export const run: CommandRunner = async (argv, io) => {
     opts.snapshot === undefined ? undefined : opts.snapshot.startsWith('snapshot.') ? parseSnapshotParam(opts.snapshot) : opts.snapshot;
   const image =
     filename !== undefined
-      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot })
+      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot, forceShare: opts.forceShare, onWarning: lockWarnings(io, false) })
       : undefined;
   try {
     const source = image;
