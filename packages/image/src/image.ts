@@ -22,6 +22,22 @@ export interface Image extends BlockDevice {
    * then read as zeroes (qemu's BDRV_BLOCK_RECURSE for metadata-preallocated qcow2).
    */
   metadataPreallocated?(): Promise<boolean>;
+  /**
+   * The persistent dirty bitmaps the image carries, in qemu's list order; undefined when the
+   * image cannot carry any (raw, qcow2 v2). Formats without bitmaps leave the method out.
+   */
+  listBitmaps?(): Promise<ImageBitmap[] | undefined>;
+  /** The algorithm of the image's compressed clusters, for formats that compress. */
+  readonly compressionType?: 'zlib' | 'zstd';
+}
+
+/** A persistent dirty bitmap of an image. */
+export interface ImageBitmap {
+  name: string;
+  /** Bytes of guest data one bit covers. */
+  granularity: number;
+  /** Not stored cleanly (qcow2's IN_USE flag): its bits cannot be trusted. */
+  inconsistent: boolean;
 }
 
 /** A snapshot to read instead of the active layer: an ID or name, or both to match. */

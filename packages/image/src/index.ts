@@ -7,6 +7,7 @@ export { convertCopy, type ConvertCopyOptions } from './convert.js';
 export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';
 export {
   type FormatInfo,
+  type ImageBitmap,
   type Image,
   type ImageFormat,
   type LayerContext,

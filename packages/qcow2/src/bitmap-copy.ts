@@ -79,17 +79,26 @@ async function loadDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]>
   return loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
 }
 
+/** A persistent bitmap as qemu holds it once the image is open. */
+export interface PersistentBitmap {
+  /** Its name in memory (a C string: up to the first NUL). */
+  name: string;
+  /** Bytes of guest data one bit covers. */
+  granularity: number;
+  /** The IN_USE flag is set: the bitmap was not stored cleanly and cannot be trusted. */
+  inconsistent: boolean;
+}
+
 /**
- * The persistent bitmaps of an open qcow2 image, with whether each is inconsistent (IN_USE flag set, as qemu sees it).
- * They come in the order of qemu's list of a node's bitmaps (FOR_EACH_DIRTY_BITMAP), the reverse
- * of the directory: qemu inserts each loaded bitmap at the head. So the first inconsistent one
- * is the one convert_check_bitmaps names.
+ * The persistent bitmaps of an open qcow2 image, or undefined for v2 images, which cannot
+ * carry any (bdrv_supports_persistent_dirty_bitmap). They come in the order of qemu's list of
+ * a node's bitmaps (FOR_EACH_DIRTY_BITMAP), the reverse of the directory: qemu inserts each
+ * loaded bitmap at the head. So the first inconsistent one is the one convert_check_bitmaps names.
  */
-export async function loadImageBitmaps(image: Qcow2Image): Promise<{ name: string; inconsistent: boolean }[]> {
-  // bdrv_supports_persistent_dirty_bitmap: only v3 images can carry bitmaps.
-  if (image.version < 3) throw new UnsupportedError('Source lacks bitmap support', { errno: 'ENOTSUP' });
+export async function listImageBitmaps(image: Qcow2Image): Promise<PersistentBitmap[] | undefined> {
+  if (image.version < 3) return undefined;
   const entries = (await loadDirectory(image)).reverse();
-  return entries.map((e) => ({ name: memName(e.name), inconsistent: (e.flags & BME_FLAG_IN_USE) !== 0 }));
+  return entries.map((e) => ({ name: memName(e.name), granularity: 2 ** e.granularityBits, inconsistent: (e.flags & BME_FLAG_IN_USE) !== 0 }));
 }
 
 /** load_bitmap + load_bitmap_data: the bits of a consistent bitmap of `image`. */

@@ -1,6 +1,6 @@
 /** @tsimg/qcow2 — the qcow2 image format. */
 
-export { copyPersistentBitmaps, loadImageBitmaps } from './bitmap-copy.js';
+export { copyPersistentBitmaps, type PersistentBitmap } from './bitmap-copy.js';
 export {
   checkErrnoText,
   type CheckImage,

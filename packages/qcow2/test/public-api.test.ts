@@ -25,7 +25,6 @@ describe('@tsimg/qcow2 public API', () => {
     'finishRepair',
     'loadBitmapDirectory',
     'loadHeader',
-    'loadImageBitmaps',
     'loadQcow2Metadata',
     'loadSnapshots',
     'measureQcow2',

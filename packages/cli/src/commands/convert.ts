@@ -271,9 +271,9 @@ export const run: CommandRunner = async (argv, io) => {
 
     await prepareTarget(args, opened, out, opts, io);
     target = await openTarget(args, out, lockWarnings(io, true));
-    checkTarget(args, target, totalBytes);
+    await checkTarget(args, target, totalBytes);
     if (args.compressed) {
-      const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
+      const type = target.compressionType ?? 'zlib';
       // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
       pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
     }
@@ -421,9 +421,9 @@ function openTarget(args: ConvertArgs, out: string, onWarning: (message: string)
 }
 
 /** What the opened target must be able to take: bitmaps, compression, the sources' size. */
-function checkTarget(args: ConvertArgs, target: Image, totalBytes: number): void {
+async function checkTarget(args: ConvertArgs, target: Image, totalBytes: number): Promise<void> {
   // bdrv_supports_persistent_dirty_bitmap: qcow2 v3 only
-  if (args.bitmaps && (target.format !== 'qcow2' || (target as Qcow2Image).header.version < 3)) {
+  if (args.bitmaps && (await target.listBitmaps?.()) === undefined) {
     throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
   }
   if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
@@ -439,7 +439,7 @@ async function copy(
 ): Promise<void> {
   const { targetHasBacking, pool, progress, io } = how;
   try {
-    await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
+    await convertCopy(opened, target, {
       minSparse: args.minSparse,
       compressed: args.compressed,
       clusterSize: target.clusterSize ?? 0,
@@ -536,9 +536,9 @@ async function checkBitmaps(source: Image, skipBroken: boolean): Promise<void> {
 
 /** The source's persistent bitmaps, each with whether it is inconsistent (in use). */
 async function bitmapStates(source: Image): Promise<{ name: string; inconsistent: boolean }[]> {
-  if (source.format !== 'qcow2') throw new CliExit(1, 'Source lacks bitmap support');
-  const { loadImageBitmaps } = await import('@tsimg/qcow2');
-  return loadImageBitmaps(source as Qcow2Image);
+  const bitmaps = await source.listBitmaps?.();
+  if (bitmaps === undefined) throw new CliExit(1, 'Source lacks bitmap support');
+  return bitmaps;
 }
 
 /**

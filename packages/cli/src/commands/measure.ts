@@ -22,7 +22,6 @@ import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from '../creation-options.js';
 import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import { QEMU_CREATABLE, QEMU_FORMATS } from '../qemu-formats.js';
-import { sourceBitmaps } from '../source-bitmaps.js';
 import type { CommandRunner } from '../command.js';
 import { lockWarnings } from '../lock-messages.js';
 
@@ -194,7 +193,7 @@ export const run: CommandRunner = async (argv, io) => {
       throw new CliExit(1, `Block driver '${outFmt}' does not support size measurement`);
     }
     const what: MeasureSource =
-      source !== undefined ? { image: source, bitmaps: await sourceBitmaps(source) } : { size: opts.size! };
+      source !== undefined ? { image: source, bitmaps: await source.listBitmaps?.() } : { size: opts.size! };
     let result: MeasureResult;
     try {
       result = await measure(outFmt, what, qopts);

@@ -11,6 +11,7 @@
  * is never seen half-updated. Caches evict only between operations.
  */
 import { UnsupportedError, UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
+import { listImageBitmaps, type PersistentBitmap } from '../bitmap-copy.js';
 import { detectMetadataPreallocation } from './preallocation.js';
 import { compressCluster } from '../compress/compress.js';
 import { findExtension, type HeaderExtension, type Qcow2Header } from '../format/header.js';
@@ -83,6 +84,19 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
    */
   metadataPreallocated(): Promise<boolean> {
     return (this.#preallocated ??= detectMetadataPreallocation(this));
+  }
+
+  /**
+   * The persistent dirty bitmaps qemu would load, in its list order; undefined for v2 images,
+   * none when the bitmaps autoclear bit says a program without bitmap support wrote the image.
+   */
+  listBitmaps(): Promise<PersistentBitmap[] | undefined> {
+    return listImageBitmaps(this);
+  }
+
+  /** The algorithm compressed clusters of this image use (the header's compression type). */
+  get compressionType(): 'zlib' | 'zstd' {
+    return this.header.compressionType === 1 ? 'zstd' : 'zlib';
   }
 
   // ---- MappingSource --------------------------------------------------------------------
