@@ -333,6 +333,8 @@ export async function loadQcow2Metadata(file: BlockDevice): Promise<Qcow2Metadat
 /**
  * qcow2_do_open's checks, in its order and with its messages, for every opener: info, check
  * and the engine differ only by `flags` (qemu's BDRV_O_CHECK, BDRV_O_RDWR, BDRV_O_NO_IO).
+ * A line-for-line port of that one function's checks, kept as one function so that its order
+ * (which decides which message a broken image gets) can be read against qemu's.
  * Writes nothing: clearing unknown autoclear bits and repairing a dirty image are the caller's
  * (they need its write path). Throws the typed errors with qemu's messages; the caller adds
  * "Could not open 'NAME': ".
