@@ -109,6 +109,10 @@ export function makeSources(root: string): string {
   io(dir, 'base.qcow2', 'qcow2', 'write -P 0xb2 128k 64k', 'write -P 0xb3 1536k 100k', 'write -P 0xb4 1M 64k');
   img(dir, 'create', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', 'top.qcow2', '4M');
   io(dir, 'top.qcow2', 'qcow2', 'write -P 0xc1 128k 4k', 'write -z 1M 64k', 'write -P 0xc2 1600k 8k', 'write -P 0xc3 3M 64k');
+  // 512-byte clusters over a short backing: each L2 table maps 32 KiB, so qemu's block status
+  // answers in 32 KiB runs, shorter than a 64 KiB target cluster (compressed: whole clusters).
+  img(dir, 'create', '-f', 'qcow2', '-o', 'cluster_size=512', '-b', 'base0.raw', '-F', 'raw', 'small-top.qcow2', '3M');
+  io(dir, 'small-top.qcow2', 'qcow2', 'discard 0 512', 'write -P 0xd1 40k 1k', 'write -P 0xd2 1100k 4k');
   // The same data as base.qcow2's chain, flat: -B target over it writes only the differences.
   img(dir, 'convert', '-O', 'qcow2', 'base.qcow2', 'flatbase.qcow2');
 

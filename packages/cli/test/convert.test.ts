@@ -86,6 +86,10 @@ const cases: ConvertCase[] = [
   { name: '-c from raw, 4k clusters', args: ['-c', '-O', 'qcow2', '-o', 'cluster_size=4k', S('sparse.raw'), 'out'], check: 'compressed' },
   { name: '-c odd-size source', args: ['-c', '-O', 'qcow2', S('odd.raw'), 'out'], check: 'compressed' },
   { name: '-c over a backing file', args: ['-c', '-O', 'qcow2', '-B', S('flatbase.qcow2'), '-F', 'qcow2', S('top.qcow2'), 'out'], check: 'compressed' },
+  // Status runs end where the source's L2 tables do (as qemu's): here shorter than a target
+  // cluster, so qemu writes every cluster, past the backing's end too (zero or compressed).
+  { name: '-c -B over a 512-byte-cluster source', args: ['-c', '-O', 'qcow2', '-B', S('base0.raw'), '-F', 'raw', S('small-top.qcow2'), 'out'], check: 'compressed' },
+  { name: '-c -B -o compat=0.10 over a 512-byte-cluster source', args: ['-c', '-O', 'qcow2', '-o', 'compat=0.10', '-B', S('base0.raw'), '-F', 'raw', S('small-top.qcow2'), 'out'], check: 'compressed' },
   {
     name: '-c -S 0',
     args: ['-c', '-S', '0', '-O', 'qcow2', S('sparse.raw'), 'out'],

@@ -157,14 +157,20 @@ describeQemu('Qcow2Image reads qemu-made images like qemu-img convert -O raw', (
   });
 });
 
-/** blockStatus runs tile the image, merge neighbours of one kind, and agree with the bytes. */
+/**
+ * blockStatus runs tile the image, end at L2 table boundaries as qemu's do (one L2 slice per
+ * call), merge neighbours of one kind within a table, and agree with the bytes.
+ */
 async function checkStatus(img: Image, ref: Buffer): Promise<void> {
+  const l2Span = (img as unknown as { geo: { l2Span: number } }).geo.l2Span;
   let off = 0;
   let prev: string | undefined;
   while (off < img.size()) {
     const st = await img.blockStatus(off, img.size() - off);
     expect(st.offset).toBe(off);
     expect(st.length).toBeGreaterThan(0);
+    expect(Math.floor(off / l2Span)).toBe(Math.floor((off + st.length - 1) / l2Span));
+    if (off % l2Span === 0) prev = undefined;
     const key = `${st.kind}:${'hostOffset' in st && st.hostOffset !== undefined ? 'h' : ''}`;
     if (st.kind === 'zero' || (st.kind === 'unallocated' && img.backing === undefined)) {
       expect(ref.subarray(off, off + st.length).every((b) => b === 0)).toBe(true);

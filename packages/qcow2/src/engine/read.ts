@@ -3,9 +3,9 @@
  * or its data file, zeroes, compressed clusters, the backing image where unallocated) and
  * block status, merged over runs of one kind.
  */
-import { TsimgError, type BlockStatus, IoError } from '@tsimg/raw';
+import { TsimgError, type BlockStatus } from '@tsimg/raw';
 import { decompress, type CompressedReadAhead } from './compressed.js';
-import { lookupRun, type MappedRun, type MappingSource } from './mapping.js';
+import { lookupRun, type MappedRun } from './mapping.js';
 import { dataDevice, type BackingDevice, type EngineState } from './state.js';
 
 /** Reads guest bytes at `offset` into `into` (the caller checked the range). */
@@ -85,56 +85,16 @@ function toStatus(r: MappedRun, at: number): BlockStatus {
   }
 }
 
-/** The image's mapping for looking ahead: corruption found through it is not signalled. */
-function lookahead(s: EngineState): MappingSource {
-  return {
-    get geo() {
-      return s.geo;
-    },
-    get version() {
-      return s.version;
-    },
-    get l1Size() {
-      return s.l1Size;
-    },
-    get l1() {
-      return s.l1;
-    },
-    l2Table: (offset: number) => s.l2Table(offset),
-    corrupt: async (message: string): Promise<never> => {
-      throw new IoError(`qcow2: ${message}`, { errno: 'EIO' });
-    },
-  };
-}
-
 /**
- * Block status of the run at `offset`, merged with following runs of the same kind (contiguous
- * on the host when there is a host), up to `length` bytes (the caller checked the range).
+ * Block status of the run at `offset`, up to `length` bytes (the caller checked the range) and
+ * never past the end of its L2 table: qcow2_co_block_status answers one L2 slice per call, and
+ * callers that cut their work at status boundaries (convert's chunks, and with them which
+ * clusters a compressed target gets) see the same runs as qemu's. map and compare merge runs.
  */
 export async function blockStatusAt(s: EngineState, offset: number, length: number): Promise<BlockStatus> {
-  const first = toStatus(await lookupRun(s, offset, length), offset);
-  const ahead = lookahead(s);
-  while (first.length < length) {
-    const at = offset + first.length;
-    // qemu answers one run per call (qcow2_co_block_status) and never looks past it: a
-    // failure further on (a corrupt entry) is the next call's, after this run is reported.
-    // Nor does a corruption found there count as met: the next call signals it (and on a
-    // read-only image, only the first signal prints qemu's line).
-    let run: MappedRun;
-    try {
-      run = await lookupRun(ahead, at, length - first.length);
-    } catch {
-      break;
-    }
-    const next = toStatus(run, at);
-    if (next.kind !== first.kind) break;
-    const fh = 'hostOffset' in first ? first.hostOffset : undefined;
-    const nh = 'hostOffset' in next ? next.hostOffset : undefined;
-    if ((fh === undefined) !== (nh === undefined)) break;
-    if (fh !== undefined && nh !== fh + first.length) break;
-    first.length += next.length;
-  }
-  return first;
+  const span = s.geo.l2Span;
+  const tableEnd = (Math.floor(offset / span) + 1) * span;
+  return toStatus(await lookupRun(s, offset, Math.min(length, tableEnd - offset)), offset);
 }
 
 /** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */
