@@ -3,7 +3,7 @@
  * (printed as `tsimg: <message>` on stderr), and `errorMessage` turns library errors into
  * qemu-img's wording.
  */
-import { TsimgError } from '@tsimg/raw';
+import { strerror, TsimgError } from '@tsimg/raw';
 
 /** Thrown by command code to stop with `status`; `message` (if any) is printed after `tsimg: `. */
 export class CliExit extends Error {
@@ -25,24 +25,9 @@ export function errorMessage(err: unknown): string {
   return String(err instanceof Error ? err.message : err);
 }
 
-const STRERROR: Record<string, string> = {
-  ENOENT: 'No such file or directory',
-  EACCES: 'Permission denied',
-  EPERM: 'Operation not permitted',
-  EISDIR: 'Is a directory',
-  ENOTDIR: 'Not a directory',
-  EEXIST: 'File exists',
-  ENOSPC: 'No space left on device',
-  EIO: 'Input/output error',
-  EINVAL: 'Invalid argument',
-  EFBIG: 'File too large',
-  EROFS: 'Read-only file system',
-  ENOTSUP: 'Operation not supported',
-  EBUSY: 'Device or resource busy',
-  ENOMEM: 'Cannot allocate memory',
-};
-
 /** strerror()-style text for a Node errno error, the way qemu words OS errors. */
 export function osErrorText(err: NodeJS.ErrnoException): string {
-  return (err.code && STRERROR[err.code]) ?? err.message;
+  // strerror answers the code itself for codes it has no text for; Node's message is better.
+  const text = err.code ? strerror(err.code) : undefined;
+  return text !== undefined && text !== err.code ? text : err.message;
 }

@@ -43,9 +43,11 @@ export interface GetoptResult {
 
 /**
  * Parses `argv` against a short-option string (`"hf:s:l:U"`, a ':' after a letter marks a
- * required argument) and a long-option table. Stops at the first error.
+ * required argument) and a long-option table. Stops at the first error. `argv0` is the word
+ * before `argv` (the command's name), which qemu names for a bad letter inside a cluster
+ * that is the first word (see {@link clusterErrorWord}).
  */
-export function getoptLong(argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[]): GetoptResult {
+export function getoptLong(argv: readonly string[], shortSpec: string, longOptions: readonly LongOption[], argv0?: string): GetoptResult {
   const spec = shortSpec.replace(/^[:+]/, '');
   const takesArg = (c: string): boolean | undefined => {
     const i = spec.indexOf(c);
@@ -96,7 +98,10 @@ export function getoptLong(argv: readonly string[], shortSpec: string, longOptio
       for (let k = 1; k < word.length; k++) {
         const c = word[k]!;
         const arg = takesArg(c);
-        if (arg === undefined) return { options, operands, error: { kind: 'unrecognized', word, option: `-${c}` } };
+        if (arg === undefined) {
+          const named = k + 1 < word.length ? clusterErrorWord(argv, i, operands, argv0) : word;
+          return { options, operands, error: { kind: 'unrecognized', word: named, option: `-${c}` } };
+        }
         if (!arg) {
           options.push({ key: c });
           continue;
@@ -115,6 +120,18 @@ export function getoptLong(argv: readonly string[], shortSpec: string, longOptio
     operands.push(word);
   }
   return { options, operands };
+}
+
+/**
+ * The word qemu-img names (argv[optind - 1]) for a bad letter that is not the last of its
+ * cluster: glibc has not moved past the cluster yet, so it is the word before it — after
+ * glibc's permutation, the last non-option skipped so far, else the previous word, else the
+ * command's own name (or, without one, the cluster itself).
+ */
+function clusterErrorWord(argv: readonly string[], i: number, operands: readonly string[], argv0: string | undefined): string {
+  if (operands.length > 0) return operands[operands.length - 1]!;
+  if (i > 0) return argv[i - 1]!;
+  return argv0 ?? argv[i]!;
 }
 
 /** qemu-img's own wording of a getopt error (unrecognized_option / missing_argument). */

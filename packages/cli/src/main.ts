@@ -8,6 +8,9 @@
 import type { CliIO } from './command.js';
 import { COMMANDS } from './command-table.js';
 import { CliExit, errorMessage } from './exit.js';
+import { getoptLong, qemuGetoptMessage, type LongOption } from './getopt.js';
+import { helpText } from './help.js';
+import { traceOption } from './trace-option.js';
 
 export type { CliIO, CommandRunner } from './command.js';
 
@@ -17,24 +20,61 @@ const defaultIO: CliIO = {
   isTTY: Boolean(process.stdout.isTTY),
 };
 
+const VERSION = 'tsimg version 0.1.0 (qemu-img 7.2 compatible)';
+const TRY_HELP = "Try 'tsimg --help' for more information\n";
+
+const GLOBAL_OPTIONS: readonly LongOption[] = [
+  { name: 'help', hasArg: false, key: 'h' },
+  { name: 'version', hasArg: false, key: 'V' },
+  { name: 'trace', hasArg: true, key: 'T' },
+];
+
+/**
+ * Where the standard options end: qemu-img's getopt "+:hVT:" stops at the first word that is
+ * not an option (or after `--`); an option's argument is part of it.
+ */
+function commandIndex(argv: readonly string[]): number {
+  let i = 0;
+  while (i < argv.length) {
+    const w = argv[i]!;
+    if (w === '--') return i + 1;
+    if (w === '-' || !w.startsWith('-')) return i;
+    const long = w.startsWith('--') && !w.includes('=') && 'trace'.startsWith(w.slice(2));
+    const short = !w.startsWith('--') && /^-[hV]*T$/.test(w);
+    i += long || short ? 2 : 1;
+  }
+  return argv.length;
+}
+
 /** Runs `tsimg <argv>`; resolves to the exit status. */
 export async function main(argv: string[], io: CliIO = defaultIO): Promise<number> {
-  const [name, ...rest] = argv;
-  if (name === undefined) {
-    io.stderr("tsimg: Not enough arguments\nTry 'tsimg --help' for more information\n");
+  if (argv.length === 0) {
+    io.stderr(`tsimg: Not enough arguments\n${TRY_HELP}`);
     return 1;
   }
-  if (name === '-h' || name === '--help' || name === 'help') {
-    io.stdout(helpText());
-    return 0;
+  const at = commandIndex(argv);
+  const parsed = getoptLong(argv.slice(0, at), ':hVT:', GLOBAL_OPTIONS, 'tsimg');
+  for (const o of parsed.options) {
+    if (o.key === 'h') {
+      io.stdout(helpText(Object.keys(COMMANDS), VERSION));
+      return 0;
+    }
+    if (o.key === 'V') {
+      io.stdout(`${VERSION}\n`);
+      return 0;
+    }
+    const traced = traceOption(o.value!, io);
+    if (traced !== 0) return traced;
   }
-  if (name === '-V' || name === '--version') {
-    io.stdout('tsimg version 0.1.0 (qemu-img 7.2 compatible)\n');
-    return 0;
+  if (parsed.error) {
+    io.stderr(`tsimg: ${qemuGetoptMessage(parsed.error)}\n${TRY_HELP}`);
+    return 1;
   }
-  const load = COMMANDS[name];
+  const [name, ...rest] = argv.slice(at);
+  if (name === undefined) return 0;
+  const load = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;
   if (!load) {
-    io.stderr(`tsimg: Command not found: ${name}\n`);
+    io.stderr(`tsimg: Command not found: ${name}\n${TRY_HELP}`);
     return 1;
   }
   try {
@@ -61,16 +101,4 @@ function hintOf(err: unknown): string | undefined {
     if (typeof hint === 'string' && hint) return hint;
   }
   return undefined;
-}
-
-function helpText(): string {
-  return (
-    'tsimg — qemu-img in TypeScript\n' +
-    'usage: tsimg [standard options] command [command options]\n\n' +
-    'Commands:\n' +
-    Object.keys(COMMANDS)
-      .sort()
-      .map((c) => `  ${c}\n`)
-      .join('')
-  );
 }

@@ -149,7 +149,7 @@ async function backingName(img: CheckImage): Promise<string> {
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, ':hf:r:T:qU', LONG_OPTIONS);
+  const parsed = getoptLong(argv, ':hf:r:T:qU', LONG_OPTIONS, 'check');
   if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;

@@ -26,7 +26,7 @@ function readErrorText(cause: unknown): string {
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, ':hf:F:T:pqsU', LONG);
+  const parsed = getoptLong(argv, ':hf:F:T:pqsU', LONG, 'compare');
   if (parsed.error) getoptExit(parsed.error);
   let fmt1: string | undefined;
   let fmt2: string | undefined;

@@ -75,7 +75,7 @@ interface ConvertArgs {
 }
 
 function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
-  const parsed = getoptLong(argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', LONG);
+  const parsed = getoptLong(argv, ':hf:O:B:CcF:o:l:S:pt:T:qnm:WUr:', LONG, 'convert');
   const a: ConvertArgs = {
     outFmt: 'raw',
     minSparse: 8 * SECTOR,

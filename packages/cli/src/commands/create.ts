@@ -131,7 +131,7 @@ export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':F:b:f:ho:qu', [
     { name: 'help', hasArg: false, key: 'h' },
     { name: 'object', hasArg: true, key: 'object' },
-  ]);
+  ], 'create');
   let fmt = 'raw';
   let baseFmt: string | undefined;
   let baseFilename: string | undefined;

@@ -139,7 +139,7 @@ async function copyRange(
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, ':hf:O:U', LONG);
+  const parsed = getoptLong(argv, ':hf:O:U', LONG, 'dd');
   if (parsed.error) getoptExit(parsed.error);
   let fmt: string | undefined;
   let outFmt = 'raw';

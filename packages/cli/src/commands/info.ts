@@ -51,7 +51,7 @@ function reportError(err: unknown, io: CliIO): number {
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, ':f:hU', LONG_OPTIONS);
+  const parsed = getoptLong(argv, ':f:hU', LONG_OPTIONS, 'info');
   if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;

@@ -44,7 +44,7 @@ function jsonEntry(e: MapEntry): string {
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, ':hf:s:l:U', LONG);
+  const parsed = getoptLong(argv, ':hf:s:l:U', LONG, 'map');
   if (parsed.error) getoptExit(parsed.error);
   let format: string | undefined;
   let output: string | undefined;

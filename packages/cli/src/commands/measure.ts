@@ -105,7 +105,7 @@ interface MeasureArgs {
 }
 
 export const run: CommandRunner = async (argv, io) => {
-  const parsed = getoptLong(argv, 'hf:O:o:l:U', LONG);
+  const parsed = getoptLong(argv, 'hf:O:o:l:U', LONG, 'measure');
   // Options are handled in order, as qemu's getopt loop does, up to a getopt error if any.
   const handleOptions = (): MeasureArgs | number => {
     let json = false;
