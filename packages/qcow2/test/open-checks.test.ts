@@ -56,6 +56,27 @@ function extLengthAt(file: string, type: number): number {
   throw new Error(`no extension ${type.toString(16)} in ${file}`);
 }
 
+/** Adds a header extension after the last one (before the end marker) of a v3 image. */
+function appendExtension(file: string, type: number, data: Uint8Array): void {
+  const b = readFileSync(file);
+  let off = b.readUInt32BE(100);
+  while (b.readUInt32BE(off) !== 0) off += 8 + ((b.readUInt32BE(off + 4) + 7) & ~7);
+  const ext = new Uint8Array(8 + ((data.length + 7) & ~7) + 8);
+  ext.set(u32(type), 0);
+  ext.set(u32(data.length), 4);
+  ext.set(data, 8);
+  poke(file, off, ext);
+}
+
+/** A feature name table of one entry: `type` (0 incompatible), `bit`, `name`. */
+function featureTable(type: number, bit: number, name: string): Uint8Array {
+  const e = new Uint8Array(48);
+  e[0] = type;
+  e[1] = bit;
+  e.set(new TextEncoder().encode(name), 2);
+  return e;
+}
+
 /**
  * Points the header at an absolute backing file name of exactly `length` bytes, written at byte
  * 64000 of the header cluster (far enough from its end that only the 1023-byte bound applies):
@@ -121,6 +142,12 @@ const CASES: Case[] = [
   { name: 'refcount_order 7 and unknown compression type', base: 'plain', mutate: (f) => (poke(f, 96, u32(7)), poke(f, 104, new Uint8Array([9]))) },
   { name: 'unknown incompatible bit', base: 'plain', mutate: (f) => poke(f, 72, u64(1n << 5n)) },
   { name: 'unknown incompatible bits, one named in the feature table', base: 'plain', mutate: (f) => poke(f, 72, u64((1n << 40n) | (1n << 4n) | (1n << 9n))) },
+  {
+    // qemu keeps the last of two feature name tables (each one replaces the one before).
+    name: 'unknown incompatible bits named by a second feature name table',
+    base: 'plain',
+    mutate: (f) => (appendExtension(f, EXT_FEATURE_NAMES, featureTable(0, 63, 'Test feature')), poke(f, 72, u64(7n << 61n))),
+  },
   { name: 'unknown incompatible bit and refcount_order 7', base: 'plain', mutate: (f) => (poke(f, 72, u64(1n << 33n)), poke(f, 96, u32(7))) },
   { name: 'unknown compression type', base: 'plain', mutate: (f) => poke(f, 104, new Uint8Array([5])) },
   { name: 'zstd without its incompatible bit', base: 'plain', mutate: (f) => poke(f, 104, new Uint8Array([1])) },

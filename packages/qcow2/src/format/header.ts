@@ -329,12 +329,18 @@ export interface HeaderInfo {
   backingFile?: string;
 }
 
-/** Finds the first extension of a kind. */
+/**
+ * The extension of a kind as qemu sees it: the last one, since qcow2_read_extensions lets each
+ * occurrence of a kind replace what an earlier one set.
+ */
 export function findExtension<K extends HeaderExtension['kind']>(
   exts: readonly HeaderExtension[],
   kind: K,
 ): Extract<HeaderExtension, { kind: K }> | undefined {
-  return exts.find((e) => e.kind === kind) as Extract<HeaderExtension, { kind: K }> | undefined;
+  for (let i = exts.length - 1; i >= 0; i--) {
+    if (exts[i]!.kind === kind) return exts[i] as Extract<HeaderExtension, { kind: K }>;
+  }
+  return undefined;
 }
 
 /**
