@@ -16,6 +16,8 @@ import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
 import { corruptionLine, type LockOptions, openCommandImage } from '../image-open.js';
+import { CreatedFile } from '../created-file.js';
+import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress, type Progress } from '../progress.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
@@ -243,6 +245,8 @@ export const run: CommandRunner = async (argv, io) => {
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
+  // Beyond qemu-img: a target this convert creates is removed again unless the copy finishes.
+  let created: CreatedFile | undefined;
   try {
     // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
     await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
@@ -269,23 +273,32 @@ export const run: CommandRunner = async (argv, io) => {
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
-    await prepareTarget(args, opened, out, opts, io);
-    target = await openTarget(args, out, lockWarnings(io, true));
-    checkTarget(args, target, totalBytes);
-    if (args.compressed) {
-      const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
-      // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
-      pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
-    }
-    await copy(args, opened, target, { targetHasBacking, pool, progress, io });
-    if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
-    await target.close();
-    target = undefined;
+    if (opts) created = await CreatedFile.before(protocolPathOrExit(out));
+    // From here on the target is written: a SIGINT/SIGTERM stops the copy at the next write and
+    // lets what is in flight finish before the command ends (interrupt.ts).
+    await interruptsOf(io).hold(async (signal) => {
+      await prepareTarget(args, opened, out, opts, io);
+      await created?.created();
+      target = await openTarget(args, out, lockWarnings(io, true));
+      checkTarget(args, target, totalBytes);
+      if (args.compressed) {
+        const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
+        // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
+        pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
+      }
+      await copy(args, opened, target, { targetHasBacking, pool, progress, io, signal });
+      if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
+      await target.close();
+      target = undefined;
+    });
+    created = undefined;
     progress.print(100, 0);
     return 0;
   } finally {
     progress.end();
     await pool?.close();
+    // Unlinked while its locks are still held, so nobody opens the partial file meanwhile.
+    await created?.remove();
     if (target) await target.close().catch(() => undefined);
     for (const img of opened) await img.close().catch(() => undefined);
   }
@@ -435,9 +448,9 @@ async function copy(
   args: ConvertArgs,
   opened: readonly Image[],
   target: Image,
-  how: { targetHasBacking: boolean; pool: CompressPool | undefined; progress: Progress; io: CliIO },
+  how: { targetHasBacking: boolean; pool: CompressPool | undefined; progress: Progress; io: CliIO; signal: AbortSignal },
 ): Promise<void> {
-  const { targetHasBacking, pool, progress, io } = how;
+  const { targetHasBacking, pool, progress, io, signal } = how;
   try {
     await convertCopy(opened, target as Image & Partial<Qcow2Image>, {
       minSparse: args.minSparse,
@@ -464,6 +477,7 @@ async function copy(
       // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
       // writes one at a time, as qemu's throttle sees them.
       parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
+      signal,
     });
   } catch (err) {
     // qemu's qcow2 driver prints its corruption line before qemu-img's own message.

@@ -4,6 +4,7 @@
  * as in file-posix, qcow2's option conversion (qcow2_co_create_opts) — with qemu's messages,
  * each prefixed by the file name as qemu-img prints them.
  */
+import { InterruptedError, interruptsOf } from '../interrupt.js';
 import { dirname, join } from 'node:path';
 import { openImage } from '@tsimg/image';
 import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
@@ -183,9 +184,10 @@ export const run: CommandRunner = async (argv, io) => {
   }
   if (extra.length) throw new CliExit(1, `Unexpected argument: ${extra[0]}${TRY_HELP}`);
   try {
-    await imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, objects }, io);
+    // The image is written whole (a create is short): SIGINT/SIGTERM wait for it (interrupt.ts).
+    await interruptsOf(io).hold(() => imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, objects }, io));
   } catch (err) {
-    if (err instanceof CliExit) throw err;
+    if (err instanceof CliExit || err instanceof InterruptedError) throw err;
     const msg = err instanceof Error ? err.message : String(err);
     throw new CliExit(1, `${filename}: ${msg}${lockHint(err)}`);
   }
