@@ -5,7 +5,6 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { interruptsOf } from '../interrupt.js';
 import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
 import {
   dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
@@ -38,6 +37,8 @@ import {
   usageExit,
 } from '../command-options.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
+import { repairLog } from '../image-open.js';
+import { interruptsOf } from '../interrupt.js';
 import { parseImageOpts } from '../image-opts.js';
 import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../check-output.js';
 
@@ -100,9 +101,7 @@ async function openChecked(
       }
       return { file };
     }
-    const log = (line: string, kind?: 'report' | 'raw'): void =>
-      io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
-    const img = await openForCheck(file, log, writable);
+    const img = await openForCheck(file, repairLog(io), writable);
     const finalLocks: (() => void)[] = [];
     const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
     if (dataFileExt) {

@@ -15,7 +15,7 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
-import { corruptionLine, type LockOptions, openCommandImage } from '../image-open.js';
+import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
@@ -279,7 +279,7 @@ export const run: CommandRunner = async (argv, io) => {
     await interruptsOf(io).hold(async (signal) => {
       await prepareTarget(args, opened, out, opts, io);
       await created?.created();
-      target = await openTarget(args, out, lockWarnings(io, true));
+      target = await openTarget(args, out, io);
       checkTarget(args, target, totalBytes);
       if (args.compressed) {
         const type = (target as Qcow2Image).header.compressionType === 1 ? 'zstd' : 'zlib';
@@ -416,7 +416,8 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string, onWarning: (message: string) => void): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
+  const onWarning = lockWarnings(io, true);
   return openNamed(out, {
     format: args.outFmt || undefined,
     readOnly: false,
@@ -429,6 +430,8 @@ function openTarget(args: ConvertArgs, out: string, onWarning: (message: string)
     // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
     // free are then punched out of the file as well.
     unmap: args.minSparse !== 0,
+    // qemu repairs a dirty (lazy refcounts) target opened read/write, and says what it fixed.
+    log: repairLog(io),
     onWarning,
   });
 }

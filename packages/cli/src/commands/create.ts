@@ -4,7 +4,6 @@
  * as in file-posix, qcow2's option conversion (qcow2_co_create_opts) — with qemu's messages,
  * each prefixed by the file name as qemu-img prints them.
  */
-import { InterruptedError, interruptsOf } from '../interrupt.js';
 import { dirname, join } from 'node:path';
 import { openImage } from '@tsimg/image';
 import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
@@ -17,6 +16,7 @@ import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js'
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { QEMU_CREATABLE, QEMU_FORMATS, uncreatableFormatMessage } from '../qemu-formats.js';
+import { InterruptedError, interruptsOf } from '../interrupt.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 

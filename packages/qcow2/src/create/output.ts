@@ -2,11 +2,18 @@
  * Writing a create's in-memory layout to its device: finished L2 tables as they pile up, then
  * every remaining metadata cluster once with its final content, merged into large writes.
  */
-import { fillZeroes, type BlockDevice } from '@tsimg/raw';
+import { IoError, preallocateZeroes, type BlockDevice } from '@tsimg/raw';
 import type { Layout } from './layout.js';
 
 /** What a create needs from the files it writes: a BlockDevice satisfies it. */
 export type CreateTarget = Pick<BlockDevice, 'write' | 'resize' | 'size'>;
+
+/** The data area a falloc/full create preallocates by writing zeroes. */
+export interface ZeroFill {
+  start: number;
+  end: number;
+  mode: 'falloc' | 'full';
+}
 
 /** Flush finished L2 tables to the device once this many bytes are waiting. */
 const L2_FLUSH_BYTES = 64 * 1024 * 1024;
@@ -26,10 +33,16 @@ export async function drainL2(lay: Layout, file: CreateTarget, all: boolean): Pr
 export async function flushLayout(
   lay: Layout,
   file: CreateTarget,
-  zeroFill: { start: number; end: number } | undefined,
+  zeroFill: ZeroFill | undefined,
 ): Promise<void> {
   if (zeroFill) {
-    await fillZeroes(file, zeroFill.start, zeroFill.end);
+    try {
+      await preallocateZeroes(file, zeroFill.start, zeroFill.end, zeroFill.mode);
+    } catch (err) {
+      // qcow2_co_truncate's bdrv_co_truncate of its file, inside qcow2_co_create's blk_truncate
+      const e = err as IoError;
+      throw new IoError(`Could not resize image: Failed to resize underlying file: ${e.message}`, { cause: err, errno: e.errno });
+    }
   }
   await drainL2(lay, file, true);
   // only what qemu wrote: a cluster holding a 16-byte L1 table stays a hole after it
