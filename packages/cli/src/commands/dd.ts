@@ -97,15 +97,27 @@ async function copyRange(
   to: number,
   shift: number,
   writeZeroRanges: boolean,
-  signal: AbortSignal,
+  how: { bs: number; signal: AbortSignal },
 ): Promise<void> {
+  const { bs, signal } = how;
   const write = async (pos: number, data: Uint8Array): Promise<void> => {
     // A deferred SIGINT/SIGTERM stops the copy here, between two whole writes.
     signal.throwIfAborted();
     try {
       await dst.write(pos - shift, data);
-    } catch (err) {
-      throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
+      return;
+    } catch {
+      // qemu writes one block of `bs` at a time: the chunk is written again that way, so a
+      // full disk stops at the block qemu's stops at, with as much written.
+    }
+    for (let at = pos; at < pos + data.length; ) {
+      const end = Math.min(pos + data.length, from + (Math.floor((at - from) / bs) + 1) * bs);
+      try {
+        await dst.write(at - shift, data.subarray(at - pos, end - pos));
+      } catch (err) {
+        throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
+      }
+      at = end;
     }
   };
   const buf = new Uint8Array(Math.min(COPY_CHUNK, Math.max(to - from, 0)));
@@ -207,7 +219,7 @@ async function writeOutput(job: DdJob): Promise<void> {
     } else {
       inPos = (args.skip ?? 0n) * bs;
     }
-    if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw', signal);
+    if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw', { bs: Number(bs), signal });
     await dst.flush();
   } finally {
     await dst.close();
