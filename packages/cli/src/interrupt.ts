@@ -9,7 +9,6 @@
  * signal, so the parent sees exactly what it sees for qemu-img. A second signal while the
  * command is winding down is obeyed at once.
  */
-import type { CliIO } from './command.js';
 
 /** The signals tsimg defers while it writes an image. */
 export const DEFERRED_SIGNALS = ['SIGINT', 'SIGTERM'] as const;
@@ -44,8 +43,8 @@ const NONE: Interrupts = {
   received: undefined,
 };
 
-/** The io's interrupts, or none. */
-export function interruptsOf(io: CliIO): Interrupts {
+/** The interrupts of a command's io (`CliIO.interrupts`), or none. */
+export function interruptsOf(io: { interrupts?: Interrupts }): Interrupts {
   return io.interrupts ?? NONE;
 }
 
