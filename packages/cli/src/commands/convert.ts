@@ -245,8 +245,9 @@ export const run: CommandRunner = async (argv, io) => {
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
-  // Beyond qemu-img: a target this convert creates is removed again unless the copy finishes.
-  let created: CreatedFile | undefined;
+  // Beyond qemu-img: a target this convert creates (with its external data file) is removed
+  // again unless the copy finishes.
+  let created: CreatedFile[] = [];
   try {
     // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
     await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
@@ -273,12 +274,12 @@ export const run: CommandRunner = async (argv, io) => {
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
-    if (opts) created = await CreatedFile.before(protocolPathOrExit(out));
+    if (opts) created = await createdFiles(out, opts);
     // From here on the target is written: a SIGINT/SIGTERM stops the copy at the next write and
     // lets what is in flight finish before the command ends (interrupt.ts).
     await interruptsOf(io).hold(async (signal) => {
       await prepareTarget(args, opened, out, opts, io);
-      await created?.created();
+      for (const f of created) await f.created();
       target = await openTarget(args, out, io);
       checkTarget(args, target, totalBytes);
       if (args.compressed) {
@@ -291,14 +292,14 @@ export const run: CommandRunner = async (argv, io) => {
       await target.close();
       target = undefined;
     });
-    created = undefined;
+    created = [];
     progress.print(100, 0);
     return 0;
   } finally {
     progress.end();
     await pool?.close();
     // Unlinked while its locks are still held, so nobody opens the partial file meanwhile.
-    await created?.remove();
+    for (const f of created) await f.remove();
     if (target) await target.close().catch(() => undefined);
     for (const img of opened) await img.close().catch(() => undefined);
   }
@@ -332,6 +333,24 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     snapshot: args.snapshot ?? args.snapshotName,
     ...locks,
   });
+}
+
+/** The files creating the target makes: the image and, with `-o data_file`, its data file. */
+async function createdFiles(out: string, opts: QemuOpts): Promise<CreatedFile[]> {
+  const dataFile = opts.getString('data_file');
+  const names = [out, ...(dataFile === undefined ? [] : [dataFile])];
+  const files: CreatedFile[] = [];
+  for (const name of names) {
+    // A name qemu cannot create fails later, with its own message; nothing is noted for it.
+    let path: string;
+    try {
+      path = protocolPath(name);
+    } catch {
+      continue;
+    }
+    files.push(await CreatedFile.before(path));
+  }
+  return files;
 }
 
 /** The target's creation options (without -n): `-o`, the sources' total size, `-B` and `-F`. */
