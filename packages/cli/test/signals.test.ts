@@ -141,6 +141,8 @@ describeQemu('signals during writing commands', () => {
     const ended = await runAndSignal('qemu-img', ['convert', '-p', '-r', '4M', '-O', 'qcow2', 'src.raw', t], 'SIGINT', pastZero);
     expect({ code: ended.code, signal: ended.signal }).toEqual({ code: null, signal: 'SIGINT' });
     expect(existsSync(t)).toBe(true);
+    // Its progress line is cut off where it was, not ended.
+    expect(ended.stdout).toMatch(/\/100%\)\r$/);
   });
 
   for (const [sig, extra] of [
@@ -154,6 +156,7 @@ describeQemu('signals during writing commands', () => {
       const args = ['convert', '-p', '-r', '4M', '-n', ...extra, '-O', 'qcow2', 'src.raw', t];
       const ended = await runAndSignal(process.execPath, tsimgArgs(args), sig, pastZero);
       expect({ code: ended.code, signal: ended.signal, stderr: ended.stderr }).toEqual({ code: null, signal: sig, stderr: '' });
+      expect(ended.stdout).toMatch(/\/100%\)\r$/);
       const c = check(t);
       expect(c, 'qemu-img check of the interrupted target').toEqual({ status: 0, stdout: expect.stringContaining('No errors were found on the image.') });
       const copied = expectPartialCopy(t);

@@ -296,7 +296,8 @@ export const run: CommandRunner = async (argv, io) => {
     progress.print(100, 0);
     return 0;
   } finally {
-    progress.end();
+    // Killed by a signal, qemu-img ends its progress line with nothing.
+    if (interruptsOf(io).received === undefined) progress.end();
     await pool?.close();
     // Unlinked while its locks are still held, so nobody opens the partial file meanwhile.
     for (const f of created) await f.remove();
