@@ -18,7 +18,6 @@ const made = mtime(bundleFile);
 const stale =
   made === undefined ||
   ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made);
-const { main } = stale ? await import('../dist/main.js') : loadBundle().exports;
-main(process.argv.slice(2)).then((code) => {
-  process.exitCode = code;
-});
+const { runProcess } = stale ? await import('../dist/main.js') : loadBundle().exports;
+// runProcess defers SIGINT/SIGTERM while a command writes an image (src/interrupt.ts).
+void runProcess(process.argv.slice(2));

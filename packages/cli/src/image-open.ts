@@ -5,6 +5,7 @@
  */
 import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions } from '@tsimg/image';
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
+import type { CliIO } from './command.js';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './image-opts.js';
 import { QEMU_FORMATS } from './qemu-formats.js';
@@ -27,6 +28,8 @@ export async function openCommandImage(
     io?: 'async' | 'sync';
     /** qemu's discard=unmap (see OpenImageOptions.unmap). */
     unmap?: boolean;
+    /** Where the repair of a dirty image opened read/write is reported ({@link repairLog}). */
+    log?: OpenImageOptions['log'];
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -44,7 +47,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean } & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -61,11 +64,21 @@ async function openByName(
     noFlush: options.noFlush,
     io: options.io,
     unmap: options.unmap,
+    log: options.log,
     forceShare: options.forceShare,
     noShare: options.noShare,
     locking: options.locking,
     onWarning: options.onWarning,
   });
+}
+
+/**
+ * Prints the lines qemu's check code prints on stderr (a dirty image's repair on a read/write
+ * open, or `check`'s own): its error_report lines ("report") as `tsimg: …`, its fprintf lines
+ * as they are ("raw" ones already end with their newline).
+ */
+export function repairLog(io: CliIO): NonNullable<OpenImageOptions['log']> {
+  return (line, kind) => io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
 }
 
 /** How a command locks the image it opens (see @tsimg/image's OpenImageOptions). */

@@ -10,6 +10,7 @@ import { COMMANDS } from './command-table.js';
 import { CliExit, errorMessage } from './exit.js';
 import { getoptLong, qemuGetoptMessage, type LongOption } from './getopt.js';
 import { helpText } from './help.js';
+import { InterruptedError, processInterrupts } from './interrupt.js';
 import { traceOption } from './trace-option.js';
 
 export type { CliIO, CommandRunner } from './command.js';
@@ -81,6 +82,8 @@ export async function main(argv: string[], io: CliIO = defaultIO): Promise<numbe
     const run = await load();
     return await run(rest, io);
   } catch (err) {
+    // A deferred signal: qemu-img would have died of it silently; runProcess does so now.
+    if (err instanceof InterruptedError || io.interrupts?.received !== undefined) return 1;
     const status = err instanceof CliExit ? err.status : 1;
     const msg = errorMessage(err);
     if (msg) io.stderr(`tsimg: ${msg}\n`);
@@ -89,6 +92,17 @@ export async function main(argv: string[], io: CliIO = defaultIO): Promise<numbe
     if (process.env.TSIMG_DEBUG && err instanceof Error) io.stderr(`${err.stack}\n`);
     return status;
   }
+}
+
+/**
+ * Runs `tsimg <argv>` as the process (bin/tsimg.js): with SIGINT/SIGTERM deferred while a
+ * command writes an image, and ended by that signal afterwards, as qemu-img is ended by it.
+ */
+export async function runProcess(argv: string[]): Promise<void> {
+  const { interrupts, finish } = processInterrupts();
+  const code = await main(argv, { ...defaultIO, interrupts });
+  finish();
+  process.exitCode = code;
 }
 
 /**

@@ -83,6 +83,8 @@ export interface CaseResult {
   ts: RunResult;
   qdir: string;
   tdir: string;
+  /** The compared files that were there before the run (written by `before`). */
+  existed: ReadonlySet<string>;
 }
 
 /** Runs one case in `<root>/<index>/{q,t}`. */
@@ -93,12 +95,13 @@ export async function runCase(root: string, index: number, c: ConvertCase): Prom
   mkdirSync(tdir, { recursive: true });
   c.before?.(qdir);
   c.before?.(tdir);
+  const existed = new Set((c.files ?? ['out']).filter((f) => existsSync(join(tdir, f))));
   if (process.env.CONVERT_KEEP) writeFileSync(join(root, String(index), 'case.txt'), `${c.name}\n${c.args.join(' ')}\n`);
   const [qemu, ts] = await Promise.all([
     runAsync('qemu-img', ['convert', ...c.args], qdir),
     c.spawn || process.env.CONVERT_SPAWN ? runAsync(process.execPath, [tsimgBin, 'convert', ...c.args], tdir) : inProcess(c.args, tdir),
   ]);
-  return { qemu, ts, qdir, tdir };
+  return { qemu, ts, qdir, tdir, existed };
 }
 
 /**
@@ -161,9 +164,16 @@ export function outFormat(args: string[]): string {
 export function compareFiles(c: ConvertCase, r: CaseResult): string[] {
   const problems: string[] = [];
   const files = c.files ?? ['out'];
+  // Beyond qemu-img (docs/clean-failure.md): a convert that fails removes the files it created
+  // for its target; qemu-img leaves them. A -n target, or a file that was there, stays.
+  const removesItsOwn = r.qemu.status !== 0 && !c.args.includes('-n');
   for (const f of files) {
     const q = join(r.qdir, f);
     const t = join(r.tdir, f);
+    if (removesItsOwn && !r.existed.has(f)) {
+      if (existsSync(t)) problems.push(`the failed convert left ${f} behind`);
+      continue;
+    }
     if (!existsSync(q)) {
       if (existsSync(t) && !(c.before && existsSync(t))) problems.push(`tsimg wrote ${f}, qemu did not`);
       continue;

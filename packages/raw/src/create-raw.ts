@@ -70,7 +70,22 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
     throw new IoError(`Could not resize file: ${strerror(errno ?? 'EIO')}`, { cause: err, errno });
   }
   try {
-    await fillZeroes(dev, current, n);
+    await preallocateZeroes(dev, current, n, mode);
+  } catch (err) {
+    // As handle_aiocb_truncate: the file gets its old length back (a full disk keeps no
+    // half-preallocated file; qemu only reports a failure to restore it).
+    await dev.resize(current).catch(() => undefined);
+    throw err;
+  }
+}
+
+/**
+ * {@link fillZeroes} for a preallocation of `mode`: a failure is an IoError in file-posix's
+ * words ("Could not write zeros for preallocation: No space left on device"), with its errno.
+ */
+export async function preallocateZeroes(dev: SizedWritable, start: number, end: number, mode: 'falloc' | 'full'): Promise<void> {
+  try {
+    await fillZeroes(dev, start, end);
   } catch (err) {
     const errno = err instanceof TsimgError ? err.errno : undefined;
     const what = mode === 'full' ? 'Could not write zeros for preallocation' : 'Could not preallocate new data';

@@ -6,6 +6,7 @@ export {
   createFile,
   type CreateFileOptions,
   fillZeroes,
+  preallocateZeroes,
   type RawPreallocation,
   truncateWithPreallocation,
 } from './create-raw.js';

@@ -41,6 +41,7 @@ describe('@tsimg/raw public API', () => {
     'imageFilePermissions',
     'isZero',
     'lockingAvailable',
+    'preallocateZeroes',
     'readOnlyDevice',
     'strerror',
     'systemError',

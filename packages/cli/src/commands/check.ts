@@ -37,6 +37,8 @@ import {
   usageExit,
 } from '../command-options.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
+import { repairLog } from '../image-open.js';
+import { interruptsOf } from '../interrupt.js';
 import { parseImageOpts } from '../image-opts.js';
 import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../check-output.js';
 
@@ -99,9 +101,7 @@ async function openChecked(
       }
       return { file };
     }
-    const log = (line: string, kind?: 'report' | 'raw'): void =>
-      io.stderr(kind === 'report' ? `tsimg: ${line}\n` : kind === 'raw' ? line : `${line}\n`);
-    const img = await openForCheck(file, log, writable);
+    const img = await openForCheck(file, repairLog(io), writable);
     const finalLocks: (() => void)[] = [];
     const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
     if (dataFileExt) {
@@ -208,27 +208,33 @@ export const run: CommandRunner = async (argv, io) => {
 
   const held: BlockDevice[] = [];
   const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held });
-  try {
-    if (!img) throw new CliExit(63, 'This image format does not support checks');
-    let outcome: CheckOutcome = await checkImage(img, fix);
-    if (!outcome.errno && (outcome.result.corruptionsFixed || outcome.result.leaksFixed)) {
-      const { leaksFixed, corruptionsFixed } = outcome.result;
-      if (!json) out(formatRepairSummary(leaksFixed, corruptionsFixed));
-      outcome = await checkImage(img, 0);
-      outcome.result.leaksFixed = leaksFixed;
-      outcome.result.corruptionsFixed = corruptionsFixed;
+  const checkAndReport = async (signal?: AbortSignal): Promise<number> => {
+    try {
+      if (!img) throw new CliExit(63, 'This image format does not support checks');
+      let outcome: CheckOutcome = await checkImage(img, fix);
+      // A repair runs to its end; a signal that came meanwhile ends the command after it.
+      signal?.throwIfAborted();
+      if (!outcome.errno && (outcome.result.corruptionsFixed || outcome.result.leaksFixed)) {
+        const { leaksFixed, corruptionsFixed } = outcome.result;
+        if (!json) out(formatRepairSummary(leaksFixed, corruptionsFixed));
+        outcome = await checkImage(img, 0);
+        outcome.result.leaksFixed = leaksFixed;
+        outcome.result.corruptionsFixed = corruptionsFixed;
+      }
+      const { result, errno } = outcome;
+      if (!errno) {
+        out(json ? formatCheckJson({ filename, format: 'qcow2', result }) : formatCheckHuman(result));
+      }
+      if (errno || result.checkErrors) {
+        throw new CliExit(1, errno ? `Check failed: ${checkErrnoText(errno)}` : 'Check failed');
+      }
+      return result.corruptions ? 2 : result.leaks ? 3 : 0;
+    } finally {
+      if (img && fix) await finishRepair(img).catch(() => undefined);
+      await file.close().catch(() => undefined);
+      for (const dev of held.reverse()) await dev.close().catch(() => undefined);
     }
-    const { result, errno } = outcome;
-    if (!errno) {
-      out(json ? formatCheckJson({ filename, format: 'qcow2', result }) : formatCheckHuman(result));
-    }
-    if (errno || result.checkErrors) {
-      throw new CliExit(1, errno ? `Check failed: ${checkErrnoText(errno)}` : 'Check failed');
-    }
-    return result.corruptions ? 2 : result.leaks ? 3 : 0;
-  } finally {
-    if (img && fix) await finishRepair(img).catch(() => undefined);
-    await file.close().catch(() => undefined);
-    for (const dev of held.reverse()) await dev.close().catch(() => undefined);
-  }
+  };
+  // -r writes the image: SIGINT/SIGTERM wait until the repair is written (interrupt.ts).
+  return fix ? interruptsOf(io).hold(checkAndReport) : checkAndReport();
 };

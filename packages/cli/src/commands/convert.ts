@@ -15,7 +15,9 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
-import { corruptionLine, type LockOptions, openCommandImage } from '../image-open.js';
+import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
+import { CreatedFile } from '../created-file.js';
+import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress, type Progress } from '../progress.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
@@ -243,6 +245,9 @@ export const run: CommandRunner = async (argv, io) => {
   const opened: Image[] = [];
   let target: Image | undefined;
   let pool: CompressPool | undefined;
+  // Beyond qemu-img: a target this convert creates (with its external data file) is removed
+  // again unless the copy finishes.
+  let created: CreatedFile[] = [];
   try {
     // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
     await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
@@ -269,23 +274,33 @@ export const run: CommandRunner = async (argv, io) => {
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
-    await prepareTarget(args, opened, out, opts, io);
-    target = await openTarget(args, out, lockWarnings(io, true));
-    await checkTarget(args, target, totalBytes);
-    if (args.compressed) {
-      const type = target.compressionType ?? 'zlib';
-      // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
-      pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
-    }
-    await copy(args, opened, target, { targetHasBacking, pool, progress, io });
-    if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
-    await target.close();
-    target = undefined;
+    if (opts) created = await createdFiles(out, opts);
+    // From here on the target is written: a SIGINT/SIGTERM stops the copy at the next write and
+    // lets what is in flight finish before the command ends (interrupt.ts).
+    await interruptsOf(io).hold(async (signal) => {
+      await prepareTarget(args, opened, out, opts, io);
+      for (const f of created) await f.created();
+      target = await openTarget(args, out, io);
+      await checkTarget(args, target, totalBytes);
+      if (args.compressed) {
+        const type = target.compressionType ?? 'zlib';
+        // zstd (zstd-napi) is cheaper on this thread than on workers; zlib needs every core.
+        pool = createCompressPool(type, { threads: type === 'zstd' ? 0 : undefined });
+      }
+      await copy(args, opened, target, { targetHasBacking, pool, progress, io, signal });
+      if (args.bitmaps) await copyBitmaps(opened[0]!, target, args.skipBroken, io);
+      await target.close();
+      target = undefined;
+    });
+    created = [];
     progress.print(100, 0);
     return 0;
   } finally {
-    progress.end();
+    // Killed by a signal, qemu-img ends its progress line with nothing.
+    if (interruptsOf(io).received === undefined) progress.end();
     await pool?.close();
+    // Unlinked while its locks are still held, so nobody opens the partial file meanwhile.
+    for (const f of created) await f.remove();
     if (target) await target.close().catch(() => undefined);
     for (const img of opened) await img.close().catch(() => undefined);
   }
@@ -319,6 +334,24 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     snapshot: args.snapshot ?? args.snapshotName,
     ...locks,
   });
+}
+
+/** The files creating the target makes: the image and, with `-o data_file`, its data file. */
+async function createdFiles(out: string, opts: QemuOpts): Promise<CreatedFile[]> {
+  const dataFile = opts.getString('data_file');
+  const names = [out, ...(dataFile === undefined ? [] : [dataFile])];
+  const files: CreatedFile[] = [];
+  for (const name of names) {
+    // A name qemu cannot create fails later, with its own message; nothing is noted for it.
+    let path: string;
+    try {
+      path = protocolPath(name);
+    } catch {
+      continue;
+    }
+    files.push(await CreatedFile.before(path));
+  }
+  return files;
 }
 
 /** The target's creation options (without -n): `-o`, the sources' total size, `-B` and `-F`. */
@@ -403,7 +436,8 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string, onWarning: (message: string) => void): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
+  const onWarning = lockWarnings(io, true);
   return openNamed(out, {
     format: args.outFmt || undefined,
     readOnly: false,
@@ -416,6 +450,8 @@ function openTarget(args: ConvertArgs, out: string, onWarning: (message: string)
     // qemu-img opens its target with BDRV_O_UNMAP unless -S 0: clusters that zero writes
     // free are then punched out of the file as well.
     unmap: args.minSparse !== 0,
+    // qemu repairs a dirty (lazy refcounts) target opened read/write, and says what it fixed.
+    log: repairLog(io),
     onWarning,
   });
 }
@@ -435,9 +471,9 @@ async function copy(
   args: ConvertArgs,
   opened: readonly Image[],
   target: Image,
-  how: { targetHasBacking: boolean; pool: CompressPool | undefined; progress: Progress; io: CliIO },
+  how: { targetHasBacking: boolean; pool: CompressPool | undefined; progress: Progress; io: CliIO; signal: AbortSignal },
 ): Promise<void> {
-  const { targetHasBacking, pool, progress, io } = how;
+  const { targetHasBacking, pool, progress, io, signal } = how;
   try {
     await convertCopy(opened, target, {
       minSparse: args.minSparse,
@@ -464,6 +500,7 @@ async function copy(
       // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
       // writes one at a time, as qemu's throttle sees them.
       parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
+      signal,
     });
   } catch (err) {
     // qemu's qcow2 driver prints its corruption line before qemu-img's own message.

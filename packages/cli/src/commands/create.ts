@@ -16,6 +16,7 @@ import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js'
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { QEMU_CREATABLE, QEMU_FORMATS, uncreatableFormatMessage } from '../qemu-formats.js';
+import { InterruptedError, interruptsOf } from '../interrupt.js';
 
 const U64_MAX = (1n << 64n) - 1n;
 
@@ -183,9 +184,10 @@ export const run: CommandRunner = async (argv, io) => {
   }
   if (extra.length) throw new CliExit(1, `Unexpected argument: ${extra[0]}${TRY_HELP}`);
   try {
-    await imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, objects }, io);
+    // The image is written whole (a create is short): SIGINT/SIGTERM wait for it (interrupt.ts).
+    await interruptsOf(io).hold(() => imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, objects }, io));
   } catch (err) {
-    if (err instanceof CliExit) throw err;
+    if (err instanceof CliExit || err instanceof InterruptedError) throw err;
     const msg = err instanceof Error ? err.message : String(err);
     throw new CliExit(1, `${filename}: ${msg}${lockHint(err)}`);
   }

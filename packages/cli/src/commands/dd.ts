@@ -8,6 +8,7 @@
  */
 import { blockStatusAbove, imageFileLock, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
 import { createQcow2 } from '@tsimg/qcow2';
+import { rm } from 'node:fs/promises';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';
@@ -22,7 +23,8 @@ import {
 import { cvtnum } from '../options.js';
 import { openCommandImage as openImage } from '../image-open.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
-import type { CommandRunner } from '../command.js';
+import type { CliIO, CommandRunner } from '../command.js';
+import { interruptsOf } from '../interrupt.js';
 
 const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
 
@@ -95,7 +97,29 @@ async function copyRange(
   to: number,
   shift: number,
   writeZeroRanges: boolean,
+  how: { bs: number; signal: AbortSignal },
 ): Promise<void> {
+  const { bs, signal } = how;
+  const write = async (pos: number, data: Uint8Array): Promise<void> => {
+    // A deferred SIGINT/SIGTERM stops the copy here, between two whole writes.
+    signal.throwIfAborted();
+    try {
+      await dst.write(pos - shift, data);
+      return;
+    } catch {
+      // qemu writes one block of `bs` at a time: the chunk is written again that way, so a
+      // full disk stops at the block qemu's stops at, with as much written.
+    }
+    for (let at = pos; at < pos + data.length; ) {
+      const end = Math.min(pos + data.length, from + (Math.floor((at - from) / bs) + 1) * bs);
+      try {
+        await dst.write(at - shift, data.subarray(at - pos, end - pos));
+      } catch (err) {
+        throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
+      }
+      at = end;
+    }
+  };
   const buf = new Uint8Array(Math.min(COPY_CHUNK, Math.max(to - from, 0)));
   const zeroes = writeZeroRanges ? new Uint8Array(buf.length) : undefined;
   let pos = from;
@@ -110,11 +134,7 @@ async function copyRange(
     if (st?.zero) {
       while (zeroes !== undefined && pos < runEnd) {
         const n = Math.min(zeroes.length, runEnd - pos);
-        try {
-          await dst.write(pos - shift, zeroes.subarray(0, n));
-        } catch (err) {
-          throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
-        }
+        await write(pos, zeroes.subarray(0, n));
         pos += n;
       }
       pos = runEnd;
@@ -128,13 +148,81 @@ async function copyRange(
       } catch (err) {
         throw new CliExit(1, `error while reading from input image file: ${ioText(err)}`);
       }
-      try {
-        await dst.write(pos - shift, view);
-      } catch (err) {
-        throw new CliExit(1, `error while writing to output image file: ${ioText(err)}`);
-      }
+      await write(pos, view);
       pos += n;
     }
+  }
+}
+
+/** What {@link writeOutput} needs: the parsed command and the opened input. */
+interface DdJob {
+  args: DdArgs;
+  src: Image;
+  input: string;
+  output: string;
+  outFmt: string;
+  onWarning: (message: string) => void;
+  io: CliIO;
+  signal: AbortSignal;
+}
+
+/** Creates the output as img_dd does and copies the input's range into it. */
+async function writeOutput(job: DdJob): Promise<void> {
+  const { args, src, input, output, outFmt, onWarning, io, signal } = job;
+  if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
+  if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
+  if (outFmt !== 'raw' && outFmt !== 'qcow2') {
+    throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
+  }
+
+  const bs = args.bs;
+  let size = BigInt(src.size());
+  // qemu's arithmetic, including that `count` counts from the start, skipped blocks included.
+  if (args.count !== undefined && args.count <= INT64_MAX / bs && args.count * bs < size) size = args.count * bs;
+  const skipTooFar = args.skip !== undefined && (args.skip > INT64_MAX / bs || size < bs * args.skip);
+  const outSize = skipTooFar ? 0n : size - bs * (args.skip ?? 0n);
+  // Both drivers round the size up to whole sectors.
+  const createSize = ((outSize + 511n) / 512n) * 512n;
+
+  const createError = (err: unknown): CliExit =>
+    new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}${lockHint(err)}`);
+  let dst: Image | FileDevice;
+  if (outFmt === 'raw') {
+    try {
+      await createFile(output, { size: createSize });
+      dst = await FileDevice.open(output, { lock: imageFileLock(topNodePermissions({ write: true }), 'raw'), onWarning });
+    } catch (err) {
+      throw createError(err);
+    }
+  } else {
+    try {
+      const file = await FileDevice.open(output, { create: true, lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
+      try {
+        await createQcow2(file, { size: createSize });
+      } catch (err) {
+        // qcow2_co_create_opts deletes the file it could not format (a full disk leaves none)
+        await rm(output, { force: true }).catch(() => undefined);
+        throw err;
+      } finally {
+        await file.close();
+      }
+    } catch (err) {
+      throw createError(err);
+    }
+    dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false, onWarning });
+  }
+  try {
+    let inPos: bigint;
+    if (skipTooFar) {
+      io.stderr(`tsimg: ${input}: cannot skip to specified offset\n`);
+      inPos = size;
+    } else {
+      inPos = (args.skip ?? 0n) * bs;
+    }
+    if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw', { bs: Number(bs), signal });
+    await dst.flush();
+  } finally {
+    await dst.close();
   }
 }
 
@@ -175,58 +263,10 @@ export const run: CommandRunner = async (argv, io) => {
 
   const src = await openImage(input, { format: fmt, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
   const onWarning = lockWarnings(io, true);
+  // The output is written from here on: a SIGINT/SIGTERM stops the copy at the next write, and
+  // the output is flushed and closed before the command ends (interrupt.ts).
   try {
-    if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
-    if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
-    if (outFmt !== 'raw' && outFmt !== 'qcow2') {
-      throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
-    }
-
-    const bs = args.bs;
-    let size = BigInt(src.size());
-    // qemu's arithmetic, including that `count` counts from the start, skipped blocks included.
-    if (args.count !== undefined && args.count <= INT64_MAX / bs && args.count * bs < size) size = args.count * bs;
-    const skipTooFar = args.skip !== undefined && (args.skip > INT64_MAX / bs || size < bs * args.skip);
-    const outSize = skipTooFar ? 0n : size - bs * (args.skip ?? 0n);
-    // Both drivers round the size up to whole sectors.
-    const createSize = ((outSize + 511n) / 512n) * 512n;
-
-    const createError = (err: unknown): CliExit =>
-      new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}${lockHint(err)}`);
-    let dst: Image | FileDevice;
-    if (outFmt === 'raw') {
-      try {
-        await createFile(output, { size: createSize });
-        dst = await FileDevice.open(output, { lock: imageFileLock(topNodePermissions({ write: true }), 'raw'), onWarning });
-      } catch (err) {
-        throw createError(err);
-      }
-    } else {
-      try {
-        const file = await FileDevice.open(output, { create: true, lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
-        try {
-          await createQcow2(file, { size: createSize });
-        } finally {
-          await file.close();
-        }
-      } catch (err) {
-        throw createError(err);
-      }
-      dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false, onWarning });
-    }
-    try {
-      let inPos: bigint;
-      if (skipTooFar) {
-        io.stderr(`tsimg: ${input}: cannot skip to specified offset\n`);
-        inPos = size;
-      } else {
-        inPos = (args.skip ?? 0n) * bs;
-      }
-      if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw');
-      await dst.flush();
-    } finally {
-      await dst.close();
-    }
+    await interruptsOf(io).hold((signal) => writeOutput({ args, src, input, output, outFmt, onWarning, io, signal }));
   } finally {
     await src.close();
   }

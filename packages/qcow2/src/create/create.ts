@@ -21,7 +21,7 @@ import { BDRV_MAX_LENGTH, TsimgError, UsageError, IoError, LimitError } from '@t
 import { resolveQcow2CreateOptions, type Qcow2CreateOptions } from './create-options.js';
 import { headerCluster } from './header-cluster.js';
 import { COPIED, Layout } from './layout.js';
-import { flushLayout, type CreateTarget } from './output.js';
+import { flushLayout, type CreateTarget, type ZeroFill } from './output.js';
 import { preallocateFull, preallocateMetadata, truncateData, type CreateRun } from './preallocation.js';
 
 export type { Qcow2CreateOptions, Qcow2Preallocation, ResolvedQcow2CreateOptions } from './create-options.js';
@@ -61,14 +61,14 @@ async function runCreate(run: CreateRun): Promise<void> {
   const l2Coverage = 2 ** (o.clusterBits + o.clusterBits - (o.extendedL2 ? 4 : 3));
   const l1Size = Number((o.size + BigInt(l2Coverage) - 1n) / BigInt(l2Coverage));
   lay.growL1(l1Size);
-  let zeroFill: { start: number; end: number } | undefined;
+  let zeroFill: ZeroFill | undefined;
   const mode = o.preallocation;
   if (mode === 'off') {
     if (run.dataFile) await truncateData(run, run.size, 'off');
   } else if (mode === 'metadata' || run.dataFile) {
     await preallocateMetadata(run, mode);
   } else {
-    zeroFill = await preallocateFull(run);
+    zeroFill = await preallocateFull(run, mode);
   }
   // bdrv_change_backing_file
   let header: Uint8Array;

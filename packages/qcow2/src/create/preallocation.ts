@@ -7,7 +7,7 @@
 import { BDRV_REQUEST_MAX_BYTES, BDRV_SECTOR_SIZE, INT_MAX, truncateWithPreallocation } from '@tsimg/raw';
 import type { ResolvedQcow2CreateOptions } from './create-options.js';
 import type { Layout } from './layout.js';
-import { drainL2, type CreateTarget } from './output.js';
+import { drainL2, type CreateTarget, type ZeroFill } from './output.js';
 
 /** One creation run: the options, the layout, and the devices it ends up in. */
 export interface CreateRun {
@@ -105,7 +105,7 @@ export async function truncateData(run: CreateRun, length: number, mode: 'off' |
 }
 
 /** The falloc/full branch of qcow2_co_truncate (no data file). */
-export async function preallocateFull(run: CreateRun): Promise<{ start: number; end: number }> {
+export async function preallocateFull(run: CreateRun, mode: 'falloc' | 'full'): Promise<ZeroFill> {
   const lay = run.lay;
   const cs = lay.cs;
   let oldFileSize = Math.ceil(lay.fileLength / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
@@ -130,5 +130,5 @@ export async function preallocateFull(run: CreateRun): Promise<{ start: number; 
     nbData -= nb;
     await drainL2(lay, run.file, false);
   }
-  return { start: allocationStart, end: newFileSize };
+  return { start: allocationStart, end: newFileSize, mode };
 }
