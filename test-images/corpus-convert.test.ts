@@ -68,14 +68,6 @@ function diffFiles(a: string, b: string): string | undefined {
   }
 }
 
-/**
- * Images whose -p lines differ (the bytes do not): qemu's block layer asks the host file too,
- * so data clusters over holes of the image file (preallocation=metadata) are zero there, and
- * qemu's copy loop makes one chunk, and one progress step, per status run; tsimg's convert
- * leaves that rule out (see convert-plan.ts).
- */
-const PROGRESS_DIFFERS = new Set(['prealloc-metadata.qcow2']);
-
 interface Job {
   name: string;
   image: CorpusImage;
@@ -135,8 +127,7 @@ describeQemu('corpus convert cross-check: tsimg convert writes what qemu-img con
           }
         });
         if (!job.args.includes('-p')) continue;
-        const known = PROGRESS_DIFFERS.has(image.file);
-        (known ? it.fails : it)(`${known ? 'known bug: ' : ''}-p prints qemu's progress lines`, async () => {
+        it("-p prints qemu's progress lines", async () => {
           const key = [...results.keys()].find((j) => j.image.file === image.file && j.name === job.name)!;
           const r = await results.get(key)!;
           expect(r.ts.stdout.split('\r')).toEqual(r.qemu.stdout.split('\r'));

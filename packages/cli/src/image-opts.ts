@@ -6,6 +6,7 @@
 import { locateImageFromOptions } from '@tsimg/image';
 import type { LockingMode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
+import { QEMU_FORMATS } from './qemu-formats.js';
 
 /**
  * Splits `--image-opts` text the way QemuOpts does: comma-separated `key=value` pairs, ",," for
@@ -44,8 +45,12 @@ export function splitImageOpts(text: string): Map<string, string> {
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
 export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode } {
+  const opts = splitImageOpts(text);
+  const driver = opts.get('driver');
+  // bdrv_open looks the driver up before it looks at any other option.
+  if (driver !== undefined && !QEMU_FORMATS.has(driver)) throw new CliExit(1, `Could not open '${text}': Unknown driver '${driver}'`);
   try {
-    const loc = locateImageFromOptions(splitImageOpts(text));
+    const loc = locateImageFromOptions(opts);
     return { format: loc.format, filename: loc.path, locking: loc.locking };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);

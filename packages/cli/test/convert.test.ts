@@ -276,11 +276,8 @@ const cases: ConvertCase[] = [
   { name: '--image-opts', args: ['--image-opts', `driver=qcow2,file.filename=${S('mixed.qcow2')}`, '-O', 'qcow2', 'out'] },
   { name: '--image-opts without driver', args: ['--image-opts', `file.filename=${S('mixed.qcow2')}`, 'out'] },
   { name: '--image-opts with -f', args: ['--image-opts', '-f', 'qcow2', `driver=qcow2,file.filename=${S('mixed.qcow2')}`, 'out'] },
-  {
-    name: '--image-opts bad syntax',
-    args: ['--image-opts', 'driver=qcow2,,,=', 'out'],
-    failing: "qemu checks the driver name ('qcow2,') before the empty option name; the shared --image-opts parser (image-opts.ts parseImageOpts) the other way round",
-  },
+  { name: '--image-opts bad syntax', args: ['--image-opts', 'driver=qcow2,,,=', 'out'] },
+  { name: '--image-opts with an unknown driver', args: ['--image-opts', `driver=nosuch,file.filename=${S('mixed.qcow2')}`, 'out'] },
   { name: 'file: prefix on the source', args: [`file:${S('mixed.qcow2')}`, 'out'] },
   { name: 'file: prefix on a missing source', args: ['file:nonexistent', 'out'] },
 

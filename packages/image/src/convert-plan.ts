@@ -237,19 +237,10 @@ export class ConvertPlan {
 /**
  * A source range's status for convert: bdrv_block_status_above down to the source's backing
  * image when the target has one (so that range stays the target backing's), else through the
- * whole chain — as qemu-img's convert_iteration_sectors asks it.
- *
- * Two of qemu's rules are left out here, as tsimg's convert has always left them out (this
- * module was split out without changing what convert does; whether to adopt them is a
- * behaviour change of its own, to be cross-checked against qemu-img first):
- * - the metadata-preallocation rule (`recurse: false`): qemu sees DATA|ZERO, i.e. a zero
- *   chunk, where a metadata-preallocated source's data clusters lie over holes of its file;
- *   tsimg reads them as data and its -S scan finds the zeroes. The bytes copied are the same,
- *   but the chunks, and with them qemu's `-p` percentages, can differ;
- * - with a target backing, the ZERO qemu adds to a range the source leaves unallocated past
- *   the end of the source's own backing image: qemu writes zeroes there unless the range lies
- *   past the end of the target's backing too (so with `-n`, where that size is unknown, or a
- *   target backing longer than the source's); tsimg leaves the range to the target's backing.
+ * whole chain — as qemu-img's convert_iteration_sectors asks it, with want_zero: data
+ * clusters of a metadata-preallocated source over holes of its file are zero, and a range the
+ * source leaves unallocated past the end of its own backing image is zero (qemu then writes
+ * zeroes there unless the range also lies past the end of the target's backing).
  */
 async function sourceStatus(
   src: ChainImage,
@@ -258,8 +249,7 @@ async function sourceStatus(
   targetHasBacking: boolean,
 ): Promise<{ kind: SourceKind; length: number }> {
   const base = targetHasBacking ? src.backing : undefined;
-  const st = await blockStatusAbove(src, offset, length, { base, recurse: false });
+  const st = await blockStatusAbove(src, offset, length, { base });
   // qemu tests ZERO before DATA.
-  if (st.allocated || base === undefined) return { kind: st.zero ? 'zero' : st.data ? 'data' : 'unallocated', length: st.length };
-  return { kind: 'unallocated', length: st.length };
+  return { kind: st.zero ? 'zero' : st.data ? 'data' : 'unallocated', length: st.length };
 }
