@@ -81,7 +81,9 @@ export function locateImage(name: string): ImageLocation {
   if (proto === 'file') {
     const path = name.slice(5);
     if (path === '') throw new UsageError("The 'file' block driver requires a file name");
-    return { path };
+    // bdrv_parse_filename_strip_prefix: a name that would now read as "proto:..." gets "./",
+    // which is also the name the image is known by (printed, and combined with backing names).
+    return { path: pathHasProtocol(path) ? `./${path}` : path };
   }
   if (proto === 'json') {
     let parsed: unknown;

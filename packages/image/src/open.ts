@@ -8,6 +8,7 @@ import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
+import { locateImage } from './location.js';
 import { resolveRelative } from './paths.js';
 import {
   backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
@@ -121,7 +122,7 @@ async function openBackingLayer(
   formatName: string | undefined,
   octx: OpenContext,
 ): Promise<Image> {
-  const name = resolveRelative(layer.filename, stored);
+  const name = locateImage(resolveRelative(layer.filename, stored)).path;
   const real = await canonical(name);
   if (layer.seen.includes(real)) {
     throw new FormatError(`Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
@@ -197,18 +198,21 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   const formats = options.formats ?? DEFAULT_FORMATS;
   const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
   try {
+    // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
+    const loc = locateImage(filename);
+    const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
-    if (options.format !== undefined) {
-      format = findFormat(formats, options.format);
-      if (format === undefined) throw new UnsupportedError(`Unknown driver '${options.format}'`, { errno: 'EINVAL' });
+    if (formatName !== undefined) {
+      format = findFormat(formats, formatName);
+      if (format === undefined) throw new UnsupportedError(`Unknown driver '${formatName}'`, { errno: 'EINVAL' });
     }
     const flags = { write: !readOnly, resize: options.resize, noIo: options.noIo, noShare: options.noShare, forceShare: options.forceShare };
     const top: Layer = {
-      filename,
+      filename: loc.path,
       readOnly,
-      seen: [await canonical(filename)],
+      seen: [await canonical(loc.path)],
       // Only the image's own files get the file options; backing files are plain reads.
-      fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking },
+      fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking ?? loc.locking },
       perms: topNodePermissions(flags),
     };
     const image = await openLayer(top, format, octx, options);

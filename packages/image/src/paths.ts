@@ -15,9 +15,9 @@ export function fullBackingFilename(backed: string, backing: string): string | u
   if (backing === '') return undefined;
   if (pathHasProtocol(backing) || backing.startsWith('/')) return backing;
   if (backed === '' || backed.startsWith('json:')) return undefined;
-  // path_combine: keep base up to its last '/', or up to a protocol prefix "proto:".
-  const colon = backed.indexOf(':');
-  let prefix = colon >= 0 ? colon + 1 : 0;
+  // path_combine: keep base up to its last '/', or up to its protocol prefix "proto:" (a
+  // colon after a '/' is part of a file name).
+  let prefix = pathHasProtocol(backed) ? backed.indexOf(':') + 1 : 0;
   const slash = backed.lastIndexOf('/');
   if (slash + 1 > prefix) prefix = slash + 1;
   return backed.slice(0, prefix) + backing;

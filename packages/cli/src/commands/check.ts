@@ -7,7 +7,7 @@
  */
 import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
 import {
-  dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
+  dataFileLock, imageFileLock, locateImage, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import {
@@ -80,10 +80,12 @@ async function openChecked(
   let file: FileDevice;
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
+  let path: string;
   try {
+    path = locateImage(filename).path;
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
-    file = await FileDevice.open(filename, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
+    file = await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
     throw new CliExit(1, `Could not open '${filename}': ${(err as Error).message}${lockHint(err)}`);
   }
@@ -106,7 +108,7 @@ async function openChecked(
     const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
     if (dataFileExt) {
       // qemu opens the external data file too; its failure fails the open
-      const df = await FileDevice.open(resolveRelative(filename, dataFileExt.name), { readOnly: !writable, lock: dataFileLock(openingPermissions(node)), onWarning });
+      const df = await FileDevice.open(resolveRelative(path, dataFileExt.name), { readOnly: !writable, lock: dataFileLock(openingPermissions(node)), onWarning });
       lock.held.push(df); // held, as qemu holds its data child, until the check ends
       finalLocks.push(() => df.setPermissions(dataFileLock(node)));
     }
@@ -115,7 +117,7 @@ async function openChecked(
       // img_open opens the whole chain: a missing or broken backing file fails the check too.
       const fmtName = findExtension(img.extensions, 'backing-format')?.name;
       const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
-      const backingPath = resolveRelative(filename, info);
+      const backingPath = resolveRelative(path, info);
       // A read-only top's permissions are what qemu gives a backing child of a check (its
       // user shares everything): read, sharing read and write-unchanged on a qcow2 file.
       const backing = await openImage(backingPath, { format: bfmt, readOnly: true, forceShare: lock.forceShare, onWarning }).catch((err: unknown) => {

@@ -7,7 +7,7 @@
 import { convertCopy, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
-import { BDRV_SECTOR_SIZE, TsimgError, errorWithCode } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
@@ -312,7 +312,7 @@ export const run: CommandRunner = async (argv, io) => {
  */
 async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
   for (const name of sources) {
-    opened.push(await openNamed(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
+    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
   }
   if (args.snapshot === undefined && args.snapshotName === undefined) return;
   if (args.snapshotName !== undefined && sources.length > 1) {
@@ -327,7 +327,7 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     );
   }
   await first.close();
-  opened[0] = await openNamed(sources[0]!, {
+  opened[0] = await openCommandImage(sources[0]!, {
     format: args.imageOpts ? undefined : first.format,
     readOnly: true,
     imageOpts: args.imageOpts,
@@ -438,7 +438,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
 function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
   const onWarning = lockWarnings(io, true);
-  return openNamed(out, {
+  return openCommandImage(out, {
     format: args.outFmt || undefined,
     readOnly: false,
     imageOpts: args.targetImageOpts,
@@ -507,22 +507,6 @@ async function copy(
     const line = corruptionLine(err);
     if (line) io.stderr(line);
     throw err;
-  }
-}
-
-/**
- * openCommandImage, also for names with qemu's `file:` protocol prefix (the file is opened by
- * the rest of the name; errors still quote the name as given, as qemu's do).
- */
-async function openNamed(name: string, options: Parameters<typeof openCommandImage>[1] = {}): Promise<Image> {
-  if (options.imageOpts || !name.startsWith('file:')) return openCommandImage(name, options);
-  const path = name.slice('file:'.length);
-  try {
-    return await openCommandImage(path, options);
-  } catch (err) {
-    const prefix = `Could not open '${path}': `;
-    if (!(err instanceof TsimgError) || !err.message.startsWith(prefix)) throw err;
-    throw errorWithCode(err.code, `Could not open '${name}': ${err.message.slice(prefix.length)}`, { cause: err, errno: err.errno });
   }
 }
 
