@@ -62,6 +62,28 @@ describeQemu('metadata past the end of the file', () => {
     });
   }
 
+  /** A copy of std.qcow2 whose L2 entry `index` (of the first table) is `entry`. */
+  function withL2Entry(name: string, index: number, entry: bigint): string {
+    const f = join(dir, name);
+    copyFileSync(join(dir, 'std.qcow2'), f);
+    const l2 = Number(readFileSync(f).readBigUInt64BE(l1Offset(f)) & 0x00ff_ffff_ffff_fe00n);
+    pokeFile(f, l2 + index * 8, be64(entry));
+    return f;
+  }
+
+  for (const [name, host] of [
+    ['data-past-2-53.qcow2', 0x0040_0000_0000_0000n], // 2^54: no device offset, below qemu's 2^56
+    ['data-near-2-56.qcow2', 0x00ff_ffff_fff0_0000n],
+  ] as const) {
+    it(`a data cluster at ${name}: zeroes past the end of the file, as qemu reads it`, () => {
+      withL2Entry(name, 1, (1n << 63n) | host);
+      expectSameAsQemu(['map', '--output=json', name], dir);
+      expectSameAsQemu(['map', name], dir);
+      expectSameAsQemu(['convert', '-O', 'raw', name, `${name}.raw`], dir);
+      expectSameAsQemu(['compare', name, `${name}.raw`], dir);
+    });
+  }
+
   it('an unaligned L2 table past 2^53 is still corrupt (qemu checks alignment, not the offset)', () => {
     withL1('l2-unaligned-far.qcow2', 0x80f0_0000_0000_0200n);
     expectSameFailureAsQemu(['map', '--output=json', 'l2-unaligned-far.qcow2'], dir);

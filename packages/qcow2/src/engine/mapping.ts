@@ -91,11 +91,14 @@ export async function l2OffsetFor(src: MappingSource, offset: number): Promise<n
 type Kind = 'data' | 'zero' | 'unallocated' | 'compressed';
 
 /**
- * Host offsets are exact numbers up to 2^56 (multiples of 512), but devices take safe integers
- * only: a data cluster beyond 2^53 - 4 MiB is treated as corrupt (qemu would read zeroes there).
- * L2 tables have no such limit: their loader reads zeroes past the end of the file (image.ts).
+ * Cluster-aligned host offsets are exact numbers up to 2^56 (multiples of 512 need at most 47
+ * significant bits), so data clusters anywhere qemu allows map like qemu's; reading one past
+ * the end of its file gives zeroes (read.ts), as file-posix does. A compressed cluster's offset
+ * is a byte offset: past 2^53 - 4 MiB it has no exact number and is treated as corrupt.
  */
-const MAX_HOST_OFFSET = Number.MAX_SAFE_INTEGER - 4 * 1024 * 1024;
+const MAX_COMPRESSED_OFFSET = Number.MAX_SAFE_INTEGER - 4 * 1024 * 1024;
+/** qemu's bound on any host offset of an L2 entry (L2E_OFFSET_MASK). */
+const MAX_HOST_OFFSET = 2 ** 56;
 
 /** How many subclusters from `sc` on (within the cluster) have the kind of subcluster `sc`. */
 function sameKindRun(entry: L2Entry, sc: number, subclusters: number): number {
@@ -258,8 +261,8 @@ function problem(
   // qemu's format string has two spaces here ("found " " (L2 offset").
   if (c.host === -1) return `Invalid cluster entry found  ${where()}`;
   const host = entry.kind === 'compressed' || entry.kind === 'data' || entry.kind === 'zero' ? entry.hostOffset : entry.kind === 'extended' ? entry.hostOffset : undefined;
-  if (host !== undefined && host > MAX_HOST_OFFSET) {
-    return `Cluster offset 0x${host.toString(16)} is beyond the largest supported offset ${where()}`;
+  if (entry.kind === 'compressed' && host! > MAX_COMPRESSED_OFFSET) {
+    return `Cluster offset 0x${host!.toString(16)} is beyond the largest supported offset ${where()}`;
   }
   if (src.version < 3 && entry.kind === 'zero') return `Zero cluster entry found in pre-v3 image ${where()}`;
   // qcow2_get_host_offset: a normal, zero-allocated or unallocated-allocated (extended L2)

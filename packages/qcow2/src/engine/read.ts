@@ -18,7 +18,11 @@ export async function readGuest(s: EngineState, offset: number, into: Uint8Array
     if (pending === undefined) return;
     const p = pending;
     pending = undefined;
-    await dataDevice(s).read(p.host, into.subarray(p.pos, p.pos + p.length));
+    const dev = dataDevice(s);
+    const dst = into.subarray(p.pos, p.pos + p.length);
+    // Past the end of the file (even past 2^53, where a device has no offset): zeroes.
+    if (p.host >= dev.size()) dst.fill(0);
+    else await dev.read(p.host, dst);
   };
   while (pos < into.length) {
     const run = await lookupRun(s, offset + pos, into.length - pos);
