@@ -27,6 +27,8 @@ export async function openCommandImage(
     io?: 'async' | 'sync';
     /** qemu's discard=unmap (see OpenImageOptions.unmap). */
     unmap?: boolean;
+    /** BDRV_O_RESIZE: the command changes the image's size (see OpenImageOptions.resize). */
+    resize?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -44,7 +46,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean } & LockOptions & { locking?: LockingMode },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; resize?: boolean } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -61,6 +63,7 @@ async function openByName(
     noFlush: options.noFlush,
     io: options.io,
     unmap: options.unmap,
+    resize: options.resize,
     forceShare: options.forceShare,
     noShare: options.noShare,
     locking: options.locking,

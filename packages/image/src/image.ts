@@ -22,6 +22,20 @@ export interface Image extends BlockDevice {
    * then read as zeroes (qemu's BDRV_BLOCK_RECURSE for metadata-preallocated qcow2).
    */
   metadataPreallocated?(): Promise<boolean>;
+  /**
+   * Changes the virtual size as qemu's bdrv_co_truncate does for this format (with its
+   * refusals and messages), preallocating a grown area as `options.preallocation` asks. A
+   * format without it can only be resized with plain `resize` (no preallocation).
+   */
+  truncate?(size: number, options: TruncateOptions): Promise<void>;
+}
+
+/** How {@link Image.truncate} treats the new area (qemu's PreallocMode) and where warnings go. */
+export interface TruncateOptions {
+  /** `off` (default), `metadata`, `falloc` or `full`; what a format cannot do it refuses. */
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
+  /** Receives warnings qemu prints without failing (e.g. a file tail left after a shrink). */
+  warn?: (message: string) => void;
 }
 
 /** A snapshot to read instead of the active layer: an ID or name, or both to match. */

@@ -11,6 +11,7 @@ export {
   type ImageFormat,
   type LayerContext,
   type SnapshotSelector,
+  type TruncateOptions,
 } from './image.js';
 export {
   type ImageInfo,
@@ -32,5 +33,6 @@ export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
 export { resolveRelative } from './paths.js';
+export { resizeImage, type ResizeImageOptions } from './resize.js';
 export { probeFormat } from './probe.js';
 export { RawImage } from './raw-image.js';

@@ -56,6 +56,9 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
   }
   const n = Number(size);
   const current = dev.size();
+  if (mode !== 'off' && n < current) {
+    throw new UnsupportedError('Cannot use preallocation for shrinking files', { errno: 'ENOTSUP' });
+  }
   try {
     if (mode === 'off' || n <= current) {
       await dev.resize(n);
