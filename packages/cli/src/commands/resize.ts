@@ -11,6 +11,7 @@ import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } 
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
+import { splitImageOpts } from '../image-opts.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
 
@@ -98,10 +99,11 @@ export const run: CommandRunner = async (argv, io) => {
     onWarning: lockWarnings(io, true),
   });
   try {
-    if (args.format === undefined && image.format === 'raw' && !args.imageOpts) {
+    const probed = args.imageOpts ? !splitImageOpts(args.filename).has('driver') : args.format === undefined;
+    if (probed && image.format === 'raw') {
       // raw-format.c warns whenever a probed raw image is opened for writing
       io.stderr(
-        `WARNING: Image format was not specified for '${args.filename}' and probing guessed raw.\n` +
+        `WARNING: Image format was not specified for '${image.filename}' and probing guessed raw.\n` +
           '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
           "         Specify the 'raw' format explicitly to remove the restrictions.\n",
       );

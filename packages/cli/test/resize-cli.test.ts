@@ -1,0 +1,144 @@
+/**
+ * Cross-checks of `tsimg resize` against `qemu-img resize` (QEMU 7.2), continued from
+ * resize.test.ts: backing files (the new area zeroed where the backing file would show), external
+ * data files, snapshots, compressed clusters, raw files with each preallocation mode, and the
+ * command line: qemu's argument quirks (the size is taken off the end first), its refusals,
+ * messages and exit statuses. Files must stay byte-identical. Needs `npm run build` first.
+ */
+import { afterAll, beforeAll, it } from 'vitest';
+import { describeQemu } from '../../../test-images/qemu.js';
+import { ResizeBench } from './resize-harness.js';
+
+let bench: ResizeBench;
+const expectAllSame = (setup: string, argLists: string[][]): void => bench.expectAllSame(setup, argLists);
+
+const WRITE_SOME = "qemu-io -c 'write -P 1 0 300k' -c 'write -P 3 900k 5k' a.qcow2";
+
+describeQemu('tsimg resize vs qemu-img resize: chains, data files, raw, command line', () => {
+  beforeAll(() => {
+    bench = new ResizeBench('tsimg-resize-cli-');
+  });
+  afterAll(() => bench.cleanup());
+
+  it('zeroes what a longer backing file would show in the new area', () => {
+    const backing = "qemu-img create -f qcow2 b.qcow2 4M && qemu-io -c 'write -P 7 0 4M' b.qcow2";
+    for (const [opts, size] of [['', '1M'], ['', '1000k'], ['extended_l2=on,', '1000k']] as const) {
+      expectAllSame(`${backing} && qemu-img create -f qcow2 -o ${opts}backing_file=b.qcow2,backing_fmt=qcow2 o.qcow2 ${size} && qemu-io -c 'write -P 2 900k 6k' o.qcow2`, [
+        ['o.qcow2', '+1M'],
+        ['o.qcow2', '8M'],
+        ['--preallocation=metadata', 'o.qcow2', '3M'],
+        ['--preallocation=falloc', 'o.qcow2', '3M'],
+        ['--preallocation=full', 'o.qcow2', '5M'],
+        ['--shrink', 'o.qcow2', '512k'],
+      ]);
+    }
+    // v2 cannot store zero clusters: qemu's "Failed to zero out new clusters".
+    expectAllSame('qemu-img create -f qcow2 b.qcow2 4M && qemu-img create -f qcow2 -o compat=0.10,backing_file=b.qcow2,backing_fmt=qcow2 o.qcow2 1M', [
+      ['o.qcow2', '+1M'],
+      ['--preallocation=metadata', 'o.qcow2', '3M'],
+    ]);
+  });
+
+  it('resizes external data files with the image', () => {
+    for (const raw of ['off', 'on']) {
+      expectAllSame(`qemu-img create -f qcow2 -o data_file=d.raw,data_file_raw=${raw} a.qcow2 1M && ${WRITE_SOME}`, [
+        ['a.qcow2', '+1M'],
+        ['--shrink', 'a.qcow2', '100K'],
+        ['--preallocation=metadata', 'a.qcow2', '3M'],
+        ['--preallocation=falloc', 'a.qcow2', '3M'],
+        ['--preallocation=full', 'a.qcow2', '3M'],
+        ['--preallocation=metadata', 'a.qcow2', '+1001k'],
+      ]);
+    }
+    // An exact resize cuts a data file that is longer than the image, even to the same size.
+    expectAllSame('qemu-img create -f qcow2 -o data_file=d.raw a.qcow2 1M && truncate -s 5M d.raw', [
+      ['a.qcow2', '+0'],
+      ['a.qcow2', '2M'],
+    ]);
+  });
+
+  it('keeps snapshots and compressed clusters as qemu does', () => {
+    expectAllSame(`qemu-img create -f qcow2 a.qcow2 1M && ${WRITE_SOME} && qemu-img snapshot -c s1 a.qcow2 && qemu-io -c 'write -P 2 0 900k' a.qcow2`, [
+      ['a.qcow2', '+1M'],
+      ['--shrink', 'a.qcow2', '100K'],
+      ['--preallocation=metadata', 'a.qcow2', '3M'],
+    ]);
+    // v2 images with snapshots cannot be resized.
+    expectAllSame('qemu-img create -f qcow2 -o compat=0.10 a.qcow2 1M && qemu-img snapshot -c s1 a.qcow2', [
+      ['a.qcow2', '+1M'],
+      ['--shrink', 'a.qcow2', '100K'],
+    ]);
+    expectAllSame("qemu-img create -f qcow2 a.qcow2 1M && qemu-io -c 'write -c -P 1 0 64k' -c 'write -c -P 2 512k 64k' -c 'write -c -P 3 960k 64k' a.qcow2", [
+      ['--shrink', 'a.qcow2', '100K'],
+      ['--shrink', 'a.qcow2', '600k'],
+    ]);
+  });
+
+  it('resizes raw files with each preallocation mode', () => {
+    expectAllSame('echo hello > r.raw && truncate -s 1000 r.raw', [
+      ['r.raw', '+1M'],
+      ['-f', 'raw', 'r.raw', '+1M'],
+      ['-f', 'raw', 'r.raw', '+0'],
+      ['-f', 'raw', 'r.raw', '1025'],
+      ['-f', 'raw', 'r.raw', '1000'],
+      ['-f', 'raw', '--shrink', 'r.raw', '100'],
+      ['--preallocation=full', '-f', 'raw', 'r.raw', '1M'],
+      ['--preallocation=falloc', '-f', 'raw', 'r.raw', '2M'],
+      ['--preallocation=metadata', '-f', 'raw', 'r.raw', '3M'],
+      ['-f', 'raw', 'r.raw', '7E'],
+      ['-f', 'raw', 'r.raw', '1P'],
+      ['--image-opts', 'driver=raw,file.filename=r.raw', '5M'],
+      ['--image-opts', 'file.filename=r.raw', '5M'],
+    ]);
+    expectAllSame('touch e.raw', [['-f', 'raw', 'e.raw', '1M'], ['-f', 'raw', '--preallocation=falloc', 'e.raw', '1M'], ['e.raw', '1M']]);
+  });
+
+  it('parses the command line and refuses what qemu-img refuses, with its messages', () => {
+    expectAllSame('qemu-img create -f qcow2 a.qcow2 1M', [
+      [],
+      ['a.qcow2'],
+      ['-f'],
+      ['-q', '-q'],
+      ['nonexist', '1M'],
+      ['-f', 'foo', 'a.qcow2', '1M'],
+      ['-z', 'a.qcow2', '1M'],
+      ['--bogus', 'a.qcow2', '1M'],
+      ['--preallocation=bad', 'a.qcow2', '2M'],
+      ['--preallocation', 'a.qcow2', '2M'],
+      ['a.qcow2', 'b', '2M'],
+      ['--shrink'],
+      ['a.qcow2', '--shrink'],
+      ['a.qcow2', 'abc'],
+      ['a.qcow2', '1.5'],
+      ['a.qcow2', '+-1M'],
+      ['a.qcow2', '99999999999999999999'],
+      ['a.qcow2', '18446744073709551615'],
+      ['a.qcow2', '-1M'],
+      ['a.qcow2', '-512K'],
+      ['a.qcow2', '0'],
+      ['a.qcow2', '-8E'],
+      ['a.qcow2', '+8E'],
+      ['a.qcow2', '9E'],
+      ['a.qcow2', '7E'],
+      ['a.qcow2', '9223372036854775296'],
+      ['a.qcow2', '+1000'],
+      ['a.qcow2', '1023'],
+      ['a.qcow2', '+1M', '--'],
+      ['a.qcow2', '--', '+1M'],
+      ['--', 'a.qcow2', '+1M'],
+      ['a.qcow2', '-0'],
+      ['a.qcow2', '0x500000'],
+      ['a.qcow2', '6.5M'],
+      ['-q', 'a.qcow2', '7M'],
+      ['--shr', '--pre=full', 'a.qcow2', '2M'],
+      ['--preallocation=metadata', '--shrink', 'a.qcow2', '512K'],
+      ['--sh', 'a.qcow2', '-1k'],
+      ['-U', 'a.qcow2', '2M'],
+      ['--image-opts', '-f', 'qcow2', 'a.qcow2', '4M'],
+      ['--image-opts', 'driver=qcow2,file.filename=a.qcow2', '8M'],
+      ['--image-opts', 'a.qcow2', '5M'],
+    ]);
+    // A backing file that cannot be opened fails the open.
+    expectAllSame('qemu-img create -f qcow2 -u -b nope.qcow2 -F qcow2 a.qcow2 1M', [['a.qcow2', '2M']]);
+  });
+});
