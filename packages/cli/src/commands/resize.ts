@@ -14,6 +14,7 @@ import { openCommandImage } from '../image-open.js';
 import { splitImageOpts } from '../image-opts.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
+import { probedRawWarning } from '../raw-probe-warning.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -102,11 +103,7 @@ export const run: CommandRunner = async (argv, io) => {
     const probed = args.imageOpts ? !splitImageOpts(args.filename).has('driver') : args.format === undefined;
     if (probed && image.format === 'raw') {
       // raw-format.c warns whenever a probed raw image is opened for writing
-      io.stderr(
-        `WARNING: Image format was not specified for '${image.filename}' and probing guessed raw.\n` +
-          '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-          "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-      );
+      io.stderr(probedRawWarning(image.filename));
     }
     const current = BigInt(image.size());
     // int64_t arithmetic, wrapping as qemu's does
