@@ -168,6 +168,22 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
+    name: 'resizes of an image with persistent bitmaps (marked in use, stored again at each size)',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '1M');
+      ok(qemuImg(['bitmap', '--add', 'base.qcow2', 'b0'], { cwd: dir }), 'bitmap --add');
+      io(dir, 'base.qcow2', 'write -P 4 0 64k', 'write -P 5 512k 8k');
+    },
+    steps: [
+      { op: 'resize', size: 2 * M },
+      { op: 'write', off: 1 * M + 512 * K, len: 4 * K, v: 1 },
+      { op: 'flush' },
+      { op: 'resize', size: 768 * K },
+      { op: 'write', off: 4 * K, len: K, v: 2 },
+    ],
+  },
+  {
     name: 'zero writes (v3 zero flag) and discards',
     clusterSize: 4 * K,
     prepare: (dir) => {

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { cpSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { expect } from 'vitest';
-import { expectSameAsQemu, tempDir } from '../../../test-images/qemu.js';
+import { expectSameAsQemu, tempDir, type RunResult } from '../../../test-images/qemu.js';
 
 /** A scratch root for one test file's fixtures and copies. */
 export class ResizeBench {
@@ -42,9 +42,9 @@ export class ResizeBench {
     return { qemu, tsimg };
   }
 
-  /** Runs `resize args` through both tools on copies of `src`; same output, status and files. */
-  expectSameResize(src: string, args: string[]): void {
-    expectSameResizeIn(this.copies(src), args);
+  /** Runs `resize args` through both tools on copies of `src`; same output, status and files. Returns tsimg's result. */
+  expectSameResize(src: string, args: string[]): RunResult {
+    return expectSameResizeIn(this.copies(src), args);
   }
 
   /** Every command line of `argLists` on one fixture. */
@@ -55,9 +55,10 @@ export class ResizeBench {
 }
 
 /** `resize args` through qemu-img in `dirs.qemu` and tsimg in `dirs.tsimg`; then the files compared. */
-export function expectSameResizeIn(dirs: { qemu: string; tsimg: string }, args: string[], label = `resize ${args.join(' ')}`): void {
-  expectSameAsQemu(['resize', ...args], dirs, label);
+export function expectSameResizeIn(dirs: { qemu: string; tsimg: string }, args: string[], label = `resize ${args.join(' ')}`): RunResult {
+  const result = expectSameAsQemu(['resize', ...args], dirs, label);
   expectSameFiles(dirs, label);
+  return result;
 }
 
 /** Every file of `dirs.qemu` is byte-identical to the one of the same name in `dirs.tsimg`. */

@@ -3,10 +3,9 @@
  * decides to zero the new area): growing the L1 table and preallocating as asked, or discarding
  * what lies beyond the new end, shrinking the tables and the file; then the header's size.
  */
-import { BDRV_MAX_LENGTH, errorWithCode, IoError, LimitError, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
-import { BME_FLAG_IN_USE, cName, loadBitmapDirectory } from '../format/bitmap-directory.js';
-import { findExtension } from '../format/header.js';
-import { AUTOCLEAR_BITMAPS, QCOW_MAX_L1_SIZE } from '../format/types.js';
+import { BDRV_MAX_LENGTH, IoError, LimitError, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { QCOW_MAX_L1_SIZE } from '../format/types.js';
+import { holdBitmaps, storeHeldBitmaps } from './resize-bitmaps.js';
 import { beforeChange } from './header-write.js';
 import { growL1, shrinkL1 } from './l1-table.js';
 import {
@@ -26,8 +25,24 @@ export interface ResizeOptions {
   warn?: (message: string) => void;
 }
 
-/** qcow2_co_truncate (exact), with bdrv_co_truncate's checks and zero-write decision. */
+/**
+ * qemu-img resize's work on an open image: the persistent bitmaps loaded (and marked in use) as
+ * qemu's read-write open does, the truncate, and the bitmaps stored again at the new size as
+ * qemu's close does — also after a failed truncate, as qemu's close would.
+ */
 export async function resize(s: EngineState, size: number, options: ResizeOptions = {}): Promise<void> {
+  const held = await holdBitmaps(s);
+  try {
+    await truncate(s, size, options);
+  } catch (err) {
+    if (held !== undefined) await storeHeldBitmaps(s, held).catch(() => undefined);
+    throw err;
+  }
+  if (held !== undefined) await storeHeldBitmaps(s, held);
+}
+
+/** qcow2_co_truncate (exact), with bdrv_co_truncate's checks and zero-write decision. */
+async function truncate(s: EngineState, size: number, options: ResizeOptions): Promise<void> {
   const prealloc = options.preallocation ?? 'off';
   if (size > BDRV_MAX_LENGTH) throw new IoError(`offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`, { errno: 'EIO' });
   checkPreallocation(prealloc);
@@ -35,7 +50,6 @@ export async function resize(s: EngineState, size: number, options: ResizeOption
   if (s.version < 3 && s.header.nbSnapshots > 0) {
     throw new UnsupportedError("Can't resize a v2 image which has snapshots", { errno: 'ENOTSUP' });
   }
-  await checkBitmaps(s);
   const old = virtualSize(s);
   // bdrv_co_truncate: a backing file reaching past the old end must not show through.
   const zeroWrite = size > old && s.backing !== undefined && s.backing.size() > old;
@@ -85,27 +99,6 @@ export async function resize(s: EngineState, size: number, options: ResizeOption
   } catch (err) {
     throw errnoContext(err, 'Failed to update the image size');
   }
-}
-
-/**
- * qcow2_truncate_bitmaps_check. qemu resizes the persistent bitmaps it loaded with the image
- * and stores them again on close; tsimg does not keep bitmaps up to date, so it refuses to
- * resize an image that has valid ones instead of invalidating them.
- */
-async function checkBitmaps(s: EngineState): Promise<void> {
-  if (s.cleanedAutoclear || (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return;
-  const ext = findExtension(s.extensions, 'bitmaps');
-  if (ext === undefined || ext.nbBitmaps === 0) return;
-  const entries = await loadBitmapDirectory(s.file, ext, s.clusterSize, virtualSize(s));
-  for (const e of entries) {
-    if ((e.flags & BME_FLAG_IN_USE) !== 0) {
-      throw errorWithCode('unsupported', `Bitmap '${cName(e.name)}' is inconsistent and cannot be used`, {
-        errno: 'ENOTSUP',
-        hint: 'Try block-dirty-bitmap-remove to delete this bitmap from disk',
-      });
-    }
-  }
-  throw new UnsupportedError('tsimg cannot resize an image with persistent dirty bitmaps', { errno: 'ENOTSUP' });
 }
 
 /**
