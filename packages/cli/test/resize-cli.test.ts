@@ -184,6 +184,9 @@ describeQemu('tsimg resize vs qemu-img resize: chains, data files, raw, command 
       ['--image-opts', '-f', 'qcow2', 'a.qcow2', '4M'],
       ['--image-opts', 'driver=qcow2,file.filename=a.qcow2', '8M'],
       ['--image-opts', 'a.qcow2', '5M'],
+      ['--object', 'secret,id=s0,data=x', 'a.qcow2', '+1M'],
+      ['-f', 'raw', 'a.qcow2', '+1M'],
+      ['-fraw', '-q', 'a.qcow2', '2M'],
     ]);
     // A backing file that cannot be opened fails the open.
     expectAllSame('qemu-img create -f qcow2 -u -b nope.qcow2 -F qcow2 a.qcow2 1M', [['a.qcow2', '2M']]);

@@ -1,7 +1,8 @@
 /**
  * Resizing an open image, a port of qcow2_co_truncate (with the part of bdrv_co_truncate that
- * decides to zero the new area): growing the L1 table and preallocating as asked, or discarding
- * what lies beyond the new end, shrinking the tables and the file; then the header's size.
+ * decides to zero the new area): growing the L1 table and preallocating as asked
+ * (resize-prealloc.ts), or discarding what lies beyond the new end, shrinking the tables and the
+ * file; then the header's size. Persistent bitmaps are carried over around it (resize-bitmaps.ts).
  */
 import { BDRV_MAX_LENGTH, IoError, LimitError, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
 import { QCOW_MAX_L1_SIZE } from '../format/types.js';
