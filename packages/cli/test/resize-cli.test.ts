@@ -60,6 +60,15 @@ describeQemu('tsimg resize vs qemu-img resize: chains, data files, raw, command 
         ['--shrink', 'o.qcow2', '512k'],
       ]);
     }
+    // A shorter backing file needs no zeroes; a raw one is zeroed over like a qcow2 one.
+    expectAllSame('qemu-img create -f qcow2 b.qcow2 1M && qemu-img create -f qcow2 -b b.qcow2 -F qcow2 o.qcow2 4M', [
+      ['o.qcow2', '8M'],
+      ['--shrink', 'o.qcow2', '512k'],
+    ]);
+    expectAllSame('qemu-img create -f raw b.raw 4M && qemu-img create -f qcow2 -b b.raw -F raw o.qcow2 1M', [
+      ['o.qcow2', '8M'],
+      ['--preallocation=falloc', 'o.qcow2', '8M'],
+    ]);
     // v2 cannot store zero clusters: qemu's "Failed to zero out new clusters".
     expectAllSame('qemu-img create -f qcow2 b.qcow2 4M && qemu-img create -f qcow2 -o compat=0.10,backing_file=b.qcow2,backing_fmt=qcow2 o.qcow2 1M', [
       ['o.qcow2', '+1M'],
@@ -188,7 +197,13 @@ describeQemu('tsimg resize vs qemu-img resize: chains, data files, raw, command 
       ['-f', 'raw', 'a.qcow2', '+1M'],
       ['-fraw', '-q', 'a.qcow2', '2M'],
     ]);
-    // A backing file that cannot be opened fails the open.
+    // A backing file or data file that cannot be opened fails the open; so does a corrupt
+    // image; a dirty one (lazy refcounts) is repaired first.
     expectAllSame('qemu-img create -f qcow2 -u -b nope.qcow2 -F qcow2 a.qcow2 1M', [['a.qcow2', '2M']]);
+    expectAllSame('qemu-img create -f qcow2 -o data_file=d.raw a.qcow2 1M && rm d.raw', [['a.qcow2', '2M']]);
+    const setIncompatible = (bits: string): string => `printf '\\000\\000\\000\\000\\000\\000\\000\\00${bits}' | dd of=a.qcow2 bs=1 seek=72 conv=notrunc`;
+    const corrupt = bench.fixture(`qemu-img create -f qcow2 a.qcow2 1M && ${setIncompatible('2')}`);
+    expect(bench.expectSameResize(corrupt, ['a.qcow2', '2M']).stderr).toMatch(/corrupt/);
+    expectAllSame(`qemu-img create -f qcow2 -o lazy_refcounts=on a.qcow2 1M && ${WRITE_SOME} && ${setIncompatible('1')}`, [['a.qcow2', '2M']]);
   });
 });

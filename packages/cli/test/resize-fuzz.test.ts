@@ -1,6 +1,6 @@
 /**
  * Random resize cross-check: fast-check makes a qcow2 image (random cluster size, refcount
- * width, extended L2, compat) and runs a random sequence of grows (with a random preallocation
+ * width, extended L2, compat, maybe a persistent bitmap) and runs a random sequence of grows (with a random preallocation
  * mode), shrinks and qemu-io writes on two copies of it — every resize through qemu-img on one
  * copy and through tsimg on the other, every write through qemu-io on both. After each resize
  * the output, exit status and files must be the same. Needs `npm run build` first.
@@ -22,6 +22,8 @@ interface Case {
   refcountBits: number;
   extendedL2: boolean;
   compat: '0.10' | '1.1';
+  /** A persistent bitmap (v3 only), which qemu-io's writes mark dirty and resizes carry over. */
+  bitmap: boolean;
   /** Initial virtual size in 512-byte sectors. */
   sectors: number;
   steps: Step[];
@@ -48,6 +50,7 @@ const testCase: fc.Arbitrary<Case> = fc.record({
   refcountBits: fc.constantFrom(1, 16, 64),
   extendedL2: fc.boolean(),
   compat: fc.constantFrom('0.10' as const, '1.1' as const),
+  bitmap: fc.boolean(),
   sectors: fc.integer({ min: 1, max: 4096 }),
   steps: fc.array(step, { minLength: 1, maxLength: 5 }),
 });
@@ -58,7 +61,8 @@ let bench: ResizeBench;
 function play(c: Case): void {
   const l2 = c.extendedL2 && c.compat === '1.1' && c.clusterSize >= 16384 ? ',extended_l2=on' : '';
   const opts = `cluster_size=${c.clusterSize},refcount_bits=${c.compat === '0.10' ? 16 : c.refcountBits},compat=${c.compat}${l2}`;
-  const src = bench.fixture(`qemu-img create -q -f qcow2 -o ${opts} a.qcow2 ${c.sectors * 512}`);
+  const bitmap = c.bitmap && c.compat === '1.1' ? ' && qemu-img bitmap --add -g 4096 a.qcow2 b0' : '';
+  const src = bench.fixture(`qemu-img create -q -f qcow2 -o ${opts} a.qcow2 ${c.sectors * 512}${bitmap}`);
   const dirs = bench.copies(src);
   let size = c.sectors * 512;
   for (const s of c.steps) {
@@ -87,7 +91,7 @@ describeQemu('tsimg resize vs qemu-img resize: random sequences', () => {
   });
   afterAll(() => bench.cleanup());
 
-  it('leaves the same bytes as qemu-img after random grows, shrinks and writes', () => {
+  it('leaves the same bytes as qemu-img after random grows, shrinks and writes', { timeout: 120_000 }, () => {
     fc.assert(
       fc.property(testCase, (c) => {
         play(c);

@@ -36,6 +36,12 @@ export interface TruncateOptions {
   preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
   /** Receives warnings qemu prints without failing (e.g. a file tail left after a shrink). */
   warn?: (message: string) => void;
+  /**
+   * The caller's own refusals (qemu-img resize's), run once the image stands as qemu's open
+   * leaves it and before anything changes the size; what it throws fails the truncate. (For
+   * qcow2 the difference shows: qemu stores persistent bitmaps again even when it refuses.)
+   */
+  check?: () => void;
 }
 
 /** A snapshot to read instead of the active layer: an ID or name, or both to match. */

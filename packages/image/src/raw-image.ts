@@ -52,6 +52,7 @@ export class RawImage implements Image {
    * is qemu's "Unsupported preallocation mode".
    */
   async truncate(size: number, options: TruncateOptions): Promise<void> {
+    options.check?.();
     const mode = options.preallocation ?? 'off';
     if (mode !== 'off' && size < this.file.size()) {
       throw new UnsupportedError('Cannot use preallocation for shrinking files', { errno: 'ENOTSUP' });

@@ -6,7 +6,10 @@
 import { BDRV_MAX_LENGTH, IoError, ReadOnlyError, UnsupportedError, UsageError } from '@tsimg/raw';
 import type { Image, TruncateOptions } from './image.js';
 
-/** Options for {@link resizeImage}. */
+/**
+ * Options for {@link resizeImage}. A `check` replaces its own refusals (size, shrink,
+ * preallocation only when growing) with the caller's, run where qemu-img runs them.
+ */
 export interface ResizeImageOptions extends TruncateOptions {
   /**
    * Allow the image to shrink (qemu-img's `--shrink`): everything past the new end is lost.
@@ -33,25 +36,30 @@ export interface ResizeImageOptions extends TruncateOptions {
  */
 export async function resizeImage(image: Image, size: number, options: ResizeImageOptions = {}): Promise<void> {
   const preallocation = options.preallocation ?? 'off';
-  // Sizes past 2^53 arrive rounded; the formats refuse them (qemu's limits are lower anyway).
-  if (!Number.isInteger(size)) throw new UsageError(`invalid size ${size}`, { errno: 'EINVAL' });
-  if (size < 0) throw new UsageError('Image size cannot be negative', { errno: 'EINVAL' });
-  const current = image.size();
-  if (size <= current && preallocation !== 'off') {
-    throw new UsageError('Preallocation can only be used for growing images', { errno: 'EINVAL' });
-  }
-  if (size < current && options.shrink !== true) {
-    throw new UsageError('Shrinking an image deletes all data beyond its new end: pass the shrink option', { errno: 'EINVAL' });
-  }
-  if (size > BDRV_MAX_LENGTH) throw new IoError(`offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`, { errno: 'EIO' });
   if (image.readOnly) throw new ReadOnlyError('Image is read-only', { errno: 'EACCES' });
-  const truncateOptions: TruncateOptions = { preallocation, warn: options.warn };
+  const check = options.check ?? ((): void => checkResize(image.size(), size, preallocation, options.shrink === true));
+  const truncateOptions: TruncateOptions = { preallocation, warn: options.warn, check };
   if (image.truncate !== undefined) {
     await image.truncate(size, truncateOptions);
     return;
   }
+  check();
   if (preallocation !== 'off') {
     throw new UnsupportedError(`Unsupported preallocation mode '${preallocation}'`, { errno: 'ENOTSUP' });
   }
   await image.resize(size);
+}
+
+/** img_resize's refusals, and bdrv_co_truncate's limits, for `size` on an image of `current` bytes. */
+function checkResize(current: number, size: number, preallocation: string, shrink: boolean): void {
+  // Sizes past 2^53 arrive rounded; the formats refuse them (qemu's limits are lower anyway).
+  if (!Number.isInteger(size)) throw new UsageError(`invalid size ${size}`, { errno: 'EINVAL' });
+  if (size < 0) throw new UsageError('Image size cannot be negative', { errno: 'EINVAL' });
+  if (size <= current && preallocation !== 'off') {
+    throw new UsageError('Preallocation can only be used for growing images', { errno: 'EINVAL' });
+  }
+  if (size < current && !shrink) {
+    throw new UsageError('Shrinking an image deletes all data beyond its new end: pass the shrink option', { errno: 'EINVAL' });
+  }
+  if (size > BDRV_MAX_LENGTH) throw new IoError(`offset(${size}) exceeds maximum(${BDRV_MAX_LENGTH})`, { errno: 'EIO' });
 }

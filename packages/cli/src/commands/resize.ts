@@ -89,6 +89,20 @@ function parseArgs(argv: readonly string[], out: (text: string) => void): Resize
   return { ...a, filename: parsed.operands[0]!, relative, amount };
 }
 
+/** img_resize's own refusals, then bdrv_check_request's limit with the exact value qemu prints. */
+function checkTotal(args: ResizeArgs, current: bigint, total: bigint): void {
+  if (total <= 0n) throw new CliExit(1, 'New image size must be positive');
+  if (total <= current && args.preallocation !== 'off') throw new CliExit(1, 'Preallocation can only be used for growing images');
+  if (total < current && !args.shrink) {
+    throw new CliExit(
+      1,
+      'Use the --shrink option to perform a shrink operation.\n' +
+        "tsimg: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.",
+    );
+  }
+  if (total > BigInt(BDRV_MAX_LENGTH)) throw new CliExit(1, `offset(${total}) exceeds maximum(${BigInt(BDRV_MAX_LENGTH)})`);
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const args = parseArgs(argv, io.stdout);
   if (args === undefined) return 0;
@@ -109,20 +123,10 @@ export const run: CommandRunner = async (argv, io) => {
     // int64_t arithmetic, wrapping as qemu's does
     const n = BigInt.asIntN(64, args.amount);
     const total = args.relative === 0 ? n : BigInt.asIntN(64, current + n * BigInt(args.relative));
-    if (total <= 0n) throw new CliExit(1, 'New image size must be positive');
-    if (total <= current && args.preallocation !== 'off') throw new CliExit(1, 'Preallocation can only be used for growing images');
-    if (total < current && !args.shrink) {
-      io.stderr(
-        'tsimg: Use the --shrink option to perform a shrink operation.\n' +
-          "tsimg: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.\n",
-      );
-      return 1;
-    }
-    // bdrv_check_request, with the exact value qemu prints
-    if (total > BigInt(BDRV_MAX_LENGTH)) throw new CliExit(1, `offset(${total}) exceeds maximum(${BigInt(BDRV_MAX_LENGTH)})`);
     await resizeImage(image, Number(total), {
       preallocation: args.preallocation,
-      shrink: true,
+      // Run by the format once the image stands as qemu's open leaves it (qcow2: bitmaps in use).
+      check: () => checkTotal(args, current, total),
       warn: (message) => io.stderr(`tsimg: warning: ${message}\n`),
     });
   } finally {

@@ -183,7 +183,6 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
    * external data file is resized with it; the header's size is written last.
    */
   async truncate(size: number, options: ResizeOptions = {}): Promise<void> {
-    if (!Number.isInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`);
     const s = this.#s;
     checkWritable(s);
     await exclusive(s, () => resize(s, size, options));

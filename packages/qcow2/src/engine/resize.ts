@@ -24,6 +24,11 @@ export interface ResizeOptions {
   preallocation?: ResizePreallocation;
   /** Receives qemu's warnings (e.g. a file tail that could not be cut off). */
   warn?: (message: string) => void;
+  /**
+   * The caller's refusals (qemu-img resize's checks), run after the bitmaps were loaded as
+   * qemu's read-write open loads them; a throw fails the resize, the bitmaps are stored again.
+   */
+  check?: () => void;
 }
 
 /**
@@ -34,6 +39,8 @@ export interface ResizeOptions {
 export async function resize(s: EngineState, size: number, options: ResizeOptions = {}): Promise<void> {
   const held = await holdBitmaps(s);
   try {
+    options.check?.();
+    if (!Number.isInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`, { errno: 'EINVAL' });
     await truncate(s, size, options);
   } catch (err) {
     if (held !== undefined) await storeHeldBitmaps(s, held).catch(() => undefined);
