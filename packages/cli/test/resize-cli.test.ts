@@ -122,7 +122,12 @@ describeQemu('tsimg resize vs qemu-img resize: chains, data files, raw, command 
       ['--preallocation=falloc', 'a.qcow2', '3M'],
       ['a.qcow2', '5G'],
       ['a.qcow2', '+0'],
+      // Refused after the open, as qemu-img refuses: qemu still stores the bitmaps again.
       ['a.qcow2', '+1000'],
+      ['a.qcow2', '-512k'],
+      ['a.qcow2', '-2M'],
+      ['--preallocation=full', 'a.qcow2', '1M'],
+      ['a.qcow2', '9223372036854775296'],
     ]);
     // A bitmap left in use (inconsistent) makes qemu refuse the resize.
     const src = bench.fixture('qemu-img create -f qcow2 a.qcow2 1M && qemu-img bitmap --add a.qcow2 bm0');
