@@ -19,7 +19,8 @@ export type Step =
   | { op: 'discard'; off: number; len: number }
   /** writeCompressed of the whole cluster at `off` (cluster-aligned, unallocated). */
   | { op: 'compress'; off: number; v: number }
-  | { op: 'resize'; size: number }
+  /** A resize; growing may preallocate the new area (Qcow2Image.truncate's `preallocation`). */
+  | { op: 'resize'; size: number; prealloc?: 'metadata' | 'falloc' | 'full' }
   | { op: 'flush' };
 
 /** What a workload's base image looks like, as far as the test needs to know. */
@@ -129,6 +130,57 @@ export const WORKLOADS: Workload[] = [
       { op: 'flush' },
       { op: 'write', off: 4 * M + 512, len: 40 * K, v: 3 },
       { op: 'write', off: 0, len: 512, v: 4 },
+    ],
+  },
+  {
+    name: 'preallocated growth (metadata) with L1 growth across a cluster, then plain growth',
+    clusterSize: 512,
+    moves: ['l1TableOffset'],
+    prepare: (dir) => {
+      // 512-byte clusters: one L1 cluster (64 entries) maps 2 MiB, so growing past it moves
+      // the L1 table into two clusters.
+      create(dir, 'cluster_size=512', `${2 * M - 32 * K}`);
+      io(dir, 'base.qcow2', 'write -P 9 0 16k', 'write -P 8 1980k 4k');
+    },
+    steps: [
+      { op: 'write', off: 100 * K, len: K, v: 1 },
+      { op: 'resize', size: 2 * M + 24 * K, prealloc: 'metadata' },
+      { op: 'write', off: 2 * M + 512, len: 2 * K, v: 2 },
+      { op: 'flush' },
+      { op: 'resize', size: 2 * M + 64 * K },
+      { op: 'write', off: 0, len: 512, v: 3 },
+    ],
+  },
+  {
+    name: 'preallocated growth (falloc, full): new refcount table, data area after it',
+    clusterSize: 512,
+    moves: ['refcountTableOffset'],
+    prepare: (dir) => {
+      create(dir, 'cluster_size=512,refcount_bits=64', '64k');
+      io(dir, 'base.qcow2', 'write -P 7 0 20k');
+    },
+    steps: [
+      { op: 'resize', size: 100 * K, prealloc: 'falloc' },
+      { op: 'write', off: 80 * K, len: K, v: 1 },
+      { op: 'flush' },
+      { op: 'resize', size: 120 * K + 512, prealloc: 'full' },
+      { op: 'write', off: 110 * K, len: K, v: 2 },
+    ],
+  },
+  {
+    name: 'resizes of an image with persistent bitmaps (marked in use, stored again at each size)',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '1M');
+      ok(qemuImg(['bitmap', '--add', 'base.qcow2', 'b0'], { cwd: dir }), 'bitmap --add');
+      io(dir, 'base.qcow2', 'write -P 4 0 64k', 'write -P 5 512k 8k');
+    },
+    steps: [
+      { op: 'resize', size: 2 * M },
+      { op: 'write', off: 1 * M + 512 * K, len: 4 * K, v: 1 },
+      { op: 'flush' },
+      { op: 'resize', size: 768 * K },
+      { op: 'write', off: 4 * K, len: K, v: 2 },
     ],
   },
   {

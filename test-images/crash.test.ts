@@ -36,7 +36,7 @@ async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Prom
     case 'compress':
       return img.writeCompressed(step.off, new Uint8Array(Math.min(clusterSize, img.size() - step.off)).fill(step.v));
     case 'resize':
-      return img.resize(step.size);
+      return step.prealloc === undefined ? img.resize(step.size) : img.truncate(step.size, { preallocation: step.prealloc });
     case 'flush':
       return img.flush();
   }

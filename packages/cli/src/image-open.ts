@@ -30,6 +30,8 @@ export async function openCommandImage(
     unmap?: boolean;
     /** Where the repair of a dirty image opened read/write is reported ({@link repairLog}). */
     log?: OpenImageOptions['log'];
+    /** BDRV_O_RESIZE: the command changes the image's size (see OpenImageOptions.resize). */
+    resize?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -47,7 +49,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -65,6 +67,7 @@ async function openByName(
     io: options.io,
     unmap: options.unmap,
     log: options.log,
+    resize: options.resize,
     forceShare: options.forceShare,
     noShare: options.noShare,
     locking: options.locking,

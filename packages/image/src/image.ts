@@ -29,6 +29,12 @@ export interface Image extends BlockDevice {
   listBitmaps?(): Promise<ImageBitmap[] | undefined>;
   /** The algorithm of the image's compressed clusters, for formats that compress. */
   readonly compressionType?: 'zlib' | 'zstd';
+  /**
+   * Changes the virtual size as qemu's bdrv_co_truncate does for this format (with its
+   * refusals and messages), preallocating a grown area as `options.preallocation` asks. A
+   * format without it can only be resized with plain `resize` (no preallocation).
+   */
+  truncate?(size: number, options: TruncateOptions): Promise<void>;
 }
 
 /** A persistent dirty bitmap of an image. */
@@ -38,6 +44,20 @@ export interface ImageBitmap {
   granularity: number;
   /** Not stored cleanly (qcow2's IN_USE flag): its bits cannot be trusted. */
   inconsistent: boolean;
+}
+
+/** How {@link Image.truncate} treats the new area (qemu's PreallocMode) and where warnings go. */
+export interface TruncateOptions {
+  /** `off` (default), `metadata`, `falloc` or `full`; what a format cannot do it refuses. */
+  preallocation?: 'off' | 'metadata' | 'falloc' | 'full';
+  /** Receives warnings qemu prints without failing (e.g. a file tail left after a shrink). */
+  warn?: (message: string) => void;
+  /**
+   * The caller's own refusals (qemu-img resize's), run once the image stands as qemu's open
+   * leaves it and before anything changes the size; what it throws fails the truncate. (For
+   * qcow2 the difference shows: qemu stores persistent bitmaps again even when it refuses.)
+   */
+  check?: () => void;
 }
 
 /** A snapshot to read instead of the active layer: an ID or name, or both to match. */

@@ -12,6 +12,7 @@ export {
   type ImageFormat,
   type LayerContext,
   type SnapshotSelector,
+  type TruncateOptions,
 } from './image.js';
 export {
   type ImageInfo,
@@ -33,5 +34,6 @@ export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
 export { resolveRelative } from './paths.js';
+export { resizeImage, type ResizeImageOptions } from './resize.js';
 export { probeFormat } from './probe.js';
 export { RawImage } from './raw-image.js';

@@ -1,6 +1,8 @@
 /** The raw format: the file itself is the image, with the Image fields around it. */
-import { UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
-import type { Image } from './image.js';
+import {
+  truncateWithPreallocation, UnsupportedError, UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions,
+} from '@tsimg/raw';
+import type { Image, TruncateOptions } from './image.js';
 
 /** A raw image: the file itself, with the Image fields. */
 export class RawImage implements Image {
@@ -43,6 +45,20 @@ export class RawImage implements Image {
   }
   resize(size: number): Promise<void> {
     return this.file.resize(size);
+  }
+  /**
+   * The raw format hands a resize to its file (raw_co_truncate → file-posix's
+   * handle_aiocb_truncate): the exact size, grown with `off`, `falloc` or `full`; `metadata`
+   * is qemu's "Unsupported preallocation mode".
+   */
+  async truncate(size: number, options: TruncateOptions): Promise<void> {
+    options.check?.();
+    const mode = options.preallocation ?? 'off';
+    if (mode !== 'off' && size < this.file.size()) {
+      throw new UnsupportedError('Cannot use preallocation for shrinking files', { errno: 'ENOTSUP' });
+    }
+    if (mode === 'metadata') throw new UnsupportedError('Unsupported preallocation mode: metadata', { errno: 'ENOTSUP' });
+    await truncateWithPreallocation(this.file, BigInt(size), mode);
   }
   blockStatus(offset: number, length: number): Promise<BlockStatus> {
     return this.file.blockStatus(offset, length);

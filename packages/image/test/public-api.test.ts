@@ -31,6 +31,7 @@ describe('@tsimg/image public API', () => {
     'probeFormat',
     'qcow2Format',
     'rawFormat',
+    'resizeImage',
     'resolveRelative',
     'topNodePermissions',
     ]);

@@ -3,9 +3,9 @@
  * and the container file of every other format): create or truncate to 0, then grow to the size
  * rounded up to 512 bytes, preallocating as asked.
  *
- * Preallocation in Node: `full` writes zeroes, as qemu does. `falloc` has no fallocate(2) in
- * Node, so it writes zeroes too: the file then has the same size, content and allocated blocks
- * as qemu's, only slower to make (fallocate reserves blocks without writing them).
+ * Preallocation: `full` writes zeroes, as qemu does. `falloc` uses fallocate(2) through the
+ * native module (FileDevice.preallocate); without it, it writes zeroes: the file then has the
+ * same size, content and allocated blocks as qemu's, only slower to make.
  */
 import type { BlockDevice } from './block-device.js';
 import { IoError, strerror, TsimgError, UnsupportedError, UsageError } from './errors.js';
@@ -15,8 +15,13 @@ import { BDRV_SECTOR_SIZE } from './limits.js';
 /** Preallocation modes of a host file (qemu's PreallocMode minus `metadata`). */
 export type RawPreallocation = 'off' | 'falloc' | 'full';
 
-/** The part of a BlockDevice that creating a file needs. */
-export type SizedWritable = Pick<BlockDevice, 'write' | 'resize' | 'size'>;
+/**
+ * The part of a BlockDevice that creating a file needs, and FileDevice's `preallocate`
+ * (posix_fallocate) where the device has it.
+ */
+export type SizedWritable = Pick<BlockDevice, 'write' | 'resize' | 'size'> & {
+  preallocate?(offset: number, length: number): Promise<boolean>;
+};
 
 const ZERO_CHUNK = 4 * 1024 * 1024;
 const SECTOR = BigInt(BDRV_SECTOR_SIZE);
@@ -56,6 +61,22 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
   }
   const n = Number(size);
   const current = dev.size();
+  if (mode !== 'off' && n < current) {
+    throw new UnsupportedError('Cannot use preallocation for shrinking files', { errno: 'ENOTSUP' });
+  }
+  if (mode === 'falloc' && n > current && dev.preallocate !== undefined) {
+    let done: boolean;
+    try {
+      done = await dev.preallocate(current, n - current);
+    } catch (err) {
+      const errno = err instanceof TsimgError ? err.errno : undefined;
+      throw new IoError(`Could not preallocate new data: ${strerror(errno ?? 'EIO')}`, { cause: err, errno });
+    }
+    if (done) {
+      if (current === 0) await allocateFirstBlock(dev, n).catch(() => undefined);
+      return;
+    }
+  }
   try {
     if (mode === 'off' || n <= current) {
       await dev.resize(n);
@@ -63,7 +84,7 @@ export async function truncateWithPreallocation(dev: SizedWritable, size: bigint
       if (current === 0 && n > 0) await allocateFirstBlock(dev, n).catch(() => undefined);
       return;
     }
-    // full: qemu first sets the final size, then writes zeroes from the old end
+    // full (and falloc without fallocate): the final size first, then zeroes from the old end
     await dev.resize(n);
   } catch (err) {
     const errno = err instanceof TsimgError ? err.errno : undefined;

@@ -267,6 +267,29 @@ export class FileDevice implements BlockDevice {
   }
 
   /**
+   * posix_fallocate over `[offset, offset+length)`: reserves the blocks (they read as zeroes)
+   * and grows the file over them without writing data, as qemu's `falloc` preallocation does.
+   * False when this host cannot (no native module, a block device, a file system without
+   * fallocate): the caller then writes zeroes, as glibc's posix_fallocate itself falls back to.
+   */
+  async preallocate(offset: number, length: number): Promise<boolean> {
+    this.#checkWritable();
+    checkRange(offset, length);
+    const native = this.#native;
+    if (native === undefined || this.blockDevice) return false;
+    if (length === 0) return true;
+    return this.#exclusive(async () => {
+      const errno = native.fallocate(this.#fd, 0, offset, length);
+      if (errno === undefined) {
+        this.#size = Math.max(this.#size, offset + length);
+        return true;
+      }
+      if (errno === 'ENOTSUP' || errno === 'ENOSYS' || errno === 'ENODEV') return false;
+      throw new IoError(`Could not preallocate '${this.fileName}': ${strerror(errno)}`, { errno });
+    });
+  }
+
+  /**
    * Data or zero for the run at `offset`, never longer than `length`; past the end of the file:
    * zero. `hostOffset` is `offset` (a file maps 1:1). With SEEK_DATA/SEEK_HOLE (see the module
    * comment) this is qemu's raw_co_block_status (file-posix.c, QEMU 7.2):

@@ -145,6 +145,24 @@ describe('FileDevice', () => {
     await dev.close();
   });
 
+  // posix_fallocate for qemu's falloc preallocation: blocks reserved, zeroes read, no data written.
+  it.each([{ native: true }, { native: false }])('preallocate grows the file over allocated zero blocks, or says it cannot (%o)', async ({ native }) => {
+    const dev = await fresh({ native });
+    await dev.write(0, filled(1000));
+    const done = await dev.preallocate(1000, 3 * MiB);
+    expect(done).toBe(native && lockingAvailable());
+    if (done) {
+      expect(dev.size()).toBe(3 * MiB + 1000);
+      expect(await dev.allocatedSize()).toBeGreaterThanOrEqual(3 * MiB);
+      const back = new Uint8Array(3 * MiB + 1000);
+      await dev.read(0, back);
+      expect(back.subarray(0, 1000).every((b) => b === 0xab) && back.subarray(1000).every((b) => b === 0)).toBe(true);
+    } else {
+      expect(dev.size()).toBe(1000);
+    }
+    await dev.close();
+  });
+
   it('discard zeroes the range and never grows the file', async () => {
     const dev = await fresh();
     await dev.write(0, filled(3 * MiB));

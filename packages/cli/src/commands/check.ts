@@ -10,6 +10,7 @@ import {
   dataFileLock, imageFileLock, locateImage, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
+import { probedRawWarning } from '../raw-probe-warning.js';
 import {
   FIX_ERRORS,
   FIX_LEAKS,
@@ -95,11 +96,7 @@ async function openChecked(
     if (fmt === 'raw') {
       if (format === undefined && writable) {
         // raw-format.c warns whenever a probed raw image is opened for writing
-        io.stderr(
-          `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-            '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-            "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-        );
+        io.stderr(probedRawWarning(filename));
       }
       return { file };
     }

@@ -101,10 +101,21 @@ export class Allocator {
     // its new contents.
     if (this.cacheDiscards) await this.processDiscards();
     const n = Math.ceil(size / this.#clusterSize);
+    // qemu's per-cluster qcow2_get_refcount, with the refcount block looked up once per block
+    // rather than once per cluster (nothing changes refcounts during the search).
+    const perBlock = 2 ** this.#blockBits;
+    let blockIndex = -1;
+    let block: Uint8Array | undefined;
     retry: for (;;) {
       for (let i = 0; i < n; i++) {
         const next = this.freeClusterIndex++;
-        if ((await this.getRefcount(next)) !== 0) continue retry;
+        const tableIndex = Math.floor(next / perBlock);
+        if (tableIndex !== blockIndex) {
+          blockIndex = tableIndex;
+          const offset = tableIndex < this.table.length ? this.table[tableIndex]! : 0;
+          block = offset === 0 ? undefined : await this.#loadBlock(offset);
+        }
+        if (block !== undefined && getRefcount(block, next % perBlock, this.#h.refcountOrder) !== 0) continue retry;
       }
       break;
     }

@@ -22,6 +22,11 @@ export interface L2Meta {
   cowEndTo: number;
   /** The clusters were already ours (in-place write): do not free the old entries. */
   keepOld: boolean;
+  /**
+   * A preallocation, not a write (qemu's QCowL2Meta.prealloc): linking leaves the subcluster
+   * bitmaps of extended L2 entries as they were, so the new clusters read as before.
+   */
+  prealloc?: boolean;
 }
 
 /** Subcluster kind as qemu distinguishes it for COW: *_alloc when a host cluster is attached. */

@@ -150,8 +150,16 @@ export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExt
   const exts = s.extensions;
   const next = headerExtensionsWith(exts, s.clusterSize, bitmaps);
   const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps);
-  await s.file.write(0, buf);
-  await s.file.flush();
+  try {
+    await s.file.write(0, buf);
+    await s.file.flush();
+  } catch (err) {
+    // The new header may still reach the disk, autoclear bit and all: the next change must
+    // clear the bit again (beforeChange), or the bitmaps would pass for up to date.
+    s.header.autoclearFeatures |= AUTOCLEAR_BITMAPS;
+    s.cleanedAutoclear = false;
+    throw err;
+  }
   Object.assign(s.header, updated);
   exts.splice(0, exts.length, ...next);
   s.protectedMetadata.bitmapDirectory = bitmaps ? { offset: bitmaps.bitmapDirectoryOffset, length: bitmaps.bitmapDirectorySize } : undefined;

@@ -21,13 +21,14 @@ import { markClean, updateBitmapsExtension, type BitmapsExtension } from './head
 import type { Geometry, MappingSource } from './mapping.js';
 import { openEngineState, type Qcow2OpenOptions } from './open.js';
 import { blockStatusAt, readGuest } from './read.js';
-import { resize } from './resize.js';
+import { resize, type ResizeOptions } from './resize.js';
 import { checkRange, checkWritable, exclusive, flushAll, virtualSize, type BackingDevice, type EngineState } from './state.js';
 import { writeGuest } from './write.js';
 import { discard, writeZeroes } from './zero-discard.js';
 
 export type { BackingDevice } from './state.js';
 export type { Qcow2OpenOptions } from './open.js';
+export type { ResizeOptions, ResizePreallocation } from './resize.js';
 export { chainReadsAsZero } from './read.js';
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
@@ -190,11 +191,20 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     await exclusive(s, () => flushAll(s, false));
   }
 
-  async resize(size: number): Promise<void> {
-    if (!Number.isSafeInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`);
+  /**
+   * qcow2_co_truncate: grows (with `options.preallocation`: off, metadata, falloc, full) or
+   * shrinks the image to `size`, a multiple of 512, with qemu's refusals and messages. An
+   * external data file is resized with it; the header's size is written last.
+   */
+  async truncate(size: number, options: ResizeOptions = {}): Promise<void> {
     const s = this.#s;
     checkWritable(s);
-    await exclusive(s, () => resize(s, size));
+    await exclusive(s, () => resize(s, size, options));
+  }
+
+  /** {@link truncate} without preallocation. */
+  resize(size: number): Promise<void> {
+    return this.truncate(size);
   }
 
   /**

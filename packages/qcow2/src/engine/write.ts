@@ -14,7 +14,7 @@ import { readGuest } from './read.js';
 import { dataDevice, tableView, type EngineState } from './state.js';
 
 /** What qcow2_alloc_host_offset mapped: the bytes covered, the host offset, allocations to link. */
-interface HostMapping {
+export interface HostMapping {
   bytes: number;
   host: number;
   metas: L2Meta[];
@@ -48,7 +48,7 @@ function clustersToLookAt(s: EngineState, start: number, bytes: number): number 
  * contiguous host range, allocating clusters as qemu would. Returns the bytes covered, the
  * host offset of `offset`, and the allocations to link afterwards.
  */
-async function allocHostOffset(s: EngineState, offset: number, bytes: number): Promise<HostMapping> {
+export async function allocHostOffset(s: EngineState, offset: number, bytes: number): Promise<HostMapping> {
   const geo = s.geo;
   const cs = geo.clusterSize;
   const alloc = s.allocator!;
@@ -166,8 +166,37 @@ async function writeChunk(s: EngineState, guest: number, chunk: Uint8Array, r: H
   if (allocating) s.l2Cache.setDependsOnFlush();
 }
 
+/**
+ * perform_cow without guest data (preallocation): the COW regions at both ends of `m` are read
+ * from the current guest view and written to the new host clusters, one write each.
+ */
+export async function performCow(s: EngineState, m: L2Meta): Promise<void> {
+  const regions = [
+    [m.cowStartFrom, m.cowStartTo],
+    [m.cowEndFrom, m.cowEndTo],
+  ] as const;
+  if (regions.every(([from, to]) => to === from)) return;
+  const bufs: (Uint8Array | undefined)[] = [];
+  for (const [from, to] of regions) {
+    if (to === from) bufs.push(undefined);
+    else {
+      const buf = new Uint8Array(to - from);
+      await readGuest(s, m.guestStart + from, buf);
+      bufs.push(buf);
+    }
+  }
+  for (let i = 0; i < regions.length; i++) {
+    const buf = bufs[i];
+    if (buf === undefined) continue;
+    const host = m.hostStart + regions[i]![0];
+    if (s.dataFile === undefined) await overlapCheck(s, host, buf.length);
+    await dataDevice(s).write(host, buf);
+  }
+  s.l2Cache.setDependsOnFlush();
+}
+
 /** qcow2_alloc_cluster_link_l2: points the L2 entries at the new clusters, frees the old ones. */
-async function linkL2(s: EngineState, m: L2Meta): Promise<void> {
+export async function linkL2(s: EngineState, m: L2Meta): Promise<void> {
   const geo = s.geo;
   if (!s.lazy) await s.l2Cache.setDependency(s.refcountCache);
   const t = await getClusterTable(s, m.guestStart);
@@ -180,7 +209,7 @@ async function linkL2(s: EngineState, m: L2Meta): Promise<void> {
     const hostOffset = m.hostStart + i * geo.clusterSize;
     if (geo.extendedL2) {
       const bits = prev.kind === 'extended' ? { alloc: prev.alloc, zero: prev.zero } : { alloc: 0, zero: 0 };
-      const nb = linkedBitmap(geo, m, i, bits);
+      const nb = m.prealloc === true ? bits : linkedBitmap(geo, m, i, bits);
       encodeL2Entry({ kind: 'extended', hostOffset, copied: true, alloc: nb.alloc, zero: nb.zero }, view, at, geo);
     } else {
       encodeL2Entry({ kind: 'data', hostOffset, copied: true }, view, at, geo);

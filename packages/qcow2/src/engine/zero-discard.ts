@@ -84,7 +84,7 @@ async function writeExplicitZeroes(s: EngineState, offset: number, length: numbe
 }
 
 /** qcow2_subcluster_zeroize: subcluster-aligned range (or up to the image end). */
-async function zeroize(s: EngineState, offset: number, length: number, mayUnmap: boolean): Promise<void> {
+export async function zeroize(s: EngineState, offset: number, length: number, mayUnmap: boolean): Promise<void> {
   const geo = s.geo;
   const cs = geo.clusterSize;
   if (s.dataRaw && s.dataFile !== undefined) await s.dataFile.writeZeroes(offset, length, { mayUnmap });
