@@ -10,7 +10,7 @@ import type { CommandRunner } from '../command.js';
 import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } from '../command-options.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
-import { openCommandImage } from '../image-open.js';
+import { openCommandImage, repairLog } from '../image-open.js';
 import { splitImageOpts } from '../image-opts.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
@@ -111,6 +111,8 @@ export const run: CommandRunner = async (argv, io) => {
     imageOpts: args.imageOpts,
     readOnly: false,
     resize: true,
+    // A dirty image is repaired on this read/write open, with qemu's lines on stderr.
+    log: repairLog(io),
     onWarning: lockWarnings(io, true),
   });
   try {
