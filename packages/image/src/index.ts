@@ -10,6 +10,7 @@ export {
   type Image,
   type ImageFormat,
   type LayerContext,
+  type SnapshotCreateOptions,
   type SnapshotSelector,
 } from './image.js';
 export {
