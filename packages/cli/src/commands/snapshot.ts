@@ -8,7 +8,6 @@ import { constants as osConstants } from 'node:os';
 import { TsimgError, UnsupportedError, strerror } from '@tsimg/raw';
 import type { Image } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../command.js';
-import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
   expectOneFilename,
@@ -179,13 +178,8 @@ export const run: CommandRunner = async (argv, io) => {
   const filename = args.filename!;
   // Only -l opens read-only (and so only -l may share the image with writers, -U).
   const write = action?.kind !== 'list';
-  let img: Image;
-  try {
-    img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, onWarning: lockWarnings(io, write) });
-  } catch (err) {
-    if (err instanceof TsimgError) throw new CliExit(1, err.message);
-    throw err;
-  }
+  // An open failure (lock conflicts with their hint line included) is main's to print.
+  const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, onWarning: lockWarnings(io, write) });
   const probedRaw = write && format === undefined && !imageOpts && img.format === 'raw';
   if (probedRaw) io.stderr(probedRawWarning(filename));
   let status = 0;
