@@ -20,7 +20,9 @@ export type Step =
   /** writeCompressed of the whole cluster at `off` (cluster-aligned, unallocated). */
   | { op: 'compress'; off: number; v: number }
   | { op: 'resize'; size: number }
-  | { op: 'flush' };
+  | { op: 'flush' }
+  /** Internal snapshots (qemu-img snapshot -c / -a / -d): names are unique within a workload. */
+  | { op: 'snapshot-create' | 'snapshot-apply' | 'snapshot-delete'; name: string };
 
 /** What a workload's base image looks like, as far as the test needs to know. */
 export interface Workload {
@@ -231,6 +233,74 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
+    name: 'internal snapshots: create, write, apply, delete (4 KiB clusters)',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '4M');
+      io(dir, 'base.qcow2', 'write -P 5 0 64k', 'write -P 6 2M 16k');
+    },
+    steps: [
+      { op: 'snapshot-create', name: 's1' },
+      { op: 'write', off: 4 * K, len: 8 * K, v: 1 },
+      { op: 'write', off: 1 * M, len: 4 * K, v: 2 },
+      { op: 'snapshot-create', name: 's2' },
+      { op: 'write', off: 4 * K + 512, len: 512, v: 3 },
+      { op: 'zero', off: 16 * K, len: 8 * K, unmap: true },
+      { op: 'snapshot-apply', name: 's1' },
+      { op: 'write', off: 2 * M, len: 4 * K, v: 4 },
+      { op: 'snapshot-delete', name: 's2' },
+      { op: 'snapshot-create', name: 's3' },
+      { op: 'snapshot-delete', name: 's1' },
+      { op: 'write', off: 0, len: 4 * K, v: 5 },
+      { op: 'snapshot-apply', name: 's3' },
+      { op: 'snapshot-delete', name: 's3' },
+    ],
+  },
+  {
+    name: 'internal snapshots: extended L2 over a backing file, compressed clusters',
+    clusterSize: 16 * K,
+    backing: true,
+    prepare: (dir) => {
+      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 240) + 10));
+      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
+      io(dir, 'base.qcow2', 'write -P 7 0 8k', 'write -P 8 1M 64k');
+    },
+    steps: [
+      { op: 'compress', off: 2 * M, v: 1 },
+      { op: 'snapshot-create', name: 'a' },
+      { op: 'write', off: K, len: 512, v: 2 },
+      { op: 'write', off: 2 * M + 512, len: 512, v: 3 },
+      { op: 'snapshot-create', name: 'b' },
+      { op: 'discard', off: 1 * M, len: 32 * K },
+      { op: 'snapshot-apply', name: 'a' },
+      { op: 'snapshot-delete', name: 'a' },
+      { op: 'write', off: 1 * M + 512, len: K, v: 4 },
+      { op: 'snapshot-apply', name: 'b' },
+      { op: 'snapshot-delete', name: 'b' },
+    ],
+  },
+  {
+    name: 'internal snapshots: the snapshot table outgrows a cluster (512 B clusters, v2)',
+    clusterSize: 512,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=512,compat=0.10', '1M');
+      io(dir, 'base.qcow2', 'write -P 9 0 16k');
+    },
+    steps: [
+      { op: 'snapshot-create', name: 'first-snapshot-with-a-long-name' },
+      { op: 'snapshot-create', name: 'second-snapshot-with-a-long-name' },
+      { op: 'write', off: 2 * K, len: 2 * K, v: 1 },
+      { op: 'snapshot-create', name: 'third-snapshot-with-a-long-name' },
+      { op: 'snapshot-create', name: 'fourth-snapshot-with-a-long-name' },
+      { op: 'snapshot-create', name: 'fifth-snapshot-with-a-long-name' },
+      { op: 'write', off: 8 * K, len: 1 * K, v: 2 },
+      { op: 'snapshot-delete', name: 'second-snapshot-with-a-long-name' },
+      { op: 'snapshot-apply', name: 'first-snapshot-with-a-long-name' },
+      { op: 'snapshot-delete', name: 'fourth-snapshot-with-a-long-name' },
+    ],
+  },
+  {
     name: 'lazy_refcounts=on',
     clusterSize: 4 * K,
     lazy: true,
@@ -289,6 +359,10 @@ export class SectorModel {
       if (!failed) this.flushed();
       return;
     }
+    if (step.op === 'snapshot-create' || step.op === 'snapshot-apply' || step.op === 'snapshot-delete') {
+      this.#applySnapshotStep(step.op, step.name, failed);
+      return;
+    }
     if (step.op === 'resize') {
       // Growing: the new part reads as zeroes, which the model already holds (a shrink zeroes
       // what it cuts off, below). The size itself is one of the sizes so far when it failed.
@@ -316,6 +390,49 @@ export class SectorModel {
     for (let s = from / SECTOR; s < to / SECTOR; s++) this.#set(s, v, failed);
   }
 
+  /**
+   * Snapshots: a create copies what the active layer may read as now; an apply makes the active
+   * layer read as the snapshot (a failed one: either, sector by sector); a delete drops it. A
+   * failed create or delete leaves the snapshot's existence open. Each completed operation
+   * syncs everything before it returns (qemu flushes the image in all three), so the active
+   * layer is durable then too.
+   */
+  #applySnapshotStep(op: 'snapshot-create' | 'snapshot-apply' | 'snapshot-delete', name: string, failed: boolean): void {
+    if (op === 'snapshot-create') {
+      const content = this.clone();
+      content.#snapshots = new Map();
+      content.flushed();
+      this.#snapshots.set(name, { model: content, certain: !failed });
+    } else if (op === 'snapshot-delete') {
+      const sn = this.#snapshots.get(name);
+      if (sn !== undefined && failed) sn.certain = false;
+      else this.#snapshots.delete(name);
+    } else {
+      const sn = this.#snapshots.get(name);
+      if (sn === undefined) throw new Error(`workload applies snapshot ${name}, which it never created`);
+      const src = sn.model;
+      for (let s = 0; s < this.#size / SECTOR; s++) {
+        const values = [src.#mem[s]!, ...(src.#memExtra.get(s) ?? [])];
+        if (!failed) {
+          this.#mem[s] = values[0]!;
+          this.#memExtra.delete(s);
+          for (const v of values.slice(1)) addExtra(this.#memExtra, this.#mem, s, v);
+        } else {
+          for (const v of values) addExtra(this.#memExtra, this.#mem, s, v);
+        }
+        for (const v of values) addExtra(this.#diskExtra, this.#disk, s, v);
+      }
+    }
+    if (!failed) this.flushed();
+  }
+
+  /** The snapshots the workload made: what each reads as, and whether it must exist. */
+  snapshots(): { name: string; certain: boolean; model: SectorModel }[] {
+    return [...this.#snapshots].map(([name, sn]) => ({ name, certain: sn.certain, model: sn.model }));
+  }
+
+  #snapshots = new Map<string, { model: SectorModel; certain: boolean }>();
+
   #set(s: number, v: number, failed: boolean): void {
     if (failed) addExtra(this.#memExtra, this.#mem, s, v);
     else {
@@ -335,6 +452,8 @@ export class SectorModel {
     c.#memSizes = new Set(this.#memSizes);
     c.#diskSizes = new Set(this.#diskSizes);
     c.#size = this.#size;
+    // A snapshot's content never changes once taken: the copies may share it.
+    c.#snapshots = new Map([...this.#snapshots].map(([name, sn]) => [name, { ...sn }]));
     return c;
   }
 

@@ -11,6 +11,7 @@ import { OL_ACTIVE_L1 } from '../format/overlap.js';
 import { MAX_SNAPSHOTS, SNAPSHOT_KNOWN_EXTRA_SIZE, snapshotDiskSize, type Qcow2Snapshot } from '../format/snapshot.js';
 import { QCOW_MAX_L1_SIZE } from '../format/types.js';
 import { overlapCheck } from './corruption.js';
+import { headerSwitch } from './header-write.js';
 import { growL1 } from './l1-table.js';
 import { validateTable } from './open-checks.js';
 import { resize } from './resize.js';
@@ -112,23 +113,37 @@ async function doGoto(s: EngineState, idOrName: string): Promise<void> {
   await growL1(s, sn.l1Size, true);
   const curBytes = s.l1Size * 8;
   const snL1 = await readL1(s, sn.l1TableOffset, sn.l1Size, s.l1Size);
+  // Unlike qemu, the copy goes to disk without the COPIED flags the snapshot's table kept from
+  // when it was taken: until the last walk below sets them from the refcounts, a crash would
+  // leave COPIED on L2 tables the snapshot shares (and the next write would change the
+  // snapshot). Without them a crash leaves only needless copy-on-write; the final table is
+  // the same as qemu's (that walk rewrites every flag).
+  for (let i = 0; i < sn.l1Size; i++) snL1[i * 8] = snL1[i * 8]! & 0x7f;
   // References for what the snapshot's table names first; the old active clusters lose theirs
   // only once the active table on disk no longer names them (a crash then only leaks).
   await updateSnapshotRefcount(s, sn.l1TableOffset, sn.l1Size, 1);
   await overlapCheck(s, s.l1Offset, curBytes, OL_ACTIVE_L1);
-  await s.file.write(s.l1Offset, snL1);
-  await s.file.flush();
+  // After a failed write nobody knows which table the disk holds: no more changes (see
+  // headerSwitch). qemu-img exits there; a library caller might carry on writing.
+  await headerSwitch(s, () => s.file.write(s.l1Offset, snL1));
   try {
-    await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, -1);
-  } finally {
-    // The table in memory follows the one on disk, whatever happened to the refcounts.
-    s.l1Bytes.set(snL1);
-    const active = s.protectedMetadata.activeL2;
-    active.reset([]);
-    for (let i = 0; i < s.l1Size; i++) active.add(decodeL1Entry(s.l1, i * 8).l2Offset);
+    try {
+      await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, -1);
+    } finally {
+      // The table in memory follows the one on disk, whatever happened to the refcounts.
+      s.l1Bytes.set(snL1);
+      const active = s.protectedMetadata.activeL2;
+      active.reset([]);
+      for (let i = 0; i < s.l1Size; i++) active.add(decodeL1Entry(s.l1, i * 8).l2Offset);
+    }
+    // COPIED flags of the new active table (dropping the old one may have freed up clusters).
+    await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, 0);
+  } catch (err) {
+    // Until the last walk completes, the active table may say COPIED of clusters it shares
+    // with the snapshot: a write would change the snapshot too. No more changes.
+    s.frozen = true;
+    throw err;
   }
-  // COPIED flags of the new active table (dropping the old one may have freed up clusters).
-  await updateSnapshotRefcount(s, s.l1Offset, s.l1Size, 0);
 }
 
 /** blk_truncate to the snapshot's disk size; qemu reports its failure on a line of its own. */
