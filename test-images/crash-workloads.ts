@@ -59,6 +59,12 @@ function io(dir: string, file: string, ...cmds: string[]): void {
   ok(qemuIo(['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), join(dir, file)]), `qemu-io ${cmds.join('; ')}`);
 }
 
+/** backing.qcow2 in `dir`: 4 MiB whose sector `s` holds `value(s)`. */
+function backingImage(dir: string, value: (s: number) => number): void {
+  writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, value));
+  ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+}
+
 /** A raw buffer whose sector `s` is filled with `value(s)`. */
 function sectors(bytes: number, value: (s: number) => number): Uint8Array {
   const b = new Uint8Array(bytes);
@@ -90,8 +96,7 @@ export const WORKLOADS: Workload[] = [
     clusterSize: 4 * K,
     backing: true,
     prepare: (dir) => {
-      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 250) + 3));
-      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      backingImage(dir, (s) => (s % 250) + 3);
       create(dir, 'cluster_size=4096', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
     },
     steps: [
@@ -223,8 +228,7 @@ export const WORKLOADS: Workload[] = [
     clusterSize: 16 * K,
     backing: true,
     prepare: (dir) => {
-      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 240) + 10));
-      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      backingImage(dir, (s) => (s % 240) + 10);
       create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
     },
     steps: [
@@ -271,8 +275,7 @@ export const WORKLOADS: Workload[] = [
     clusterSize: 16 * K,
     backing: true,
     prepare: (dir) => {
-      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 240) + 10));
-      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      backingImage(dir, (s) => (s % 240) + 10);
       create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
       io(dir, 'base.qcow2', 'write -P 7 0 8k', 'write -P 8 1M 64k');
     },

@@ -69,21 +69,33 @@ function listSnapshots(img: Image, io: CliIO): void {
   io.stdout(`Snapshot list:\n${snapshotHeaderLine()}\n${list.map((sn) => snapshotLine(sn) + '\n').join('')}`);
 }
 
-async function createSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
+/**
+ * Runs one snapshot operation: 0 when it succeeds; when it fails with a library error, qemu's
+ * lines (the driver's own report, then "Could not <what> snapshot 'name': <reason>") and 1.
+ */
+async function attempt(io: CliIO, what: string, name: string, op: () => Promise<unknown>, reason: (err: TsimgError) => string): Promise<number> {
   try {
-    if (img.createSnapshot === undefined) throw new UnsupportedError('Operation not supported', { errno: 'ENOTSUP' });
-    await img.createSnapshot({ name });
+    await op();
     return 0;
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     reportLines(err, io);
-    io.stderr(`tsimg: Could not create snapshot '${name}': ${errnoText(err)}\n`);
+    io.stderr(`tsimg: Could not ${what} snapshot '${name}': ${reason(err)}\n`);
     return 1;
   }
 }
 
-async function applySnapshot(img: Image, name: string, io: CliIO, warnAgain: () => void): Promise<number> {
-  try {
+/** bdrv_snapshot_create; qemu-img prints the errno ("-95 (Operation not supported)"). */
+function createSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
+  return attempt(io, 'create', name, async () => {
+    if (img.createSnapshot === undefined) throw new UnsupportedError('Operation not supported', { errno: 'ENOTSUP' });
+    await img.createSnapshot({ name });
+  }, errnoText);
+}
+
+/** bdrv_snapshot_goto; `warnAgain` repeats the open's warnings where qemu reopens the image. */
+function applySnapshot(img: Image, name: string, io: CliIO, warnAgain: () => void): Promise<number> {
+  return attempt(io, 'apply', name, async () => {
     if (img.applySnapshot === undefined) {
       // bdrv_snapshot_goto falls back to the file below a raw image: it closes and reopens the
       // raw node around that (repeating the open's warning), and the file has no snapshots.
@@ -91,32 +103,19 @@ async function applySnapshot(img: Image, name: string, io: CliIO, warnAgain: () 
       throw new UnsupportedError('Block driver does not support snapshots', { errno: 'ENOTSUP' });
     }
     await img.applySnapshot(name);
-    return 0;
-  } catch (err) {
-    if (!(err instanceof TsimgError)) throw err;
-    reportLines(err, io);
-    io.stderr(`tsimg: Could not apply snapshot '${name}': ${err.message}\n`);
-    return 1;
-  }
+  }, (err) => err.message);
 }
 
-async function deleteSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
+/** bdrv_snapshot_find by name, then bdrv_snapshot_delete of what it found. */
+function deleteSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
   // bdrv_snapshot_find (7.2): the first snapshot with this name — by name only, not by ID.
-  const list = img.listSnapshots?.() ?? [];
-  const sn = list.find((s) => s.name === name);
+  const sn = img.listSnapshots?.().find((s) => s.name === name);
   if (sn === undefined || img.deleteSnapshot === undefined) {
     io.stderr(`tsimg: Could not delete snapshot '${name}': snapshot not found\n`);
-    return 1;
+    return Promise.resolve(1);
   }
-  try {
-    await img.deleteSnapshot({ id: sn.id, name: sn.name });
-    return 0;
-  } catch (err) {
-    if (!(err instanceof TsimgError)) throw err;
-    reportLines(err, io);
-    io.stderr(`tsimg: Could not delete snapshot '${name}': ${err.message}\n`);
-    return 1;
-  }
+  const del = img.deleteSnapshot.bind(img);
+  return attempt(io, 'delete', name, () => del({ id: sn.id, name: sn.name }), (err) => err.message);
 }
 
 /** img_snapshot's option loop: one action at most, qemu's usage errors. */
