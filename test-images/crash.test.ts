@@ -6,6 +6,8 @@
  * real `qemu-img check` (leaks are fine, corruptions are not; lazy refcount images must come out
  * of `check -r all` clean), read back (qemu-img convert) as the model allows — everything a
  * completed flush covered is there — open again with tsimg, and leave the backing file untouched.
+ * Internal snapshots must each read as when they were taken, and exist unless their create or
+ * delete was cut short.
  *
  * faultyDevice drops every unflushed change at a power loss; a real disk cache may keep any of
  * them, in any order. So each power-loss case is also checked with all unflushed changes
