@@ -93,6 +93,18 @@ describeQemu('tsimg snapshot: messages and exit statuses as qemu-img', () => {
     });
   }
 
+  it('persistent bitmaps stay valid across create and delete (qemu rewrites them; tsimg leaves them)', () => {
+    copyFileSync(join(dir, 'bm.qcow2'), join(dir, 'bm2.qcow2'));
+    expect(tsimg(['snapshot', '-c', 'more', 'bm2.qcow2'], { cwd: dir }).status).toBe(0);
+    expect(tsimg(['snapshot', '-d', 's', 'bm2.qcow2'], { cwd: dir }).status).toBe(0);
+    expect(qemuImg(['check', 'bm2.qcow2'], { cwd: dir }).stdout).toContain('No errors were found on the image.');
+    const info = JSON.parse(qemuImg(['info', '--output=json', 'bm2.qcow2'], { cwd: dir }).stdout) as {
+      'format-specific': { data: { bitmaps: { name: string; flags: string[] }[] } };
+    };
+    expect(info['format-specific'].data.bitmaps).toEqual([{ name: 'b0', flags: ['auto'], granularity: 65536 }]);
+    expect(qemuImg(['snapshot', '-l', 'bm2.qcow2'], { cwd: dir }).stdout).toMatch(/^2 +more /m);
+  });
+
   it('-f names the format (later qemu-img; 7.2 refuses the option)', () => {
     expect(tsimg(['snapshot', '-f', 'raw', '-c', 'x', 'r.raw'], { cwd: dir })).toEqual({
       stdout: '',
