@@ -21,7 +21,11 @@ export type Step =
   | { op: 'compress'; off: number; v: number }
   /** A resize; growing may preallocate the new area (Qcow2Image.truncate's `preallocation`). */
   | { op: 'resize'; size: number; prealloc?: 'metadata' | 'falloc' | 'full' }
-  | { op: 'flush' };
+  | { op: 'flush' }
+  /** Internal snapshots (qemu-img snapshot -c / -a / -d): names are unique within a workload. */
+  | { op: 'snapshot-create'; name: string }
+  | { op: 'snapshot-apply'; name: string }
+  | { op: 'snapshot-delete'; name: string };
 
 /** What a workload's base image looks like, as far as the test needs to know. */
 export interface Workload {
@@ -34,6 +38,12 @@ export interface Workload {
   backing?: boolean;
   /** lazy_refcounts=on: `qemu-img check -r all` must leave it clean (qemu's dirty-bit rule). */
   lazy?: boolean;
+  /**
+   * Snapshot operations change refcounts and the COPIED flags that mirror them in different
+   * sectors: a crash between may leave flags qemu-img check counts as errors, which the test
+   * then accepts only in the harmless direction (see onlyHarmlessCopiedFlags in crash.test.ts).
+   */
+  copiedWindow?: boolean;
   /** Header fields the fault-free run must change, to prove the workload reaches its path. */
   moves?: ('l1TableOffset' | 'refcountTableOffset')[];
 }
@@ -50,6 +60,12 @@ function io(dir: string, file: string, ...cmds: string[]): void {
   ok(qemuIo(['-f', 'qcow2', ...cmds.flatMap((c) => ['-c', c]), join(dir, file)]), `qemu-io ${cmds.join('; ')}`);
 }
 
+/** backing.qcow2 in `dir`: 4 MiB whose sector `s` holds `value(s)`. */
+function backingImage(dir: string, value: (s: number) => number): void {
+  writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, value));
+  ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+}
+
 /** A raw buffer whose sector `s` is filled with `value(s)`. */
 function sectors(bytes: number, value: (s: number) => number): Uint8Array {
   const b = new Uint8Array(bytes);
@@ -59,6 +75,8 @@ function sectors(bytes: number, value: (s: number) => number): Uint8Array {
 
 const K = 1024;
 const M = 1024 * K;
+/** A snapshot name of 100 bytes. */
+const LONG_NAME = 'n'.repeat(100);
 
 export const WORKLOADS: Workload[] = [
   {
@@ -81,8 +99,7 @@ export const WORKLOADS: Workload[] = [
     clusterSize: 4 * K,
     backing: true,
     prepare: (dir) => {
-      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 250) + 3));
-      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      backingImage(dir, (s) => (s % 250) + 3);
       create(dir, 'cluster_size=4096', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
     },
     steps: [
@@ -265,8 +282,7 @@ export const WORKLOADS: Workload[] = [
     clusterSize: 16 * K,
     backing: true,
     prepare: (dir) => {
-      writeFileSync(join(dir, 'backing.raw'), sectors(4 * M, (s) => (s % 240) + 10));
-      ok(qemuImg(['convert', '-q', '-f', 'raw', '-O', 'qcow2', 'backing.raw', 'backing.qcow2'], { cwd: dir }), 'convert backing');
+      backingImage(dir, (s) => (s % 240) + 10);
       create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
     },
     steps: [
@@ -280,6 +296,66 @@ export const WORKLOADS: Workload[] = [
       { op: 'flush' },
       { op: 'write', off: 2 * M - K, len: 2 * K, v: 4 },
       { op: 'zero', off: 2 * K, len: 512 },
+    ],
+  },
+  {
+    name: 'internal snapshots: create, write, apply, delete (4 KiB clusters)',
+    copiedWindow: true,
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '4M');
+      io(dir, 'base.qcow2', 'write -P 5 0 64k', 'write -P 6 2M 16k');
+    },
+    steps: [
+      { op: 'snapshot-create', name: 's1' },
+      { op: 'write', off: 4 * K, len: 8 * K, v: 1 },
+      { op: 'snapshot-create', name: 's2' },
+      { op: 'write', off: 4 * K + 512, len: 512, v: 3 },
+      { op: 'zero', off: 16 * K, len: 8 * K, unmap: true },
+      { op: 'snapshot-apply', name: 's1' },
+      { op: 'write', off: 2 * M, len: 4 * K, v: 4 },
+      { op: 'snapshot-delete', name: 's2' },
+      { op: 'snapshot-delete', name: 's1' },
+    ],
+  },
+  {
+    name: 'internal snapshots: extended L2 over a backing file, compressed clusters',
+    copiedWindow: true,
+    clusterSize: 16 * K,
+    backing: true,
+    prepare: (dir) => {
+      backingImage(dir, (s) => (s % 240) + 10);
+      create(dir, 'cluster_size=16384,extended_l2=on', '4M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
+      io(dir, 'base.qcow2', 'write -P 7 0 8k', 'write -P 8 1M 64k');
+    },
+    steps: [
+      { op: 'compress', off: 2 * M, v: 1 },
+      { op: 'snapshot-create', name: 'a' },
+      { op: 'write', off: K, len: 512, v: 2 },
+      { op: 'write', off: 2 * M + 512, len: 512, v: 3 },
+      { op: 'discard', off: 1 * M, len: 32 * K },
+      { op: 'snapshot-apply', name: 'a' },
+      { op: 'write', off: 1 * M + 512, len: K, v: 4 },
+      { op: 'snapshot-delete', name: 'a' },
+    ],
+  },
+  {
+    name: 'internal snapshots: the snapshot table outgrows a cluster (512 B clusters, v2)',
+    copiedWindow: true,
+    clusterSize: 512,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=512,compat=0.10', '1M');
+      io(dir, 'base.qcow2', 'write -P 9 0 16k');
+    },
+    // Entries of about 170 bytes: the fourth takes the table into a second cluster.
+    steps: [
+      { op: 'snapshot-create', name: `first-${LONG_NAME}` },
+      { op: 'snapshot-create', name: `second-${LONG_NAME}` },
+      { op: 'write', off: 2 * K, len: 2 * K, v: 1 },
+      { op: 'snapshot-create', name: `third-${LONG_NAME}` },
+      { op: 'snapshot-create', name: `fourth-${LONG_NAME}` },
+      { op: 'snapshot-delete', name: `second-${LONG_NAME}` },
+      { op: 'snapshot-apply', name: `first-${LONG_NAME}` },
     ],
   },
   {
@@ -341,6 +417,10 @@ export class SectorModel {
       if (!failed) this.flushed();
       return;
     }
+    if (step.op === 'snapshot-create' || step.op === 'snapshot-apply' || step.op === 'snapshot-delete') {
+      this.#applySnapshotStep(step.op, step.name, failed);
+      return;
+    }
     if (step.op === 'resize') {
       // Growing: the new part reads as zeroes, which the model already holds (a shrink zeroes
       // what it cuts off, below). The size itself is one of the sizes so far when it failed.
@@ -368,6 +448,49 @@ export class SectorModel {
     for (let s = from / SECTOR; s < to / SECTOR; s++) this.#set(s, v, failed);
   }
 
+  /**
+   * Snapshots: a create copies what the active layer may read as now; an apply makes the active
+   * layer read as the snapshot (a failed one: either, sector by sector); a delete drops it. A
+   * failed create or delete leaves the snapshot's existence open. Each completed operation
+   * syncs everything before it returns (qemu flushes the image in all three), so the active
+   * layer is durable then too.
+   */
+  #applySnapshotStep(op: 'snapshot-create' | 'snapshot-apply' | 'snapshot-delete', name: string, failed: boolean): void {
+    if (op === 'snapshot-create') {
+      const content = this.clone();
+      content.#snapshots = new Map();
+      content.flushed();
+      this.#snapshots.set(name, { model: content, certain: !failed });
+    } else if (op === 'snapshot-delete') {
+      const sn = this.#snapshots.get(name);
+      if (sn !== undefined && failed) sn.certain = false;
+      else this.#snapshots.delete(name);
+    } else {
+      const sn = this.#snapshots.get(name);
+      if (sn === undefined) throw new Error(`workload applies snapshot ${name}, which it never created`);
+      const src = sn.model;
+      for (let s = 0; s < this.#size / SECTOR; s++) {
+        const values = [src.#mem[s]!, ...(src.#memExtra.get(s) ?? [])];
+        if (!failed) {
+          this.#mem[s] = values[0]!;
+          this.#memExtra.delete(s);
+          for (const v of values.slice(1)) addExtra(this.#memExtra, this.#mem, s, v);
+        } else {
+          for (const v of values) addExtra(this.#memExtra, this.#mem, s, v);
+        }
+        for (const v of values) addExtra(this.#diskExtra, this.#disk, s, v);
+      }
+    }
+    if (!failed) this.flushed();
+  }
+
+  /** The snapshots the workload made: what each reads as, and whether it must exist. */
+  snapshots(): { name: string; certain: boolean; model: SectorModel }[] {
+    return [...this.#snapshots].map(([name, sn]) => ({ name, certain: sn.certain, model: sn.model }));
+  }
+
+  #snapshots = new Map<string, { model: SectorModel; certain: boolean }>();
+
   #set(s: number, v: number, failed: boolean): void {
     if (failed) addExtra(this.#memExtra, this.#mem, s, v);
     else {
@@ -387,6 +510,8 @@ export class SectorModel {
     c.#memSizes = new Set(this.#memSizes);
     c.#diskSizes = new Set(this.#diskSizes);
     c.#size = this.#size;
+    // A snapshot's content never changes once taken: the copies may share it.
+    c.#snapshots = new Map([...this.#snapshots].map(([name, sn]) => [name, { ...sn }]));
     return c;
   }
 

@@ -17,4 +17,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   create: async () => (await import('./commands/create.js')).run,
   convert: async () => (await import('./commands/convert.js')).run,
   resize: async () => (await import('./commands/resize.js')).run,
+  snapshot: async () => (await import('./commands/snapshot.js')).run,
 };

@@ -3,7 +3,10 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { ImageInfo } from './info-types.js';
+import type { SnapshotCreateOptions } from '@tsimg/qcow2';
+import type { ImageInfo, SnapshotInfo } from './info-types.js';
+
+export type { SnapshotCreateOptions } from '@tsimg/qcow2';
 
 /** An open image of any format: a BlockDevice that knows its file and backing image. */
 export interface Image extends BlockDevice {
@@ -35,6 +38,18 @@ export interface Image extends BlockDevice {
    * format without it can only be resized with plain `resize` (no preallocation).
    */
   truncate?(size: number, options: TruncateOptions): Promise<void>;
+
+  // Internal snapshots, for formats that have them (qcow2); absent: the format has none, and
+  // callers answer as qemu does for such a format ("Operation not supported" and the like).
+
+  /** The internal snapshots in table order (qemu's bdrv_snapshot_list). */
+  listSnapshots?(): SnapshotInfo[];
+  /** Takes a new snapshot of the image as it is now; returns it (qemu's bdrv_snapshot_create). */
+  createSnapshot?(options: SnapshotCreateOptions): Promise<SnapshotInfo>;
+  /** Makes the image read as the snapshot with this ID, else this name (bdrv_snapshot_goto). */
+  applySnapshot?(idOrName: string): Promise<void>;
+  /** Deletes the first snapshot matching the ID and name given (bdrv_snapshot_delete). */
+  deleteSnapshot?(selector: { id?: string; name?: string }): Promise<void>;
 }
 
 /** A persistent dirty bitmap of an image. */

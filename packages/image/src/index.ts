@@ -11,6 +11,7 @@ export {
   type Image,
   type ImageFormat,
   type LayerContext,
+  type SnapshotCreateOptions,
   type SnapshotSelector,
   type TruncateOptions,
 } from './image.js';

@@ -17,7 +17,7 @@ import {
 } from './format/types.js';
 import { snapshotIcount, snapshotVmStateSize, type Qcow2Snapshot } from './format/snapshot.js';
 import { bitmapFlagNames, cName } from './format/bitmap-directory.js';
-import { cutAtNul, decodeByteString, encodeByteString } from './format/byte-string.js';
+import { cBuffer } from './format/byte-string.js';
 import { loadQcow2Metadata, type Qcow2EncryptionInfo, type Qcow2Metadata } from './engine/open-checks.js';
 
 /** QAPI SnapshotInfo. */
@@ -66,17 +66,12 @@ export interface Qcow2ImageInfo {
   'format-specific': { type: 'qcow2'; data: ImageInfoSpecificQcow2 };
 }
 
-/** qemu's pstrcpy into a fixed buffer: the string up to its first NUL, cut to `max - 1` bytes. */
-function cString(s: string, max: number): string {
-  const bytes = encodeByteString(cutAtNul(s));
-  return bytes.length < max ? decodeByteString(bytes) : decodeByteString(bytes.subarray(0, max - 1));
-}
 
 /** QAPI SnapshotInfo for a qcow2 snapshot (qcow2_snapshot_list + bdrv_query_snapshot_info_list). */
 export function snapshotInfo(sn: Qcow2Snapshot): SnapshotInfo {
   const out: SnapshotInfo = {
-    id: cString(sn.id, 128),
-    name: cString(sn.name, 256),
+    id: cBuffer(sn.id, 128),
+    name: cBuffer(sn.name, 256),
     'vm-state-size': BigInt.asIntN(64, snapshotVmStateSize(sn)),
     'date-sec': sn.dateSec,
     'date-nsec': sn.dateNsec,
@@ -98,10 +93,10 @@ export function qcow2ImageInfo(meta: Qcow2Metadata): Qcow2ImageInfo {
     'cluster-size': meta.clusterSize,
   } as Qcow2ImageInfo;
   if (h.cryptMethod !== CRYPT_NONE) info.encrypted = true;
-  if (meta.hdr.backingFile !== undefined && cString(meta.hdr.backingFile, 1024) !== '') {
-    info['backing-filename'] = cString(meta.hdr.backingFile, 1024);
+  if (meta.hdr.backingFile !== undefined && cBuffer(meta.hdr.backingFile, 1024) !== '') {
+    info['backing-filename'] = cBuffer(meta.hdr.backingFile, 1024);
     const fmt = findExtension(meta.hdr.extensions, 'backing-format');
-    if (fmt && cString(fmt.name, 16) !== '') info['backing-filename-format'] = cString(fmt.name, 16);
+    if (fmt && cBuffer(fmt.name, 16) !== '') info['backing-filename-format'] = cBuffer(fmt.name, 16);
   }
   if (meta.snapshots.length > 0) info.snapshots = meta.snapshots.map(snapshotInfo);
 
@@ -115,7 +110,7 @@ function qcow2Specific(meta: Qcow2Metadata): ImageInfoSpecificQcow2 {
   const d: Partial<ImageInfoSpecificQcow2> = { compat: h.version === 2 ? '0.10' : '1.1' };
   if (h.version === 3) {
     const dataFile = findExtension(meta.hdr.extensions, 'data-file');
-    if (dataFile) d['data-file'] = cString(dataFile.name, Number.MAX_SAFE_INTEGER);
+    if (dataFile) d['data-file'] = cBuffer(dataFile.name, Number.MAX_SAFE_INTEGER);
     // qemu-img info does not open the data file; has_data_file() then follows the feature bit.
     if ((h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) {
       d['data-file-raw'] = (h.autoclearFeatures & AUTOCLEAR_DATA_FILE_RAW) !== 0n;

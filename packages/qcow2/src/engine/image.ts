@@ -24,11 +24,15 @@ import { blockStatusAt, readGuest } from './read.js';
 import { resize, type ResizeOptions } from './resize.js';
 import { checkRange, checkWritable, exclusive, flushAll, virtualSize, type BackingDevice, type EngineState } from './state.js';
 import { writeGuest } from './write.js';
+import { createSnapshot, deleteSnapshot, gotoSnapshot, type SnapshotCreateOptions } from './snapshots.js';
+import { snapshotInfo, type SnapshotInfo } from '../info.js';
+import { AUTOCLEAR_BITMAPS } from '../format/types.js';
 import { discard, writeZeroes } from './zero-discard.js';
 
 export type { BackingDevice } from './state.js';
 export type { Qcow2OpenOptions } from './open.js';
 export type { ResizeOptions, ResizePreallocation } from './resize.js';
+export type { SnapshotCreateOptions } from './snapshots.js';
 export { chainReadsAsZero } from './read.js';
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
@@ -287,6 +291,52 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkWritable(s);
     if (this.version < 3) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
     await exclusive(s, () => updateBitmapsExtension(s, bitmaps));
+  }
+
+  // ---- internal snapshots (snapshots.ts) ------------------------------------------------
+
+  /**
+   * The internal snapshots in table order, as qemu lists them (qcow2_snapshot_list): IDs and
+   * names as QEMUSnapshotInfo holds them (cut to 127 / 255 bytes).
+   */
+  listSnapshots(): SnapshotInfo[] {
+    return this.#s.snapshots.map(snapshotInfo);
+  }
+
+  /**
+   * qcow2_snapshot_create: a new snapshot of the active layer with the next free ID; every
+   * cluster becomes shared (the next write copies it). Throws with qemu's errno: EFBIG at
+   * 65536 snapshots or a table beyond 64 MiB, ENOTSUP with an external data file.
+   */
+  async createSnapshot(options: SnapshotCreateOptions): Promise<SnapshotInfo> {
+    const s = this.#s;
+    checkWritable(s);
+    return snapshotInfo(await exclusive(s, () => createSnapshot(s, options)));
+  }
+
+  /**
+   * qcow2_snapshot_goto behind bdrv_snapshot_goto: the active layer becomes the snapshot with
+   * ID `idOrName`, else the first named so. Messages as qemu's ("Failed to load snapshot: No
+   * such file or directory"; "Device has active dirty bitmaps" while persistent bitmaps exist).
+   */
+  async applySnapshot(idOrName: string): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    const bitmaps = findExtension(s.extensions, 'bitmaps');
+    if (bitmaps !== undefined && bitmaps.nbBitmaps > 0 && (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
+      throw new UsageError('Device has active dirty bitmaps', { errno: 'EBUSY' });
+    }
+    await exclusive(s, () => gotoSnapshot(s, idOrName));
+  }
+
+  /**
+   * qcow2_snapshot_delete: removes the first snapshot matching `id` and `name` (each when
+   * given) and frees what only it referenced ("Can't find the snapshot" otherwise).
+   */
+  async deleteSnapshot(selector: { id?: string; name?: string }): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, () => deleteSnapshot(s, selector.id, selector.name));
   }
 
   async close(): Promise<void> {

@@ -11,7 +11,7 @@ import { findExtension, type HeaderInfo } from '../format/header.js';
 import { decodeL1Entry } from '../format/l2-entry.js';
 import { MetadataClusters, OL_ACTIVE_L2, OL_REFCOUNT_BLOCK } from '../format/overlap.js';
 import { decodeReftableEntry, REFTABLE_ENTRY_SIZE } from '../format/refcount.js';
-import { snapshotEntrySize, type Qcow2Snapshot } from '../format/snapshot.js';
+import { snapshotTableSize, type Qcow2Snapshot } from '../format/snapshot.js';
 import {
   AUTOCLEAR_BITMAPS,
   AUTOCLEAR_DATA_FILE_RAW,
@@ -148,6 +148,8 @@ function newEngineState(
     l1Offset: opts.l1Table?.offset ?? h.l1TableOffset,
     l1Bytes: l1,
     l1: new DataView(l1.buffer, l1.byteOffset, l1.byteLength),
+    snapshots: [...snapshots],
+    snapshotsSize: snapshotTableSize(snapshots),
     l2Cache: new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(L2_CACHE_BYTES / cs)), hooks(OL_ACTIVE_L2)),
     refcountCache: new TableCache(cs, Math.max(MIN_CACHE_TABLES, Math.floor(REFCOUNT_CACHE_BYTES / cs)), hooks(OL_REFCOUNT_BLOCK)),
     allocator: undefined,
@@ -186,9 +188,7 @@ function protectMetadata(s: EngineState, info: HeaderInfo, reftable: Float64Arra
   const meta = s.protectedMetadata;
   for (let i = 0; i < s.l1Size; i++) meta.activeL2.add(decodeL1Entry(s.l1, i * 8).l2Offset);
   meta.refblocks.reset(reftable);
-  // qemu's snapshots_size: the entries one after another, each 8-byte aligned.
-  let tableEnd = 0;
-  for (const sn of snapshots) tableEnd = Math.ceil(tableEnd / 8) * 8 + snapshotEntrySize(sn);
+  const tableEnd = snapshotTableSize(snapshots);
   if (tableEnd > 0) meta.snapshotTable = { offset: h.snapshotsOffset, length: tableEnd };
   meta.inactiveL1 = snapshots.filter((sn) => sn.l1Size > 0).map((sn) => ({ offset: sn.l1TableOffset, length: sn.l1Size * 8 }));
   const bitmaps = findExtension(info.extensions, 'bitmaps');

@@ -14,6 +14,7 @@ import type { CompressionType } from '../compress/compress.js';
 import type { HeaderExtension, Qcow2Header } from '../format/header.js';
 import type { Geometry, MappingSource } from './mapping.js';
 import type { ByteRange, MetadataClusters } from '../format/overlap.js';
+import type { Qcow2Snapshot } from '../format/snapshot.js';
 import { INCOMPAT_CORRUPT } from '../format/types.js';
 
 
@@ -64,8 +65,8 @@ export interface ProtectedMetadata {
   /** Every refcount block the refcount table names, kept in step by the allocator's hook. */
   readonly refblocks: MetadataClusters;
   /**
-   * The snapshot table and the snapshots' L1 tables as read on open (tsimg changes snapshots
-   * only through other code paths, never through an open image).
+   * The snapshot table and the snapshots' L1 tables: as read on open, then kept in step by
+   * the snapshot operations (snapshots.ts).
    */
   snapshotTable: ByteRange | undefined;
   inactiveL1: readonly ByteRange[];
@@ -101,6 +102,13 @@ export interface EngineState extends MappingSource {
   l1Offset: number;
   l1Bytes: Uint8Array;
   l1: DataView;
+
+  /**
+   * The snapshot table in memory (qemu's s->snapshots), in table order, and the bytes it takes
+   * on disk from header.snapshotsOffset (s->snapshots_size). Changed by snapshots.ts only.
+   */
+  snapshots: Qcow2Snapshot[];
+  snapshotsSize: number;
 
   readonly l2Cache: TableCache;
   readonly refcountCache: TableCache;

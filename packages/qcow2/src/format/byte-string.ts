@@ -80,3 +80,10 @@ export function cutAtNul(s: string): string {
   const nul = s.indexOf('\0');
   return nul < 0 ? s : s.slice(0, nul);
 }
+
+/** `s` as qemu's fixed C buffer of `size` bytes holds it (pstrcpy): up to a NUL, at most size - 1 bytes. */
+export function cBuffer(s: string, size: number): string {
+  const cut = cutAtNul(s);
+  const bytes = encodeByteString(cut);
+  return bytes.length < size ? cut : decodeByteString(bytes.subarray(0, size - 1));
+}

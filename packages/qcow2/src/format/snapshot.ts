@@ -81,6 +81,13 @@ export function snapshotEntrySize(sn: Qcow2Snapshot): number {
   return SNAPSHOT_HEADER_SIZE + sn.extraDataSize + encodeByteString(sn.id).length + encodeByteString(sn.name).length;
 }
 
+/** qemu's snapshots_size: the bytes a table takes, entries one after another, each 8-byte aligned. */
+export function snapshotTableSize(snapshots: readonly Qcow2Snapshot[]): number {
+  let size = 0;
+  for (const sn of snapshots) size = Math.ceil(size / 8) * 8 + snapshotEntrySize(sn);
+  return size;
+}
+
 /** The fixed 40-byte part of an entry, with the sizes of what follows it. */
 export interface SnapshotHeader {
   /** Exact up to 2^53; a larger (corrupt) on-disk value is kept approximately. */
