@@ -17,7 +17,7 @@ import {
   IMAGE_SOURCE_OPTIONS,
   usageExit,
 } from '../command-options.js';
-import { corruptionLine, openCommandImage } from '../image-open.js';
+import { corruptionLine, openCommandImage, repairLog } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
 import { snapshotHeaderLine, snapshotLine } from '../info-output.js';
 
@@ -178,7 +178,7 @@ export const run: CommandRunner = async (argv, io) => {
   // Only -l opens read-only (and so only -l may share the image with writers, -U).
   const write = action?.kind !== 'list';
   // An open failure (lock conflicts with their hint line included) is main's to print.
-  const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, onWarning: lockWarnings(io, write) });
+  const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, log: write ? repairLog(io) : undefined, onWarning: lockWarnings(io, write) });
   const probedRaw = write && format === undefined && !imageOpts && img.format === 'raw';
   if (probedRaw) io.stderr(probedRawWarning(filename));
   let status = 0;
