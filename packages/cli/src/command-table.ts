@@ -8,6 +8,7 @@ import type { CommandRunner } from './command.js';
 
 /** Subcommand name → its lazily loaded runner. */
 export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = {
+  bench: async () => (await import('./commands/bench.js')).run,
   map: async () => (await import('./commands/map.js')).run,
   info: async () => (await import('./commands/info.js')).run,
   measure: async () => (await import('./commands/measure.js')).run,

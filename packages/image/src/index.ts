@@ -2,6 +2,7 @@
 
 export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
 export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
+export { bench, type BenchOptions } from './bench.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
 export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';

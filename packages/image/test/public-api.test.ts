@@ -13,6 +13,7 @@ describe('@tsimg/image public API', () => {
     'MEASURABLE_FORMATS',
     'NO_PERMISSIONS',
     'RawImage',
+    'bench',
     'blockStatusAbove',
     'collectImageInfo',
     'collectImageInfoList',

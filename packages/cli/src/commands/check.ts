@@ -27,6 +27,7 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
+  CACHE_MODES,
   expectOneFilename,
   FORMAT_OPTION,
   getoptExit,
@@ -51,7 +52,6 @@ const LONG_OPTIONS: readonly LongOption[] = [
   ...IMAGE_SOURCE_OPTIONS,
 ];
 
-const CACHE_MODES = ['none', 'off', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 const HELP =
   'usage: tsimg check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n\n' +

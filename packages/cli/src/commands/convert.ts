@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
-import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
+import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
@@ -28,7 +28,6 @@ const SECTOR = BDRV_SECTOR_SIZE;
 const MAX_BUF_SECTORS = 32768;
 /** qemu-img's MAX_COROUTINES: the largest -m. */
 const MAX_COROUTINES = 16;
-const CACHE_MODES = new Set(['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe']);
 
 const LONG = [
   HELP_OPTION,
@@ -237,7 +236,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
   }
   if (sources.length < 1) throw new CliExit(1, 'Must specify image file name');
-  if (!CACHE_MODES.has(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
+  if (!CACHE_MODES.includes(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
 
   // img_convert initialises progress with a 1% step (compare and rebase use 2%).
   const progress = createProgress(io, args.progress && !args.quiet, 1.0);
@@ -429,7 +428,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
     }
   }
-  if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
+  if (!CACHE_MODES.includes(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
   if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
