@@ -16,4 +16,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   check: async () => (await import('./commands/check.js')).run,
   create: async () => (await import('./commands/create.js')).run,
   convert: async () => (await import('./commands/convert.js')).run,
+  commit: async () => (await import('./commands/commit.js')).run,
 };

@@ -27,6 +27,8 @@ export async function openCommandImage(
     io?: 'async' | 'sync';
     /** qemu's discard=unmap (see OpenImageOptions.unmap). */
     unmap?: boolean;
+    /** A backing layer opened read/write too (see OpenImageOptions.writableBacking). */
+    writableBacking?: number;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -44,7 +46,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean } & LockOptions & { locking?: LockingMode },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; writableBacking?: number } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -65,6 +67,7 @@ async function openByName(
     noShare: options.noShare,
     locking: options.locking,
     onWarning: options.onWarning,
+    writableBacking: options.writableBacking,
   });
 }
 

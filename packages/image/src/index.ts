@@ -1,6 +1,8 @@
 /** @tsimg/image — images of any format: open, probe, chains, convert, compare, map, info, measure. */
 
+export { findBackingImage } from './backing-chain.js';
 export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
+export { commitGranularity, commitImage, type CommitOptions } from './commit.js';
 export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
@@ -34,4 +36,5 @@ export {
 } from './permissions.js';
 export { resolveRelative } from './paths.js';
 export { probeFormat } from './probe.js';
+export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';

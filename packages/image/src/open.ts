@@ -65,6 +65,12 @@ export interface OpenImageOptions {
   locking?: LockingMode;
   /** Receives FileDevice's lock warnings (see FileDeviceOptions.onWarning). */
   onWarning?: (message: string) => void;
+  /**
+   * Open the backing image this many layers below the top read/write too (1: the top's backing
+   * file), with the top's file options and `unmap`: qemu-img commit's base, which qemu reopens
+   * read/write (bdrv_reopen_set_read_only) and writes and resizes through the commit job.
+   */
+  writableBacking?: number;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -85,6 +91,8 @@ interface OpenContext {
   onWarning?: (message: string) => void;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
+  /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
+  writableBacking?: { depth: number; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
@@ -137,6 +145,13 @@ async function openBackingLayer(
     }
   }
   try {
+    const wb = octx.writableBacking;
+    if (wb !== undefined && wb.depth === layer.seen.length) {
+      // The commit job's base: written and resized, sharing reads and writes with the chain.
+      const perms = topNodePermissions({ write: true, resize: true });
+      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
+      return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
+    }
     const perms = backingNodePermissions(layer.perms);
     return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
   } catch (err) {
@@ -211,6 +226,10 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking },
       perms: topNodePermissions(flags),
     };
+    if (options.writableBacking !== undefined) {
+      const fileOptions = { noFlush: options.noFlush, io: options.io };
+      octx.writableBacking = { depth: options.writableBacking, fileOptions, unmap: options.unmap ?? false };
+    }
     const image = await openLayer(top, format, octx, options);
     try {
       for (const update of octx.finalLocks) update();
