@@ -17,4 +17,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   create: async () => (await import('./commands/create.js')).run,
   convert: async () => (await import('./commands/convert.js')).run,
   commit: async () => (await import('./commands/commit.js')).run,
+  rebase: async () => (await import('./commands/rebase.js')).run,
 };

@@ -29,6 +29,8 @@ export async function openCommandImage(
     unmap?: boolean;
     /** A backing layer opened read/write too (see OpenImageOptions.writableBacking). */
     writableBacking?: number;
+    /** Open the backing chain (default true; see OpenImageOptions.backing). */
+    backing?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -46,7 +48,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; writableBacking?: number } & LockOptions & { locking?: LockingMode },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; writableBacking?: number; backing?: boolean } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -68,6 +70,7 @@ async function openByName(
     locking: options.locking,
     onWarning: options.onWarning,
     writableBacking: options.writableBacking,
+    backing: options.backing,
   });
 }
 

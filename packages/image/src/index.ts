@@ -34,7 +34,7 @@ export { openImage, type OpenImageOptions } from './open.js';
 export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
-export { resolveRelative } from './paths.js';
+export { fullBackingFilename, resolveRelative } from './paths.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';
