@@ -5,19 +5,28 @@
  * exit status.
  */
 import { expect } from 'vitest';
-import { mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { qemuAsTsimg, qemuImg, run, tsimg, type RunResult } from '../../../test-images/qemu.js';
 
 /** tsimg's warning when the native lock module is missing: not part of qemu's output. */
 const NO_LOCKS = /^tsimg: warning: File locking is unavailable[^\n]*\n/gm;
 
+/** Chains built so far, by setup script: built once, then copied. */
+const built = new Map<string, string>();
+
 /** Builds the chain `setup` (a shell script) describes in a new directory `dir/name`. */
 export function buildChain(dir: string, name: string, setup: string): string {
   const at = join(dir, name);
-  mkdirSync(at, { recursive: true });
-  const r = run('sh', ['-ec', setup], { cwd: at });
-  if (r.status !== 0) throw new Error(`setup failed (${r.status}): ${r.stderr}`);
+  let template = built.get(setup);
+  if (template === undefined || !existsSync(template)) {
+    template = join(dir, `.template${built.size}`);
+    mkdirSync(template, { recursive: true });
+    const r = run('sh', ['-ec', setup], { cwd: template });
+    if (r.status !== 0) throw new Error(`setup failed (${r.status}): ${r.stderr}`);
+    built.set(setup, template);
+  }
+  cpSync(template, at, { recursive: true });
   return at;
 }
 

@@ -113,10 +113,20 @@ async function openNewBacking(a: RebaseArgs, top: Image, name: string): Promise<
   }
 }
 
+/** raw-format.c's warning whenever a probed raw image is opened for writing. */
+function probedRawWarning(filename: string): string {
+  return (
+    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
+  );
+}
+
 /** bdrv_change_backing_file's failures, as img_rebase words them. */
-function changeFailure(err: unknown, name: string | undefined, format: string | undefined): CliExit {
+function changeFailure(err: unknown, given: string | undefined, format: string | undefined): CliExit {
   const errno = err instanceof TsimgError ? err.errno : undefined;
-  const shown = name ?? '(null)';
+  const name = given === '' ? undefined : given;
+  const shown = given ?? '(null)';
   if (errno === 'ENOSPC') return new CliExit(1, `Could not change the backing file to '${shown}': No space left in the file header`);
   if (errno === 'EINVAL' && name !== undefined && format === undefined) {
     return new CliExit(1, `Could not change the backing file to '${shown}': backing format must be specified`);
@@ -136,6 +146,7 @@ async function rebase(a: RebaseArgs, io: CliIO, progress: Progress): Promise<voi
     noFlush: a.cache === 'unsafe',
     onWarning: lockWarnings(io, true),
   });
+  if (top.format === 'raw' && a.format === undefined && !a.imageOpts) io.stderr(probedRawWarning(a.filename));
   let opened: Image | undefined;
   try {
     if (a.compress && top.writeCompressed === undefined) throw new CliExit(1, 'Compression not supported for this file format');
@@ -159,7 +170,7 @@ async function rebase(a: RebaseArgs, io: CliIO, progress: Progress): Promise<voi
     try {
       await changeBackingFile(top, name, format);
     } catch (err) {
-      throw changeFailure(err, name, format);
+      throw changeFailure(err, a.backing, format);
     }
     progress.print(100, 0);
   } finally {
