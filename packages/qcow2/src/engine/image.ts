@@ -299,13 +299,19 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   /**
    * qcow2_change_backing_file: records `name` (undefined: no backing file) and `format` in the
    * header. The open image keeps reading through the backing image it was opened with.
+   *
+   * Unlike qemu, everything written before is flushed first, and the header after: a rebase
+   * copies clusters into the image that only the new backing file makes necessary, so a header
+   * naming it must never reach the disk before the L2 tables that map them.
    */
   async changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
     const s = this.#s;
     checkWritable(s);
     await exclusive(s, async () => {
       await beforeChange(s);
+      await flushAll(s);
       await changeBackingFile(s, name, format);
+      await s.file.flush();
     });
   }
 
