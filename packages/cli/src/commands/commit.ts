@@ -6,7 +6,7 @@
  * "Image committed." on success; qemu's messages and exit status 1 otherwise.
  */
 import { commitImage, findBackingImage, type Image } from '@tsimg/image';
-import { strerror, TsimgError } from '@tsimg/raw';
+import { errorWithCode, strerror, TsimgError } from '@tsimg/raw';
 import type { CliIO, CommandRunner } from '../command.js';
 import {
   CACHE_MODES, expectOneFilename, getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION,
@@ -111,35 +111,49 @@ function open(a: CommitArgs, io: CliIO, writableBacking: number | undefined): Pr
   });
 }
 
-/** The base image and the top it is opened under (read/write), as img_commit picks it. */
+/**
+ * The base image and the top it is opened under, as img_commit finds them: the chain is opened
+ * as img_open opens it (backing files read-only), the base looked up, and the chain opened again
+ * with the base read/write — qemu's bdrv_reopen_set_read_only, whose errors name no image.
+ */
 async function findBase(a: CommitArgs, io: CliIO, first: Image): Promise<{ top: Image; base: Image }> {
-  let top = first;
+  let depth = 1;
   try {
     if (a.base === undefined) {
-      if (top.backing === undefined) throw new CliExit(1, 'Image does not have a backing file');
-      return { top, base: top.backing };
+      if (first.backing === undefined) throw new CliExit(1, 'Image does not have a backing file');
+    } else {
+      const found = await findBackingImage(first, a.base);
+      if (found === undefined) throw new CliExit(1, `Did not find '${a.base}' in the backing chain of '${a.filename}'`);
+      depth = found.depth;
     }
-    const found = await findBackingImage(top, a.base);
-    if (found === undefined) throw new CliExit(1, `Did not find '${a.base}' in the backing chain of '${a.filename}'`);
-    // qemu reopens the base read/write (bdrv_reopen_set_read_only): open the chain again so.
-    await top.close();
-    top = await open(a, io, found.depth);
-    let base: Image | undefined = top;
-    for (let d = 0; d < found.depth && base !== undefined; d++) base = base.backing;
-    if (base === undefined) throw new CliExit(1, `Did not find '${a.base}' in the backing chain of '${a.filename}'`);
-    return { top, base };
-  } catch (err) {
-    await top.close().catch(() => undefined);
-    throw err;
+  } finally {
+    await first.close();
   }
+  let top: Image;
+  try {
+    top = await open(a, io, depth);
+  } catch (err) {
+    if (!(err instanceof TsimgError)) throw err;
+    let msg = err.message;
+    const prefix = `Could not open '${a.filename}': `;
+    if (msg.startsWith(prefix)) msg = msg.slice(prefix.length);
+    while (msg.startsWith('Could not open backing file: ')) msg = msg.slice('Could not open backing file: '.length);
+    throw errorWithCode(err.code, msg, { cause: err, errno: err.errno });
+  }
+  let base: Image | undefined = top;
+  for (let d = 0; d < depth && base !== undefined; d++) base = base.backing;
+  if (base === undefined) {
+    await top.close();
+    throw new CliExit(1, `Did not find '${a.base}' in the backing chain of '${a.filename}'`);
+  }
+  return { top, base };
 }
 
 export const run: CommandRunner = async (argv, io) => {
   const a = parseArgs(argv, io);
   if (a === undefined) return 0;
   if (!CACHE_MODES.has(a.cache)) throw new CliExit(1, `Invalid cache option: ${a.cache}`);
-  // Without -b the base is the backing file: it is opened read/write at once.
-  const first = await open(a, io, a.base === undefined ? 1 : undefined);
+  const first = await open(a, io, undefined);
   const progress = createProgress(io, a.progress, 1.0);
   progress.print(0, 100);
   let opened: { top: Image; base: Image } | undefined;
