@@ -46,6 +46,17 @@ qemu-img create -q -f qcow2 -b sub/old.qcow2 -F qcow2 d/top.qcow2 2M
 qemu-io -c 'write -P 3 100k 4k' d/top.qcow2 >/dev/null
 `;
 
+/** qcow2 v2 (compat=0.10) images, and a 512-byte-cluster one whose header has little room. */
+const V2_AND_SMALL = `
+qemu-img create -q -f qcow2 -o compat=0.10 a.qcow2 4M
+qemu-io -c 'write -P 1 0 1M' a.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o compat=0.10,cluster_size=4k b.qcow2 3M
+qemu-io -c 'write -P 2 512k 1M' b.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o compat=0.10 -b a.qcow2 -F qcow2 top.qcow2
+qemu-io -c 'write -P 3 1M 64k' top.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=512 -b a.qcow2 -F qcow2 small.qcow2
+`;
+
 describeQemu('tsimg rebase vs qemu-img rebase', () => {
   beforeAll(() => {
     ({ dir, cleanup } = tempDir('tsimg-rebase-'));
@@ -73,6 +84,15 @@ describeQemu('tsimg rebase vs qemu-img rebase', () => {
     expectSameAsQemuOnChain(dir, 'u', CHAINS, ['rebase', '-u', '-b', 'new.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'u-missing', CHAINS, ['rebase', '-u', '-b', '../gone/x.img', '-F', 'raw', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'u-none', CHAINS, ['rebase', '-u', '-b', '', '-F', 'qcow2', 'top3.qcow2']);
+  });
+
+  it('rewrites v2 headers as qemu does, and refuses names the header cluster cannot hold', () => {
+    expectSameAsQemuOnChain(dir, 'v2', V2_AND_SMALL, ['rebase', '-b', 'b.qcow2', '-F', 'qcow2', 'top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'v2-u', V2_AND_SMALL, ['rebase', '-u', '-b', 'b.qcow2', '-F', 'qcow2', 'top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'v2-flat', V2_AND_SMALL, ['rebase', '-b', '', 'top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'fits', V2_AND_SMALL, ['rebase', '-u', '-b', 'x'.repeat(300), '-F', 'qcow2', 'small.qcow2']);
+    expectSameAsQemuOnChain(dir, 'nospc', V2_AND_SMALL, ['rebase', '-u', '-b', 'x'.repeat(450), '-F', 'qcow2', 'small.qcow2']);
+    expectSameAsQemuOnChain(dir, 'toolong', V2_AND_SMALL, ['rebase', '-u', '-b', 'x'.repeat(1100), '-F', 'qcow2', 'top.qcow2']);
   });
 
   it('resolves the new backing name relative to the image', () => {

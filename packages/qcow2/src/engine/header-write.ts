@@ -90,13 +90,13 @@ export async function markClean(s: EngineState): Promise<void> {
  * qcow2_update_header's order of the extensions: backing format, data file, crypto header,
  * feature table (v3, clusters above 4 KiB), bitmaps, then the unknown extensions as they were.
  */
-function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined): HeaderExtension[] {
+function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined, version = 3): HeaderExtension[] {
   const next: HeaderExtension[] = [];
   for (const kind of ['backing-format', 'data-file', 'crypto-header'] as const) {
     const e = findExtension(exts, kind);
     if (e) next.push(e);
   }
-  if (clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
+  if (version >= 3 && clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
   if (bitmaps) next.push({ kind: 'bitmaps', ...bitmaps });
   next.push(...exts.filter((e) => e.kind === 'unknown'));
   return next;
@@ -180,7 +180,7 @@ function currentBitmaps(s: EngineState): BitmapsExtension | undefined {
  */
 export async function rewriteHeader(s: EngineState, what: string): Promise<void> {
   const bitmaps = currentBitmaps(s);
-  const next = headerExtensionsWith(s.extensions, s.clusterSize, bitmaps);
+  const next = headerExtensionsWith(s.extensions, s.clusterSize, bitmaps, s.version);
   const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps, what);
   await s.file.write(0, buf);
   Object.assign(s.header, updated);
