@@ -67,6 +67,9 @@ describeQemu('tsimg rebase vs qemu-img rebase', () => {
     expectSameAsQemuOnChain(dir, 'new', CHAINS, ['rebase', '-b', 'new.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'big', CHAINS, ['rebase', '-b', 'big.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'raw', CHAINS, ['rebase', '-q', '-b', 'new.raw', '-F', 'raw', '-t', 'writeback', '-T', 'none', 'top.qcow2']);
+    // An image without a backing file gets one: zeroes where the new one has data.
+    expectSameAsQemuOnChain(dir, 'gets', CHAINS, ['rebase', '-b', 'old.qcow2', '-F', 'qcow2', 'new.qcow2']);
+    expectSameAsQemuOnChain(dir, 'gets-big', CHAINS, ['rebase', '-b', 'big.qcow2', '-F', 'qcow2', 'new.qcow2']);
   });
 
   it('flattens with -b ""', () => {
