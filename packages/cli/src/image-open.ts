@@ -95,3 +95,12 @@ export function corruptionLine(err: unknown): string | undefined {
   }
   return undefined;
 }
+
+/** raw-format.c's warning whenever a probed raw image is opened for writing. */
+export function probedRawWarning(filename: string): string {
+  return (
+    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
+    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
+    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
+  );
+}

@@ -24,6 +24,7 @@ qemu-img create -q -f qcow2 base.qcow2 4M
 qemu-io -c 'write -P 1 0 2M' base.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 8M
 qemu-io -c 'write -P 3 1M 64k' -c 'write -z 64k 64k' -c 'write -c -P 7 256k 64k' -c 'write -P 4 6M 512k' -c 'write -P 5 1536k 3k' top.qcow2 >/dev/null
+qemu-img create -q -f raw plain.raw 1M
 `;
 
 /** A raw base under two qcow2 layers (4 KiB and 64 KiB clusters), the top larger than the base. */
@@ -103,6 +104,8 @@ describeQemu('tsimg commit vs qemu-img commit', () => {
   it('refuses what qemu-img refuses, with its messages and exit status', () => {
     const cases: string[][] = [
       ['commit', 'base.qcow2'],
+      ['commit', 'plain.raw'],
+      ['commit', '-f', 'raw', 'plain.raw'],
       ['commit', '-b', 'nothere.qcow2', 'top.qcow2'],
       ['commit', '-p', '-b', 'nothere.qcow2', 'top.qcow2'],
       ['commit', '-b', 'top.qcow2', 'top.qcow2'],

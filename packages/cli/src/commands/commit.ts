@@ -13,7 +13,7 @@ import {
 } from '../command-options.js';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
-import { openCommandImage } from '../image-open.js';
+import { openCommandImage, probedRawWarning } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum } from '../options.js';
 import { createProgress } from '../progress.js';
@@ -154,6 +154,7 @@ export const run: CommandRunner = async (argv, io) => {
   if (a === undefined) return 0;
   if (!CACHE_MODES.has(a.cache)) throw new CliExit(1, `Invalid cache option: ${a.cache}`);
   const first = await open(a, io, undefined);
+  if (first.format === 'raw' && a.format === undefined && !a.imageOpts) io.stderr(probedRawWarning(a.filename));
   const progress = createProgress(io, a.progress, 1.0);
   progress.print(0, 100);
   let opened: { top: Image; base: Image } | undefined;

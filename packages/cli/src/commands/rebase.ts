@@ -14,7 +14,7 @@ import {
 } from '../command-options.js';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
-import { openCommandImage } from '../image-open.js';
+import { openCommandImage, probedRawWarning } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
 import { createProgress, type Progress } from '../progress.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
@@ -111,15 +111,6 @@ async function openNewBacking(a: RebaseArgs, top: Image, name: string): Promise<
     const e = new CliExit(1, `Could not open new backing file '${name}': ${reason}`);
     throw Object.assign(e, { cause: err });
   }
-}
-
-/** raw-format.c's warning whenever a probed raw image is opened for writing. */
-function probedRawWarning(filename: string): string {
-  return (
-    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
-  );
 }
 
 /** bdrv_change_backing_file's failures, as img_rebase words them. */
