@@ -78,6 +78,8 @@ describeQemu('tsimg commit vs qemu-img commit', () => {
   it('commits a qcow2 top into its qcow2 base, grows the base and empties the top', () => {
     expectSameAsQemuOnChain(dir, 'two', TWO_DEEP, ['commit', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'two-q', TWO_DEEP, ['commit', '-q', '-f', 'qcow2', '-t', 'none', 'top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'two-opts', TWO_DEEP, ['commit', '--object', 'secret,id=s0,data=x', '--image-opts', 'driver=qcow2,file.filename=top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'two-r', TWO_DEEP, ['commit', '-t', 'unsafe', '-r', '100M', 'top.qcow2']);
   });
 
   it('leaves the top as it is with -d', () => {

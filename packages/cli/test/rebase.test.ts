@@ -75,6 +75,8 @@ describeQemu('tsimg rebase vs qemu-img rebase', () => {
   it('flattens with -b ""', () => {
     expectSameAsQemuOnChain(dir, 'flat', CHAINS, ['rebase', '-b', '', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'flat3', CHAINS, ['rebase', '-b', '', 'top3.qcow2']);
+    expectSameAsQemuOnChain(dir, 'flat-opts', CHAINS, ['rebase', '--image-opts', '-b', '', 'driver=qcow2,file.filename=top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'U', CHAINS, ['rebase', '-U', '--object', 'secret,id=s0,data=x', '-b', 'new.qcow2', '-F', 'qcow2', 'top3.qcow2']);
   });
 
   it('rebases onto an image of its own chain, comparing only what the images between change', () => {
