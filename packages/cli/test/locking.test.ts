@@ -173,6 +173,32 @@ describeLocks('tsimg and qemu lock each other out as qemu-img does', () => {
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', 'src.raw', 'tgt.qcow2'], { cwd: dir })).toMatchObject({ status: 0, stdout: 'Warning: Image size mismatch!\nImages are identical.\n' });
   }, 30_000);
 
+  it('a commit in progress locks the chain as qemu-img commit does (base and top read-write, the images between unreadable)', async () => {
+    const chain = ['cb.qcow2', 'cm.qcow2', 'ct.qcow2'];
+    const build = (): void => {
+      shIn(dir, 'qemu-img', 'create', '-q', '-f', 'qcow2', 'cb.qcow2', '16M');
+      shIn(dir, 'qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'cb.qcow2', '-F', 'qcow2', 'cm.qcow2');
+      shIn(dir, 'qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'cm.qcow2', '-F', 'qcow2', 'ct.qcow2');
+      shIn(dir, 'qemu-io', '-c', 'write -P 0x21 0 4M', 'ct.qcow2');
+    };
+    const held: Record<string, number[][]> = {};
+    for (const [who, cmd, args] of [
+      ['qemu', 'qemu-img', ['commit', '-q', '-r', '256k', '-b', 'cb.qcow2', 'ct.qcow2']],
+      ['tsimg', process.execPath, [tsimgBin, 'commit', '-q', '-r', '256k', '-b', 'cb.qcow2', 'ct.qcow2']],
+    ] as const) {
+      build();
+      const empty = fs.statSync(join(dir, 'cb.qcow2')).size;
+      const slow = spawn(cmd, [...args], { cwd: dir, stdio: 'ignore' });
+      started.push(slow);
+      // Once data reaches the base, the job runs: every lock is the job's.
+      await until(`${who} commit writes its base`, () => fs.statSync(join(dir, 'cb.qcow2')).size > empty, slow);
+      held[who] = chain.map((f) => heldBytes(join(dir, f)));
+      await stop(slow);
+    }
+    expect(held.tsimg).toEqual(held.qemu);
+    expect(held.qemu![1]).toContain(200);
+  }, 30_000);
+
   it('no self-destruction: dd and convert refuse a target they read, through any path or the backing chain', () => {
     shIn(dir, 'qemu-img', 'create', '-q', '-f', 'qcow2', 's1.qcow2', '4M');
     shIn(dir, 'qemu-io', '-c', 'write -P 0x11 0 1M', 's1.qcow2');

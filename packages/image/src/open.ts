@@ -4,7 +4,9 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode } from '@tsimg/raw';
+import {
+  BLK_PERM_CONSISTENT_READ, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
+} from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
@@ -152,7 +154,12 @@ async function openBackingLayer(
       const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
       return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
     }
-    const perms = backingNodePermissions(layer.perms);
+    let perms = backingNodePermissions(layer.perms);
+    if (wb !== undefined && layer.seen.length < wb.depth) {
+      // An image between the top and the commit's base: the job shares only writes on it
+      // (mirror_start_job's "intermediate node"), so nobody else may read it consistently.
+      perms = { ...perms, node: { perm: perms.node.perm, shared: perms.node.shared & ~BLK_PERM_CONSISTENT_READ } };
+    }
     return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
