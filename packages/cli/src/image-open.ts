@@ -28,7 +28,7 @@ export async function openCommandImage(
     /** qemu's discard=unmap (see OpenImageOptions.unmap). */
     unmap?: boolean;
     /** A backing layer opened read/write too (see OpenImageOptions.writableBacking). */
-    writableBacking?: number;
+    writableBacking?: OpenImageOptions['writableBacking'];
     /** Open the backing chain (default true; see OpenImageOptions.backing). */
     backing?: boolean;
   } & LockOptions = {},
@@ -48,7 +48,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; writableBacking?: number; backing?: boolean } & LockOptions & { locking?: LockingMode },
+  options: { format?: string; readOnly?: boolean; snapshot?: OpenImageOptions['snapshot']; noFlush?: boolean; io?: 'async' | 'sync'; unmap?: boolean; writableBacking?: OpenImageOptions['writableBacking']; backing?: boolean } & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.

@@ -5,7 +5,7 @@
  */
 import { realpath } from 'node:fs/promises';
 import {
-  BLK_PERM_CONSISTENT_READ, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
+  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
 } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
@@ -68,11 +68,12 @@ export interface OpenImageOptions {
   /** Receives FileDevice's lock warnings (see FileDeviceOptions.onWarning). */
   onWarning?: (message: string) => void;
   /**
-   * Open the backing image this many layers below the top read/write too (1: the top's backing
+   * Open the backing image `depth` layers below the top read/write too (1: the top's backing
    * file), with the top's file options and `unmap`: qemu-img commit's base, which qemu reopens
-   * read/write (bdrv_reopen_set_read_only) and writes and resizes through the commit job.
+   * read/write (bdrv_reopen_set_read_only) and writes through the commit job — and resizes, with
+   * `resize`, when it is smaller than the top. It is locked with the job's permissions.
    */
-  writableBacking?: number;
+  writableBacking?: { depth: number; resize?: boolean };
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -94,7 +95,7 @@ interface OpenContext {
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
-  writableBacking?: { depth: number; fileOptions: Layer['fileOptions']; unmap: boolean };
+  writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
@@ -149,8 +150,14 @@ async function openBackingLayer(
   try {
     const wb = octx.writableBacking;
     if (wb !== undefined && wb.depth === layer.seen.length) {
-      // The commit job's base: written and resized, sharing reads and writes with the chain.
-      const perms = topNodePermissions({ write: true, resize: true });
+      // The commit job's base (mirror_start_job's target): written (and resized when it must
+      // grow), sharing reads and writes but not resizes; what reads it, reads through the job.
+      const perms: NodePermissions = {
+        node: { perm: BLK_PERM_WRITE | (wb.resize ? BLK_PERM_RESIZE : 0), shared: BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE },
+        writable: true,
+        noIo: false,
+        forceShare: false,
+      };
       const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
       return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
     }
@@ -235,7 +242,8 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
     };
     if (options.writableBacking !== undefined) {
       const fileOptions = { noFlush: options.noFlush, io: options.io };
-      octx.writableBacking = { depth: options.writableBacking, fileOptions, unmap: options.unmap ?? false };
+      const { depth, resize } = options.writableBacking;
+      octx.writableBacking = { depth, resize: resize ?? false, fileOptions, unmap: options.unmap ?? false };
     }
     const image = await openLayer(top, format, octx, options);
     try {

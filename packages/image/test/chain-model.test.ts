@@ -125,7 +125,8 @@ async function operate(dir: string, s: Scenario, views: Uint8Array[]): Promise<U
   const expected = views.map((v) => v.slice());
   if (s.op.kind === 'commit') {
     const depth = s.op.depth;
-    const img = await openImage(topPath, { readOnly: false, writableBacking: depth, unmap: true });
+    const grow = views[top - depth]!.length < views[top]!.length;
+    const img = await openImage(topPath, { readOnly: false, writableBacking: { depth, resize: grow }, unmap: true });
     try {
       await commitImage(img, below(img, depth), { drop: depth > 1 });
     } finally {

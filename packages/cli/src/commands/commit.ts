@@ -99,7 +99,7 @@ function jobRateLimit(bytesPerSecond: number): (bytes: number) => Promise<void> 
   };
 }
 
-function open(a: CommitArgs, io: CliIO, writableBacking: number | undefined): Promise<Image> {
+function open(a: CommitArgs, io: CliIO, writableBacking: { depth: number; resize: boolean } | undefined): Promise<Image> {
   return openCommandImage(a.filename, {
     format: a.format,
     readOnly: false,
@@ -118,20 +118,23 @@ function open(a: CommitArgs, io: CliIO, writableBacking: number | undefined): Pr
  */
 async function findBase(a: CommitArgs, io: CliIO, first: Image): Promise<{ top: Image; base: Image }> {
   let depth = 1;
+  let resize = false;
   try {
+    let base = first.backing;
     if (a.base === undefined) {
-      if (first.backing === undefined) throw new CliExit(1, 'Image does not have a backing file');
+      if (base === undefined) throw new CliExit(1, 'Image does not have a backing file');
     } else {
       const found = await findBackingImage(first, a.base);
       if (found === undefined) throw new CliExit(1, `Did not find '${a.base}' in the backing chain of '${a.filename}'`);
-      depth = found.depth;
+      ({ depth, image: base } = found);
     }
+    resize = base.size() < first.size();
   } finally {
     await first.close();
   }
   let top: Image;
   try {
-    top = await open(a, io, depth);
+    top = await open(a, io, { depth, resize });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     let msg = err.message;
