@@ -33,6 +33,7 @@ qemu-img create -q -f qcow2 -o cluster_size=4k -b old.qcow2 -F qcow2 mid.qcow2
 qemu-io -c 'write -P 5 2M 40k' -c 'write -P 8 100k 1k' mid.qcow2 >/dev/null
 qemu-img create -q -f qcow2 -o extended_l2=on -b mid.qcow2 -F qcow2 top3.qcow2
 qemu-io -c 'write -P 3 1M 20k' -c 'write -z 2M 8k' top3.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -u -b gone.qcow2 -F qcow2 orphan.qcow2 4M
 `;
 
 /** The same in a subdirectory, with relative backing names. */
@@ -89,6 +90,9 @@ describeQemu('tsimg rebase vs qemu-img rebase', () => {
     expectSameAsQemuOnChain(dir, 'u', CHAINS, ['rebase', '-u', '-b', 'new.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'u-missing', CHAINS, ['rebase', '-u', '-b', '../gone/x.img', '-F', 'raw', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'u-none', CHAINS, ['rebase', '-u', '-b', '', '-F', 'qcow2', 'top3.qcow2']);
+    // The use of -u: an image whose backing file moved.
+    expectSameAsQemuOnChain(dir, 'u-moved', CHAINS, ['rebase', '-u', '-b', 'old.qcow2', '-F', 'qcow2', 'orphan.qcow2']);
+    expectSameAsQemuOnChain(dir, 'safe-moved', CHAINS, ['rebase', '-b', 'old.qcow2', '-F', 'qcow2', 'orphan.qcow2']);
   });
 
   it('rewrites v2 headers as qemu does, and refuses names the header cluster cannot hold', () => {
