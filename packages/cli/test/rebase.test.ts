@@ -112,6 +112,8 @@ describeQemu('tsimg rebase vs qemu-img rebase', () => {
   it('prints the -p progress line as qemu does', () => {
     expectSameAsQemuOnChain(dir, 'p', CHAINS, ['rebase', '-p', '-b', 'new.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'p-flat', CHAINS, ['rebase', '-p', '-b', '', 'top3.qcow2']);
+    expectSameAsQemuOnChain(dir, 'p-prefix', CHAINS, ['rebase', '-p', '-b', 'old.qcow2', '-F', 'qcow2', 'top3.qcow2']);
+    expectSameAsQemuOnChain(dir, 'p-big', CHAINS, ['rebase', '-p', '-b', 'big.qcow2', '-F', 'qcow2', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'p-err', CHAINS, ['rebase', '-p', '-t', 'bogus', '-b', '', 'top3.qcow2']);
   });
 

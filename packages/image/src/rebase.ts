@@ -68,15 +68,15 @@ export async function rebaseImage(image: Image, options: RebaseOptions = {}): Pr
   let n = 0;
   for (let offset = 0; offset < size; offset += n) {
     n = Math.min(REBASE_BUF_SIZE, size - offset);
-    const own = await layerStatus(image, offset, n, false);
+    const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
+      throw stageError('error while reading image metadata', err);
+    });
     n = own.length;
     if (own.allocated) continue;
     if (options.inChain && newBacking !== undefined) {
-      const unchanged = await unchangedBelow(image, newBacking, offset, n);
-      if (unchanged !== undefined) {
-        n = unchanged;
-        continue;
-      }
+      const below = await changedBelow(image, newBacking, offset, n);
+      n = below.length;
+      if (!below.changed) continue;
     }
     let oldIsZero = false;
     if (offset >= oldSize || oldBacking === undefined) {
@@ -107,17 +107,18 @@ export async function rebaseImage(image: Image, options: RebaseOptions = {}): Pr
 }
 
 /**
- * With the new backing image in the old chain: undefined when something between the image and
- * it allocates the range (it must be compared), else how much of it nothing there changes.
+ * With the new backing image in the old chain (bdrv_is_allocated_above from the image's backing
+ * file down to, not including, it): whether an image between allocates the run at `offset`,
+ * and how long that answer holds. Past the end of the old backing image qemu gets no answer
+ * (pnum 0) and compares the whole run.
  */
-async function unchangedBelow(image: Image, prefix: Image, offset: number, n: number): Promise<number | undefined> {
+async function changedBelow(image: Image, prefix: Image, offset: number, n: number): Promise<{ changed: boolean; length: number }> {
   const below = image.backing;
-  if (below === undefined || below === prefix) return n;
-  // Past the end of the old backing image qemu gets no answer (pnum 0): it compares.
-  if (offset >= below.size()) return undefined;
+  if (below === undefined || below === prefix) return { changed: false, length: n };
+  if (offset >= below.size()) return { changed: true, length: n };
   try {
     const st = await blockStatusAbove(below, offset, Math.min(n, below.size() - offset), { base: prefix, recurse: false });
-    return st.allocated ? undefined : st.length;
+    return { changed: st.allocated, length: st.length };
   } catch (err) {
     throw stageError('error while reading image metadata', err);
   }
