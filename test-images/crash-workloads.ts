@@ -439,6 +439,15 @@ export const CHAIN_WORKLOADS: ChainWorkload[] = [
     },
   },
   {
+    name: 'safe rebase into 512 B clusters: many L2 tables and refcount blocks allocated, then the header',
+    op: { kind: 'rebase', onto: 'new.qcow2' },
+    prepare: (dir) => {
+      chainImage(dir, 'base.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 200k', 'write -P 2 600k 100k');
+      chainImage(dir, 'new.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 100k', 'write -P 3 650k 8k', 'write -P 9 900k 20k');
+      chainImage(dir, 'top.qcow2', 'cluster_size=512,refcount_bits=64', '1M', 'base.qcow2', 'write -P 4 8k 4k', 'write -P 5 620k 2k');
+    },
+  },
+  {
     name: 'rebase -b "": the top flattened',
     op: { kind: 'rebase', onto: undefined },
     prepare: (dir) => {
