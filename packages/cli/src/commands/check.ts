@@ -38,6 +38,7 @@ import {
 } from '../command-options.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
 import { parseImageOpts } from '../image-opts.js';
+import { probedRawWarning } from '../image-open.js';
 import { formatCheckHuman, formatCheckJson, formatRepairSummary } from '../check-output.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
@@ -90,12 +91,7 @@ async function openChecked(
     file.setPermissions(imageFileLock(node, fmt));
     if (fmt === 'raw') {
       if (format === undefined && writable) {
-        // raw-format.c warns whenever a probed raw image is opened for writing
-        io.stderr(
-          `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-            '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-            "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-        );
+        io.stderr(probedRawWarning(filename));
       }
       return { file };
     }
