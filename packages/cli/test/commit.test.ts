@@ -64,6 +64,18 @@ qemu-img create -q -f qcow2 -o compat=0.10 -b base.qcow2 -F qcow2 top.qcow2 2M
 qemu-io -c 'write -P 3 128k 64k' -c 'write -P 4 1M 4k' top.qcow2 >/dev/null
 `;
 
+/** Base clusters larger than the job's 64 KiB chunks: zero runs not aligned to them are copied as data. */
+const BIG_CLUSTERS = `
+qemu-img create -q -f qcow2 -o cluster_size=2M base.qcow2 8M
+qemu-io -c 'write -P 1 0 4M' base.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=4k -b base.qcow2 -F qcow2 top.qcow2
+qemu-io -c 'write -z 64k 128k' -c 'write -P 2 1M 4k' -c 'write -z 2M 2M' top.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=1M base1m.qcow2 8M
+qemu-io -c 'write -P 1 0 3M' base1m.qcow2 >/dev/null
+qemu-img create -q -f qcow2 -o cluster_size=512 -b base1m.qcow2 -F qcow2 top512.qcow2 9M
+qemu-io -c 'write -z 64k 128k' -c 'write -P 2 1M 4k' -c 'write -z 2M 1M' -c 'write -P 3 8M 1k' top512.qcow2 >/dev/null
+`;
+
 const EMPTY_TOP = `
 qemu-img create -q -f qcow2 base.qcow2 4M
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 top.qcow2 4M
@@ -95,6 +107,11 @@ describeQemu('tsimg commit vs qemu-img commit', () => {
   it('commits extended L2 images and v2 images', () => {
     expectSameAsQemuOnChain(dir, 'extl2', EXTENDED_L2, ['commit', 'top.qcow2']);
     expectSameAsQemuOnChain(dir, 'v2', V2_TOP, ['commit', 'top.qcow2']);
+  });
+
+  it('commits into bases whose clusters are larger than the chunks it copies', () => {
+    expectSameAsQemuOnChain(dir, 'big2m', BIG_CLUSTERS, ['commit', 'top.qcow2']);
+    expectSameAsQemuOnChain(dir, 'big1m', BIG_CLUSTERS, ['commit', 'top512.qcow2']);
   });
 
   it('resolves relative backing names and -b names relative to the images', () => {
