@@ -19,4 +19,6 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   convert: async () => (await import('./commands/convert.js')).run,
   resize: async () => (await import('./commands/resize.js')).run,
   snapshot: async () => (await import('./commands/snapshot.js')).run,
+  commit: async () => (await import('./commands/commit.js')).run,
+  rebase: async () => (await import('./commands/rebase.js')).run,
 };

@@ -19,6 +19,7 @@ import {
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
+import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum, strtou64Auto } from '../options.js';
 
@@ -94,7 +95,7 @@ function parseArgs(argv: string[]): BenchArgs | undefined {
         a.step = Number(cvtnum('step_size', v, 0n, BigInt(INT_MAX)));
         break;
       case 't':
-        if (!CACHE_MODES.includes(v)) throw new CliExit(1, 'Invalid cache mode');
+        if (!CACHE_MODES.has(v)) throw new CliExit(1, 'Invalid cache mode');
         a.cache = v;
         break;
       case 'w':
@@ -146,6 +147,7 @@ export const run: CommandRunner = async (argv, io) => {
     onWarning: lockWarnings(io, args.write),
   });
   try {
+    if (args.write && probedRaw(image, args)) io.stderr(probedRawWarning(image.filename));
     io.stdout(
       `Sending ${args.count} ${args.write ? 'write' : 'read'} requests, ${args.bufferSize} bytes each, ${args.depth} in parallel ` +
         `(starting at offset ${args.offset}, step size ${args.step})\n`,

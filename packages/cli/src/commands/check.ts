@@ -95,7 +95,6 @@ async function openChecked(
     file.setPermissions(imageFileLock(node, fmt));
     if (fmt === 'raw') {
       if (format === undefined && writable) {
-        // raw-format.c warns whenever a probed raw image is opened for writing
         io.stderr(probedRawWarning(filename));
       }
       return { file };
@@ -193,7 +192,7 @@ export const run: CommandRunner = async (argv, io) => {
   }
   let filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
-  if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
+  if (cache !== undefined && !CACHE_MODES.has(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   if (imageOpts) {
     refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);

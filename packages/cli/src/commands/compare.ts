@@ -75,7 +75,7 @@ export const run: CommandRunner = async (argv, io) => {
   };
   const progress = createProgress(io, progressWanted && !quiet, 2.0);
   try {
-    if (!CACHE_MODES.includes(cache)) {
+    if (!CACHE_MODES.has(cache)) {
       io.stderr(`tsimg: Invalid source cache option: ${cache}\n`);
       return 2;
     }

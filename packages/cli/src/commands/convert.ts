@@ -236,7 +236,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
   }
   if (sources.length < 1) throw new CliExit(1, 'Must specify image file name');
-  if (!CACHE_MODES.includes(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
+  if (!CACHE_MODES.has(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
 
   // img_convert initialises progress with a 1% step (compare and rebase use 2%).
   const progress = createProgress(io, args.progress && !args.quiet, 1.0);
@@ -428,7 +428,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
     }
   }
-  if (!CACHE_MODES.includes(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
+  if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
   if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }

@@ -11,10 +11,9 @@ import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } 
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import { openCommandImage, repairLog } from '../image-open.js';
-import { splitImageOpts } from '../image-opts.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
-import { probedRawWarning } from '../raw-probe-warning.js';
+import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -116,11 +115,7 @@ export const run: CommandRunner = async (argv, io) => {
     onWarning: lockWarnings(io, true),
   });
   try {
-    const probed = args.imageOpts ? !splitImageOpts(args.filename).has('driver') : args.format === undefined;
-    if (probed && image.format === 'raw') {
-      // raw-format.c warns whenever a probed raw image is opened for writing
-      io.stderr(probedRawWarning(image.filename));
-    }
+    if (probedRaw(image, args)) io.stderr(probedRawWarning(image.filename));
     const current = BigInt(image.size());
     // int64_t arithmetic, wrapping as qemu's does
     const n = BigInt.asIntN(64, args.amount);

@@ -18,6 +18,7 @@ import {
   usageExit,
 } from '../command-options.js';
 import { corruptionLine, openCommandImage, repairLog } from '../image-open.js';
+import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { snapshotHeaderLine, snapshotLine } from '../info-output.js';
 
@@ -32,15 +33,6 @@ const HELP =
 
 /** What the command line asks for. */
 type Action = { kind: 'list' } | { kind: 'create' | 'apply' | 'delete'; name: string };
-
-/** qemu's warning when a probed raw image is opened for writing (raw-format.c). */
-function probedRawWarning(filename: string): string {
-  return (
-    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
-  );
-}
 
 /** The negative errno qemu-img prints for a failed create, and its text. */
 function errnoText(err: TsimgError): string {
@@ -179,8 +171,8 @@ export const run: CommandRunner = async (argv, io) => {
   const write = action?.kind !== 'list';
   // An open failure (lock conflicts with their hint line included) is main's to print.
   const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, log: write ? repairLog(io) : undefined, onWarning: lockWarnings(io, write) });
-  const probedRaw = write && format === undefined && !imageOpts && img.format === 'raw';
-  if (probedRaw) io.stderr(probedRawWarning(filename));
+  const warnRaw = write && probedRaw(img, { filename, format, imageOpts });
+  if (warnRaw) io.stderr(probedRawWarning(img.filename));
   let status = 0;
   try {
     switch (action?.kind) {
@@ -194,7 +186,7 @@ export const run: CommandRunner = async (argv, io) => {
         break;
       case 'apply':
         status = await applySnapshot(img, action.name, io, () => {
-          if (probedRaw) io.stderr(probedRawWarning(filename));
+          if (warnRaw) io.stderr(probedRawWarning(img.filename));
         });
         break;
       case 'delete':
