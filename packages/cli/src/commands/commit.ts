@@ -37,7 +37,7 @@ interface CommitArgs {
 }
 
 function parseArgs(argv: string[], io: CliIO): CommitArgs | undefined {
-  const parsed = getoptLong(argv, ':f:ht:b:dpqr:', [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION]);
+  const parsed = getoptLong(argv, ':f:ht:b:dpqr:', [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION], 'commit');
   if (parsed.error) getoptExit(parsed.error);
   const a: Omit<CommitArgs, 'filename'> = { cache: 'writeback', drop: false, progress: false, quiet: false, rateLimit: 0, imageOpts: false };
   for (const o of parsed.options) {

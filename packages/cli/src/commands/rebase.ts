@@ -43,7 +43,7 @@ interface RebaseArgs {
 
 function parseArgs(argv: string[], io: CliIO): RebaseArgs | undefined {
   const long = [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION, { name: 'compress', hasArg: false, key: 'c' }];
-  const parsed = getoptLong(argv, ':hf:F:b:upt:T:qUc', long);
+  const parsed = getoptLong(argv, ':hf:F:b:upt:T:qUc', long, 'rebase');
   if (parsed.error) getoptExit(parsed.error);
   const a: Omit<RebaseArgs, 'filename'> = {
     unsafe: false, progress: false, quiet: false, compress: false, cache: 'writeback', srcCache: 'writeback', imageOpts: false, forceShare: false,

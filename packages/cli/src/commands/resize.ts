@@ -50,7 +50,7 @@ interface ResizeArgs {
 function parseArgs(argv: readonly string[], out: (text: string) => void): ResizeArgs | undefined {
   if (argv.length < 2) usageExit('Not enough arguments');
   let size = argv[argv.length - 1]!;
-  const parsed = getoptLong(argv.slice(0, -1), ':f:hq', LONG_OPTIONS);
+  const parsed = getoptLong(argv.slice(0, -1), ':f:hq', LONG_OPTIONS, 'resize');
   const a: Omit<ResizeArgs, 'filename' | 'relative' | 'amount'> = { imageOpts: false, quiet: false, shrink: false, preallocation: 'off' };
   for (const o of parsed.options) {
     switch (o.key) {

@@ -112,7 +112,7 @@ function deleteSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
 
 /** img_snapshot's option loop: one action at most, qemu's usage errors. */
 function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: boolean; imageOpts: boolean; forceShare: boolean; filename?: string; help?: boolean } {
-  const parsed = getoptLong(argv, ':la:c:d:hqUf:', LONG_OPTIONS);
+  const parsed = getoptLong(argv, ':la:c:d:hqUf:', LONG_OPTIONS, 'snapshot');
   if (parsed.error) getoptExit(parsed.error);
   let action: Action | undefined;
   let format: string | undefined;
