@@ -17,6 +17,7 @@ import {
   notSupportedExit,
 } from '../command-options.js';
 import { CliExit } from '../exit.js';
+import { interruptsOf } from '../interrupt.js';
 import { getoptLong } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
@@ -155,7 +156,8 @@ export const run: CommandRunner = async (argv, io) => {
     if (args.flushInterval) io.stdout(`Sending flush every ${args.flushInterval} requests\n`);
     const started = performance.now();
     try {
-      await bench(image, args);
+      // A write run holds SIGINT/SIGTERM until its requests are done (interrupt.ts).
+      await (args.write ? interruptsOf(io).hold(() => bench(image, args)) : bench(image, args));
     } catch (err) {
       throw new CliExit(1, err instanceof TsimgError ? err.message : String(err));
     }

@@ -12,6 +12,7 @@ import {
   CACHE_MODES, expectOneFilename, getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION,
 } from '../command-options.js';
 import { CliExit } from '../exit.js';
+import { interruptsOf } from '../interrupt.js';
 import { getoptLong } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
@@ -166,11 +167,14 @@ export const run: CommandRunner = async (argv, io) => {
     opened = await findBase(a, io, first);
     const { top, base } = opened;
     try {
-      await commitImage(top, base, {
-        drop: a.drop,
-        onProgress: (current, total) => progress.print(Math.fround(Math.fround(current / total) * 100), 0),
-        throttle: a.rateLimit > 0 ? jobRateLimit(a.rateLimit) : undefined,
-      });
+      // SIGINT/SIGTERM wait until the chain is consistent again (interrupt.ts).
+      await interruptsOf(io).hold(() =>
+        commitImage(top, base, {
+          drop: a.drop,
+          onProgress: (current, total) => progress.print(Math.fround(Math.fround(current / total) * 100), 0),
+          throttle: a.rateLimit > 0 ? jobRateLimit(a.rateLimit) : undefined,
+        }),
+      );
     } catch (err) {
       if (err instanceof TsimgError && !err.message.startsWith('Failed to empty')) {
         throw new CliExit(1, `Block job failed: ${err.errno !== undefined ? strerror(err.errno) : err.message}`);

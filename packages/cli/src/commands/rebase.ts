@@ -13,6 +13,7 @@ import {
   CACHE_MODES, expectOneFilename, FORCE_SHARE_OPTION, getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit,
 } from '../command-options.js';
 import { CliExit } from '../exit.js';
+import { interruptsOf } from '../interrupt.js';
 import { getoptLong } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
@@ -177,7 +178,8 @@ export const run: CommandRunner = async (argv, io) => {
   const progress = createProgress(io, a.progress, 2.0);
   progress.print(0, 100);
   try {
-    await rebase(a, io, progress);
+    // SIGINT/SIGTERM wait until the image and its header are consistent (interrupt.ts).
+    await interruptsOf(io).hold(() => rebase(a, io, progress));
   } finally {
     progress.end();
   }

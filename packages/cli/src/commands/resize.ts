@@ -6,9 +6,10 @@
  */
 import { resizeImage, type Image, type TruncateOptions } from '@tsimg/image';
 import { BDRV_MAX_LENGTH } from '@tsimg/raw';
-import type { CommandRunner } from '../command.js';
+import type { CliIO, CommandRunner } from '../command.js';
 import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } from '../command-options.js';
 import { CliExit } from '../exit.js';
+import { interruptsOf } from '../interrupt.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import { openCommandImage, repairLog } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
@@ -105,6 +106,14 @@ function checkTotal(args: ResizeArgs, current: bigint, total: bigint): void {
 export const run: CommandRunner = async (argv, io) => {
   const args = parseArgs(argv, io.stdout);
   if (args === undefined) return 0;
+  // SIGINT/SIGTERM wait until the resize and its metadata are on disk (interrupt.ts).
+  await interruptsOf(io).hold(() => resize(args, io));
+  if (!args.quiet) io.stdout('Image resized.\n');
+  return 0;
+};
+
+/** Opens the image (read/write, with qemu's resize permission) and resizes it. */
+async function resize(args: ResizeArgs, io: CliIO): Promise<void> {
   const image: Image = await openCommandImage(args.filename, {
     format: args.format,
     imageOpts: args.imageOpts,
@@ -129,6 +138,4 @@ export const run: CommandRunner = async (argv, io) => {
   } finally {
     await image.close();
   }
-  if (!args.quiet) io.stdout('Image resized.\n');
-  return 0;
-};
+}

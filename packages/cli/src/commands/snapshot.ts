@@ -18,6 +18,7 @@ import {
   usageExit,
 } from '../command-options.js';
 import { corruptionLine, openCommandImage, repairLog } from '../image-open.js';
+import { interruptsOf } from '../interrupt.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { snapshotHeaderLine, snapshotLine } from '../info-output.js';
@@ -159,6 +160,13 @@ function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: b
   return { action, format, quiet, imageOpts, forceShare, filename: expectOneFilename(parsed.operands) };
 }
 
+/** Creates, applies or deletes a snapshot; resolves to the exit status. */
+function change(img: Image, action: Exclude<Action, { kind: 'list' }>, io: CliIO, warnAgain: () => void): Promise<number> {
+  if (action.kind === 'create') return createSnapshot(img, action.name, io);
+  if (action.kind === 'apply') return applySnapshot(img, action.name, io, warnAgain);
+  return deleteSnapshot(img, action.name, io);
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const args = parseArgs(argv);
   if (args.help) {
@@ -175,23 +183,10 @@ export const run: CommandRunner = async (argv, io) => {
   if (warnRaw) io.stderr(probedRawWarning(img.filename));
   let status = 0;
   try {
-    switch (action?.kind) {
-      case undefined:
-        break;
-      case 'list':
-        listSnapshots(img, io);
-        break;
-      case 'create':
-        status = await createSnapshot(img, action.name, io);
-        break;
-      case 'apply':
-        status = await applySnapshot(img, action.name, io, () => {
-          if (warnRaw) io.stderr(probedRawWarning(img.filename));
-        });
-        break;
-      case 'delete':
-        status = await deleteSnapshot(img, action.name, io);
-        break;
+    if (action?.kind === 'list') listSnapshots(img, io);
+    else if (action !== undefined) {
+      // SIGINT/SIGTERM wait until the snapshot table and refcounts are consistent (interrupt.ts).
+      status = await interruptsOf(io).hold(() => change(img, action, io, () => warnRaw && io.stderr(probedRawWarning(img.filename))));
     }
   } finally {
     await img.close();
