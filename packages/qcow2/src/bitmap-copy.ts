@@ -22,7 +22,7 @@ import {
   type BitmapDirectoryEntry,
 } from './format/bitmap-directory.js';
 import { encodeByteString } from './format/byte-string.js';
-import { bitCount, loadBitmap, memName, storeBitmaps, type DirtyBitmap } from './bitmap-store.js';
+import { bitCount, loadBitmap, memName, serializedBytes, storeBitmaps, type DirtyBitmap } from './bitmap-store.js';
 import type { Qcow2Image } from './engine/image.js';
 import { AUTOCLEAR_BITMAPS } from './format/types.js';
 
@@ -40,6 +40,21 @@ async function loadDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]>
   const ext = findExtension(image.extensions, 'bitmaps');
   if (!ext || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return [];
   return loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
+}
+
+/**
+ * The bits of the bitmap `name` of a read-only image as qemu loads them (load_bitmap: none for
+ * one in use), or undefined when the image has no such bitmap.
+ */
+export async function readImageBitmap(image: Qcow2Image, name: string): Promise<DirtyBitmap | undefined> {
+  if (image.version < 3) return undefined;
+  const entry = (await loadDirectory(image)).find((e) => memName(e.name) === name);
+  if (entry === undefined) return undefined;
+  if (entry.flags & BME_FLAG_IN_USE) {
+    const size = image.size();
+    return { name, granularityBits: entry.granularityBits, enabled: false, size, data: new Uint8Array(serializedBytes(size, entry.granularityBits)) };
+  }
+  return loadBitmap(image, entry);
 }
 
 /** A persistent bitmap as qemu holds it once the image is open. */
@@ -68,7 +83,7 @@ export async function listImageBitmaps(image: Qcow2Image): Promise<PersistentBit
  * check_constraints_on_bitmap plus the rest of qcow2_co_can_store_new_dirty_bitmap, for a new
  * bitmap in `target`: the message qemu gives, or undefined when it can be stored.
  */
-function storeProblem(target: Qcow2Image, name: string, granularityBits: number, count: number, dirSize: number): string | undefined {
+export function storeProblem(target: { clusterSize: number; size(): number }, name: string, granularityBits: number, count: number, dirSize: number): string | undefined {
   if (granularityBits > BME_MAX_GRANULARITY_BITS) return `Granularity exceeds maximum (${2 ** BME_MAX_GRANULARITY_BITS} bytes)`;
   if (granularityBits < BME_MIN_GRANULARITY_BITS) return `Granularity is under minimum (${2 ** BME_MIN_GRANULARITY_BITS} bytes)`;
   const bitmapBytes = Math.ceil(bitCount(target.size(), granularityBits) / 8);

@@ -138,7 +138,28 @@ export async function storeBitmaps(
   oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
   bitmaps: DirtyBitmap[],
   freeOldDirectory = existing.length > 0,
-): Promise<void> {
+): Promise<BitmapDirectoryEntry[]> {
+  return storeBitmapSlots(target, [...existing, ...bitmaps], oldDir, freeOldDirectory);
+}
+
+/**
+ * One place of qemu's bm_list when it stores: an entry kept as the directory has it (a bitmap
+ * it does not write, e.g. an inconsistent one), or a bitmap in memory whose data and table
+ * are written anew.
+ */
+export type BitmapSlot = BitmapDirectoryEntry | DirtyBitmap;
+
+/**
+ * The general form of {@link storeBitmaps}: the directory becomes `slots` in this order, the
+ * bitmaps among them stored first (store_bitmap, in list order), then update_ext_header_and_dir.
+ * Returns the new directory's entries.
+ */
+export async function storeBitmapSlots(
+  target: BitmapHost,
+  slots: readonly BitmapSlot[],
+  oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
+  freeOldDirectory: boolean,
+): Promise<BitmapDirectoryEntry[]> {
   const taken: { offset: number; size: number }[] = [];
   let headerTried = false;
   const take = async (size: number, what: string): Promise<number> => {
@@ -151,20 +172,53 @@ export async function storeBitmaps(
     taken.push({ offset, size });
     return offset;
   };
+  let entries: BitmapDirectoryEntry[] = [];
   try {
-    const entries: BitmapDirectoryEntry[] = [...existing];
-    for (const bm of bitmaps) {
-      const { offset, size } = await storeBitmap(target, bm, take);
+    for (const slot of slots) {
+      if (!('data' in slot)) {
+        entries.push(slot);
+        continue;
+      }
+      const { offset, size } = await storeBitmap(target, slot, take);
       entries.push({
         bitmapTableOffset: offset,
         bitmapTableSize: size,
-        flags: bm.enabled ? BME_FLAG_AUTO : 0,
+        flags: slot.enabled ? BME_FLAG_AUTO : 0,
         type: BT_DIRTY_TRACKING_BITMAP,
-        granularityBits: bm.granularityBits,
-        name: bm.name,
+        granularityBits: slot.granularityBits,
+        name: slot.name,
         extraData: new Uint8Array(0),
       });
     }
+    await updateDirectory(target, entries, oldDir, freeOldDirectory, take, () => {
+      headerTried = true;
+    });
+  } catch (err) {
+    // Once the header write was tried, it may reach the disk naming the new directory: then
+    // everything it points at stays (leaked at worst), never handed out again.
+    if (!headerTried) for (const t of taken.reverse()) await target.freeClusters(t.offset, t.size).catch(() => undefined);
+    entries = [];
+    throw err;
+  }
+  return entries;
+}
+
+/**
+ * update_ext_header_and_dir: a new directory listing `entries` (none: the extension goes and
+ * the autoclear bit with it), the header naming it, then the old directory freed.
+ */
+export async function updateDirectory(
+  target: BitmapHost,
+  entries: readonly BitmapDirectoryEntry[],
+  oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
+  freeOldDirectory = true,
+  take: (size: number, what: string) => Promise<number> = (size) => target.allocateClusters(size),
+  beforeHeader: () => void = () => undefined,
+): Promise<void> {
+  if (entries.length === 0) {
+    beforeHeader();
+    await target.updateBitmapsExtension(undefined);
+  } else {
     // bitmap_list_store, not in place.
     const dir = encodeBitmapDirectory(entries);
     if (dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
@@ -172,20 +226,13 @@ export async function storeBitmaps(
     }
     const dirOffset = await take(dir.length, 'directory');
     await target.writeMetadata(dirOffset, dir);
-    headerTried = true;
-    await target.updateBitmapsExtension({
-      nbBitmaps: entries.length,
-      bitmapDirectorySize: dir.length,
-      bitmapDirectoryOffset: dirOffset,
-    });
-  } catch (err) {
-    // Once the header write was tried, it may reach the disk naming the new directory: then
-    // everything it points at stays (leaked at worst), never handed out again.
-    if (!headerTried) for (const t of taken.reverse()) await target.freeClusters(t.offset, t.size).catch(() => undefined);
-    throw err;
+    beforeHeader();
+    await target.updateBitmapsExtension({ nbBitmaps: entries.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset });
   }
   // The header names the new directory now, so the old one can go.
-  if (oldDir && freeOldDirectory) await target.freeClusters(oldDir.bitmapDirectoryOffset, oldDir.bitmapDirectorySize);
+  if (oldDir && freeOldDirectory && oldDir.bitmapDirectorySize > 0) {
+    await target.freeClusters(oldDir.bitmapDirectoryOffset, oldDir.bitmapDirectorySize);
+  }
 }
 
 /**

@@ -11,7 +11,9 @@
  * is never seen half-updated. Caches evict only between operations.
  */
 import { UnsupportedError, UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
-import { listImageBitmaps, type PersistentBitmap } from '../bitmap-copy.js';
+import { listImageBitmaps, readImageBitmap, type PersistentBitmap } from '../bitmap-copy.js';
+import { bitmapAction, type BitmapAction, type SourceBitmap } from './bitmap-ops.js';
+import { markDirty, storeHeldBitmaps } from './held-bitmaps.js';
 import { detectMetadataPreallocation } from './preallocation.js';
 import { compressCluster } from '../compress/compress.js';
 import { findExtension, type HeaderExtension, type Qcow2Header } from '../format/header.js';
@@ -96,7 +98,31 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
    * none when the bitmaps autoclear bit says a program without bitmap support wrote the image.
    */
   listBitmaps(): Promise<PersistentBitmap[] | undefined> {
+    const held = this.#s.heldBitmaps;
+    if (held !== undefined) {
+      return Promise.resolve(held.list.map((b) => ({ name: b.name, granularity: 2 ** b.granularityBits, inconsistent: b.inconsistent })));
+    }
     return listImageBitmaps(this);
+  }
+
+  /**
+   * The bits of the bitmap `name` as qemu holds them once the image is open (an inconsistent
+   * bitmap has none); undefined when there is no such bitmap. A merge source.
+   */
+  readBitmap(name: string): Promise<SourceBitmap | undefined> {
+    const held = this.#s.heldBitmaps;
+    if (held !== undefined) return Promise.resolve(held.list.find((b) => b.name === name));
+    return readImageBitmap(this, name);
+  }
+
+  /**
+   * One operation of `qemu-img bitmap` on a writable image's persistent bitmaps (add, remove,
+   * clear, enable, disable, merge), with qemu's checks and messages; the close stores the result.
+   */
+  async bitmapAction(action: BitmapAction): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, () => bitmapAction(s, action));
   }
 
   /** The algorithm compressed clusters of this image use (the header's compression type). */
@@ -169,7 +195,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, data.length);
     checkWritable(s);
     if (data.length === 0) return;
-    await exclusive(s, () => writeGuest(s, offset, data));
+    await exclusive(s, () => {
+      markDirty(s, offset, data.length);
+      return writeGuest(s, offset, data);
+    });
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
@@ -177,7 +206,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, length);
     checkWritable(s);
     if (length === 0) return;
-    await exclusive(s, () => writeZeroes(s, offset, length, options.mayUnmap === true));
+    await exclusive(s, () => {
+      markDirty(s, offset, length);
+      return writeZeroes(s, offset, length, options.mayUnmap === true);
+    });
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -185,7 +217,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, length);
     checkWritable(s);
     if (length === 0) return;
-    await exclusive(s, () => discard(s, offset, length));
+    await exclusive(s, () => {
+      markDirty(s, offset, length);
+      return discard(s, offset, length);
+    });
   }
 
   async flush(): Promise<void> {
@@ -242,7 +277,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
       return;
     }
     const payload = out;
-    await exclusive(s, () => storeCompressed(s, offset, payload));
+    await exclusive(s, () => {
+      markDirty(s, offset, cluster.length);
+      return storeCompressed(s, offset, payload);
+    });
   }
 
   /** Ends a run of compressed writes: pads the file to a 512-byte boundary as qemu does. */
@@ -345,8 +383,14 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     try {
       if (!this.readOnly && !s.broken) {
         await exclusive(s, async () => {
+          // qcow2_inactivate: the bitmaps first; losing them does not stop the flush.
+          let lost: unknown;
+          await storeHeldBitmaps(s).catch((err: unknown) => {
+            lost = err;
+          });
           await flushAll(s);
           await markClean(s);
+          if (lost !== undefined) throw lost;
         });
       }
     } finally {

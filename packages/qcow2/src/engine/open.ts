@@ -3,6 +3,7 @@
  * engine state — the active (or a snapshot's) L1 table, the metadata caches, the allocator and
  * what the overlap check protects — repairing a dirty image opened read/write first.
  */
+import { loadHeldBitmaps } from './held-bitmaps.js';
 import { FormatError, UsageError, type BlockDevice } from '@tsimg/raw';
 import { Allocator } from './allocator.js';
 import { TableCache, type CacheHooks } from './cache.js';
@@ -99,6 +100,7 @@ export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions)
     s.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
     await writeFeatureFields(s);
   }
+  if (!opts.readOnly && s.version >= 3) await loadHeldBitmaps(s);
   return s;
 }
 
@@ -171,6 +173,7 @@ function newEngineState(
     frozen: false,
     markedDirty: false,
     cleanedAutoclear: false,
+    heldBitmaps: undefined,
     decompressed: undefined,
     l2Table: (offset) => s.l2Cache.get(offset),
     corrupt: (message) => signalCorruption(s, message),
