@@ -32,6 +32,8 @@ export async function openCommandImage(
     log?: OpenImageOptions['log'];
     /** BDRV_O_RESIZE: the command changes the image's size (see OpenImageOptions.resize). */
     resize?: boolean;
+    /** BDRV_O_NO_BACKING when false: the backing chain is not opened. */
+    backing?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -49,7 +51,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'backing'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -68,6 +70,7 @@ async function openByName(
     unmap: options.unmap,
     log: options.log,
     resize: options.resize,
+    backing: options.backing,
     forceShare: options.forceShare,
     noShare: options.noShare,
     locking: options.locking,

@@ -329,6 +329,8 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkWritable(s);
     if (this.version < 3) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
     await exclusive(s, () => updateBitmapsExtension(s, bitmaps));
+    // The caller dropped the directory: the bitmaps held since the open go with it.
+    if (bitmaps === undefined) s.heldBitmaps?.list.splice(0);
   }
 
   // ---- internal snapshots (snapshots.ts) ------------------------------------------------
