@@ -46,15 +46,15 @@ async function loadDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]>
  * The bits of the bitmap `name` of a read-only image as qemu loads them (load_bitmap: none for
  * one in use), or undefined when the image has no such bitmap.
  */
-export async function readImageBitmap(image: Qcow2Image, name: string): Promise<DirtyBitmap | undefined> {
+export async function readImageBitmap(image: Qcow2Image, name: string): Promise<(DirtyBitmap & { inconsistent: boolean }) | undefined> {
   if (image.version < 3) return undefined;
   const entry = (await loadDirectory(image)).find((e) => memName(e.name) === name);
   if (entry === undefined) return undefined;
   if (entry.flags & BME_FLAG_IN_USE) {
     const size = image.size();
-    return { name, granularityBits: entry.granularityBits, enabled: false, size, data: new Uint8Array(serializedBytes(size, entry.granularityBits)) };
+    return { name, granularityBits: entry.granularityBits, enabled: false, size, data: new Uint8Array(serializedBytes(size, entry.granularityBits)), inconsistent: true };
   }
-  return loadBitmap(image, entry);
+  return { ...(await loadBitmap(image, entry)), inconsistent: false };
 }
 
 /** A persistent bitmap as qemu holds it once the image is open. */

@@ -20,7 +20,7 @@ export type BitmapAction =
   | { op: 'merge'; name: string; source: SourceBitmap | undefined; sourceName: string };
 
 /** A merge source: the bits of a bitmap of this or another image. */
-export type SourceBitmap = Pick<DirtyBitmap, 'granularityBits' | 'size' | 'data'>;
+export type SourceBitmap = Pick<DirtyBitmap, 'granularityBits' | 'size' | 'data'> & { inconsistent: boolean };
 
 /** The node name qemu's messages give an image qemu-img opened (an automatic one, "#blockNNN"). */
 export const NODE_NAME = '#block100';
@@ -36,7 +36,7 @@ function lookup(list: readonly HeldBitmap[], name: string): HeldBitmap {
   return bm;
 }
 
-/** bdrv_dirty_bitmap_check with BDRV_BITMAP_DEFAULT: an inconsistent bitmap cannot be used. */
+/** bdrv_dirty_bitmap_check (BDRV_BITMAP_DEFAULT or _ALLOW_RO): an inconsistent bitmap cannot be used. */
 function checkUsable(bm: HeldBitmap): void {
   if (bm.inconsistent) {
     fail('unsupported', `Bitmap '${bm.name}' is inconsistent and cannot be used`, 'EINVAL', 'Try block-dirty-bitmap-remove to delete this bitmap from disk');
@@ -107,13 +107,18 @@ export async function bitmapAction(s: EngineState, action: BitmapAction): Promis
       return;
     }
     case 'enable':
-    case 'disable':
-      lookup(list, action.name).enabled = action.op === 'enable';
+    case 'disable': {
+      // BDRV_BITMAP_ALLOW_RO still refuses an inconsistent bitmap.
+      const bm = lookup(list, action.name);
+      checkUsable(bm);
+      bm.enabled = action.op === 'enable';
       return;
+    }
     case 'merge': {
       const bm = lookup(list, action.name);
       checkUsable(bm);
       if (action.source === undefined) fail('not-found', `Dirty bitmap '${action.sourceName}' not found`, 'ENOENT');
+      if (action.source.inconsistent) checkUsable({ ...bm, name: action.sourceName, inconsistent: true });
       if (action.source.size !== bm.size) {
         fail('unsupported', `Bitmaps are of different sizes (destination size is ${bm.size}, source size is ${action.source.size}) and can't be merged`, 'EINVAL');
       }

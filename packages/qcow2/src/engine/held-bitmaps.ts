@@ -57,14 +57,20 @@ export function bitmapHost(s: EngineState): BitmapHost {
 }
 
 /**
- * qcow2_load_dirty_bitmaps on a read-write open of a v3 image: every bitmap of a valid
+ * qcow2_load_dirty_bitmaps on a read-write open of a v3 image (a stale extension dropped): every bitmap of a valid
  * directory loaded (one in use already comes in inconsistent, without bits), then the others
  * marked in use in place — autoclear bit off, directory rewritten, autoclear bit on, a sync
  * after each, so a crash leaves the bitmaps stale or in use, never wrong.
  */
-export async function loadHeldBitmaps(s: EngineState): Promise<void> {
+export async function loadHeldBitmaps(s: EngineState, staleExtension: boolean): Promise<void> {
   const held: HeldBitmaps = { list: [] };
   s.heldBitmaps = held;
+  if (staleExtension) {
+    // A program without bitmap support changed the image: qemu's open drops the stale
+    // extension from the header (qcow2_read_extensions asks for the header update).
+    await updateBitmapsExtension(s, undefined);
+    return;
+  }
   const { entries, location: ext } = await loadCurrentDirectory(s);
   if (ext === undefined) return;
   const size = virtualSize(s);

@@ -100,7 +100,8 @@ export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions)
     s.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
     await writeFeatureFields(s);
   }
-  if (!opts.readOnly && s.version >= 3) await loadHeldBitmaps(s);
+  // The open's only warnings are about a stale bitmaps extension (qcow2_read_extensions).
+  if (!opts.readOnly && s.version >= 3) await loadHeldBitmaps(s, opened.warnings.length > 0);
   return s;
 }
 
