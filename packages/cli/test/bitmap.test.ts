@@ -8,6 +8,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import { openImage } from '@tsimg/image';
 import { asTsimg, describeQemu, qemuImg, qemuIo, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
 import { dumpBitmaps } from './bitmap-dump.js';
@@ -157,14 +158,25 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     }
   });
 
-  it('takes the write lock: an image in use is refused', () => {
-    copyFileSync(p('empty.qcow2'), p('locked.qcow2'));
-    const holder = qemuIo(['-c', 'sleep 0', p('locked.qcow2')]);
-    expect(holder.status).toBe(0);
-    // (a held lock needs a process that keeps the image open: see locking.test.ts for the
-    // general machinery; here the open must at least go through the same read/write path)
-    const t = tsimg(['bitmap', '--add', p('locked.qcow2'), 'b']);
-    expect(t.status).toBe(0);
+  it('takes the write lock: an image another process writes is refused, as by qemu-img', async () => {
+    copyFileSync(p('data.qcow2'), p('locked.qcow2'));
+    const holder = spawn('qemu-io', ['-c', 'sleep 600000', p('locked.qcow2')], { stdio: 'ignore' });
+    try {
+      // qemu-img info fails on the lock once qemu-io holds it
+      for (let i = 0; i < 500 && qemuImg(['info', p('locked.qcow2')]).status === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      const before = readFileSync(p('locked.qcow2'));
+      for (const args of [['--add', p('locked.qcow2'), 'b'], ['--merge', 'old', '-b', p('locked.qcow2'), p('empty.qcow2'), 'x']]) {
+        const q = qemuImg(['bitmap', ...args]);
+        const t = tsimg(['bitmap', ...args]);
+        expect(q.stderr).toMatch(/lock/);
+        expect({ args, status: t.status, stderr: normal(t.stderr) }).toEqual({ args, status: q.status, stderr: normal(q.stderr) });
+      }
+      expect(readFileSync(p('locked.qcow2')).equals(before)).toBe(true);
+    } finally {
+      const exited = new Promise((r) => holder.once('exit', r));
+      holder.kill('SIGKILL');
+      await exited;
+    }
   });
 
   // ---- bitmaps kept on write ------------------------------------------------------------
