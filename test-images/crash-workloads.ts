@@ -189,7 +189,7 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
-    name: 'resizes of an image with persistent bitmaps (marked in use, stored again at each size)',
+    name: 'resizes of an image with persistent bitmaps (marked in use at the open, resized with the image, stored at the close)',
     clusterSize: 4 * K,
     prepare: (dir) => {
       create(dir, 'cluster_size=4096', '1M');

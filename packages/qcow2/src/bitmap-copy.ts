@@ -102,8 +102,8 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
   if (target.version < 3) throw new UnsupportedError("Format driver 'qcow2' does not support bitmaps", { errno: 'ENOTSUP' });
   const sourceEntries = await loadDirectory(source);
   if (sourceEntries.length === 0) return;
-  // The target's own bitmaps, if they are still valid: tsimg does not track writes, so any
-  // change of the target since it was opened has already cleared the autoclear bit.
+  // The target's own bitmaps (an existing -n target's): held since the open, in use in the
+  // directory until the close stores them (held-bitmaps.ts); kept as the directory has them.
   const targetExt = findExtension(target.extensions, 'bitmaps');
   const existing = await loadDirectory(target);
   const names = new Set(existing.map((e) => memName(e.name)));
