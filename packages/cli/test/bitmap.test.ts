@@ -2,7 +2,7 @@
  * Cross-checks of `tsimg bitmap` against `qemu-img bitmap` (QEMU 7.2), and of the bitmaps tsimg
  * keeps when it writes an image (library writes, convert -n, resize, snapshot) against what
  * qemu-io / qemu-img leave: the same status and messages, byte-identical files, the same
- * `qemu-img info`, a clean `qemu-img check`, the same dirty bits (bitmap-dump.ts).
+ * `qemu-img info`, a clean `qemu-img check`, the same dirty bits (test-images/bitmap-dump.ts).
  * Needs `npm run build` first (it runs bin/tsimg.js).
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { openImage } from '@tsimg/image';
 import { asTsimg, describeQemu, qemuImg, qemuIo, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
-import { dumpBitmaps } from './bitmap-dump.js';
+import { bitmapContent } from '../../../test-images/bitmap-dump.js';
 
 /** qemu's automatic node names ("#block123") differ from run to run. */
 const normal = (s: string): string => asTsimg(s).replaceAll('qemu-img', 'tsimg').replace(/#block\d+/g, '#block');
@@ -201,7 +201,7 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
   }
 
   function expectSameImages(q: string, t: string): void {
-    expect(dumpBitmaps(t)).toEqual(dumpBitmaps(q));
+    expect(bitmapContent(t)).toEqual(bitmapContent(q));
     const info = (f: string): string => img('info', f).replace(f, 'IMG').replace(/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d/g, 'DATE');
     expect(info(t)).toBe(info(q));
     const check = (f: string): { status: number; out: string } => {
@@ -225,7 +225,7 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     await image.close();
     expectSameImages(p('wq.qcow2'), p('wt.qcow2'));
     // the enabled bitmaps saw the writes, the disabled one did not
-    const bits = dumpBitmaps(p('wt.qcow2'));
+    const bits = bitmapContent(p('wt.qcow2'));
     expect(bits.find((b) => b.name === 'a')!.dirty).toContainEqual([0, 2]);
     expect(bits.find((b) => b.name === 'off')!.dirty).toEqual([]);
     expect(bits.find((b) => b.name === 'c')!.dirty).toEqual([[0, 1], [16, 17], [32, 33], [48, 49], [63, 64]]);
@@ -244,11 +244,11 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     tracked('o.qcow2');
     const image = await openImage(p('o.qcow2'), { format: 'qcow2', readOnly: false });
     try {
-      expect(dumpBitmaps(p('o.qcow2')).map((b) => b.flags & 1)).toEqual([1, 1, 1]);
+      expect(bitmapContent(p('o.qcow2')).map((b) => b.flags & 1)).toEqual([1, 1, 1]);
     } finally {
       await image.close();
     }
-    expect(dumpBitmaps(p('o.qcow2')).map((b) => b.flags & 1)).toEqual([0, 0, 0]);
+    expect(bitmapContent(p('o.qcow2')).map((b) => b.flags & 1)).toEqual([0, 0, 0]);
   });
 
   it('convert -n into an image with bitmaps', () => {
@@ -262,7 +262,7 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     expectSameImages(p('cnq.qcow2'), p('cnt.qcow2'));
     // qemu-img convert --bitmaps copies the kept bitmaps out again
     img('convert', '--bitmaps', '-O', 'qcow2', p('cnt.qcow2'), p('cnt-copy.qcow2'));
-    expect(dumpBitmaps(p('cnt-copy.qcow2'))).toEqual(dumpBitmaps(p('cnt.qcow2')));
+    expect(bitmapContent(p('cnt-copy.qcow2'))).toEqual(bitmapContent(p('cnt.qcow2')));
   });
 
   it('resize and snapshot -c/-d keep the bitmaps as qemu-img does', () => {

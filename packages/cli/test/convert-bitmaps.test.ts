@@ -8,7 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeQemu, qemuImg, qemuIo, run, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
-import { dumpBitmaps } from './bitmap-dump.js';
+import { bitmapContent } from '../../../test-images/bitmap-dump.js';
 
 function sh(r: RunResult, what: string): string {
   if (r.status !== 0) throw new Error(`${what}: ${r.stderr}`);
@@ -91,7 +91,7 @@ describeQemu('tsimg convert --bitmaps vs qemu-img convert --bitmaps', () => {
       expect({ status: t.status, stderr: t.stderr.includes('warning') ? '' : t.stderr }).toEqual({ status: 0, stderr: '' });
       const info = (f: string): unknown => JSON.parse(img('info', '--output=json', f))['format-specific'].data.bitmaps;
       expect(info(out)).toEqual(info(ref));
-      expect(dumpBitmaps(out)).toEqual(dumpBitmaps(ref));
+      expect(bitmapContent(out)).toEqual(bitmapContent(ref));
       const check = qemuImg(['check', out]);
       expect(check.stdout).toContain('No errors were found on the image.');
       expect(check.status).toBe(0);
@@ -102,8 +102,8 @@ describeQemu('tsimg convert --bitmaps vs qemu-img convert --bitmaps', () => {
   it('copies the source bits (and the disabled flag) as they are', () => {
     const { t, out } = both(['--bitmaps', '-O', 'qcow2'], p('src.qcow2'));
     expect(t.status).toBe(0);
-    expect(dumpBitmaps(out)).toEqual(dumpBitmaps(p('src.qcow2')));
-    expect(dumpBitmaps(out).map((b) => [b.name, b.flags, b.granularityBits, b.dirty])).toEqual([
+    expect(bitmapContent(out)).toEqual(bitmapContent(p('src.qcow2')));
+    expect(bitmapContent(out).map((b) => [b.name, b.flags, b.granularityBits, b.dirty])).toEqual([
       ['b0', 2, 16, [[0, 1], [160, 176]]],
       ['b1', 2, 12, [[0, 16], [2560, 2816]]],
       ['b2', 0, 16, []],
