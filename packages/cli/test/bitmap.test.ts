@@ -65,7 +65,7 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     copyFileSync(p(base), p('t.qcow2'));
     for (const c of commands) {
       // '@' is the image, '~name' another file of the test directory
-      const arg = (a: string, self: string): string => (a === '@' ? p(self) : a.startsWith('~') ? p(a.slice(1)) : a);
+      const arg = (a: string, self: string): string => (a.startsWith('~') ? p(a.slice(1)) : a.replace('@', p(self)));
       const q = qemuImg(['bitmap', ...c.map((a) => arg(a, 'q.qcow2'))]);
       const t = tsimg(['bitmap', ...c.map((a) => arg(a, 't.qcow2'))]);
       const label = c.join(' ');
@@ -145,6 +145,21 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
       expect({ args, status: t.status, stderr: normal(t.stderr) }).toEqual({ args, status: q.status, stderr: normal(q.stderr) });
     }
     expect(readFileSync(p('u.qcow2')).equals(before)).toBe(true);
+  });
+
+  it('--image-opts, -f, --object, and files that cannot be opened', () => {
+    for (const args of [
+      ['--image-opts', '--add', 'driver=qcow2,file.filename=@', 'x'],
+      ['--image-opts', '-f', 'qcow2', '--add', 'driver=qcow2,file.filename=@', 'y'],
+      ['--object', 'secret,id=s0,data=x', '--add', '-f', 'qcow2', '@', 'z'],
+      ['--add', '-f', 'raw', '@', 'w'],
+      ['--image-opts', '--add', 'driver=raw,file.filename=@', 'w'],
+      ['--add', '~nonexistent.qcow2', 'w'],
+      ['--merge', 'a', '-b', '~nonexistent.qcow2', '@', 'x'],
+      ['--merge', 'x', '-b', '@', '-F', 'raw', '@', 'x'],
+    ]) {
+      sameSequence('empty.qcow2', [args]);
+    }
   });
 
   it('raw and v2 images: no persistent bitmaps', () => {

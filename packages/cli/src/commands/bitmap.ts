@@ -10,7 +10,7 @@ import { NotFoundError, TsimgError, UnsupportedError, UsageError } from '@tsimg/
 import type { BitmapAction, Image, SourceBitmap } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../command.js';
 import { getoptLong, type LongOption } from '../getopt.js';
-import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } from '../command-options.js';
+import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION } from '../command-options.js';
 import { CliExit } from '../exit.js';
 import { openCommandImage } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
@@ -157,7 +157,6 @@ export const run: CommandRunner = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  if (args.imageOpts && args.format !== undefined) usageExit('--image-opts and --format are mutually exclusive');
   const img = await openCommandImage(args.filename, {
     format: args.format,
     readOnly: false,
