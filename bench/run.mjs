@@ -108,6 +108,32 @@ execFileSync('qemu-img', ['convert', '-c', '-O', 'qcow2', small, qcowC]);
 execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, '8T']);
 execFileSync('qemu-io', ['-c', 'write -P 1 0 1M', '-c', 'write -P 2 4T 1M', '-c', 'write -P 3 8191G 1M', sparse]);
 
+// Chain and snapshot workloads change their image: each run gets a fresh copy (untimed).
+const prealloc = join(out, 'prealloc-8g.qcow2');
+const snapped = join(out, 'prealloc-8g-snap.qcow2');
+const huge = join(out, 'sparse-1t.qcow2');
+const base = join(out, 'base-1g.qcow2');
+const top = join(out, 'top-1g.qcow2');
+const newBase = join(out, 'newbase-1g.qcow2');
+execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-o', 'preallocation=metadata', prealloc, '8G']);
+execFileSync('cp', ['--sparse=always', prealloc, snapped]);
+execFileSync('qemu-img', ['snapshot', '-c', 's0', snapped]);
+execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', huge, '1T']);
+execFileSync('qemu-io', ['-c', 'write -P 1 0 1M', '-c', 'write -P 2 1023G 1M', huge]);
+execFileSync('qemu-img', ['convert', '-O', 'qcow2', mixed, base]);
+// Relative backing name: each tool's copy of the chain (in out/t, out/q) commits into its own base.
+execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', 'base-1g.qcow2', '-F', 'qcow2', top, '1G']);
+for (const d of ['t', 'q']) execFileSync('mkdir', ['-p', join(out, d)]);
+execFileSync('qemu-io', ['-c', 'write -P 7 0 256M', '-c', 'write -P 8 512M 256M', top]);
+// The new base: the old one with 10 % of its clusters changed.
+execFileSync('cp', ['--sparse=always', base, newBase]);
+execFileSync('qemu-io', ['-c', 'write -P 9 100M 50M', '-c', 'write -P 9 700M 52M', newBase]);
+
+/** A fresh copy of `from` at `to` for each run (with `more` copied alongside). */
+const fresh = (pairs) => () => {
+  for (const [from, to] of pairs) execFileSync('cp', ['--sparse=always', from, to]);
+};
+
 const o = (name) => join(out, name);
 // [name, tsimg args, qemu-img args, target ratio]
 const rows = [
@@ -130,13 +156,24 @@ const rows = [
   ['map 8 TiB sparse', ['map', '--output=json', sparse], ['map', '--output=json', sparse], 1.0],
   // Start-up bound: qemu-img answers in ~5 ms, `node -e 0` alone takes ~60 ms. No target.
   ['info', ['info', qcow], ['info', qcow], null],
+  // [name, tsimg args, qemu-img args, target, prepare (before each run, untimed)]
+  ['snapshot -c, 8 GiB allocated', ['snapshot', '-c', 's1', o('ts.qcow2')], ['snapshot', '-c', 's1', o('qs.qcow2')], 1.0,
+    fresh([[prealloc, o('ts.qcow2')], [prealloc, o('qs.qcow2')]])],
+  ['snapshot -d, 8 GiB allocated', ['snapshot', '-d', 's0', o('tsd.qcow2')], ['snapshot', '-d', 's0', o('qsd.qcow2')], 1.0,
+    fresh([[snapped, o('tsd.qcow2')], [snapped, o('qsd.qcow2')]])],
+  ['resize 1 TiB +1T', ['resize', o('tr.qcow2'), '+1T'], ['resize', o('qr.qcow2'), '+1T'], 1.0,
+    fresh([[huge, o('tr.qcow2')], [huge, o('qr.qcow2')]])],
+  ['commit 1 GiB top (512 MiB written)', ['commit', o('t/top.qcow2')], ['commit', o('q/top.qcow2')], 1.0,
+    fresh([[base, o('t/base-1g.qcow2')], [base, o('q/base-1g.qcow2')], [top, o('t/top.qcow2')], [top, o('q/top.qcow2')]])],
+  ['rebase 1 GiB onto a base 10 % apart', ['rebase', '-b', newBase, '-F', 'qcow2', o('t/top.qcow2')], ['rebase', '-b', newBase, '-F', 'qcow2', o('q/top.qcow2')], 1.0,
+    fresh([[base, o('t/base-1g.qcow2')], [base, o('q/base-1g.qcow2')], [top, o('t/top.qcow2')], [top, o('q/top.qcow2')]])],
 ];
 
 console.log(
   `\n${'workload'.padEnd(36)} ${'tsimg s'.padStart(8)} ${'qemu s'.padStart(8)} ${'ratio'.padStart(6)} ${'target'.padStart(7)}` +
     `  ${'cpu t/q'.padStart(12)} ${'cpu ratio'.padStart(9)} ${'tsimg MiB'.padStart(9)}`,
 );
-for (const [name, targs, qargs, target] of rows) {
+for (const [name, targs, qargs, target, prepare] of rows) {
   if (filter && !name.includes(filter)) continue;
   // tsimg and qemu-img alternate, so a burst of load elsewhere on the machine hits both.
   const t = [];
@@ -145,6 +182,7 @@ for (const [name, targs, qargs, target] of rows) {
     for (let i = 0; i < runs; i++) {
       // A convert's output is its last argument.
       const output = (args) => (args[0] === 'convert' ? args[args.length - 1] : undefined);
+      prepare?.();
       t.push(time(process.execPath, [tsimg, ...targs], output(targs)));
       q.push(time('qemu-img', qargs, output(qargs)));
     }

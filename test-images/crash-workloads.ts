@@ -594,3 +594,69 @@ function addExtra(extra: Map<number, Set<number>>, val: Uint8Array, s: number, v
 export function maxSize(base: number, steps: readonly Step[]): number {
   return Math.max(base, ...steps.map((s) => (s.op === 'resize' ? s.size : 0)));
 }
+
+/**
+ * A workload on a backing chain (issue 10): a whole `qemu-img commit` or safe `qemu-img rebase`
+ * through @tsimg/image, with the faults counted over every file it writes together (one power
+ * supply). `prepare` builds `top.qcow2` over `base.qcow2` (and `new.qcow2`, a rebase's new
+ * backing file) in `dir`; the top's guest view must read the same after any fault, and every
+ * image of the chain must stay check-clean.
+ */
+export interface ChainWorkload {
+  name: string;
+  prepare(dir: string): void;
+  /** commit: top into base, then the top emptied; rebase: onto new.qcow2, or none (flatten). */
+  op: { kind: 'commit' } | { kind: 'rebase'; onto: 'new.qcow2' | undefined };
+}
+
+function chainImage(dir: string, file: string, opts: string, size: string, backing?: string, ...writes: string[]): void {
+  const b = backing === undefined ? [] : ['-b', backing, '-F', 'qcow2'];
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', '-o', opts, ...b, file, size], { cwd: dir }), `qemu-img create ${file}`);
+  if (writes.length > 0) io(dir, file, ...writes);
+}
+
+export const CHAIN_WORKLOADS: ChainWorkload[] = [
+  {
+    name: 'commit: 4 KiB clusters, a larger top (the base grows), compressed and zero clusters, then the top emptied',
+    op: { kind: 'commit' },
+    prepare: (dir) => {
+      chainImage(dir, 'base.qcow2', 'cluster_size=4096', '2M', undefined, 'write -P 1 0 256k', 'write -c -P 2 512k 4k', 'write -P 3 1M 64k');
+      chainImage(dir, 'top.qcow2', 'cluster_size=4096', '3M', 'base.qcow2', 'write -P 4 4k 8k', 'write -z 64k 16k', 'write -c -P 5 512k 4k', 'write -P 6 2M 100k', 'write -P 7 1M 4k');
+    },
+  },
+  {
+    name: 'commit: 64 KiB clusters, data over compressed base clusters, zero runs, extended L2 top',
+    op: { kind: 'commit' },
+    prepare: (dir) => {
+      writeFileSync(join(dir, 'data.raw'), sectors(1 * M, (s) => (s % 200) + 20));
+      ok(qemuImg(['convert', '-q', '-c', '-f', 'raw', '-O', 'qcow2', 'data.raw', 'base.qcow2'], { cwd: dir }), 'convert -c');
+      chainImage(dir, 'top.qcow2', 'extended_l2=on', '1M', 'base.qcow2', 'write -P 4 0 64k', 'write -z 128k 128k', 'write -P 6 300k 6k', 'write -P 7 900k 100k');
+    },
+  },
+  {
+    name: 'safe rebase onto another image (clusters that differ copied into the top), then the header',
+    op: { kind: 'rebase', onto: 'new.qcow2' },
+    prepare: (dir) => {
+      chainImage(dir, 'base.qcow2', 'cluster_size=4096', '2M', undefined, 'write -P 1 0 512k', 'write -P 2 1M 128k');
+      chainImage(dir, 'new.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 256k', 'write -P 3 300k 8k');
+      chainImage(dir, 'top.qcow2', 'cluster_size=4096', '2M', 'base.qcow2', 'write -P 4 8k 4k', 'write -P 5 1M 2k');
+    },
+  },
+  {
+    name: 'safe rebase into 512 B clusters: many L2 tables and refcount blocks allocated, then the header',
+    op: { kind: 'rebase', onto: 'new.qcow2' },
+    prepare: (dir) => {
+      chainImage(dir, 'base.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 200k', 'write -P 2 600k 100k');
+      chainImage(dir, 'new.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 100k', 'write -P 3 650k 8k', 'write -P 9 900k 20k');
+      chainImage(dir, 'top.qcow2', 'cluster_size=512,refcount_bits=64', '1M', 'base.qcow2', 'write -P 4 8k 4k', 'write -P 5 620k 2k');
+    },
+  },
+  {
+    name: 'rebase -b "": the top flattened',
+    op: { kind: 'rebase', onto: undefined },
+    prepare: (dir) => {
+      chainImage(dir, 'base.qcow2', 'cluster_size=4096', '1M', undefined, 'write -P 1 0 300k', 'write -z 400k 8k');
+      chainImage(dir, 'top.qcow2', 'cluster_size=4096', '1M', 'base.qcow2', 'write -P 4 100k 5k');
+    },
+  },
+];

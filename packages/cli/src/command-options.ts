@@ -22,6 +22,9 @@ export const FORCE_SHARE_OPTION: LongOption = { name: 'force-share', hasArg: fal
 /** `--object`, `--image-opts`, `--force-share`: in this order in most of qemu-img's tables. */
 export const IMAGE_SOURCE_OPTIONS: readonly LongOption[] = [OBJECT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION];
 
+/** The cache modes bdrv_parse_cache_mode takes (`-t`, `-T`). */
+export const CACHE_MODES: ReadonlySet<string> = new Set(['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe']);
+
 /** The line qemu-img's error_exit adds after a usage error. */
 export const TRY_HELP = "\nTry 'tsimg --help' for more information";
 

@@ -8,6 +8,7 @@ import type { CommandRunner } from './command.js';
 
 /** Subcommand name → its lazily loaded runner. */
 export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = {
+  bench: async () => (await import('./commands/bench.js')).run,
   map: async () => (await import('./commands/map.js')).run,
   info: async () => (await import('./commands/info.js')).run,
   measure: async () => (await import('./commands/measure.js')).run,
@@ -18,5 +19,7 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   convert: async () => (await import('./commands/convert.js')).run,
   resize: async () => (await import('./commands/resize.js')).run,
   snapshot: async () => (await import('./commands/snapshot.js')).run,
+  commit: async () => (await import('./commands/commit.js')).run,
+  rebase: async () => (await import('./commands/rebase.js')).run,
   bitmap: async () => (await import('./commands/bitmap.js')).run,
 };

@@ -32,7 +32,9 @@ export async function openCommandImage(
     log?: OpenImageOptions['log'];
     /** BDRV_O_RESIZE: the command changes the image's size (see OpenImageOptions.resize). */
     resize?: boolean;
-    /** BDRV_O_NO_BACKING when false: the backing chain is not opened. */
+    /** A backing layer opened read/write too (see OpenImageOptions.writableBacking). */
+    writableBacking?: OpenImageOptions['writableBacking'];
+    /** Open the backing chain (default true; see OpenImageOptions.backing). */
     backing?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
@@ -51,7 +53,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'backing'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -75,6 +77,8 @@ async function openByName(
     noShare: options.noShare,
     locking: options.locking,
     onWarning: options.onWarning,
+    writableBacking: options.writableBacking,
+    backing: options.backing,
   });
 }
 

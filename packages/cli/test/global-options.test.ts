@@ -43,6 +43,11 @@ describeQemu('tsimg standard options and commands', () => {
     ['info', 'img', '-Uxh'],
     ['info', '-U', '-xh'],
     ['check', '-x'],
+    ['commit', '-xh', 'a'],
+    ['rebase', '-xh', 'a'],
+    ['resize', '-xh', 'a', '1M'],
+    ['snapshot', '-xh', 'a'],
+    ['bench', '-xh', 'a'],
   ];
   it.each(cases.map((c) => [c.join(' ') || '(no arguments)', c] as const))('%s', (_label, args) => {
     // A bad letter inside the first cluster names argv[0], the program itself.
@@ -58,7 +63,7 @@ describeQemu('tsimg standard options and commands', () => {
       expect({ status: t.status, stderr: t.stderr }, args.join(' ')).toEqual({ status: q.status, stderr: q.stderr });
     }
     const help = tsimg(['--help']).stdout;
-    for (const name of ['check', 'compare', 'convert', 'create', 'dd', 'info', 'map', 'measure']) {
+    for (const name of ['bench', 'check', 'commit', 'compare', 'convert', 'create', 'dd', 'info', 'map', 'measure', 'resize']) {
       const synopsis = qemuImg(['--help']).stdout.split('\n').find((l) => l.startsWith(`  ${name} `));
       expect(help.split('\n'), name).toContain(synopsis);
     }

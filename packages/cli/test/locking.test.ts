@@ -83,12 +83,15 @@ const WRITING = [
   'dd if=r.raw of=live.qcow2 -O qcow2', 'dd if=r.raw of=live.qcow2',
   'create -f qcow2 live.qcow2 1M', 'create -f raw live.qcow2 1M', 'create -q -f qcow2 -b live.qcow2 -F qcow2 OUT',
   'resize live.qcow2 32M', 'resize --shrink live.qcow2 1M', 'resize -f raw lr.raw 32M', 'resize df2.qcow2 32M',
+  'commit ontop.qcow2', 'commit -b live.qcow2 ontop.qcow2', 'commit lrtop.qcow2',
+  'rebase -u -b x -F raw live.qcow2', 'rebase -b lr.raw -F raw ontop.qcow2',
 ];
 /** The cases where a read-only holder makes a difference (it shares write with readers). */
 const WITH_READER = [
   'info live.qcow2', 'check live.qcow2', 'map ontop.qcow2', 'map df2.qcow2', 'convert -O raw lrtop.qcow2 OUT',
   'convert -f raw -O raw lr.raw OUT', 'check -r all live.qcow2', 'check -r all df2.qcow2', 'convert -n r.raw live.qcow2',
   'create -f qcow2 live.qcow2 1M', 'dd if=r.raw of=live.qcow2 -O qcow2', 'resize live.qcow2 32M',
+  'commit ontop.qcow2', 'commit lrtop.qcow2',
 ];
 /** With `-r -U` only writers of the image are kept out, so only harmless writes are tried. */
 const WITH_SHARING_READER = ['info live.qcow2', 'map ontop.qcow2', 'convert -O raw df2.qcow2 OUT', 'compare r.raw lrtop.qcow2', 'check -r all df2.qcow2'];
@@ -169,6 +172,40 @@ describeLocks('tsimg and qemu lock each other out as qemu-img does', () => {
     expect(await done).toBe(0);
     // src.raw is smaller than the target: compare warns of that, then finds the same data.
     expect(qemuImg(['compare', '-f', 'raw', '-F', 'qcow2', 'src.raw', 'tgt.qcow2'], { cwd: dir })).toMatchObject({ status: 0, stdout: 'Warning: Image size mismatch!\nImages are identical.\n' });
+  }, 30_000);
+
+  it('a commit in progress locks the chain as qemu-img commit does (base and top read-write, the images between unreadable)', async () => {
+    const chains = [
+      { files: ['cb.qcow2', 'cm.qcow2', 'ct.qcow2'], base: ['-b', 'cb.qcow2'], setup: [
+        ['qemu-img', 'create', '-q', '-f', 'qcow2', 'cb.qcow2', '16M'],
+        ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'cb.qcow2', '-F', 'qcow2', 'cm.qcow2'],
+        ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'cm.qcow2', '-F', 'qcow2', 'ct.qcow2'],
+      ] },
+      // A raw base the same size as the top: written, not resized, and not read by the job.
+      { files: ['cr.raw', 'crt.qcow2'], base: [], setup: [
+        ['qemu-img', 'create', '-q', '-f', 'raw', 'cr.raw', '16M'],
+        ['qemu-img', 'create', '-q', '-f', 'qcow2', '-b', 'cr.raw', '-F', 'raw', 'crt.qcow2'],
+      ] },
+    ];
+    for (const chain of chains) {
+      const top = chain.files.at(-1)!;
+      const held: Record<string, number[][]> = {};
+      for (const [who, cmd, args] of [
+        ['qemu', 'qemu-img', ['commit', '-q', '-r', '256k', ...chain.base, top]],
+        ['tsimg', process.execPath, [tsimgBin, 'commit', '-q', '-r', '256k', ...chain.base, top]],
+      ] as const) {
+        for (const c of chain.setup) shIn(dir, c[0]!, ...c.slice(1));
+        shIn(dir, 'qemu-io', '-c', 'write -P 0x21 0 4M', top);
+        const before = fs.readFileSync(join(dir, chain.files[0]!));
+        const slow = spawn(cmd, [...args], { cwd: dir, stdio: 'ignore' });
+        started.push(slow);
+        // Once data reaches the base, the job runs: every lock is the job's.
+        await until(`${who} commit writes its base`, () => !fs.readFileSync(join(dir, chain.files[0]!)).equals(before), slow);
+        held[who] = chain.files.map((f) => heldBytes(join(dir, f)));
+        await stop(slow);
+      }
+      expect(held.tsimg, chain.files.join(' ')).toEqual(held.qemu);
+    }
   }, 30_000);
 
   it('no self-destruction: dd and convert refuse a target they read, through any path or the backing chain', () => {

@@ -57,6 +57,25 @@ export interface Image extends BlockDevice {
   applySnapshot?(idOrName: string): Promise<void>;
   /** Deletes the first snapshot matching the ID and name given (bdrv_snapshot_delete). */
   deleteSnapshot?(selector: { id?: string; name?: string }): Promise<void>;
+
+  // Backing chain operations (commit, rebase).
+
+  /**
+   * bdrv_make_empty: drops everything the image holds, so it reads as its backing image (qemu-img
+   * commit empties the top this way). Formats that cannot leave the method out (qemu's ENOTSUP).
+   */
+  makeEmpty?(): Promise<void>;
+  /**
+   * bdrv_change_backing_file: records another backing file name and format in the image's
+   * metadata (undefined name: no backing file), without opening it. Formats without backing
+   * files leave the method out (qemu's ENOTSUP).
+   */
+  changeBackingFile?(name: string | undefined, format: string | undefined): Promise<void>;
+  /**
+   * Writes one whole cluster compressed at cluster-aligned `offset` (a shorter `cluster` only
+   * for the image's last partial cluster); formats that compress only.
+   */
+  writeCompressed?(offset: number, cluster: Uint8Array): Promise<void>;
 }
 
 /** A persistent dirty bitmap of an image. */

@@ -1,7 +1,10 @@
 /** @tsimg/image — images of any format: open, probe, chains, convert, compare, map, info, measure. */
 
+export { findBackingImage } from './backing-chain.js';
 export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
+export { commitGranularity, commitImage, type CommitOptions } from './commit.js';
 export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
+export { bench, type BenchOptions } from './bench.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
 export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';
@@ -36,7 +39,8 @@ export { openImage, type OpenImageOptions } from './open.js';
 export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
-export { resolveRelative } from './paths.js';
+export { fullBackingFilename, resolveRelative } from './paths.js';
 export { resizeImage, type ResizeImageOptions } from './resize.js';
 export { probeFormat } from './probe.js';
+export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';

@@ -4,7 +4,9 @@
  * way qemu does (relative to the directory of the image that names them).
  */
 import { realpath } from 'node:fs/promises';
-import { FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode } from '@tsimg/raw';
+import {
+  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
+} from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
@@ -66,6 +68,13 @@ export interface OpenImageOptions {
   locking?: LockingMode;
   /** Receives FileDevice's lock warnings (see FileDeviceOptions.onWarning). */
   onWarning?: (message: string) => void;
+  /**
+   * Open the backing image `depth` layers below the top read/write too (1: the top's backing
+   * file), with the top's file options and `unmap`: qemu-img commit's base, which qemu reopens
+   * read/write (bdrv_reopen_set_read_only) and writes through the commit job — and resizes, with
+   * `resize`, when it is smaller than the top. It is locked with the job's permissions.
+   */
+  writableBacking?: { depth: number; resize?: boolean };
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -86,6 +95,8 @@ interface OpenContext {
   onWarning?: (message: string) => void;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
+  /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
+  writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
@@ -138,7 +149,25 @@ async function openBackingLayer(
     }
   }
   try {
-    const perms = backingNodePermissions(layer.perms);
+    const wb = octx.writableBacking;
+    if (wb !== undefined && wb.depth === layer.seen.length) {
+      // The commit job's base (mirror_start_job's target): written (and resized when it must
+      // grow), sharing reads and writes but not resizes; what reads it, reads through the job.
+      const perms: NodePermissions = {
+        node: { perm: BLK_PERM_WRITE | (wb.resize ? BLK_PERM_RESIZE : 0), shared: BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED | BLK_PERM_WRITE },
+        writable: true,
+        noIo: false,
+        forceShare: false,
+      };
+      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
+      return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
+    }
+    let perms = backingNodePermissions(layer.perms);
+    if (wb !== undefined && layer.seen.length < wb.depth) {
+      // An image between the top and the commit's base: the job shares only writes on it
+      // (mirror_start_job's "intermediate node"), so nobody else may read it consistently.
+      perms = { ...perms, node: { perm: perms.node.perm, shared: perms.node.shared & ~BLK_PERM_CONSISTENT_READ } };
+    }
     return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
@@ -215,6 +244,11 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking ?? loc.locking },
       perms: topNodePermissions(flags),
     };
+    if (options.writableBacking !== undefined) {
+      const fileOptions = { noFlush: options.noFlush, io: options.io };
+      const { depth, resize } = options.writableBacking;
+      octx.writableBacking = { depth, resize: resize ?? false, fileOptions, unmap: options.unmap ?? false };
+    }
     const image = await openLayer(top, format, octx, options);
     try {
       for (const update of octx.finalLocks) update();

@@ -54,6 +54,13 @@ export class RawImage implements Image {
   async truncate(size: number, options: TruncateOptions): Promise<void> {
     options.check?.();
     const mode = options.preallocation ?? 'off';
+    if ((this.file as { blockDevice?: boolean }).blockDevice === true) {
+      // raw_co_truncate on a device: nothing to preallocate, and an exact resize (qemu-img
+      // resize's) to any other size is refused.
+      if (mode !== 'off') throw new UnsupportedError(`Preallocation mode '${mode}' unsupported for this non-regular file`, { errno: 'ENOTSUP' });
+      if (size !== this.file.size()) throw new UnsupportedError('Cannot resize device files', { errno: 'ENOTSUP' });
+      return;
+    }
     if (mode !== 'off' && size < this.file.size()) {
       throw new UnsupportedError('Cannot use preallocation for shrinking files', { errno: 'ENOTSUP' });
     }

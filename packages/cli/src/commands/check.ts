@@ -30,6 +30,7 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
+  CACHE_MODES,
   expectOneFilename,
   FORMAT_OPTION,
   getoptExit,
@@ -54,7 +55,6 @@ const LONG_OPTIONS: readonly LongOption[] = [
   ...IMAGE_SOURCE_OPTIONS,
 ];
 
-const CACHE_MODES = ['none', 'off', 'writeback', 'unsafe', 'directsync', 'writethrough'];
 
 const HELP =
   'usage: tsimg check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename\n\n' +
@@ -98,7 +98,6 @@ async function openChecked(
     file.setPermissions(imageFileLock(node, fmt));
     if (fmt === 'raw') {
       if (format === undefined && writable) {
-        // raw-format.c warns whenever a probed raw image is opened for writing
         io.stderr(probedRawWarning(filename));
       }
       return { file };
@@ -219,7 +218,7 @@ export const run: CommandRunner = async (argv, io) => {
   }
   let filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
-  if (cache !== undefined && !CACHE_MODES.includes(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
+  if (cache !== undefined && !CACHE_MODES.has(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   if (imageOpts) {
     refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);

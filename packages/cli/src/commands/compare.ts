@@ -7,7 +7,7 @@ import { compareImages } from '@tsimg/image';
 import { strerror, TsimgError } from '@tsimg/raw';
 import { errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';
-import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
+import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupportedExit, usageExit } from '../command-options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
@@ -15,7 +15,6 @@ import { createProgress } from '../progress.js';
 
 const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS];
 
-const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
 /** The strerror text qemu prints for a failed read. */
 function readErrorText(cause: unknown): string {
@@ -76,7 +75,7 @@ export const run: CommandRunner = async (argv, io) => {
   };
   const progress = createProgress(io, progressWanted && !quiet, 2.0);
   try {
-    if (!CACHE_MODES.includes(cache)) {
+    if (!CACHE_MODES.has(cache)) {
       io.stderr(`tsimg: Invalid source cache option: ${cache}\n`);
       return 2;
     }

@@ -10,7 +10,7 @@ import { stat } from 'node:fs/promises';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
-import { getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
+import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
@@ -28,7 +28,6 @@ const SECTOR = BDRV_SECTOR_SIZE;
 const MAX_BUF_SECTORS = 32768;
 /** qemu-img's MAX_COROUTINES: the largest -m. */
 const MAX_COROUTINES = 16;
-const CACHE_MODES = new Set(['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe']);
 
 const LONG = [
   HELP_OPTION,

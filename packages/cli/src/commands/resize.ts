@@ -6,15 +6,15 @@
  */
 import { resizeImage, type Image, type TruncateOptions } from '@tsimg/image';
 import { BDRV_MAX_LENGTH } from '@tsimg/raw';
-import type { CommandRunner } from '../command.js';
+import type { CliIO, CommandRunner } from '../command.js';
 import { getoptExit, HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, usageExit } from '../command-options.js';
 import { CliExit } from '../exit.js';
+import { interruptsOf } from '../interrupt.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import { openCommandImage, repairLog } from '../image-open.js';
-import { splitImageOpts } from '../image-opts.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
-import { probedRawWarning } from '../raw-probe-warning.js';
+import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -51,7 +51,7 @@ interface ResizeArgs {
 function parseArgs(argv: readonly string[], out: (text: string) => void): ResizeArgs | undefined {
   if (argv.length < 2) usageExit('Not enough arguments');
   let size = argv[argv.length - 1]!;
-  const parsed = getoptLong(argv.slice(0, -1), ':f:hq', LONG_OPTIONS);
+  const parsed = getoptLong(argv.slice(0, -1), ':f:hq', LONG_OPTIONS, 'resize');
   const a: Omit<ResizeArgs, 'filename' | 'relative' | 'amount'> = { imageOpts: false, quiet: false, shrink: false, preallocation: 'off' };
   for (const o of parsed.options) {
     switch (o.key) {
@@ -106,6 +106,14 @@ function checkTotal(args: ResizeArgs, current: bigint, total: bigint): void {
 export const run: CommandRunner = async (argv, io) => {
   const args = parseArgs(argv, io.stdout);
   if (args === undefined) return 0;
+  // SIGINT/SIGTERM wait until the resize and its metadata are on disk (interrupt.ts).
+  await interruptsOf(io).hold(() => resize(args, io));
+  if (!args.quiet) io.stdout('Image resized.\n');
+  return 0;
+};
+
+/** Opens the image (read/write, with qemu's resize permission) and resizes it. */
+async function resize(args: ResizeArgs, io: CliIO): Promise<void> {
   const image: Image = await openCommandImage(args.filename, {
     format: args.format,
     imageOpts: args.imageOpts,
@@ -116,11 +124,7 @@ export const run: CommandRunner = async (argv, io) => {
     onWarning: lockWarnings(io, true),
   });
   try {
-    const probed = args.imageOpts ? !splitImageOpts(args.filename).has('driver') : args.format === undefined;
-    if (probed && image.format === 'raw') {
-      // raw-format.c warns whenever a probed raw image is opened for writing
-      io.stderr(probedRawWarning(image.filename));
-    }
+    if (probedRaw(image, args)) io.stderr(probedRawWarning(image.filename));
     const current = BigInt(image.size());
     // int64_t arithmetic, wrapping as qemu's does
     const n = BigInt.asIntN(64, args.amount);
@@ -134,6 +138,4 @@ export const run: CommandRunner = async (argv, io) => {
   } finally {
     await image.close();
   }
-  if (!args.quiet) io.stdout('Image resized.\n');
-  return 0;
-};
+}

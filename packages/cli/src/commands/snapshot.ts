@@ -18,6 +18,8 @@ import {
   usageExit,
 } from '../command-options.js';
 import { corruptionLine, openCommandImage, repairLog } from '../image-open.js';
+import { interruptsOf } from '../interrupt.js';
+import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { snapshotHeaderLine, snapshotLine } from '../info-output.js';
 
@@ -32,15 +34,6 @@ const HELP =
 
 /** What the command line asks for. */
 type Action = { kind: 'list' } | { kind: 'create' | 'apply' | 'delete'; name: string };
-
-/** qemu's warning when a probed raw image is opened for writing (raw-format.c). */
-function probedRawWarning(filename: string): string {
-  return (
-    `WARNING: Image format was not specified for '${filename}' and probing guessed raw.\n` +
-    '         Automatically detecting the format is dangerous for raw images, write operations on block 0 will be restricted.\n' +
-    "         Specify the 'raw' format explicitly to remove the restrictions.\n"
-  );
-}
 
 /** The negative errno qemu-img prints for a failed create, and its text. */
 function errnoText(err: TsimgError): string {
@@ -120,7 +113,7 @@ function deleteSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
 
 /** img_snapshot's option loop: one action at most, qemu's usage errors. */
 function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: boolean; imageOpts: boolean; forceShare: boolean; filename?: string; help?: boolean } {
-  const parsed = getoptLong(argv, ':la:c:d:hqUf:', LONG_OPTIONS);
+  const parsed = getoptLong(argv, ':la:c:d:hqUf:', LONG_OPTIONS, 'snapshot');
   if (parsed.error) getoptExit(parsed.error);
   let action: Action | undefined;
   let format: string | undefined;
@@ -167,6 +160,13 @@ function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: b
   return { action, format, quiet, imageOpts, forceShare, filename: expectOneFilename(parsed.operands) };
 }
 
+/** Creates, applies or deletes a snapshot; resolves to the exit status. */
+function change(img: Image, action: Exclude<Action, { kind: 'list' }>, io: CliIO, warnAgain: () => void): Promise<number> {
+  if (action.kind === 'create') return createSnapshot(img, action.name, io);
+  if (action.kind === 'apply') return applySnapshot(img, action.name, io, warnAgain);
+  return deleteSnapshot(img, action.name, io);
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const args = parseArgs(argv);
   if (args.help) {
@@ -179,27 +179,14 @@ export const run: CommandRunner = async (argv, io) => {
   const write = action?.kind !== 'list';
   // An open failure (lock conflicts with their hint line included) is main's to print.
   const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, log: write ? repairLog(io) : undefined, onWarning: lockWarnings(io, write) });
-  const probedRaw = write && format === undefined && !imageOpts && img.format === 'raw';
-  if (probedRaw) io.stderr(probedRawWarning(filename));
+  const warnRaw = write && probedRaw(img, { filename, format, imageOpts });
+  if (warnRaw) io.stderr(probedRawWarning(img.filename));
   let status = 0;
   try {
-    switch (action?.kind) {
-      case undefined:
-        break;
-      case 'list':
-        listSnapshots(img, io);
-        break;
-      case 'create':
-        status = await createSnapshot(img, action.name, io);
-        break;
-      case 'apply':
-        status = await applySnapshot(img, action.name, io, () => {
-          if (probedRaw) io.stderr(probedRawWarning(filename));
-        });
-        break;
-      case 'delete':
-        status = await deleteSnapshot(img, action.name, io);
-        break;
+    if (action?.kind === 'list') listSnapshots(img, io);
+    else if (action !== undefined) {
+      // SIGINT/SIGTERM wait until the snapshot table and refcounts are consistent (interrupt.ts).
+      status = await interruptsOf(io).hold(() => change(img, action, io, () => warnRaw && io.stderr(probedRawWarning(img.filename))));
     }
   } finally {
     await img.close();

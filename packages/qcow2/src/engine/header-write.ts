@@ -3,17 +3,18 @@
  * autoclear bits), the header fields that switch to a new table, and the header cluster with
  * a new bitmaps extension — each followed by a sync, as qemu orders them.
  */
-import { TsimgError, LimitError } from '@tsimg/raw';
+import { TsimgError, LimitError, UsageError } from '@tsimg/raw';
 import {
   encodeExtensions,
   encodeHeader,
   findExtension,
+  V2_HEADER_LENGTH,
   QEMU_FEATURE_NAMES,
   V3_HEADER_LENGTH,
   type HeaderExtension,
   type Qcow2Header,
 } from '../format/header.js';
-import { AUTOCLEAR_BITMAPS, INCOMPAT_DIRTY } from '../format/types.js';
+import { AUTOCLEAR_BITMAPS, INCOMPAT_DIRTY, MAX_BACKING_FILE_NAME } from '../format/types.js';
 import { flushAll, type EngineState } from './state.js';
 
 /** The bitmaps header extension's fields (none: no extension). */
@@ -91,13 +92,13 @@ export async function markClean(s: EngineState): Promise<void> {
  * qcow2_update_header's order of the extensions: backing format, data file, crypto header,
  * feature table (v3, clusters above 4 KiB), bitmaps, then the unknown extensions as they were.
  */
-function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined): HeaderExtension[] {
+function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined, version = 3): HeaderExtension[] {
   const next: HeaderExtension[] = [];
   for (const kind of ['backing-format', 'data-file', 'crypto-header'] as const) {
     const e = findExtension(exts, kind);
     if (e) next.push(e);
   }
-  if (clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
+  if (version >= 3 && clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
   if (bitmaps) next.push({ kind: 'bitmaps', ...bitmaps });
   next.push(...exts.filter((e) => e.kind === 'unknown'));
   return next;
@@ -111,16 +112,18 @@ async function encodeHeaderCluster(
   s: EngineState,
   next: readonly HeaderExtension[],
   bitmaps: BitmapsExtension | undefined,
+  what = 'Failed to update bitmap extension',
 ): Promise<{ buf: Uint8Array; updated: Qcow2Header }> {
   const h = s.header;
   const cs = s.clusterSize;
   const buf = new Uint8Array(cs);
-  // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields).
-  const headerLength = Math.max(h.headerLength, V3_HEADER_LENGTH);
+  // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields); v2 headers
+  // are 72 bytes, with the extensions right after them.
+  const headerLength = s.version >= 3 ? Math.max(h.headerLength, V3_HEADER_LENGTH) : V2_HEADER_LENGTH;
   if (h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
   const extBytes = encodeExtensions(next);
   const nospc = (): never => {
-    throw new LimitError('Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
+    throw new LimitError(`${what}: No space left on device`, { errno: 'ENOSPC' });
   };
   if (headerLength + extBytes.length > cs) nospc();
   buf.set(extBytes, headerLength);
@@ -134,10 +137,14 @@ async function encodeHeaderCluster(
     backingFileSize = name.length;
   }
   const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
-  const updated: Qcow2Header = { ...h, headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
-  const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
-  encodeHeader(updated, new DataView(buf.buffer));
-  buf.set(unknownFields, V3_HEADER_LENGTH);
+  const updated: Qcow2Header = { ...h, headerLength: s.version >= 3 ? headerLength : h.headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
+  if (s.version >= 3) {
+    const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
+    encodeHeader(updated, new DataView(buf.buffer));
+    buf.set(unknownFields, V3_HEADER_LENGTH);
+  } else {
+    encodeHeader(updated, new DataView(buf.buffer));
+  }
   return { buf, updated };
 }
 
@@ -168,4 +175,49 @@ export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExt
   // The bitmaps just stored describe the image as it is now; a later change clears the
   // bit again, as beforeChange does for any bitmaps tsimg does not track.
   s.cleanedAutoclear = false;
+}
+
+/** The bitmaps extension the header carries now (qemu's nb_bitmaps > 0), if the bit says it is valid. */
+function currentBitmaps(s: EngineState): BitmapsExtension | undefined {
+  const e = findExtension(s.extensions, 'bitmaps');
+  if (e === undefined || (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return undefined;
+  return { nbBitmaps: e.nbBitmaps, bitmapDirectorySize: e.bitmapDirectorySize, bitmapDirectoryOffset: e.bitmapDirectoryOffset };
+}
+
+/**
+ * qcow2_update_header: rewrites the header cluster from the state in memory (the fields, the
+ * extensions in qemu's order, the backing file name). Not synced, as in qemu.
+ */
+export async function rewriteHeader(s: EngineState, what: string): Promise<void> {
+  const bitmaps = currentBitmaps(s);
+  const next = headerExtensionsWith(s.extensions, s.clusterSize, bitmaps, s.version);
+  const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps, what);
+  await s.file.write(0, buf);
+  Object.assign(s.header, updated);
+  s.extensions.splice(0, s.extensions.length, ...next);
+}
+
+/**
+ * qcow2_change_backing_file: a new backing file name and format (undefined: none) in the
+ * header, written as qcow2_update_header writes it. Refused as qemu refuses it (EINVAL): a
+ * backing file over a raw external data file, or a name longer than 1023 bytes.
+ */
+export async function changeBackingFile(s: EngineState, name: string | undefined, format: string | undefined): Promise<void> {
+  if (name !== undefined && s.dataRaw) throw new UsageError('Invalid argument', { errno: 'EINVAL' });
+  if (name !== undefined && new TextEncoder().encode(name).length > MAX_BACKING_FILE_NAME) {
+    throw new UsageError('Invalid argument', { errno: 'EINVAL' });
+  }
+  const exts: HeaderExtension[] = s.extensions.filter((e) => e.kind !== 'backing-format');
+  if (format !== undefined) exts.unshift({ kind: 'backing-format', name: format });
+  const oldExts = s.extensions.slice();
+  const oldName = s.backingFile;
+  s.extensions.splice(0, s.extensions.length, ...exts);
+  s.backingFile = name;
+  try {
+    await rewriteHeader(s, 'Could not update the header');
+  } catch (err) {
+    s.extensions.splice(0, s.extensions.length, ...oldExts);
+    s.backingFile = oldName;
+    throw err;
+  }
 }

@@ -19,7 +19,8 @@ import { compressCluster } from '../compress/compress.js';
 import { findExtension, type HeaderExtension, type Qcow2Header } from '../format/header.js';
 import { padCompressedTail, storeCompressed } from './compressed.js';
 import { storeMetadata } from './corruption.js';
-import { markClean, updateBitmapsExtension, type BitmapsExtension } from './header-write.js';
+import { beforeChange, changeBackingFile, markClean, updateBitmapsExtension, type BitmapsExtension } from './header-write.js';
+import { makeEmpty } from './make-empty.js';
 import type { Geometry, MappingSource } from './mapping.js';
 import { openEngineState, type Qcow2OpenOptions } from './open.js';
 import { blockStatusAt, readGuest } from './read.js';
@@ -49,8 +50,6 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   /** The header as it is on disk now (updated by every header write). */
   readonly header: Qcow2Header;
   readonly extensions: HeaderExtension[];
-  readonly backingFile?: string;
-  readonly backingFormat?: string;
   readonly clusterSize: number;
   readonly geo: Geometry;
   readonly version: number;
@@ -68,8 +67,6 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     this.dataFile = s.dataFile;
     this.header = s.header;
     this.extensions = s.extensions;
-    this.backingFile = s.backingFile;
-    this.backingFormat = findExtension(s.extensions, 'backing-format')?.name;
     this.version = s.version;
     this.geo = s.geo;
     this.clusterSize = s.clusterSize;
@@ -123,6 +120,16 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     const s = this.#s;
     checkWritable(s);
     await exclusive(s, () => bitmapAction(s, action));
+  }
+
+  /** The backing file name the header records. */
+  get backingFile(): string | undefined {
+    return this.#s.backingFile;
+  }
+
+  /** The backing file format the header records (its backing-format extension). */
+  get backingFormat(): string | undefined {
+    return findExtension(this.#s.extensions, 'backing-format')?.name;
   }
 
   /** The algorithm compressed clusters of this image use (the header's compression type). */
@@ -377,6 +384,37 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     const s = this.#s;
     checkWritable(s);
     await exclusive(s, () => deleteSnapshot(s, selector.id, selector.name));
+  }
+
+  // ---- backing chain operations (make-empty.ts, header-write.ts) -------------------------
+
+  /**
+   * qcow2_make_empty: afterwards the image holds nothing and reads as its backing image (see
+   * make-empty.ts for the two ways qemu does it).
+   */
+  async makeEmpty(): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, () => makeEmpty(s));
+  }
+
+  /**
+   * qcow2_change_backing_file: records `name` (undefined: no backing file) and `format` in the
+   * header. The open image keeps reading through the backing image it was opened with.
+   *
+   * Unlike qemu, everything written before is flushed first, and the header after: a rebase
+   * copies clusters into the image that only the new backing file makes necessary, so a header
+   * naming it must never reach the disk before the L2 tables that map them.
+   */
+  async changeBackingFile(name: string | undefined, format: string | undefined): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, async () => {
+      await beforeChange(s);
+      await flushAll(s);
+      await changeBackingFile(s, name, format);
+      await s.file.flush();
+    });
   }
 
   async close(): Promise<void> {

@@ -93,7 +93,8 @@ export interface EngineState extends MappingSource {
   readonly header: Qcow2Header;
   /** The header extensions (the facade's array: replaced in place). */
   readonly extensions: HeaderExtension[];
-  readonly backingFile?: string;
+  /** The backing file name the header records (changed by changeBackingFile). */
+  backingFile?: string;
   readonly geo: Geometry;
   readonly clusterSize: number;
   readonly version: number;

@@ -1,0 +1,128 @@
+/**
+ * The loop behind `qemu-img commit`: qemu 7.2's active commit (block/mirror.c,
+ * commit_active_start → mirror_run), which copies everything the images above the base hold
+ * into the base, then (unless told to leave it) empties the top (bdrv_make_empty).
+ *
+ * What decides the bytes the base ends up with, as mirror.c does it:
+ * - the base grows to the top's size first when it is smaller;
+ * - a dirty bitmap of `granularity` chunks (the base's cluster size within 4–64 KiB, else
+ *   64 KiB) marks every chunk that any image above the base allocates (bdrv_is_allocated_above);
+ * - runs of consecutive dirty chunks (at most 16 MiB) are split by the block status of the
+ *   whole chain: data is copied in pieces of up to 1 MiB, whole-chunk runs that read as zeroes
+ *   become zero writes that may unmap (discards when neither data nor zero), and a piece
+ *   shorter than a chunk is copied as a whole chunk; zero runs not aligned to the base's
+ *   clusters are copied as data.
+ * qemu keeps up to 16 copies in flight, so the order in which a qcow2 base allocates clusters
+ * can vary from run to run there; this loop issues them one at a time in guest order, which is
+ * what qemu does whenever its reads complete in order.
+ */
+import { errorWithCode, strerror, TsimgError } from '@tsimg/raw';
+import { blockStatusAbove } from './block-status.js';
+import type { Image } from './image.js';
+
+/** Options of {@link commitImage}. */
+export interface CommitOptions {
+  /** Leave the top as it is (`-d`, and `-b`, which implies it); default: empty it. */
+  drop?: boolean;
+  /**
+   * The job's progress, as qemu's job reports it after each operation: bytes done, and done
+   * plus remaining.
+   */
+  onProgress?: (current: number, total: number) => void;
+  /** Waits as qemu's job rate limit (`-r`) would after `bytes` were copied. */
+  throttle?: (bytes: number) => Promise<void>;
+}
+
+const MIB = 1024 * 1024;
+/** mirror.c: MAX_IN_FLIGHT × MAX_IO_BYTES, the job's buffer. */
+const BUF_SIZE = 16 * MIB;
+/** mirror.c: the largest piece of data one operation copies (max_io_bytes). */
+const MAX_IO_BYTES = MIB;
+/** The longest run bdrv_is_allocated_above is asked for at once (INT_MAX, chunk-aligned). */
+const STATUS_STEP = 0x4000_0000;
+
+/** bdrv_get_default_bitmap_granularity: the cluster size within 4–64 KiB, else 64 KiB. */
+export function commitGranularity(base: Image): number {
+  const cs = base.clusterSize;
+  if (cs === undefined || cs <= 0) return 64 * 1024;
+  return Math.min(65536, Math.max(4096, cs));
+}
+
+/** mirror_dirty_init: the chunks any image above `base` allocates. */
+async function dirtyChunks(top: Image, base: Image, length: number, g: number): Promise<Uint8Array> {
+  const dirty = new Uint8Array(Math.ceil(length / g));
+  for (let offset = 0; offset < length; ) {
+    const st = await blockStatusAbove(top, offset, Math.min(length - offset, STATUS_STEP), { base, recurse: false });
+    if (st.allocated) dirty.fill(1, Math.floor(offset / g), Math.ceil((offset + st.length) / g));
+    offset += st.length;
+  }
+  return dirty;
+}
+
+type Method = 'copy' | 'zero' | 'discard';
+
+/**
+ * Copies what the images above `base` hold into `base` (which must be in `top`'s chain and
+ * open for writing), then empties `top` unless `drop`. Errors keep qemu's wording where the
+ * job has one ("Failed to empty …").
+ */
+export async function commitImage(top: Image, base: Image, options: CommitOptions = {}): Promise<void> {
+  const length = top.size();
+  if (base.size() < length) await base.resize(length);
+  if (length > 0) await copyDirty(top, base, length, options);
+  await base.flush();
+  if (options.drop) return;
+  if (top.makeEmpty === undefined) return; // qemu-img commit ignores ENOTSUP here
+  try {
+    await top.makeEmpty();
+  } catch (err) {
+    if (!(err instanceof TsimgError)) throw err;
+    const reason = err.errno !== undefined ? strerror(err.errno) : err.message;
+    throw errorWithCode(err.code, `Failed to empty ${top.filename}: ${reason}`, { cause: err, errno: err.errno });
+  }
+}
+
+/** mirror_run's loop, one operation at a time (see the module comment). */
+async function copyDirty(top: Image, base: Image, length: number, options: CommitOptions): Promise<void> {
+  const g = commitGranularity(base);
+  const targetCluster = base.clusterSize ?? 1;
+  const dirty = await dirtyChunks(top, base, length, g);
+  let remaining = 0;
+  for (const d of dirty) remaining += d;
+  remaining *= g;
+  let done = 0;
+  const buf = new Uint8Array(Math.min(BUF_SIZE, length));
+  for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
+    // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
+    let nb = 1;
+    while (nb * g < BUF_SIZE && chunk + nb < dirty.length && dirty[chunk + nb] === 1) nb++;
+    dirty.fill(0, chunk, chunk + nb);
+    remaining -= nb * g;
+    let offset = chunk * g;
+    while (nb > 0 && offset < length) {
+      const st = await blockStatusAbove(top, offset, Math.min(nb * g, length - offset));
+      let io = st.data ? Math.min(st.length, MAX_IO_BYTES) : st.length;
+      io -= io % g;
+      let method: Method = 'copy';
+      if (io < g) io = g;
+      else if (!st.data && offset % targetCluster === 0 && io % targetCluster === 0) method = st.zero ? 'zero' : 'discard';
+      io = Math.min(io, length - offset);
+      if (method === 'copy') {
+        io = Math.min(io, BUF_SIZE);
+        const piece = buf.subarray(0, io);
+        await top.read(offset, piece);
+        await base.write(offset, piece);
+      } else if (method === 'zero') {
+        await base.writeZeroes(offset, io, { mayUnmap: true });
+      } else {
+        await base.discard(offset, io);
+      }
+      done += io;
+      options.onProgress?.(done, done + Math.max(0, remaining));
+      if (method === 'copy') await options.throttle?.(io);
+      offset += io;
+      nb -= Math.ceil(io / g);
+    }
+    chunk += 1;
+  }
+}

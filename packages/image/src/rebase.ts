@@ -1,0 +1,195 @@
+/**
+ * The loop behind `qemu-img rebase` (qemu 7.2's img_rebase): in safe mode, every range the
+ * image does not allocate itself is compared between the old backing chain and the new one,
+ * and where they differ the old content is written into the image, so that the image reads the
+ * same once its header names the new backing file; then the header is changed
+ * (bdrv_change_backing_file).
+ *
+ * The steps that decide the bytes, as img_rebase takes them: 2 MiB pieces (IO_BUF_SIZE), cut at
+ * what the image allocates (bdrv_is_allocated) and, when the new backing image is one of the
+ * old chain (prefix_chain_bs), skipped where nothing between changes; pieces cut at the end of
+ * the shorter backing image; 512-byte sectors compared, and each run of differing sectors
+ * written at once — as zeroes past the end of the old backing image.
+ *
+ * With `compress` (qemu 8.2's -c), whole clusters are written compressed instead, with the
+ * image's own view of them, where the whole cluster is unallocated in the image.
+ */
+import { IoError, strerror, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { blockStatusAbove, layerStatus } from './block-status.js';
+import type { Image } from './image.js';
+
+/** Options of {@link rebaseImage}. */
+export interface RebaseOptions {
+  /**
+   * The new backing image, open with its chain; undefined: none (`-b ""`, the image is
+   * flattened). It may be an image of `image`'s own chain (qemu's prefix_chain_bs).
+   */
+  newBacking?: Image;
+  /** `newBacking` is an image of `image`'s backing chain: ranges nothing above it changes are skipped. */
+  inChain?: boolean;
+  /** Write compressed clusters (qemu 8.2's -c; the image's format must compress). */
+  compress?: boolean;
+  /** Called after each piece that was compared, with the number of pieces in all (img_rebase's progress). */
+  onPiece?: (pieces: number) => void;
+}
+
+/** qemu-img's IO_BUF_SIZE. */
+export const REBASE_BUF_SIZE = 2 * 1024 * 1024;
+const SECTOR = 512;
+
+/** compare_buffers: whether the first sector differs, and how many bytes share that answer. */
+function compareRun(a: Uint8Array, b: Uint8Array): { differ: boolean; length: number } {
+  const first = Math.min(a.length, SECTOR);
+  const differ = Buffer.compare(a.subarray(0, first), b.subarray(0, first)) !== 0;
+  let i = first;
+  while (i < a.length) {
+    const len = Math.min(a.length - i, SECTOR);
+    if ((Buffer.compare(a.subarray(i, i + len), b.subarray(i, i + len)) !== 0) !== differ) break;
+    i += len;
+  }
+  return { differ, length: i };
+}
+
+/**
+ * The safe-mode loop: writes into `image` what its old backing chain shows and the new one
+ * (`options.newBacking`) would not, so its content stays the same under the new backing file.
+ * The header is left as it is (see {@link changeBackingFile}).
+ */
+export async function rebaseImage(image: Image, options: RebaseOptions = {}): Promise<void> {
+  const size = image.size();
+  const oldBacking = image.backing;
+  const newBacking = options.newBacking;
+  const oldSize = oldBacking?.size() ?? 0;
+  const newSize = newBacking?.size() ?? 0;
+  const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
+  const bufOld = new Uint8Array(Math.min(REBASE_BUF_SIZE, size));
+  const bufNew = new Uint8Array(Math.min(REBASE_BUF_SIZE, size));
+  const writer = options.compress ? compressedWriter(image) : undefined;
+  let n = 0;
+  for (let offset = 0; offset < size; offset += n) {
+    n = Math.min(REBASE_BUF_SIZE, size - offset);
+    const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
+      throw stageError('error while reading image metadata', err);
+    });
+    n = own.length;
+    if (own.allocated) continue;
+    if (options.inChain && newBacking !== undefined) {
+      const below = await changedBelow(image, newBacking, offset, n);
+      n = below.length;
+      if (!below.changed) continue;
+    }
+    let oldIsZero = false;
+    if (offset >= oldSize || oldBacking === undefined) {
+      bufOld.fill(0, 0, n);
+      oldIsZero = true;
+    } else {
+      n = Math.min(n, oldSize - offset);
+      await readStage('old', () => oldBacking.read(offset, bufOld.subarray(0, n)));
+    }
+    if (offset >= newSize || newBacking === undefined) {
+      bufNew.fill(0, 0, n);
+    } else {
+      n = Math.min(n, newSize - offset);
+      await readStage('new', () => newBacking.read(offset, bufNew.subarray(0, n)));
+    }
+    for (let written = 0; written < n; ) {
+      const run = compareRun(bufOld.subarray(written, n), bufNew.subarray(written, n));
+      if (run.differ) {
+        const at = offset + written;
+        if (writer !== undefined) await writer(at, run.length, oldIsZero ? undefined : bufOld.subarray(written, written + run.length));
+        else if (oldIsZero) await writeStage(() => image.writeZeroes(at, run.length));
+        else await writeStage(() => image.write(at, bufOld.subarray(written, written + run.length)));
+      }
+      written += run.length;
+    }
+    options.onPiece?.(pieces);
+  }
+}
+
+/**
+ * With the new backing image in the old chain (bdrv_is_allocated_above from the image's backing
+ * file down to, not including, it): whether an image between allocates the run at `offset`,
+ * and how long that answer holds. Past the end of the old backing image qemu gets no answer
+ * (pnum 0) and compares the whole run.
+ */
+async function changedBelow(image: Image, prefix: Image, offset: number, n: number): Promise<{ changed: boolean; length: number }> {
+  const below = image.backing;
+  if (below === undefined || below === prefix) return { changed: false, length: n };
+  if (offset >= below.size()) return { changed: true, length: n };
+  try {
+    const st = await blockStatusAbove(below, offset, Math.min(n, below.size() - offset), { base: prefix, recurse: false });
+    return { changed: st.allocated, length: st.length };
+  } catch (err) {
+    throw stageError('error while reading image metadata', err);
+  }
+}
+
+/** qemu's "<what>: <strerror>" line for a failed step, keeping the error's errno. */
+function stageError(what: string, err: unknown): IoError {
+  const errno = err instanceof TsimgError ? err.errno : undefined;
+  const reason = errno !== undefined ? strerror(errno) : err instanceof Error ? err.message : String(err);
+  return new IoError(`${what}: ${reason}`, { cause: err, errno: errno ?? 'EIO' });
+}
+
+async function readStage(which: 'old' | 'new', read: () => Promise<void>): Promise<void> {
+  try {
+    await read();
+  } catch (err) {
+    throw new IoError(`error while reading from ${which} backing file`, { cause: err, errno: 'EIO' });
+  }
+}
+
+async function writeStage(write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+  } catch (err) {
+    throw stageError('Error while writing to COW image', err);
+  }
+}
+
+/**
+ * The -c writer: each cluster a differing run touches is written once, whole and compressed,
+ * with what the image reads there now, when the image allocates none of it; otherwise the run
+ * itself is written as without -c.
+ */
+function compressedWriter(image: Image): (at: number, length: number, data: Uint8Array | undefined) => Promise<void> {
+  const cs = image.clusterSize;
+  const writeCompressed = image.writeCompressed?.bind(image);
+  if (cs === undefined || writeCompressed === undefined) {
+    throw new UnsupportedError('Compression not supported for this file format', { errno: 'ENOTSUP' });
+  }
+  const size = image.size();
+  let done = -1; // the last cluster written compressed
+  return async (at, length, data) => {
+    for (let c = Math.floor(at / cs); c * cs < at + length; c++) {
+      if (c <= done) continue;
+      const start = c * cs;
+      const end = Math.min(size, start + cs);
+      const st = await layerStatus(image, start, end - start, false);
+      const from = Math.max(at, start);
+      const to = Math.min(at + length, end);
+      if (st.allocated || st.length < end - start) {
+        // Part of the cluster is the image's own (subclusters): write just the run there.
+        if (data === undefined) await writeStage(() => image.writeZeroes(from, to - from));
+        else await writeStage(() => image.write(from, data.subarray(from - at, to - at)));
+        continue;
+      }
+      const cluster = new Uint8Array(end - start);
+      await readStage('old', () => image.read(start, cluster));
+      await writeStage(() => writeCompressed(start, cluster));
+      done = c;
+    }
+  };
+}
+
+/**
+ * bdrv_change_backing_file with `require` (as img_rebase calls it): records the new backing
+ * file name and format in the image. Fails with EINVAL for a format without a name or a name
+ * without a format, with ENOTSUP for a format that has no backing files.
+ */
+export async function changeBackingFile(image: Image, name: string | undefined, format: string | undefined): Promise<void> {
+  if (format !== undefined && name === undefined) throw new UsageError('Invalid argument', { errno: 'EINVAL' });
+  if (name !== undefined && format === undefined) throw new UsageError('backing format must be specified', { errno: 'EINVAL' });
+  if (image.changeBackingFile === undefined) throw new UnsupportedError('Operation not supported', { errno: 'ENOTSUP' });
+  await image.changeBackingFile(name, format);
+}
