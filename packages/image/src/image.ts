@@ -113,6 +113,8 @@ export interface LayerContext {
   readonly log?: (line: string, kind?: 'report' | 'raw') => void;
   /** qemu's `discard=unmap` for this layer (see OpenImageOptions.unmap). */
   readonly unmap: boolean;
+  /** false: a read/write open that leaves persistent bitmaps alone (see OpenImageOptions.holdBitmaps). */
+  readonly holdBitmaps?: boolean;
   /** Opens a file the image names (a data file) with this layer's mode and file options. */
   openFile(name: string): Promise<BlockDevice>;
   /**

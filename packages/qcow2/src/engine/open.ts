@@ -57,6 +57,12 @@ export interface Qcow2OpenOptions<B extends BackingDevice = BackingDevice> {
    * Unlike qemu without unmap, {@link Qcow2Image.discard} is never ignored: callers only make
    * that request when they mean it.
    */
+  /**
+   * Load the persistent bitmaps of a read/write open, mark them in use and store them at the
+   * close (default true, as qemu). false: an open that only looks and writes nothing (qemu-img
+   * commit's first open, which qemu does not make) leaves them as they are.
+   */
+  holdBitmaps?: boolean;
   unmap?: boolean;
 }
 
@@ -101,7 +107,7 @@ export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions)
     await writeFeatureFields(s);
   }
   // The open's only warnings are about a stale bitmaps extension (qcow2_read_extensions).
-  if (!opts.readOnly && s.version >= 3) await loadHeldBitmaps(s, opened.warnings.length > 0);
+  if (!opts.readOnly && s.version >= 3 && opts.holdBitmaps !== false) await loadHeldBitmaps(s, opened.warnings.length > 0);
   return s;
 }
 
