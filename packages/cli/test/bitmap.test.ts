@@ -279,6 +279,12 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     img('convert', '-n', '-O', 'qcow2', p('src.qcow2'), p('cnq.qcow2'));
     sh(tsimg(['convert', '-n', '-O', 'qcow2', p('src.qcow2'), p('cnt.qcow2')]), 'tsimg convert -n');
     expectSameImages(p('cnq.qcow2'), p('cnt.qcow2'));
+    // with --bitmaps too: the copies join the target's own bitmaps, stored together at the close
+    copyFileSync(p('cn.qcow2'), p('cnbq.qcow2'));
+    copyFileSync(p('cn.qcow2'), p('cnbt.qcow2'));
+    img('convert', '-n', '--bitmaps', '-O', 'qcow2', p('other.qcow2'), p('cnbq.qcow2'));
+    sh(tsimg(['convert', '-n', '--bitmaps', '-O', 'qcow2', p('other.qcow2'), p('cnbt.qcow2')]), 'tsimg convert -n --bitmaps');
+    expectSameImages(p('cnbq.qcow2'), p('cnbt.qcow2'));
     // qemu-img convert --bitmaps copies the kept bitmaps out again
     img('convert', '--bitmaps', '-O', 'qcow2', p('cnt.qcow2'), p('cnt-copy.qcow2'));
     expect(bitmapContent(p('cnt-copy.qcow2'))).toEqual(bitmapContent(p('cnt.qcow2')));

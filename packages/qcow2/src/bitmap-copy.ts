@@ -2,7 +2,7 @@
  * Persistent dirty bitmaps across `convert --bitmaps`: reading a source image's bitmaps, and
  * storing copies of them in the target the way qemu-img 7.2 does — convert_copy_bitmaps adds
  * each bitmap to the target and merges the source's bits into it, and on close
- * qcow2_store_persistent_dirty_bitmaps writes them out (bitmap-store.ts).
+ * qcow2_store_persistent_dirty_bitmaps writes them out (held-bitmaps.ts, bitmap-store.ts).
  *
  * The store order, which decides where every cluster lands, is described there.
  */
@@ -22,7 +22,7 @@ import {
   type BitmapDirectoryEntry,
 } from './format/bitmap-directory.js';
 import { encodeByteString } from './format/byte-string.js';
-import { bitCount, loadBitmap, memName, serializedBytes, storeBitmaps, type DirtyBitmap } from './bitmap-store.js';
+import { bitCount, loadBitmap, memName, serializedBytes, type DirtyBitmap } from './bitmap-store.js';
 import type { Qcow2Image } from './engine/image.js';
 import { AUTOCLEAR_BITMAPS } from './format/types.js';
 
@@ -103,8 +103,7 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
   const sourceEntries = await loadDirectory(source);
   if (sourceEntries.length === 0) return;
   // The target's own bitmaps (an existing -n target's): held since the open, in use in the
-  // directory until the close stores them (held-bitmaps.ts); kept as the directory has them.
-  const targetExt = findExtension(target.extensions, 'bitmaps');
+  // directory until the close stores them with the new ones (held-bitmaps.ts).
   const existing = await loadDirectory(target);
   const names = new Set(existing.map((e) => memName(e.name)));
   let dirSize = existing.reduce((n, e) => n + bitmapDirEntrySize(nameBytes(e.name), 0), 0);
@@ -144,7 +143,8 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
     dirSize += entrySize;
     added.push(bitmap);
   }
-  if (added.length > 0) await storeBitmaps(target, existing, targetExt, added.reverse());
+  // As qemu: the new bitmaps join the target's list, and its close stores them all.
+  target.adoptBitmaps(added);
   if (failure) throw failure;
 }
 

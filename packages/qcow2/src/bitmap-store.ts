@@ -1,7 +1,7 @@
 /**
- * Persistent dirty bitmaps in memory and their storage, shared by `convert --bitmaps` (which
- * copies a source's bitmaps into its target) and resize (which stores an image's bitmaps again
- * at their new size): loading a bitmap's bits (load_bitmap), and qemu's
+ * Persistent dirty bitmaps in memory and their storage, for the bitmaps a writable image holds
+ * (engine/held-bitmaps.ts: those it loaded, those `tsimg bitmap` and `convert --bitmaps` add):
+ * loading a bitmap's bits (load_bitmap), and qemu's
  * qcow2_store_persistent_dirty_bitmaps — for each bitmap in directory order its dirty data
  * clusters (store_bitmap_data) then its bitmap table (store_bitmap); then the directory
  * (bitmap_list_store); then the header names the directory with the bitmaps autoclear bit set
@@ -128,21 +128,6 @@ function anyBitSet(data: Uint8Array, from: number, to: number): boolean {
 }
 
 /**
- * qcow2_store_persistent_dirty_bitmaps for bitmaps new to `target`: data and tables of each,
- * then a directory listing the target's valid bitmaps followed by the new ones, then the header.
- * On a failure before the header write every cluster taken so far is freed again.
- */
-export async function storeBitmaps(
-  target: BitmapHost,
-  existing: BitmapDirectoryEntry[],
-  oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
-  bitmaps: DirtyBitmap[],
-  freeOldDirectory = existing.length > 0,
-): Promise<BitmapDirectoryEntry[]> {
-  return storeBitmapSlots(target, [...existing, ...bitmaps], oldDir, freeOldDirectory);
-}
-
-/**
  * One place of qemu's bm_list when it stores: an entry kept as the directory has it (a bitmap
  * it does not write, e.g. an inconsistent one), or a bitmap in memory whose data and table
  * are written anew.
@@ -150,9 +135,10 @@ export async function storeBitmaps(
 export type BitmapSlot = BitmapDirectoryEntry | DirtyBitmap;
 
 /**
- * The general form of {@link storeBitmaps}: the directory becomes `slots` in this order, the
+ * qcow2_store_persistent_dirty_bitmaps' writes: the directory becomes `slots` in this order, the
  * bitmaps among them stored first (store_bitmap, in list order), then update_ext_header_and_dir.
- * Returns the new directory's entries.
+ * Returns the new directory's entries. On a failure before the header write every cluster
+ * taken so far is freed again.
  */
 export async function storeBitmapSlots(
   target: BitmapHost,

@@ -13,6 +13,7 @@
 import { UnsupportedError, UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
 import { listImageBitmaps, readImageBitmap, type PersistentBitmap } from '../bitmap-copy.js';
 import { bitmapAction, type BitmapAction, type SourceBitmap } from './bitmap-ops.js';
+import type { DirtyBitmap } from '../bitmap-store.js';
 import { markDirty, storeHeldBitmaps } from './held-bitmaps.js';
 import { detectMetadataPreallocation } from './preallocation.js';
 import { compressCluster } from '../compress/compress.js';
@@ -120,6 +121,17 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     const s = this.#s;
     checkWritable(s);
     await exclusive(s, () => bitmapAction(s, action));
+  }
+
+  /**
+   * bdrv_create_dirty_bitmap for persistent bitmaps made elsewhere (convert --bitmaps' copies),
+   * in the order they are created: each heads the list, and the close stores them.
+   */
+  adoptBitmaps(bitmaps: readonly DirtyBitmap[]): void {
+    const held = this.#s.heldBitmaps;
+    if (held === undefined) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
+    checkWritable(this.#s);
+    for (const bm of bitmaps) held.list.unshift({ ...bm, inconsistent: false });
   }
 
   /** The backing file name the header records. */
