@@ -50,6 +50,9 @@ async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Prom
       return img.applySnapshot(step.name);
     case 'snapshot-delete':
       return img.deleteSnapshot({ name: step.name });
+    case 'bitmap':
+      if (step.action !== 'merge') return img.bitmapAction(step.action === 'add' ? { op: 'add', name: step.name, granularity: step.granularity } : { op: step.action, name: step.name });
+      return img.bitmapAction({ op: 'merge', name: step.name, source: await img.readBitmap(step.source), sourceName: step.source });
   }
 }
 
@@ -461,6 +464,14 @@ function crashSuite(workloads: readonly Workload[], minCases: number): void {
           expect(after[field], `the workload must move the ${field}`).not.toBe(before[field]);
         }
         expect(await verify(w, dir, path, probe, backingBytes, cache)).toEqual([]);
+        if (w.steps.some((s) => s.op === 'bitmap')) {
+          // The close stored every bitmap: none is left in use, the operations all took effect.
+          const info = JSON.parse(qemuImg(['info', '--output=json', path]).stdout) as { 'format-specific': { data: { bitmaps?: { name: string; flags: string[] }[] } } };
+          expect(info['format-specific'].data.bitmaps).toEqual([
+            { name: 'b0', flags: ['auto'], granularity: 4096 },
+            { name: 'n1', flags: ['auto'], granularity: 512 },
+          ]);
+        }
 
         const plans: FaultPlan[] = [];
         for (let n = 1; n <= probe.writes; n++) plans.push({ powerLossAfterWrite: n });

@@ -25,7 +25,11 @@ export type Step =
   /** Internal snapshots (qemu-img snapshot -c / -a / -d): names are unique within a workload. */
   | { op: 'snapshot-create'; name: string }
   | { op: 'snapshot-apply'; name: string }
-  | { op: 'snapshot-delete'; name: string };
+  | { op: 'snapshot-delete'; name: string }
+  /** qemu-img bitmap's operations (Qcow2Image.bitmapAction): the guest data stays as it is. */
+  | { op: 'bitmap'; action: 'add'; name: string; granularity?: number }
+  | { op: 'bitmap'; action: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
+  | { op: 'bitmap'; action: 'merge'; name: string; source: string };
 
 /** What a workload's base image looks like, as far as the test needs to know. */
 export interface Workload {
@@ -185,7 +189,7 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
-    name: 'resizes of an image with persistent bitmaps (marked in use, stored again at each size)',
+    name: 'resizes of an image with persistent bitmaps (marked in use at the open, resized with the image, stored at the close)',
     clusterSize: 4 * K,
     prepare: (dir) => {
       create(dir, 'cluster_size=4096', '1M');
@@ -198,6 +202,28 @@ export const WORKLOADS: Workload[] = [
       { op: 'flush' },
       { op: 'resize', size: 768 * K },
       { op: 'write', off: 4 * K, len: K, v: 2 },
+    ],
+  },
+  {
+    // The open marks the bitmaps in use in place; a remove writes a new directory at once; the
+    // close stores every bitmap anew (data, tables, directory, header, then the old ones freed).
+    name: 'persistent bitmaps: add, merge, clear, remove, and the store at close',
+    clusterSize: 4 * K,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '1M');
+      ok(qemuImg(['bitmap', '--add', '-g', '4k', 'base.qcow2', 'b0'], { cwd: dir }), 'bitmap --add');
+      ok(qemuImg(['bitmap', '--add', '-g', '512', '--disable', 'base.qcow2', 'b1'], { cwd: dir }), 'bitmap --add');
+      io(dir, 'base.qcow2', 'write -P 4 0 64k', 'write -P 5 512k 8k');
+    },
+    steps: [
+      { op: 'write', off: 0, len: 8 * K, v: 1 },
+      { op: 'bitmap', action: 'add', name: 'n1', granularity: 512 },
+      { op: 'write', off: 64 * K, len: 4 * K, v: 2 },
+      { op: 'bitmap', action: 'merge', name: 'n1', source: 'b1' },
+      { op: 'flush' },
+      { op: 'bitmap', action: 'remove', name: 'b1' },
+      { op: 'bitmap', action: 'clear', name: 'b0' },
+      { op: 'write', off: 128 * K, len: 4 * K, v: 3 },
     ],
   },
   {
@@ -413,6 +439,7 @@ export class SectorModel {
 
   /** Applies `step`; `failed` steps may or may not have happened. */
   apply(step: Step, failed: boolean): void {
+    if (step.op === 'bitmap') return;
     if (step.op === 'flush') {
       if (!failed) this.flushed();
       return;

@@ -21,4 +21,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   snapshot: async () => (await import('./commands/snapshot.js')).run,
   commit: async () => (await import('./commands/commit.js')).run,
   rebase: async () => (await import('./commands/rebase.js')).run,
+  bitmap: async () => (await import('./commands/bitmap.js')).run,
 };

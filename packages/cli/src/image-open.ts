@@ -36,6 +36,8 @@ export async function openCommandImage(
     writableBacking?: OpenImageOptions['writableBacking'];
     /** Open the backing chain (default true; see OpenImageOptions.backing). */
     backing?: boolean;
+    /** false: a read/write open that leaves persistent bitmaps alone (see OpenImageOptions.holdBitmaps). */
+    holdBitmaps?: boolean;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
@@ -53,7 +55,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -78,6 +80,7 @@ async function openByName(
     onWarning: options.onWarning,
     writableBacking: options.writableBacking,
     backing: options.backing,
+    holdBitmaps: options.holdBitmaps,
   });
 }
 

@@ -8,43 +8,7 @@ import { afterAll, beforeAll, expect, it } from 'vitest';
 import { copyFileSync, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeQemu, qemuImg, qemuIo, run, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
-
-/** Every bitmap of a qcow2 file, read from its bytes: name, flags, granularity, dirty bit runs. */
-function dumpBitmaps(path: string): { name: string; flags: number; granularityBits: number; dirty: [number, number][] }[] {
-  const f = readFileSync(path);
-  const v = new DataView(f.buffer, f.byteOffset, f.byteLength);
-  const cs = 2 ** v.getUint32(20);
-  const size = Math.floor(Number(v.getBigUint64(24)) / 512) * 512;
-  if (v.getUint32(4) < 3 || (v.getBigUint64(88) & 1n) === 0n) return [];
-  let off = v.getUint32(100);
-  let dir: { nb: number; offset: number } | undefined;
-  for (let type = v.getUint32(off); type !== 0; type = v.getUint32(off)) {
-    if (type === 0x23852875) dir = { nb: v.getUint32(off + 8), offset: Number(v.getBigUint64(off + 24)) };
-    off += 8 + ((v.getUint32(off + 4) + 7) & ~7);
-  }
-  const out: ReturnType<typeof dumpBitmaps> = [];
-  for (let i = 0, e = dir?.offset ?? 0; i < (dir?.nb ?? 0); i++) {
-    const tableOffset = Number(v.getBigUint64(e));
-    const granularityBits = v.getUint8(e + 17);
-    const nameSize = v.getUint16(e + 18);
-    const name = f.subarray(e + 24, e + 24 + nameSize).toString('utf8');
-    const flags = v.getUint32(e + 12);
-    e += (24 + nameSize + 7) & ~7;
-    const dirty: [number, number][] = [];
-    const nbits = Math.ceil(size / 2 ** granularityBits);
-    for (let n = 0; n < nbits; n++) {
-      const entry = v.getBigUint64(tableOffset + Math.floor(n / (cs * 8)) * 8);
-      const data = Number(entry & 0x00fffffffffffe00n);
-      const set = data === 0 ? (entry & 1n) === 1n : (f[data + Math.floor((n % (cs * 8)) / 8)]! & (1 << (n % 8))) !== 0;
-      if (!set) continue;
-      const last = dirty[dirty.length - 1];
-      if (last && last[1] === n) last[1] = n + 1;
-      else dirty.push([n, n + 1]);
-    }
-    out.push({ name, flags, granularityBits, dirty });
-  }
-  return out;
-}
+import { bitmapContent } from '../../../test-images/bitmap-dump.js';
 
 function sh(r: RunResult, what: string): string {
   if (r.status !== 0) throw new Error(`${what}: ${r.stderr}`);
@@ -127,7 +91,7 @@ describeQemu('tsimg convert --bitmaps vs qemu-img convert --bitmaps', () => {
       expect({ status: t.status, stderr: t.stderr.includes('warning') ? '' : t.stderr }).toEqual({ status: 0, stderr: '' });
       const info = (f: string): unknown => JSON.parse(img('info', '--output=json', f))['format-specific'].data.bitmaps;
       expect(info(out)).toEqual(info(ref));
-      expect(dumpBitmaps(out)).toEqual(dumpBitmaps(ref));
+      expect(bitmapContent(out)).toEqual(bitmapContent(ref));
       const check = qemuImg(['check', out]);
       expect(check.stdout).toContain('No errors were found on the image.');
       expect(check.status).toBe(0);
@@ -138,8 +102,8 @@ describeQemu('tsimg convert --bitmaps vs qemu-img convert --bitmaps', () => {
   it('copies the source bits (and the disabled flag) as they are', () => {
     const { t, out } = both(['--bitmaps', '-O', 'qcow2'], p('src.qcow2'));
     expect(t.status).toBe(0);
-    expect(dumpBitmaps(out)).toEqual(dumpBitmaps(p('src.qcow2')));
-    expect(dumpBitmaps(out).map((b) => [b.name, b.flags, b.granularityBits, b.dirty])).toEqual([
+    expect(bitmapContent(out)).toEqual(bitmapContent(p('src.qcow2')));
+    expect(bitmapContent(out).map((b) => [b.name, b.flags, b.granularityBits, b.dirty])).toEqual([
       ['b0', 2, 16, [[0, 1], [160, 176]]],
       ['b1', 2, 12, [[0, 16], [2560, 2816]]],
       ['b2', 0, 16, []],

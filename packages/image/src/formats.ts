@@ -76,6 +76,7 @@ export const qcow2Format: ImageFormat = {
       l1Table,
       log: ctx.log,
       unmap: ctx.unmap,
+      holdBitmaps: ctx.holdBitmaps,
     });
   },
   async info(file: BlockDevice) {

@@ -3,10 +3,10 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { SnapshotCreateOptions } from '@tsimg/qcow2';
+import type { BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
 
-export type { SnapshotCreateOptions } from '@tsimg/qcow2';
+export type { BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 
 /** An open image of any format: a BlockDevice that knows its file and backing image. */
 export interface Image extends BlockDevice {
@@ -30,6 +30,13 @@ export interface Image extends BlockDevice {
    * image cannot carry any (raw, qcow2 v2). Formats without bitmaps leave the method out.
    */
   listBitmaps?(): Promise<ImageBitmap[] | undefined>;
+  /** The bits of the persistent bitmap `name` (a merge source); undefined when there is none. */
+  readBitmap?(name: string): Promise<SourceBitmap | undefined>;
+  /**
+   * One operation of qemu-img bitmap (add, remove, clear, enable, disable, merge) on a writable
+   * image's persistent bitmaps, with qemu's messages; stored when the image is closed.
+   */
+  bitmapAction?(action: BitmapAction): Promise<void>;
   /** The algorithm of the image's compressed clusters, for formats that compress. */
   readonly compressionType?: 'zlib' | 'zstd';
   /**
@@ -106,6 +113,8 @@ export interface LayerContext {
   readonly log?: (line: string, kind?: 'report' | 'raw') => void;
   /** qemu's `discard=unmap` for this layer (see OpenImageOptions.unmap). */
   readonly unmap: boolean;
+  /** false: a read/write open that leaves persistent bitmaps alone (see OpenImageOptions.holdBitmaps). */
+  readonly holdBitmaps?: boolean;
   /** Opens a file the image names (a data file) with this layer's mode and file options. */
   openFile(name: string): Promise<BlockDevice>;
   /**

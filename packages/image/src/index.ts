@@ -15,6 +15,8 @@ export {
   type ImageFormat,
   type LayerContext,
   type SnapshotCreateOptions,
+  type BitmapAction,
+  type SourceBitmap,
   type SnapshotSelector,
   type TruncateOptions,
 } from './image.js';

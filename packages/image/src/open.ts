@@ -50,6 +50,11 @@ export interface OpenImageOptions {
    * requests free are discarded in the file too (see Qcow2OpenOptions.unmap).
    */
   unmap?: boolean;
+  /**
+   * The top's persistent bitmaps on a read/write open: loaded, marked in use and stored at the
+   * close, as qemu does (default true); false for an open that only looks and writes nothing.
+   */
+  holdBitmaps?: boolean;
   /** The formats to open and probe with (default: raw and qcow2). */
   formats?: readonly ImageFormat[];
   /**
@@ -100,7 +105,7 @@ interface OpenContext {
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
-type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap'>;
+type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps'>;
 
 /** A layer being opened: its name, mode, the chain above it (canonical names) and file options. */
 interface Layer {
@@ -193,6 +198,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       snapshot: top?.snapshot,
       log: top?.log,
       unmap: top?.unmap ?? false,
+      holdBitmaps: top?.holdBitmaps,
       openFile: async (name) => {
         const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
         const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });

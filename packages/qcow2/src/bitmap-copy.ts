@@ -2,7 +2,7 @@
  * Persistent dirty bitmaps across `convert --bitmaps`: reading a source image's bitmaps, and
  * storing copies of them in the target the way qemu-img 7.2 does — convert_copy_bitmaps adds
  * each bitmap to the target and merges the source's bits into it, and on close
- * qcow2_store_persistent_dirty_bitmaps writes them out (bitmap-store.ts).
+ * qcow2_store_persistent_dirty_bitmaps writes them out (held-bitmaps.ts, bitmap-store.ts).
  *
  * The store order, which decides where every cluster lands, is described there.
  */
@@ -22,7 +22,7 @@ import {
   type BitmapDirectoryEntry,
 } from './format/bitmap-directory.js';
 import { encodeByteString } from './format/byte-string.js';
-import { bitCount, loadBitmap, memName, storeBitmaps, type DirtyBitmap } from './bitmap-store.js';
+import { bitCount, loadBitmap, memName, serializedBytes, type DirtyBitmap } from './bitmap-store.js';
 import type { Qcow2Image } from './engine/image.js';
 import { AUTOCLEAR_BITMAPS } from './format/types.js';
 
@@ -40,6 +40,21 @@ async function loadDirectory(image: Qcow2Image): Promise<BitmapDirectoryEntry[]>
   const ext = findExtension(image.extensions, 'bitmaps');
   if (!ext || (image.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return [];
   return loadBitmapDirectory(image.file, ext, image.clusterSize, image.size());
+}
+
+/**
+ * The bits of the bitmap `name` of a read-only image as qemu loads them (load_bitmap: none for
+ * one in use), or undefined when the image has no such bitmap.
+ */
+export async function readImageBitmap(image: Qcow2Image, name: string): Promise<(DirtyBitmap & { inconsistent: boolean }) | undefined> {
+  if (image.version < 3) return undefined;
+  const entry = (await loadDirectory(image)).find((e) => memName(e.name) === name);
+  if (entry === undefined) return undefined;
+  if (entry.flags & BME_FLAG_IN_USE) {
+    const size = image.size();
+    return { name, granularityBits: entry.granularityBits, enabled: false, size, data: new Uint8Array(serializedBytes(size, entry.granularityBits)), inconsistent: true };
+  }
+  return { ...(await loadBitmap(image, entry)), inconsistent: false };
 }
 
 /** A persistent bitmap as qemu holds it once the image is open. */
@@ -68,7 +83,7 @@ export async function listImageBitmaps(image: Qcow2Image): Promise<PersistentBit
  * check_constraints_on_bitmap plus the rest of qcow2_co_can_store_new_dirty_bitmap, for a new
  * bitmap in `target`: the message qemu gives, or undefined when it can be stored.
  */
-function storeProblem(target: Qcow2Image, name: string, granularityBits: number, count: number, dirSize: number): string | undefined {
+export function storeProblem(target: { clusterSize: number; size(): number }, name: string, granularityBits: number, count: number, dirSize: number): string | undefined {
   if (granularityBits > BME_MAX_GRANULARITY_BITS) return `Granularity exceeds maximum (${2 ** BME_MAX_GRANULARITY_BITS} bytes)`;
   if (granularityBits < BME_MIN_GRANULARITY_BITS) return `Granularity is under minimum (${2 ** BME_MIN_GRANULARITY_BITS} bytes)`;
   const bitmapBytes = Math.ceil(bitCount(target.size(), granularityBits) / 8);
@@ -87,9 +102,8 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
   if (target.version < 3) throw new UnsupportedError("Format driver 'qcow2' does not support bitmaps", { errno: 'ENOTSUP' });
   const sourceEntries = await loadDirectory(source);
   if (sourceEntries.length === 0) return;
-  // The target's own bitmaps, if they are still valid: tsimg does not track writes, so any
-  // change of the target since it was opened has already cleared the autoclear bit.
-  const targetExt = findExtension(target.extensions, 'bitmaps');
+  // The target's own bitmaps (an existing -n target's): held since the open, in use in the
+  // directory until the close stores them with the new ones (held-bitmaps.ts).
   const existing = await loadDirectory(target);
   const names = new Set(existing.map((e) => memName(e.name)));
   let dirSize = existing.reduce((n, e) => n + bitmapDirEntrySize(nameBytes(e.name), 0), 0);
@@ -129,7 +143,8 @@ export async function copyPersistentBitmaps(source: Qcow2Image, target: Qcow2Ima
     dirSize += entrySize;
     added.push(bitmap);
   }
-  if (added.length > 0) await storeBitmaps(target, existing, targetExt, added.reverse());
+  // As qemu: the new bitmaps join the target's list, and its close stores them all.
+  target.adoptBitmaps(added);
   if (failure) throw failure;
 }
 

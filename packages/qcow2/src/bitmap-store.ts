@@ -1,7 +1,7 @@
 /**
- * Persistent dirty bitmaps in memory and their storage, shared by `convert --bitmaps` (which
- * copies a source's bitmaps into its target) and resize (which stores an image's bitmaps again
- * at their new size): loading a bitmap's bits (load_bitmap), and qemu's
+ * Persistent dirty bitmaps in memory and their storage, for the bitmaps a writable image holds
+ * (engine/held-bitmaps.ts: those it loaded, those `tsimg bitmap` and `convert --bitmaps` add):
+ * loading a bitmap's bits (load_bitmap), and qemu's
  * qcow2_store_persistent_dirty_bitmaps — for each bitmap in directory order its dirty data
  * clusters (store_bitmap_data) then its bitmap table (store_bitmap); then the directory
  * (bitmap_list_store); then the header names the directory with the bitmaps autoclear bit set
@@ -128,17 +128,24 @@ function anyBitSet(data: Uint8Array, from: number, to: number): boolean {
 }
 
 /**
- * qcow2_store_persistent_dirty_bitmaps for bitmaps new to `target`: data and tables of each,
- * then a directory listing the target's valid bitmaps followed by the new ones, then the header.
- * On a failure before the header write every cluster taken so far is freed again.
+ * One place of qemu's bm_list when it stores: an entry kept as the directory has it (a bitmap
+ * it does not write, e.g. an inconsistent one), or a bitmap in memory whose data and table
+ * are written anew.
  */
-export async function storeBitmaps(
+export type BitmapSlot = BitmapDirectoryEntry | DirtyBitmap;
+
+/**
+ * qcow2_store_persistent_dirty_bitmaps' writes: the directory becomes `slots` in this order, the
+ * bitmaps among them stored first (store_bitmap, in list order), then update_ext_header_and_dir.
+ * Returns the new directory's entries. On a failure before the header write every cluster
+ * taken so far is freed again.
+ */
+export async function storeBitmapSlots(
   target: BitmapHost,
-  existing: BitmapDirectoryEntry[],
+  slots: readonly BitmapSlot[],
   oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
-  bitmaps: DirtyBitmap[],
-  freeOldDirectory = existing.length > 0,
-): Promise<void> {
+  freeOldDirectory: boolean,
+): Promise<BitmapDirectoryEntry[]> {
   const taken: { offset: number; size: number }[] = [];
   let headerTried = false;
   const take = async (size: number, what: string): Promise<number> => {
@@ -151,20 +158,53 @@ export async function storeBitmaps(
     taken.push({ offset, size });
     return offset;
   };
+  let entries: BitmapDirectoryEntry[] = [];
   try {
-    const entries: BitmapDirectoryEntry[] = [...existing];
-    for (const bm of bitmaps) {
-      const { offset, size } = await storeBitmap(target, bm, take);
+    for (const slot of slots) {
+      if (!('data' in slot)) {
+        entries.push(slot);
+        continue;
+      }
+      const { offset, size } = await storeBitmap(target, slot, take);
       entries.push({
         bitmapTableOffset: offset,
         bitmapTableSize: size,
-        flags: bm.enabled ? BME_FLAG_AUTO : 0,
+        flags: slot.enabled ? BME_FLAG_AUTO : 0,
         type: BT_DIRTY_TRACKING_BITMAP,
-        granularityBits: bm.granularityBits,
-        name: bm.name,
+        granularityBits: slot.granularityBits,
+        name: slot.name,
         extraData: new Uint8Array(0),
       });
     }
+    await updateDirectory(target, entries, oldDir, freeOldDirectory, take, () => {
+      headerTried = true;
+    });
+  } catch (err) {
+    // Once the header write was tried, it may reach the disk naming the new directory: then
+    // everything it points at stays (leaked at worst), never handed out again.
+    if (!headerTried) for (const t of taken.reverse()) await target.freeClusters(t.offset, t.size).catch(() => undefined);
+    entries = [];
+    throw err;
+  }
+  return entries;
+}
+
+/**
+ * update_ext_header_and_dir: a new directory listing `entries` (none: the extension goes and
+ * the autoclear bit with it), the header naming it, then the old directory freed.
+ */
+export async function updateDirectory(
+  target: BitmapHost,
+  entries: readonly BitmapDirectoryEntry[],
+  oldDir: { bitmapDirectoryOffset: number; bitmapDirectorySize: number } | undefined,
+  freeOldDirectory = true,
+  take: (size: number, what: string) => Promise<number> = (size) => target.allocateClusters(size),
+  beforeHeader: () => void = () => undefined,
+): Promise<void> {
+  if (entries.length === 0) {
+    beforeHeader();
+    await target.updateBitmapsExtension(undefined);
+  } else {
     // bitmap_list_store, not in place.
     const dir = encodeBitmapDirectory(entries);
     if (dir.length > QCOW2_MAX_BITMAP_DIRECTORY_SIZE) {
@@ -172,20 +212,13 @@ export async function storeBitmaps(
     }
     const dirOffset = await take(dir.length, 'directory');
     await target.writeMetadata(dirOffset, dir);
-    headerTried = true;
-    await target.updateBitmapsExtension({
-      nbBitmaps: entries.length,
-      bitmapDirectorySize: dir.length,
-      bitmapDirectoryOffset: dirOffset,
-    });
-  } catch (err) {
-    // Once the header write was tried, it may reach the disk naming the new directory: then
-    // everything it points at stays (leaked at worst), never handed out again.
-    if (!headerTried) for (const t of taken.reverse()) await target.freeClusters(t.offset, t.size).catch(() => undefined);
-    throw err;
+    beforeHeader();
+    await target.updateBitmapsExtension({ nbBitmaps: entries.length, bitmapDirectorySize: dir.length, bitmapDirectoryOffset: dirOffset });
   }
   // The header names the new directory now, so the old one can go.
-  if (oldDir && freeOldDirectory) await target.freeClusters(oldDir.bitmapDirectoryOffset, oldDir.bitmapDirectorySize);
+  if (oldDir && freeOldDirectory && oldDir.bitmapDirectorySize > 0) {
+    await target.freeClusters(oldDir.bitmapDirectoryOffset, oldDir.bitmapDirectorySize);
+  }
 }
 
 /**

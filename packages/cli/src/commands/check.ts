@@ -12,9 +12,12 @@ import {
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
 import {
+  AUTOCLEAR_BITMAPS,
   FIX_ERRORS,
   FIX_LEAKS,
+  INCOMPAT_DATA_FILE,
   QCOW2_MAGIC,
+  Qcow2Image,
   checkErrnoText,
   checkImage,
   finishRepair,
@@ -146,6 +149,29 @@ async function backingName(img: CheckImage): Promise<string> {
   return new TextDecoder().decode(bytes);
 }
 
+/**
+ * qemu-img check -r opens the image read/write, so its persistent bitmaps are loaded and marked
+ * in use at the open and stored anew at the close, after the repair (no allocation comes
+ * between: the marking is in place). tsimg's check works below the engine, so an engine open
+ * and close of the repaired file does that part. (Images with an external data file keep
+ * their bitmaps as they are.)
+ */
+async function storeBitmapsAgain(file: BlockDevice, img: CheckImage, filename: string): Promise<void> {
+  const h = img.header;
+  if (h.version < 3 || (h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n || (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) return;
+  if (findExtension(img.extensions, 'bitmaps') === undefined) return;
+  // The check closes the file itself afterwards.
+  const view: BlockDevice = new Proxy(file, {
+    get: (target, prop) => {
+      if (prop === 'close') return async () => undefined;
+      const v = Reflect.get(target, prop, target) as unknown;
+      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+    },
+  });
+  const engine = await Qcow2Image.open(view, { filename, readOnly: false });
+  await engine.close();
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':hf:r:T:qU', LONG_OPTIONS, 'check');
   if (parsed.error) getoptExit(parsed.error);
@@ -228,7 +254,10 @@ export const run: CommandRunner = async (argv, io) => {
       }
       return result.corruptions ? 2 : result.leaks ? 3 : 0;
     } finally {
-      if (img && fix) await finishRepair(img).catch(() => undefined);
+      if (img && fix) {
+        await finishRepair(img).catch(() => undefined);
+        await storeBitmapsAgain(file, img, filename).catch(() => undefined);
+      }
       await file.close().catch(() => undefined);
       for (const dev of held.reverse()) await dev.close().catch(() => undefined);
     }

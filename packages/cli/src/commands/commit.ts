@@ -103,6 +103,9 @@ function jobRateLimit(bytesPerSecond: number): (bytes: number) => Promise<void> 
 
 function open(a: CommitArgs, io: CliIO, writableBacking: { depth: number; resize: boolean } | undefined): Promise<Image> {
   return openCommandImage(a.filename, {
+    // The first open only finds the base (qemu opens once and reopens the base): it must not
+    // store the top's bitmaps a second time.
+    holdBitmaps: writableBacking !== undefined,
     format: a.format,
     readOnly: false,
     imageOpts: a.imageOpts,

@@ -59,11 +59,13 @@ export async function headerSwitch(s: EngineState, write: () => Promise<void>): 
   }
 }
 
-/** Before the first change: lazy refcounts set the dirty bit; persistent bitmaps go stale. */
+/**
+ * Before the first change. A writable v3 image holds its bitmaps and tracks every change
+ * (held-bitmaps.ts); should an image ever change with valid bitmaps it does not hold, clearing
+ * the autoclear bit marks them invalid, as the spec asks of software that does not track them.
+ */
 export async function beforeChange(s: EngineState): Promise<void> {
-  if (!s.cleanedAutoclear && (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
-    // tsimg does not update persistent dirty bitmaps: clearing the autoclear bit marks them
-    // invalid, as the spec asks of software that changes the image without tracking them.
+  if (s.heldBitmaps === undefined && !s.cleanedAutoclear && (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n) {
     s.header.autoclearFeatures &= ~AUTOCLEAR_BITMAPS;
     await writeFeatureFields(s);
   }

@@ -11,7 +11,10 @@
  * is never seen half-updated. Caches evict only between operations.
  */
 import { UnsupportedError, UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
-import { listImageBitmaps, type PersistentBitmap } from '../bitmap-copy.js';
+import { listImageBitmaps, readImageBitmap, type PersistentBitmap } from '../bitmap-copy.js';
+import { bitmapAction, type BitmapAction, type SourceBitmap } from './bitmap-ops.js';
+import type { DirtyBitmap } from '../bitmap-store.js';
+import { markDirty, storeHeldBitmaps } from './held-bitmaps.js';
 import { detectMetadataPreallocation } from './preallocation.js';
 import { compressCluster } from '../compress/compress.js';
 import { findExtension, type HeaderExtension, type Qcow2Header } from '../format/header.js';
@@ -93,7 +96,42 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
    * none when the bitmaps autoclear bit says a program without bitmap support wrote the image.
    */
   listBitmaps(): Promise<PersistentBitmap[] | undefined> {
+    const held = this.#s.heldBitmaps;
+    if (held !== undefined) {
+      return Promise.resolve(held.list.map((b) => ({ name: b.name, granularity: 2 ** b.granularityBits, inconsistent: b.inconsistent })));
+    }
     return listImageBitmaps(this);
+  }
+
+  /**
+   * The bits of the bitmap `name` as qemu holds them once the image is open (an inconsistent
+   * bitmap has none); undefined when there is no such bitmap. A merge source.
+   */
+  readBitmap(name: string): Promise<SourceBitmap | undefined> {
+    const held = this.#s.heldBitmaps;
+    if (held !== undefined) return Promise.resolve(held.list.find((b) => b.name === name));
+    return readImageBitmap(this, name);
+  }
+
+  /**
+   * One operation of `qemu-img bitmap` on a writable image's persistent bitmaps (add, remove,
+   * clear, enable, disable, merge), with qemu's checks and messages; the close stores the result.
+   */
+  async bitmapAction(action: BitmapAction): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, () => bitmapAction(s, action));
+  }
+
+  /**
+   * bdrv_create_dirty_bitmap for persistent bitmaps made elsewhere (convert --bitmaps' copies),
+   * in the order they are created: each heads the list, and the close stores them.
+   */
+  adoptBitmaps(bitmaps: readonly DirtyBitmap[]): void {
+    const held = this.#s.heldBitmaps;
+    if (held === undefined) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
+    checkWritable(this.#s);
+    for (const bm of bitmaps) held.list.unshift({ ...bm, inconsistent: false });
   }
 
   /** The backing file name the header records. */
@@ -176,7 +214,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, data.length);
     checkWritable(s);
     if (data.length === 0) return;
-    await exclusive(s, () => writeGuest(s, offset, data));
+    await exclusive(s, () => {
+      markDirty(s, offset, data.length);
+      return writeGuest(s, offset, data);
+    });
   }
 
   async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
@@ -184,7 +225,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, length);
     checkWritable(s);
     if (length === 0) return;
-    await exclusive(s, () => writeZeroes(s, offset, length, options.mayUnmap === true));
+    await exclusive(s, () => {
+      markDirty(s, offset, length);
+      return writeZeroes(s, offset, length, options.mayUnmap === true);
+    });
   }
 
   async discard(offset: number, length: number): Promise<void> {
@@ -192,7 +236,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkRange(s, offset, length);
     checkWritable(s);
     if (length === 0) return;
-    await exclusive(s, () => discard(s, offset, length));
+    await exclusive(s, () => {
+      markDirty(s, offset, length);
+      return discard(s, offset, length);
+    });
   }
 
   async flush(): Promise<void> {
@@ -249,7 +296,10 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
       return;
     }
     const payload = out;
-    await exclusive(s, () => storeCompressed(s, offset, payload));
+    await exclusive(s, () => {
+      markDirty(s, offset, cluster.length);
+      return storeCompressed(s, offset, payload);
+    });
   }
 
   /** Ends a run of compressed writes: pads the file to a 512-byte boundary as qemu does. */
@@ -298,6 +348,8 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     checkWritable(s);
     if (this.version < 3) throw new UnsupportedError('Cannot store dirty bitmaps in qcow2 v2 files', { errno: 'ENOTSUP' });
     await exclusive(s, () => updateBitmapsExtension(s, bitmaps));
+    // The caller dropped the directory: the bitmaps held since the open go with it.
+    if (bitmaps === undefined) s.heldBitmaps?.list.splice(0);
   }
 
   // ---- internal snapshots (snapshots.ts) ------------------------------------------------
@@ -383,8 +435,14 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     try {
       if (!this.readOnly && !s.broken) {
         await exclusive(s, async () => {
+          // qcow2_inactivate: the bitmaps first; losing them does not stop the flush.
+          let lost: unknown;
+          await storeHeldBitmaps(s).catch((err: unknown) => {
+            lost = err;
+          });
           await flushAll(s);
           await markClean(s);
+          if (lost !== undefined) throw lost;
         });
       }
     } finally {

@@ -3,6 +3,7 @@
  * engine state — the active (or a snapshot's) L1 table, the metadata caches, the allocator and
  * what the overlap check protects — repairing a dirty image opened read/write first.
  */
+import { loadHeldBitmaps } from './held-bitmaps.js';
 import { FormatError, UsageError, type BlockDevice } from '@tsimg/raw';
 import { Allocator } from './allocator.js';
 import { TableCache, type CacheHooks } from './cache.js';
@@ -56,6 +57,12 @@ export interface Qcow2OpenOptions<B extends BackingDevice = BackingDevice> {
    * Unlike qemu without unmap, {@link Qcow2Image.discard} is never ignored: callers only make
    * that request when they mean it.
    */
+  /**
+   * Load the persistent bitmaps of a read/write open, mark them in use and store them at the
+   * close (default true, as qemu). false: an open that only looks and writes nothing (qemu-img
+   * commit's first open, which qemu does not make) leaves them as they are.
+   */
+  holdBitmaps?: boolean;
   unmap?: boolean;
 }
 
@@ -99,6 +106,8 @@ export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions)
     s.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
     await writeFeatureFields(s);
   }
+  // The open's only warnings are about a stale bitmaps extension (qcow2_read_extensions).
+  if (!opts.readOnly && s.version >= 3 && opts.holdBitmaps !== false) await loadHeldBitmaps(s, opened.warnings.length > 0);
   return s;
 }
 
@@ -171,6 +180,7 @@ function newEngineState(
     frozen: false,
     markedDirty: false,
     cleanedAutoclear: false,
+    heldBitmaps: undefined,
     decompressed: undefined,
     l2Table: (offset) => s.l2Cache.get(offset),
     corrupt: (message) => signalCorruption(s, message),

@@ -6,7 +6,7 @@
  */
 import { BDRV_MAX_LENGTH, IoError, LimitError, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
 import { QCOW_MAX_L1_SIZE } from '../format/types.js';
-import { holdBitmaps, storeHeldBitmaps } from './resize-bitmaps.js';
+import { checkBitmapsForResize, truncateHeldBitmaps } from './held-bitmaps.js';
 import { beforeChange } from './header-write.js';
 import { growL1, shrinkL1 } from './l1-table.js';
 import {
@@ -32,21 +32,14 @@ export interface ResizeOptions {
 }
 
 /**
- * qemu-img resize's work on an open image: the persistent bitmaps loaded (and marked in use) as
- * qemu's read-write open does, the truncate, and the bitmaps stored again at the new size as
- * qemu's close does — also after a failed truncate, as qemu's close would.
+ * qemu-img resize's work on an open image: the caller's refusals, the truncate, and the held
+ * bitmaps resized with the image (the close stores them, as qemu's does).
  */
 export async function resize(s: EngineState, size: number, options: ResizeOptions = {}): Promise<void> {
-  const held = await holdBitmaps(s);
-  try {
-    options.check?.();
-    if (!Number.isInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`, { errno: 'EINVAL' });
-    await truncate(s, size, options);
-  } catch (err) {
-    if (held !== undefined) await storeHeldBitmaps(s, held).catch(() => undefined);
-    throw err;
-  }
-  if (held !== undefined) await storeHeldBitmaps(s, held);
+  options.check?.();
+  if (!Number.isInteger(size) || size < 0) throw new UsageError(`invalid size ${size}`, { errno: 'EINVAL' });
+  await truncate(s, size, options);
+  truncateHeldBitmaps(s, virtualSize(s));
 }
 
 /** qcow2_co_truncate (exact), with bdrv_co_truncate's checks and zero-write decision. */
@@ -58,6 +51,7 @@ async function truncate(s: EngineState, size: number, options: ResizeOptions): P
   if (s.version < 3 && s.header.nbSnapshots > 0) {
     throw new UnsupportedError("Can't resize a v2 image which has snapshots", { errno: 'ENOTSUP' });
   }
+  checkBitmapsForResize(s);
   const old = virtualSize(s);
   // bdrv_co_truncate: a backing file reaching past the old end must not show through.
   const zeroWrite = size > old && s.backing !== undefined && s.backing.size() > old;

@@ -16,6 +16,7 @@ import type { Geometry, MappingSource } from './mapping.js';
 import type { ByteRange, MetadataClusters } from '../format/overlap.js';
 import type { Qcow2Snapshot } from '../format/snapshot.js';
 import { INCOMPAT_CORRUPT } from '../format/types.js';
+import type { HeldBitmaps } from './held-bitmaps.js';
 
 
 /**
@@ -133,6 +134,11 @@ export interface EngineState extends MappingSource {
   frozen: boolean;
   markedDirty: boolean;
   cleanedAutoclear: boolean;
+  /**
+   * The persistent bitmaps a writable v3 image holds while open (held-bitmaps.ts): loaded at
+   * the open, stored at the close. Undefined for read-only and v2 images.
+   */
+  heldBitmaps: HeldBitmaps | undefined;
   /** The last cluster decompressed (compressed.ts); dropped by every change. */
   decompressed: { key: string; data: Uint8Array } | undefined;
 }

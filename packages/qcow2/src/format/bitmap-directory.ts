@@ -244,7 +244,7 @@ export async function loadBitmapTable(
   dev: BlockDevice,
   entry: BitmapDirectoryEntry,
   clusterSize: number,
-  virtualSize: number,
+  virtualSize: number | undefined,
 ): Promise<BitmapTableEntry[]> {
   const raw = new Uint8Array(entry.bitmapTableSize * 8);
   await readOrFail(
@@ -263,6 +263,8 @@ export async function loadBitmapTable(
     }
     out.push(e);
   }
+  // undefined: bitmap_table_load alone, as free_bitmap_clusters reads a table it drops.
+  if (virtualSize === undefined) return out;
   const expected = bitmapTableSizeFor(virtualSize, entry.granularityBits, clusterSize);
   if (expected !== entry.bitmapTableSize || expected > BME_MAX_TABLE_SIZE) {
     throw new FormatError(`Could not read bitmap '${cName(entry.name)}' from image: Invalid argument`, { errno: 'EINVAL' });
