@@ -18,4 +18,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   convert: async () => (await import('./commands/convert.js')).run,
   resize: async () => (await import('./commands/resize.js')).run,
   snapshot: async () => (await import('./commands/snapshot.js')).run,
+  amend: async () => (await import('./commands/amend.js')).run,
 };

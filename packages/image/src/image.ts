@@ -3,10 +3,10 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { SnapshotCreateOptions } from '@tsimg/qcow2';
+import type { AmendOptions, SnapshotCreateOptions } from '@tsimg/qcow2';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
 
-export type { SnapshotCreateOptions } from '@tsimg/qcow2';
+export type { AmendOptions, SnapshotCreateOptions } from '@tsimg/qcow2';
 
 /** An open image of any format: a BlockDevice that knows its file and backing image. */
 export interface Image extends BlockDevice {
@@ -50,6 +50,13 @@ export interface Image extends BlockDevice {
   applySnapshot?(idOrName: string): Promise<void>;
   /** Deletes the first snapshot matching the ID and name given (bdrv_snapshot_delete). */
   deleteSnapshot?(selector: { id?: string; name?: string }): Promise<void>;
+
+  /**
+   * Changes format options in place (qemu's bdrv_amend_options, for `qemu-img amend`); absent:
+   * the format has no option amendment (qemu: "Format driver 'x' does not support option
+   * amendment").
+   */
+  amend?(options: AmendOptions): Promise<void>;
 }
 
 /** A persistent dirty bitmap of an image. */

@@ -13,6 +13,7 @@ export {
   type LayerContext,
   type SnapshotCreateOptions,
   type SnapshotSelector,
+  type AmendOptions,
   type TruncateOptions,
 } from './image.js';
 export {

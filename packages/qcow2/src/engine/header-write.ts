@@ -9,6 +9,7 @@ import {
   encodeHeader,
   findExtension,
   QEMU_FEATURE_NAMES,
+  V2_HEADER_LENGTH,
   V3_HEADER_LENGTH,
   type HeaderExtension,
   type Qcow2Header,
@@ -89,13 +90,18 @@ export async function markClean(s: EngineState): Promise<void> {
  * qcow2_update_header's order of the extensions: backing format, data file, crypto header,
  * feature table (v3, clusters above 4 KiB), bitmaps, then the unknown extensions as they were.
  */
-function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: number, bitmaps: BitmapsExtension | undefined): HeaderExtension[] {
+function headerExtensionsWith(
+  exts: readonly HeaderExtension[],
+  clusterSize: number,
+  bitmaps: BitmapsExtension | undefined,
+  version = 3,
+): HeaderExtension[] {
   const next: HeaderExtension[] = [];
   for (const kind of ['backing-format', 'data-file', 'crypto-header'] as const) {
     const e = findExtension(exts, kind);
     if (e) next.push(e);
   }
-  if (clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
+  if (version >= 3 && clusterSize > 4096) next.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
   if (bitmaps) next.push({ kind: 'bitmaps', ...bitmaps });
   next.push(...exts.filter((e) => e.kind === 'unknown'));
   return next;
@@ -108,14 +114,15 @@ function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: num
 async function encodeHeaderCluster(
   s: EngineState,
   next: readonly HeaderExtension[],
-  bitmaps: BitmapsExtension | undefined,
+  autoclear: bigint,
 ): Promise<{ buf: Uint8Array; updated: Qcow2Header }> {
   const h = s.header;
   const cs = s.clusterSize;
   const buf = new Uint8Array(cs);
+  // A v2 header is 72 bytes with the extensions right after it (qemu writes no v3 fields).
   // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields).
-  const headerLength = Math.max(h.headerLength, V3_HEADER_LENGTH);
-  if (h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
+  const headerLength = h.version < 3 ? V2_HEADER_LENGTH : Math.max(h.headerLength, V3_HEADER_LENGTH);
+  if (h.version >= 3 && h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
   const extBytes = encodeExtensions(next);
   const nospc = (): never => {
     throw new LimitError('Failed to update bitmap extension: No space left on device', { errno: 'ENOSPC' });
@@ -131,8 +138,11 @@ async function encodeHeaderCluster(
     buf.set(name, backingFileOffset);
     backingFileSize = name.length;
   }
-  const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
   const updated: Qcow2Header = { ...h, headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
+  if (h.version < 3) {
+    encodeHeader(updated, new DataView(buf.buffer));
+    return { buf, updated };
+  }
   const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
   encodeHeader(updated, new DataView(buf.buffer));
   buf.set(unknownFields, V3_HEADER_LENGTH);
@@ -149,7 +159,9 @@ export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExt
   await flushAll(s, false);
   const exts = s.extensions;
   const next = headerExtensionsWith(exts, s.clusterSize, bitmaps);
-  const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps);
+  const h = s.header;
+  const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
+  const { buf, updated } = await encodeHeaderCluster(s, next, autoclear);
   try {
     await s.file.write(0, buf);
     await s.file.flush();
@@ -166,4 +178,21 @@ export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExt
   // The bitmaps just stored describe the image as it is now; a later change clears the
   // bit again, as beforeChange does for any bitmaps tsimg does not track.
   s.cleanedAutoclear = false;
+}
+
+/**
+ * qcow2_update_header for amend: rewrites the whole header cluster from `s.header` (whose
+ * version, features, refcount order and table fields the caller has set), with the extensions
+ * of `s.extensions` in qemu's order (the feature table only for v3), then syncs. Caches are
+ * written first, so everything the new header names is on disk before it.
+ */
+export async function rewriteHeader(s: EngineState): Promise<void> {
+  await flushAll(s, false);
+  const exts = s.extensions;
+  const bitmaps = findExtension(exts, 'bitmaps');
+  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps, s.header.version);
+  const { buf, updated } = await encodeHeaderCluster(s, next, s.header.autoclearFeatures);
+  await headerSwitch(s, () => s.file.write(0, buf));
+  Object.assign(s.header, updated);
+  exts.splice(0, exts.length, ...next);
 }

@@ -199,7 +199,7 @@ function protectMetadata(s: EngineState, info: HeaderInfo, reftable: Float64Arra
 }
 
 /** The allocator of a writable image, hooked to the header and the overlap map. */
-function newAllocator(s: EngineState, reftable: Float64Array): Allocator {
+export function newAllocator(s: EngineState, reftable: Float64Array): Allocator {
   const h = s.header;
   return new Allocator(
     {
