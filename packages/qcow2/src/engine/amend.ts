@@ -11,6 +11,7 @@ import { downgrade, upgrade, withContext } from './compat.js';
 import { markClean, rewriteHeader } from './header-write.js';
 import { changeRefcountOrder, type StatusCallback } from './refcount-order.js';
 import { resize } from './resize.js';
+import { holdBitmaps, storeHeldBitmaps } from './resize-bitmaps.js';
 import { flushAll, type EngineState } from './state.js';
 
 /** What `qemu-img amend -o` asks of a qcow2 image; absent fields stay as they are. */
@@ -86,8 +87,24 @@ function checkOptions(s: EngineState, o: AmendOptions): void {
   if (o.dataFileRaw === true && !s.dataRaw) throw new UsageError('data-file-raw cannot be set on existing images', { errno: 'EINVAL' });
 }
 
-/** qcow2_amend_options. */
+/**
+ * qemu-img amend's work on an open image: the persistent bitmaps loaded (marked in use) as
+ * qemu's read-write open does, qcow2_amend_options, and the bitmaps stored again as qemu's
+ * close does — also after a failed amend.
+ */
 export async function amend(s: EngineState, o: AmendOptions): Promise<void> {
+  const held = await holdBitmaps(s);
+  try {
+    await amendOptions(s, o);
+  } catch (err) {
+    if (held !== undefined) await storeHeldBitmaps(s, held).catch(() => undefined);
+    throw err;
+  }
+  if (held !== undefined) await storeHeldBitmaps(s, held);
+}
+
+/** qcow2_amend_options. */
+async function amendOptions(s: EngineState, o: AmendOptions): Promise<void> {
   const oldVersion = s.version;
   const newVersion = o.compat === undefined ? oldVersion : parseCompat(o.compat, oldVersion);
   checkOptions(s, o);
@@ -123,7 +140,7 @@ export async function amend(s: EngineState, o: AmendOptions): Promise<void> {
   if (o.backingFile !== undefined || o.backingFormat !== undefined) {
     const format = findExtension(s.extensions, 'backing-format')?.name;
     if (o.backingFile !== s.backingFile || o.backingFormat !== format) {
-      throw new UsageError("Cannot amend the backing file\nYou can use 'qemu-img rebase' instead.", { errno: 'EINVAL' });
+      throw new UsageError("Cannot amend the backing file\nYou can use 'tsimg rebase' instead.", { errno: 'EINVAL' });
     }
   }
 

@@ -158,7 +158,7 @@ async function encodeHeaderCluster(
 export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExtension | undefined): Promise<void> {
   await flushAll(s, false);
   const exts = s.extensions;
-  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps);
+  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps, s.header.version);
   const h = s.header;
   const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
   const { buf, updated } = await encodeHeaderCluster(s, next, autoclear);
