@@ -48,6 +48,8 @@ async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Prom
       return img.applySnapshot(step.name);
     case 'snapshot-delete':
       return img.deleteSnapshot({ name: step.name });
+    case 'amend':
+      return img.amend(step.options);
   }
 }
 

@@ -21,24 +21,40 @@ interface Visit {
   status: StatusCallback;
 }
 
-/** Expands one L2 table's zero entries in place; true when it changed. */
-async function expandTable(s: EngineState, table: Uint8Array, l2Offset: number, l2Refcount: number, active: boolean): Promise<boolean> {
+/**
+ * What expanding one L2 table did: whether it changed, and the references it dropped from
+ * preallocated zero clusters that stay shared (cluster index → count), which may only be
+ * released once the table is on disk.
+ */
+interface Expanded {
+  dirty: boolean;
+  released: Map<number, number>;
+}
+
+/**
+ * Expands one L2 table's zero entries in place. One deliberate difference from qemu: a
+ * preallocated zero cluster that other tables (a snapshot) still use is not zeroed in place
+ * — qemu 7.2 does, which changes what the snapshot reads — but gets a fresh zeroed cluster
+ * like a plain zero cluster, and drops this table's references to the shared one.
+ */
+async function expandTable(s: EngineState, table: Uint8Array, l2Offset: number, l2Refcount: number): Promise<Expanded> {
   const geo = s.geo;
   const alloc = s.allocator!;
   const view = tableView(table);
-  let dirty = false;
+  const out: Expanded = { dirty: false, released: new Map() };
   for (let j = 0; j < geo.l2Entries; j++) {
     const at = j * geo.entrySize;
     const e = decodeL2Entry(view, at, geo);
     if (e.kind !== 'zero') continue;
     let offset = e.hostOffset;
-    const plain = offset === 0;
-    if (plain) {
-      if (s.backing === undefined) {
-        encodeL2Entry({ kind: 'unallocated' }, view, at, geo);
-        dirty = true;
-        continue;
-      }
+    if (offset === 0 && s.backing === undefined) {
+      encodeL2Entry({ kind: 'unallocated' }, view, at, geo);
+      out.dirty = true;
+      continue;
+    }
+    const shared = offset !== 0 && offset % s.clusterSize === 0 && (await alloc.getRefcount(offset / s.clusterSize)) > l2Refcount;
+    if (offset === 0 || shared) {
+      if (shared) out.released.set(offset / s.clusterSize, (out.released.get(offset / s.clusterSize) ?? 0) + l2Refcount);
       offset = await alloc.allocClusters(s.clusterSize);
       // A shared L2 table counts once per table that names it.
       if (l2Refcount > 1) await alloc.addToCluster(offset / s.clusterSize, l2Refcount - 1);
@@ -51,14 +67,14 @@ async function expandTable(s: EngineState, table: Uint8Array, l2Offset: number, 
     await overlapCheck(s, offset, s.clusterSize);
     await dataDevice(s).writeZeroes(offset, s.clusterSize, { mayUnmap: false });
     encodeL2Entry({ kind: 'data', hostOffset: offset, copied: l2Refcount === 1 }, view, at, geo);
-    dirty = true;
+    out.dirty = true;
   }
-  if (dirty && active) {
-    // The new clusters' refcounts and zeroes reach the disk before the entries naming them.
-    await s.l2Cache.setDependency(s.refcountCache);
-    s.l2Cache.setDependsOnFlush();
-  }
-  return dirty;
+  return out;
+}
+
+/** Drops the references an expanded table no longer holds (after the table is on disk, or ordered after it). */
+async function release(s: EngineState, released: Map<number, number>): Promise<void> {
+  for (const [cluster, count] of released) await s.allocator!.addToCluster(cluster, -count);
 }
 
 /** expand_zero_clusters_in_l1. */
@@ -72,17 +88,28 @@ async function expandL1(s: EngineState, l1: DataView, entries: number, active: b
       const l2Refcount = await s.allocator!.getRefcount(l2Offset / s.clusterSize);
       if (active) {
         const table = await s.l2Cache.get(l2Offset);
-        if (await expandTable(s, table, l2Offset, l2Refcount, true)) s.l2Cache.markDirty(l2Offset, table);
+        const done = await expandTable(s, table, l2Offset, l2Refcount);
+        if (done.dirty) {
+          // The new clusters' refcounts and zeroes reach the disk before the entries naming them.
+          await s.l2Cache.setDependency(s.refcountCache);
+          s.l2Cache.setDependsOnFlush();
+          s.l2Cache.markDirty(l2Offset, table);
+        }
+        // A decrease orders the refcount cache after the L2 cache (the allocator's rule).
+        await release(s, done.released);
       } else {
         const table = new Uint8Array(s.clusterSize);
         await s.file.read(l2Offset, table);
-        if (await expandTable(s, table, l2Offset, l2Refcount, false)) {
+        const done = await expandTable(s, table, l2Offset, l2Refcount);
+        if (done.dirty) {
           // Written behind the cache's back: the clusters it names and their refcounts first.
           await s.refcountCache.flush();
           await s.file.flush();
           await overlapCheck(s, l2Offset, s.clusterSize, OL_INACTIVE_L2 | OL_ACTIVE_L2);
           await s.file.write(l2Offset, table);
+          if (done.released.size > 0) await s.file.flush();
         }
+        await release(s, done.released);
       }
     }
     visit.visited++;
