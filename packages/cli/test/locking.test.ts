@@ -83,12 +83,14 @@ const WRITING = [
   'dd if=r.raw of=live.qcow2 -O qcow2', 'dd if=r.raw of=live.qcow2',
   'create -f qcow2 live.qcow2 1M', 'create -f raw live.qcow2 1M', 'create -q -f qcow2 -b live.qcow2 -F qcow2 OUT',
   'resize live.qcow2 32M', 'resize --shrink live.qcow2 1M', 'resize -f raw lr.raw 32M', 'resize df2.qcow2 32M',
+  'amend -o compat=0.10 live.qcow2', 'amend -o refcount_bits=8 df2.qcow2',
 ];
 /** The cases where a read-only holder makes a difference (it shares write with readers). */
 const WITH_READER = [
   'info live.qcow2', 'check live.qcow2', 'map ontop.qcow2', 'map df2.qcow2', 'convert -O raw lrtop.qcow2 OUT',
   'convert -f raw -O raw lr.raw OUT', 'check -r all live.qcow2', 'check -r all df2.qcow2', 'convert -n r.raw live.qcow2',
   'create -f qcow2 live.qcow2 1M', 'dd if=r.raw of=live.qcow2 -O qcow2', 'resize live.qcow2 32M',
+  'amend -o compat=0.10 live.qcow2',
 ];
 /** With `-r -U` only writers of the image are kept out, so only harmless writes are tried. */
 const WITH_SHARING_READER = ['info live.qcow2', 'map ontop.qcow2', 'convert -O raw df2.qcow2 OUT', 'compare r.raw lrtop.qcow2', 'check -r all df2.qcow2'];

@@ -3,7 +3,7 @@
  * snapshot table rewritten with v3's extra data, then the header) and qcow2_downgrade (v3 →
  * v2: its refusals, zero clusters expanded, the v3-only features dropped, then the header).
  */
-import { UnsupportedError } from '@tsimg/raw';
+import { TsimgError, UnsupportedError, errorWithCode } from '@tsimg/raw';
 import { decodeL1Entry, decodeL2Entry } from '../format/l2-entry.js';
 import { snapshotDiskSize, snapshotVmStateSize } from '../format/snapshot.js';
 import { INCOMPAT_COMPRESSION, INCOMPAT_DIRTY } from '../format/types.js';
@@ -110,10 +110,6 @@ export async function downgrade(s: EngineState, status: StatusCallback): Promise
 
 /** error_setg_errno's "<context>: <strerror>" around an I/O failure; other errors pass. */
 export function withContext(err: unknown, context: string): unknown {
-  if (!(err instanceof Error) || !('errno' in err) || (err as { errno?: string }).errno === undefined) return err;
-  const e = err as Error & { errno?: string };
-  const copy = Object.create(Object.getPrototypeOf(e) as object) as Error & { errno?: string };
-  Object.assign(copy, e);
-  copy.message = `${context}: ${e.message}`;
-  return copy;
+  if (!(err instanceof TsimgError) || err.errno === undefined) return err;
+  return errorWithCode(err.code, `${context}: ${err.message}`, { cause: err, errno: err.errno });
 }
