@@ -173,6 +173,18 @@ describeQemu('tsimg amend vs qemu-img amend', () => {
       ['-t', 'bogus', '-o', 'compat=0.10', 'a.qcow2'],
       ['-x', '-o', 'compat=0.10', 'a.qcow2'],
       ['-o', 'compat=0.10', 'missing.qcow2'],
+      ['-o', '', 'a.qcow2'],
+      ['-o', 'compat=0.10', '-o', ',foo', 'a.qcow2'],
+      ['-o'],
+      ['-o', 'refcount_bits=abc', 'a.qcow2'],
+      ['-o', 'refcount_bits=-16', 'a.qcow2'],
+      ['-o', 'refcount_bits=18446744073709551616', 'a.qcow2'],
+      ['-o', 'lazy_refcounts=maybe', 'a.qcow2'],
+      ['-o', 'size=1x', 'a.qcow2'],
+      ['-o', 'size=1000', 'a.qcow2'],
+      ['-o', 'compat=', 'a.qcow2'],
+      ['-o', 'help,compat=0.10', 'a.qcow2'],
+      ['--forc', '-o', 'refcount_bits=0x10', 'a.qcow2'],
     ]);
     expectAllSame(`${CREATE} -o compat=0.10 a.qcow2 1M`, [['-o', 'lazy_refcounts=on', 'a.qcow2']]);
     expectAllSame(`${CREATE} -o compression_type=zstd a.qcow2 1M && qemu-io -c 'write -c -P 1 0 64k' a.qcow2`, [['-o', 'compat=0.10', 'a.qcow2']]);
