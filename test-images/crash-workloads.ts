@@ -401,6 +401,23 @@ export const WORKLOADS: Workload[] = [
     ],
   },
   {
+    name: 'amend: lazy_refcounts off on a dirty image, then on again',
+    clusterSize: 4 * K,
+    lazy: true,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096,lazy_refcounts=on', '1M');
+      io(dir, 'base.qcow2', 'write -P 8 0 32k');
+    },
+    steps: [
+      { op: 'write', off: 256 * K, len: 8 * K, v: 1 },
+      { op: 'write', off: 4 * K, len: K, v: 2 },
+      { op: 'amend', options: { lazyRefcounts: false } },
+      { op: 'write', off: 512 * K, len: 4 * K, v: 3 },
+      { op: 'amend', options: { lazyRefcounts: true } },
+      { op: 'write', off: 768 * K, len: 4 * K, v: 4 },
+    ],
+  },
+  {
     name: 'amend: refcount_bits 16 → 2 → 64, with a snapshot between',
     clusterSize: 4 * K,
     copiedWindow: true,

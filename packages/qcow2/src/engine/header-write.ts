@@ -80,7 +80,9 @@ export async function markDirtyIfLazy(s: EngineState): Promise<void> {
 
 /** qcow2_mark_clean, on close once every refcount is on disk: the image is consistent. */
 export async function markClean(s: EngineState): Promise<void> {
-  if (!s.markedDirty) return;
+  // A mark whose write or flush failed may have reached the disk all the same: the bit set in
+  // memory is cleared too.
+  if (!s.markedDirty && (s.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
   s.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   await writeFeatureFields(s);
   s.markedDirty = false;
