@@ -391,7 +391,6 @@ export const WORKLOADS: Workload[] = [
       io(dir, 'base.qcow2', 'write -P 5 0 16k', 'write -z 64k 8k', 'write -z -u 4k 4k');
     },
     steps: [
-      { op: 'zero', off: 128 * K, len: 4 * K },
       { op: 'snapshot-create', name: 's' },
       { op: 'zero', off: 8 * K, len: 4 * K },
       { op: 'amend', options: { compat: '0.10' } },
