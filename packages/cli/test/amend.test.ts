@@ -206,6 +206,8 @@ describeQemu('tsimg amend vs qemu-img amend', () => {
       ['-f', 'qcow2', '-o', '?'],
       ['-f', 'raw', '-o', 'help'],
       ['-f', 'vmdk', '-o', 'help'],
+      ['-f', 'luks', '-o', 'help'],
+      ['-f', 'file', '-o', 'help'],
       ['-f', 'foo', '-o', 'help'],
       ['-o', 'help'],
     ]);

@@ -55,7 +55,11 @@ const QCOW2_AMEND_OPTS: readonly OptDesc[] = [
 ];
 
 /** The amend options of each format that has them, by format name. */
-const AMEND_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { qcow2: QCOW2_AMEND_OPTS };
+const AMEND_OPTS: Readonly<Record<string, readonly OptDesc[]>> = {
+  qcow2: QCOW2_AMEND_OPTS,
+  // luks's own list is qcow2's encrypt.* options without the prefix (tsimg opens no luks images).
+  luks: QCOW2_ENCRYPT_AMEND_OPTS.map((d) => ({ ...d, name: d.name.slice('encrypt.'.length) })),
+};
 
 /** What the command line asks for. */
 interface AmendArgs {
