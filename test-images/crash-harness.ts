@@ -53,6 +53,8 @@ async function applyStep(img: Qcow2Image, step: Step, clusterSize: number): Prom
     case 'bitmap':
       if (step.action !== 'merge') return img.bitmapAction(step.action === 'add' ? { op: 'add', name: step.name, granularity: step.granularity } : { op: step.action, name: step.name });
       return img.bitmapAction({ op: 'merge', name: step.name, source: await img.readBitmap(step.source), sourceName: step.source });
+    case 'amend':
+      return img.amend(step.options);
   }
 }
 

@@ -8,6 +8,7 @@
  */
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { AmendOptions } from '@tsimg/qcow2';
 import { qemuImg, qemuIo, type RunResult } from './qemu.js';
 
 export const SECTOR = 512;
@@ -29,7 +30,9 @@ export type Step =
   /** qemu-img bitmap's operations (Qcow2Image.bitmapAction): the guest data stays as it is. */
   | { op: 'bitmap'; action: 'add'; name: string; granularity?: number }
   | { op: 'bitmap'; action: 'remove' | 'clear' | 'enable' | 'disable'; name: string }
-  | { op: 'bitmap'; action: 'merge'; name: string; source: string };
+  | { op: 'bitmap'; action: 'merge'; name: string; source: string }
+  /** qemu-img amend's options on the open image (Qcow2Image.amend); guest content stays. */
+  | { op: 'amend'; options: AmendOptions };
 
 /** What a workload's base image looks like, as far as the test needs to know. */
 export interface Workload {
@@ -403,6 +406,60 @@ export const WORKLOADS: Workload[] = [
       { op: 'write', off: 3 * M, len: 32 * K, v: 4 },
     ],
   },
+  {
+    name: 'amend: compat=0.10 over a backing file (zero clusters expanded, a snapshot), then compat=1.1',
+    clusterSize: 4 * K,
+    backing: true,
+    copiedWindow: true,
+    prepare: (dir) => {
+      backingImage(dir, (s) => (s % 200) + 20);
+      create(dir, 'cluster_size=4096', '1M', ['-b', 'backing.qcow2', '-F', 'qcow2']);
+      io(dir, 'base.qcow2', 'write -P 5 0 16k', 'write -z 64k 8k', 'write -z -u 4k 4k');
+    },
+    steps: [
+      { op: 'snapshot-create', name: 's' },
+      { op: 'zero', off: 8 * K, len: 4 * K },
+      { op: 'amend', options: { compat: '0.10' } },
+      { op: 'write', off: 200 * K, len: K, v: 1 },
+      { op: 'amend', options: { compat: '1.1' } },
+      { op: 'write', off: 300 * K, len: K, v: 2 },
+    ],
+  },
+  {
+    name: 'amend: lazy_refcounts off on a dirty image, then on again',
+    clusterSize: 4 * K,
+    lazy: true,
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096,lazy_refcounts=on', '1M');
+      io(dir, 'base.qcow2', 'write -P 8 0 32k');
+    },
+    steps: [
+      { op: 'write', off: 256 * K, len: 8 * K, v: 1 },
+      { op: 'write', off: 4 * K, len: K, v: 2 },
+      { op: 'amend', options: { lazyRefcounts: false } },
+      { op: 'write', off: 512 * K, len: 4 * K, v: 3 },
+      { op: 'amend', options: { lazyRefcounts: true } },
+      { op: 'write', off: 768 * K, len: 4 * K, v: 4 },
+    ],
+  },
+  {
+    name: 'amend: refcount_bits 16 → 2 → 64, with a snapshot between',
+    clusterSize: 4 * K,
+    copiedWindow: true,
+    moves: ['refcountTableOffset'],
+    prepare: (dir) => {
+      create(dir, 'cluster_size=4096', '1M');
+      io(dir, 'base.qcow2', 'write -P 6 0 16k', 'write -P 7 512k 8k');
+    },
+    steps: [
+      { op: 'amend', options: { refcountBits: 2 } },
+      { op: 'write', off: 100 * K, len: K, v: 1 },
+      { op: 'snapshot-create', name: 's' },
+      { op: 'write', off: 0, len: K, v: 2 },
+      { op: 'amend', options: { refcountBits: 64 } },
+      { op: 'write', off: 600 * K, len: K, v: 3 },
+    ],
+  },
 ];
 
 /**
@@ -444,6 +501,7 @@ export class SectorModel {
       if (!failed) this.flushed();
       return;
     }
+    if (step.op === 'amend') return; // amend changes how the image stores data, not what it reads as
     if (step.op === 'snapshot-create' || step.op === 'snapshot-apply' || step.op === 'snapshot-delete') {
       this.#applySnapshotStep(step.op, step.name, failed);
       return;

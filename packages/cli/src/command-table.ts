@@ -22,4 +22,5 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   commit: async () => (await import('./commands/commit.js')).run,
   rebase: async () => (await import('./commands/rebase.js')).run,
   bitmap: async () => (await import('./commands/bitmap.js')).run,
+  amend: async () => (await import('./commands/amend.js')).run,
 };

@@ -85,6 +85,7 @@ const WRITING = [
   'resize live.qcow2 32M', 'resize --shrink live.qcow2 1M', 'resize -f raw lr.raw 32M', 'resize df2.qcow2 32M',
   'commit ontop.qcow2', 'commit -b live.qcow2 ontop.qcow2', 'commit lrtop.qcow2',
   'rebase -u -b x -F raw live.qcow2', 'rebase -b lr.raw -F raw ontop.qcow2',
+  'amend -o compat=0.10 live.qcow2', 'amend -o refcount_bits=8 df2.qcow2',
 ];
 /** The cases where a read-only holder makes a difference (it shares write with readers). */
 const WITH_READER = [
@@ -92,6 +93,7 @@ const WITH_READER = [
   'convert -f raw -O raw lr.raw OUT', 'check -r all live.qcow2', 'check -r all df2.qcow2', 'convert -n r.raw live.qcow2',
   'create -f qcow2 live.qcow2 1M', 'dd if=r.raw of=live.qcow2 -O qcow2', 'resize live.qcow2 32M',
   'commit ontop.qcow2', 'commit lrtop.qcow2',
+  'amend -o compat=0.10 live.qcow2',
 ];
 /** With `-r -U` only writers of the image are kept out, so only harmless writes are tried. */
 const WITH_SHARING_READER = ['info live.qcow2', 'map ontop.qcow2', 'convert -O raw df2.qcow2 OUT', 'compare r.raw lrtop.qcow2', 'check -r all df2.qcow2'];

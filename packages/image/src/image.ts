@@ -3,10 +3,10 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+import type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
 
-export type { BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+export type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 
 /** An open image of any format: a BlockDevice that knows its file and backing image. */
 export interface Image extends BlockDevice {
@@ -76,6 +76,12 @@ export interface Image extends BlockDevice {
    * for the image's last partial cluster); formats that compress only.
    */
   writeCompressed?(offset: number, cluster: Uint8Array): Promise<void>;
+  /**
+   * Changes format options in place (qemu's bdrv_amend_options, for `qemu-img amend`); absent:
+   * the format has no option amendment (qemu: "Format driver 'x' does not support option
+   * amendment").
+   */
+  amend?(options: AmendOptions): Promise<void>;
 }
 
 /** A persistent dirty bitmap of an image. */

@@ -18,6 +18,7 @@ export {
   type BitmapAction,
   type SourceBitmap,
   type SnapshotSelector,
+  type AmendOptions,
   type TruncateOptions,
 } from './image.js';
 export {

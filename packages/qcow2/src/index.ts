@@ -24,7 +24,7 @@ export {
   resolveQcow2CreateOptions,
 } from './create/create.js';
 export { type BitmapAction, type SourceBitmap } from './engine/bitmap-ops.js';
-export { type BackingDevice, Qcow2Image, type ResizeOptions, type ResizePreallocation, type SnapshotCreateOptions } from './engine/image.js';
+export { type AmendOptions, type BackingDevice, Qcow2Image, type ResizeOptions, type ResizePreallocation, type SnapshotCreateOptions } from './engine/image.js';
 export { loadQcow2Metadata, openQcow2Metadata, type Qcow2Metadata } from './engine/open-checks.js';
 export { type Qcow2OpenOptions } from './engine/open.js';
 export { loadBitmapDirectory } from './format/bitmap-directory.js';

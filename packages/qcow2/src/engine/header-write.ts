@@ -82,7 +82,9 @@ export async function markDirtyIfLazy(s: EngineState): Promise<void> {
 
 /** qcow2_mark_clean, on close once every refcount is on disk: the image is consistent. */
 export async function markClean(s: EngineState): Promise<void> {
-  if (!s.markedDirty) return;
+  // A mark whose write or flush failed may have reached the disk all the same: the bit set in
+  // memory is cleared too.
+  if (!s.markedDirty && (s.header.incompatibleFeatures & INCOMPAT_DIRTY) === 0n) return;
   s.header.incompatibleFeatures &= ~INCOMPAT_DIRTY;
   await writeFeatureFields(s);
   s.markedDirty = false;
@@ -111,16 +113,17 @@ function headerExtensionsWith(exts: readonly HeaderExtension[], clusterSize: num
 async function encodeHeaderCluster(
   s: EngineState,
   next: readonly HeaderExtension[],
-  bitmaps: BitmapsExtension | undefined,
+  autoclear: bigint,
   what = 'Failed to update bitmap extension',
 ): Promise<{ buf: Uint8Array; updated: Qcow2Header }> {
   const h = s.header;
   const cs = s.clusterSize;
   const buf = new Uint8Array(cs);
-  // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields); v2 headers
-  // are 72 bytes, with the extensions right after them.
-  const headerLength = s.version >= 3 ? Math.max(h.headerLength, V3_HEADER_LENGTH) : V2_HEADER_LENGTH;
-  if (h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
+  // A v2 header is 72 bytes with the extensions right after it (qemu writes no v3 fields).
+  // Header fields past the 112 bytes qemu knows are kept (unknown_header_fields). The version
+  // is the header's: amend changes it before the rewrite.
+  const headerLength = h.version < 3 ? V2_HEADER_LENGTH : Math.max(h.headerLength, V3_HEADER_LENGTH);
+  if (h.version >= 3 && h.headerLength > V3_HEADER_LENGTH) await s.file.read(V3_HEADER_LENGTH, buf.subarray(V3_HEADER_LENGTH, h.headerLength));
   const extBytes = encodeExtensions(next);
   const nospc = (): never => {
     throw new LimitError(`${what}: No space left on device`, { errno: 'ENOSPC' });
@@ -136,15 +139,14 @@ async function encodeHeaderCluster(
     buf.set(name, backingFileOffset);
     backingFileSize = name.length;
   }
-  const autoclear = bitmaps ? h.autoclearFeatures | AUTOCLEAR_BITMAPS : h.autoclearFeatures & ~AUTOCLEAR_BITMAPS;
-  const updated: Qcow2Header = { ...h, headerLength: s.version >= 3 ? headerLength : h.headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
-  if (s.version >= 3) {
-    const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
+  const updated: Qcow2Header = { ...h, headerLength, backingFileOffset, backingFileSize, autoclearFeatures: autoclear };
+  if (h.version < 3) {
     encodeHeader(updated, new DataView(buf.buffer));
-    buf.set(unknownFields, V3_HEADER_LENGTH);
-  } else {
-    encodeHeader(updated, new DataView(buf.buffer));
+    return { buf, updated };
   }
+  const unknownFields = buf.slice(V3_HEADER_LENGTH, headerLength);
+  encodeHeader(updated, new DataView(buf.buffer));
+  buf.set(unknownFields, V3_HEADER_LENGTH);
   return { buf, updated };
 }
 
@@ -157,8 +159,8 @@ async function encodeHeaderCluster(
 export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExtension | undefined): Promise<void> {
   await flushAll(s, false);
   const exts = s.extensions;
-  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps);
-  const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps);
+  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps, s.header.version);
+  const { buf, updated } = await encodeHeaderCluster(s, next, autoclearFor(s, bitmaps));
   try {
     await s.file.write(0, buf);
     await s.file.flush();
@@ -177,6 +179,12 @@ export async function updateBitmapsExtension(s: EngineState, bitmaps: BitmapsExt
   s.cleanedAutoclear = false;
 }
 
+/** The autoclear field with the bitmaps bit saying whether `bitmaps` are stored. */
+function autoclearFor(s: EngineState, bitmaps: BitmapsExtension | undefined): bigint {
+  const a = s.header.autoclearFeatures;
+  return bitmaps ? a | AUTOCLEAR_BITMAPS : a & ~AUTOCLEAR_BITMAPS;
+}
+
 /** The bitmaps extension the header carries now (qemu's nb_bitmaps > 0), if the bit says it is valid. */
 function currentBitmaps(s: EngineState): BitmapsExtension | undefined {
   const e = findExtension(s.extensions, 'bitmaps');
@@ -190,8 +198,8 @@ function currentBitmaps(s: EngineState): BitmapsExtension | undefined {
  */
 export async function rewriteHeader(s: EngineState, what: string): Promise<void> {
   const bitmaps = currentBitmaps(s);
-  const next = headerExtensionsWith(s.extensions, s.clusterSize, bitmaps, s.version);
-  const { buf, updated } = await encodeHeaderCluster(s, next, bitmaps, what);
+  const next = headerExtensionsWith(s.extensions, s.clusterSize, bitmaps, s.header.version);
+  const { buf, updated } = await encodeHeaderCluster(s, next, autoclearFor(s, bitmaps), what);
   await s.file.write(0, buf);
   Object.assign(s.header, updated);
   s.extensions.splice(0, s.extensions.length, ...next);
@@ -220,4 +228,21 @@ export async function changeBackingFile(s: EngineState, name: string | undefined
     s.backingFile = oldName;
     throw err;
   }
+}
+
+/**
+ * qcow2_update_header for amend: rewrites the whole header cluster from `s.header` (whose
+ * version, features, refcount order and table fields the caller has set), with the extensions
+ * of `s.extensions` in qemu's order (the feature table only for v3), then syncs. Caches are
+ * written first, so everything the new header names is on disk before it.
+ */
+export async function rewriteHeaderSynced(s: EngineState): Promise<void> {
+  await flushAll(s, false);
+  const exts = s.extensions;
+  const bitmaps = findExtension(exts, 'bitmaps');
+  const next = headerExtensionsWith(exts, s.clusterSize, bitmaps, s.header.version);
+  const { buf, updated } = await encodeHeaderCluster(s, next, s.header.autoclearFeatures);
+  await headerSwitch(s, () => s.file.write(0, buf));
+  Object.assign(s.header, updated);
+  exts.splice(0, exts.length, ...next);
 }

@@ -25,6 +25,7 @@ import { makeEmpty } from './make-empty.js';
 import type { Geometry, MappingSource } from './mapping.js';
 import { openEngineState, type Qcow2OpenOptions } from './open.js';
 import { blockStatusAt, readGuest } from './read.js';
+import { amend, type AmendOptions } from './amend.js';
 import { resize, type ResizeOptions } from './resize.js';
 import { checkRange, checkWritable, exclusive, flushAll, virtualSize, type BackingDevice, type EngineState } from './state.js';
 import { writeGuest } from './write.js';
@@ -37,6 +38,7 @@ export type { BackingDevice } from './state.js';
 export type { Qcow2OpenOptions } from './open.js';
 export type { ResizeOptions, ResizePreallocation } from './resize.js';
 export type { SnapshotCreateOptions } from './snapshots.js';
+export type { AmendOptions } from './amend.js';
 export { chainReadsAsZero } from './read.js';
 
 /** An open qcow2 image (v2 or v3, any cluster size, refcount width and L2 entry width). */
@@ -53,7 +55,6 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   readonly extensions: HeaderExtension[];
   readonly clusterSize: number;
   readonly geo: Geometry;
-  readonly version: number;
 
   /** Everything the engine's modules share; the fields above are views of it. */
   readonly #s: EngineState;
@@ -68,7 +69,6 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     this.dataFile = s.dataFile;
     this.header = s.header;
     this.extensions = s.extensions;
-    this.version = s.version;
     this.geo = s.geo;
     this.clusterSize = s.clusterSize;
   }
@@ -142,6 +142,11 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   /** The backing file format the header records (its backing-format extension). */
   get backingFormat(): string | undefined {
     return findExtension(this.#s.extensions, 'backing-format')?.name;
+  }
+
+  /** The header's version (2 or 3; amend may change it). */
+  get version(): number {
+    return this.#s.version;
   }
 
   /** The algorithm compressed clusters of this image use (the header's compression type). */
@@ -350,6 +355,16 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
     await exclusive(s, () => updateBitmapsExtension(s, bitmaps));
     // The caller dropped the directory: the bitmaps held since the open go with it.
     if (bitmaps === undefined) s.heldBitmaps?.list.splice(0);
+  }
+
+  /**
+   * qcow2_amend_options behind `qemu-img amend -o`: changes the version (compat), refcount
+   * width, lazy refcounts, data-file bits or size, with qemu's refusals and messages.
+   */
+  async amend(options: AmendOptions): Promise<void> {
+    const s = this.#s;
+    checkWritable(s);
+    await exclusive(s, () => amend(s, options));
   }
 
   // ---- internal snapshots (snapshots.ts) ------------------------------------------------

@@ -97,7 +97,8 @@ export interface EngineState extends MappingSource {
   backingFile?: string;
   readonly geo: Geometry;
   readonly clusterSize: number;
-  readonly version: number;
+  /** The header's version; changed only by amend (compat). */
+  version: number;
 
   // The active L1 table in memory (l1Size and l1 are the MappingSource's).
   l1Size: number;
@@ -120,7 +121,8 @@ export interface EngineState extends MappingSource {
   readonly protectedMetadata: ProtectedMetadata;
 
   readonly compression: CompressionType;
-  readonly lazy: boolean;
+  /** Lazy refcounts in use; changed only by amend (lazy_refcounts, compat). */
+  lazy: boolean;
   readonly dataRaw: boolean;
   /** discard_passthrough[QCOW2_DISCARD_REQUEST]: on when the image was opened with unmap. */
   readonly passDiscardRequest: boolean;
