@@ -74,6 +74,9 @@ describe('Qcow2Image.amend against a model', () => {
             } else {
               const wantVersion = op.compat === '0.10' ? 2 : op.compat === '1.1' ? 3 : version;
               const wantBits = op.refcountBits ?? bits;
+              // Applying a snapshot at the end raises its clusters' refcounts by one more: with
+              // snapshots, narrower entries than 4 bits could overflow there (as in qemu).
+              if (snapshots.length > 0 && wantBits < 4) continue;
               try {
                 await img.amend({ compat: op.compat, refcountBits: op.refcountBits, lazyRefcounts: op.lazy && wantVersion === 3 });
                 version = wantVersion;
