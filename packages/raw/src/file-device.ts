@@ -1,9 +1,8 @@
 /**
  * FileDevice: a host file as a BlockDevice, on node:fs positioned I/O, keeping the file sparse.
  *
- * Measured (Node 20, page cache warm, 256 MiB in 64 KiB … 8 MiB blocks): the callback API
- * wrapped in a Promise beats `fs/promises` FileHandle for reads (64 KiB: 2.3 vs 1.8 GB/s;
- * 1 MiB: 15.8 vs 10.9 GB/s) and ties on writes, so the callback API is used.
+ * The callback API of node:fs is used (wrapped in Promises): it beat `fs/promises` for reads
+ * and tied on writes (docs/performance.md).
  *
  * `blockStatus` reports allocation as qemu's file-posix driver does, when it can:
  * - With SEEK_DATA/SEEK_HOLE (Linux, and the optional native module `fs-ext` installed — see
@@ -22,19 +21,9 @@
  *   st_blocks is not trusted.
  * Both report everything past the end of the file as `zero`.
  *
- * Zeroing and discarding inside the file use the optional native module (native.ts) as qemu's
- * handle_aiocb_write_zeroes / _unmap / discard do: with `mayUnmap` (and for `discard`)
- * fallocate(PUNCH_HOLE | KEEP_SIZE), else fallocate(ZERO_RANGE); a file system that answers
- * ENOTSUP (remembered for the device) or EINVAL falls back to what follows. Without the module,
- * Node has no fallocate (punch hole, zero range), so:
- * - `writeZeroes`/`discard` whose range reaches the end of the file truncate down to the start
- *   of the range and back up: the tail becomes a hole. This is two ftruncate calls, not one
- *   atomic fallocate — a crash in between leaves the file short (it reads back as zeroes past
- *   the new end, so only the size is wrong). Every other I/O on the device waits meanwhile.
- * - Inside the file, zeroes are written in 4 MiB chunks from one zero buffer, so the range
- *   becomes allocated. With `mayUnmap` (and for `discard`), chunks that already read as zero
- *   are skipped instead, so holes stay holes — a read is cheaper than a write; with
- *   SEEK_DATA/SEEK_HOLE the holes are skipped without even reading them.
+ * Zeroing and discarding inside the file follow qemu's handle_aiocb_write_zeroes / _unmap /
+ * discard: fallocate through the optional native module, else the fallbacks the package README
+ * describes (truncating a tail, writing zero chunks, skipping holes).
  *
  * Image locking (lock.ts): with the `lock` option, the device takes qemu's lock bytes for the
  * given permissions at open — before it returns, so before any write — and drops them at close.
@@ -60,10 +49,7 @@ import { dataRunLength, isZero, zeroRunLength } from './zero.js';
 
 export type { FileDeviceOptions, FileLockState } from './file-device-options.js';
 
-/** True when the native module loads, so FileDevice can lock images and use fallocate. */
-export function lockingAvailable(): boolean {
-  return loadNative() !== undefined;
-}
+export { lockingAvailable } from './native.js';
 
 // seek.ts is not in index.ts; its public part is exported through here.
 export { type Allocation, findAllocation, hasSeekData, type Lseek, SEEK_DATA, SEEK_HOLE } from './seek.js';

@@ -162,3 +162,8 @@ function errnoNames(): Map<number, Errno> {
   for (const [name, n] of Object.entries(os.constants.errno)) if (!names.has(n)) names.set(n, name);
   return names;
 }
+
+/** True when the native module loads, so FileDevice can lock images and use fallocate. */
+export function lockingAvailable(): boolean {
+  return loadNative() !== undefined;
+}
