@@ -39,7 +39,10 @@ export interface HeldBitmaps {
  */
 async function loadCurrentDirectory(s: EngineState): Promise<{ entries: BitmapDirectoryEntry[]; location: BitmapDirectoryLocation | undefined }> {
   const ext = findExtension(s.extensions, 'bitmaps');
-  if (ext === undefined || ext.nbBitmaps === 0 || (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n) return { entries: [], location: undefined };
+  // A v2 header has no autoclear field: an image held as v3 and downgraded by amend keeps the
+  // directory qemu's memory still holds (its close stores the bitmaps there, freeing the old).
+  const valid = (s.header.autoclearFeatures & AUTOCLEAR_BITMAPS) !== 0n || (s.header.version < 3 && s.heldBitmaps !== undefined);
+  if (ext === undefined || ext.nbBitmaps === 0 || !valid) return { entries: [], location: undefined };
   return { entries: await loadBitmapDirectory(s.file, ext, s.clusterSize, virtualSize(s)), location: ext };
 }
 
