@@ -44,7 +44,7 @@ export async function openCommandImage(
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
   const { format, filename, locking } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format, locking });
+    return await openByName(filename, { ...options, format, locking, hostPath: true });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -55,7 +55,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -81,6 +81,7 @@ async function openByName(
     writableBacking: options.writableBacking,
     backing: options.backing,
     holdBitmaps: options.holdBitmaps,
+    hostPath: options.hostPath,
   });
 }
 

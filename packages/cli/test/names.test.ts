@@ -29,6 +29,17 @@ describeQemu('image names with protocol prefixes and colons', () => {
     (n) => ['measure', '-O', 'qcow2', n],
     (n) => ['convert', '-O', 'raw', n, 'out.raw'],
   ];
+  // --image-opts names the file literally: "image:top.qcow2" is a file name there, and only
+  // the backing name found through it is parsed (and fails as a protocol, as in qemu).
+  it('--image-opts file.filename with a colon', () => {
+    for (const file of ['image:top.qcow2', './image:top.qcow2']) {
+      const opts = `driver=qcow2,file.filename=${file}`;
+      for (const args of [['info', '--image-opts', opts], ['map', '--image-opts', opts], ['check', '--image-opts', opts], ['convert', '--image-opts', opts, 'out.raw']]) {
+        expectSameAsQemu(args, work.dir);
+      }
+    }
+  });
+
   for (const name of names) {
     it(name, () => {
       for (const args of commands.map((c) => c(name))) expectSameAsQemu(args, work.dir);

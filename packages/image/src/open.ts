@@ -22,6 +22,11 @@ import { probeFormat } from './probe.js';
 export interface OpenImageOptions {
   /** The format; probed from the file's first bytes when absent (qcow2 magic → qcow2, else raw). */
   format?: string;
+  /**
+   * The name is a host path already (`file.filename` of block options), not a name to parse for
+   * `file:` / `json:` / protocol prefixes, which qemu applies only to filename arguments.
+   */
+  hostPath?: boolean;
   /** Open read-only (default true). Backing images are always read-only. */
   readOnly?: boolean;
   /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
@@ -138,7 +143,12 @@ async function openBackingLayer(
   formatName: string | undefined,
   octx: OpenContext,
 ): Promise<Image> {
-  const name = locateImage(resolveRelative(layer.filename, stored)).path;
+  let name: string;
+  try {
+    name = locateImage(resolveRelative(layer.filename, stored)).path;
+  } catch (err) {
+    throw prefixedError('Could not open backing file: ', err);
+  }
   const real = await canonical(name);
   if (layer.seen.includes(real)) {
     throw new FormatError(`Backing file '${stored}' creates an infinite loop.`, { errno: 'EINVAL' });
@@ -234,7 +244,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
-    const loc = locateImage(filename);
+    const loc = options.hostPath ? { path: filename } : locateImage(filename);
     const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
     if (formatName !== undefined) {

@@ -5,7 +5,7 @@
  * three lines of output, the request loop of @tsimg/image's `bench`, exit status 1 on failure.
  */
 import { bench, type BenchOptions } from '@tsimg/image';
-import { TsimgError } from '@tsimg/raw';
+import { INT_MAX, TsimgError } from '@tsimg/raw';
 import type { CommandRunner } from '../command.js';
 import {
   CACHE_MODES,
@@ -33,7 +33,6 @@ const LONG = [
   { name: 'no-drain', hasArg: false, key: 'no-drain' },
 ];
 
-const INT_MAX = 2 ** 31 - 1;
 const AIO_MODES = ['native', 'threads', 'io_uring'];
 
 const USAGE =

@@ -75,23 +75,24 @@ async function openChecked(
   format: string | undefined,
   writable: boolean,
   io: CliIO,
-  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[] },
+  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string },
 ): Promise<{ file: FileDevice; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
-    if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${filename}': Unknown driver '${format}'`);
-    throw new CliExit(1, `Could not open '${filename}': tsimg does not support the '${format}' format`);
+    if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${lock.shown ?? filename}': Unknown driver '${format}'`);
+    throw new CliExit(1, `Could not open '${lock.shown ?? filename}': tsimg does not support the '${format}' format`);
   }
   let file: FileDevice;
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
   let path: string;
   try {
-    path = locateImage(filename).path;
+    // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
+    path = lock.hostPath ? filename : locateImage(filename).path;
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
     file = await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
-    throw new CliExit(1, `Could not open '${filename}': ${(err as Error).message}${lockHint(err)}`);
+    throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
     const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
@@ -136,7 +137,7 @@ async function openChecked(
     for (const dev of lock.held.splice(0).reverse()) await dev.close().catch(() => undefined);
     if (err instanceof CliExit) throw err;
     if (err instanceof TsimgError) {
-      throw new CliExit(1, `Could not open '${filename}': ${err.message}${lockHint(err)}`);
+      throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${err.message}${lockHint(err)}`);
     }
     throw err;
   }
@@ -219,6 +220,8 @@ export const run: CommandRunner = async (argv, io) => {
   let filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
   if (cache !== undefined && !CACHE_MODES.has(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
+  // qemu names an --image-opts image by its option string in errors.
+  const shown = filename;
   if (imageOpts) {
     refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);
@@ -231,7 +234,7 @@ export const run: CommandRunner = async (argv, io) => {
   };
 
   const held: BlockDevice[] = [];
-  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held });
+  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown });
   const checkAndReport = async (signal?: AbortSignal): Promise<number> => {
     try {
       if (!img) throw new CliExit(63, 'This image format does not support checks');
