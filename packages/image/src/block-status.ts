@@ -77,7 +77,8 @@ export interface StatusAboveOptions {
   base?: ChainImage;
   /**
    * Apply the metadata-preallocation rule (BDRV_BLOCK_RECURSE) to each layer. Default true,
-   * as in qemu; convert turns it off (see convert-plan.ts).
+   * as qemu's want_zero queries do; allocation-only queries (bdrv_is_allocated_above, as
+   * commit and rebase ask) turn it off.
    */
   recurse?: boolean;
 }
