@@ -7,7 +7,7 @@
  * The order in which requests are issued, flushes interleaved and the queue refilled is
  * qemu's, so the same options make the same sequence of requests.
  */
-import { IoError, strerror, type BlockDevice } from '@tsimg/raw';
+import { IoError, strerror, type BlockDevice, alignedBuffer } from '@tsimg/raw';
 
 /** What {@link bench} does; every field is qemu-img bench's option of the same meaning. */
 export interface BenchOptions {
@@ -35,7 +35,7 @@ export interface BenchOptions {
 export function bench(device: BlockDevice, o: BenchOptions): Promise<void> {
   const size = device.size();
   // qemu gives every request the same buffer, filled with the pattern once.
-  const buf = new Uint8Array(o.bufferSize).fill(o.pattern);
+  const buf = alignedBuffer(o.bufferSize).fill(o.pattern);
   return new Promise<void>((resolve, reject) => {
     let n = o.count;
     let inFlight = 0;

@@ -16,7 +16,7 @@
  * can vary from run to run there; this loop issues them one at a time in guest order, which is
  * what qemu does whenever its reads complete in order.
  */
-import { errorWithCode, strerror, TsimgError } from '@tsimg/raw';
+import { errorWithCode, strerror, TsimgError, alignedBuffer } from '@tsimg/raw';
 import { blockStatusAbove } from './block-status.js';
 import type { Image } from './image.js';
 
@@ -91,7 +91,7 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
   for (const d of dirty) remaining += d;
   remaining *= g;
   let done = 0;
-  const buf = new Uint8Array(Math.min(BUF_SIZE, length));
+  const buf = alignedBuffer(Math.min(BUF_SIZE, length));
   for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
     // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
     let nb = 1;

@@ -7,7 +7,7 @@
  *
  * The loop never prints: it returns what qemu-img would report, and the CLI words it.
  */
-import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, alignedBuffer } from '@tsimg/raw';
 import { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
 
 /** qemu-img's IO_BUF_SIZE: the most one read of the loop covers. */
@@ -157,7 +157,7 @@ async function compareLoop(
   const progress = options.onProgress ?? (() => {});
   if (options.strict && size1 !== size2) return { kind: 'strict-size' };
 
-  const buf1 = new Uint8Array(COMPARE_CHUNK);
+  const buf1 = alignedBuffer(COMPARE_CHUNK);
 
   /** Reads `length` bytes of one side and finds its first non-zero sector, or -1. */
   const nonZeroAt = async (image: ChainImage, side: Side, offset: number, length: number): Promise<number> => {
@@ -179,7 +179,7 @@ async function compareLoop(
     | { kind: 'strict-status'; offset: number }
     | { kind: 'status-error'; failure: StatusFailure };
   const spare: Uint8Array[] = [];
-  const take = (n: number): Uint8Array => (spare.pop() ?? new Uint8Array(COMPARE_CHUNK)).subarray(0, n);
+  const take = (n: number): Uint8Array => (spare.pop() ?? alignedBuffer(COMPARE_CHUNK)).subarray(0, n);
   const give = (...bufs: Uint8Array[]): void => {
     for (const b of bufs) spare.push(new Uint8Array(b.buffer, b.byteOffset, COMPARE_CHUNK));
   };

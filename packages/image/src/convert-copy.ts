@@ -16,7 +16,7 @@
  * Memory stays bounded by the window (8 MiB of buffers, a little more with -c and clusters
  * above 128 KiB), whatever the image size.
  */
-import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, alignedBuffer } from '@tsimg/raw';
 import { precompress, type ClusterCompressor } from './convert-compressed.js';
 import { request, type Warn } from './convert-error.js';
 import { splitRuns, type ConvertPlan, type Status } from './convert-plan.js';
@@ -166,7 +166,7 @@ class CopyPipeline {
           this.#issue(open);
           open = undefined;
         }
-        open ??= { buf: this.#spare.pop() ?? new Uint8Array(groupBytes), sector, n: 0, chunks: [], refs: 0 };
+        open ??= { buf: this.#spare.pop() ?? alignedBuffer(groupBytes), sector, n: 0, chunks: [], refs: 0 };
         chunk.buf = open.buf.subarray(open.n * SECTOR, (open.n + n) * SECTOR);
         chunk.group = open;
         open.n += n;

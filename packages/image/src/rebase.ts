@@ -14,7 +14,7 @@
  * With `compress` (qemu 8.2's -c), whole clusters are written compressed instead, with the
  * image's own view of them, where the whole cluster is unallocated in the image.
  */
-import { IoError, strerror, TsimgError, UnsupportedError, UsageError } from '@tsimg/raw';
+import { IoError, strerror, TsimgError, UnsupportedError, UsageError, alignedBuffer } from '@tsimg/raw';
 import { blockStatusAbove, layerStatus } from './block-status.js';
 import type { Image } from './image.js';
 
@@ -62,8 +62,8 @@ export async function rebaseImage(image: Image, options: RebaseOptions = {}): Pr
   const oldSize = oldBacking?.size() ?? 0;
   const newSize = newBacking?.size() ?? 0;
   const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
-  const bufOld = new Uint8Array(Math.min(REBASE_BUF_SIZE, size));
-  const bufNew = new Uint8Array(Math.min(REBASE_BUF_SIZE, size));
+  const bufOld = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
+  const bufNew = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
   const writer = options.compress ? compressedWriter(image) : undefined;
   let n = 0;
   for (let offset = 0; offset < size; offset += n) {

@@ -32,6 +32,7 @@ describe('@tsimg/raw public API', () => {
     'TsimgError',
     'UnsupportedError',
     'UsageError',
+    'alignedBuffer',
     'countingDevice',
     'createFile',
     'dataRunLength',
