@@ -40,6 +40,12 @@ export interface BlockDevice {
   read(offset: number, into: Uint8Array): Promise<void>;
   /** Writes `data` at `offset`; backends grow to fit, formats refuse writes past their size. */
   write(offset: number, data: Uint8Array): Promise<void>;
+  /**
+   * Optional: writes `parts` back to back from `offset` as one request (a host file's pwritev),
+   * so that a caller need not copy them into one new buffer. Use {@link writeParts}, which falls
+   * back to one `write` per part for devices without it.
+   */
+  writev?(offset: number, parts: readonly Uint8Array[]): Promise<void>;
   /** Makes `[offset, offset+length)` read as zeroes, deallocating when allowed and possible. */
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void>;
   /** Drops the range; afterwards it reads as zeroes or as the backing image (format-specific). */
@@ -54,4 +60,13 @@ export interface BlockDevice {
   allocatedSize(): Promise<number | undefined>;
   /** Flushes and releases the device. Further calls fail. */
   close(): Promise<void>;
+}
+
+/** Writes `parts` back to back from `offset`: one `writev` where the device has it. */
+export async function writeParts(device: BlockDevice, offset: number, parts: readonly Uint8Array[]): Promise<void> {
+  if (device.writev !== undefined) return device.writev(offset, parts);
+  for (const part of parts) {
+    await device.write(offset, part);
+    offset += part.length;
+  }
 }

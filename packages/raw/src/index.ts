@@ -1,7 +1,7 @@
 /** @tsimg/raw — the bottom of tsimg's block layer. */
 
 export { alignedBuffer } from './aligned-buffer.js';
-export { type BlockDevice, type BlockStatus, type WriteZeroesOptions } from './block-device.js';
+export { type BlockDevice, type BlockStatus, type WriteZeroesOptions, writeParts } from './block-device.js';
 export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
   createFile,

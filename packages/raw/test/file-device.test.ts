@@ -51,6 +51,27 @@ describe('FileDevice', () => {
     await expect(dev.read(0, buf)).rejects.toThrow(/closed/);
   });
 
+  it.each([{ io: 'async' as const }, { io: 'sync' as const }])('writev writes its parts back to back, growing the file (%o)', async ({ io }) => {
+    const dev = await fresh({ io });
+    const parts = [filled(3 * 512, 1), new Uint8Array(0), filled(MiB + 7, 2), filled(5, 3)];
+    await dev.writev(4096, parts);
+    const total = 3 * 512 + MiB + 7 + 5;
+    expect(dev.size()).toBe(4096 + total);
+    const back = new Uint8Array(total + 4096);
+    await dev.read(0, back);
+    const want = new Uint8Array(total + 4096);
+    want.set(parts[0]!, 4096);
+    want.set(parts[2]!, 4096 + 3 * 512);
+    want.set(parts[3]!, 4096 + 3 * 512 + MiB + 7);
+    expect(Buffer.from(back).equals(Buffer.from(want))).toBe(true);
+    await dev.writev(0, []); // nothing to write
+    expect(dev.size()).toBe(4096 + total);
+    await dev.close();
+    const ro = await FileDevice.open(path.join(dir, `f${counter - 1}.img`), { readOnly: true });
+    await expect(ro.writev(0, [filled(1)])).rejects.toMatchObject({ code: 'read-only' });
+    await ro.close();
+  });
+
   it('large writes and reads round-trip', async () => {
     const dev = await fresh();
     const data = new Uint8Array(9 * MiB + 123).map((_, i) => (i * 7) & 0xff);

@@ -47,6 +47,7 @@ describe('@tsimg/raw public API', () => {
     'strerror',
     'systemError',
     'truncateWithPreallocation',
+    'writeParts',
     'zeroRunLength',
     ]);
   });

@@ -1,4 +1,4 @@
-import { INT_MAX, BDRV_REQUEST_MAX_BYTES as REQUEST_MAX_BYTES } from '@tsimg/raw';
+import { INT_MAX, BDRV_REQUEST_MAX_BYTES as REQUEST_MAX_BYTES, writeParts } from '@tsimg/raw';
 /**
  * The allocating write path of an open image (qcow2_co_pwritev_part): mapping a guest range to
  * host clusters (in place or newly allocated), one data write with its copy-on-write regions,
@@ -157,11 +157,21 @@ async function writeChunk(s: EngineState, guest: number, chunk: Uint8Array, r: H
   if (head === 0 && tail === 0) {
     await dataDevice(s).write(r.host, chunk);
   } else {
-    const buf = new Uint8Array(head + chunk.length + tail);
-    if (head > 0) await readGuest(s, guest - head, buf.subarray(0, head));
-    if (tail > 0) await readGuest(s, guest + r.bytes, buf.subarray(head + chunk.length));
-    buf.set(chunk, head);
-    await dataDevice(s).write(r.host - head, buf);
+    // The COW regions beside the data, written with it as one vectored request: no copy of
+    // the guest data into a new buffer.
+    const parts: Uint8Array[] = [];
+    if (head > 0) {
+      const buf = new Uint8Array(head);
+      await readGuest(s, guest - head, buf);
+      parts.push(buf);
+    }
+    parts.push(chunk);
+    if (tail > 0) {
+      const buf = new Uint8Array(tail);
+      await readGuest(s, guest + r.bytes, buf);
+      parts.push(buf);
+    }
+    await writeParts(dataDevice(s), r.host - head, parts);
   }
   if (allocating) s.l2Cache.setDependsOnFlush();
 }
