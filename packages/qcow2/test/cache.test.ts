@@ -38,6 +38,44 @@ describe('TableCache', () => {
     expect(c.has(1)).toBe(false);
   });
 
+  it('peek answers held tables only, and counts as a use in the LRU order exactly as get does', async () => {
+    const log: string[] = [];
+    const c = new TableCache(8, 2, recorder(log, 'c'));
+    expect(c.peek(1)).toBeUndefined();
+    await c.get(1);
+    await c.get(2);
+    expect(c.peek(1)).toBeDefined(); // 1 becomes most recently used
+    expect(c.peek(1)).toBeDefined(); // already the most recent: order unchanged
+    await c.get(3);
+    c.peek(1);
+    await c.evict();
+    expect([c.has(1), c.has(2), c.has(3)]).toEqual([true, false, true]);
+    // After another table moved to the end, peeking 1 moves it back (the shortcut must not stick).
+    await c.get(3);
+    c.peek(1);
+    await c.get(4);
+    await c.evict();
+    expect([c.has(1), c.has(3), c.has(4)]).toEqual([true, false, true]);
+    expect(log).toEqual(['c:load:1', 'c:load:2', 'c:load:3', 'c:load:4']);
+  });
+
+  it('trySetDependency sets a dependency that needs no flush, and refuses one that does', async () => {
+    const log: string[] = [];
+    const a = new TableCache(8, 4, recorder(log, 'a'));
+    const b = new TableCache(8, 4, recorder(log, 'b'));
+    expect(a.trySetDependency(a)).toBe(true);
+    expect(a.trySetDependency(b)).toBe(true);
+    expect(a.trySetDependency(b)).toBe(true);
+    // b depending on a would build a cycle: only setDependency (which flushes) may do that.
+    expect(b.trySetDependency(a)).toBe(false);
+    a.getEmpty(1)[0] = 5;
+    a.markDirty(1);
+    b.getEmpty(2)[0] = 6;
+    b.markDirty(2);
+    await a.flush();
+    expect(log).toEqual(['b:store:2:6', 'b:sync', 'a:store:1:5', 'a:sync']);
+  });
+
   it('flushes the tables it depends on (and syncs) before its own', async () => {
     const log: string[] = [];
     const refcounts = new TableCache(8, 4, recorder(log, 'rb'));

@@ -95,6 +95,52 @@ export class Allocator {
     return getRefcount(block, clusterIndex % 2 ** this.#blockBits, this.#h.refcountOrder);
   }
 
+  /** getRefcount without awaiting: undefined when its refcount block is not in the cache. */
+  tryGetRefcount(clusterIndex: number): number | undefined {
+    const tableIndex = Math.floor(clusterIndex / 2 ** this.#blockBits);
+    if (tableIndex >= this.table.length) return 0;
+    const blockOffset = this.table[tableIndex]!;
+    if (blockOffset === 0) return 0;
+    if (blockOffset % this.#clusterSize !== 0) return undefined;
+    const block = this.#h.refcountCache.peek(blockOffset);
+    return block === undefined ? undefined : getRefcount(block, clusterIndex % 2 ** this.#blockBits, this.#h.refcountOrder);
+  }
+
+  /**
+   * updateRefcount of one cluster by ±1 (`discard` as there) when it needs no I/O and cannot
+   * fail: its refcount block is cached, the ordering dependency is set already, the count stays
+   * in range, and a freed cluster's discard is only queued. Returns the new refcount, or
+   * undefined — nothing changed, and the caller takes updateRefcount, which also reports errors.
+   * Bulk walks (snapshot create/apply/delete) change 10^5 refcounts this way without a promise
+   * per cluster.
+   */
+  tryChangeOne(clusterIndex: number, addend: -1 | 1, discard: boolean): number | undefined {
+    const h = this.#h;
+    const perBlock = 2 ** this.#blockBits;
+    const tableIndex = Math.floor(clusterIndex / perBlock);
+    if (tableIndex >= this.table.length) return undefined;
+    const blockOffset = this.table[tableIndex]!;
+    if (blockOffset === 0 || blockOffset % this.#clusterSize !== 0) return undefined;
+    if (addend < 0 && !h.refcountCache.trySetDependency(h.l2Cache)) return undefined;
+    const block = h.refcountCache.peek(blockOffset);
+    if (block === undefined) return undefined;
+    const blockIndex = clusterIndex % perBlock;
+    const refcount = getRefcount(block, blockIndex, h.refcountOrder) + addend;
+    if (refcount < 0 || refcount > this.#max) return undefined;
+    if (refcount === 0 && discard && !this.cacheDiscards) return undefined;
+    setRefcount(block, blockIndex, h.refcountOrder, refcount);
+    h.refcountCache.markDirty(blockOffset, block);
+    if (refcount === 0) {
+      const clusterOffset = clusterIndex * this.#clusterSize;
+      if (clusterIndex < this.freeClusterIndex) this.freeClusterIndex = clusterIndex;
+      if (addend < 0) this.#freedSinceL2Flush = true;
+      if (h.refcountCache.has(clusterOffset)) h.refcountCache.discard(clusterOffset);
+      h.l2Cache.discard(clusterOffset);
+      if (discard) this.#queueDiscard(clusterOffset, this.#clusterSize);
+    }
+    return refcount;
+  }
+
   /** alloc_clusters_noref: first fit of `size` bytes from freeClusterIndex, refcounts untouched. */
   async #allocNoref(size: number, max: number): Promise<number> {
     // A cluster still queued for discard must not be handed out: the discard would come after

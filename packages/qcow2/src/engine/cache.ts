@@ -35,6 +35,8 @@ export class TableCache {
   readonly #hooks: CacheHooks;
   // Map iteration order is insertion order: re-inserting on use keeps the LRU at the front.
   readonly #entries = new Map<number, Entry>();
+  /** The entry last moved to the end of `#entries` by peek (the end may have moved since). */
+  #recent: Entry | undefined;
   #dependency: TableCache | undefined;
   #dependsOnFlush = false;
   /** Tables were stored since the last completed sync (a failed sync leaves them unordered). */
@@ -67,7 +69,7 @@ export class TableCache {
     const hit = this.#entries.get(offset);
     if (hit !== undefined) {
       this.#entries.delete(offset);
-      this.#entries.set(offset, hit);
+      this.#set(offset, hit);
       return hit.data;
     }
     const data = new Uint8Array(this.tableSize);
@@ -75,8 +77,20 @@ export class TableCache {
     // Another load of the same table may have finished meanwhile (concurrent readers): keep one.
     const raced = this.#entries.get(offset);
     if (raced !== undefined) return raced.data;
-    this.#entries.set(offset, { data, dirty: false });
+    this.#set(offset, { data, dirty: false });
     return data;
+  }
+
+  /** The table at `offset` if it is held (counted as a use, as `get`), without awaiting. */
+  peek(offset: number): Uint8Array | undefined {
+    const hit = this.#entries.get(offset);
+    if (hit === undefined) return undefined;
+    // Already the most recent entry (a walk over one block): the re-insertion would change nothing.
+    if (this.#recent !== hit) {
+      this.#entries.delete(offset);
+      this.#set(offset, hit);
+    }
+    return hit.data;
   }
 
   /** A zero-filled table for `offset` without reading it (a freshly allocated table). */
@@ -85,11 +99,11 @@ export class TableCache {
     if (old !== undefined) {
       old.data.fill(0);
       this.#entries.delete(offset);
-      this.#entries.set(offset, old);
+      this.#set(offset, old);
       return old.data;
     }
     const data = new Uint8Array(this.tableSize);
-    this.#entries.set(offset, { data, dirty: false });
+    this.#set(offset, { data, dirty: false });
     return data;
   }
 
@@ -101,7 +115,13 @@ export class TableCache {
       return;
     }
     if (data === undefined) throw new Error(`table cache: table ${offset} is not held`);
-    this.#entries.set(offset, { data, dirty: true });
+    this.#set(offset, { data, dirty: true });
+  }
+
+  /** Puts an entry last in LRU order. */
+  #set(offset: number, e: Entry): void {
+    this.#entries.set(offset, e);
+    this.#recent = e;
   }
 
   /** Drops the table at `offset` without writing it (its cluster was freed). */
@@ -117,6 +137,17 @@ export class TableCache {
     if (other.#dependency !== undefined) await other.#flushDependency();
     if (this.#dependency !== undefined && this.#dependency !== other) await this.#flushDependency();
     this.#dependency = other;
+  }
+
+  /**
+   * `setDependency` when it needs no flush (the usual case inside a bulk walk): true when the
+   * dependency is now in place, false when the caller must await `setDependency`.
+   */
+  trySetDependency(other: TableCache): boolean {
+    if (other === this) return true;
+    if (other.#dependency !== undefined || (this.#dependency !== undefined && this.#dependency !== other)) return false;
+    this.#dependency = other;
+    return true;
   }
 
   async #flushDependency(): Promise<void> {

@@ -105,14 +105,19 @@ async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountA
           );
         }
         const cluster = hostOffset / s.clusterSize;
-        if (addend !== 0) await changeClusterRefcount(s, cluster, addend);
-        refcount = await alloc.getRefcount(cluster);
+        // Without awaiting where the refcount block is cached (the walk's usual case).
+        const fast = addend !== 0 ? alloc.tryChangeOne(cluster, addend, true) : alloc.tryGetRefcount(cluster);
+        if (fast !== undefined) refcount = fast;
+        else {
+          if (addend !== 0) await changeClusterRefcount(s, cluster, addend);
+          refcount = await alloc.getRefcount(cluster);
+        }
       }
     }
     const next = refcount === 1 ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0;
     if (next !== hi) {
       // L2 entries that stop saying COPIED must not reach the disk before the raised refcounts.
-      if (addend > 0) await s.l2Cache.setDependency(s.refcountCache);
+      if (addend > 0 && !s.l2Cache.trySetDependency(s.refcountCache)) await s.l2Cache.setDependency(s.refcountCache);
       view.setUint32(at, next);
       s.l2Cache.markDirty(l2Offset, table);
     }
