@@ -37,15 +37,34 @@ export interface RebaseOptions {
 export const REBASE_BUF_SIZE = 2 * 1024 * 1024;
 const SECTOR = 512;
 
-/** compare_buffers: whether the first sector differs, and how many bytes share that answer. */
+/** Equal stretches are skipped with one memcmp per this many bytes before going sector by sector. */
+const EQUAL_STEP = 64 * 1024;
+
+/**
+ * compare_buffers: whether the first sector differs, and how many bytes share that answer —
+ * qemu's sector-by-sector answer, found with one memcmp per 64 KiB across equal stretches
+ * (4,096 calls per 2 MiB piece cost ~0.3 s per GiB here).
+ */
 function compareRun(a: Uint8Array, b: Uint8Array): { differ: boolean; length: number } {
-  const first = Math.min(a.length, SECTOR);
-  const differ = Buffer.compare(a.subarray(0, first), b.subarray(0, first)) !== 0;
-  let i = first;
-  while (i < a.length) {
-    const len = Math.min(a.length - i, SECTOR);
-    if ((Buffer.compare(a.subarray(i, i + len), b.subarray(i, i + len)) !== 0) !== differ) break;
-    i += len;
+  const len = a.length;
+  const A = Buffer.from(a.buffer, a.byteOffset, len);
+  const B = Buffer.from(b.buffer, b.byteOffset, len);
+  const same = (from: number, to: number): boolean => A.compare(B, from, to, from, to) === 0;
+  const differ = !same(0, Math.min(len, SECTOR));
+  let i = Math.min(len, SECTOR);
+  if (differ) {
+    while (i < len && !same(i, Math.min(len, i + SECTOR))) i += SECTOR;
+    return { differ, length: Math.min(i, len) };
+  }
+  while (i < len) {
+    const end = Math.min(len, i + EQUAL_STEP);
+    if (same(i, end)) {
+      i = end;
+      continue;
+    }
+    // The first difference is in [i, end): stop at its sector.
+    while (same(i, Math.min(len, i + SECTOR))) i += SECTOR;
+    break;
   }
   return { differ, length: i };
 }
@@ -78,20 +97,24 @@ export async function rebaseImage(image: Image, options: RebaseOptions = {}): Pr
       n = below.length;
       if (!below.changed) continue;
     }
-    let oldIsZero = false;
-    if (offset >= oldSize || oldBacking === undefined) {
-      bufOld.fill(0, 0, n);
-      oldIsZero = true;
-    } else {
-      n = Math.min(n, oldSize - offset);
-      await readStage('old', () => oldBacking.read(offset, bufOld.subarray(0, n)));
+    // The same two reads as img_rebase's (old, then new, each cut at its image's end), run
+    // side by side; an error of the old one is still the one reported.
+    const oldIsZero = offset >= oldSize || oldBacking === undefined;
+    if (!oldIsZero) n = Math.min(n, oldSize - offset);
+    const oldRead = oldIsZero ? undefined : readStage('old', () => oldBacking.read(offset, bufOld.subarray(0, n)));
+    oldRead?.catch(() => undefined);
+    const newIsZero = offset >= newSize || newBacking === undefined;
+    if (!newIsZero) n = Math.min(n, newSize - offset);
+    const newRead = newIsZero ? undefined : readStage('new', () => newBacking.read(offset, bufNew.subarray(0, n)));
+    newRead?.catch(() => undefined);
+    try {
+      await oldRead;
+    } finally {
+      await newRead?.catch(() => undefined);
     }
-    if (offset >= newSize || newBacking === undefined) {
-      bufNew.fill(0, 0, n);
-    } else {
-      n = Math.min(n, newSize - offset);
-      await readStage('new', () => newBacking.read(offset, bufNew.subarray(0, n)));
-    }
+    await newRead;
+    if (oldIsZero) bufOld.fill(0, 0, n);
+    if (newIsZero) bufNew.fill(0, 0, n);
     for (let written = 0; written < n; ) {
       const run = compareRun(bufOld.subarray(written, n), bufNew.subarray(written, n));
       if (run.differ) {
