@@ -4,7 +4,8 @@
  * - fcntl byte-range locks, open-file-description (F_OFD_SETLK/F_OFD_GETLK) or classic
  *   per-process (F_SETLK/F_GETLK), as qemu's util/osdep.c uses them for image locking;
  * - fallocate (punch hole, zero range);
- * - the block-device ioctls BLKGETSIZE64, BLKDISCARD and BLKZEROOUT.
+ * - the block-device ioctls BLKGETSIZE64, BLKDISCARD and BLKZEROOUT;
+ * - preadv2(RWF_NOWAIT), reading what the page cache holds without blocking.
  *
  * Every call is synchronous (each is one short syscall, as in qemu, where the lock calls run
  * in the main loop too) and returns a number: the result when >= 0, or -errno. The JavaScript
@@ -18,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <sys/ioctl.h>
+#include <sys/uio.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
 #include <node_api.h>
@@ -108,6 +110,43 @@ static napi_value js_probe_ofd(napi_env env, napi_callback_info info)
     return number(env, ret == 0 ? 1 : 0);
 }
 
+/*
+ * preadNoWait(fd, uint8array, offset): preadv2 with RWF_NOWAIT, reading only what the page
+ * cache holds without blocking: the byte count (short or 0 when the rest is not cached, or at
+ * the end of the file), or -errno (-EAGAIN: nothing cached, -EOPNOTSUPP: the file system
+ * cannot tell). Lets FileDevice read cached data on the main thread, without a thread-pool
+ * round trip, and still never stall the event loop on the disk. (Buffered writes with
+ * RWF_NOWAIT answer EOPNOTSUPP on ext4 and tmpfs here, so there is no write twin.)
+ */
+static napi_value js_pread_nowait(napi_env env, napi_callback_info info)
+{
+    ARGS(3);
+    int64_t fd, offset;
+    if (!arg_i64(env, argv, argc, 0, &fd) || !arg_i64(env, argv, argc, 2, &offset)) {
+        return NULL;
+    }
+    napi_typedarray_type type;
+    size_t length;
+    void *data;
+    napi_value ab;
+    size_t byte_offset;
+    if (napi_get_typedarray_info(env, argv[1], &type, &length, &data, &ab, &byte_offset) != napi_ok ||
+        type != napi_uint8_array) {
+        napi_throw_type_error(env, NULL, "tsimg_fs: expected a Uint8Array");
+        return NULL;
+    }
+#ifdef RWF_NOWAIT
+    struct iovec iov = { data, length };
+    ssize_t n;
+    do {
+        n = preadv2((int)fd, &iov, 1, (off_t)offset, RWF_NOWAIT);
+    } while (n == -1 && errno == EINTR);
+    return number(env, n == -1 ? -errno : (double)n);
+#else
+    return number(env, -EOPNOTSUPP);
+#endif
+}
+
 /* fallocate(fd, mode, offset, len), retried on EINTR as qemu's do_fallocate does. */
 static napi_value js_fallocate(napi_env env, napi_callback_info info)
 {
@@ -189,6 +228,7 @@ static napi_value init(napi_env env, napi_value exports)
     set_fn(env, exports, "blkGetSize64", js_blkgetsize64);
     set_fn(env, exports, "blkDiscard", js_blkdiscard);
     set_fn(env, exports, "blkZeroOut", js_blkzeroout);
+    set_fn(env, exports, "preadNoWait", js_pread_nowait);
     /* The C constants, so the JavaScript side never hard-codes an ABI number. */
     set_int(env, exports, "F_RDLCK", F_RDLCK);
     set_int(env, exports, "F_WRLCK", F_WRLCK);

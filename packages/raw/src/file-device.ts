@@ -38,6 +38,7 @@ import fs from 'node:fs';
 import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
 import { IoError, ReadOnlyError, strerror, systemError, TsimgError, UsageError } from './errors.js';
+import { InlineIo } from './inline-io.js';
 import { call, type Callback } from './fs-call.js';
 import { blockDeviceSize } from './host-device.js';
 import { acquireImageLock, type ImageLock, type LockCalls, type LockingMode, type LockPermissions } from './lock.js';
@@ -79,6 +80,7 @@ export class FileDevice implements BlockDevice {
   /** A host block device (S_ISBLK): fixed size, no holes to find, fallocate on the device. */
   readonly blockDevice: boolean;
   readonly #native: NativeFs | undefined;
+  readonly #inline: InlineIo;
   readonly #lockCalls: LockCalls | undefined;
   #lock: ImageLock | undefined;
   // fallocate modes found unsupported on this file (qemu's has_discard / has_write_zeroes).
@@ -99,11 +101,12 @@ export class FileDevice implements BlockDevice {
     fileName: string, fd: number, size: number, readOnly: boolean, syncIo: boolean, blocksTrusted: boolean,
     scanOnly: boolean,
     noFlush: boolean,
-    host: { blockDevice: boolean; native: NativeFs | undefined; lockCalls: LockCalls | undefined; lock: ImageLock | undefined },
+    host: { blockDevice: boolean; native: NativeFs | undefined; lockCalls: LockCalls | undefined; lock: ImageLock | undefined; fsType: number | undefined },
   ) {
     this.fileName = fileName;
     this.blockDevice = host.blockDevice;
     this.#native = host.native;
+    this.#inline = new InlineIo(fd, host.native, host.fsType);
     this.#lockCalls = host.lockCalls;
     this.#lock = host.lock;
     this.#lseek = scanOnly ? false : undefined;
@@ -157,7 +160,7 @@ export class FileDevice implements BlockDevice {
       const scanOnly = options.allocation === 'scan';
       const noFlush = options.noFlush ?? false;
       return new FileDevice(path, fd, size, readOnly, options.io === 'sync', blocksTrusted, scanOnly, noFlush, {
-        blockDevice, native, lockCalls, lock,
+        blockDevice, native, lockCalls, lock, fsType,
       });
     } catch (err) {
       lock?.release();
@@ -552,9 +555,10 @@ export class FileDevice implements BlockDevice {
       const pos = offset + done;
       const want = Math.min(stop - done, IO_MAX);
       const what = `error while reading '${this.fileName}' at byte ${pos}`;
-      const n = this.#syncIo
+      let n = this.#syncIo
         ? this.#sysSync(what, () => fs.readSync(this.#fd, into, done, want, pos))
-        : await this.#sys(what, (cb: Callback<number>) => fs.read(this.#fd, into, done, want, pos, cb));
+        : this.#sysSync(what, () => this.#inline.read(into.subarray(done, done + want), pos));
+      if (n === 0 && !this.#syncIo) n = await this.#sys(what, (cb: Callback<number>) => fs.read(this.#fd, into, done, want, pos, cb));
       if (n === 0) break; // the file shrank under us: the rest reads as zeroes
       done += n;
     }
@@ -568,9 +572,11 @@ export class FileDevice implements BlockDevice {
       const pos = offset + done;
       const want = Math.min(data.length - done, IO_MAX);
       const what = `error while writing '${this.fileName}' at byte ${pos}`;
-      done += this.#syncIo
+      let n = this.#syncIo
         ? this.#sysSync(what, () => fs.writeSync(this.#fd, data, done, want, pos))
-        : await this.#sys(what, (cb: Callback<number>) => fs.write(this.#fd, data, done, want, pos, cb));
+        : this.#sysSync(what, () => this.#inline.write(data.subarray(done, done + want), pos));
+      if (n === 0) n = await this.#sys(what, (cb: Callback<number>) => fs.write(this.#fd, data, done, want, pos, cb));
+      done += n;
     }
     this.#size = Math.max(this.#size, offset + data.length);
   }

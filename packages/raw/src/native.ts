@@ -1,7 +1,8 @@
 /**
  * The optional native module `tsimg_fs` (native/tsimg_fs.c, built at `npm install` by
  * native/build.mjs): the host-file calls Node's fs lacks — fcntl byte-range locks (OFD or
- * POSIX), fallocate, and the block-device ioctls BLKGETSIZE64 / BLKDISCARD / BLKZEROOUT.
+ * POSIX), fallocate, the block-device ioctls BLKGETSIZE64 / BLKDISCARD / BLKZEROOUT, and
+ * preadv2(RWF_NOWAIT) for reading cached data without a thread-pool round trip.
  *
  * It is loaded on the first call of {@link loadNative}, never at import time, and only on
  * Linux. When it was not built (no compiler at install time, TSIMG_SKIP_NATIVE), does not load,
@@ -43,6 +44,11 @@ export interface NativeFs {
   blockDiscard(fd: number, offset: number, len: number): Errno | undefined;
   /** ioctl BLKZEROOUT on `[offset, offset+len)`; undefined on success. */
   blockZeroOut(fd: number, offset: number, len: number): Errno | undefined;
+  /**
+   * preadv2(RWF_NOWAIT) into `into` at `offset`: the bytes the page cache held (a short count
+   * or an EAGAIN errno when not all or nothing was cached). Absent from older builds.
+   */
+  preadNoWait?: (fd: number, into: Uint8Array, offset: number) => number | { errno: Errno };
   /** The fallocate mode bits of <linux/falloc.h>. */
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -59,6 +65,8 @@ interface Binding {
   blkGetSize64(fd: number): number;
   blkDiscard(fd: number, offset: number, len: number): number;
   blkZeroOut(fd: number, offset: number, len: number): number;
+  /** Since the native module learnt it (same ABI: an older build just lacks it). */
+  preadNoWait?(fd: number, into: Uint8Array, offset: number): number;
   F_RDLCK: number;
   F_WRLCK: number;
   F_UNLCK: number;
@@ -145,6 +153,13 @@ function wrap(b: Binding): NativeFs {
     },
     blockDiscard: (fd, offset, len) => status(b.blkDiscard(fd, offset, len)),
     blockZeroOut: (fd, offset, len) => status(b.blkZeroOut(fd, offset, len)),
+    preadNoWait:
+      b.preadNoWait === undefined
+        ? undefined
+        : (fd, into, offset) => {
+            const r = b.preadNoWait!(fd, into, offset);
+            return r < 0 ? { errno: errno(r) } : r;
+          },
     FALLOC_FL_KEEP_SIZE: b.FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE: b.FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE: b.FALLOC_FL_ZERO_RANGE,
