@@ -3,7 +3,7 @@
  * tsimg's one departure from qemu-img 7.2 on failure (issue 11): qemu-img convert leaves a
  * partial target behind, which later passes for a complete image.
  */
-import { lstat, stat, unlink } from 'node:fs/promises';
+import fs from 'node:fs';
 
 /**
  * The file at `path` as seen before a command creates it. Only a name that did not exist is
@@ -22,7 +22,7 @@ export class CreatedFile {
 
   /** Notes whether `path` exists now, before the command creates it. */
   static async before(path: string): Promise<CreatedFile> {
-    const existed = await lstat(path).then(
+    const existed = await fs.promises.lstat(path).then(
       () => true,
       () => false,
     );
@@ -32,7 +32,7 @@ export class CreatedFile {
   /** Records the file the command has just created (its device and inode), if it is new. */
   async created(): Promise<void> {
     if (this.#existed) return;
-    const st = await stat(this.path).catch(() => undefined);
+    const st = await fs.promises.stat(this.path).catch(() => undefined);
     if (st?.isFile()) this.#id = `${st.dev}:${st.ino}`;
   }
 
@@ -43,9 +43,9 @@ export class CreatedFile {
   async remove(): Promise<boolean> {
     if (this.#existed) return false;
     this.#existed = true; // once
-    const st = await lstat(this.path).catch(() => undefined);
+    const st = await fs.promises.lstat(this.path).catch(() => undefined);
     if (!st?.isFile() || (this.#id !== undefined && `${st.dev}:${st.ino}` !== this.#id)) return false;
-    return unlink(this.path).then(
+    return fs.promises.unlink(this.path).then(
       () => true,
       () => false,
     );

@@ -4,7 +4,7 @@
  * file-posix for raw. Also the two helpers create and convert share around it: the file
  * protocol's name rule and qemu's EFBIG rewording.
  */
-import { rm, stat } from 'node:fs/promises';
+import fs from 'node:fs';
 import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
 import { dataFileLock, imageFileLock, topNodePermissions } from '@tsimg/image';
@@ -94,7 +94,7 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
         // qemu holds the image open, so creating it again as the data file fails on its lock;
         // the image is deleted, and deleting it a second time warns
         cleanup.splice(0);
-        await rm(path, { force: true });
+        await fs.promises.rm(path, { force: true });
         io.stderr(`tsimg: ${dataPath} is not a regular file: No such file or directory\n`);
         throw new UsageError(`Failed to get shared "resize" lock\nIs another process using the image [${dataPath}]?`);
       }
@@ -154,7 +154,7 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
     for (const d of devices.splice(0)) await d.close();
   } catch (err) {
     for (const d of devices) await d.close().catch(() => undefined);
-    for (const p of cleanup) await rm(p, { force: true }).catch(() => undefined);
+    for (const p of cleanup) await fs.promises.rm(p, { force: true }).catch(() => undefined);
     throw err;
   }
 }
@@ -162,7 +162,7 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
 /** Whether two paths name the same existing file. */
 async function sameFile(a: string, b: string): Promise<boolean> {
   try {
-    const [sa, sb] = await Promise.all([stat(a), stat(b)]);
+    const [sa, sb] = await Promise.all([fs.promises.stat(a), fs.promises.stat(b)]);
     return sa.dev === sb.dev && sa.ino === sb.ino;
   } catch {
     return false;

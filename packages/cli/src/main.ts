@@ -5,6 +5,7 @@
  * Each subcommand lives in `commands/<name>.ts` and is loaded lazily through the table in
  * command-table.ts, so `tsimg info` does not pay for the modules of `convert`.
  */
+import { writeSync } from 'node:fs';
 import type { CliIO } from './command.js';
 import { COMMANDS } from './command-table.js';
 import { CliExit, errorMessage } from './exit.js';
@@ -15,11 +16,37 @@ import { traceOption } from './trace-option.js';
 
 export type { CliIO, CommandRunner } from './command.js';
 
-const defaultIO: CliIO = {
-  stdout: (t) => void process.stdout.write(t),
-  stderr: (t) => void process.stderr.write(t),
-  isTTY: Boolean(process.stdout.isTTY),
-};
+/**
+ * The process's output: text goes straight to fds 1 and 2 with writeSync — what Node's stdout
+ * and stderr do on Linux for files, pipes and terminals, without building those streams, which
+ * costs a short command like `info` 2–20 ms of its start here. Where a direct write cannot be
+ * made (a non-blocking pipe answering EAGAIN, or an error such as EPIPE) that text and all that
+ * follows go through Node's stream as before, which keeps the order and Node's error handling.
+ */
+function processIO(): CliIO {
+  const viaStream = { 1: false, 2: false };
+  const write = (fd: 1 | 2, text: string): void => {
+    let rest = Buffer.from(text);
+    if (!viaStream[fd]) {
+      try {
+        while (rest.length > 0) rest = rest.subarray(writeSync(fd, rest));
+        return;
+      } catch {
+        viaStream[fd] = true;
+      }
+    }
+    (fd === 1 ? process.stdout : process.stderr).write(rest);
+  };
+  return {
+    stdout: (t) => write(1, t),
+    stderr: (t) => write(2, t),
+    // Looked at only where needed: it builds process.stdout.
+    get isTTY() {
+      return Boolean(process.stdout.isTTY);
+    },
+  };
+}
+const defaultIO: CliIO = processIO();
 
 const VERSION = 'tsimg version 0.1.0 (qemu-img 7.2 compatible)';
 const TRY_HELP = "Try 'tsimg --help' for more information\n";
@@ -100,7 +127,7 @@ export async function main(argv: string[], io: CliIO = defaultIO): Promise<numbe
  */
 export async function runProcess(argv: string[]): Promise<void> {
   const { interrupts, finish } = processInterrupts();
-  const code = await main(argv, { ...defaultIO, interrupts });
+  const code = await main(argv, Object.assign(processIO(), { interrupts }));
   finish();
   process.exitCode = code;
 }

@@ -2,13 +2,13 @@
  * Finding an image in a backing chain by name, as qemu's bdrv_find_backing_image does for
  * `qemu-img commit -b` and `qemu-img rebase -b`.
  */
-import { realpath } from 'node:fs/promises';
+import fs from 'node:fs';
 import type { Image } from './image.js';
 import { pathHasProtocol, resolveRelative } from './paths.js';
 
 async function real(path: string): Promise<string | undefined> {
   try {
-    return await realpath(path);
+    return await fs.promises.realpath(path);
   } catch {
     return undefined;
   }

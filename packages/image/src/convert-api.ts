@@ -3,7 +3,7 @@
  * opened, the target created (qcow2 or raw) and opened the way qemu-img opens its target, the
  * copy made, and a target this call created removed again if the copy fails or is aborted.
  */
-import { rm, stat } from 'node:fs/promises';
+import fs from 'node:fs';
 import { createCompressPool, createQcow2, type CompressPool, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { BDRV_SECTOR_SIZE, createFile, FileDevice, UsageError } from '@tsimg/raw';
 import { convertCopy } from './convert.js';
@@ -123,7 +123,7 @@ async function createTarget(path: string, format: ConvertOptions['format'], o: C
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
+  return fs.promises.stat(path).then(
     () => true,
     () => false,
   );
@@ -204,7 +204,7 @@ export async function convert(job: ConvertOptions): Promise<void> {
   } catch (err) {
     if (target !== undefined) await target.close().catch(() => undefined);
     target = undefined;
-    if (created) await rm(job.target, { force: true }).catch(() => undefined);
+    if (created) await fs.promises.rm(job.target, { force: true }).catch(() => undefined);
     throw err;
   } finally {
     await pool?.close();

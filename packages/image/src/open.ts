@@ -3,7 +3,7 @@
  * is given), with its external data file and its backing chain, resolving backing names the
  * way qemu does (relative to the directory of the image that names them).
  */
-import { realpath } from 'node:fs/promises';
+import fs from 'node:fs';
 import {
   BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
 } from '@tsimg/raw';
@@ -92,7 +92,7 @@ export const MAX_BACKING_DEPTH = 256;
 
 async function canonical(path: string): Promise<string> {
   try {
-    return await realpath(path);
+    return await fs.promises.realpath(path);
   } catch {
     return path;
   }

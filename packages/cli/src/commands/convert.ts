@@ -6,7 +6,7 @@
  */
 import { convertCopy, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
-import { stat } from 'node:fs/promises';
+import fs from 'node:fs';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
@@ -515,7 +515,7 @@ async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
   const add = async (dev: unknown): Promise<void> => {
     const name = (dev as { fileName?: unknown } | undefined)?.fileName;
     if (typeof name !== 'string') return;
-    const st = await stat(name).catch(() => undefined);
+    const st = await fs.promises.stat(name).catch(() => undefined);
     if (st) ids.add(`${st.dev}:${st.ino}`);
   };
   for (const top of images) {
@@ -529,7 +529,7 @@ async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
 
 /** True when `path` exists and is one of the files in `ids`. */
 async function isOneOf(path: string, ids: Set<string>): Promise<boolean> {
-  const st = await stat(path).catch(() => undefined);
+  const st = await fs.promises.stat(path).catch(() => undefined);
   return st !== undefined && ids.has(`${st.dev}:${st.ino}`);
 }
 

@@ -8,7 +8,7 @@
  */
 import { blockStatusAbove, imageFileLock, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
 import { createQcow2 } from '@tsimg/qcow2';
-import { rm } from 'node:fs/promises';
+import fs from 'node:fs';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
 import { getoptLong } from '../getopt.js';
@@ -201,7 +201,7 @@ async function writeOutput(job: DdJob): Promise<void> {
         await createQcow2(file, { size: createSize });
       } catch (err) {
         // qcow2_co_create_opts deletes the file it could not format (a full disk leaves none)
-        await rm(output, { force: true }).catch(() => undefined);
+        await fs.promises.rm(output, { force: true }).catch(() => undefined);
         throw err;
       } finally {
         await file.close();

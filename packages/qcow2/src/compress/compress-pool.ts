@@ -12,8 +12,9 @@
  */
 import { availableParallelism } from 'node:os';
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { TsimgError, UsageError, IoError } from '@tsimg/raw';
 import { checkClusterSize, checkCompressionType, type CompressionType } from './compress.js';
 import type { CompressReply, CompressRequest, CompressWorkerConfig } from './compress-worker.js';
@@ -104,6 +105,9 @@ export function createCompressPool(type: CompressionType, options: CompressPoolO
     const config: CompressWorkerConfig =
       type === 'zstd' ? { type, zstdBackend: (await loadZstd()).name } : { type };
     const url = workerUrl();
+    // Loaded here, not at import: node:worker_threads costs every tsimg start 3-15 ms here.
+    // require, not import(): the CLI's bundle runs in a vm.Script, which has no dynamic import.
+    const { Worker } = createRequire(import.meta.url)('node:worker_threads') as typeof import('node:worker_threads');
     const all: Slot[] = [];
     for (let i = 0; i < threads; i++) {
       // The parent's flags minus --input-type, which Node refuses for a worker's file (it is
