@@ -14,6 +14,7 @@ const SYNOPSES: Readonly<Record<string, string>> = {
     'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] ' +
     '[-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   check: 'check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename',
+  checksum: 'checksum [--object objectdef] [--image-opts] [-f fmt] [-T src_cache] [-p] [--progress=json] [-U] filename',
   commit: 'commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename',
   compare: 'compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
   convert:
@@ -45,6 +46,7 @@ const PARAMETERS = `Parameters:
   'options'          format options as name=value,...; '-o help' lists them
   'snapshot_param'   'snapshot.id=ID,snapshot.name=NAME' or 'ID_OR_NAME'
   -c  compress what is written (qcow2)      -p  show progress
+  --progress=json  progress as JSON lines on stderr (done, total, percent, rate)
   -q  quiet: print only errors              -u  do not open or check backing files
   -n  write into an existing target (convert)
   -S  the run of zero bytes (default 4k) convert leaves sparse; 0 allocates everything

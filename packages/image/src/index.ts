@@ -2,6 +2,7 @@
 
 export { findBackingImage } from './backing-chain.js';
 export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
+export { BLKHASH_BLOCK_SIZE, checksumImage, type ChecksumOptions } from './checksum.js';
 export { commitGranularity, commitImage, type CommitOptions } from './commit.js';
 export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
 export { bench, type BenchOptions } from './bench.js';
