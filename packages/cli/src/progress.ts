@@ -78,7 +78,8 @@ export function createProgress(io: CliIO, enabled: boolean, minSkip = 2.0, optio
   let exactDone: number | undefined;
   let lastJson: number | undefined;
   const json = (): void => {
-    if (!options.json) return;
+    // Nothing to say before the command knows its total (the 0 % line of a convert comes first).
+    if (!options.json || (total === 0 && current === 0)) return;
     const done = exactDone ?? Math.round((current / 100) * total);
     if (done === lastJson) return;
     lastJson = done;

@@ -43,6 +43,10 @@ export {
 } from './permissions.js';
 export { fullBackingFilename, resolveRelative } from './paths.js';
 export { resizeImage, type ResizeImageOptions } from './resize.js';
+export { convertToStream, type StreamConvertOptions } from './stream-convert.js';
+export { guestChunks, imageReadable, imageReadableStream, type ImageReadOptions } from './stream-read.js';
+export { StreamSink } from './stream-sink.js';
+export { imageWritable, type ImageWriteOptions } from './stream-write.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';
