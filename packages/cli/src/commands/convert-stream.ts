@@ -89,8 +89,7 @@ export async function convertToStreamTarget(
   } catch (err) {
     const line = corruptionLine(err);
     if (line) how.io.stderr(line);
-    if (err instanceof CliExit) throw err;
-    throw new CliExit(1, `${name}: error while converting ${format}: ${errorMessage(err)}`);
+    throw err;
   } finally {
     await pool?.close();
   }
