@@ -82,9 +82,9 @@ export function createBlockHashPool(blockSize: number, threads: number): BlockHa
     pending.clear();
   };
   const workers = Array.from({ length: threads }, () => {
-    // The parent's --input-type (set when the library runs from `node -e`) is refused for a worker.
-    const execArgv = process.execArgv.filter((a) => !a.startsWith('--input-type'));
-    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { blockSize }, execArgv });
+    // No flags: the parent's may be refused for a worker (--input-type, --max-old-space-size),
+    // and the worker's source needs none.
+    const w = new Worker(WORKER_SOURCE, { eval: true, workerData: { blockSize }, execArgv: [] });
     w.on('message', (m: { id: number; digests?: Uint8Array; error?: string }) => {
       const p = pending.get(m.id);
       if (!p) return;
