@@ -116,6 +116,6 @@ describeQemu('tsimg checksum', () => {
     // -p text is unchanged beside it
     const both = run(['compare', '-p', '--progress=json', 'top.raw', 'conv.qcow2']);
     expect(both.stdout).toBe(run(['compare', '-p', 'top.raw', 'conv.qcow2']).stdout);
-    expect(both.stdout).toMatch(/^ {4}\(0\.00\/100%\)\r.*Images are identical\.\n$/s);
+    expect(both.stdout).toMatch(/^ {4}\(0\.00\/100%\)\r.*\(100\.00\/100%\)\rImages are identical\.\n\n$/s);
   });
 });
