@@ -20,7 +20,7 @@ import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
-import { checkStreamArgs, convertToStreamTarget, isStreamTarget, spoolStdinSources } from './convert-stream.js';
+import { checkStreamArgs, convertToStreamTarget, isStreamTarget, spoolStdinSources } from '../convert-stream.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
 import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
 

@@ -14,12 +14,12 @@ import type { Writable } from 'node:stream';
 import { convertToStream, imageWritable, StreamSink, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool } from '@tsimg/qcow2';
 import { FileDevice } from '@tsimg/raw';
-import { CliExit, errorMessage } from '../exit.js';
-import type { CliIO } from '../command.js';
-import { qcow2CreateOptionsOf } from '../image-create.js';
-import { corruptionLine } from '../image-open.js';
-import type { QemuOpts } from '../options.js';
-import type { Progress } from '../progress.js';
+import { CliExit, errorMessage } from './exit.js';
+import type { CliIO } from './command.js';
+import { qcow2CreateOptionsOf } from './image-create.js';
+import { corruptionLine } from './image-open.js';
+import type { QemuOpts } from './options.js';
+import type { Progress } from './progress.js';
 
 /** The names that mean standard input / standard output. */
 const STDIN_NAMES = new Set(['-', '/dev/stdin']);
