@@ -132,17 +132,23 @@ async function qcow2Stream(image: ChainImage, sink: StreamSink, options: StreamC
     options.signal?.throwIfAborted();
     const clusterBufs = groupClusters(buf, cs);
     const again = pool ? await Promise.all(clusterBufs.map((c, k) => (plan[first + k]!.compressedLength !== undefined && !compressed[first + k] ? pool.compress(c) : undefined))) : [];
-    for (let k = 0; k < clusterBufs.length; k++) {
+    for (let k = 0; k < clusterBufs.length; ) {
       const i = first + k;
       const want = plan[i]!.compressedLength;
-      let bytes = clusterBufs[k]!;
-      if (want !== undefined) {
-        bytes = compressed[i] ?? again[k]!;
-        compressed[i] = undefined;
-        // The layout holds the first pass's length: compression must be deterministic.
-        if (bytes === undefined || bytes.length !== want) throw new IoError(`cluster ${indices[i]} compressed differently the second time`);
+      if (want === undefined) {
+        // Uncompressed clusters that lie back to back on the host go out in one write.
+        let n = 1;
+        while (k + n < clusterBufs.length && plan[i + n]!.compressedLength === undefined && layout.hostOffsets[i + n] === layout.hostOffsets[i]! + n * cs) n++;
+        await sink.write(layout.hostOffsets[i]!, buf.subarray(k * cs, (k + n) * cs));
+        k += n;
+        continue;
       }
+      const bytes = compressed[i] ?? again[k];
+      compressed[i] = undefined;
+      // The layout holds the first pass's length: compression must be deterministic.
+      if (bytes === undefined || bytes.length !== want) throw new IoError(`cluster ${indices[i]} compressed differently the second time`);
       await sink.write(layout.hostOffsets[i]!, bytes);
+      k++;
     }
     total += clusterBufs.length * cs;
     options.progress?.((100 * total) / allBytes);
