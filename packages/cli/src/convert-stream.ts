@@ -68,6 +68,10 @@ export async function convertToStreamTarget(
     const { size: _size, ...rest } = options;
     qcow2 = rest;
   }
+  const prealloc = opts.getString('preallocation');
+  if (format === 'raw' && prealloc !== undefined && prealloc !== 'off') {
+    throw new CliExit(1, 'Preallocation is not supported when writing a stream');
+  }
   const total = opts.get('size')!.value as bigint;
   let pool: CompressPool | undefined;
   const { out, done } = await openStream(name);

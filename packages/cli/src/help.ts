@@ -42,7 +42,8 @@ const PARAMETERS = `Parameters:
   'cache', 'src_cache'  cache mode for writing / reading: none, writeback, writethrough,
                      directsync or unsafe
   'size'             bytes, with an optional suffix k, M, G, T, P or E (powers of 1024)
-  'output_filename'  the image to write; 'output_fmt' its format
+  'output_filename'  the image to write; 'output_fmt' its format; '-' or a pipe: written
+                     forward (raw, qcow2), and a source '-' is read from standard input
   'options'          format options as name=value,...; '-o help' lists them
   'snapshot_param'   'snapshot.id=ID,snapshot.name=NAME' or 'ID_OR_NAME'
   -c  compress what is written (qcow2)      -p  show progress

@@ -104,6 +104,7 @@ describeQemu('tsimg convert to and from streams', () => {
       ['-n -O raw src.raw -', 'tsimg: A stream target cannot be opened as an existing image (-n)\n'],
       ['-B base.qcow2 -F qcow2 -O qcow2 src.qcow2 -', 'tsimg: A backing file is not supported when writing a stream\n'],
       ['-o preallocation=full -O qcow2 src.qcow2 -', 'tsimg: Preallocation is not supported when writing a stream\n'],
+      ['-o preallocation=falloc -O raw src.qcow2 -', 'tsimg: Preallocation is not supported when writing a stream\n'],
       ['--bitmaps -O qcow2 src.qcow2 -', 'tsimg: Copying bitmaps to a stream target is not supported\n'],
       ['-O qcow2 src.qcow2 src.raw -', 'tsimg: A qcow2 stream is written from one source image\n'],
     ];
