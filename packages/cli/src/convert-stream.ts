@@ -52,9 +52,23 @@ async function openStream(name: string): Promise<{ out: Writable; done: () => Pr
   };
 }
 
+/**
+ * convert's warning lines (--salvage): qemu's qcow2 driver prints its corruption line when it
+ * meets the corruption (once per image, even with -q); the errors salvage swallowed carry it.
+ */
+export function salvageWarnings(io: CliIO, quiet: boolean): (message: string, causes: readonly unknown[]) => void {
+  return (m, causes) => {
+    for (const cause of causes) {
+      const line = corruptionLine(cause);
+      if (line) io.stderr(line);
+    }
+    if (!quiet) io.stderr(`tsimg: warning: ${m}\n`);
+  };
+}
+
 /** Writes `opened` to the stream target `name` as `args.outFmt`; see the module comment. */
 export async function convertToStreamTarget(
-  args: { outFmt: string; compressed: boolean; minSparse: number },
+  args: { outFmt: string; compressed: boolean; minSparse: number; rateLimit: number; salvage: boolean; quiet: boolean },
   opened: readonly Image[],
   name: string,
   opts: QemuOpts,
@@ -85,6 +99,9 @@ export async function convertToStreamTarget(
       format,
       qcow2,
       minSparse: args.minSparse,
+      rateLimit: args.rateLimit,
+      salvage: args.salvage,
+      warn: salvageWarnings(how.io, args.quiet),
       compressor: pool,
       progress: (pct) => how.progress.print(pct, 0),
       signal: how.signal,

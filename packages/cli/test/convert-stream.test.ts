@@ -51,7 +51,10 @@ describeQemu('tsimg convert to and from streams', () => {
     expect(r.stderr).toMatch(/Could not resize file/);
   });
 
-  it('writes raw to standard output', () => {
+  it('writes raw to standard output (several sources concatenated, with -r and --salvage too)', () => {
+    expect(sh('$T convert -r 100M --salvage -O raw src.raw src.qcow2 - | cat > cat.raw').status).toBe(0);
+    const one = readFileSync(join(dir, 'src.raw'));
+    expect(readFileSync(join(dir, 'cat.raw')).equals(Buffer.concat([one, one]))).toBe(true);
     expect(sh('$T convert -O raw src.qcow2 - | cat > out.raw').status).toBe(0);
     expect(readFileSync(join(dir, 'out.raw')).equals(readFileSync(join(dir, 'src.raw')))).toBe(true);
     expect(sh('$T convert -O raw src.qcow2 /dev/stdout | cat > out2.raw').status).toBe(0);
@@ -107,6 +110,8 @@ describeQemu('tsimg convert to and from streams', () => {
       ['-o preallocation=falloc -O raw src.qcow2 -', 'tsimg: Preallocation is not supported when writing a stream\n'],
       ['--bitmaps -O qcow2 src.qcow2 -', 'tsimg: Copying bitmaps to a stream target is not supported\n'],
       ['-O qcow2 src.qcow2 src.raw -', 'tsimg: A qcow2 stream is written from one source image\n'],
+      ['--salvage -O qcow2 src.qcow2 -', 'tsimg: --salvage is not supported when writing a qcow2 stream\n'],
+      ['-r 1M -O qcow2 src.qcow2 -', 'tsimg: A rate limit is not supported when writing a qcow2 stream\n'],
     ];
     for (const [args, stderr] of cases) {
       const r = tsimg(['convert', ...args.split(' ')], { cwd: dir });

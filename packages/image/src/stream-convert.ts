@@ -27,6 +27,11 @@ export interface StreamConvertOptions {
   minSparse?: number;
   /** `-c`: compress the data clusters (qcow2) on this pool. */
   compressor?: CompressPool;
+  /** Raw: `-r`, bytes per second (qcow2 streams refuse it). */
+  rateLimit?: number;
+  /** Raw: `--salvage` with its warnings, as convertCopy takes them (qcow2 streams refuse it). */
+  salvage?: boolean;
+  warn?: (message: string, causes: readonly unknown[]) => void;
   /** Progress in percent, as convert reports it. */
   progress?: (percent: number) => void;
   signal?: AbortSignal;
@@ -42,6 +47,9 @@ export async function convertToStream(sources: readonly ChainImage[], sink: Stre
       minSparse: options.minSparse,
       hasZeroInit: true,
       parallelWrites: 1,
+      rateLimit: options.rateLimit,
+      salvage: options.salvage,
+      warn: options.warn,
       progress: options.progress,
       signal: options.signal,
     });
@@ -49,6 +57,8 @@ export async function convertToStream(sources: readonly ChainImage[], sink: Stre
     return;
   }
   if (sources.length !== 1) throw new UsageError('A qcow2 stream is written from one source image');
+  if (options.salvage) throw new UsageError('--salvage is not supported when writing a qcow2 stream');
+  if (options.rateLimit) throw new UsageError('A rate limit is not supported when writing a qcow2 stream');
   await qcow2Stream(sources[0]!, sink, options);
 }
 

@@ -20,7 +20,7 @@ import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
 import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
-import { checkStreamArgs, convertToStreamTarget, isStreamTarget, spoolStdinSources } from '../convert-stream.js';
+import { checkStreamArgs, convertToStreamTarget, isStreamTarget, salvageWarnings, spoolStdinSources } from '../convert-stream.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
 import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
 
@@ -506,15 +506,7 @@ async function copy(
       targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
       salvage: args.salvage,
       rateLimit: args.rateLimit,
-      warn: (m, causes) => {
-        // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
-        // per image, even with -q); the errors salvage swallowed are where tsimg has it.
-        for (const cause of causes) {
-          const line = corruptionLine(cause);
-          if (line) io.stderr(line);
-        }
-        if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
-      },
+      warn: salvageWarnings(io, args.quiet),
       progress: (pct) => progress.print(pct, 0),
       compressor: pool,
       compressorThreads: pool?.threads,
