@@ -153,9 +153,9 @@ const rows = [
   ],
   ['convert compressed qcow2→raw', ['convert', '-O', 'raw', qcowC, o('tcr.raw')], ['convert', '-O', 'raw', qcowC, o('qcr.raw')], 1.0],
   // qemu-img cannot write to a pipe ("Could not resize file"): its raw copy goes to a file.
-  ['checksum 1 GiB qcow2 (qemu: raw | sha256sum)', ['checksum', qcow],
+  ['checksum (qemu: -O raw + sha256sum)', ['checksum', qcow],
     `qemu-img convert -O raw ${qcow} ${o('qsum.raw')} && sha256sum ${o('qsum.raw')} && rm -f ${o('qsum.raw')}`, 1.0],
-  ['convert raw→qcow2 to stdout (qemu: a file)', ['convert', '-O', 'qcow2', mixed, '-'], ['convert', '-O', 'qcow2', mixed, o('qst.qcow2')], 1.0],
+  ['convert raw→qcow2 - (qemu: a file)', ['convert', '-O', 'qcow2', mixed, '-'], ['convert', '-O', 'qcow2', mixed, o('qst.qcow2')], 1.0],
   ['compare 1 GiB qcow2 pair', ['compare', qcow, copy], ['compare', qcow, copy], 1.0],
   ['map 8 TiB sparse', ['map', '--output=json', sparse], ['map', '--output=json', sparse], 1.0],
   // Start-up bound: qemu-img answers in ~5 ms, `node -e 0` alone takes ~60 ms. No target.

@@ -17,6 +17,8 @@ import type { StreamSink } from './stream-sink.js';
 const KEEP_COMPRESSED = 256 * 1024 * 1024;
 /** Guest bytes read at once. */
 const READ_GROUP = 2 * 1024 * 1024;
+/** Groups read ahead of the writer (as convert's window: 4 × 2 MiB). */
+const READ_AHEAD = 4;
 
 /** Options of {@link convertToStream}. */
 export interface StreamConvertOptions {
@@ -89,7 +91,7 @@ function* groups(clusters: readonly number[], max: number): Generator<[number, n
   }
 }
 
-/** Reads each group of whole clusters (zero past the end of the image), one group ahead. */
+/** Reads each group of whole clusters (zero past the end of the image), READ_AHEAD groups ahead. */
 async function* readClusters(image: ChainImage, clusters: readonly number[], cs: number): AsyncGenerator<[number, Uint8Array]> {
   const size = image.size();
   const read = async ([first, n]: [number, number]): Promise<[number, Uint8Array]> => {
@@ -98,14 +100,14 @@ async function* readClusters(image: ChainImage, clusters: readonly number[], cs:
     await image.read(start, buf.subarray(0, Math.min(n * cs, size - start)));
     return [first, buf];
   };
-  let next: Promise<[number, Uint8Array]> | undefined;
+  const pending: Promise<[number, Uint8Array]>[] = [];
   for (const g of groups(clusters, Math.max(1, READ_GROUP / cs))) {
-    const current = next;
-    next = read(g);
-    next.catch(() => undefined);
-    if (current) yield await current;
+    const p = read(g);
+    p.catch(() => undefined); // awaited in order below
+    pending.push(p);
+    if (pending.length > READ_AHEAD) yield await pending.shift()!;
   }
-  if (next) yield await next;
+  while (pending.length) yield await pending.shift()!;
 }
 
 async function qcow2Stream(image: ChainImage, sink: StreamSink, options: StreamConvertOptions): Promise<void> {
