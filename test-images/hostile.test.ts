@@ -1,8 +1,9 @@
 /**
  * Hostile input: small qemu-made images, mutated deterministically (fixed seeds: absurd header
  * fields, random bytes in the header and in metadata clusters, bit flips, truncations), run
- * through `tsimg info`, `check`, `map` and `convert -O raw` (the ones registered; the others are
- * skipped loudly). Every run must end within seconds under a 256 MiB heap, succeed or fail with
+ * through `tsimg info`, `check`, `map`, `convert -O raw` and `checksum` (the ones registered; the
+ * others are skipped loudly). checksum has no qemu-img counterpart: it must succeed exactly where
+ * qemu-img convert -O raw does, with the value tsimg gives qemu-img's raw output. Every run must end within seconds under a 256 MiB heap, succeed or fail with
  * `tsimg: ...` lines (never a stack trace or a JavaScript error text), exit with qemu-img's
  * status (every command, every image: a difference fails the test), print check's report line
  * for line as qemu-img does, and where qemu-img can convert the image, produce the same bytes.
@@ -22,7 +23,7 @@ import { fileURLToPath } from 'node:url';
 import { describeQemu, must, run, tempDir, tsimg } from './qemu.js';
 import { mutateQcow2, prng, type Mutation } from './mutate.js';
 
-const COMMANDS = ['info', 'check', 'map', 'convert'] as const;
+const COMMANDS = ['info', 'check', 'map', 'convert', 'checksum'] as const;
 type Command = (typeof COMMANDS)[number];
 const CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_CASES ?? 60);
 const REPAIR_CASES_PER_BASE = Number(process.env.TSIMG_HOSTILE_REPAIR_CASES ?? 15);
@@ -192,6 +193,8 @@ function argsFor(cmd: Command, file: string, out: string): string[] {
       return ['map', '--output=json', file];
     case 'convert':
       return ['convert', '-O', 'raw', file, out];
+    case 'checksum':
+      return ['checksum', file];
   }
 }
 
@@ -273,7 +276,8 @@ describeQemu('hostile images', () => {
         failures.push(`${where}: CRASH ${r.crashed.split('\n').slice(0, 4).join(' | ')}`);
         continue;
       }
-      const q = run('qemu-img', argsFor(m.cmd, m.c.file, `${m.c.file}.${m.cmd}.q.raw`));
+      const qArgs = m.cmd === 'checksum' ? ['convert', '-O', 'raw', m.c.file, `${m.c.file}.checksum.q.raw`] : argsFor(m.cmd, m.c.file, `${m.c.file}.${m.cmd}.q.raw`);
+      const q = run('qemu-img', qArgs);
       if (JS_ERROR.test(r.stderr)) failures.push(`${where}: JS error text: ${r.stderr.trim().split('\n').slice(-3).join(' | ')}`);
       if (r.status === 1 && !/^tsimg: /m.test(r.stderr)) failures.push(`${where}: status 1 without a tsimg: message`);
       if (m.cmd === 'check' && r.status === q.status) {
@@ -306,6 +310,10 @@ describeQemu('hostile images', () => {
         const qo = `${m.c.file}.convert.q.raw`;
         // cmp streams: a mutated size field can make the outputs gigabytes (sparse) large
         if (!existsSync(m.out) || run('cmp', ['-s', m.out, qo]).status !== 0) failures.push(`${where}: converted bytes differ from qemu-img's`);
+      }
+      if (m.cmd === 'checksum' && q.status === 0 && r.status === 0) {
+        const ref = tsimg(['checksum', '-f', 'raw', `${m.c.file}.checksum.q.raw`]).stdout.split(' ')[0];
+        if (r.stdout !== `${ref}  ${m.c.file}\n`) failures.push(`${where}: checksum ${r.stdout.trim()} is not that of qemu-img's raw output (${ref})`);
       }
       for (const f of [m.out, `${m.c.file}.${m.cmd}.q.raw`]) rmSync(f, { force: true });
     }

@@ -14,6 +14,7 @@ export const COMMANDS: Readonly<Record<string, () => Promise<CommandRunner>>> = 
   measure: async () => (await import('./commands/measure.js')).run,
   compare: async () => (await import('./commands/compare.js')).run,
   dd: async () => (await import('./commands/dd.js')).run,
+  checksum: async () => (await import('./commands/checksum.js')).run,
   check: async () => (await import('./commands/check.js')).run,
   create: async () => (await import('./commands/create.js')).run,
   convert: async () => (await import('./commands/convert.js')).run,

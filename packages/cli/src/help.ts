@@ -14,6 +14,7 @@ const SYNOPSES: Readonly<Record<string, string>> = {
     'bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)... [-b source_file [-F source_fmt]] ' +
     '[-g granularity] [--object objectdef] [--image-opts | -f fmt] filename bitmap',
   check: 'check [--object objectdef] [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache] [-U] filename',
+  checksum: 'checksum [--object objectdef] [--image-opts] [-f fmt] [-T src_cache] [-p] [--progress=json] [-U] filename',
   commit: 'commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename',
   compare: 'compare [--object objectdef] [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U] filename1 filename2',
   convert:
@@ -41,10 +42,12 @@ const PARAMETERS = `Parameters:
   'cache', 'src_cache'  cache mode for writing / reading: none, writeback, writethrough,
                      directsync or unsafe
   'size'             bytes, with an optional suffix k, M, G, T, P or E (powers of 1024)
-  'output_filename'  the image to write; 'output_fmt' its format
+  'output_filename'  the image to write; 'output_fmt' its format; '-' or a pipe: written
+                     forward (raw, qcow2), and a source '-' is read from standard input
   'options'          format options as name=value,...; '-o help' lists them
   'snapshot_param'   'snapshot.id=ID,snapshot.name=NAME' or 'ID_OR_NAME'
   -c  compress what is written (qcow2)      -p  show progress
+  --progress=json  progress as JSON lines on stderr (done, total, percent, rate)
   -q  quiet: print only errors              -u  do not open or check backing files
   -n  write into an existing target (convert)
   -S  the run of zero bytes (default 4k) convert leaves sparse; 0 allocates everything

@@ -80,6 +80,47 @@ export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): u
   return err;
 }
 
+/**
+ * The qcow2 creation options `-o` (and the size) give, checked in the order of qemu's QAPI visit
+ * of BlockdevCreateOptionsQcow2; `encrypt` when encryption was asked for.
+ */
+export function qcow2CreateOptionsOf(opts: QemuOpts): { options: Qcow2CreateOptions; encrypt: { keySecret?: string } | undefined } {
+  const dataName = opts.getString('data_file');
+  // the QAPI visit of BlockdevCreateOptionsQcow2, in its member order
+  const size = BigInt.asUintN(64, ((opts.get('size')!.value as bigint) + 511n) / 512n * 512n);
+  const compat = opts.getString('compat');
+  let version: 2 | 3 | undefined;
+  if (compat !== undefined) {
+    if (compat === '0.10' || compat === 'v2') version = 2;
+    else if (compat === '1.1' || compat === 'v3') version = 3;
+    else enumError('version', compat);
+  }
+  const backingFmt = opts.getString('backing_fmt');
+  if (backingFmt !== undefined && !BLOCKDEV_DRIVERS.has(backingFmt)) enumError('backing-fmt', backingFmt);
+  const encrypt = encryptionOf(opts);
+  const prealloc = opts.getString('preallocation');
+  if (prealloc !== undefined && !['off', 'metadata', 'falloc', 'full'].includes(prealloc)) enumError('preallocation', prealloc);
+  const refcountBits = opts.get('refcount_bits');
+  const compression = opts.getString('compression_type');
+  if (compression !== undefined && compression !== 'zlib' && compression !== 'zstd') enumError('compression-type', compression);
+  const options: Qcow2CreateOptions = {
+    size,
+    version,
+    clusterSize: opts.get('cluster_size')?.value as bigint | undefined,
+    refcountBits: refcountBits === undefined ? undefined : qapiInt('refcount-bits', refcountBits.str),
+    lazyRefcounts: qapiBool(opts, 'lazy_refcounts'),
+    extendedL2: qapiBool(opts, 'extended_l2'),
+    compressionType: compression as 'zlib' | 'zstd' | undefined,
+    preallocation: prealloc as Qcow2Preallocation | undefined,
+    backingFile: opts.getString('backing_file'),
+    backingFormat: backingFmt,
+    // qemu records the data file's node name, which has lost any "file:" prefix
+    dataFile: dataName === undefined ? undefined : protocolPath(dataName),
+    dataFileRaw: qapiBool(opts, 'data_file_raw'),
+  };
+  return { options, encrypt };
+}
+
 /** qcow2_co_create_opts: creates the files, converts the options, creates the image. */
 export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
   const path = protocolPath(filename);
@@ -101,38 +142,7 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
       await createFile(dataPath);
       cleanup.push(dataPath);
     }
-    // the QAPI visit of BlockdevCreateOptionsQcow2, in its member order
-    const size = BigInt.asUintN(64, ((opts.get('size')!.value as bigint) + 511n) / 512n * 512n);
-    const compat = opts.getString('compat');
-    let version: 2 | 3 | undefined;
-    if (compat !== undefined) {
-      if (compat === '0.10' || compat === 'v2') version = 2;
-      else if (compat === '1.1' || compat === 'v3') version = 3;
-      else enumError('version', compat);
-    }
-    const backingFmt = opts.getString('backing_fmt');
-    if (backingFmt !== undefined && !BLOCKDEV_DRIVERS.has(backingFmt)) enumError('backing-fmt', backingFmt);
-    const encrypt = encryptionOf(opts);
-    const prealloc = opts.getString('preallocation');
-    if (prealloc !== undefined && !['off', 'metadata', 'falloc', 'full'].includes(prealloc)) enumError('preallocation', prealloc);
-    const refcountBits = opts.get('refcount_bits');
-    const compression = opts.getString('compression_type');
-    if (compression !== undefined && compression !== 'zlib' && compression !== 'zstd') enumError('compression-type', compression);
-    const options: Qcow2CreateOptions = {
-      size,
-      version,
-      clusterSize: opts.get('cluster_size')?.value as bigint | undefined,
-      refcountBits: refcountBits === undefined ? undefined : qapiInt('refcount-bits', refcountBits.str),
-      lazyRefcounts: qapiBool(opts, 'lazy_refcounts'),
-      extendedL2: qapiBool(opts, 'extended_l2'),
-      compressionType: compression as 'zlib' | 'zstd' | undefined,
-      preallocation: prealloc as Qcow2Preallocation | undefined,
-      backingFile: opts.getString('backing_file'),
-      backingFormat: backingFmt,
-      // qemu records the data file's node name, which has lost any "file:" prefix
-      dataFile: dataName === undefined ? undefined : protocolPath(dataName),
-      dataFileRaw: qapiBool(opts, 'data_file_raw'),
-    };
+    const { options, encrypt } = qcow2CreateOptionsOf(opts);
     if (encrypt) {
       // qemu validates everything else first (qcow2_co_create), then sets up encryption
       const { resolveQcow2CreateOptions } = await import('@tsimg/qcow2');

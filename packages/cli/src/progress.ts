@@ -9,8 +9,25 @@
  *
  * qemu keeps the value in a C `float`; the arithmetic is repeated in single precision
  * (Math.fround) so the printed figures are the same to the last digit.
+ *
+ * `--progress=json` (tsimg's own) adds machine-readable progress beside that: one JSON object
+ * per line on stderr, `{"done":…,"total":…,"percent":…,"rate":…}` (bytes, bytes, percent,
+ * bytes per second since the start), at the same steps the text line is redrawn and once at the
+ * end. It goes to stderr because stdout may carry the command's result or an image (`convert
+ * … -`), and it is not silenced by `-q`, which is about qemu's text.
  */
 import type { CliIO } from './command.js';
+import { CliExit } from './exit.js';
+import type { LongOption } from './getopt.js';
+
+/** `--progress=json` (or `human`, the same as `-p`), for the commands that report progress. */
+export const PROGRESS_OPTION: LongOption = { name: 'progress', hasArg: true, key: 'progress' };
+
+/** The mode `--progress=` names: `json` for JSON lines, `human` for qemu's `-p` text. */
+export function progressMode(value: string | undefined): 'json' | 'human' {
+  if (value === 'json' || value === 'human') return value;
+  throw new CliExit(1, '--progress must be used with human or json as argument.');
+}
 
 /** A progress reporter; see {@link createProgress}. */
 export interface Progress {
@@ -23,6 +40,16 @@ export interface Progress {
   advance(bytes: number, total: number): void;
   /** Ends the line (a newline when enabled). Call once, also on failure paths. */
   end(): void;
+  /** The bytes 100 % stands for, in the JSON lines (0 until set). */
+  setTotal(bytes: number): void;
+}
+
+/** Options of {@link createProgress}. */
+export interface ProgressOptions {
+  /** Print JSON progress lines on stderr (`--progress=json`). */
+  json?: boolean;
+  /** The clock of the rate, in ms (tests may fix it); default performance.now. */
+  now?: () => number;
 }
 
 const f = Math.fround;
@@ -44,7 +71,22 @@ export function formatPercent(value: number): string {
  * cleared by `-q`); `minSkip` is the step in percent below which updates are not drawn
  * (qemu-img uses 2.0 for compare, convert, rebase and commit).
  */
-export function createProgress(io: CliIO, enabled: boolean, minSkip = 2.0): Progress {
+export function createProgress(io: CliIO, enabled: boolean, minSkip = 2.0, options: ProgressOptions = {}): Progress {
+  const now = options.now ?? (() => performance.now());
+  const started = now();
+  let total = 0;
+  let exactDone: number | undefined;
+  let lastJson: number | undefined;
+  const json = (): void => {
+    // Nothing to say before the command knows its total (the 0 % line of a convert comes first).
+    if (!options.json || (total === 0 && current === 0)) return;
+    const done = exactDone ?? Math.round((current / 100) * total);
+    if (done === lastJson) return;
+    lastJson = done;
+    const seconds = (now() - started) / 1000;
+    const rate = seconds > 0 ? Math.round(done / seconds) : 0;
+    io.stderr(`{"done":${done},"total":${total},"percent":${formatPercent(current).trim()},"rate":${rate}}\n`);
+  };
   let current = f(0);
   let lastPrint = f(0);
   const skip = f(minSkip);
@@ -72,18 +114,25 @@ export function createProgress(io: CliIO, enabled: boolean, minSkip = 2.0): Prog
     if (value > f(lastPrint + skip) || value < f(lastPrint - skip) || value === 100 || value === 0) {
       lastPrint = current;
       draw();
+      json();
     }
   };
 
   return {
     print,
-    advance(bytes: number, total: number): void {
+    advance(bytes: number, of: number): void {
+      exactDone = (exactDone ?? 0) + bytes;
+      if (total === 0) total = of;
       // qemu: qemu_progress_print(((float) bytes / total) * 100, 100)
-      print(f(f(f(bytes) / f(total)) * 100), 100);
+      print(f(f(f(bytes) / f(of)) * 100), 100);
+    },
+    setTotal(bytes: number): void {
+      total = bytes;
     },
     end(): void {
       if (ended) return;
       ended = true;
+      json();
       if (hasSignals) process.off('SIGUSR1', onSignal);
       if (enabled) io.stdout('\n');
     },

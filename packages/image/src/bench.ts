@@ -29,6 +29,8 @@ export interface BenchOptions {
   flushInterval: number;
   /** Wait for the requests in flight before each flush (qemu's default; `--no-drain` clears it). */
   drainOnFlush: boolean;
+  /** Called as each request completes, with the number completed so far. */
+  onRequest?: (completed: number) => void;
 }
 
 /** Runs the requests; rejects with an IoError naming the failed request as qemu does. */
@@ -63,6 +65,7 @@ export function bench(device: BlockDevice, o: BenchOptions): Promise<void> {
         const remaining = n - inFlight;
         n--;
         inFlight--;
+        o.onRequest?.(o.count - n);
         if (o.flushInterval && remaining % o.flushInterval === 0) {
           if (inFlight === 0 || !o.drainOnFlush) {
             inFlush = o.drainOnFlush;

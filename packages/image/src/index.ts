@@ -2,6 +2,7 @@
 
 export { findBackingImage } from './backing-chain.js';
 export { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
+export { BLKHASH_BLOCK_SIZE, checksumImage, type ChecksumOptions } from './checksum.js';
 export { commitGranularity, commitImage, type CommitOptions } from './commit.js';
 export { compareImages, type CompareOptions, type CompareResult } from './compare.js';
 export { bench, type BenchOptions } from './bench.js';
@@ -42,6 +43,10 @@ export {
 } from './permissions.js';
 export { fullBackingFilename, resolveRelative } from './paths.js';
 export { resizeImage, type ResizeImageOptions } from './resize.js';
+export { convertToStream, type StreamConvertOptions } from './stream-convert.js';
+export { guestChunks, imageReadable, imageReadableStream, type ImageReadOptions } from './stream-read.js';
+export { StreamSink } from './stream-sink.js';
+export { imageWritable, type ImageWriteOptions } from './stream-write.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';

@@ -23,6 +23,7 @@ export {
   type ResolvedQcow2CreateOptions,
   resolveQcow2CreateOptions,
 } from './create/create.js';
+export { planQcow2Stream, type Qcow2StreamLayout, type StreamCluster } from './create/stream-layout.js';
 export { type BitmapAction, type SourceBitmap } from './engine/bitmap-ops.js';
 export { type AmendOptions, type BackingDevice, Qcow2Image, type ResizeOptions, type ResizePreallocation, type SnapshotCreateOptions } from './engine/image.js';
 export { loadQcow2Metadata, openQcow2Metadata, type Qcow2Metadata } from './engine/open-checks.js';

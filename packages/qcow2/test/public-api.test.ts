@@ -30,6 +30,7 @@ describe('@tsimg/qcow2 public API', () => {
     'measureQcow2',
     'openForCheck',
     'openQcow2Metadata',
+    'planQcow2Stream',
     'qcow2ImageInfo',
     'repairDirty',
     'resolveQcow2CreateOptions',

@@ -164,6 +164,7 @@ const STRERROR: Readonly<Record<string, string>> = {
   ENOTSUP: 'Operation not supported',
   ENOLCK: 'No locks available',
   EDQUOT: 'Disk quota exceeded',
+  EPIPE: 'Broken pipe',
 };
 
 /** The C library's text for an errno name (`'ENOENT'` → `'No such file or directory'`). */

@@ -23,6 +23,7 @@ import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum, strtou64Auto } from '../options.js';
+import { createProgress, PROGRESS_OPTION, progressMode } from '../progress.js';
 
 const LONG = [
   HELP_OPTION,
@@ -31,6 +32,7 @@ const LONG = [
   { name: 'flush-interval', hasArg: true, key: 'flush-interval' },
   { name: 'pattern', hasArg: true, key: 'pattern' },
   { name: 'no-drain', hasArg: false, key: 'no-drain' },
+  PROGRESS_OPTION,
 ];
 
 const AIO_MODES = ['native', 'threads', 'io_uring'];
@@ -53,6 +55,8 @@ interface BenchArgs extends BenchOptions {
   forceShare: boolean;
   cache: string;
   nativeAio: boolean;
+  /** `--progress=json` (bench has no `-p` text in qemu-img). */
+  jsonProgress: boolean;
 }
 
 function parseArgs(argv: string[]): BenchArgs | undefined {
@@ -60,7 +64,7 @@ function parseArgs(argv: string[]): BenchArgs | undefined {
   if (parsed.error) getoptExit(parsed.error);
   const a: Omit<BenchArgs, 'filename' | 'step'> & { step: number } = {
     count: 75000, depth: 64, offset: 0, bufferSize: 4096, step: 0, write: false, pattern: 0,
-    flushInterval: 0, drainOnFlush: true, imageOpts: false, forceShare: false, cache: 'writeback', nativeAio: false,
+    flushInterval: 0, drainOnFlush: true, imageOpts: false, forceShare: false, cache: 'writeback', nativeAio: false, jsonProgress: false,
   };
   for (const { key, value } of parsed.options) {
     const v = value!;
@@ -100,6 +104,10 @@ function parseArgs(argv: string[]): BenchArgs | undefined {
         break;
       case 'w':
         a.write = true;
+        break;
+      case 'progress':
+        if (progressMode(value) === 'json') a.jsonProgress = true;
+        else throw new CliExit(1, 'bench reports progress as JSON only (--progress=json)');
         break;
       case 'U':
         a.forceShare = true;
@@ -154,11 +162,16 @@ export const run: CommandRunner = async (argv, io) => {
     );
     if (args.flushInterval) io.stdout(`Sending flush every ${args.flushInterval} requests\n`);
     const started = performance.now();
+    const progress = createProgress(io, false, 1.0, { json: args.jsonProgress });
+    progress.setTotal(args.count * args.bufferSize);
+    if (args.jsonProgress) args.onRequest = (done) => progress.print(Math.fround(Math.fround(done / args.count) * 100), 0);
     try {
       // A write run holds SIGINT/SIGTERM until its requests are done (interrupt.ts).
       await (args.write ? interruptsOf(io).hold(() => bench(image, args)) : bench(image, args));
     } catch (err) {
       throw new CliExit(1, err instanceof TsimgError ? err.message : String(err));
+    } finally {
+      progress.end();
     }
     io.stdout(`Run completed in ${((performance.now() - started) / 1000).toFixed(3)} seconds.\n`);
   } finally {

@@ -18,7 +18,7 @@ import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum } from '../options.js';
-import { createProgress } from '../progress.js';
+import { createProgress, PROGRESS_OPTION, progressMode } from '../progress.js';
 
 const HELP =
   'usage: tsimg commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename\n\n' +
@@ -32,15 +32,17 @@ interface CommitArgs {
   base?: string;
   drop: boolean;
   progress: boolean;
+  /** `--progress=json`. */
+  jsonProgress: boolean;
   quiet: boolean;
   rateLimit: number;
   imageOpts: boolean;
 }
 
 function parseArgs(argv: string[], io: CliIO): CommitArgs | undefined {
-  const parsed = getoptLong(argv, ':f:ht:b:dpqr:', [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION], 'commit');
+  const parsed = getoptLong(argv, ':f:ht:b:dpqr:', [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION, PROGRESS_OPTION], 'commit');
   if (parsed.error) getoptExit(parsed.error);
-  const a: Omit<CommitArgs, 'filename'> = { cache: 'writeback', drop: false, progress: false, quiet: false, rateLimit: 0, imageOpts: false };
+  const a: Omit<CommitArgs, 'filename'> = { cache: 'writeback', drop: false, progress: false, jsonProgress: false, quiet: false, rateLimit: 0, imageOpts: false };
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -61,6 +63,10 @@ function parseArgs(argv: string[], io: CliIO): CommitArgs | undefined {
         break;
       case 'p':
         a.progress = true;
+        break;
+      case 'progress':
+        if (progressMode(o.value) === 'json') a.jsonProgress = true;
+        else a.progress = true;
         break;
       case 'q':
         a.quiet = true;
@@ -163,7 +169,7 @@ export const run: CommandRunner = async (argv, io) => {
   if (!CACHE_MODES.has(a.cache)) throw new CliExit(1, `Invalid cache option: ${a.cache}`);
   const first = await open(a, io, undefined);
   if (probedRaw(first, a)) io.stderr(probedRawWarning(first.filename));
-  const progress = createProgress(io, a.progress, 1.0);
+  const progress = createProgress(io, a.progress, 1.0, { json: a.jsonProgress });
   progress.print(0, 100);
   let opened: { top: Image; base: Image } | undefined;
   try {
@@ -174,7 +180,10 @@ export const run: CommandRunner = async (argv, io) => {
       await interruptsOf(io).hold(() =>
         commitImage(top, base, {
           drop: a.drop,
-          onProgress: (current, total) => progress.print(Math.fround(Math.fround(current / total) * 100), 0),
+          onProgress: (current, total) => {
+            progress.setTotal(total);
+            progress.print(Math.fround(Math.fround(current / total) * 100), 0);
+          },
           throttle: a.rateLimit > 0 ? jobRateLimit(a.rateLimit) : undefined,
         }),
       );

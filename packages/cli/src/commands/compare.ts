@@ -11,9 +11,9 @@ import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS, notSupporte
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
-import { createProgress } from '../progress.js';
+import { createProgress, PROGRESS_OPTION, progressMode } from '../progress.js';
 
-const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS];
+const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS, PROGRESS_OPTION];
 
 
 /** The strerror text qemu prints for a failed read. */
@@ -31,6 +31,7 @@ export const run: CommandRunner = async (argv, io) => {
   let fmt2: string | undefined;
   let cache = 'writeback';
   let progressWanted = false;
+  let jsonProgress = false;
   let quiet = false;
   let strict = false;
   let imageOpts = false;
@@ -51,6 +52,10 @@ export const run: CommandRunner = async (argv, io) => {
         break;
       case 'p':
         progressWanted = true;
+        break;
+      case 'progress':
+        if (progressMode(value) === 'json') jsonProgress = true;
+        else progressWanted = true;
         break;
       case 'q':
         quiet = true;
@@ -73,7 +78,7 @@ export const run: CommandRunner = async (argv, io) => {
   const say = (text: string): void => {
     if (!quiet) io.stdout(text);
   };
-  const progress = createProgress(io, progressWanted && !quiet, 2.0);
+  const progress = createProgress(io, progressWanted && !quiet, 2.0, { json: jsonProgress });
   try {
     if (!CACHE_MODES.has(cache)) {
       io.stderr(`tsimg: Invalid source cache option: ${cache}\n`);

@@ -19,7 +19,8 @@ import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '.
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
 import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
-import { createProgress, type Progress } from '../progress.js';
+import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
+import { checkStreamArgs, convertToStreamTarget, isStreamTarget, salvageWarnings, spoolStdinSources } from '../convert-stream.js';
 import { uncreatableFormatMessage } from '../qemu-formats.js';
 import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
 
@@ -37,6 +38,7 @@ const LONG = [
   { name: 'target-is-zero', hasArg: false, key: 'target-is-zero' },
   { name: 'bitmaps', hasArg: false, key: 'bitmaps' },
   { name: 'skip-broken-bitmaps', hasArg: false, key: 'skip-broken' },
+  PROGRESS_OPTION,
 ];
 
 const USAGE =
@@ -59,6 +61,8 @@ interface ConvertArgs {
   compressed: boolean;
   copyRange: boolean;
   progress: boolean;
+  /** `--progress=json`: JSON progress lines on stderr. */
+  jsonProgress: boolean;
   quiet: boolean;
   skipCreate: boolean;
   targetIsZero: boolean;
@@ -84,6 +88,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     compressed: false,
     copyRange: false,
     progress: false,
+    jsonProgress: false,
     quiet: false,
     skipCreate: false,
     targetIsZero: false,
@@ -135,6 +140,10 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         break;
       case 'p':
         a.progress = true;
+        break;
+      case 'progress':
+        if (progressMode(value) === 'json') a.jsonProgress = true;
+        else a.progress = true;
         break;
       case 't':
         a.cache = value!;
@@ -238,10 +247,13 @@ export const run: CommandRunner = async (argv, io) => {
   if (sources.length < 1) throw new CliExit(1, 'Must specify image file name');
   if (!CACHE_MODES.has(args.srcCache)) throw new CliExit(1, `Invalid source cache option: ${args.srcCache}`);
 
-  // img_convert initialises progress with a 1% step (compare and rebase use 2%).
-  const progress = createProgress(io, args.progress && !args.quiet, 1.0);
+  // img_convert initialises progress with a 1% step (compare and rebase use 2%). An image
+  // written to stdout leaves stdout to the image: the -p text goes to stderr then.
+  const progressIo = outFilename === '-' ? { ...io, stdout: io.stderr } : io;
+  const progress = createProgress(progressIo, args.progress && !args.quiet, 1.0, { json: args.jsonProgress });
   progress.print(0, 100);
   const opened: Image[] = [];
+  let stdin: Awaited<ReturnType<typeof spoolStdinSources>> = { names: sources, cleanup: async () => undefined };
   let target: Image | undefined;
   let pool: CompressPool | undefined;
   // Beyond qemu-img: a target this convert creates (with its external data file) is removed
@@ -249,9 +261,13 @@ export const run: CommandRunner = async (argv, io) => {
   let created: CreatedFile[] = [];
   try {
     // qemu-img convert opens its sources with BDRV_O_NO_SHARE: nobody may write them meanwhile.
-    await openSources(args, sources, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
+    stdin = await spoolStdinSources(sources);
+    await openSources(args, stdin.names, opened, { noShare: true, forceShare: args.forceShare, onWarning: lockWarnings(io, false) });
     const totalBytes = opened.reduce((n, img) => n + Math.ceil(img.size() / SECTOR) * SECTOR, 0);
+    progress.setTotal(totalBytes);
     const out = outFilename!;
+    const toStream = await isStreamTarget(out);
+    if (toStream) checkStreamArgs(args);
 
     const opts = args.skipCreate ? undefined : creationOptions(args, out, totalBytes);
     const outBaseParam = opts?.getString('backing_file');
@@ -273,6 +289,11 @@ export const run: CommandRunner = async (argv, io) => {
       await checkBitmaps(opened[0]!, args.skipBroken);
     }
 
+    if (toStream) {
+      await interruptsOf(io).hold((signal) => convertToStreamTarget(args, opened, out, opts!, { progress, io, signal }));
+      progress.print(100, 0);
+      return 0;
+    }
     if (opts) created = await createdFiles(out, opts);
     // From here on the target is written: a SIGINT/SIGTERM stops the copy at the next write and
     // lets what is in flight finish before the command ends (interrupt.ts).
@@ -302,6 +323,7 @@ export const run: CommandRunner = async (argv, io) => {
     for (const f of created) await f.remove();
     if (target) await target.close().catch(() => undefined);
     for (const img of opened) await img.close().catch(() => undefined);
+    await stdin.cleanup();
   }
 };
 
@@ -484,15 +506,7 @@ async function copy(
       targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
       salvage: args.salvage,
       rateLimit: args.rateLimit,
-      warn: (m, causes) => {
-        // qemu's qcow2 driver prints its corruption line when it meets the corruption (once
-        // per image, even with -q); the errors salvage swallowed are where tsimg has it.
-        for (const cause of causes) {
-          const line = corruptionLine(cause);
-          if (line) io.stderr(line);
-        }
-        if (!args.quiet) io.stderr(`tsimg: warning: ${m}\n`);
-      },
+      warn: salvageWarnings(io, args.quiet),
       progress: (pct) => progress.print(pct, 0),
       compressor: pool,
       compressorThreads: pool?.threads,

@@ -18,7 +18,7 @@ import { getoptLong } from '../getopt.js';
 import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
-import { createProgress, type Progress } from '../progress.js';
+import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
 
 const HELP =
@@ -34,6 +34,8 @@ interface RebaseArgs {
   backing?: string;
   unsafe: boolean;
   progress: boolean;
+  /** `--progress=json`. */
+  jsonProgress: boolean;
   quiet: boolean;
   compress: boolean;
   cache: string;
@@ -43,11 +45,11 @@ interface RebaseArgs {
 }
 
 function parseArgs(argv: string[], io: CliIO): RebaseArgs | undefined {
-  const long = [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION, { name: 'compress', hasArg: false, key: 'c' }];
+  const long = [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION, FORCE_SHARE_OPTION, { name: 'compress', hasArg: false, key: 'c' }, PROGRESS_OPTION];
   const parsed = getoptLong(argv, ':hf:F:b:upt:T:qUc', long, 'rebase');
   if (parsed.error) getoptExit(parsed.error);
   const a: Omit<RebaseArgs, 'filename'> = {
-    unsafe: false, progress: false, quiet: false, compress: false, cache: 'writeback', srcCache: 'writeback', imageOpts: false, forceShare: false,
+    unsafe: false, progress: false, jsonProgress: false, quiet: false, compress: false, cache: 'writeback', srcCache: 'writeback', imageOpts: false, forceShare: false,
   };
   for (const o of parsed.options) {
     switch (o.key) {
@@ -68,6 +70,10 @@ function parseArgs(argv: string[], io: CliIO): RebaseArgs | undefined {
         break;
       case 'p':
         a.progress = true;
+        break;
+      case 'progress':
+        if (progressMode(o.value) === 'json') a.jsonProgress = true;
+        else a.progress = true;
         break;
       case 't':
         a.cache = o.value!;
@@ -140,6 +146,7 @@ async function rebase(a: RebaseArgs, io: CliIO, progress: Progress): Promise<voi
     onWarning: lockWarnings(io, true),
   });
   if (probedRaw(top, a)) io.stderr(probedRawWarning(top.filename));
+  progress.setTotal(top.size());
   let opened: Image | undefined;
   try {
     if (a.compress && top.writeCompressed === undefined) throw new CliExit(1, 'Compression not supported for this file format');
@@ -175,7 +182,7 @@ async function rebase(a: RebaseArgs, io: CliIO, progress: Progress): Promise<voi
 export const run: CommandRunner = async (argv, io) => {
   const a = parseArgs(argv, io);
   if (a === undefined) return 0;
-  const progress = createProgress(io, a.progress, 2.0);
+  const progress = createProgress(io, a.progress, 2.0, { json: a.jsonProgress });
   progress.print(0, 100);
   try {
     // SIGINT/SIGTERM wait until the image and its header are consistent (interrupt.ts).

@@ -15,7 +15,11 @@ import type { ResolvedQcow2CreateOptions } from './create-options.js';
 import type { Layout } from './layout.js';
 
 /** The header cluster qcow2_update_header writes; throws ENOSPC like qemu when it does not fit. */
-export function headerCluster(o: ResolvedQcow2CreateOptions, lay: Layout, withBacking: boolean): Uint8Array {
+export function headerCluster(
+  o: ResolvedQcow2CreateOptions,
+  lay: Pick<Layout, 'cs' | 'l1' | 'l1Offset' | 'reftable' | 'reftableOffset'>,
+  withBacking: boolean,
+): Uint8Array {
   const cs = lay.cs;
   let incompat = 0n;
   if (o.dataFile !== undefined) incompat |= INCOMPAT_DATA_FILE;
