@@ -64,5 +64,27 @@ describeQemu('compressed cluster read-ahead', () => {
         await img.close();
       }
     });
+    it(`${type}: reads in flight side by side each get their own read-ahead (buffers reused after)`, async () => {
+      const img = await openImage(join(dir, `${type}.qcow2`));
+      try {
+        const want = expected[type]!;
+        for (let round = 0; round < 3; round++) {
+          const size = [CS * 8, 3 * CS + 512, CS * 16][round]!;
+          const reads: Promise<void>[] = [];
+          const bufs: [number, Uint8Array][] = [];
+          for (let off = 0; off < CLUSTERS * CS; off += size) {
+            const buf = new Uint8Array(Math.min(size, CLUSTERS * CS - off));
+            bufs.push([off, buf]);
+            reads.push(img.read(off, buf));
+          }
+          await Promise.all(reads);
+          for (const [off, buf] of bufs) {
+            expect(Buffer.from(buf).equals(Buffer.from(want.subarray(off, off + buf.length))), `${size} at ${off}`).toBe(true);
+          }
+        }
+      } finally {
+        await img.close();
+      }
+    });
   }
 });

@@ -3,7 +3,7 @@
  * over clusters stored one after another) and writing one cluster compressed, as qemu-img
  * convert -c does.
  */
-import { IoError } from '@tsimg/raw';
+import { alignedBuffer, IoError } from '@tsimg/raw';
 import { decompressCluster } from '../compress/compress.js';
 import { compressedEntry, compressedRange, decodeL2Entry, encodeL2Entry } from '../format/l2-entry.js';
 import { overlapCheck } from './corruption.js';
@@ -21,6 +21,15 @@ export interface CompressedReadAhead {
   /** Guest bytes the request still needs: the read-ahead never goes further. */
   budget: number;
   window?: { offset: number; data: Uint8Array };
+  /** The window's buffer (COMPRESSED_READ_AHEAD bytes), taken from readAheadSpare. */
+  buffer?: Uint8Array;
+}
+
+/** Gives the read-ahead buffer of a finished guest read back for the next one. */
+export function releaseReadAhead(s: EngineState, ahead: CompressedReadAhead): void {
+  if (ahead.buffer !== undefined) s.readAheadSpare.push(ahead.buffer);
+  ahead.buffer = undefined;
+  ahead.window = undefined;
 }
 
 /** The guest bytes of one compressed cluster (the last one decompressed is kept). */
@@ -64,7 +73,11 @@ async function readCompressed(
     const avail = s.file.size() - range.offset;
     length = Math.max(length, Math.min(ahead.budget, COMPRESSED_READ_AHEAD, avail));
   }
-  const data = new Uint8Array(length);
+  let data: Uint8Array;
+  if (ahead !== undefined && length > range.length) {
+    ahead.buffer ??= s.readAheadSpare.pop() ?? alignedBuffer(COMPRESSED_READ_AHEAD);
+    data = ahead.buffer.subarray(0, length);
+  } else data = new Uint8Array(length);
   await s.file.read(range.offset, data);
   if (ahead !== undefined) {
     ahead.window = length > range.length ? { offset: range.offset, data } : undefined;

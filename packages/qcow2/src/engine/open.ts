@@ -182,6 +182,7 @@ function newEngineState(
     cleanedAutoclear: false,
     heldBitmaps: undefined,
     decompressed: undefined,
+    readAheadSpare: [],
     l2Table: (offset) => s.l2Cache.get(offset),
     corrupt: (message) => signalCorruption(s, message),
   };

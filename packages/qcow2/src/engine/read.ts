@@ -4,14 +4,22 @@
  * block status, merged over runs of one kind.
  */
 import { TsimgError, type BlockStatus } from '@tsimg/raw';
-import { decompress, type CompressedReadAhead } from './compressed.js';
+import { decompress, releaseReadAhead, type CompressedReadAhead } from './compressed.js';
 import { lookupRun, type MappedRun } from './mapping.js';
 import { dataDevice, type BackingDevice, type EngineState } from './state.js';
 
 /** Reads guest bytes at `offset` into `into` (the caller checked the range). */
 export async function readGuest(s: EngineState, offset: number, into: Uint8Array): Promise<void> {
-  let pos = 0;
   const ahead: CompressedReadAhead = { start: -1, end: -1, budget: 0 };
+  try {
+    await readRuns(s, offset, into, ahead);
+  } finally {
+    releaseReadAhead(s, ahead);
+  }
+}
+
+async function readRuns(s: EngineState, offset: number, into: Uint8Array, ahead: CompressedReadAhead): Promise<void> {
+  let pos = 0;
   // Data runs that continue on the host (across L2 tables) are read with one device call.
   let pending: { pos: number; host: number; length: number } | undefined;
   const readPending = async (): Promise<void> => {

@@ -143,6 +143,11 @@ export interface EngineState extends MappingSource {
   heldBitmaps: HeldBitmaps | undefined;
   /** The last cluster decompressed (compressed.ts); dropped by every change. */
   decompressed: { key: string; data: Uint8Array } | undefined;
+  /**
+   * Read-ahead buffers of compressed clusters not in use (compressed.ts): reused, page-aligned
+   * buffers instead of a fresh 2 MiB one per read-ahead. One per guest read in flight at most.
+   */
+  readAheadSpare: Uint8Array[];
 }
 
 /**
