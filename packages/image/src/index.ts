@@ -37,6 +37,10 @@ export { type ImageLocation, locateImage, locateImageFromOptions } from './locat
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
+export { type NbdAddress, nbdFilename, parseNbdName } from './nbd/address.js';
+export { NbdClient, type NbdClientOptions } from './nbd/client.js';
+export { type NbdBitmap, type NbdExport } from './nbd/export.js';
+export { type NbdListenAddress, NbdServer, type NbdServerOptions } from './nbd/server.js';
 export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
