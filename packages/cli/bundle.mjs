@@ -31,6 +31,15 @@ await build({
   define: { 'import.meta.url': '__tsimgBundleUrl' },
   banner: { js: 'var __tsimgBundleUrl=require("node:url").pathToFileURL(__filename).href;' },
 });
+// tsimg-nbd (bin/tsimg-nbd.js) has its own bundle: its entry is runNbdProcess.
+await build({
+  ...shared,
+  entryPoints: [here('./dist/nbd-main.js')],
+  outfile: here('./dist/bundle/nbd.cjs'),
+  format: 'cjs',
+  define: { 'import.meta.url': '__tsimgBundleUrl' },
+  banner: { js: 'var __tsimgBundleUrl=require("node:url").pathToFileURL(__filename).href;' },
+});
 // The worker runs as its own ES module (new Worker(url)), outside the bundle.
 await build({
   ...shared,

@@ -39,6 +39,7 @@ export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
 export { type NbdAddress, nbdFilename, parseNbdName } from './nbd/address.js';
 export { NbdClient, type NbdClientOptions } from './nbd/client.js';
+export { imageBitmapContext } from './nbd/bitmap-context.js';
 export { type NbdBitmap, type NbdExport } from './nbd/export.js';
 export { type NbdListenAddress, NbdServer, type NbdServerOptions } from './nbd/server.js';
 export {
@@ -49,3 +50,4 @@ export { resizeImage, type ResizeImageOptions } from './resize.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';
+export { openTemporaryOverlay } from './temporary-overlay.js';

@@ -112,6 +112,8 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     dev.setPermissions(imageFileLock(topNodePermissions({ write: false, noIo: true, forceShare: options.forceShare }), format === 'file' ? 'raw' : format));
     const actual = await dev.allocatedSize();
     const { info, warnings, sizeBytes } = await findFormat(formats, format)!.info(dev);
+    // raw's bdrv_get_info asks its file, and the nbd driver has none: no dirty flag then.
+    if (loc.nbd !== undefined && format === 'raw') delete info['dirty-flag'];
     size = sizeBytes ?? BigInt(info['virtual-size']);
     result = { info: composeInfo(filename, options.format ?? loc.format ?? format, actual, info), warnings };
   } catch (err) {

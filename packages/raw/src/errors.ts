@@ -163,6 +163,14 @@ const STRERROR: Readonly<Record<string, string>> = {
   EOVERFLOW: 'Value too large for defined data type',
   ENOTSUP: 'Operation not supported',
   ENOLCK: 'No locks available',
+  EADDRINUSE: 'Address already in use',
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  ECONNREFUSED: 'Connection refused',
+  ECONNRESET: 'Connection reset by peer',
+  EPIPE: 'Broken pipe',
+  ETIMEDOUT: 'Connection timed out',
+  EHOSTUNREACH: 'No route to host',
+  ENETUNREACH: 'Network is unreachable',
   EDQUOT: 'Disk quota exceeded',
 };
 

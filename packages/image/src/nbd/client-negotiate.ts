@@ -10,7 +10,7 @@ import {
 } from './handshake-codec.js';
 import {
   NBD_FLAG_C_FIXED_NEWSTYLE, NBD_FLAG_C_NO_ZEROES, NBD_FLAG_FIXED_NEWSTYLE, NBD_FLAG_NO_ZEROES, NBD_INFO_BLOCK_SIZE,
-  NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_BLOCK_SIZE_REQD,
+  NBD_OPT_ABORT, NBD_OPT_EXPORT_NAME, NBD_OPT_GO, NBD_OPT_SET_META_CONTEXT, NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK, NBD_REP_ERR_BLOCK_SIZE_REQD,
   NBD_REP_ERR_INVALID, NBD_REP_ERR_PLATFORM, NBD_REP_ERR_POLICY, NBD_REP_ERR_SHUTDOWN, NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN, NBD_REP_ERR_UNSUP, NBD_REP_FLAG_ERROR, NBD_REP_INFO, NBD_REP_META_CONTEXT, NBD_MAX_BUFFER_SIZE,
 } from './protocol.js';
@@ -113,7 +113,11 @@ export async function clientNegotiate(io: SocketIO, exportName: string): Promise
       return { size, flags, structured, baseAllocation, maxPayload };
     }
     if (r.h.type === NBD_REP_ERR_UNSUP) break; // an old server: NBD_OPT_EXPORT_NAME instead
-    if ((r.h.type & NBD_REP_FLAG_ERROR) !== 0) throw replyError(r.h, r.data);
+    if ((r.h.type & NBD_REP_FLAG_ERROR) !== 0) {
+      // nbd_send_opt_abort: tell the server we are going, before hanging up.
+      await sendOption(io, NBD_OPT_ABORT).catch(() => undefined);
+      throw replyError(r.h, r.data);
+    }
     throw new FormatError(`Server answered option ${NBD_OPT_GO} (go) with unexpected reply type ${r.h.type}`);
   }
   await sendOption(io, NBD_OPT_EXPORT_NAME, new TextEncoder().encode(exportName));

@@ -13,7 +13,9 @@ import {
 export interface NbdBitmap {
   readonly name: string;
   /** The run at `offset` (at most `length`, ≥ 1): dirty or clean. */
-  status(offset: number, length: number): { length: number; dirty: boolean };
+  status(offset: number, length: number): Promise<{ length: number; dirty: boolean }>;
+  /** Told after the export wrote: the image may have marked bits since they were read. */
+  dirtied?(): void;
 }
 
 /** One export of an NBD server. */
@@ -33,6 +35,15 @@ export interface NbdExport {
   readonly bitmaps?: readonly NbdBitmap[];
   /** FAST_ZERO requests succeed only when the image can zero without writing zeroes. */
   readonly fastZero?: boolean;
+  /**
+   * qemu's discard=unmap (BDRV_O_UNMAP): TRIM drops data and WRITE_ZEROES may deallocate.
+   * Without it (qemu-nbd's default, discard=ignore) TRIM succeeds doing nothing.
+   */
+  readonly unmap?: boolean;
+  /** qemu's detect-zeroes: writes of zeroes become zero writes (unmapping with 'unmap'). */
+  readonly detectZeroes?: 'off' | 'on' | 'unmap';
+  /** qemu's cache.writeback=off: every write is flushed before it is acknowledged. */
+  readonly writethrough?: boolean;
 }
 
 /** qemu's NBD_META_ID_* numbering: base:allocation 0, allocation depth 1, bitmaps from 2. */

@@ -53,21 +53,21 @@ export const NBD_OPT_STRUCTURED_REPLY = 8;
 export const NBD_OPT_LIST_META_CONTEXT = 9;
 export const NBD_OPT_SET_META_CONTEXT = 10;
 
-/** Option reply types; errors have bit 31 set. */
+/** Option reply types; errors have bit 31 set (added, not OR-ed: `|` would make them negative). */
 export const NBD_REP_ACK = 1;
 export const NBD_REP_SERVER = 2;
 export const NBD_REP_INFO = 3;
 export const NBD_REP_META_CONTEXT = 4;
 export const NBD_REP_FLAG_ERROR = 0x80000000;
-export const NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR | 1;
-export const NBD_REP_ERR_POLICY = NBD_REP_FLAG_ERROR | 2;
-export const NBD_REP_ERR_INVALID = NBD_REP_FLAG_ERROR | 3;
-export const NBD_REP_ERR_PLATFORM = NBD_REP_FLAG_ERROR | 4;
-export const NBD_REP_ERR_TLS_REQD = NBD_REP_FLAG_ERROR | 5;
-export const NBD_REP_ERR_UNKNOWN = NBD_REP_FLAG_ERROR | 6;
-export const NBD_REP_ERR_SHUTDOWN = NBD_REP_FLAG_ERROR | 7;
-export const NBD_REP_ERR_BLOCK_SIZE_REQD = NBD_REP_FLAG_ERROR | 8;
-export const NBD_REP_ERR_TOO_BIG = NBD_REP_FLAG_ERROR | 9;
+export const NBD_REP_ERR_UNSUP = NBD_REP_FLAG_ERROR + 1;
+export const NBD_REP_ERR_POLICY = NBD_REP_FLAG_ERROR + 2;
+export const NBD_REP_ERR_INVALID = NBD_REP_FLAG_ERROR + 3;
+export const NBD_REP_ERR_PLATFORM = NBD_REP_FLAG_ERROR + 4;
+export const NBD_REP_ERR_TLS_REQD = NBD_REP_FLAG_ERROR + 5;
+export const NBD_REP_ERR_UNKNOWN = NBD_REP_FLAG_ERROR + 6;
+export const NBD_REP_ERR_SHUTDOWN = NBD_REP_FLAG_ERROR + 7;
+export const NBD_REP_ERR_BLOCK_SIZE_REQD = NBD_REP_FLAG_ERROR + 8;
+export const NBD_REP_ERR_TOO_BIG = NBD_REP_FLAG_ERROR + 9;
 
 /** NBD_REP_INFO item types (NBD_OPT_INFO / NBD_OPT_GO). */
 export const NBD_INFO_EXPORT = 0;

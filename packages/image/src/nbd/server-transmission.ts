@@ -5,7 +5,7 @@
  * allows and the image's own locking keeps safe. Malformed requests get qemu's errors; a bad
  * magic, a write whose payload was not read, or a vanished client ends the connection.
  */
-import { TsimgError } from '@tsimg/raw';
+import { isZero, TsimgError } from '@tsimg/raw';
 import { blockStatusAbove } from '../block-status.js';
 import { exportSize, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_DIRTY_BITMAP, type NbdExport } from './export.js';
 import {
@@ -123,7 +123,7 @@ async function contextExtents(exp: NbdExport, id: number, offset: number, length
       run = st.length;
       flags = st.allocated ? st.depth + 1 : 0;
     } else {
-      const st = exp.bitmaps![id - META_ID_DIRTY_BITMAP]!.status(at, end - at);
+      const st = await exp.bitmaps![id - META_ID_DIRTY_BITMAP]!.status(at, end - at);
       run = st.length;
       flags = st.dirty ? NBD_STATE_DIRTY : 0;
     }
@@ -148,7 +148,10 @@ async function handle(req: NbdRequest, data: Uint8Array | undefined, session: Ne
       return failure(err, message);
     }
   };
-  const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
+  const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0 || exp.writethrough === true;
+  if (req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES || req.type === NBD_CMD_TRIM) {
+    for (const b of exp.bitmaps ?? []) b.dirtied?.();
+  }
   switch (req.type) {
     case NBD_CMD_READ: {
       if (fua) {
@@ -165,13 +168,19 @@ async function handle(req: NbdRequest, data: Uint8Array | undefined, session: Ne
     }
     case NBD_CMD_WRITE: {
       const err = await attempt('writing to file failed', async () => {
-        await img.write(req.offset, data!);
+        const dz = exp.detectZeroes ?? 'off';
+        if (dz !== 'off' && isZero(data!)) {
+          await img.writeZeroes(req.offset, req.length, { mayUnmap: dz === 'unmap' && exp.unmap === true });
+        } else {
+          await img.write(req.offset, data!);
+        }
         if (fua) await img.flush();
       });
       return reply.generic(h, err);
     }
     case NBD_CMD_WRITE_ZEROES: {
-      const mayUnmap = (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0;
+      // bdrv_co_pwrite_zeroes drops MAY_UNMAP unless the node was opened with discard=unmap.
+      const mayUnmap = (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0 && exp.unmap === true;
       if ((req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && !(exp.fastZero ?? false)) {
         // BDRV_REQ_NO_FALLBACK on an image that would have to write zeroes: the client falls back.
         return reply.generic(h, new RequestError(NBD_ENOTSUP, 'writing to file failed'));
@@ -188,7 +197,7 @@ async function handle(req: NbdRequest, data: Uint8Array | undefined, session: Ne
       return reply.generic(
         h,
         await attempt('discard failed', async () => {
-          await img.discard(req.offset, req.length);
+          if (exp.unmap === true) await img.discard(req.offset, req.length);
           if (fua) await img.flush();
         }),
       );

@@ -6,7 +6,7 @@
  */
 import { createServer, type Server, type Socket } from 'node:net';
 import { rm } from 'node:fs/promises';
-import { IoError } from '@tsimg/raw';
+import { IoError, strerror } from '@tsimg/raw';
 import type { NbdExport } from './export.js';
 import { negotiate } from './server-negotiate.js';
 import { serveTransmission } from './server-transmission.js';
@@ -52,10 +52,20 @@ export class NbdServer {
   async listen(address: NbdListenAddress): Promise<NbdListenAddress> {
     const server = createServer({ allowHalfOpen: false }, (socket) => this.#accept(socket));
     this.#server = server;
+    // qemu's socket_listen_unix removes a stale socket file first.
+    if (address.kind === 'unix') await rm(address.path, { force: true }).catch(() => undefined);
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (err: NodeJS.ErrnoException) =>
-        reject(new IoError(`Failed to ${address.kind === 'unix' ? 'bind socket to' : 'find an available port'} ${address.kind === 'unix' ? address.path : address.port}: ${err.message}`, { errno: err.code, cause: err })),
-      );
+      server.once('error', (err: NodeJS.ErrnoException) => {
+        const reason = strerror(err.code ?? 'EIO');
+        // inet_listen_saddr / unix_listen_saddr's words
+        const message =
+          address.kind === 'unix'
+            ? `Failed to bind socket to ${address.path}: ${reason}`
+            : err.code === 'EADDRINUSE'
+              ? `Failed to find an available port: ${reason}`
+              : `Failed to bind socket: ${reason}`;
+        reject(new IoError(message, { errno: err.code, cause: err }));
+      });
       if (address.kind === 'unix') server.listen(address.path, resolve);
       else server.listen(address.port, address.host, resolve);
     });
