@@ -195,6 +195,8 @@ export function parseNbdArgs(argv: readonly string[]): NbdServeConfig {
   if (parsed.operands.length !== 1) fail(`Invalid number of arguments\n${TRY}`);
   if (tls) fail('TLS is not supported');
   if (device) fail('Kernel /dev/nbdN support not available');
+  // qemu-nbd checks this once it has bound its socket; nothing is listening yet either way.
+  if (c.imageOpts && c.format !== undefined) fail('--image-opts and -f are mutually exclusive');
   c.filename = parsed.operands[0]!;
   c.exportName = exportName ?? '';
   return c;

@@ -179,8 +179,9 @@ async function handle(req: NbdRequest, data: Uint8Array | undefined, session: Ne
       return reply.generic(h, err);
     }
     case NBD_CMD_WRITE_ZEROES: {
-      // bdrv_co_pwrite_zeroes drops MAY_UNMAP unless the node was opened with discard=unmap.
-      const mayUnmap = (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0 && exp.unmap === true;
+      // blk_pwrite_zeroes hands MAY_UNMAP to the image whatever its discard mode (only what the
+      // format passes on to its file loses it without discard=unmap: OpenImageOptions.unmap).
+      const mayUnmap = (req.flags & NBD_CMD_FLAG_NO_HOLE) === 0;
       if ((req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && !(exp.fastZero ?? false)) {
         // BDRV_REQ_NO_FALLBACK on an image that would have to write zeroes: the client falls back.
         return reply.generic(h, new RequestError(NBD_ENOTSUP, 'writing to file failed'));

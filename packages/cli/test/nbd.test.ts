@@ -1,0 +1,248 @@
+/**
+ * tsimg-nbd against qemu-nbd 7.2, and tsimg's NBD client against qemu-img: real clients
+ * (qemu-img info/map/convert/compare, qemu-io, libnbd's nbdinfo and nbdcopy with several
+ * connections) get the same answers from tsimg-nbd as from qemu-nbd serving a copy of the same
+ * image, over TCP on loopback and over a Unix socket; writes through either leave identical,
+ * clean images; tsimg's commands on an export print what qemu-img prints; and tsimg-nbd's
+ * messages and exit statuses are qemu-nbd's. Servers run with --fork and --pid-file, so they
+ * are ready when started and are killed by pid after each test.
+ * Needs `npm run build` (or `tsc -b`) first: it runs bin/tsimg-nbd.js and bin/tsimg.js.
+ */
+import { afterEach, beforeEach, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describeQemu, qemuImg, qemuIo, run, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
+
+const nbdBin = fileURLToPath(new URL('../bin/tsimg-nbd.js', import.meta.url));
+const hasLibnbd = spawnSync('nbdinfo', ['--version']).status === 0;
+if (!hasLibnbd) {
+  if (process.env.CI) throw new Error('nbdinfo/nbdcopy not found: install libnbd-bin (apt-get install -y libnbd-bin)');
+  console.warn('\n!!! SKIPPING the nbdinfo / nbdcopy rows: libnbd-bin is not installed. !!!\n');
+}
+
+type Server = 'qemu' | 'tsimg';
+let dir: string;
+let cleanup: () => void;
+const pidFiles: string[] = [];
+
+beforeEach(() => {
+  ({ dir, cleanup } = tempDir('tsimg-nbdcli-'));
+});
+
+afterEach(() => {
+  for (const f of pidFiles.splice(0)) {
+    if (!existsSync(f)) continue;
+    const pid = Number(readFileSync(f, 'utf8'));
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      // already gone (a non-persistent server whose client left)
+    }
+  }
+  cleanup();
+});
+
+const p = (name: string): string => join(dir, name);
+
+/** Runs qemu-nbd or tsimg-nbd with `args` (without --fork/--pid-file). */
+function nbd(server: Server, args: string[]): RunResult {
+  return server === 'qemu' ? run('qemu-nbd', args) : run(process.execPath, [nbdBin, ...args]);
+}
+
+/** A free loopback port (bound and released at once; servers bind it right after). */
+async function freePort(): Promise<number> {
+  const s = createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', r));
+  const port = (s.address() as { port: number }).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+/** Starts a forked, persistent server; returns the URI clients use. */
+async function start(server: Server, image: string, transport: 'tcp' | 'unix', extra: string[] = []): Promise<string> {
+  const pidFile = p(`${server}-${pidFiles.length}.pid`);
+  pidFiles.push(pidFile);
+  let where: string[];
+  let uri: string;
+  if (transport === 'tcp') {
+    const port = await freePort();
+    where = ['-b', '127.0.0.1', '-p', String(port)];
+    uri = `nbd://127.0.0.1:${port}/e`;
+  } else {
+    const sock = p(`${server}-${pidFiles.length}.sock`);
+    where = ['-k', sock];
+    uri = `nbd+unix:///e?socket=${sock}`;
+  }
+  const r = nbd(server, ['--fork', '--pid-file', pidFile, '-t', '-x', 'e', ...where, ...extra, image]);
+  expect(r.stderr).toBe('');
+  expect(r.status).toBe(0);
+  return uri;
+}
+
+function ok(r: RunResult, what: string): string {
+  if (r.status !== 0) throw new Error(`${what} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+/** What real clients see of an export, with the URI taken out. */
+function clientView(uri: string, out: string): Record<string, string> {
+  const hide = (s: string): string => s.replaceAll(uri, 'URI').replace(/nbd(\+unix)?:\/\/[^\s"]*/g, 'URI');
+  const view: Record<string, string> = {
+    info: hide(ok(qemuImg(['info', uri]), 'info')),
+    infoJson: hide(ok(qemuImg(['info', '--output=json', uri]), 'info json')),
+    map: hide(ok(qemuImg(['map', uri]), 'map')),
+    mapJson: ok(qemuImg(['map', '--output=json', uri]), 'map json'),
+    compare: ok(qemuImg(['compare', '-f', 'raw', '-F', 'raw', uri, join(dir, 'flat.raw')]), 'compare'),
+    read: ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -v 1048064 1024', uri]), 'qemu-io read').replace(/\d+\.\d+ sec.*\n/, ''),
+  };
+  ok(qemuImg(['convert', '-O', 'raw', uri, out]), 'convert');
+  view.convert = readFileSync(out).toString('hex').length.toString() + ':' + spawnSync('sha256sum', [out], { encoding: 'utf8' }).stdout.split(' ')[0];
+  if (hasLibnbd) {
+    view.nbdinfo = hide(ok(run('nbdinfo', [uri]), 'nbdinfo')).replace(/\tcontent: .*\n/, '');
+    view.nbdmap = ok(run('nbdinfo', ['--map', uri]), 'nbdinfo --map');
+    ok(run('nbdcopy', ['--connections=4', '--requests=16', uri, `${out}.copy`]), 'nbdcopy');
+    view.nbdcopy = spawnSync('sha256sum', [`${out}.copy`], { encoding: 'utf8' }).stdout.split(' ')[0]!;
+  }
+  return view;
+}
+
+/** A qcow2 image with data, zero clusters and holes, and its flat raw contents. */
+function makeImage(): void {
+  ok(qemuImg(['create', '-q', '-f', 'qcow2', p('base.qcow2'), '8M']), 'create');
+  ok(qemuIo(['-c', 'write -P 0x11 0 1M', '-c', 'write -P 0x22 3M 64k', '-c', 'write -z 5M 1M', '-c', 'write -P 0x33 1048576 512', p('base.qcow2')]), 'qemu-io');
+  ok(qemuImg(['convert', '-O', 'raw', p('base.qcow2'), p('flat.raw')]), 'flat');
+}
+
+describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
+  it.each(['tcp', 'unix'] as const)('qemu-img, qemu-io, nbdinfo and nbdcopy see the same export (%s)', async (transport) => {
+    makeImage();
+    copyFileSync(p('base.qcow2'), p('q.qcow2'));
+    copyFileSync(p('base.qcow2'), p('t.qcow2'));
+    const qUri = await start('qemu', p('q.qcow2'), transport, ['-e', '4', '-f', 'qcow2']);
+    const tUri = await start('tsimg', p('t.qcow2'), transport, ['-e', '4', '-f', 'qcow2']);
+    const q = clientView(qUri, p('q.out'));
+    const t = clientView(tUri, p('t.out'));
+    expect(t).toEqual(q);
+    expect(q.compare).toBe('Images are identical.\n');
+  });
+
+  it('writes through qemu-io and nbdcopy leave identical, clean images', async () => {
+    makeImage();
+    copyFileSync(p('base.qcow2'), p('q.qcow2'));
+    copyFileSync(p('base.qcow2'), p('t.qcow2'));
+    const uris = { qemu: await start('qemu', p('q.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']), tsimg: await start('tsimg', p('t.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']) };
+    for (const uri of Object.values(uris)) {
+      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x44 512 7k', '-c', 'write -z 3M 32k', '-c', 'discard 0 64k', '-c', 'write -P 0x55 7M 4k', '-c', 'flush', uri]), 'qemu-io write');
+      if (hasLibnbd) ok(run('nbdcopy', ['--connections=2', p('flat.raw'), uri]), 'nbdcopy in');
+      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x66 6M 100k', uri]), 'qemu-io write 2');
+      expect(ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -P 0x66 6M 100k', uri]), 'read back')).toContain('read 102400/102400');
+    }
+    for (const pid of pidFiles.splice(0)) process.kill(Number(readFileSync(pid, 'utf8')), 'SIGTERM');
+    // SIGTERM ends both cleanly; the images are closed once check can lock them.
+    for (const img of ['q.qcow2', 't.qcow2']) {
+      let r: RunResult;
+      do r = qemuImg(['check', p(img)]);
+      while (r.stderr.includes('lock'));
+      expect(r.stdout).toContain('No errors were found on the image.');
+    }
+    expect(ok(qemuImg(['compare', p('q.qcow2'), p('t.qcow2')]), 'compare')).toBe('Images are identical.\n');
+    expect(qemuImg(['map', '--output=json', p('t.qcow2')]).stdout).toBe(qemuImg(['map', '--output=json', p('q.qcow2')]).stdout);
+  });
+
+  it('tsimg info, map, convert and compare on an export print what qemu-img prints', async () => {
+    makeImage();
+    copyFileSync(p('base.qcow2'), p('q.qcow2'));
+    copyFileSync(p('base.qcow2'), p('t.qcow2'));
+    const uris = [
+      await start('qemu', p('q.qcow2'), 'tcp', ['-f', 'qcow2', '-r', '-e', '8']),
+      await start('tsimg', p('t.qcow2'), 'unix', ['-f', 'qcow2', '-r', '-e', '8']),
+    ];
+    for (const uri of uris) {
+      const port = /:(\d+)\//.exec(uri)?.[1];
+      const sock = /socket=(.*)$/.exec(uri)?.[1];
+      const json = port
+        ? `json:{"file.driver":"nbd","file.host":"127.0.0.1","file.port":"${port}","file.export":"e"}`
+        : `json:{"file.driver":"nbd","file.server.type":"unix","file.server.path":"${sock}","file.export":"e"}`;
+      const rows = [
+        ['info', uri], ['info', '--output=json', uri], ['map', uri], ['map', '--output=json', uri],
+        ['compare', '-f', 'raw', uri, p('flat.raw')], ['info', json], ['info', uri.replace('/e', '/nope')],
+      ];
+      for (const args of rows) {
+        const q = qemuImg(args);
+        const t = tsimg(args);
+        expect({ args, out: t.stdout, err: t.stderr, status: t.status }).toEqual({ args, out: q.stdout, err: q.stderr.replaceAll('qemu-img:', 'tsimg:'), status: q.status });
+      }
+      for (const fmt of ['raw', 'qcow2']) {
+        ok(qemuImg(['convert', '-O', fmt, uri, p(`qo.${fmt}`)]), 'qemu-img convert');
+        ok(tsimg(['convert', '-O', fmt, uri, p(`to.${fmt}`)]), 'tsimg convert');
+        expect(readFileSync(p(`to.${fmt}`)).equals(readFileSync(p(`qo.${fmt}`)))).toBe(true);
+      }
+    }
+  });
+
+  it('-s writes to a temporary overlay, -l serves a snapshot, -A and -B match qemu-nbd', async () => {
+    makeImage();
+    ok(qemuImg(['snapshot', '-c', 'sn', p('base.qcow2')]), 'snapshot');
+    ok(qemuImg(['create', '-q', '-f', 'qcow2', '-b', 'base.qcow2', '-F', 'qcow2', p('top.qcow2')]), 'top');
+    ok(qemuImg(['bitmap', '--add', p('top.qcow2'), 'b']), 'bitmap');
+    ok(qemuIo(['-c', 'write -P 0x77 2M 128k', '-c', 'write -P 0x78 6M 64k', p('top.qcow2')]), 'top data');
+    const before = readFileSync(p('top.qcow2'));
+    for (const server of ['qemu', 'tsimg'] as const) {
+      const uri = await start(server, p('top.qcow2'), 'unix', ['-s', '-f', 'qcow2']);
+      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x99 0 1M', uri]), 'write to overlay');
+      expect(ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -P 0x99 0 1M', uri]), 'read overlay')).toContain('read 1048576/1048576');
+    }
+    expect(readFileSync(p('top.qcow2')).equals(before)).toBe(true);
+    if (!hasLibnbd) return;
+    const views: Record<string, string>[] = [];
+    for (const server of ['qemu', 'tsimg'] as const) {
+      const a = await start(server, p('top.qcow2'), 'unix', ['-r', '-A', '-B', 'b', '-f', 'qcow2', '-e', '0']);
+      const l = await start(server, p('base.qcow2'), 'unix', ['-l', 'sn', '-f', 'qcow2']);
+      views.push({
+        depth: ok(run('nbdinfo', ['--map=qemu:allocation-depth', a]), 'depth'),
+        bitmap: ok(run('nbdinfo', ['--map=qemu:dirty-bitmap:b', a]), 'bitmap'),
+        contexts: ok(run('nbdinfo', ['--list', '--json', a]), 'list').replace(/"uri": "[^"]*"/, '').replace(/"export-size": \d+,/, '$&'),
+        snapshot: ok(qemuImg(['map', '--output=json', l]), 'snapshot map'),
+      });
+    }
+    expect(views[1]).toEqual(views[0]);
+  });
+});
+
+describeQemu('tsimg-nbd messages and exit statuses', () => {
+  it.each([
+    [['nonexist.qcow2']],
+    [['-k', 'rel.sock', 'x']],
+    [[]],
+    [['-e', '-1', 'x']],
+    [['--cache=foo', 'x']],
+    [['--discard=maybe', 'x']],
+    [['--detect-zeroes=unmap', 'x']],
+    [['-x']],
+    [['--bogus', 'x']],
+    [['-f', 'raw', '--image-opts', 'x']],
+    [['-p', '1', '-r', 'IMG', '-B', 'nob']],
+    [['-p', '1', 'IMG', '-l', 'nosnap']],
+  ])('%j', (args) => {
+    makeImage();
+    const a = args.map((w) => w.replace('IMG', p('base.qcow2')));
+    const q = nbd('qemu', a);
+    const t = nbd('tsimg', a);
+    expect({ err: t.stderr, status: t.status }).toEqual({ err: q.stderr.replaceAll('qemu-nbd', 'tsimg-nbd'), status: q.status });
+  });
+
+  it('refuses an image another server holds, with qemu-nbd\'s lock message', async () => {
+    makeImage();
+    await start('qemu', p('base.qcow2'), 'unix');
+    const port = String(await freePort());
+    const q = nbd('qemu', ['-p', port, p('base.qcow2')]);
+    const t = nbd('tsimg', ['-p', port, p('base.qcow2')]);
+    expect(q.status).toBe(1);
+    expect({ err: t.stderr, status: t.status }).toEqual({ err: q.stderr.replaceAll('qemu-nbd', 'tsimg-nbd'), status: q.status });
+  });
+});
+
+
