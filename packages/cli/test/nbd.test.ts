@@ -129,12 +129,16 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
     expect(q.compare).toBe('Images are identical.\n');
   });
 
-  it('writes through qemu-io and nbdcopy leave identical, clean images', async () => {
+  it('writes through tsimg convert -n, qemu-io and nbdcopy leave identical, clean images', async () => {
     makeImage();
     copyFileSync(p('base.qcow2'), p('q.qcow2'));
     copyFileSync(p('base.qcow2'), p('t.qcow2'));
     const uris = { qemu: await start('qemu', p('q.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']), tsimg: await start('tsimg', p('t.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']) };
     for (const uri of Object.values(uris)) {
+      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x12 2M 1M', p('flat.raw')]), 'flat write');
+      ok(tsimg(['convert', '-n', '-f', 'raw', '-O', 'raw', p('flat.raw'), uri]), 'tsimg convert -n to the export');
+      expect(tsimg(['compare', '-f', 'raw', '-F', 'raw', p('flat.raw'), uri]).stdout).toBe('Images are identical.\n');
+      expect(tsimg(['check', uri]).stderr).toBe('tsimg: This image format does not support checks\n');
       ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x44 512 7k', '-c', 'write -z 3M 32k', '-c', 'discard 0 64k', '-c', 'write -P 0x55 7M 4k', '-c', 'flush', uri]), 'qemu-io write');
       if (hasLibnbd) ok(run('nbdcopy', ['--connections=2', p('flat.raw'), uri]), 'nbdcopy in');
       ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x66 6M 100k', uri]), 'qemu-io write 2');

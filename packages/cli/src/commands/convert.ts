@@ -4,7 +4,7 @@
  * copy loop `convertCopy` of @tsimg/image, which makes the same allocation decisions as qemu's
  * in-order convert so a qcow2 target comes out byte for byte the same.
  */
-import { convertCopy, type Image } from '@tsimg/image';
+import { convertCopy, type Image, locateImage } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { stat } from 'node:fs/promises';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
@@ -429,7 +429,8 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  // An NBD target (convert -n … nbd://…) is no local file a source could be.
+  if (lockedBy && !args.targetImageOpts && !isNbdName(out) && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
 }
@@ -531,6 +532,14 @@ async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
 async function isOneOf(path: string, ids: Set<string>): Promise<boolean> {
   const st = await stat(path).catch(() => undefined);
   return st !== undefined && ids.has(`${st.dev}:${st.ino}`);
+}
+
+function isNbdName(name: string): boolean {
+  try {
+    return locateImage(name).nbd !== undefined;
+  } catch {
+    return false;
+  }
 }
 
 function protocolPathOrExit(name: string): string {
