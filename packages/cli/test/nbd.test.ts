@@ -129,11 +129,16 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
     expect(q.compare).toBe('Images are identical.\n');
   });
 
-  it('writes through tsimg convert -n, qemu-io and nbdcopy leave identical, clean images', async () => {
+  it.each([
+    [[]],
+    [['--discard=unmap', '--detect-zeroes=unmap']],
+    [['--cache=writethrough', '--detect-zeroes=on', '--aio=threads']],
+  ])('writes through tsimg convert -n, qemu-io and nbdcopy leave identical, clean images (%j)', async (extra) => {
     makeImage();
     copyFileSync(p('base.qcow2'), p('q.qcow2'));
     copyFileSync(p('base.qcow2'), p('t.qcow2'));
-    const uris = { qemu: await start('qemu', p('q.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']), tsimg: await start('tsimg', p('t.qcow2'), 'unix', ['-f', 'qcow2', '-e', '2']) };
+    const args = ['-f', 'qcow2', '-e', '2', ...extra];
+    const uris = { qemu: await start('qemu', p('q.qcow2'), 'unix', args), tsimg: await start('tsimg', p('t.qcow2'), 'unix', args) };
     for (const uri of Object.values(uris)) {
       ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x12 2M 1M', p('flat.raw')]), 'flat write');
       ok(tsimg(['convert', '-n', '-f', 'raw', '-O', 'raw', p('flat.raw'), uri]), 'tsimg convert -n to the export');
@@ -141,8 +146,8 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
       expect(tsimg(['check', uri]).stderr).toBe('tsimg: This image format does not support checks\n');
       ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x44 512 7k', '-c', 'write -z 3M 32k', '-c', 'discard 0 64k', '-c', 'write -P 0x55 7M 4k', '-c', 'flush', uri]), 'qemu-io write');
       if (hasLibnbd) ok(run('nbdcopy', ['--connections=2', p('flat.raw'), uri]), 'nbdcopy in');
-      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x66 6M 100k', uri]), 'qemu-io write 2');
-      expect(ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -P 0x66 6M 100k', uri]), 'read back')).toContain('read 102400/102400');
+      ok(qemuIo(['-f', 'raw', '-c', 'write -P 0x66 6M 100k', '-c', 'write -P 0 6M 64k', '-c', 'discard 2M 128k', uri]), 'qemu-io write 2');
+      expect(ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -P 0x66 6356992 36k', uri]), 'read back')).toContain('read 36864/36864');
     }
     for (const pid of pidFiles.splice(0)) process.kill(Number(readFileSync(pid, 'utf8')), 'SIGTERM');
     // SIGTERM ends both cleanly; the images are closed once check can lock them.
@@ -230,12 +235,41 @@ describeQemu('tsimg-nbd messages and exit statuses', () => {
     [['-f', 'raw', '--image-opts', 'x']],
     [['-p', '1', '-r', 'IMG', '-B', 'nob']],
     [['-p', '1', 'IMG', '-l', 'nosnap']],
+    [['--fork', '-p', '1', 'nonexist.qcow2']],
   ])('%j', (args) => {
     makeImage();
     const a = args.map((w) => w.replace('IMG', p('base.qcow2')));
     const q = nbd('qemu', a);
     const t = nbd('tsimg', a);
     expect({ err: t.stderr, status: t.status }).toEqual({ err: q.stderr.replaceAll('qemu-nbd', 'tsimg-nbd'), status: q.status });
+  });
+
+  it('refuses the kernel client modes (-c, -d) with one line', () => {
+    for (const args of [['-c', '/dev/nbd0', 'x'], ['-d', '/dev/nbd0']]) {
+      expect(nbd('tsimg', args)).toEqual({ stdout: '', stderr: 'tsimg-nbd: Kernel /dev/nbdN support not available\n', status: 1 });
+    }
+  });
+
+  it('without -t, stops once its client has gone (status 0, socket removed)', async () => {
+    makeImage();
+    const sock = p('once.sock');
+    const pidFile = p('once.pid');
+    pidFiles.push(pidFile);
+    const r = nbd('tsimg', ['--fork', '--pid-file', pidFile, '-k', sock, '-r', p('base.qcow2')]);
+    expect(r.status).toBe(0);
+    const pid = Number(readFileSync(pidFile, 'utf8'));
+    expect(ok(qemuImg(['info', `nbd+unix://?socket=${sock}`]), 'info')).toContain('virtual size: 8 MiB');
+    const alive = (): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    for (let i = 0; i < 200 && alive(); i++) await new Promise((res) => setTimeout(res, 25));
+    expect(alive()).toBe(false);
+    expect(existsSync(sock)).toBe(false);
   });
 
   it('refuses an image another server holds, with qemu-nbd\'s lock message', async () => {
