@@ -11,7 +11,7 @@
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
 import { copyFileSync, existsSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
+import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describeQemu, qemuImg, qemuIo, run, tempDir, tsimg, type RunResult } from '../../../test-images/qemu.js';
@@ -218,6 +218,124 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
       });
     }
     expect(views[1]).toEqual(views[0]);
+  });
+});
+
+/** The option requests of a handshake, as [option, data] (numbers from the NBD spec). */
+const u32 = (n: number): number[] => [(n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255];
+const str = (t: string): number[] => [...u32(t.length), ...Buffer.from(t)];
+const metaQuery = (exp: string, queries: string[]): number[] => [...str(exp), ...u32(queries.length), ...queries.flatMap(str)];
+const infoQuery = (exp: string, items: number[]): number[] => [...str(exp), 0, items.length, ...items.flatMap((i) => [0, i])];
+const OPTIONS: [number, number[]][] = [
+  [3, []], // LIST
+  [3, [1]], // LIST with data
+  [5, []], // STARTTLS
+  [99, [1, 2, 3]], // unknown
+  [10, metaQuery('e', ['base:allocation'])], // SET_META_CONTEXT before structured replies
+  [9, metaQuery('e', [])], // LIST_META_CONTEXT: all
+  [9, metaQuery('e', ['qemu:', 'base:'])],
+  [9, metaQuery('nope', ['base:allocation'])],
+  [6, infoQuery('nope', [])], // INFO of a missing export
+  [6, infoQuery('e', [1, 2, 3])], // INFO with name, description, block size
+  [6, infoQuery('e', [])],
+  [8, []], // STRUCTURED_REPLY
+  [8, []], // again
+  [8, [0]], // with data
+  [10, metaQuery('e', ['base:allocation', 'qemu:dirty-bitmap:b', 'qemu:allocation-depth', 'qemu:nothing', 'other:x'])],
+  [7, infoQuery('e', [3])], // GO
+];
+
+/** Runs the options against a server and returns every reply (header and data) as hex. */
+async function optionReplies(sock: string): Promise<string[]> {
+  const s = connect(sock);
+  const chunks: Buffer[] = [];
+  let waiter: (() => void) | undefined;
+  s.on('data', (d: Buffer) => {
+    chunks.push(d);
+    waiter?.();
+  });
+  let closed = false;
+  s.on('close', () => {
+    closed = true;
+    waiter?.();
+  });
+  const take = async (n: number): Promise<Buffer> => {
+    while (Buffer.concat(chunks).length < n) {
+      if (closed) throw new Error(`connection closed by the server after: ${out.slice(-3).join(' | ')}`);
+      await new Promise<void>((r) => (waiter = r));
+    }
+    const all = Buffer.concat(chunks);
+    chunks.splice(0, chunks.length, all.subarray(n));
+    return all.subarray(0, n);
+  };
+  const out: string[] = [(await take(18)).toString('hex')];
+  s.write(Buffer.from(u32(3)));
+  for (const [option, data] of OPTIONS) {
+    s.write(Buffer.from([0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54, ...u32(option), ...u32(data.length), ...data]));
+    for (;;) {
+      const head = await take(20);
+      const type = head.readUInt32BE(12);
+      out.push(`${option}: ${head.toString('hex')} ${(await take(head.readUInt32BE(16))).toString('hex')}`);
+      if (type === 1 || type >= 0x80000000) break; // ACK or an error ends the option's replies
+    }
+  }
+  // Transmission: one request at a time, every chunk of its reply (qemu's texts included).
+  const M = 1 << 20;
+  const requests: [number, number, number, number][] = [
+    [0, 0, 0, 4096], // READ data
+    [0, 0, 2 * M, 4096], // READ a hole
+    [0, 0, M - 4096, 2 * M], // READ across data and holes: sparse chunks
+    [0x4, 0, M - 4096, 2 * M], // READ with DF: one chunk
+    [0, 0, 8 * M - 512, 1024], // READ past the end
+    [0, 0, 0, 32 * M + 1], // READ too long
+    [0, 7, 0, 8 * M], // BLOCK_STATUS: every context
+    [0x8, 7, 0, 8 * M], // BLOCK_STATUS REQ_ONE
+    [0, 7, 0, 0], // BLOCK_STATUS of nothing
+    [0x2, 0, 0, 512], // READ with a flag it does not take
+    [0, 1, 0, 0], // WRITE to a read-only export
+    [0, 4, 0, 4096], // TRIM on a read-only export
+    [0, 5, 0, 65536], // CACHE
+    [0, 3, 0, 0], // FLUSH
+    [0x1, 0, 0, 512], // READ with FUA
+    [0, 42, 0, 0], // an unknown command
+  ];
+  let handle = 1;
+  for (const [flags, type, offset, length] of requests) {
+    const h = Buffer.alloc(28);
+    h.writeUInt32BE(0x25609513, 0);
+    h.writeUInt16BE(flags, 4);
+    h.writeUInt16BE(type, 6);
+    h.writeBigUInt64BE(BigInt(handle++), 8);
+    h.writeBigUInt64BE(BigInt(offset), 16);
+    h.writeUInt32BE(length, 24);
+    s.write(h);
+    for (;;) {
+      const magic = await take(4);
+      if (magic.readUInt32BE(0) === 0x67446698) {
+        // A simple reply: qemu answers successes without data this way even with structured replies.
+        out.push(`cmd ${type}: ${magic.toString('hex')}${(await take(12)).toString('hex')}`);
+        break;
+      }
+      const head = Buffer.concat([magic, await take(16)]);
+      const data = await take(head.readUInt32BE(16));
+      out.push(`cmd ${type}: ${head.toString('hex')} ${data.length > 64 ? `${data.length} bytes ${data.subarray(0, 16).toString('hex')}` : data.toString('hex')}`);
+      if ((head.readUInt16BE(4) & 1) !== 0) break;
+    }
+  }
+  s.destroy();
+  return out;
+}
+
+describeQemu('the NBD handshake, byte for byte as qemu-nbd', () => {
+  it('answers options (LIST, STARTTLS, unknown, meta contexts, INFO, GO) and requests with the same replies', async () => {
+    makeImage();
+    ok(qemuImg(['bitmap', '--add', p('base.qcow2'), 'b']), 'bitmap');
+    const replies: string[][] = [];
+    for (const server of ['qemu', 'tsimg'] as const) {
+      const uri = await start(server, p('base.qcow2'), 'unix', ['-r', '-A', '-B', 'b', '-D', 'a disk', '-f', 'qcow2']);
+      replies.push(await optionReplies(/socket=(.*)$/.exec(uri)![1]!));
+    }
+    expect(replies[1]).toEqual(replies[0]);
   });
 });
 

@@ -161,7 +161,10 @@ export async function negotiate(io: SocketIO, exports: readonly NbdExport[]): Pr
         }
         const queries = req.queries.filter((q) => q.length <= NBD_MAX_STRING_SIZE);
         const sel = selectMetaContexts(exp, queries, list);
-        for (const ctx of metaContextNames(exp, sel)) await reply(NBD_REP_META_CONTEXT, encodeMetaContextReply(ctx));
+        // nbd_negotiate_send_meta_context: a listed context's id means nothing, and is 0.
+        for (const ctx of metaContextNames(exp, sel)) {
+          await reply(NBD_REP_META_CONTEXT, encodeMetaContextReply({ id: list ? 0 : ctx.id, name: ctx.name }));
+        }
         await reply(NBD_REP_ACK);
         if (!list) meta = { exp, sel };
         break;

@@ -11,7 +11,7 @@ import { exportSize, META_ID_ALLOCATION_DEPTH, META_ID_BASE_ALLOCATION, META_ID_
 import {
   NBD_CMD_BLOCK_STATUS, NBD_CMD_CACHE, NBD_CMD_DISC, NBD_CMD_FLAG_DF, NBD_CMD_FLAG_FAST_ZERO, NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE, NBD_CMD_FLAG_REQ_ONE, NBD_CMD_FLUSH, NBD_CMD_READ, NBD_CMD_TRIM, NBD_CMD_WRITE, NBD_CMD_WRITE_ZEROES,
-  NBD_EINVAL, NBD_ENOSPC, NBD_ENOTSUP, NBD_EPERM, NBD_MAX_BLOCK_STATUS_EXTENTS, NBD_MAX_BUFFER_SIZE, NBD_MAX_REQUESTS,
+  NBD_EINVAL, NBD_ENOTSUP, NBD_MAX_BLOCK_STATUS_EXTENTS, NBD_MAX_BUFFER_SIZE, NBD_MAX_REQUESTS,
   NBD_REPLY_FLAG_DONE, NBD_REQUEST_SIZE, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO, nbdErrno,
 } from './protocol.js';
 import type { Negotiated } from './server-negotiate.js';
@@ -64,31 +64,27 @@ function failure(err: unknown, message: string): RequestError {
 
 /**
  * nbd_co_receive_request's checks on a request whose payload (if any) has been read; returns
- * the error to answer with, or undefined when the request is valid.
+ * the error to answer with, or undefined when the request is valid. Whatever the check, qemu
+ * 7.2's nbd_trip answers EINVAL (with the check's message): a write to a read-only export or
+ * past the end is EINVAL on the wire too, not EPERM / ENOSPC.
  */
 function validate(req: NbdRequest, exp: NbdExport, structured: boolean): RequestError | undefined {
+  const invalid = (message: string): RequestError => new RequestError(NBD_EINVAL, message);
   const size = exportSize(exp);
   if ((req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE || req.type === NBD_CMD_CACHE) && req.length > NBD_MAX_BUFFER_SIZE) {
-    return new RequestError(NBD_EINVAL, `len (${req.length} ) is larger than max len (${NBD_MAX_BUFFER_SIZE})`);
+    return invalid(`len (${req.length} ) is larger than max len (${NBD_MAX_BUFFER_SIZE})`);
   }
   const writing = req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES || req.type === NBD_CMD_TRIM;
-  if (exp.readOnly && writing) return new RequestError(NBD_EPERM, 'Export is read-only');
+  if (exp.readOnly && writing) return invalid('Export is read-only');
   if (req.offset > size || req.length > size - req.offset) {
-    const enospc = req.type === NBD_CMD_WRITE || req.type === NBD_CMD_WRITE_ZEROES;
-    return new RequestError(
-      enospc ? NBD_ENOSPC : NBD_EINVAL,
-      `operation past EOF; From: ${req.offset}, Len: ${req.length}, Size: ${size}`,
-    );
+    return invalid(`operation past EOF; From: ${req.offset}, Len: ${req.length}, Size: ${size}`);
   }
   let valid = NBD_CMD_FLAG_FUA;
   if (req.type === NBD_CMD_READ && structured) valid |= NBD_CMD_FLAG_DF;
   else if (req.type === NBD_CMD_WRITE_ZEROES) valid |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
   else if (req.type === NBD_CMD_BLOCK_STATUS) valid |= NBD_CMD_FLAG_REQ_ONE;
   if ((req.flags & ~valid) !== 0) {
-    return new RequestError(
-      NBD_EINVAL,
-      `unsupported flags for command ${COMMAND_NAMES[req.type] ?? '<unknown>'} (got 0x${req.flags.toString(16)})`,
-    );
+    return invalid(`unsupported flags for command ${COMMAND_NAMES[req.type] ?? '<unknown>'} (got 0x${req.flags.toString(16)})`);
   }
   return undefined;
 }
