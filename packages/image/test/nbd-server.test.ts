@@ -181,6 +181,43 @@ describe.each(['raw', 'qcow2'] as const)('tsimg NBD server and client (%s)', (fo
   });
 });
 
+describe('connection limit (qemu-nbd -e)', () => {
+  it('lets a client beyond the limit wait until one leaves, then serves it', async () => {
+    const path = await makeImage('raw');
+    image = await openImage(path, { readOnly: false });
+    server = new NbdServer([{ name: 'e', image, readOnly: false, multiConn: false }], { shared: 1, persistent: true });
+    const addr = { ...(await server.listen({ kind: 'unix', path: join(dir, 's.sock') })), export: 'e' } as const;
+    const events: string[] = [];
+    const first = await NbdClient.connect(addr, { readOnly: false });
+    const second = NbdClient.connect(addr, { readOnly: false }).then((c) => {
+      events.push('second connected');
+      clients.push(c);
+      return c;
+    });
+    // Many round trips on the first connection: the waiting one is not let in meanwhile.
+    for (let i = 0; i < 20; i++) await first.write(i * 512, new Uint8Array(512).fill(i + 1));
+    events.push('first done');
+    await first.close();
+    const c2 = await second;
+    const back = new Uint8Array(512);
+    await c2.read(19 * 512, back);
+    expect(back[0]).toBe(20);
+    expect(events).toEqual(['first done', 'second connected']);
+  });
+
+  it('stops by itself when not persistent and its last client has gone', async () => {
+    const path = await makeImage('raw');
+    image = await openImage(path);
+    server = new NbdServer([{ name: '', image, readOnly: true, multiConn: false }]);
+    const bound = await server.listen({ kind: 'inet', host: '127.0.0.1', port: 0 });
+    const c = await NbdClient.connect({ ...bound });
+    expect(c.size()).toBe(SIZE);
+    await c.close();
+    await server.done;
+    await expect(NbdClient.connect({ ...bound })).rejects.toThrow(/Failed to connect to '127\.0\.0\.1:\d+': Connection refused/);
+  });
+});
+
 /** A raw protocol client: negotiated, then raw requests and their replies. */
 async function rawClient(addr: Awaited<ReturnType<typeof serve>>) {
   const socket = connect(addr.kind === 'unix' ? { path: addr.path } : { port: addr.port, host: addr.host });
