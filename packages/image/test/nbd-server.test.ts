@@ -71,6 +71,15 @@ async function serve(path: string, exp: Partial<NbdExport> = {}, tcp = false) {
   return { ...bound, export: 'e' } as const;
 }
 
+/** Closes the clients, the server and the image, then checks the image. */
+async function finish(path: string): Promise<void> {
+  for (const c of clients.splice(0)) await c.close();
+  await server!.close();
+  await image!.close();
+  image = undefined;
+  checkImage(path);
+}
+
 function checkImage(path: string): void {
   // Without qemu-img the model checks above still ran; raw has nothing to check.
   if (!hasQemuImg || path.endsWith('.raw')) return;
@@ -141,12 +150,7 @@ describe.each(['raw', 'qcow2'] as const)('tsimg NBD server and client (%s)', (fo
       { numRuns: 8 },
     );
     await c.flush();
-    await c.close();
-    clients.length = 0;
-    await server!.close();
-    await image!.close();
-    image = undefined;
-    checkImage(path);
+    await finish(path);
   });
 
   it('serves several clients at once, many requests in flight each, over TCP', async () => {
@@ -173,11 +177,7 @@ describe.each(['raw', 'qcow2'] as const)('tsimg NBD server and client (%s)', (fo
         for (let b = 0; b < slice / 65536; b++) expect(got[i * slice + b * 65536 + 123]).toBe(1 + ((i * 7 + b) % 250));
       }
     }
-    for (const c of clients.splice(0)) await c.close();
-    await server!.close();
-    await image!.close();
-    image = undefined;
-    checkImage(path);
+    await finish(path);
   });
 });
 
@@ -271,10 +271,7 @@ describe('clients that break the protocol', () => {
     expect(ok.error).toBe(0);
     expect(ok.kinds).toEqual(['hole']);
     c.socket.destroy();
-    await server!.close();
-    await image!.close();
-    image = undefined;
-    checkImage(path);
+    await finish(path);
   });
 
   it('refuses writes to a read-only export (EINVAL on the wire, as qemu 7.2 answers)', async () => {
@@ -332,11 +329,6 @@ describe('clients that break the protocol', () => {
     const back = new Uint8Array(512);
     await c.read(8192, back);
     expect(back[0]).toBe(3);
-    await c.close();
-    clients.length = 0;
-    await server!.close();
-    await image!.close();
-    image = undefined;
-    checkImage(path);
+    await finish(path);
   });
 });
