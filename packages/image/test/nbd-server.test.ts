@@ -205,6 +205,19 @@ describe('connection limit (qemu-nbd -e)', () => {
     expect(events).toEqual(['first done', 'second connected']);
   });
 
+  it('drops a client that does not finish its handshake in time, freeing its slot', async () => {
+    const path = await makeImage('raw');
+    image = await openImage(path);
+    server = new NbdServer([{ name: 'e', image, readOnly: true, multiConn: false }], { shared: 1, persistent: true, handshakeMaxSeconds: 0.05 });
+    const addr = { ...(await server.listen({ kind: 'unix', path: join(dir, 's.sock') })), export: 'e' } as const;
+    const silent = connect({ path: addr.path });
+    sockets.push(silent);
+    await new Promise<void>((r) => silent.once('close', () => r()).resume());
+    const c = await NbdClient.connect(addr);
+    clients.push(c);
+    expect(c.size()).toBe(SIZE);
+  });
+
   it('stops by itself when not persistent and its last client has gone', async () => {
     const path = await makeImage('raw');
     image = await openImage(path);

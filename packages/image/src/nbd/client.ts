@@ -119,7 +119,12 @@ export class NbdClient implements BlockDevice {
       });
       const entry = this.#pending.get(handle)!;
       const header = encodeRequest({ flags, type, handle, offset, length }, new Uint8Array(NBD_REQUEST_SIZE));
-      await (payload ? this.#io.write(header, payload) : this.#io.write(header));
+      try {
+        await (payload ? this.#io.write(header, payload) : this.#io.write(header));
+      } catch (err) {
+        this.#pending.delete(handle);
+        throw err;
+      }
       await p;
       if (entry.error) throw entry.error;
       return entry;

@@ -23,6 +23,11 @@ export interface NbdServerOptions {
   persistent?: boolean;
   /** Receives one line per dropped client (qemu's "Disconnect client, due to: ..."). */
   onError?: (message: string) => void;
+  /**
+   * Seconds a client has to finish the handshake before it is dropped (qemu's
+   * NBD_DEFAULT_HANDSHAKE_MAX_SECS, 10), so a silent client cannot hold a slot of `shared`.
+   */
+  handshakeMaxSeconds?: number;
 }
 
 /** An NBD server of one or more exports. */
@@ -31,6 +36,7 @@ export class NbdServer {
   readonly #shared: number;
   readonly #persistent: boolean;
   readonly #onError?: (message: string) => void;
+  readonly #handshakeMs: number;
   #server?: Server;
   #unixPath?: string;
   #active = new Set<Socket>();
@@ -45,6 +51,7 @@ export class NbdServer {
     this.#shared = options.shared ?? 1;
     this.#persistent = options.persistent ?? false;
     this.#onError = options.onError;
+    this.#handshakeMs = (options.handshakeMaxSeconds ?? 10) * 1000;
     this.done = new Promise((resolve) => (this.#finished = resolve));
   }
 
@@ -103,8 +110,11 @@ export class NbdServer {
 
   async #run(socket: Socket): Promise<void> {
     const io = new SocketIO(socket);
+    // nbd_handshake_timer_cb: the channel is shut down when the handshake takes too long.
+    const timer = setTimeout(() => socket.destroy(), this.#handshakeMs);
+    timer.unref();
     try {
-      const session = await negotiate(io, this.#exports);
+      const session = await negotiate(io, this.#exports).finally(() => clearTimeout(timer));
       if (session === undefined) return;
       const end = await serveTransmission(io, session);
       if (end.reason === 'error') this.#onError?.(`Disconnect client, due to: ${end.message}`);
