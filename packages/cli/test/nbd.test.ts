@@ -192,6 +192,19 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
     }
   });
 
+  it('--image-opts, -l snapshot.name=… and -v serve what qemu-nbd serves', async () => {
+    makeImage();
+    ok(qemuImg(['snapshot', '-c', 'sn', p('base.qcow2')]), 'snapshot');
+    ok(qemuIo(['-c', 'write -P 0x5a 0 2M', p('base.qcow2')]), 'after the snapshot');
+    const maps: string[][] = [];
+    for (const server of ['qemu', 'tsimg'] as const) {
+      const a = await start(server, `driver=qcow2,file.driver=file,file.filename=${p('base.qcow2')}`, 'unix', ['--image-opts', '-r', '-v']);
+      const b = await start(server, p('base.qcow2'), 'unix', ['-l', 'snapshot.name=sn', '-f', 'qcow2']);
+      maps.push([a, b].map((u) => ok(qemuImg(['map', '--output=json', u]), 'map') + ok(qemuIo(['-r', '-f', 'raw', '-c', 'read -v 0 32', u]), 'read').replace(/\d+\.\d+ sec.*\n/, '')));
+    }
+    expect(maps[1]).toEqual(maps[0]);
+  });
+
   it('-s writes to a temporary overlay, -l serves a snapshot, -A and -B match qemu-nbd', async () => {
     makeImage();
     ok(qemuImg(['snapshot', '-c', 'sn', p('base.qcow2')]), 'snapshot');
