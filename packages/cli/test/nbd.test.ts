@@ -192,6 +192,24 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
     }
   });
 
+  it('convert without -n writes a raw image onto an export, as qemu-img does (and refuses a small one)', async () => {
+    makeImage();
+    ok(qemuImg(['create', '-q', '-f', 'raw', p('q.raw'), '16M']), 'q.raw');
+    ok(qemuImg(['create', '-q', '-f', 'raw', p('t.raw'), '16M']), 't.raw');
+    ok(qemuImg(['create', '-q', '-f', 'raw', p('big.raw'), '32M']), 'big.raw');
+    const q = await start('qemu', p('q.raw'), 'unix', ['-f', 'raw']);
+    const t = await start('tsimg', p('t.raw'), 'unix', ['-f', 'raw']);
+    ok(qemuImg(['convert', '-O', 'raw', p('base.qcow2'), q]), 'qemu-img convert');
+    ok(tsimg(['convert', '-O', 'raw', p('base.qcow2'), t]), 'tsimg convert');
+    const small = [qemuImg(['convert', '-O', 'raw', p('big.raw'), q]), tsimg(['convert', '-O', 'raw', p('big.raw'), t])];
+    expect(small[1]).toEqual({ ...small[0], stderr: small[0]!.stderr.replace('qemu-img:', 'tsimg:').replace(q, t) });
+    for (const pid of pidFiles.splice(0)) process.kill(Number(readFileSync(pid, 'utf8')), 'SIGTERM');
+    let r: RunResult;
+    do r = qemuImg(['compare', '-f', 'raw', '-F', 'raw', p('q.raw'), p('t.raw')]);
+    while (r.stderr.includes('lock'));
+    expect(r.stdout).toBe('Images are identical.\n');
+  });
+
   it('--image-opts, -l snapshot.name=… and -v serve what qemu-nbd serves', async () => {
     makeImage();
     ok(qemuImg(['snapshot', '-c', 'sn', p('base.qcow2')]), 'snapshot');

@@ -39,6 +39,7 @@ export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
 export { type NbdAddress, nbdFilename, parseNbdName } from './nbd/address.js';
 export { NbdClient, type NbdClientOptions } from './nbd/client.js';
+export { createOnNbd } from './nbd/create-target.js';
 export { imageBitmapContext } from './nbd/bitmap-context.js';
 export { type NbdBitmap, type NbdExport } from './nbd/export.js';
 export { type NbdListenAddress, NbdServer, type NbdServerOptions } from './nbd/server.js';
