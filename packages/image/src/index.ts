@@ -37,7 +37,7 @@ export { type ImageLocation, locateImage, locateImageFromOptions } from './locat
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
-export { type NbdAddress, nbdFilename, parseNbdName } from './nbd/address.js';
+export { type NbdAddress } from './nbd/address.js';
 export { NbdClient, type NbdClientOptions } from './nbd/client.js';
 export { createOnNbd } from './nbd/create-target.js';
 export { imageBitmapContext } from './nbd/bitmap-context.js';
