@@ -170,28 +170,23 @@ export async function nbdMain(argv: string[], io: CliIO): Promise<number> {
   const startupFd = process.env[DAEMON_FD_ENV] !== undefined ? Number(process.env[DAEMON_FD_ENV]) : undefined;
   if (c.fork && startupFd === undefined) return forkServer(argv, io);
   // In a forked server, start-up errors go to the parent; afterwards nothing is printed.
-  let out: CliIO = io;
-  if (startupFd !== undefined) {
-    let open = true;
-    out = { ...io, stdout: () => undefined, stderr: (t) => void (open && writeSync(startupFd, t)) };
-    const done = (): void => {
-      if (open) closeSync(startupFd);
-      open = false;
-    };
-    try {
-      const running = await startNbd(c, out);
-      if (c.pidFile !== undefined) writePidFile(c.pidFile);
-      done();
-      return await serveUntilDone(running);
-    } catch (err) {
-      const status = report(out, err);
-      done();
-      return status;
-    }
-  }
+  let open = startupFd !== undefined;
+  const out: CliIO = open ? { ...io, stdout: () => undefined, stderr: (t) => void (open && writeSync(startupFd!, t)) } : io;
+  const started = (): void => {
+    if (open) closeSync(startupFd!);
+    open = false;
+  };
+  let running: RunningNbd;
   try {
-    const running = await startNbd(c, out);
+    running = await startNbd(c, out);
     if (c.pidFile !== undefined) writePidFile(c.pidFile);
+  } catch (err) {
+    const status = report(out, err);
+    started();
+    return status;
+  }
+  started();
+  try {
     return await serveUntilDone(running);
   } catch (err) {
     return report(out, err);
