@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
-import { dataFileLock, imageFileLock, topNodePermissions } from '@tsimg/image';
+import { createOnNbd, dataFileLock, imageFileLock, locateImage, type NbdAddress, topNodePermissions } from '@tsimg/image';
 import type { CliIO } from './command.js';
 import { lockWarnings } from './lock-messages.js';
 import type { QemuOpts } from './options.js';
@@ -19,6 +19,15 @@ export function protocolPath(filename: string): string {
   if (!m) return filename;
   if (m[1] === 'file') return filename.slice(5);
   throw new UsageError(`Unknown protocol '${m[1]}'`);
+}
+
+/** The NBD export a filename names, if it names one. */
+export function nbdLocation(filename: string): NbdAddress | undefined {
+  try {
+    return locateImage(filename).nbd;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Parses a bool option's string the way the QAPI visitor does after qemu_opts_to_qdict. */
@@ -184,6 +193,13 @@ async function sameFile(a: string, b: string): Promise<boolean> {
  * `objects` says whether `--object` was given (secrets exist, for qcow2's encryption checks).
  */
 export async function createImageFile(fmt: string, filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
+  const nbd = nbdLocation(filename);
+  if (nbd !== undefined) {
+    // A protocol that cannot create: the export is used as it is (bdrv_co_create_opts_simple).
+    if (fmt !== 'raw') throw new UnsupportedError(`tsimg cannot create a ${fmt} image on an NBD export`);
+    await createOnNbd(nbd, Number(opts.getNumber('size', 0n)));
+    return;
+  }
   if (fmt === 'qcow2') await createQcow2Image(filename, opts, objects, io);
   else await createFile(protocolPath(filename), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
 }

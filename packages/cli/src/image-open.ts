@@ -42,9 +42,9 @@ export async function openCommandImage(
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename, locking } = parseImageOpts(name);
+  const { format, filename, locking, protocol } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format, locking, hostPath: true });
+    return await openByName(filename, { ...options, format: format === 'nbd' ? 'raw' : format, locking, hostPath: !protocol });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;

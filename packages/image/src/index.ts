@@ -38,6 +38,12 @@ export { type ImageLocation, locateImage, locateImageFromOptions } from './locat
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
+export { type NbdAddress } from './nbd/address.js';
+export { NbdClient, type NbdClientOptions } from './nbd/client.js';
+export { createOnNbd } from './nbd/create-target.js';
+export { imageBitmapContext } from './nbd/bitmap-context.js';
+export { type NbdBitmap, type NbdExport } from './nbd/export.js';
+export { type NbdListenAddress, NbdServer, type NbdServerOptions } from './nbd/server.js';
 export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
@@ -50,3 +56,4 @@ export { imageWritable, type ImageWriteOptions } from './stream-write.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';
+export { openTemporaryOverlay } from './temporary-overlay.js';

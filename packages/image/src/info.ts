@@ -11,6 +11,7 @@ import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
 import { locateImage, locateImageFromOptions, type ImageLocation } from './location.js';
+import { NbdClient } from './nbd/client.js';
 import { fullBackingFilename } from './paths.js';
 import { FOREIGN_FORMATS, probeFormat } from './probe.js';
 import { openError } from './open-error.js';
@@ -77,7 +78,7 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
   }
   let requested = options.format ?? loc.format;
   // The bare protocol driver reads the file as it is: raw's view.
-  if (requested === 'file') requested = 'raw';
+  if (requested === 'file' || requested === 'nbd') requested = 'raw';
   if (requested !== undefined && findFormat(formats, requested) === undefined) {
     throw openError(
       name,
@@ -87,9 +88,11 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     );
   }
   const filename = loc.path;
-  let dev: FileDevice;
+  let dev: FileDevice | NbdClient;
   try {
-    dev = await openFile(filename, { locking: loc.locking ?? options.locking, onWarning: options.onWarning });
+    dev = loc.nbd
+      ? await NbdClient.connect(loc.nbd)
+      : await openFile(filename, { locking: loc.locking ?? options.locking, onWarning: options.onWarning });
   } catch (err) {
     throw openError(name, err);
   }
@@ -109,6 +112,8 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     dev.setPermissions(imageFileLock(topNodePermissions({ write: false, noIo: true, forceShare: options.forceShare }), format === 'file' ? 'raw' : format));
     const actual = await dev.allocatedSize();
     const { info, warnings, sizeBytes } = await findFormat(formats, format)!.info(dev);
+    // raw's bdrv_get_info asks its file, and the nbd driver has none: no dirty flag then.
+    if (loc.nbd !== undefined && format === 'raw') delete info['dirty-flag'];
     size = sizeBytes ?? BigInt(info['virtual-size']);
     result = { info: composeInfo(filename, options.format ?? loc.format ?? format, actual, info), warnings };
   } catch (err) {

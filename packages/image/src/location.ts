@@ -4,6 +4,8 @@
  */
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
 import { pathHasProtocol } from './paths.js';
+import type { NbdAddress } from './nbd/address.js';
+import { locateNbdName, locateNbdOptions } from './nbd/location.js';
 
 /** Where an image is: the host file, and the format its name or options ask for. */
 export interface ImageLocation {
@@ -13,6 +15,8 @@ export interface ImageLocation {
   format?: string;
   /** qemu's `file.locking` (`locking` with driver=file), when the options give it. */
   locking?: LockingMode;
+  /** The NBD export the image is on (then `path` is qemu's name for it, not a host file). */
+  nbd?: NbdAddress;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -27,6 +31,8 @@ function lockingOption(value: string | undefined): LockingMode | undefined {
  * Throws qemu's messages (without the "Could not open" prefix).
  */
 export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
+  const nbd = locateNbdOptions(opts);
+  if (nbd !== undefined) return nbd;
   const driver = opts.get('driver');
   if (driver === 'file') {
     for (const key of opts.keys()) {
@@ -99,5 +105,7 @@ export function locateImage(name: string): ImageLocation {
     flattenJson(parsed, '', opts);
     return locateImageFromOptions(opts);
   }
+  const nbd = locateNbdName(name, proto);
+  if (nbd !== undefined) return nbd;
   throw new UnsupportedError(`Unknown protocol '${proto}'`);
 }

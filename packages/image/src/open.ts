@@ -11,6 +11,8 @@ import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
 import { locateImage } from './location.js';
+import type { NbdAddress } from './nbd/address.js';
+import { NbdClient } from './nbd/client.js';
 import { resolveRelative } from './paths.js';
 import {
   backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
@@ -121,6 +123,8 @@ interface Layer {
   fileOptions: { noFlush?: boolean; io?: 'async' | 'sync'; locking?: LockingMode };
   /** The permissions qemu gives this layer's node (permissions.ts). */
   perms: NodePermissions;
+  /** The layer's file is this NBD export, not a host file. */
+  nbd?: NbdAddress;
 }
 
 /** The format of a layer opened without one: probed from its first bytes, like qemu. */
@@ -144,8 +148,9 @@ async function openBackingLayer(
   octx: OpenContext,
 ): Promise<Image> {
   let name: string;
+  let nbd: NbdAddress | undefined;
   try {
-    name = locateImage(resolveRelative(layer.filename, stored)).path;
+    ({ path: name, nbd } = locateImage(resolveRelative(layer.filename, stored)));
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -183,7 +188,7 @@ async function openBackingLayer(
       // (mirror_start_job's "intermediate node"), so nobody else may read it consistently.
       perms = { ...perms, node: { perm: perms.node.perm, shared: perms.node.shared & ~BLK_PERM_CONSISTENT_READ } };
     }
-    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
+    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms, nbd }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -196,7 +201,9 @@ async function openBackingLayer(
 async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: OpenContext, top?: TopOptions): Promise<Image> {
   const { filename, readOnly, fileOptions, perms } = layer;
   // Locked like qemu: opened sharing everything, given its permissions once the format is known.
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
+  const file = layer.nbd
+    ? await NbdClient.connect(layer.nbd, { readOnly })
+    : await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));
@@ -245,7 +252,8 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
     const loc = options.hostPath ? { path: filename } : locateImage(filename);
-    const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
+    // The bare protocol drivers (file, nbd) read as raw does.
+    const formatName = options.format ?? (loc.format === 'file' || loc.format === 'nbd' ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
     if (formatName !== undefined) {
       format = findFormat(formats, formatName);
@@ -259,6 +267,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       // Only the image's own files get the file options; backing files are plain reads.
       fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking ?? loc.locking },
       perms: topNodePermissions(flags),
+      nbd: loc.nbd,
     };
     if (options.writableBacking !== undefined) {
       const fileOptions = { noFlush: options.noFlush, io: options.io };

@@ -7,7 +7,7 @@
  */
 import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
 import {
-  dataFileLock, imageFileLock, locateImage, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
+  dataFileLock, imageFileLock, locateImage, NbdClient, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
@@ -76,21 +76,24 @@ async function openChecked(
   writable: boolean,
   io: CliIO,
   lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string },
-): Promise<{ file: FileDevice; img?: CheckImage }> {
+): Promise<{ file: FileDevice | NbdClient; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${lock.shown ?? filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': tsimg does not support the '${format}' format`);
   }
-  let file: FileDevice;
+  let file: FileDevice | NbdClient;
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
   let path: string;
   try {
     // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
-    path = lock.hostPath ? filename : locateImage(filename).path;
+    const loc = lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
+    path = loc.path;
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
-    file = await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
+    file = loc.nbd
+      ? await NbdClient.connect(loc.nbd, { readOnly: !writable })
+      : await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }

@@ -14,7 +14,7 @@ import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../c
 import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
-import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
+import { createImageFile, nbdLocation, protocolPath, tooLarge } from '../image-create.js';
 import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
@@ -379,7 +379,8 @@ async function createdFiles(out: string, opts: QemuOpts): Promise<CreatedFile[]>
 function creationOptions(args: ConvertArgs, out: string, totalBytes: number): QemuOpts {
   const descs = FORMAT_OPTS[args.outFmt];
   if (!descs) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
-  protocolPathOrExit(out);
+  // An NBD target is used as it is (image-create.ts); any other protocol is refused here.
+  if (nbdLocation(out) === undefined) protocolPathOrExit(out);
   const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
   if (args.options !== undefined) {
     try {
@@ -438,7 +439,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
   // refuse it themselves (OFD locks conflict within one process); this says it even without
   // the native module, where nothing is locked.
   const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
-  if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  if (opts && lockedBy && nbdLocation(out) === undefined && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
     throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
   }
@@ -451,7 +452,8 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  // An NBD target (convert -n … nbd://…) is no local file a source could be.
+  if (lockedBy && !args.targetImageOpts && nbdLocation(out) === undefined && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
 }
