@@ -14,6 +14,7 @@ export {
   CorruptError,
   errorWithCode,
   FormatError,
+  HttpError,
   IoError,
   LimitError,
   LockError,
@@ -28,6 +29,7 @@ export {
 } from './errors.js';
 export { type FaultPlan, FaultyDevice, faultyDevice } from './faulty.js';
 export { FileDevice, type FileDeviceOptions, type FileLockState, lockingAvailable } from './file-device.js';
+export { HttpDevice, type HttpDeviceOptions } from './http/http-device.js';
 export { BDRV_MAX_LENGTH, BDRV_REQUEST_MAX_BYTES, BDRV_SECTOR_SIZE, INT_MAX } from './limits.js';
 export {
   BLK_PERM_ALL,

@@ -22,6 +22,8 @@ describe('@tsimg/raw public API', () => {
     'FaultyDevice',
     'FileDevice',
     'FormatError',
+    'HttpDevice',
+    'HttpError',
     'INT_MAX',
     'IoError',
     'LimitError',

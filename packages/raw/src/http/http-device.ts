@@ -1,0 +1,277 @@
+/**
+ * HttpDevice: a read-only BlockDevice over an HTTP(S) URL, read with `Range:` requests through
+ * global `fetch` (Node and browsers). Reads are cut into aligned blocks kept in a bounded cache;
+ * the missing blocks of a read go out as few coalesced requests, several at once; each read
+ * also asks for `readahead` bytes after it (as qemu's curl driver does), and reads that follow
+ * each other get a read-ahead window that doubles up to `maxReadahead`, fetched in the
+ * background while requests are free.
+ */
+import { checkOpen, checkRange } from '../assert.js';
+import type { BlockDevice, BlockStatus } from '../block-device.js';
+import { HttpError, ReadOnlyError, UsageError } from '../errors.js';
+import { BlockCache } from './block-cache.js';
+import { probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
+
+/** Options for {@link HttpDevice.open}. */
+export interface HttpDeviceOptions {
+  /** Bytes read after every read, in the same request (qemu's `readahead`; default 256 KiB). */
+  readahead?: number;
+  /** Seconds without an answer byte before a request fails (qemu's `timeout`; default 5; 0: never). */
+  timeout?: number;
+  /** Basic authentication (qemu's `username` / `password-secret`). */
+  username?: string;
+  password?: string;
+  /** A `Cookie:` header value (qemu's `cookie`). */
+  cookie?: string;
+  /** More request headers. */
+  headers?: Readonly<Record<string, string>>;
+  /** The fetch to use (default: the global one). */
+  fetch?: typeof fetch;
+  /** Cache and alignment unit (default 64 KiB). */
+  blockSize?: number;
+  /** Bytes of finished blocks kept (default 64 MiB). */
+  cacheSize?: number;
+  /** Requests in flight at once (default 6). */
+  maxInFlight?: number;
+  /** Largest single request (default 4 MiB). */
+  maxRequest?: number;
+  /** Largest read-ahead window of sequential reads (default 16 MiB). */
+  maxReadahead?: number;
+  /** Further attempts of a request after a retryable failure (default 3). */
+  retries?: number;
+  /** Milliseconds before the first retry, doubled for each next one (default 200). */
+  backoff?: number;
+}
+
+/** Counts requests in flight and hands out free ones: reads queue, read-ahead never does. */
+class RequestSlots {
+  #free: number;
+  readonly #waiting: (() => void)[] = [];
+  constructor(count: number) {
+    this.#free = count;
+  }
+  tryTake(): boolean {
+    if (this.#free === 0) return false;
+    this.#free--;
+    return true;
+  }
+  async take(): Promise<void> {
+    if (this.tryTake()) return;
+    await new Promise<void>((resolve) => this.#waiting.push(resolve));
+  }
+  give(): void {
+    const next = this.#waiting.shift();
+    if (next !== undefined) next();
+    else this.#free++;
+  }
+}
+
+function basicAuth(username: string, password: string): string {
+  const bytes = new TextEncoder().encode(`${username}:${password}`);
+  let text = '';
+  for (const b of bytes) text += String.fromCharCode(b);
+  return `Basic ${btoa(text)}`;
+}
+
+function positive(value: number | undefined, fallback: number, what: string): number {
+  const v = value ?? fallback;
+  if (!Number.isSafeInteger(v) || v < 1) throw new UsageError(`${what} must be a positive integer, got ${v}`);
+  return v;
+}
+
+/** A remote file read by byte ranges; writes, discards and resizes are refused. */
+export class HttpDevice implements BlockDevice {
+  readonly readOnly = true;
+  readonly #file: RemoteFile;
+  readonly #settings: RequestSettings;
+  readonly #cache: BlockCache;
+  readonly #slots: RequestSlots;
+  readonly #block: number;
+  readonly #readahead: number;
+  readonly #maxReadahead: number;
+  readonly #maxRequestBlocks: number;
+  /** End of the previous read and the current read-ahead window, for sequential detection. */
+  #lastEnd = -1;
+  #window = 0;
+  /** Set once the server misbehaved or the file changed: every later read fails with it. */
+  #failed: HttpError | undefined;
+  #closed = false;
+
+  private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions) {
+    this.#file = file;
+    this.#settings = settings;
+    this.#block = positive(options.blockSize, 64 * 1024, 'blockSize');
+    this.#cache = new BlockCache(options.cacheSize ?? 64 * 1024 * 1024);
+    this.#slots = new RequestSlots(positive(options.maxInFlight, 6, 'maxInFlight'));
+    this.#readahead = options.readahead ?? 256 * 1024;
+    this.#maxReadahead = Math.max(this.#readahead, options.maxReadahead ?? 16 * 1024 * 1024);
+    this.#maxRequestBlocks = Math.max(1, Math.floor(positive(options.maxRequest, 4 * 1024 * 1024, 'maxRequest') / this.#block));
+  }
+
+  /**
+   * Opens `url`: asks for its size (HEAD, redirects followed) and requires byte-range support,
+   * refusing a server without it rather than downloading the file whole. Errors are
+   * HttpErrors with qemu's curl wording (`CURL: Error opening file: ...`).
+   */
+  static async open(url: string, options: HttpDeviceOptions = {}): Promise<HttpDevice> {
+    const headers: Record<string, string> = { ...options.headers };
+    if (options.cookie !== undefined) headers.Cookie = options.cookie;
+    if (options.username !== undefined || options.password !== undefined) {
+      headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
+    }
+    const settings: RequestSettings = {
+      fetch: options.fetch ?? globalThis.fetch.bind(globalThis),
+      headers,
+      timeoutMs: (options.timeout ?? 5) * 1000,
+      retries: options.retries ?? 3,
+      backoffMs: options.backoff ?? 200,
+    };
+    let file: RemoteFile;
+    try {
+      file = await probeRemoteFile(url, settings);
+    } catch (err) {
+      const reason = err instanceof Error ? err.message : String(err);
+      throw new HttpError(`CURL: Error opening file: ${reason}`, { url, status: err instanceof HttpError ? err.status : undefined, cause: err });
+    }
+    return new HttpDevice(file, settings, options);
+  }
+
+  /** The URL reads go to (after the open's redirects). */
+  get url(): string {
+    return this.#file.url;
+  }
+
+  size(): number {
+    return this.#file.size;
+  }
+
+  async read(offset: number, into: Uint8Array): Promise<void> {
+    checkOpen(this.#closed);
+    checkRange(offset, into.length);
+    if (this.#failed !== undefined) throw this.#failed;
+    const size = this.#file.size;
+    const end = Math.min(offset + into.length, size);
+    // Past the end reads as zeroes, as the file driver's does.
+    if (end < offset + into.length) into.fill(0, Math.max(0, end - offset));
+    if (end <= offset) return;
+    const B = this.#block;
+    const first = Math.floor(offset / B);
+    const last = Math.floor((end - 1) / B);
+    const withReadahead = Math.floor((Math.min(end + this.#readahead, size) - 1) / B);
+    const blocks = this.#blocks(first, withReadahead, true);
+    this.#readAhead(offset, end, withReadahead);
+    for (let i = first; i <= last; i++) {
+      const data = await blocks[i - first]!;
+      const blockStart = i * B;
+      const from = Math.max(offset, blockStart);
+      const to = Math.min(end, blockStart + data.length);
+      into.set(data.subarray(from - blockStart, to - blockStart), from - offset);
+    }
+  }
+
+  /**
+   * The blocks `first..last` (cached, in flight, or asked for now in coalesced runs). With
+   * `urgent` false (read-ahead), a run is only started while a request is free, and the
+   * returned list holds only what already existed or was started.
+   */
+  #blocks(first: number, last: number, urgent: boolean): Promise<Uint8Array>[] {
+    const out: Promise<Uint8Array>[] = [];
+    let i = first;
+    while (i <= last) {
+      const cached = this.#cache.get(i);
+      if (cached !== undefined) {
+        out.push(cached);
+        i++;
+        continue;
+      }
+      let count = 1;
+      while (i + count <= last && count < this.#maxRequestBlocks && !this.#cache.has(i + count)) count++;
+      if (!urgent && !this.#slots.tryTake()) break;
+      const run = this.#fetchRun(i, count, urgent);
+      for (let k = 0; k < count; k++) {
+        const index = i + k;
+        const offset = k * this.#block;
+        const block = run.then((buf) => buf.subarray(offset, Math.min(buf.length, offset + this.#block)));
+        // A failed read-ahead is nobody's error: the read that needs the block asks again.
+        if (!urgent) block.catch(() => undefined);
+        this.#cache.put(index, block, Math.min(this.#block, this.#file.size - index * this.#block));
+        out.push(block);
+      }
+      i += count;
+    }
+    return out;
+  }
+
+  /** One request for `count` blocks from block `first` (a slot is already held unless urgent). */
+  async #fetchRun(first: number, count: number, urgent: boolean): Promise<Uint8Array> {
+    if (urgent) await this.#slots.take();
+    try {
+      if (this.#failed !== undefined) throw this.#failed;
+      const start = first * this.#block;
+      const buf = new Uint8Array(Math.min(count * this.#block, this.#file.size - start));
+      await readRange(this.#file, this.#settings, start, buf);
+      return buf;
+    } catch (err) {
+      if (err instanceof HttpError && !err.retryable && this.#failed === undefined) {
+        this.#failed = err;
+        this.#cache.clear();
+      }
+      throw err;
+    } finally {
+      this.#slots.give();
+    }
+  }
+
+  /** Sequential reads widen the read-ahead window and fetch it in the background. */
+  #readAhead(offset: number, end: number, fetchedTo: number): void {
+    // Forward progress from near the previous read's end (a re-read of the same bytes is not).
+    const sequential = this.#lastEnd >= 0 && end > this.#lastEnd && offset >= this.#lastEnd - this.#block && offset <= this.#lastEnd + this.#window;
+    this.#window = sequential ? Math.min(Math.max(this.#window, this.#block) * 2, this.#maxReadahead) : this.#readahead;
+    this.#lastEnd = end;
+    if (!sequential) return;
+    const to = Math.floor((Math.min(end + this.#window, this.#file.size) - 1) / this.#block);
+    if (to > fetchedTo) this.#blocks(fetchedTo + 1, to, false);
+  }
+
+  async write(): Promise<never> {
+    throw new ReadOnlyError();
+  }
+
+  async writeZeroes(): Promise<never> {
+    throw new ReadOnlyError();
+  }
+
+  async discard(): Promise<never> {
+    throw new ReadOnlyError();
+  }
+
+  async resize(): Promise<never> {
+    throw new ReadOnlyError();
+  }
+
+  async flush(): Promise<void> {
+    checkOpen(this.#closed);
+  }
+
+  /** Everything below the size is data (a remote file says nothing of holes). */
+  async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    checkOpen(this.#closed);
+    checkRange(offset, length);
+    if (length < 1) throw new UsageError('blockStatus length must be at least 1');
+    const size = this.#file.size;
+    if (offset >= size) return { kind: 'zero', offset, length };
+    return { kind: 'data', offset, length: Math.min(length, size - offset), hostOffset: offset };
+  }
+
+  /** Unknown, as for qemu's curl driver ("disk size: unavailable"). */
+  async allocatedSize(): Promise<undefined> {
+    checkOpen(this.#closed);
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    checkOpen(this.#closed);
+    this.#closed = true;
+    this.#cache.clear();
+  }
+}
