@@ -23,6 +23,7 @@ import { join, normalize } from 'node:path';
  * @property {string} [etag] the ETag sent instead of the file's (the file "changed")
  * @property {boolean} [noValidators] send neither ETag nor Last-Modified
  * @property {boolean} [noEtag] send Last-Modified only
+ * @property {number} [changeAfter] after this many more GETs, the ETag changes (the file "changed")
  * @property {boolean} [noLength] HEAD sends no Content-Length (chunked)
  * @property {boolean} [noHead] HEAD answers 405 (as presigned object-store URLs do)
  */
@@ -69,6 +70,7 @@ export async function startHttpServer(root, port = 0) {
       res.end();
       return;
     }
+    if (req.method === 'GET' && faults.changeAfter !== undefined && faults.changeAfter-- <= 0) faults.etag = '"changed"';
     const headers = {};
     if (!faults.noValidators) {
       if (!faults.noEtag) headers.ETag = faults.etag ?? `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;

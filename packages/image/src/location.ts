@@ -3,6 +3,7 @@
  * to a host file and a format, with qemu's messages.
  */
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
+import { type HttpLocation, isHttpProtocol, locateHttpName, locateHttpOptions } from './http-location.js';
 import { pathHasProtocol } from './paths.js';
 
 /** Where an image is: the host file, and the format its name or options ask for. */
@@ -13,6 +14,8 @@ export interface ImageLocation {
   format?: string;
   /** qemu's `file.locking` (`locking` with driver=file), when the options give it. */
   locking?: LockingMode;
+  /** The image is on a web server (`path` is then its URL). */
+  http?: HttpLocation;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -28,6 +31,8 @@ function lockingOption(value: string | undefined): LockingMode | undefined {
  */
 export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
   const driver = opts.get('driver');
+  if (isHttpProtocol(driver)) return locateHttpOptions(driver!, opts, '');
+  if (isHttpProtocol(opts.get('file.driver'))) return locateHttpOptions(opts.get('file.driver')!, opts, 'file.');
   if (driver === 'file') {
     for (const key of opts.keys()) {
       if (key !== 'driver' && key !== 'filename' && key !== 'locking') throw new UsageError(`Invalid parameter '${key}'`);
@@ -99,5 +104,6 @@ export function locateImage(name: string): ImageLocation {
     flattenJson(parsed, '', opts);
     return locateImageFromOptions(opts);
   }
+  if (isHttpProtocol(proto)) return locateHttpName(proto, name);
   throw new UnsupportedError(`Unknown protocol '${proto}'`);
 }

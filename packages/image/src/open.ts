@@ -5,11 +5,12 @@
  */
 import { realpath } from 'node:fs/promises';
 import {
-  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
+  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, UsageError, type BlockDevice, FormatError, LimitError, type LockingMode,
 } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
+import { type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
 import { locateImage } from './location.js';
 import { resolveRelative } from './paths.js';
 import {
@@ -27,6 +28,11 @@ export interface OpenImageOptions {
    * `file:` / `json:` / protocol prefixes, which qemu applies only to filename arguments.
    */
   hostPath?: boolean;
+  /**
+   * The image is on a web server: the name is its URL (or the text naming it), read through
+   * these options (`--image-opts file.driver=https,...`). Read-only.
+   */
+  http?: HttpLocation;
   /** Open read-only (default true). Backing images are always read-only. */
   readOnly?: boolean;
   /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
@@ -121,6 +127,8 @@ interface Layer {
   fileOptions: { noFlush?: boolean; io?: 'async' | 'sync'; locking?: LockingMode };
   /** The permissions qemu gives this layer's node (permissions.ts). */
   perms: NodePermissions;
+  /** Where the file is when it is on a web server (`filename` is then its URL). */
+  http?: HttpLocation;
 }
 
 /** The format of a layer opened without one: probed from its first bytes, like qemu. */
@@ -144,8 +152,10 @@ async function openBackingLayer(
   octx: OpenContext,
 ): Promise<Image> {
   let name: string;
+  let http: HttpLocation | undefined;
   try {
-    name = locateImage(resolveRelative(layer.filename, stored)).path;
+    // A name relative to a URL is a URL too (path_combine keeps "http://host/dir/").
+    ({ path: name, http } = locateImage(resolveRelative(layer.filename, stored)));
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -174,7 +184,7 @@ async function openBackingLayer(
         noIo: false,
         forceShare: false,
       };
-      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
+      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms, http };
       return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
     }
     let perms = backingNodePermissions(layer.perms);
@@ -183,7 +193,7 @@ async function openBackingLayer(
       // (mirror_start_job's "intermediate node"), so nobody else may read it consistently.
       perms = { ...perms, node: { perm: perms.node.perm, shared: perms.node.shared & ~BLK_PERM_CONSISTENT_READ } };
     }
-    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
+    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms, http }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -196,12 +206,14 @@ async function openBackingLayer(
 async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: OpenContext, top?: TopOptions): Promise<Image> {
   const { filename, readOnly, fileOptions, perms } = layer;
   // Locked like qemu: opened sharing everything, given its permissions once the format is known.
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
+  // bdrv_apply_auto_read_only: the curl driver opens nothing for writing.
+  if (layer.http !== undefined && !readOnly) throw new UsageError('curl driver does not support writes', { errno: 'EACCES' });
+  const file = await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));
-    file.setPermissions(imageFileLock(openingPermissions(perms), fmt.name));
-    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fmt.name)));
+    setHostFilePermissions(file, imageFileLock(openingPermissions(perms), fmt.name));
+    octx.finalLocks.push(() => setHostFilePermissions(file, imageFileLock(perms, fmt.name)));
     const ctx: LayerContext = {
       filename,
       readOnly,
@@ -244,8 +256,9 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
-    const loc = options.hostPath ? { path: filename } : locateImage(filename);
-    const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
+    const loc = options.http !== undefined ? { path: options.http.url, http: options.http } : options.hostPath ? { path: filename } : locateImage(filename);
+    // A bare protocol node (driver=file, driver=http) reads the file as it is: raw's view.
+    const formatName = options.format ?? (loc.format === 'file' || isHttpProtocol(loc.format) ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
     if (formatName !== undefined) {
       format = findFormat(formats, formatName);
@@ -259,6 +272,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       // Only the image's own files get the file options; backing files are plain reads.
       fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking ?? loc.locking },
       perms: topNodePermissions(flags),
+      http: loc.http,
     };
     if (options.writableBacking !== undefined) {
       const fileOptions = { noFlush: options.noFlush, io: options.io };

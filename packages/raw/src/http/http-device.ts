@@ -9,6 +9,7 @@
 import { checkOpen, checkRange } from '../assert.js';
 import type { BlockDevice, BlockStatus } from '../block-device.js';
 import { HttpError, ReadOnlyError, UsageError } from '../errors.js';
+import { BDRV_SECTOR_SIZE } from '../limits.js';
 import { BlockCache } from './block-cache.js';
 import { probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
 
@@ -258,9 +259,10 @@ export class HttpDevice implements BlockDevice {
     checkOpen(this.#closed);
     checkRange(offset, length);
     if (length < 1) throw new UsageError('blockStatus length must be at least 1');
-    const size = this.#file.size;
-    if (offset >= size) return { kind: 'zero', offset, length };
-    return { kind: 'data', offset, length: Math.min(length, size - offset), hostOffset: offset };
+    // The block layer counts whole sectors: a partial last one is data, as file-posix says.
+    const end = Math.ceil(this.#file.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+    if (offset >= end) return { kind: 'zero', offset, length };
+    return { kind: 'data', offset, length: Math.min(length, end - offset), hostOffset: offset };
   }
 
   /** Unknown, as for qemu's curl driver ("disk size: unavailable"). */
