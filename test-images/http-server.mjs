@@ -28,13 +28,18 @@ import { join, normalize } from 'node:path';
  * @property {boolean} [noHead] HEAD answers 405 (as presigned object-store URLs do)
  */
 
+/** Content types by file extension (module scripts and wasm need theirs in a browser). */
+const TYPES = { '.html': 'text/html; charset=utf-8', '.js': 'text/javascript', '.mjs': 'text/javascript', '.map': 'application/json', '.wasm': 'application/wasm', '.css': 'text/css' };
+
 /**
- * Starts a server for `root` on 127.0.0.1 (`port` 0: any free port).
+ * Starts a server for `root` on 127.0.0.1 (`port` 0: any free port); `mounts` serves other
+ * directories under URL prefixes (`{ '/images/': dir }`).
  * @param {string} root
  * @param {number} [port]
+ * @param {{ mounts?: Record<string, string> }} [options]
  * @returns {Promise<{ url: string, faults: HttpFaults, requests: { method: string, path: string, range?: string }[], close: () => Promise<void> }>}
  */
-export async function startHttpServer(root, port = 0) {
+export async function startHttpServer(root, port = 0, options = {}) {
   /** @type {HttpFaults} */
   const faults = {};
   /** @type {{ method: string, path: string, range?: string }[]} */
@@ -60,7 +65,16 @@ export async function startHttpServer(root, port = 0) {
       res.end();
       return;
     }
-    const path = join(root, normalize(decodeURIComponent(url.pathname)).replace(/^(\.\.[/\\])+/, ''));
+    let base = root;
+    let rel = url.pathname === '/' ? '/index.html' : url.pathname;
+    for (const [prefix, dir] of Object.entries(options.mounts ?? {})) {
+      if (rel.startsWith(prefix)) {
+        base = dir;
+        rel = rel.slice(prefix.length - 1);
+        break;
+      }
+    }
+    const path = join(base, normalize(decodeURIComponent(rel)).replace(/^(\.\.[/\\])+/, ''));
     let st;
     try {
       st = statSync(path);
@@ -72,6 +86,8 @@ export async function startHttpServer(root, port = 0) {
     }
     if (req.method === 'GET' && faults.changeAfter !== undefined && faults.changeAfter-- <= 0) faults.etag = '"changed"';
     const headers = {};
+    const type = TYPES[/\.[a-z]+$/.exec(path)?.[0] ?? ''];
+    if (type !== undefined) headers['Content-Type'] = type;
     if (!faults.noValidators) {
       if (!faults.noEtag) headers.ETag = faults.etag ?? `"${st.size.toString(16)}-${Math.floor(st.mtimeMs).toString(16)}"`;
       headers['Last-Modified'] = st.mtime.toUTCString();

@@ -5,7 +5,7 @@
  * Also the one place that opens "the file an image lives in", a host file or a URL.
  */
 import {
-  FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, NotFoundError, UnsupportedError, UsageError,
+  type BlockDevice, FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, NotFoundError, UnsupportedError, UsageError,
 } from '@tsimg/raw';
 
 /** An image file on a web server: its URL and how to read it. */
@@ -111,11 +111,22 @@ export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, strin
 /** What the open of a host file or URL needs to know (FileDevice's options for host files). */
 export type HostFileOptions = FileDeviceOptions;
 
-/** The file an image lives in: a host file, or a remote one read by ranges. */
-export type HostFile = FileDevice | HttpDevice;
+/** The file an image lives in: a host file, a remote one read by ranges, or the caller's device. */
+export type HostFile = FileDevice | HttpDevice | BlockDevice;
 
-/** Opens `path`, or the URL of `http` when given (read-only; remote files take no locks). */
-export async function openHostFile(path: string, http: HttpLocation | undefined, options: HostFileOptions): Promise<HostFile> {
+/**
+ * Where an open finds files by name instead of the host's file system (a browser page's
+ * picked Files as BlobDevices, say): a fresh device for `name`, or undefined to open it as usual.
+ */
+export type FileResolver = (name: string) => BlockDevice | undefined;
+
+/**
+ * Opens `path`: the device `files` gives for it, else the URL of `http` when given (read-only;
+ * remote files take no locks), else the host file.
+ */
+export async function openHostFile(path: string, http: HttpLocation | undefined, options: HostFileOptions, files?: FileResolver): Promise<HostFile> {
+  const given = files?.(path);
+  if (given !== undefined) return given;
   if (http !== undefined) return HttpDevice.open(http.url, http.options);
   return FileDevice.open(path, options);
 }

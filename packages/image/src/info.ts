@@ -10,7 +10,7 @@ import { FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode
 import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
-import { type HostFile, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
+import { type FileResolver, type HostFile, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
 import { locateImage, locateImageFromOptions, type ImageLocation } from './location.js';
 import { fullBackingFilename } from './paths.js';
 import { FOREIGN_FORMATS, probeFormat } from './probe.js';
@@ -31,17 +31,19 @@ export interface CollectInfoOptions {
   locking?: LockingMode;
   /** Receives FileDevice's lock warnings. */
   onWarning?: (message: string) => void;
+  /** Files found by name before the host's (see FileResolver). */
+  files?: FileResolver;
 }
 
 /** bdrv_getlength refuses more than INT64_MAX bytes; info reports that after a successful open. */
 const MAX_INFO_SIZE = (1n << 63n) - 1n;
 
 /** Opens a host file read-only; a directory or device gets qemu's file-driver message. */
-async function openFile(loc: ImageLocation, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning'>): Promise<HostFile> {
+async function openFile(loc: ImageLocation, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning' | 'files'>): Promise<HostFile> {
   const path = loc.path;
   try {
     // Locked once the format is known (qemu's permissions depend on it).
-    return await openHostFile(path, loc.http, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning });
+    return await openHostFile(path, loc.http, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning }, lock.files);
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
       throw new UsageError(`'file' driver requires '${path}' to be a regular file`);
@@ -91,7 +93,8 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
   const filename = loc.path;
   let dev: HostFile;
   try {
-    dev = await openFile(loc, { locking: loc.locking ?? options.locking, onWarning: options.onWarning });
+    dev = await openFile(loc, {
+      files: options.files, locking: loc.locking ?? options.locking, onWarning: options.onWarning });
   } catch (err) {
     throw openError(name, err);
   }

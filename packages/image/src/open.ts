@@ -10,7 +10,7 @@ import {
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
-import { type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
+import { type FileResolver, type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
 import { locateImage } from './location.js';
 import { resolveRelative } from './paths.js';
 import {
@@ -33,6 +33,8 @@ export interface OpenImageOptions {
    * these options (`--image-opts file.driver=https,...`). Read-only.
    */
   http?: HttpLocation;
+  /** Files found by name before the host's (see FileResolver): the image's, its backing files'. */
+  files?: FileResolver;
   /** Open read-only (default true). Backing images are always read-only. */
   readOnly?: boolean;
   /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
@@ -109,6 +111,7 @@ interface OpenContext {
   formats: readonly ImageFormat[];
   withBacking: boolean;
   onWarning?: (message: string) => void;
+  files?: FileResolver;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
@@ -208,7 +211,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
   // Locked like qemu: opened sharing everything, given its permissions once the format is known.
   // bdrv_apply_auto_read_only: the curl driver opens nothing for writing.
   if (layer.http !== undefined && !readOnly) throw new UsageError('curl driver does not support writes', { errno: 'EACCES' });
-  const file = await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
+  const file = await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning }, octx.files);
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));
@@ -253,7 +256,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
+  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, files: options.files, finalLocks: [] };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
     const loc = options.http !== undefined ? { path: options.http.url, http: options.http } : options.hostPath ? { path: filename } : locateImage(filename);

@@ -32,6 +32,7 @@ describe('@tsimg/image public API', () => {
     'locateImageFromOptions',
     'mapImage',
     'measure',
+    'openHostFile',
     'openImage',
     'openingPermissions',
     'probeFormat',
@@ -40,6 +41,7 @@ describe('@tsimg/image public API', () => {
     'rebaseImage',
     'resizeImage',
     'resolveRelative',
+    'setHostFilePermissions',
     'topNodePermissions',
     ]);
   });

@@ -1,6 +1,7 @@
 /** @tsimg/raw — the bottom of tsimg's block layer. */
 
 export { type BlockDevice, type BlockStatus, type WriteZeroesOptions } from './block-device.js';
+export { BlobDevice } from './blob-device.js';
 export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
   createFile,

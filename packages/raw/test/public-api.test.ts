@@ -17,6 +17,7 @@ describe('@tsimg/raw public API', () => {
     'BLK_PERM_RESIZE',
     'BLK_PERM_WRITE',
     'BLK_PERM_WRITE_UNCHANGED',
+    'BlobDevice',
     'CorruptError',
     'CountingDevice',
     'FaultyDevice',

@@ -2,7 +2,8 @@
  * One HTTP conversation at a time: finding a remote file's size and validators (the open), and
  * reading one byte range of it into a buffer with every answer checked — status, Content-Range,
  * length, ETag / Last-Modified — inside a stall timeout, retried with back-off when asking again
- * may help. Only global `fetch`, so it runs in Node and in browsers alike. Messages use curl's
+ * may help. Only global `fetch`, so it runs in Node and in browsers alike (no HTTP cache: an
+ * answer must come from the server, where its validators mean something). Messages use curl's
  * wording, as qemu's curl driver prints them.
  */
 import { HttpError } from '../errors.js';
@@ -29,6 +30,9 @@ export interface RemoteFile {
   etag?: string;
   lastModified?: string;
 }
+
+/** Past the HTTP cache (the DOM's RequestInit has `cache`; Node's typings lack it). */
+const NO_STORE = { cache: 'no-store' } as RequestInit;
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -128,7 +132,7 @@ function checkValidators(file: RemoteFile, res: Response): void {
 export async function probeRemoteFile(url: string, settings: RequestSettings): Promise<RemoteFile> {
   return withRetries(settings, () =>
     withStallTimeout(url, settings.timeoutMs, async (signal) => {
-      const head = await settings.fetch(url, { method: 'HEAD', headers: { ...settings.headers, 'Accept-Encoding': 'identity' }, redirect: 'follow', signal });
+      const head = await settings.fetch(url, { method: 'HEAD', headers: { ...settings.headers, 'Accept-Encoding': 'identity' }, ...NO_STORE, redirect: 'follow', signal });
       if (head.ok) {
         const length = head.headers.get('content-length');
         const size = length === null || !/^\d+$/.test(length.trim()) ? undefined : Number(length);
@@ -138,7 +142,7 @@ export async function probeRemoteFile(url: string, settings: RequestSettings): P
         return { url: head.url || url, size, etag: head.headers.get('etag') ?? undefined, lastModified: head.headers.get('last-modified') ?? undefined };
       }
       if (head.status !== 403 && head.status !== 405 && head.status !== 501) throw statusError(url, head.status);
-      const res = await settings.fetch(url, { headers: { ...settings.headers, Range: encodeRange(0, 0), 'Accept-Encoding': 'identity' }, redirect: 'follow', signal });
+      const res = await settings.fetch(url, { headers: { ...settings.headers, Range: encodeRange(0, 0), 'Accept-Encoding': 'identity' }, ...NO_STORE, redirect: 'follow', signal });
       await res.body?.cancel().catch(() => undefined);
       if (res.status === 200) throw new HttpError("Server does not support 'range' (byte ranges).", { url });
       if (res.status !== 206) throw statusError(url, res.status);
@@ -168,7 +172,7 @@ async function readOnce(file: RemoteFile, settings: RequestSettings, start: numb
   const last = start + into.length - 1;
   return withStallTimeout(url, settings.timeoutMs, async (signal, progress) => {
     const headers = { ...settings.headers, Range: encodeRange(start, last), 'Accept-Encoding': 'identity' };
-    const res = await settings.fetch(url, { headers, redirect: 'follow', signal });
+    const res = await settings.fetch(url, { headers, ...NO_STORE, redirect: 'follow', signal });
     if (res.status !== 206) {
       await res.body?.cancel().catch(() => undefined);
       if (res.status === 200) {
