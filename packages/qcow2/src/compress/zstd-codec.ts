@@ -6,6 +6,35 @@
 import { FormatError } from '@tsimg/raw';
 import { locateZstdFrame } from './zstd-frame.js';
 
+// ZSTD_CLEVEL_DEFAULT: qemu never sets a level, so its frames are level 3.
+const ZSTD_LEVEL = 3;
+
+/** What wasmCodec needs of @bokuweb/zstd-wasm (its Node and its web build alike), initialised. */
+export interface ZstdWasmModule {
+  compress(src: Uint8Array, level: number): Uint8Array;
+  decompress(src: Uint8Array, options: { defaultHeapSize: number }): Uint8Array;
+}
+
+/** The codec over an initialised @bokuweb/zstd-wasm. */
+export function wasmCodec(wasm: ZstdWasmModule): ZstdCodec {
+  return {
+    name: 'zstd-wasm',
+    compress(src, capacity) {
+      // Only ZSTD_compress is exported; it writes the same frame parameters as qemu's call.
+      const frame = wasm.compress(src, ZSTD_LEVEL);
+      return frame.length <= capacity ? frame : undefined;
+    },
+    decompressInto(frame, dst) {
+      // The library sizes its output from the frame's content size when present (the caller
+      // checked it against dst), else from defaultHeapSize: never beyond dst.
+      const out = wasm.decompress(frame, { defaultHeapSize: dst.length });
+      if (out.length > dst.length) throw new Error(`frame decodes to ${out.length} bytes, room for ${dst.length}`);
+      dst.set(out);
+      return out.length;
+    },
+  };
+}
+
 /** Names of the zstd backends, in order of preference. */
 export type ZstdBackendName = 'zstd-napi' | 'zstd-wasm';
 

@@ -3,7 +3,7 @@
  * @bokuweb/zstd-wasm, whose zstd.wasm the build copies next to the bundle.
  */
 import { UnsupportedError } from '@tsimg/raw';
-import type { ZstdBackendName, ZstdCodec } from './zstd-codec.js';
+import { wasmCodec, type ZstdBackendName, type ZstdCodec } from './zstd-codec.js';
 
 export { type ZstdBackendName, type ZstdCodec, zstdCompressCluster, zstdDecompress } from './zstd-codec.js';
 
@@ -12,19 +12,7 @@ let codec: Promise<ZstdCodec> | undefined;
 async function loadWasm(): Promise<ZstdCodec> {
   const wasm = await import('@bokuweb/zstd-wasm');
   await wasm.init();
-  return {
-    name: 'zstd-wasm',
-    compress(src, capacity) {
-      const frame = wasm.compress(src, 3);
-      return frame.length <= capacity ? frame : undefined;
-    },
-    decompressInto(frame, dst) {
-      const out = wasm.decompress(frame, { defaultHeapSize: dst.length });
-      if (out.length > dst.length) throw new Error(`frame decodes to ${out.length} bytes, room for ${dst.length}`);
-      dst.set(out);
-      return out.length;
-    },
-  };
+  return wasmCodec(wasm);
 }
 
 /** The WebAssembly codec, loaded once; any `backend` asked for gets it. */

@@ -5,12 +5,9 @@
  */
 import { UnsupportedError } from '@tsimg/raw';
 import { createRequire } from 'node:module';
-import type { ZstdBackendName, ZstdCodec } from './zstd-codec.js';
+import { wasmCodec, type ZstdBackendName, type ZstdCodec } from './zstd-codec.js';
 
 export { type ZstdBackendName, type ZstdCodec, zstdCompressCluster, zstdDecompress } from './zstd-codec.js';
-
-// ZSTD_CLEVEL_DEFAULT: qemu never sets a level, so its frames are level 3.
-const ZSTD_LEVEL = 3;
 
 const require = createRequire(import.meta.url);
 
@@ -64,22 +61,7 @@ function loadNapi(): ZstdCodec {
 async function loadWasm(): Promise<ZstdCodec> {
   const wasm = require('@bokuweb/zstd-wasm') as typeof import('@bokuweb/zstd-wasm');
   await wasm.init();
-  return {
-    name: 'zstd-wasm',
-    compress(src, capacity) {
-      // Only ZSTD_compress is exported; it writes the same frame parameters as qemu's call.
-      const frame = wasm.compress(src, ZSTD_LEVEL);
-      return frame.length <= capacity ? frame : undefined;
-    },
-    decompressInto(frame, dst) {
-      // The library sizes its output from the frame's content size when present (the caller
-      // checked it against dst), else from defaultHeapSize: never beyond dst.
-      const out = wasm.decompress(frame, { defaultHeapSize: dst.length });
-      if (out.length > dst.length) throw new Error(`frame decodes to ${out.length} bytes, room for ${dst.length}`);
-      dst.set(out);
-      return out.length;
-    },
-  };
+  return wasmCodec(wasm);
 }
 
 const loaded = new Map<ZstdBackendName | 'auto', Promise<ZstdCodec>>();

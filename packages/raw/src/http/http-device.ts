@@ -6,10 +6,8 @@
  * each other get a read-ahead window that doubles up to `maxReadahead`, fetched in the
  * background while requests are free.
  */
-import { checkOpen, checkRange } from '../assert.js';
-import type { BlockDevice, BlockStatus } from '../block-device.js';
-import { HttpError, ReadOnlyError, UsageError } from '../errors.js';
-import { BDRV_SECTOR_SIZE } from '../limits.js';
+import { HttpError, UsageError } from '../errors.js';
+import { ReadOnlySource } from '../source-device.js';
 import { BlockCache } from './block-cache.js';
 import { probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
 
@@ -81,8 +79,7 @@ function positive(value: number | undefined, fallback: number, what: string): nu
 }
 
 /** A remote file read by byte ranges; writes, discards and resizes are refused. */
-export class HttpDevice implements BlockDevice {
-  readonly readOnly = true;
+export class HttpDevice extends ReadOnlySource {
   readonly #file: RemoteFile;
   readonly #settings: RequestSettings;
   readonly #cache: BlockCache;
@@ -96,9 +93,8 @@ export class HttpDevice implements BlockDevice {
   #window = 0;
   /** Set once the server misbehaved or the file changed: every later read fails with it. */
   #failed: HttpError | undefined;
-  #closed = false;
-
   private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions) {
+    super();
     this.#file = file;
     this.#settings = settings;
     this.#block = positive(options.blockSize, 64 * 1024, 'blockSize');
@@ -146,15 +142,10 @@ export class HttpDevice implements BlockDevice {
     return this.#file.size;
   }
 
-  async read(offset: number, into: Uint8Array): Promise<void> {
-    checkOpen(this.#closed);
-    checkRange(offset, into.length);
+  protected async readInside(offset: number, into: Uint8Array): Promise<void> {
     if (this.#failed !== undefined) throw this.#failed;
     const size = this.#file.size;
-    const end = Math.min(offset + into.length, size);
-    // Past the end reads as zeroes, as the file driver's does.
-    if (end < offset + into.length) into.fill(0, Math.max(0, end - offset));
-    if (end <= offset) return;
+    const end = offset + into.length;
     const B = this.#block;
     const first = Math.floor(offset / B);
     const last = Math.floor((end - 1) / B);
@@ -234,46 +225,7 @@ export class HttpDevice implements BlockDevice {
     if (to > fetchedTo) this.#blocks(fetchedTo + 1, to, false);
   }
 
-  async write(): Promise<never> {
-    throw new ReadOnlyError();
-  }
-
-  async writeZeroes(): Promise<never> {
-    throw new ReadOnlyError();
-  }
-
-  async discard(): Promise<never> {
-    throw new ReadOnlyError();
-  }
-
-  async resize(): Promise<never> {
-    throw new ReadOnlyError();
-  }
-
-  async flush(): Promise<void> {
-    checkOpen(this.#closed);
-  }
-
-  /** Everything below the size is data (a remote file says nothing of holes). */
-  async blockStatus(offset: number, length: number): Promise<BlockStatus> {
-    checkOpen(this.#closed);
-    checkRange(offset, length);
-    if (length < 1) throw new UsageError('blockStatus length must be at least 1');
-    // The block layer counts whole sectors: a partial last one is data, as file-posix says.
-    const end = Math.ceil(this.#file.size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
-    if (offset >= end) return { kind: 'zero', offset, length };
-    return { kind: 'data', offset, length: Math.min(length, end - offset), hostOffset: offset };
-  }
-
-  /** Unknown, as for qemu's curl driver ("disk size: unavailable"). */
-  async allocatedSize(): Promise<undefined> {
-    checkOpen(this.#closed);
-    return undefined;
-  }
-
-  async close(): Promise<void> {
-    checkOpen(this.#closed);
-    this.#closed = true;
+  protected override closed(): void {
     this.#cache.clear();
   }
 }
