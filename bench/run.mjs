@@ -186,6 +186,7 @@ const rows = [
   // [name, tsimg args, other args, target, prepare, 'tsimg': the other command is tsimg too]
   [`${HTTP_ROW} (vs tsimg on the file)`, ['convert', '-O', 'raw', `${httpUrl}/mixed-1g-zlib.qcow2`, o('th.raw')],
     ['convert', '-O', 'raw', qcowC1g, o('tl.raw')], 1.5, undefined, 'tsimg'],
+  // qemu-img's curl driver on the same URL (it hung once here, under load, for minutes).
   [`${HTTP_ROW} (vs qemu over http)`, ['convert', '-O', 'raw', `${httpUrl}/mixed-1g-zlib.qcow2`, o('th.raw')],
     ['convert', '-O', 'raw', `${httpUrl}/mixed-1g-zlib.qcow2`, o('qh.raw')], 1.0],
 ];
