@@ -133,6 +133,9 @@ export async function startHttpServer(root, port = 0, options = {}) {
     }
     createReadStream(path, { start, end: sendEnd }).pipe(res);
   });
+  // Idle keep-alive connections stay open (Node closes them after 5 s by default): qemu-img's
+  // curl driver hung for minutes on a connection closed under it while the machine was loaded.
+  server.keepAliveTimeout = 0;
   server.on('connection', (s) => {
     sockets.add(s);
     s.on('close', () => sockets.delete(s));

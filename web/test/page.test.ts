@@ -31,7 +31,7 @@ if (!ready) {
 
 /** qemu-img's stdout (asynchronously: the server runs in this process). */
 async function qemu(args: string[], cwd?: string): Promise<string> {
-  return (await pexec('qemu-img', args, { cwd, maxBuffer: 1 << 26 })).stdout;
+  return (await pexec('qemu-img', args, { cwd, maxBuffer: 1 << 26, timeout: 30_000 })).stdout;
 }
 
 (ready ? describe : describe.skip)('browser page', () => {

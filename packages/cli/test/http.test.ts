@@ -38,7 +38,8 @@ async function tsimg(args: string[]): Promise<Out> {
 /** qemu-img, asynchronously (a synchronous spawn would stall the server in this process). */
 async function qemu(args: string[]): Promise<Out> {
   try {
-    const { stdout, stderr } = await pexec('qemu-img', args, { maxBuffer: 1 << 26 });
+    // A hung qemu-img is killed rather than left behind (its curl driver hung once here).
+    const { stdout, stderr } = await pexec('qemu-img', args, { maxBuffer: 1 << 26, timeout: 30_000 });
     return { stdout, stderr: tsimgPrefix(stderr), status: 0 };
   } catch (err) {
     const e = err as { stdout: string; stderr: string; code: number };
