@@ -69,6 +69,23 @@ describe('HttpDevice reads', () => {
     await dev.close();
   });
 
+  it('answers many reads at once, sharing requests in flight, with a small cache', async () => {
+    const dev = await HttpDevice.open(url(), { cacheSize: 256 * 1024, maxInFlight: 3, maxRequest: 128 * 1024 });
+    await fc.assert(
+      fc.asyncProperty(fc.array(fc.tuple(fc.nat(SIZE), fc.nat(200_000)), { minLength: 1, maxLength: 12 }), async (reads) => {
+        const bufs = reads.map(([, length]) => new Uint8Array(length));
+        await Promise.all(reads.map(([offset], i) => dev.read(offset, bufs[i]!)));
+        reads.forEach(([offset, length], i) => {
+          const want = Buffer.alloc(length);
+          content.copy(want, 0, offset, Math.min(offset + length, SIZE));
+          expect(Buffer.from(bufs[i]!).equals(want)).toBe(true);
+        });
+      }),
+      { numRuns: 25 },
+    );
+    await dev.close();
+  });
+
   it('coalesces sequential small reads into few requests and serves repeats from the cache', async () => {
     const dev = await HttpDevice.open(url());
     const buf = new Uint8Array(4096);
