@@ -141,6 +141,12 @@ describeQemu('HTTP names and options as qemu takes them', () => {
       ['snapshot', '-c', 'x', u],
       ['commit', u],
       ['check', '-r', 'all', u],
+      ['amend', '-o', 'compat=0.10', u],
+      // Nothing is created or written over HTTP.
+      ['convert', '-O', 'raw', top.path, `${base}/out.raw`],
+      ['convert', '-n', '-O', 'raw', top.path, u],
+      ['create', '-f', 'qcow2', `${base}/new.qcow2`, '1M'],
+      ['dd', `if=${top.path}`, `of=${base}/out.raw`],
     ];
   };
   it('gives qemu-img output for each', async () => {

@@ -429,7 +429,14 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  // A name with no host file (an http:// URL) fails in the target's open, with its message.
+  let hostOut: string | undefined;
+  try {
+    hostOut = protocolPath(out);
+  } catch {
+    hostOut = undefined;
+  }
+  if (lockedBy && !args.targetImageOpts && hostOut !== undefined && (await isOneOf(hostOut, lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
 }
