@@ -9,6 +9,7 @@
 import { HttpError, UsageError } from '../errors.js';
 import { ReadOnlySource } from '../source-device.js';
 import { BlockCache } from './block-cache.js';
+import { defaultFetch } from './transport.js';
 import { probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
 
 /** Options for {@link HttpDevice.open}. */
@@ -24,7 +25,7 @@ export interface HttpDeviceOptions {
   cookie?: string;
   /** More request headers. */
   headers?: Readonly<Record<string, string>>;
-  /** The fetch to use (default: the global one). */
+  /** The fetch to use (default: one over node:http in Node, the platform's in a browser). */
   fetch?: typeof fetch;
   /** Cache and alignment unit (default 64 KiB). */
   blockSize?: number;
@@ -41,6 +42,9 @@ export interface HttpDeviceOptions {
   /** Milliseconds before the first retry, doubled for each next one (default 200). */
   backoff?: number;
 }
+
+/** Sequential streams tracked at once (see HttpDevice's #streams). */
+const MAX_STREAMS = 4;
 
 /** Counts requests in flight and hands out free ones: reads queue, read-ahead never does. */
 class RequestSlots {
@@ -88,9 +92,12 @@ export class HttpDevice extends ReadOnlySource {
   readonly #readahead: number;
   readonly #maxReadahead: number;
   readonly #maxRequestBlocks: number;
-  /** End of the previous read and the current read-ahead window, for sequential detection. */
-  #lastEnd = -1;
-  #window = 0;
+  /**
+   * The sequential streams being read (most recent last): where each one's last read ended and
+   * its read-ahead window. Several, so that metadata reads between the data reads of a convert
+   * (L2 tables elsewhere in the file) do not end the data's stream.
+   */
+  readonly #streams: { end: number; window: number }[] = [];
   /** Set once the server misbehaved or the file changed: every later read fails with it. */
   #failed: HttpError | undefined;
   private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions) {
@@ -117,7 +124,7 @@ export class HttpDevice extends ReadOnlySource {
       headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
     }
     const settings: RequestSettings = {
-      fetch: options.fetch ?? globalThis.fetch.bind(globalThis),
+      fetch: options.fetch ?? defaultFetch(),
       headers,
       timeoutMs: (options.timeout ?? 5) * 1000,
       retries: options.retries ?? 3,
@@ -214,14 +221,16 @@ export class HttpDevice extends ReadOnlySource {
     }
   }
 
-  /** Sequential reads widen the read-ahead window and fetch it in the background. */
+  /** Sequential reads widen their stream's read-ahead window and fetch it in the background. */
   #readAhead(offset: number, end: number, fetchedTo: number): void {
-    // Forward progress from near the previous read's end (a re-read of the same bytes is not).
-    const sequential = this.#lastEnd >= 0 && end > this.#lastEnd && offset >= this.#lastEnd - this.#block && offset <= this.#lastEnd + this.#window;
-    this.#window = sequential ? Math.min(Math.max(this.#window, this.#block) * 2, this.#maxReadahead) : this.#readahead;
-    this.#lastEnd = end;
-    if (!sequential) return;
-    const to = Math.floor((Math.min(end + this.#window, this.#file.size) - 1) / this.#block);
+    // Forward progress from near a stream's end (a re-read of the same bytes is not).
+    const i = this.#streams.findIndex((st) => end > st.end && offset >= st.end - this.#block && offset <= st.end + st.window);
+    const stream = i >= 0 ? this.#streams.splice(i, 1)[0]! : undefined;
+    const window = stream !== undefined ? Math.min(Math.max(stream.window, this.#block) * 2, this.#maxReadahead) : this.#readahead;
+    this.#streams.push({ end, window });
+    if (this.#streams.length > MAX_STREAMS) this.#streams.shift();
+    if (stream === undefined) return;
+    const to = Math.floor((Math.min(end + window, this.#file.size) - 1) / this.#block);
     if (to > fetchedTo) this.#blocks(fetchedTo + 1, to, false);
   }
 
