@@ -97,11 +97,13 @@ export class HttpDevice extends ReadOnlySource {
    * its read-ahead window. Several, so that metadata reads between the data reads of a convert
    * (L2 tables elsewhere in the file) do not end the data's stream.
    */
+  readonly #closeTransport: () => void;
   readonly #streams: { end: number; window: number }[] = [];
   /** Set once the server misbehaved or the file changed: every later read fails with it. */
   #failed: HttpError | undefined;
-  private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions) {
+  private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions, closeTransport: () => void) {
     super();
+    this.#closeTransport = closeTransport;
     this.#file = file;
     this.#settings = settings;
     this.#block = positive(options.blockSize, 64 * 1024, 'blockSize');
@@ -123,8 +125,9 @@ export class HttpDevice extends ReadOnlySource {
     if (options.username !== undefined || options.password !== undefined) {
       headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
     }
+    const transport = options.fetch !== undefined ? { fetch: options.fetch, close: () => undefined } : defaultFetch();
     const settings: RequestSettings = {
-      fetch: options.fetch ?? defaultFetch(),
+      fetch: transport.fetch,
       headers,
       timeoutMs: (options.timeout ?? 5) * 1000,
       retries: options.retries ?? 3,
@@ -134,10 +137,11 @@ export class HttpDevice extends ReadOnlySource {
     try {
       file = await probeRemoteFile(url, settings);
     } catch (err) {
+      transport.close();
       const reason = err instanceof Error ? err.message : String(err);
       throw new HttpError(`CURL: Error opening file: ${reason}`, { url, status: err instanceof HttpError ? err.status : undefined, cause: err });
     }
-    return new HttpDevice(file, settings, options);
+    return new HttpDevice(file, settings, options, transport.close);
   }
 
   /** The URL reads go to (after the open's redirects). */
@@ -236,5 +240,6 @@ export class HttpDevice extends ReadOnlySource {
 
   protected override closed(): void {
     this.#cache.clear();
+    this.#closeTransport();
   }
 }

@@ -31,8 +31,11 @@ function chunks(msg: http.IncomingMessage): ReadableStream<Uint8Array> {
   return { getReader: () => reader, cancel } as unknown as ReadableStream<Uint8Array>;
 }
 
-/** A fetch for HttpDevice over Node's own HTTP clients, with its own keep-alive agents. */
-export function defaultFetch(): typeof fetch {
+/**
+ * A fetch for HttpDevice over Node's own HTTP clients, with its own keep-alive agents, and the
+ * function that closes their idle connections (at the device's close).
+ */
+export function defaultFetch(): { fetch: typeof fetch; close: () => void } {
   const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
   const once = (url: URL, init: RequestInit): Promise<http.IncomingMessage> =>
     new Promise((resolve, reject) => {
@@ -67,5 +70,9 @@ export function defaultFetch(): typeof fetch {
       return { status, ok: status >= 200 && status < 300, url: url.href, headers, body: chunks(msg) };
     }
   };
-  return run as unknown as typeof fetch;
+  const close = (): void => {
+    agents.http.destroy();
+    agents.https.destroy();
+  };
+  return { fetch: run as unknown as typeof fetch, close };
 }
