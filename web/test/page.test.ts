@@ -29,9 +29,19 @@ if (!ready) {
   }
 }
 
-/** qemu-img's stdout (asynchronously: the server runs in this process). */
+/**
+ * qemu-img's stdout (asynchronously: the server runs in this process). Its curl driver (7.2)
+ * hangs now and then with every request answered: a run that takes 15 s is killed and run
+ * again, up to three times.
+ */
 async function qemu(args: string[], cwd?: string): Promise<string> {
-  return (await pexec('qemu-img', args, { cwd, maxBuffer: 1 << 26, timeout: 30_000 })).stdout;
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await pexec('qemu-img', args, { cwd, maxBuffer: 1 << 26, timeout: 15_000 })).stdout;
+    } catch (err) {
+      if (!(err as { killed?: boolean }).killed || attempt >= 3) throw err;
+    }
+  }
 }
 
 (ready ? describe : describe.skip)('browser page', () => {

@@ -35,15 +35,22 @@ async function tsimg(args: string[]): Promise<Out> {
   return { stdout, stderr, status };
 }
 
-/** qemu-img, asynchronously (a synchronous spawn would stall the server in this process). */
+/**
+ * qemu-img, asynchronously (a synchronous spawn would stall the server in this process). Its
+ * curl driver (7.2) hangs now and then with every request answered (1 run in 6–15 of a 16 MiB
+ * convert here, with several requests in flight): a run that takes 15 s is killed and run
+ * again, up to three times.
+ */
 async function qemu(args: string[]): Promise<Out> {
-  try {
-    // A hung qemu-img is killed rather than left behind (its curl driver hung once here).
-    const { stdout, stderr } = await pexec('qemu-img', args, { maxBuffer: 1 << 26, timeout: 30_000 });
-    return { stdout, stderr: tsimgPrefix(stderr), status: 0 };
-  } catch (err) {
-    const e = err as { stdout: string; stderr: string; code: number };
-    return { stdout: e.stdout, stderr: tsimgPrefix(e.stderr), status: e.code };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const { stdout, stderr } = await pexec('qemu-img', args, { maxBuffer: 1 << 26, timeout: 15_000 });
+      return { stdout, stderr: tsimgPrefix(stderr), status: 0 };
+    } catch (err) {
+      const e = err as { stdout: string; stderr: string; code: number | null; killed?: boolean };
+      if (e.killed && attempt < 3) continue;
+      return { stdout: e.stdout, stderr: tsimgPrefix(e.stderr), status: e.code ?? -1 };
+    }
   }
 }
 
