@@ -18,6 +18,8 @@ export function protocolPath(filename: string): string {
   const m = /^([^:/]*):/.exec(filename);
   if (!m) return filename;
   if (m[1] === 'file') return filename.slice(5);
+  // The curl protocols exist (reading), but bdrv_create finds no create function in them.
+  if (m[1] === 'http' || m[1] === 'https') throw new UsageError(`Protocol driver '${m[1]}' does not support image creation`);
   throw new UsageError(`Unknown protocol '${m[1]}'`);
 }
 

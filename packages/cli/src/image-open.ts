@@ -42,9 +42,11 @@ export async function openCommandImage(
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename, locking, protocol } = parseImageOpts(name);
+  const { format, filename, locking, protocol, http } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format: format === 'nbd' ? 'raw' : format, locking, hostPath: !protocol });
+    // A bare protocol node (driver=file, nbd, http) is read as it is: raw's view.
+    const bare = format === 'file' || format === 'nbd' || format === 'http' || format === 'https';
+    return await openByName(filename, { ...options, format: bare ? 'raw' : format, locking, hostPath: !protocol, http });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -55,7 +57,7 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath'> & LockOptions & { locking?: LockingMode },
+  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath' | 'http'> & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -82,6 +84,7 @@ async function openByName(
     backing: options.backing,
     holdBitmaps: options.holdBitmaps,
     hostPath: options.hostPath,
+    http: options.http,
   });
 }
 

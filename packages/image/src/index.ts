@@ -34,6 +34,7 @@ export {
   type CollectInfoListOptions,
   type CollectInfoOptions,
 } from './info.js';
+export { type FileResolver, type HostFile, type HttpLocation, openHostFile, setHostFilePermissions } from './http-location.js';
 export { type ImageLocation, locateImage, locateImageFromOptions } from './location.js';
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';

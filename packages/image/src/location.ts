@@ -3,6 +3,7 @@
  * to a host file and a format, with qemu's messages.
  */
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
+import { type HttpLocation, isHttpProtocol, locateHttpName, locateHttpOptions } from './http-location.js';
 import { pathHasProtocol } from './paths.js';
 import type { NbdAddress } from './nbd/address.js';
 import { locateNbdName, locateNbdOptions } from './nbd/location.js';
@@ -17,6 +18,8 @@ export interface ImageLocation {
   locking?: LockingMode;
   /** The NBD export the image is on (then `path` is qemu's name for it, not a host file). */
   nbd?: NbdAddress;
+  /** The image is on a web server (`path` is then its URL). */
+  http?: HttpLocation;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -34,6 +37,8 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
   const nbd = locateNbdOptions(opts);
   if (nbd !== undefined) return nbd;
   const driver = opts.get('driver');
+  if (isHttpProtocol(driver)) return locateHttpOptions(driver!, opts, '');
+  if (isHttpProtocol(opts.get('file.driver'))) return locateHttpOptions(opts.get('file.driver')!, opts, 'file.');
   if (driver === 'file') {
     for (const key of opts.keys()) {
       if (key !== 'driver' && key !== 'filename' && key !== 'locking') throw new UsageError(`Invalid parameter '${key}'`);
@@ -107,5 +112,6 @@ export function locateImage(name: string): ImageLocation {
   }
   const nbd = locateNbdName(name, proto);
   if (nbd !== undefined) return nbd;
+  if (isHttpProtocol(proto)) return locateHttpName(proto, name);
   throw new UnsupportedError(`Unknown protocol '${proto}'`);
 }

@@ -44,6 +44,7 @@ describe('@tsimg/image public API', () => {
     'locateImageFromOptions',
     'mapImage',
     'measure',
+    'openHostFile',
     'openImage',
     'openTemporaryOverlay',
     'openingPermissions',
@@ -53,6 +54,7 @@ describe('@tsimg/image public API', () => {
     'rebaseImage',
     'resizeImage',
     'resolveRelative',
+    'setHostFilePermissions',
     'topNodePermissions',
     ]);
   });

@@ -5,9 +5,9 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
+import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError, UsageError } from '@tsimg/raw';
 import {
-  dataFileLock, imageFileLock, locateImage, NbdClient, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
+  dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage, openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
@@ -75,31 +75,32 @@ async function openChecked(
   format: string | undefined,
   writable: boolean,
   io: CliIO,
-  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string },
-): Promise<{ file: FileDevice | NbdClient; img?: CheckImage }> {
+  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string; http?: HttpLocation },
+): Promise<{ file: HostFile; img?: CheckImage }> {
   if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
     if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${lock.shown ?? filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': tsimg does not support the '${format}' format`);
   }
-  let file: FileDevice | NbdClient;
+  let file: HostFile;
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
   let path: string;
   try {
     // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
-    const loc = lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
+    const loc = lock.http !== undefined ? { path: filename, http: lock.http, nbd: undefined } : lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
     path = loc.path;
+    if (loc.http !== undefined && writable) throw new UsageError('curl driver does not support writes');
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
     file = loc.nbd
       ? await NbdClient.connect(loc.nbd, { readOnly: !writable })
-      : await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
+      : await openHostFile(path, loc.http, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
     const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
-    file.setPermissions(imageFileLock(node, fmt));
+    setHostFilePermissions(file, imageFileLock(node, fmt));
     if (fmt === 'raw') {
       if (format === undefined && writable) {
         io.stderr(probedRawWarning(filename));
@@ -225,19 +226,21 @@ export const run: CommandRunner = async (argv, io) => {
   if (cache !== undefined && !CACHE_MODES.has(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   // qemu names an --image-opts image by its option string in errors.
   const shown = filename;
+  let http: HttpLocation | undefined;
   if (imageOpts) {
     refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);
     filename = opts.filename;
     format = opts.format;
     locking = opts.locking;
+    http = opts.http;
   }
   const out = (text: string): void => {
     if (!quiet) io.stdout(text);
   };
 
   const held: BlockDevice[] = [];
-  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown });
+  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown, http });
   const checkAndReport = async (signal?: AbortSignal): Promise<number> => {
     try {
       if (!img) throw new CliExit(63, 'This image format does not support checks');

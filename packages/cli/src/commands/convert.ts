@@ -452,8 +452,15 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  // An NBD target (convert -n … nbd://…) is no local file a source could be.
-  if (lockedBy && !args.targetImageOpts && nbdLocation(out) === undefined && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  // A name with no host file (an NBD export, an http:// URL) is no local file a source could
+  // be; a name that cannot be opened fails in the target's open, with its message.
+  let hostOut: string | undefined;
+  try {
+    hostOut = nbdLocation(out) === undefined ? protocolPath(out) : undefined;
+  } catch {
+    hostOut = undefined;
+  }
+  if (lockedBy && !args.targetImageOpts && hostOut !== undefined && (await isOneOf(hostOut, lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
 }

@@ -171,6 +171,9 @@ async function writeOutput(job: DdJob): Promise<void> {
   const { args, src, input, output, outFmt, onWarning, io, signal } = job;
   if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
   if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
+  // The curl protocols read only: bdrv_find_protocol finds them, and they have no create_opts.
+  const proto = /^([^:/]*):/.exec(output)?.[1];
+  if (proto === 'http' || proto === 'https') throw new CliExit(1, `Protocol driver '${proto}' does not support image creation`);
   if (outFmt !== 'raw' && outFmt !== 'qcow2') {
     throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
   }
