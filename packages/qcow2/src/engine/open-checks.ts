@@ -62,7 +62,7 @@ import {
   type BitmapDirectoryEntry,
 } from '../format/bitmap-directory.js';
 import { decodeByteString } from '../format/byte-string.js';
-import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
+import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../crypto/luks-header.js';
 
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */

@@ -1,0 +1,303 @@
+/**
+ * Sector encryption as qemu's crypto/block.c does it (qcrypto_block_cipher_encrypt_helper):
+ * each 512-byte sector is one cipher chain whose IV the IV generator derives from the sector
+ * number. The block cipher itself comes from a small {@link CipherBackend} (node:crypto here;
+ * a browser build can plug in WebCrypto or @noble primitives), and the modes are built on it so
+ * that whole runs of sectors go through the backend in one call: XTS as bulk ECB between two
+ * tweak XOR passes, CBC decryption as bulk ECB plus one XOR pass, ECB as it is. Only CBC
+ * encryption and CTR, which chain inside a sector, take one backend call per sector.
+ */
+import { createCipheriv, createDecipheriv, createHash, getCiphers, type Cipher, type Decipher } from 'node:crypto';
+import { UnsupportedError } from '@tsimg/raw';
+
+/** The cipher algorithms qemu 7.2 names (QCryptoCipherAlgorithm) that LUKS can use. */
+export type CipherAlg =
+  | 'aes-128' | 'aes-192' | 'aes-256' | 'cast5-128' | 'serpent-128' | 'serpent-192' | 'serpent-256'
+  | 'twofish-128' | 'twofish-192' | 'twofish-256';
+/** QCryptoCipherMode. */
+export type CipherMode = 'ecb' | 'cbc' | 'xts' | 'ctr';
+/** QCryptoIVGenAlgorithm. */
+export type IvgenAlg = 'plain' | 'plain64' | 'essiv';
+/** QCryptoHashAlgorithm names LUKS uses. */
+export type HashAlg = 'md5' | 'sha1' | 'sha224' | 'sha256' | 'sha384' | 'sha512' | 'ripemd160';
+
+/** The sector size of every qemu crypto format (QCRYPTO_BLOCK_LUKS_SECTOR_SIZE, qcow's too). */
+export const CRYPTO_SECTOR = 512;
+
+const KEY_BYTES: Readonly<Record<CipherAlg, number>> = {
+  'aes-128': 16, 'aes-192': 24, 'aes-256': 32, 'cast5-128': 16, 'serpent-128': 16, 'serpent-192': 24,
+  'serpent-256': 32, 'twofish-128': 16, 'twofish-192': 24, 'twofish-256': 32,
+};
+const HASH_BYTES: Readonly<Record<HashAlg, number>> = {
+  md5: 16, sha1: 20, sha224: 28, sha256: 32, sha384: 48, sha512: 64, ripemd160: 20,
+};
+
+/** qcrypto_cipher_get_key_len. */
+export function cipherKeyBytes(alg: CipherAlg): number {
+  return KEY_BYTES[alg];
+}
+/** qcrypto_hash_digest_len. */
+export function hashBytes(alg: HashAlg): number {
+  return HASH_BYTES[alg];
+}
+/** The cipher's block length (alg_block_len): 8 for cast5, 16 for the others. */
+export function cipherBlockBytes(alg: CipherAlg): number {
+  return alg === 'cast5-128' ? 8 : 16;
+}
+/** qcrypto_cipher_get_iv_len: ECB needs no IV, the other modes a block's worth. */
+export function cipherIvBytes(alg: CipherAlg, mode: CipherMode): number {
+  return mode === 'ecb' ? 0 : cipherBlockBytes(alg);
+}
+
+/** A raw block cipher with one key: whole blocks, in place. */
+export interface EcbPrimitive {
+  encrypt(data: Uint8Array): void;
+  decrypt(data: Uint8Array): void;
+  /** Forgets the key (as far as the backend lets us). */
+  dispose(): void;
+}
+
+/** Where the block cipher comes from. */
+export interface CipherBackend {
+  /** Whether the backend has `alg` at all. */
+  supports(alg: CipherAlg): boolean;
+  /** `alg` in ECB mode keyed with `key` (the backend may keep its own copy of the key). */
+  ecb(alg: CipherAlg, key: Uint8Array): EcbPrimitive;
+  /** One CBC or CTR chain over `data`, in place, starting from `iv`. */
+  chain(alg: CipherAlg, mode: 'cbc' | 'ctr', key: Uint8Array, iv: Uint8Array, data: Uint8Array, encrypt: boolean): void;
+  /** The digest of the concatenated `parts`. */
+  hash(alg: HashAlg, parts: readonly Uint8Array[]): Uint8Array;
+}
+
+function updateInPlace(c: Cipher | Decipher, data: Uint8Array): void {
+  const out = c.update(data);
+  data.set(out);
+  out.fill(0);
+}
+
+/** node:crypto (OpenSSL, with AES-NI where the CPU has it): AES only. */
+export const nodeCipherBackend: CipherBackend = (() => {
+  const have = new Set(getCiphers());
+  return {
+    supports: (alg) => alg.startsWith('aes-') && have.has(`${alg}-ecb`),
+    ecb(alg, key) {
+      // ECB keeps no state between blocks, so one object per direction serves every call.
+      let enc: Cipher | undefined = createCipheriv(`${alg}-ecb`, key, null).setAutoPadding(false);
+      let dec: Decipher | undefined;
+      const keyCopy = Uint8Array.from(key);
+      return {
+        encrypt: (data) => updateInPlace(enc!, data),
+        decrypt: (data) => {
+          dec ??= createDecipheriv(`${alg}-ecb`, keyCopy, null).setAutoPadding(false);
+          updateInPlace(dec, data);
+        },
+        dispose() {
+          keyCopy.fill(0);
+          enc = undefined;
+          dec = undefined;
+        },
+      };
+    },
+    chain(alg, mode, key, iv, data, encrypt) {
+      const name = `${alg}-${mode}`;
+      const c = encrypt ? createCipheriv(name, key, iv) : createDecipheriv(name, key, iv);
+      c.setAutoPadding(false);
+      updateInPlace(c, data);
+    },
+    hash(alg, parts) {
+      const h = createHash(alg);
+      for (const p of parts) h.update(p);
+      return new Uint8Array(h.digest());
+    },
+  };
+})();
+
+
+/** The cipher and IV generator settings of one encrypted volume. */
+export interface SectorCipherSpec {
+  alg: CipherAlg;
+  mode: CipherMode;
+  ivgen: IvgenAlg;
+  /** ESSIV's hash (ignored by plain and plain64, as in qemu). */
+  ivgenHash?: HashAlg;
+  /** The cipher ESSIV encrypts the sector number with (qcrypto_block_luks_essiv_cipher). */
+  ivgenCipher?: CipherAlg;
+}
+
+/** The backend's refusal of an algorithm it lacks, in qemu's words (cipher-nettle.c.inc). */
+export function unsupportedCipher(alg: string): UnsupportedError {
+  return new UnsupportedError(`Unsupported cipher algorithm ${alg}`, { errno: 'ENOTSUP' });
+}
+
+/** The tweak doubling of XTS (multiplication by x in GF(2^128), little-endian words). */
+function fillXtsTweaks(t0: Uint32Array, out: Uint32Array, sectors: number): void {
+  const perSector = CRYPTO_SECTOR / 16;
+  let o = 0;
+  for (let s = 0; s < sectors; s++) {
+    let a = t0[s * 4]!, b = t0[s * 4 + 1]!, c = t0[s * 4 + 2]!, d = t0[s * 4 + 3]!;
+    for (let j = 0; j < perSector; j++) {
+      out[o] = a;
+      out[o + 1] = b;
+      out[o + 2] = c;
+      out[o + 3] = d;
+      o += 4;
+      const carry = d >>> 31;
+      d = (d << 1) | (c >>> 31);
+      c = (c << 1) | (b >>> 31);
+      b = (b << 1) | (a >>> 31);
+      a = (a << 1) ^ (carry * 0x87);
+    }
+  }
+}
+
+function xorInto(dst: Uint32Array, src: Uint32Array): void {
+  for (let i = 0; i < dst.length; i++) dst[i]! ^= src[i]!;
+}
+
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * Encrypts and decrypts runs of 512-byte sectors with one master key, as qemu's
+ * do_qcrypto_block_cipher_encdec: sector `n` of a run starting at `sector` uses the IV of
+ * sector `sector + n`. Call {@link dispose} when done: it zeroes the key copies this object owns.
+ */
+export class SectorCipher {
+  readonly #backend: CipherBackend;
+  readonly #spec: SectorCipherSpec;
+  readonly #key: Uint8Array;
+  readonly #ivBytes: number;
+  #ecb: EcbPrimitive | undefined;
+  #tweakEcb: EcbPrimitive | undefined;
+  #essiv: EcbPrimitive | undefined;
+
+  constructor(spec: SectorCipherSpec, key: Uint8Array, backend: CipherBackend = nodeCipherBackend) {
+    if (!backend.supports(spec.alg)) throw unsupportedCipher(spec.alg);
+    const block = cipherBlockBytes(spec.alg);
+    if (spec.mode === 'xts' && block !== 16) throw new UnsupportedError(`Unsupported cipher mode ${spec.mode}`, { errno: 'ENOTSUP' });
+    this.#backend = backend;
+    this.#spec = spec;
+    this.#key = Uint8Array.from(key);
+    this.#ivBytes = cipherIvBytes(spec.alg, spec.mode);
+    if (spec.mode === 'xts') {
+      const half = key.length / 2;
+      this.#ecb = backend.ecb(spec.alg, key.subarray(0, half));
+      this.#tweakEcb = backend.ecb(spec.alg, key.subarray(half));
+    } else if (spec.mode === 'ecb' || spec.mode === 'cbc') {
+      this.#ecb = backend.ecb(spec.alg, key);
+    }
+    if (spec.ivgen === 'essiv' && this.#ivBytes > 0) {
+      const salt = backend.hash(spec.ivgenHash ?? 'sha256', [key]);
+      const essivAlg = spec.ivgenCipher ?? spec.alg;
+      if (!backend.supports(essivAlg)) throw unsupportedCipher(essivAlg);
+      this.#essiv = backend.ecb(essivAlg, salt);
+      salt.fill(0);
+    }
+  }
+
+  /** The IVs of `count` sectors from `sector` on, `ivBytes` each (qcrypto_ivgen_calculate). */
+  #ivs(sector: number, count: number): Uint8Array {
+    const n = this.#ivBytes;
+    const out = new Uint8Array(count * n);
+    const v = new DataView(out.buffer);
+    for (let i = 0; i < count; i++) {
+      const s = sector + i;
+      v.setUint32(i * n, s >>> 0, true);
+      // plain keeps the low 32 bits only; plain64 and essiv the whole 64-bit number.
+      if (this.#spec.ivgen !== 'plain' && n >= 8) v.setUint32(i * n + 4, Math.floor(s / 2 ** 32), true);
+    }
+    if (this.#essiv !== undefined) this.#essiv.encrypt(out);
+    return out;
+  }
+
+  /** Encrypts whole sectors in place; `data.length` must be a multiple of 512. */
+  encrypt(sector: number, data: Uint8Array): void {
+    this.#run(sector, data, true);
+  }
+
+  /** Decrypts whole sectors in place. */
+  decrypt(sector: number, data: Uint8Array): void {
+    this.#run(sector, data, false);
+  }
+
+  #run(sector: number, data: Uint8Array, encrypt: boolean): void {
+    const count = data.length / CRYPTO_SECTOR;
+    if (!Number.isInteger(count)) throw new RangeError('encrypted I/O must cover whole sectors');
+    if (count === 0) return;
+    const { mode, alg } = this.#spec;
+    switch (mode) {
+      case 'ecb':
+        return encrypt ? this.#ecb!.encrypt(data) : this.#ecb!.decrypt(data);
+      case 'xts':
+        return this.#xts(sector, count, data, encrypt);
+      case 'cbc':
+        if (!encrypt) return this.#cbcDecrypt(sector, count, data);
+        break;
+      case 'ctr':
+        break;
+    }
+    const ivs = this.#ivs(sector, count);
+    for (let i = 0; i < count; i++) {
+      const iv = ivs.subarray(i * this.#ivBytes, (i + 1) * this.#ivBytes);
+      this.#backend.chain(alg, mode, this.#key, iv, data.subarray(i * CRYPTO_SECTOR, (i + 1) * CRYPTO_SECTOR), encrypt);
+    }
+  }
+
+  /** XTS: C = E_K1(P ^ T) ^ T with T running from E_K2(IV) by doublings, over all sectors at once. */
+  #xts(sector: number, count: number, data: Uint8Array, encrypt: boolean): void {
+    const t0 = this.#ivs(sector, count);
+    this.#tweakEcb!.encrypt(t0);
+    const aligned = LITTLE_ENDIAN && data.byteOffset % 4 === 0;
+    const work = aligned ? data : Uint8Array.from(data);
+    const tweaks = new Uint32Array(data.length / 4);
+    if (LITTLE_ENDIAN) fillXtsTweaks(new Uint32Array(t0.buffer, t0.byteOffset, t0.length / 4), tweaks, count);
+    else fillXtsTweaksPortable(t0, tweaks, count);
+    const words = new Uint32Array(work.buffer, work.byteOffset, work.length / 4);
+    xorInto(words, tweaks);
+    if (encrypt) this.#ecb!.encrypt(work);
+    else this.#ecb!.decrypt(work);
+    xorInto(words, tweaks);
+    if (!aligned) data.set(work);
+  }
+
+  /** CBC decryption needs no chaining: P_i = D(C_i) ^ C_(i-1), the sector's IV before its first block. */
+  #cbcDecrypt(sector: number, count: number, data: Uint8Array): void {
+    const block = cipherBlockBytes(this.#spec.alg);
+    const ivs = this.#ivs(sector, count);
+    const cipherText = Uint8Array.from(data);
+    this.#ecb!.decrypt(data);
+    for (let s = 0; s < count; s++) {
+      const base = s * CRYPTO_SECTOR;
+      for (let i = 0; i < block; i++) data[base + i]! ^= ivs[s * block + i]!;
+      for (let i = block; i < CRYPTO_SECTOR; i++) data[base + i]! ^= cipherText[base + i - block]!;
+    }
+  }
+
+  /** Zeroes this object's key copies and drops the backend's cipher objects. */
+  dispose(): void {
+    this.#key.fill(0);
+    this.#ecb?.dispose();
+    this.#tweakEcb?.dispose();
+    this.#essiv?.dispose();
+  }
+}
+
+/** fillXtsTweaks for big-endian hosts: the same doubling over bytes. */
+function fillXtsTweaksPortable(t0: Uint8Array, out: Uint32Array, sectors: number): void {
+  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
+  const t = new Uint8Array(16);
+  let o = 0;
+  for (let s = 0; s < sectors; s++) {
+    t.set(t0.subarray(s * 16, s * 16 + 16));
+    for (let j = 0; j < CRYPTO_SECTOR / 16; j++) {
+      bytes.set(t, o);
+      o += 16;
+      let carry = 0;
+      for (let k = 0; k < 16; k++) {
+        const next = t[k]! >>> 7;
+        t[k] = ((t[k]! << 1) | carry) & 0xff;
+        carry = next;
+      }
+      if (carry) t[0]! ^= 0x87;
+    }
+  }
+}
