@@ -44,8 +44,20 @@ export const QCOW2_OPTS: readonly OptDesc[] = [
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits', defaultValue: '16' },
 ];
 
+/** block_crypto_create_opts_luks in qemu 7.2's order. */
+export const LUKS_OPTS: readonly OptDesc[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'key-secret', type: 'string', help: 'ID of the secret that provides the keyslot passphrase' },
+  { name: 'cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
+  { name: 'cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
+  { name: 'ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
+  { name: 'ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
+  { name: 'hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
+  { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+];
+
 /** The creation options of each format tsimg creates, by `-f` / `-O` name. */
-export const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, file: FILE_OPTS };
+export const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, luks: LUKS_OPTS, file: FILE_OPTS };
 
 /** qemu-img's print_block_option_help. */
 export function printOptionHelp(io: CliIO, filename: string | undefined, fmt: string): number {

@@ -38,13 +38,17 @@ export async function openCommandImage(
     backing?: boolean;
     /** false: a read/write open that leaves persistent bitmaps alone (see OpenImageOptions.holdBitmaps). */
     holdBitmaps?: boolean;
+    /** The `--object secret,...` data by id (see OpenImageOptions.secrets). */
+    secrets?: ReadonlyMap<string, Uint8Array>;
+    /** The key secret id when no image options give one (convert's target: its -o encrypt.key-secret). */
+    keySecret?: string;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename, locking } = parseImageOpts(name);
+  const { format, filename, locking, keySecret } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format, locking, hostPath: true });
+    return await openByName(filename, { ...options, format, locking, hostPath: true, keySecret: keySecret ?? options.keySecret });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -55,7 +59,10 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath'> & LockOptions & { locking?: LockingMode },
+  options: Pick<
+    OpenImageOptions,
+    'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath' | 'secrets' | 'keySecret'
+  > & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -82,6 +89,8 @@ async function openByName(
     backing: options.backing,
     holdBitmaps: options.holdBitmaps,
     hostPath: options.hostPath,
+    secrets: options.secrets,
+    keySecret: options.keySecret,
   });
 }
 

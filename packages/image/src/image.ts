@@ -123,6 +123,10 @@ export interface LayerContext {
   readonly holdBitmaps?: boolean;
   /** Opens a file the image names (a data file) with this layer's mode and file options. */
   openFile(name: string): Promise<BlockDevice>;
+  /** The secret id this layer's key comes from (`encrypt.key-secret`, `key-secret`), if given. */
+  readonly keySecret?: string;
+  /** The secrets of the open (`--object secret,...`), for {@link keySecret} and amend. */
+  readonly secrets?: ReadonlyMap<string, Uint8Array>;
   /**
    * Opens the backing image by the name stored in the image and its recorded format (empty or
    * undefined: probed). Resolves the name, refuses loops and chains that are too deep, and

@@ -13,6 +13,15 @@ export interface ImageLocation {
   format?: string;
   /** qemu's `file.locking` (`locking` with driver=file), when the options give it. */
   locking?: LockingMode;
+  /** The secret id of `encrypt.key-secret` (qcow2) or `key-secret` (luks), when given. */
+  keySecret?: string;
+}
+
+/** The option naming an encrypted format's passphrase secret, by driver. */
+function keySecretOption(driver: string | undefined, key: string): boolean {
+  if (key === 'encrypt.key-secret') return driver === undefined || driver === 'qcow2';
+  if (key === 'key-secret') return driver === undefined || driver === 'luks';
+  return false;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -37,7 +46,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     return { path, format: 'file', locking: lockingOption(opts.get('locking')) };
   }
   for (const key of opts.keys()) {
-    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key)) {
+    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key) && !keySecretOption(driver, key)) {
       throw new UsageError(
         driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
       );
@@ -59,7 +68,10 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     throw new UsageError('A block device must be specified for "file"');
   }
   if (path === '') throw new UsageError("The 'file' block driver requires a file name");
-  return { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  const keySecret = opts.get('encrypt.key-secret') ?? opts.get('key-secret');
+  const loc: ImageLocation = { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  if (keySecret !== undefined) loc.keySecret = keySecret;
+  return loc;
 }
 
 /** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */

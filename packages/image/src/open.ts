@@ -85,6 +85,10 @@ export interface OpenImageOptions {
    * `resize`, when it is smaller than the top. It is locked with the job's permissions.
    */
   writableBacking?: { depth: number; resize?: boolean };
+  /** Secret data by id (qemu's `--object secret,...`): where encrypted formats find their keys. */
+  secrets?: ReadonlyMap<string, Uint8Array>;
+  /** The top image's key secret id (`encrypt.key-secret` / `key-secret`; image options give it too). */
+  keySecret?: string;
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -105,12 +109,13 @@ interface OpenContext {
   onWarning?: (message: string) => void;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
+  secrets?: ReadonlyMap<string, Uint8Array>;
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
   writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
-type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps'>;
+type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps' | 'keySecret'>;
 
 /** A layer being opened: its name, mode, the chain above it (canonical names) and file options. */
 interface Layer {
@@ -209,6 +214,8 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       log: top?.log,
       unmap: top?.unmap ?? false,
       holdBitmaps: top?.holdBitmaps,
+      keySecret: top?.keySecret,
+      secrets: octx.secrets,
       openFile: async (name) => {
         const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
         const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });
@@ -241,7 +248,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
+  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [], secrets: options.secrets };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
     const loc = options.hostPath ? { path: filename } : locateImage(filename);
@@ -265,7 +272,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       const { depth, resize } = options.writableBacking;
       octx.writableBacking = { depth, resize: resize ?? false, fileOptions, unmap: options.unmap ?? false };
     }
-    const image = await openLayer(top, format, octx, options);
+    const image = await openLayer(top, format, octx, { ...options, keySecret: options.keySecret ?? loc.keySecret });
     try {
       for (const update of octx.finalLocks) update();
     } catch (err) {

@@ -18,6 +18,7 @@ export { type CompressPool, createCompressPool } from './compress/compress-pool.
 export { type CompressionType } from './compress/compress.js';
 export {
   createQcow2,
+  type Qcow2CreateEncryption,
   type Qcow2CreateOptions,
   type Qcow2Preallocation,
   type ResolvedQcow2CreateOptions,
@@ -46,3 +47,7 @@ export {
   type MeasureResult,
   type Qcow2MeasureOptions,
 } from './measure.js';
+export { type CipherAlg, type CipherMode, type HashAlg, type IvgenAlg } from './crypto/cipher.js';
+export { decodeLuksInfo, type LuksInfo } from './crypto/luks-header.js';
+export { hasLuksFormat, type LuksAmendOptions, type LuksCreateOptions, type LuksIo, LuksVolume } from './crypto/luks.js';
+export { type Secrets, secretAsUtf8 } from './crypto/secrets.js';

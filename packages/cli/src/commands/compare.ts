@@ -12,6 +12,7 @@ import { corruptionLine, openCommandImage as openImage } from '../image-open.js'
 import type { CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { createProgress } from '../progress.js';
+import { addObject } from '../object-option.js';
 
 const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS];
 
@@ -34,6 +35,7 @@ export const run: CommandRunner = async (argv, io) => {
   let quiet = false;
   let strict = false;
   let imageOpts = false;
+  const secrets = new Map<string, Uint8Array>();
   let forceShare = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
@@ -61,6 +63,9 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(value!, secrets);
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -81,7 +86,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
     const open = async (name: string, format?: string) => {
       try {
-        return await openImage(name, { format, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
+        return await openImage(name, { format, readOnly: true, imageOpts, forceShare, secrets, onWarning: lockWarnings(io, false) });
       } catch (err) {
         io.stderr(`tsimg: ${errorMessage(err)}${lockHint(err)}\n`);
         return undefined;

@@ -15,6 +15,7 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
+import { addObject } from '../object-option.js';
 import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
@@ -73,6 +74,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   files: string[];
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
 }
 
 function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
@@ -97,6 +100,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     cache: 'unsafe',
     srcCache: 'writeback',
     files: parsed.operands,
+    secrets: new Map(),
   };
   let outFmt: string | undefined;
   for (const { key, value } of parsed.options) {
@@ -160,7 +164,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         a.rateLimit = Number(cvtnum('rate limit', value!));
         break;
       case 'object':
-        break; // secrets are only needed for encryption, which tsimg refuses
+        addObject(value!, a.secrets);
+        break;
       case 'image-opts':
         a.imageOpts = true;
         break;
@@ -279,7 +284,7 @@ export const run: CommandRunner = async (argv, io) => {
     await interruptsOf(io).hold(async (signal) => {
       await prepareTarget(args, opened, out, opts, io);
       for (const f of created) await f.created();
-      target = await openTarget(args, out, io);
+      target = await openTarget(args, out, opts, io);
       await checkTarget(args, target, totalBytes);
       if (args.compressed) {
         const type = target.compressionType ?? 'zlib';
@@ -311,7 +316,7 @@ export const run: CommandRunner = async (argv, io) => {
  */
 async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
   for (const name of sources) {
-    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
+    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, secrets: args.secrets, ...locks }));
   }
   if (args.snapshot === undefined && args.snapshotName === undefined) return;
   if (args.snapshotName !== undefined && sources.length > 1) {
@@ -331,6 +336,7 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     readOnly: true,
     imageOpts: args.imageOpts,
     snapshot: args.snapshot ?? args.snapshotName,
+    secrets: args.secrets,
     ...locks,
   });
 }
@@ -422,7 +428,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
   }
   if (opts) {
     try {
-      await createImageFile(args.outFmt, out, opts, false, io);
+      await createImageFile(args.outFmt, out, opts, args.secrets, io);
     } catch (err) {
       const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
@@ -435,9 +441,12 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, opts: QemuOpts | undefined, io: CliIO): Promise<Image> {
   const onWarning = lockWarnings(io, true);
   return openCommandImage(out, {
+    secrets: args.secrets,
+    // img_add_key_secrets: the creation options' key secret opens the new target.
+    keySecret: opts?.getString('encrypt.key-secret') ?? opts?.getString('key-secret'),
     format: args.outFmt || undefined,
     readOnly: false,
     imageOpts: args.targetImageOpts,

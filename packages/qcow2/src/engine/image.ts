@@ -462,6 +462,7 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
       }
     } finally {
       s.closed = true;
+      s.crypto?.cipher.dispose();
       s.l2Cache.clear();
       s.refcountCache.clear();
       await this.file.close();
