@@ -134,7 +134,7 @@ export const luksFormat: ImageFormat = {
     const volume = await LuksVolume.open(luksIo(file), undefined);
     const size = Math.floor(Math.max(0, file.size() - volume.payloadOffset) / SECTOR) * SECTOR;
     return {
-      info: { 'virtual-size': size, encrypted: true, 'format-specific': { type: 'luks' as const, data: volume.info() } },
+      info: { 'dirty-flag': false, 'virtual-size': size, encrypted: true, 'format-specific': { type: 'luks' as const, data: volume.info() } },
       warnings: [],
     };
   },

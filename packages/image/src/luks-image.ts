@@ -3,7 +3,7 @@
  * each 512-byte sector encrypted with the guest sector number as its IV. Reads and writes are
  * whole sectors underneath (request_alignment); partial ones read the sectors around them.
  */
-import { type LuksVolume } from '@tsimg/qcow2';
+import { type AmendOptions, amendLuks, type LuksVolume } from '@tsimg/qcow2';
 import { UsageError, type BlockDevice, type BlockStatus, type WriteZeroesOptions } from '@tsimg/raw';
 import type { Image, TruncateOptions } from './image.js';
 
@@ -111,6 +111,11 @@ export class LuksImage implements Image {
   async truncate(size: number, options: TruncateOptions): Promise<void> {
     options.check?.();
     await this.resize(size);
+  }
+
+  /** block_crypto_amend_options_luks: key slot changes only. */
+  async amend(options: AmendOptions): Promise<void> {
+    await amendLuks(this.volume, options.encrypt ?? {}, options.force === true);
   }
 
   /** No block status callback: everything is data, at no offset (bdrv_co_block_status's default). */

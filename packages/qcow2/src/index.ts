@@ -48,6 +48,7 @@ export {
   type Qcow2MeasureOptions,
 } from './measure.js';
 export { type CipherAlg, type CipherMode, type HashAlg, type IvgenAlg } from './crypto/cipher.js';
+export { amendLuks, type EncryptionAmend } from './crypto/luks-amend.js';
 export { decodeLuksInfo, type LuksInfo } from './crypto/luks-header.js';
 export { hasLuksFormat, type LuksAmendOptions, type LuksCreateOptions, type LuksIo, LuksVolume } from './crypto/luks.js';
 export { type Secrets, secretAsUtf8 } from './crypto/secrets.js';

@@ -24,6 +24,7 @@ import {
   formatImageInfoListJson,
 } from '../info-output.js';
 import { splitImageOpts } from '../image-opts.js';
+import { addObject } from '../object-option.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -58,6 +59,7 @@ export const run: CommandRunner = async (argv, io) => {
   let chain = false;
   let imageOpts = false;
   let forceShare = false;
+  const secrets = new Map<string, Uint8Array>();
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -78,8 +80,10 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(o.value!, secrets);
+        break;
       default:
-        // --object: info needs no secrets (it never decrypts).
         break;
     }
   }

@@ -286,17 +286,33 @@ export class LuksVolume {
         throw usage(`Refusing to overwrite active keyslot ${slot} - please erase it first`);
       }
       const secret = o.secret();
-      const key = await this.#findKey(secret);
+      let key: Uint8Array;
       try {
-        await this.#storeKey(slot, o.newSecret(), key, o.iterTime ?? LUKS_DEFAULT_ITER_TIME);
+        key = await this.#findKey(secret);
+      } finally {
+        secret.fill(0);
+      }
+      const fresh = o.newSecret();
+      try {
+        await this.#storeKey(slot, fresh, key, o.iterTime ?? LUKS_DEFAULT_ITER_TIME);
       } finally {
         key.fill(0);
+        fresh.fill(0);
       }
       return;
     }
     if (o.newSecret !== undefined) throw usage("'new-secret' must not be given when erasing keyslots");
     if (o.iterTime !== undefined) throw usage("'iter-time' must not be given when erasing keyslots");
     const old = o.oldSecret?.();
+    try {
+      await this.#erase(o, old);
+    } finally {
+      old?.fill(0);
+    }
+  }
+
+  /** qcrypto_block_luks_amend_erase_keyslots after its option checks. */
+  async #erase(o: LuksAmendOptions, old: Uint8Array | undefined): Promise<void> {
     if (o.keyslot !== undefined) {
       const slot = o.keyslot;
       if (slot < 0 || slot >= LUKS_NUM_KEY_SLOTS) throw usage(`Invalid keyslot ${slot} specified, must be between 0 and ${LUKS_NUM_KEY_SLOTS - 1}`);
