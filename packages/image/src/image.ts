@@ -18,6 +18,11 @@ export interface Image extends BlockDevice {
   /** An external data file, when host offsets of data point there instead of into `file`. */
   readonly dataFile?: BlockDevice;
   readonly backing?: Image;
+  /**
+   * bdrv_has_zero_init: whether the image as created reads as zeroes (so convert may skip
+   * zero runs); absent: it does.
+   */
+  hasZeroInit?(): boolean;
   /** The allocation granularity, for formats that have one. */
   readonly clusterSize?: number;
   /**

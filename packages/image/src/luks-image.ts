@@ -27,6 +27,11 @@ export class LuksImage implements Image {
     this.#payload = volume.payloadOffset;
   }
 
+  /** The crypto driver has no bdrv_has_zero_init: a new volume's payload decrypts to noise. */
+  hasZeroInit(): boolean {
+    return false;
+  }
+
   get readOnly(): boolean {
     return this.file.readOnly;
   }

@@ -488,7 +488,7 @@ async function copy(
       compressed: args.compressed,
       clusterSize: target.clusterSize ?? 0,
       // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
-      hasZeroInit: args.skipCreate ? args.targetIsZero : true,
+      hasZeroInit: args.skipCreate ? args.targetIsZero : (target.hasZeroInit?.() ?? true),
       targetHasBacking,
       targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
       salvage: args.salvage,
