@@ -9,6 +9,7 @@
  */
 import { createCipheriv, createDecipheriv, createHash, getCiphers, type Cipher, type Decipher } from 'node:crypto';
 import { UnsupportedError } from '@tsimg/raw';
+import { XTS_PIECE_SECTORS, XtsTweaker } from './xts-tweak.js';
 
 /** The cipher algorithms qemu 7.2 names (QCryptoCipherAlgorithm) that LUKS can use. */
 export type CipherAlg =
@@ -53,6 +54,11 @@ export function cipherIvBytes(alg: CipherAlg, mode: CipherMode): number {
 export interface EcbPrimitive {
   encrypt(data: Uint8Array): void;
   decrypt(data: Uint8Array): void;
+  /**
+   * The result of encrypting (or decrypting) `data` in a buffer of the backend's (data itself
+   * when the backend works in place), saving a copy where the caller goes on anyway.
+   */
+  process?(data: Uint8Array, encrypt: boolean): Uint8Array;
   /** Forgets the key (as far as the backend lets us). */
   dispose(): void;
 }
@@ -72,6 +78,7 @@ export interface CipherBackend {
 function updateInPlace(c: Cipher | Decipher, data: Uint8Array): void {
   const out = c.update(data);
   data.set(out);
+  // Key material passes through here too (key slots, ESSIV): no copy of it stays behind.
   out.fill(0);
 }
 
@@ -90,6 +97,11 @@ export const nodeCipherBackend: CipherBackend = (() => {
         decrypt: (data) => {
           dec ??= createDecipheriv(`${alg}-ecb`, keyCopy, null).setAutoPadding(false);
           updateInPlace(dec, data);
+        },
+        process: (data, encrypt) => {
+          if (encrypt) return enc!.update(data);
+          dec ??= createDecipheriv(`${alg}-ecb`, keyCopy, null).setAutoPadding(false);
+          return dec.update(data);
         },
         dispose() {
           keyCopy.fill(0);
@@ -129,33 +141,6 @@ export function unsupportedCipher(alg: string): UnsupportedError {
   return new UnsupportedError(`Unsupported cipher algorithm ${alg}`, { errno: 'ENOTSUP' });
 }
 
-/** The tweak doubling of XTS (multiplication by x in GF(2^128), little-endian words). */
-function fillXtsTweaks(t0: Uint32Array, out: Uint32Array, sectors: number): void {
-  const perSector = CRYPTO_SECTOR / 16;
-  let o = 0;
-  for (let s = 0; s < sectors; s++) {
-    let a = t0[s * 4]!, b = t0[s * 4 + 1]!, c = t0[s * 4 + 2]!, d = t0[s * 4 + 3]!;
-    for (let j = 0; j < perSector; j++) {
-      out[o] = a;
-      out[o + 1] = b;
-      out[o + 2] = c;
-      out[o + 3] = d;
-      o += 4;
-      const carry = d >>> 31;
-      d = (d << 1) | (c >>> 31);
-      c = (c << 1) | (b >>> 31);
-      b = (b << 1) | (a >>> 31);
-      a = (a << 1) ^ (carry * 0x87);
-    }
-  }
-}
-
-function xorInto(dst: Uint32Array, src: Uint32Array): void {
-  for (let i = 0; i < dst.length; i++) dst[i]! ^= src[i]!;
-}
-
-const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
-
 /**
  * Encrypts and decrypts runs of 512-byte sectors with one master key, as qemu's
  * do_qcrypto_block_cipher_encdec: sector `n` of a run starting at `sector` uses the IV of
@@ -169,6 +154,7 @@ export class SectorCipher {
   #ecb: EcbPrimitive | undefined;
   #tweakEcb: EcbPrimitive | undefined;
   #essiv: EcbPrimitive | undefined;
+  #tweaker: XtsTweaker | undefined;
 
   constructor(spec: SectorCipherSpec, key: Uint8Array, backend: CipherBackend = nodeCipherBackend) {
     if (!backend.supports(spec.alg)) throw unsupportedCipher(spec.alg);
@@ -242,21 +228,32 @@ export class SectorCipher {
     }
   }
 
-  /** XTS: C = E_K1(P ^ T) ^ T with T running from E_K2(IV) by doublings, over all sectors at once. */
+  /**
+   * XTS: C = E_K1(P ^ T) ^ T with T running from E_K2(IV) by doublings. Per piece of up to
+   * 1 MiB: the IVs encrypted in one ECB call, the tweak pass in wasm, one bulk ECB call, the
+   * tweak pass again.
+   */
   #xts(sector: number, count: number, data: Uint8Array, encrypt: boolean): void {
-    const t0 = this.#ivs(sector, count);
-    this.#tweakEcb!.encrypt(t0);
-    const aligned = LITTLE_ENDIAN && data.byteOffset % 4 === 0;
-    const work = aligned ? data : Uint8Array.from(data);
-    const tweaks = new Uint32Array(data.length / 4);
-    if (LITTLE_ENDIAN) fillXtsTweaks(new Uint32Array(t0.buffer, t0.byteOffset, t0.length / 4), tweaks, count);
-    else fillXtsTweaksPortable(t0, tweaks, count);
-    const words = new Uint32Array(work.buffer, work.byteOffset, work.length / 4);
-    xorInto(words, tweaks);
-    if (encrypt) this.#ecb!.encrypt(work);
-    else this.#ecb!.decrypt(work);
-    xorInto(words, tweaks);
-    if (!aligned) data.set(work);
+    this.#tweaker ??= new XtsTweaker();
+    const k = this.#tweaker;
+    const mem = k.view;
+    const ecb = this.#ecb!;
+    for (let done = 0; done < count; done += XTS_PIECE_SECTORS) {
+      const n = Math.min(XTS_PIECE_SECTORS, count - done);
+      const t0 = this.#ivs(sector + done, n);
+      this.#tweakEcb!.encrypt(t0);
+      mem.set(t0, 0);
+      const piece = data.subarray(done * CRYPTO_SECTOR, (done + n) * CRYPTO_SECTOR);
+      const work = mem.subarray(k.dataOffset, k.dataOffset + piece.length);
+      work.set(piece);
+      k.run(n);
+      const out = ecb.process?.(work, encrypt);
+      if (out !== undefined) work.set(out);
+      else if (encrypt) ecb.encrypt(work);
+      else ecb.decrypt(work);
+      k.run(n);
+      piece.set(work);
+    }
   }
 
   /** CBC decryption needs no chaining: P_i = D(C_i) ^ C_(i-1), the sector's IV before its first block. */
@@ -278,26 +275,6 @@ export class SectorCipher {
     this.#ecb?.dispose();
     this.#tweakEcb?.dispose();
     this.#essiv?.dispose();
-  }
-}
-
-/** fillXtsTweaks for big-endian hosts: the same doubling over bytes. */
-function fillXtsTweaksPortable(t0: Uint8Array, out: Uint32Array, sectors: number): void {
-  const bytes = new Uint8Array(out.buffer, out.byteOffset, out.byteLength);
-  const t = new Uint8Array(16);
-  let o = 0;
-  for (let s = 0; s < sectors; s++) {
-    t.set(t0.subarray(s * 16, s * 16 + 16));
-    for (let j = 0; j < CRYPTO_SECTOR / 16; j++) {
-      bytes.set(t, o);
-      o += 16;
-      let carry = 0;
-      for (let k = 0; k < 16; k++) {
-        const next = t[k]! >>> 7;
-        t[k] = ((t[k]! << 1) | carry) & 0xff;
-        carry = next;
-      }
-      if (carry) t[0]! ^= 0x87;
-    }
+    this.#tweaker?.wipe();
   }
 }
