@@ -46,9 +46,9 @@ export async function openCommandImage(
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename, locking, keySecret } = parseImageOpts(name);
+  const { format, filename, locking, keySecret, backingKeySecrets } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format, locking, hostPath: true, keySecret: keySecret ?? options.keySecret });
+    return await openByName(filename, { ...options, format, locking, hostPath: true, keySecret: keySecret ?? options.keySecret, backingKeySecrets });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -61,7 +61,7 @@ async function openByName(
   filename: string,
   options: Pick<
     OpenImageOptions,
-    'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath' | 'secrets' | 'keySecret'
+    'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath' | 'secrets' | 'keySecret' | 'backingKeySecrets'
   > & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
@@ -91,6 +91,7 @@ async function openByName(
     hostPath: options.hostPath,
     secrets: options.secrets,
     keySecret: options.keySecret,
+    backingKeySecrets: options.backingKeySecrets,
   });
 }
 

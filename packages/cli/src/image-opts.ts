@@ -44,14 +44,16 @@ export function splitImageOpts(text: string): Map<string, string> {
  * `--image-opts` text resolved to a host file and a format (as other commands use it), with
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode; keySecret?: string } {
+export function parseImageOpts(text: string): {
+  format?: string; filename: string; locking?: LockingMode; keySecret?: string; backingKeySecrets?: (string | undefined)[];
+} {
   const opts = splitImageOpts(text);
   const driver = opts.get('driver');
   // bdrv_open looks the driver up before it looks at any other option.
   if (driver !== undefined && !QEMU_FORMATS.has(driver)) throw new CliExit(1, `Could not open '${text}': Unknown driver '${driver}'`);
   try {
     const loc = locateImageFromOptions(opts);
-    return { format: loc.format, filename: loc.path, locking: loc.locking, keySecret: loc.keySecret };
+    return { format: loc.format, filename: loc.path, locking: loc.locking, keySecret: loc.keySecret, backingKeySecrets: loc.backingKeySecrets };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }

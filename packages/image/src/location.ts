@@ -15,6 +15,14 @@ export interface ImageLocation {
   locking?: LockingMode;
   /** The secret id of `encrypt.key-secret` (qcow2) or `key-secret` (luks), when given. */
   keySecret?: string;
+  /** The backing images' key secrets by depth (1: `backing.encrypt.key-secret`), when given. */
+  backingKeySecrets?: (string | undefined)[];
+}
+
+/** `backing.` repeated `depth` times before a key secret option: the depth, or undefined. */
+function backingKeySecretDepth(key: string): number | undefined {
+  const m = /^((?:backing\.)+)(?:encrypt\.)?key-secret$/.exec(key);
+  return m ? m[1]!.length / 'backing.'.length : undefined;
 }
 
 /** The option naming an encrypted format's passphrase secret, by driver. */
@@ -46,7 +54,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     return { path, format: 'file', locking: lockingOption(opts.get('locking')) };
   }
   for (const key of opts.keys()) {
-    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key) && !keySecretOption(driver, key)) {
+    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key) && !keySecretOption(driver, key) && backingKeySecretDepth(key) === undefined) {
       throw new UsageError(
         driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
       );
@@ -71,6 +79,10 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
   const keySecret = opts.get('encrypt.key-secret') ?? opts.get('key-secret');
   const loc: ImageLocation = { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
   if (keySecret !== undefined) loc.keySecret = keySecret;
+  for (const [key, value] of opts) {
+    const depth = backingKeySecretDepth(key);
+    if (depth !== undefined) (loc.backingKeySecrets ??= [])[depth] = value;
+  }
   return loc;
 }
 

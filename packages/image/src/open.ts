@@ -10,7 +10,7 @@ import {
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
-import { locateImage } from './location.js';
+import { type ImageLocation, locateImage } from './location.js';
 import { resolveRelative } from './paths.js';
 import {
   backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
@@ -89,6 +89,8 @@ export interface OpenImageOptions {
   secrets?: ReadonlyMap<string, Uint8Array>;
   /** The top image's key secret id (`encrypt.key-secret` / `key-secret`; image options give it too). */
   keySecret?: string;
+  /** Key secret ids of the backing images by depth (1: the top's backing file). */
+  backingKeySecrets?: readonly (string | undefined)[];
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -110,6 +112,7 @@ interface OpenContext {
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
   secrets?: ReadonlyMap<string, Uint8Array>;
+  backingKeySecrets?: readonly (string | undefined)[];
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
   writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
@@ -214,7 +217,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       log: top?.log,
       unmap: top?.unmap ?? false,
       holdBitmaps: top?.holdBitmaps,
-      keySecret: top?.keySecret,
+      keySecret: top?.keySecret ?? octx.backingKeySecrets?.[layer.seen.length - 1],
       secrets: octx.secrets,
       openFile: async (name) => {
         const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
@@ -251,7 +254,8 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
   const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [], secrets: options.secrets };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
-    const loc = options.hostPath ? { path: filename } : locateImage(filename);
+    const loc: ImageLocation = options.hostPath ? { path: filename } : locateImage(filename);
+    octx.backingKeySecrets = options.backingKeySecrets ?? loc.backingKeySecrets;
     const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
     if (formatName !== undefined) {
