@@ -7,7 +7,7 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { describeQemu, expectSameAsQemu, qemuIo, run, shIn, tempDir, tsimg } from '../../../test-images/qemu.js';
+import { describeQemu, expectSameAsQemu, pokeFile, qemuIo, run, shIn, tempDir, tsimg } from '../../../test-images/qemu.js';
 
 let dir = '';
 let cleanup = (): void => {};
@@ -187,6 +187,28 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
       const r = run('qemu-io', [...objs, '--image-opts', qcow2Opts('ta/a.qcow2', key), '-c', 'read -P 0x11 1000 70000'], { cwd: dir });
       expect(r.stdout).toContain('read 70000/70000 bytes');
     }
+  });
+
+  it("hostile LUKS headers: qemu's one-line refusals", () => {
+    const damaged = (name: string, from: string, at: number, bytes: number[]) => {
+      sh('cp', from, name);
+      pokeFile(join(dir, name), at, Buffer.from(bytes));
+    };
+    sh('cp', 'q.luks', 'short.luks');
+    sh('truncate', '-s', '400', 'short.luks');
+    sh('cp', 'q.luks', 'nopayload.luks');
+    sh('truncate', '-s', '100000', 'nopayload.luks');
+    damaged('stripes.luks', 'q.luks', 208 + 44, [0, 0, 0, 3]);
+    damaged('overlap.luks', 'q.luks', 208 + 48 + 40, [0, 0, 0, 8]);
+    damaged('mode.luks', 'q.luks', 40, [0x78, 0x74, 0x73, 0]);
+    // q.qcow2's LUKS header starts at cluster 4 (its crypto header extension says so).
+    damaged('magic.qcow2', 'q.qcow2', 4 * 65536, [0]);
+    damaged('slots.qcow2', 'q.qcow2', 4 * 65536 + 208 + 40, [0xff, 0xff, 0xff, 0xff]);
+    for (const f of ['short.luks', 'nopayload.luks', 'stripes.luks', 'overlap.luks', 'mode.luks', 'magic.qcow2', 'slots.qcow2']) {
+      expectSameAsQemu(['info', f], dir);
+    }
+    expectSameAsQemu(['map', ...SEC, luksJson('nopayload.luks')], dir);
+    expectSameAsQemu(['map', ...SEC, qcow2Json('magic.qcow2')], dir);
   });
 
   it('legacy AES (encryption=on): tsimg creates what qemu reads and reads what qemu writes', () => {

@@ -6,7 +6,7 @@ import {
   findExtension, hasLuksFormat, loadQcow2Metadata, LuksVolume, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE,
   secretAsUtf8,
 } from '@tsimg/qcow2';
-import { BDRV_SECTOR_SIZE, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { LuksImage } from './luks-image.js';
 import { RawImage } from './raw-image.js';
@@ -109,6 +109,11 @@ function luksIo(file: BlockDevice) {
   };
 }
 
+/** block_crypto_getlength: a file shorter than its header area has no size. */
+function checkPayload(file: BlockDevice, volume: LuksVolume): void {
+  if (file.size() < volume.payloadOffset) throw new IoError('Could not refresh total sector count: Input/output error', { errno: 'EIO' });
+}
+
 /** The luks format (qemu's block/crypto.c): a LUKS1 volume in the file. */
 export const luksFormat: ImageFormat = {
   name: 'luks',
@@ -125,6 +130,12 @@ export const luksFormat: ImageFormat = {
     const pw = password();
     try {
       const volume = await LuksVolume.open(luksIo(file), pw);
+      try {
+        checkPayload(file, volume);
+      } catch (err) {
+        volume.dispose();
+        throw err;
+      }
       return new LuksImage(ctx.filename, file, volume);
     } finally {
       pw.fill(0);
@@ -132,6 +143,7 @@ export const luksFormat: ImageFormat = {
   },
   async info(file: BlockDevice) {
     const volume = await LuksVolume.open(luksIo(file), undefined);
+    checkPayload(file, volume);
     const size = Math.floor(Math.max(0, file.size() - volume.payloadOffset) / SECTOR) * SECTOR;
     return {
       info: { 'dirty-flag': false, 'virtual-size': size, encrypted: true, 'format-specific': { type: 'luks' as const, data: volume.info() } },

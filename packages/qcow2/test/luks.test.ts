@@ -174,6 +174,18 @@ describe('LUKS volume', () => {
     await damage(208 + 48 + 40, [0, 0, 0, 8], 'Keyslots 0 and 1 are overlapping in the header');
     await damage(104, [0, 0, 0, 1], 'LUKS payload is overlapping with the header');
     await damage(8, new Array(32).fill(0x41), 'LUKS header cipher name is not NUL terminated');
+    await damage(40, [...'cbc'].map((c) => c.charCodeAt(0)).concat([0]), "Unexpected cipher mode string format 'cbc'");
+    await damage(72, [...'whirl'].map((c) => c.charCodeAt(0)).concat([0]), "Hash algorithm 'whirl' not supported");
+  });
+  it('refuses absurd iteration counts before spending them', async () => {
+    const { io } = await make();
+    const copy = { ...io, bytes: Uint8Array.from(io.bytes) };
+    copy.read = async (o, into) => into.set(copy.bytes.subarray(o, o + into.length));
+    copy.bytes.set([0xff, 0xff, 0xff, 0xff], 208 + 4);
+    await expect(LuksVolume.open(copy, pw('abc'))).rejects.toThrow('Keyslot 0 iteration count 4294967295 exceeds the limit of 100000000');
+    copy.bytes.set([0, 0, 0x10, 0], 208 + 4);
+    copy.bytes.set([0xff, 0xff, 0xff, 0xff], 164);
+    await expect(LuksVolume.open(copy, pw('abc'))).rejects.toThrow('LUKS key iteration count 4294967295 exceeds the limit of 100000000');
   });
 });
 

@@ -6,7 +6,7 @@
  * of a raw LUKS file, or the clusters of a qcow2 crypto header extension.
  */
 import { randomFillSync, randomUUID } from 'node:crypto';
-import { UnsupportedError, UsageError } from '@tsimg/raw';
+import { LimitError, UnsupportedError, UsageError } from '@tsimg/raw';
 import { afMerge, afSplit } from './afsplit.js';
 import {
   type CipherAlg, type CipherBackend, type CipherMode, cipherKeyBytes, CRYPTO_SECTOR, type HashAlg, type IvgenAlg, nodeCipherBackend,
@@ -41,6 +41,12 @@ export const LUKS_DEFAULT_ITER_TIME = 2000;
 const MIN_SLOT_KEY_ITERS = 1000;
 const MIN_MASTER_KEY_ITERS = 1000;
 const ERASE_ITERATIONS = 40;
+/**
+ * Beyond qemu: PBKDF2 iteration counts above this are refused before any key work, so a
+ * hostile header cannot make an open run for hours (qemu would). qemu's own default, 2 s on a
+ * fast machine, stays far below (about 10^7).
+ */
+export const LUKS_MAX_ITERATIONS = 100_000_000;
 
 /** The options qemu-img's `encrypt.*` / luks `-o` names give, filled with qemu's defaults. */
 export function resolveLuksOptions(o: LuksCreateOptions): Required<Omit<LuksCreateOptions, 'ivgenHashAlg'>> & { ivgenHashAlg?: HashAlg } {
@@ -216,6 +222,12 @@ export class LuksVolume {
     const h = this.header;
     const slot = h.keySlots[index]!;
     if (slot.active !== LUKS_SLOT_ENABLED) return undefined;
+    if (slot.iterations > LUKS_MAX_ITERATIONS) {
+      throw new LimitError(`Keyslot ${index} iteration count ${slot.iterations} exceeds the limit of ${LUKS_MAX_ITERATIONS}`);
+    }
+    if (h.masterKeyIterations > LUKS_MAX_ITERATIONS) {
+      throw new LimitError(`LUKS key iteration count ${h.masterKeyIterations} exceeds the limit of ${LUKS_MAX_ITERATIONS}`);
+    }
     const hash = this.algorithms.hashAlg;
     const possible = pbkdf2(hash, password, slot.salt, slot.iterations, h.masterKeyLen);
     const split = new Uint8Array(h.masterKeyLen * slot.stripes);
