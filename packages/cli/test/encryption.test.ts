@@ -189,6 +189,36 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
     }
   });
 
+  it('encrypted backing chains, commit, rebase, resize and snapshots: the same results as qemu-img', () => {
+    const create = (f: string, ...more: string[]) =>
+      qemuCreate('-f', 'qcow2', ...SEC, ...more, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', f, '4M');
+    create('base.qcow2');
+    io(qcow2Opts('base.qcow2'), 'write -P 0x31 0 1M');
+    create('top.qcow2', '-b', 'base.qcow2', '-F', 'qcow2');
+    const chain = (f: string) => `${qcow2Opts(f)},backing.encrypt.key-secret=sec0`;
+    io(chain('top.qcow2'), 'write -P 0x32 512k 1M');
+    sh('qemu-img', 'convert', ...SEC, '--image-opts', chain('top.qcow2'), '-O', 'raw', 'chain.raw');
+    expect(tsimg(['convert', ...SEC, '--image-opts', chain('top.qcow2'), '-O', 'raw', 'chain-t.raw'], { cwd: dir }).status).toBe(0);
+    expect(readFileSync(join(dir, 'chain-t.raw')).equals(readFileSync(join(dir, 'chain.raw')))).toBe(true);
+    // Without the backing image's key: qemu's message, from the backing file's open.
+    expectSameAsQemu(['map', ...SEC, '--image-opts', qcow2Opts('top.qcow2')], dir);
+    expectSameAsQemu(['map', ...SEC, '--output=json', '--image-opts', chain('top.qcow2')], dir);
+    for (const d of ['qc', 'tc']) {
+      sh('mkdir', d);
+      sh('cp', 'base.qcow2', 'top.qcow2', d);
+    }
+    const both = { qemu: join(dir, 'qc'), tsimg: join(dir, 'tc') };
+    expectSameAsQemu(['resize', ...SEC, '--image-opts', qcow2Opts('top.qcow2'), '+2M'], both);
+    expectSameAsQemu(['snapshot', ...SEC, '--image-opts', qcow2Opts('top.qcow2'), '-c', 's1'], both);
+    expectSameAsQemu(['commit', ...SEC, '--image-opts', chain('top.qcow2')], both);
+    sh('qemu-img', 'convert', ...SEC, '--image-opts', qcow2Opts('tc/base.qcow2'), '-O', 'raw', 'committed.raw');
+    expect(readFileSync(join(dir, 'committed.raw')).equals(readFileSync(join(dir, 'chain.raw')))).toBe(true);
+    sh('cp', 'base.qcow2', 'top.qcow2', 'tc');
+    expect(tsimg(['rebase', ...SEC, '--image-opts', chain('top.qcow2'), '-b', ''], { cwd: join(dir, 'tc') }).status).toBe(0);
+    sh('qemu-img', 'convert', ...SEC, '--image-opts', qcow2Opts('tc/top.qcow2'), '-O', 'raw', 'rebased.raw');
+    expect(readFileSync(join(dir, 'rebased.raw')).equals(readFileSync(join(dir, 'chain.raw')))).toBe(true);
+  });
+
   it("hostile LUKS headers: qemu's one-line refusals", () => {
     const damaged = (name: string, from: string, at: number, bytes: number[]) => {
       sh('cp', from, name);
