@@ -82,8 +82,7 @@ export class LuksImage implements Image {
     }
     const cipher = this.volume.cipher!;
     for (let done = 0; done < buf.length; done += MAX_IO) {
-      const piece = Uint8Array.from(buf.subarray(done, Math.min(buf.length, done + MAX_IO)));
-      cipher.encrypt((start + done) / SECTOR, piece);
+      const piece = cipher.encrypted((start + done) / SECTOR, buf.subarray(done, Math.min(buf.length, done + MAX_IO)));
       await this.file.write(this.#payload + start + done, piece);
     }
   }

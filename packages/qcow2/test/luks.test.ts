@@ -87,8 +87,10 @@ describe('sector cipher', () => {
           const key = randomBytes(keyLen);
           const plain = new Uint8Array(randomBytes(count * 512));
           const c = new SectorCipher({ alg, mode, ivgen: 'plain64' }, key);
-          const enc = Uint8Array.from(plain);
-          c.encrypt(start, enc);
+          const enc = c.encrypted(start, plain);
+          const inPlace = Uint8Array.from(plain);
+          c.encrypt(start, inPlace);
+          expect(inPlace).toEqual(enc);
           for (let i = 0; i < count; i++) {
             const want = reference(alg, mode, key, start + i, plain.subarray(i * 512, (i + 1) * 512), true);
             expect(enc.subarray(i * 512, (i + 1) * 512)).toEqual(want);

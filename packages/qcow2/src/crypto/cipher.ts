@@ -205,6 +205,20 @@ export class SectorCipher {
     this.#run(sector, data, false);
   }
 
+  /** The encryption of `data` (whole sectors) as a new buffer; `data` is left as it is. */
+  encrypted(sector: number, data: Uint8Array): Uint8Array {
+    if (this.#spec.mode !== 'xts') {
+      const out = Uint8Array.from(data);
+      this.#run(sector, out, true);
+      return out;
+    }
+    const out = new Uint8Array(data.length);
+    const count = data.length / CRYPTO_SECTOR;
+    if (!Number.isInteger(count)) throw new RangeError('encrypted I/O must cover whole sectors');
+    this.#xts(sector, count, data, true, out);
+    return out;
+  }
+
   #run(sector: number, data: Uint8Array, encrypt: boolean): void {
     const count = data.length / CRYPTO_SECTOR;
     if (!Number.isInteger(count)) throw new RangeError('encrypted I/O must cover whole sectors');
@@ -229,11 +243,11 @@ export class SectorCipher {
   }
 
   /**
-   * XTS: C = E_K1(P ^ T) ^ T with T running from E_K2(IV) by doublings. Per piece of up to
-   * 1 MiB: the IVs encrypted in one ECB call, the tweak pass in wasm, one bulk ECB call, the
-   * tweak pass again.
+   * XTS: C = E_K1(P ^ T) ^ T with T running from E_K2(IV) by doublings. Per piece of
+   * XTS_PIECE_SECTORS: the IVs encrypted in one ECB call, the tweak pass in wasm, one bulk ECB
+   * call, the tweak pass again.
    */
-  #xts(sector: number, count: number, data: Uint8Array, encrypt: boolean): void {
+  #xts(sector: number, count: number, data: Uint8Array, encrypt: boolean, into: Uint8Array = data): void {
     this.#tweaker ??= new XtsTweaker();
     const k = this.#tweaker;
     const mem = k.view;
@@ -252,7 +266,7 @@ export class SectorCipher {
       else if (encrypt) ecb.encrypt(work);
       else ecb.decrypt(work);
       k.run(n);
-      piece.set(work);
+      into.set(work, done * CRYPTO_SECTOR);
     }
   }
 

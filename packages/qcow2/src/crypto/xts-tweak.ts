@@ -18,8 +18,11 @@ interface WasmApi {
 }
 const wasm = (): WasmApi => (globalThis as unknown as { WebAssembly: WasmApi }).WebAssembly;
 
-/** Sectors per pass: 1 MiB of data, so the working set stays in cache and memory bounded. */
-export const XTS_PIECE_SECTORS = 2048;
+/**
+ * Sectors per pass: 64 KiB of data, so the working set (data, the backend's ECB output, the
+ * tweaks) stays in the L2 cache: 1 MiB pieces ran at half the speed (600 vs 1200 MiB/s CPU).
+ */
+export const XTS_PIECE_SECTORS = 128;
 
 /** One instance's memory, laid out as [t0: 16 bytes a sector][data: 512 bytes a sector]. */
 export class XtsTweaker {

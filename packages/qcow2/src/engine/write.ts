@@ -120,9 +120,7 @@ export async function allocHostOffset(s: EngineState, offset: number, bytes: num
 function hostBytes(s: EngineState, host: number, guest: number, data: Uint8Array): Uint8Array {
   const c = s.crypto;
   if (c === undefined) return data;
-  const out = Uint8Array.from(data);
-  c.cipher.encrypt((c.physical ? host : guest) / CRYPTO_SECTOR, out);
-  return out;
+  return c.cipher.encrypted((c.physical ? host : guest) / CRYPTO_SECTOR, data);
 }
 
 /** qcow2_co_pwritev_part. */
