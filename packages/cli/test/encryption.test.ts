@@ -123,6 +123,21 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
     }
   });
 
+  it('measure with LUKS targets: the header area as qemu counts it', () => {
+    const obj = ['--object', 'secret,id=s,data=x'];
+    for (const args of [
+      ['-O', 'qcow2', '--size', '1G', ...obj, '-o', 'encrypt.format=luks,encrypt.key-secret=s'],
+      ['-O', 'qcow2', '--size', '1G', ...obj, '-o', 'encrypt.format=luks,encrypt.key-secret=s,encrypt.cipher-alg=aes-128,cluster_size=4k'],
+      ['-O', 'qcow2', '--size', '1G', '-o', 'encrypt.format=luks,encrypt.key-secret=s'],
+      ['-O', 'qcow2', '--output=json', ...obj, '-o', 'encrypt.format=luks,encrypt.key-secret=s,encrypt.cipher-mode=cbc', 'plain.raw'],
+      ['-O', 'luks', '--size', '1G', ...obj, '-o', 'key-secret=s'],
+      ['-O', 'luks', '--size', '1G'],
+      ['-O', 'luks', ...obj, '-o', 'key-secret=s,cipher-alg=aes-128,ivgen-alg=essiv', 'plain.raw'],
+    ]) {
+      expectSameAsQemu(['measure', ...args], dir);
+    }
+  });
+
   it("--object secret forms and qemu's refusals", () => {
     writeFileSync(join(dir, 'pw.txt'), 'abc');
     const base64 = Buffer.from('abc').toString('base64');

@@ -61,6 +61,17 @@ export function resolveLuksOptions(o: LuksCreateOptions): Required<Omit<LuksCrea
   };
 }
 
+/**
+ * qcrypto_block_calculate_payload_offset: the header area a volume with these options gets
+ * (qemu creates a throwaway volume for it; the size depends only on the key length).
+ */
+export function luksPayloadBytes(options: LuksCreateOptions): number {
+  const o = resolveLuksOptions(options);
+  if (o.ivgenAlg === 'essiv') essivCipher(o.cipherAlg, o.ivgenHashAlg!);
+  const masterKeyLen = cipherKeyBytes(o.cipherAlg) * (o.cipherMode === 'xts' ? 2 : 1);
+  return LUKS_KEY_SLOT_OFFSET + LUKS_NUM_KEY_SLOTS * splitKeySectors(masterKeyLen, LUKS_STRIPES) * CRYPTO_SECTOR;
+}
+
 /** The sector cipher of a volume's algorithms with `key`. */
 function sectorCipher(algs: LuksAlgorithms, key: Uint8Array, backend: CipherBackend): SectorCipher {
   const spec: SectorCipherSpec = {
