@@ -157,9 +157,9 @@ export class SectorCipher {
   #tweaker: XtsTweaker | undefined;
 
   constructor(spec: SectorCipherSpec, key: Uint8Array, backend: CipherBackend = nodeCipherBackend) {
+    // XTS needs 16-byte blocks (cast5 has 8): qemu's backends refuse the mode before the cipher.
+    if (spec.mode === 'xts' && cipherBlockBytes(spec.alg) !== 16) throw new UnsupportedError(`Unsupported cipher mode ${spec.mode}`, { errno: 'ENOTSUP' });
     if (!backend.supports(spec.alg)) throw unsupportedCipher(spec.alg);
-    const block = cipherBlockBytes(spec.alg);
-    if (spec.mode === 'xts' && block !== 16) throw new UnsupportedError(`Unsupported cipher mode ${spec.mode}`, { errno: 'ENOTSUP' });
     this.#backend = backend;
     this.#spec = spec;
     this.#key = Uint8Array.from(key);
