@@ -52,8 +52,20 @@ function base64(text: string): Uint8Array {
   return new Uint8Array(Buffer.from(text, 'base64'));
 }
 
-/** Adds the object `text` defines to `secrets` (when it is a secret), or exits with qemu's message. */
-export function addObject(text: string, secrets: Map<string, Uint8Array>): void {
+/**
+ * Adds the object `text` defines to `secrets` (when it is a secret), or exits with qemu's
+ * message and status `status` (1; compare's is 2).
+ */
+export function addObject(text: string, secrets: Map<string, Uint8Array>, status = 1): void {
+  try {
+    addObjectOrFail(text, secrets);
+  } catch (err) {
+    if (err instanceof CliExit && status !== err.status) throw new CliExit(status, err.message);
+    throw err;
+  }
+}
+
+function addObjectOrFail(text: string, secrets: Map<string, Uint8Array>): void {
   const opts = parseKeyval(text);
   const type = opts.get('qom-type');
   if (type === undefined) fail("Parameter 'qom-type' is missing");

@@ -5,6 +5,7 @@
  * the legacy AES method. Images use a small iter-time. Needs `npm run build` first.
  */
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { createCipheriv, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describeQemu, expectSameAsQemu, pokeFile, qemuIo, run, shIn, tempDir, tsimg } from '../../../test-images/qemu.js';
@@ -142,8 +143,17 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
     writeFileSync(join(dir, 'pw.txt'), 'abc');
     const base64 = Buffer.from('abc').toString('base64');
     for (const obj of ['secret,id=sec0,file=pw.txt', `secret,id=sec0,data=${base64},format=base64`]) {
-      expectSameAsQemu(['compare', '--object', obj, '--image-opts', luksOpts('q.luks'), luksOpts('q.luks')], dir);
+      expectSameAsQemu(['compare', '--object', obj, luksJson('q.luks'), 'l-by-qemu.raw'], dir);
     }
+    // An encrypted secret: AES-256-CBC with the 32-byte key of secret `mk` (keyid), base64 IV.
+    const key = randomBytes(32);
+    const iv = randomBytes(16);
+    const c = createCipheriv('aes-256-cbc', key, iv);
+    const cipherText = Buffer.concat([c.update('abc'), c.final()]).toString('base64');
+    const mk = ['--object', `secret,id=mk,data=${key.toString('base64')},format=base64`];
+    expectSameAsQemu(['compare', ...mk, '--object', `secret,id=sec0,data=${cipherText},format=base64,keyid=mk,iv=${iv.toString('base64')}`, luksJson('q.luks'), 'l-by-qemu.raw'], dir);
+    expectSameAsQemu(['compare', ...mk, '--object', `secret,id=sec0,data=${cipherText},format=base64,keyid=mk`, luksJson('q.luks'), 'l-by-qemu.raw'], dir);
+    expectSameAsQemu(['compare', ...mk, '--object', `secret,id=sec0,data=${cipherText},format=base64,keyid=mk,iv=AAAA`, luksJson('q.luks'), 'l-by-qemu.raw'], dir);
     for (const obj of [
       'secret,id=s', 'secret,data=x', 'foo,id=s', 'id=s,data=x', 'secret,id=s,data=x,format=bogus', 'secret,id=s,data=!!,format=base64',
       'secret,id=s,data=x,file=pw.txt', 'secret,id=s,data=x,bogus=1', 'secret,id=1s,data=x', 'secret,id=s,file=nonexistent',

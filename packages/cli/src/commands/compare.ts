@@ -64,7 +64,7 @@ export const run: CommandRunner = async (argv, io) => {
         forceShare = true;
         break;
       case 'object':
-        addObject(value!, secrets);
+        addObject(value!, secrets, 2); // img_compare exits with 2 here
         break;
       case 'image-opts':
         imageOpts = true;
