@@ -101,7 +101,12 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
     expectSameAsQemu(['check', ...SEC, '--image-opts', qcow2Opts('q.qcow2')], dir);
     expectSameAsQemu(['map', ...SEC, '--output=json', '--image-opts', luksOpts('q.luks')], dir);
     expectSameAsQemu(['check', ...SEC, '--image-opts', luksOpts('q.luks')], dir);
-    for (const output of ['human', 'json']) expectSameAsQemu(['info', `--output=${output}`, 'q.luks'], dir);
+    for (const output of ['human', 'json']) {
+      expectSameAsQemu(['info', `--output=${output}`, 'q.luks'], dir);
+      // With the key secret among the options, qemu names the image by a json: filename.
+      expectSameAsQemu(['info', `--output=${output}`, '--image-opts', luksOpts('q.luks')], dir);
+      expectSameAsQemu(['info', `--output=${output}`, qcow2Json('q.qcow2')], dir);
+    }
   });
 
   it("missing and wrong secrets get qemu's messages and statuses", () => {
