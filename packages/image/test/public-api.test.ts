@@ -10,6 +10,7 @@ describe('@tsimg/image public API', () => {
   it('exports exactly these runtime names', () => {
     expect(Object.keys(api).sort()).toEqual([
     'DEFAULT_FORMATS',
+    'LuksImage',
     'MEASURABLE_FORMATS',
     'NO_PERMISSIONS',
     'RawImage',
@@ -30,6 +31,8 @@ describe('@tsimg/image public API', () => {
     'imageFileLock',
     'locateImage',
     'locateImageFromOptions',
+    'luksFormat',
+    'luksHeaderIo',
     'mapImage',
     'measure',
     'openImage',

@@ -49,6 +49,6 @@ export {
 } from './measure.js';
 export { type CipherAlg, type CipherMode, type HashAlg, type IvgenAlg } from './crypto/cipher.js';
 export { amendLuks, type EncryptionAmend } from './crypto/luks-amend.js';
-export { decodeLuksInfo, type LuksInfo } from './crypto/luks-header.js';
+export { type LuksInfo } from './crypto/luks-header.js';
 export { hasLuksFormat, type LuksAmendOptions, type LuksCreateOptions, type LuksIo, luksPayloadBytes, LuksVolume } from './crypto/luks.js';
 export { type Secrets, secretAsUtf8 } from './crypto/secrets.js';
