@@ -183,6 +183,10 @@ describeQemu('encryption: tsimg vs qemu-img/qemu-io', () => {
     expect(tsimg(['convert', ...SEC, '-O', 'qcow2', '-o', o, 'plain.raw', 'c.qcow2'], { cwd: dir }).status).toBe(0);
     sh('qemu-img', 'compare', ...SEC, qcow2Json('c.qcow2'), 'plain.raw');
     sh('qemu-img', 'check', ...SEC, '--image-opts', qcow2Opts('c.qcow2'));
+    // Preallocated and encrypted: no zero init (qcow2_has_zero_init), so zeroes are written too.
+    const pre = 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10,preallocation=metadata';
+    expect(tsimg(['convert', ...SEC, '-O', 'qcow2', '-o', pre, 'plain.raw', 'cp.qcow2'], { cwd: dir }).status).toBe(0);
+    sh('qemu-img', 'compare', ...SEC, qcow2Json('cp.qcow2'), 'plain.raw');
     expectSameAsQemu(['map', ...SEC, '--output=json', '--image-opts', qcow2Opts('c.qcow2')], dir);
     qemuCreate('-f', 'qcow2', ...SEC, '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10', 'n.qcow2', '4M');
     const n = tsimg(['convert', ...SEC, '-n', '--target-image-opts', 'plain.raw', qcow2Opts('n.qcow2')], { cwd: dir });
