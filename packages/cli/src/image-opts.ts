@@ -44,7 +44,9 @@ export function splitImageOpts(text: string): Map<string, string> {
  * `--image-opts` text resolved to a host file and a format (as other commands use it), with
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode; protocol?: boolean; http?: HttpLocation } {
+export function parseImageOpts(text: string): {
+  format?: string; filename: string; locking?: LockingMode; protocol?: boolean; http?: HttpLocation; keySecret?: string; backingKeySecrets?: (string | undefined)[];
+} {
   const opts = splitImageOpts(text);
   const driver = opts.get('driver');
   // bdrv_open looks the driver up before it looks at any other option.
@@ -52,7 +54,10 @@ export function parseImageOpts(text: string): { format?: string; filename: strin
   try {
     const loc = locateImageFromOptions(opts);
     // An NBD export's `filename` is its nbd:// name, parsed again as such (protocol).
-    return { format: loc.format, filename: loc.path, locking: loc.locking, protocol: loc.nbd !== undefined, http: loc.http };
+    return {
+      format: loc.format, filename: loc.path, locking: loc.locking, protocol: loc.nbd !== undefined, http: loc.http,
+      keySecret: loc.keySecret, backingKeySecrets: loc.backingKeySecrets,
+    };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }

@@ -8,7 +8,8 @@ export { compareImages, type CompareOptions, type CompareResult } from './compar
 export { bench, type BenchOptions } from './bench.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
-export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';
+export { DEFAULT_FORMATS, findFormat, luksFormat, luksHeaderIo, qcow2Format, rawFormat } from './formats.js';
+export { LuksImage } from './luks-image.js';
 export {
   type FormatInfo,
   type ImageBitmap,

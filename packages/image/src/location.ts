@@ -20,6 +20,23 @@ export interface ImageLocation {
   nbd?: NbdAddress;
   /** The image is on a web server (`path` is then its URL). */
   http?: HttpLocation;
+  /** The secret id of `encrypt.key-secret` (qcow2) or `key-secret` (luks), when given. */
+  keySecret?: string;
+  /** The backing images' key secrets by depth (1: `backing.encrypt.key-secret`), when given. */
+  backingKeySecrets?: (string | undefined)[];
+}
+
+/** `backing.` repeated `depth` times before a key secret option: the depth, or undefined. */
+function backingKeySecretDepth(key: string): number | undefined {
+  const m = /^((?:backing\.)+)(?:encrypt\.)?key-secret$/.exec(key);
+  return m ? m[1]!.length / 'backing.'.length : undefined;
+}
+
+/** The option naming an encrypted format's passphrase secret, by driver. */
+function keySecretOption(driver: string | undefined, key: string): boolean {
+  if (key === 'encrypt.key-secret') return driver === undefined || driver === 'qcow2';
+  if (key === 'key-secret') return driver === undefined || driver === 'luks';
+  return false;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -48,7 +65,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     return { path, format: 'file', locking: lockingOption(opts.get('locking')) };
   }
   for (const key of opts.keys()) {
-    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key)) {
+    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key) && !keySecretOption(driver, key) && backingKeySecretDepth(key) === undefined) {
       throw new UsageError(
         driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
       );
@@ -70,7 +87,14 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     throw new UsageError('A block device must be specified for "file"');
   }
   if (path === '') throw new UsageError("The 'file' block driver requires a file name");
-  return { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  const keySecret = opts.get('encrypt.key-secret') ?? opts.get('key-secret');
+  const loc: ImageLocation = { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  if (keySecret !== undefined) loc.keySecret = keySecret;
+  for (const [key, value] of opts) {
+    const depth = backingKeySecretDepth(key);
+    if (depth !== undefined) (loc.backingKeySecrets ??= [])[depth] = value;
+  }
+  return loc;
 }
 
 /** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */

@@ -11,7 +11,7 @@ import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
 import { type FileResolver, type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
-import { locateImage } from './location.js';
+import { type ImageLocation, locateImage } from './location.js';
 import type { NbdAddress } from './nbd/address.js';
 import { NbdClient } from './nbd/client.js';
 import { resolveRelative } from './paths.js';
@@ -95,6 +95,12 @@ export interface OpenImageOptions {
    * `resize`, when it is smaller than the top. It is locked with the job's permissions.
    */
   writableBacking?: { depth: number; resize?: boolean };
+  /** Secret data by id (qemu's `--object secret,...`): where encrypted formats find their keys. */
+  secrets?: ReadonlyMap<string, Uint8Array>;
+  /** The top image's key secret id (`encrypt.key-secret` / `key-secret`; image options give it too). */
+  keySecret?: string;
+  /** Key secret ids of the backing images by depth (1: the top's backing file). */
+  backingKeySecrets?: readonly (string | undefined)[];
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -116,12 +122,14 @@ interface OpenContext {
   files?: FileResolver;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
+  secrets?: ReadonlyMap<string, Uint8Array>;
+  backingKeySecrets?: readonly (string | undefined)[];
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
   writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
-type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps'>;
+type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps' | 'keySecret'>;
 
 /** A layer being opened: its name, mode, the chain above it (canonical names) and file options. */
 interface Layer {
@@ -231,6 +239,8 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       log: top?.log,
       unmap: top?.unmap ?? false,
       holdBitmaps: top?.holdBitmaps,
+      keySecret: top?.keySecret ?? octx.backingKeySecrets?.[layer.seen.length - 1],
+      secrets: octx.secrets,
       openFile: async (name) => {
         const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
         const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });
@@ -263,10 +273,14 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, files: options.files, finalLocks: [] };
+  const octx: OpenContext = {
+    formats, withBacking: options.backing ?? true, onWarning: options.onWarning, files: options.files, finalLocks: [], secrets: options.secrets,
+  };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
-    const loc = options.http !== undefined ? { path: options.http.url, http: options.http } : options.hostPath ? { path: filename } : locateImage(filename);
+    const loc: ImageLocation =
+      options.http !== undefined ? { path: options.http.url, http: options.http } : options.hostPath ? { path: filename } : locateImage(filename);
+    octx.backingKeySecrets = options.backingKeySecrets ?? loc.backingKeySecrets;
     // A bare protocol node (driver=file, nbd, http) reads the file as it is: raw's view.
     const formatName = options.format ?? (loc.format === 'file' || loc.format === 'nbd' || isHttpProtocol(loc.format) ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
@@ -290,7 +304,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       const { depth, resize } = options.writableBacking;
       octx.writableBacking = { depth, resize: resize ?? false, fileOptions, unmap: options.unmap ?? false };
     }
-    const image = await openLayer(top, format, octx, options);
+    const image = await openLayer(top, format, octx, { ...options, keySecret: options.keySecret ?? loc.keySecret });
     try {
       for (const update of octx.finalLocks) update();
     } catch (err) {

@@ -11,6 +11,7 @@ describe('@tsimg/image public API', () => {
     expect(Object.keys(api).sort()).toEqual([
     'BLKHASH_BLOCK_SIZE',
     'DEFAULT_FORMATS',
+    'LuksImage',
     'MEASURABLE_FORMATS',
     'NO_PERMISSIONS',
     'NbdClient',
@@ -42,6 +43,8 @@ describe('@tsimg/image public API', () => {
     'imageWritable',
     'locateImage',
     'locateImageFromOptions',
+    'luksFormat',
+    'luksHeaderIo',
     'mapImage',
     'measure',
     'openHostFile',

@@ -15,6 +15,7 @@ import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
 import { createImageFile, nbdLocation, protocolPath, tooLarge } from '../image-create.js';
+import { addObject } from '../object-option.js';
 import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
@@ -77,6 +78,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   files: string[];
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
 }
 
 function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
@@ -102,6 +105,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     cache: 'unsafe',
     srcCache: 'writeback',
     files: parsed.operands,
+    secrets: new Map(),
   };
   let outFmt: string | undefined;
   for (const { key, value } of parsed.options) {
@@ -169,7 +173,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         a.rateLimit = Number(cvtnum('rate limit', value!));
         break;
       case 'object':
-        break; // secrets are only needed for encryption, which tsimg refuses
+        addObject(value!, a.secrets);
+        break;
       case 'image-opts':
         a.imageOpts = true;
         break;
@@ -300,7 +305,7 @@ export const run: CommandRunner = async (argv, io) => {
     await interruptsOf(io).hold(async (signal) => {
       await prepareTarget(args, opened, out, opts, io);
       for (const f of created) await f.created();
-      target = await openTarget(args, out, io);
+      target = await openTarget(args, out, opts, io);
       await checkTarget(args, target, totalBytes);
       if (args.compressed) {
         const type = target.compressionType ?? 'zlib';
@@ -333,7 +338,7 @@ export const run: CommandRunner = async (argv, io) => {
  */
 async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
   for (const name of sources) {
-    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
+    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, secrets: args.secrets, ...locks }));
   }
   if (args.snapshot === undefined && args.snapshotName === undefined) return;
   if (args.snapshotName !== undefined && sources.length > 1) {
@@ -353,6 +358,7 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     readOnly: true,
     imageOpts: args.imageOpts,
     snapshot: args.snapshot ?? args.snapshotName,
+    secrets: args.secrets,
     ...locks,
   });
 }
@@ -445,7 +451,7 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
   }
   if (opts) {
     try {
-      await createImageFile(args.outFmt, out, opts, false, io);
+      await createImageFile(args.outFmt, out, opts, args.secrets, io);
     } catch (err) {
       const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
@@ -466,9 +472,12 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, opts: QemuOpts | undefined, io: CliIO): Promise<Image> {
   const onWarning = lockWarnings(io, true);
   return openCommandImage(out, {
+    secrets: args.secrets,
+    // img_add_key_secrets: the creation options' key secret opens the new target.
+    keySecret: opts?.getString('encrypt.key-secret') ?? opts?.getString('key-secret'),
     format: args.outFmt || undefined,
     readOnly: false,
     imageOpts: args.targetImageOpts,
@@ -510,7 +519,7 @@ async function copy(
       compressed: args.compressed,
       clusterSize: target.clusterSize ?? 0,
       // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
-      hasZeroInit: args.skipCreate ? args.targetIsZero : true,
+      hasZeroInit: args.skipCreate ? args.targetIsZero : (target.hasZeroInit?.() ?? true),
       targetHasBacking,
       targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
       salvage: args.salvage,
