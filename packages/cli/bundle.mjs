@@ -22,15 +22,18 @@ const shared = {
   logLevel: 'warning',
 };
 
-await build({
-  ...shared,
-  entryPoints: [here('./dist/main.js')],
-  outfile: here('./dist/bundle/main.cjs'),
-  format: 'cjs',
-  // import.meta.url of the sources (worker and native module lookups) becomes the bundle's URL.
-  define: { 'import.meta.url': '__tsimgBundleUrl' },
-  banner: { js: 'var __tsimgBundleUrl=require("node:url").pathToFileURL(__filename).href;' },
-});
+// tsimg (main.cjs) and tsimg-nbd (nbd.cjs, bin/tsimg-nbd.js; its entry is runNbdProcess).
+for (const [entry, out] of [['main', 'main'], ['nbd-main', 'nbd']]) {
+  await build({
+    ...shared,
+    entryPoints: [here(`./dist/${entry}.js`)],
+    outfile: here(`./dist/bundle/${out}.cjs`),
+    format: 'cjs',
+    // import.meta.url of the sources (worker and native module lookups) becomes the bundle's URL.
+    define: { 'import.meta.url': '__tsimgBundleUrl' },
+    banner: { js: 'var __tsimgBundleUrl=require("node:url").pathToFileURL(__filename).href;' },
+  });
+}
 // The worker runs as its own ES module (new Worker(url)), outside the bundle.
 await build({
   ...shared,

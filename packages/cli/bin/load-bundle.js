@@ -7,11 +7,31 @@
 // V8 refuses a cache made by another V8 version or under other V8 flags (cachedDataRejected);
 // the bundle then compiles as usual, only slower. The wrapper below must stay byte-identical
 // between the build that makes the cache and every run that uses it.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import vm from 'node:vm';
+
+/**
+ * True when `bundle` (a path) is missing or older than a package's last compile (`tsc -b` in a
+ * source checkout): the launchers then run the compiled modules, so a stale bundle never runs.
+ * An installed package has no tsbuildinfo and always takes the bundle.
+ */
+export function bundleIsStale(bundle) {
+  const mtime = (path) => {
+    try {
+      return statSync(path).mtimeMs;
+    } catch {
+      return undefined;
+    }
+  };
+  const made = mtime(bundle);
+  return (
+    made === undefined ||
+    ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made)
+  );
+}
 
 export const bundleFile = fileURLToPath(new URL('../dist/bundle/main.cjs', import.meta.url));
 export const cacheFile = fileURLToPath(new URL('../dist/bundle/main.cache', import.meta.url));

@@ -4,20 +4,9 @@
 // dist/. In a source checkout the bundle is skipped when a package was recompiled after it was
 // made (`tsc -b` alone), so a stale bundle never runs; an installed package has no tsbuildinfo
 // and always takes the bundle.
-import { statSync } from 'node:fs';
-import { bundleFile, loadBundle } from './load-bundle.js';
+import { bundleFile, bundleIsStale, loadBundle } from './load-bundle.js';
 
-const mtime = (path) => {
-  try {
-    return statSync(path).mtimeMs;
-  } catch {
-    return undefined;
-  }
-};
-const made = mtime(bundleFile);
-const stale =
-  made === undefined ||
-  ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made);
+const stale = bundleIsStale(bundleFile);
 const { runProcess } = stale ? await import('../dist/main.js') : loadBundle().exports;
 // runProcess defers SIGINT/SIGTERM while a command writes an image (src/interrupt.ts).
 void runProcess(process.argv.slice(2));

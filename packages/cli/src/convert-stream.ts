@@ -78,7 +78,7 @@ export async function convertToStreamTarget(
   let qcow2;
   if (format === 'qcow2') {
     const { options, encrypt } = qcow2CreateOptionsOf(opts);
-    if (encrypt) throw new CliExit(1, 'Encrypted qcow2 images are not supported by tsimg');
+    if (encrypt) throw new CliExit(1, 'Encryption is not supported when writing a stream');
     const { size: _size, ...rest } = options;
     qcow2 = rest;
   }

@@ -19,17 +19,22 @@ export const FILE_OPTS: readonly OptDesc[] = [
 /** raw's creation options. */
 export const RAW_OPTS: readonly OptDesc[] = [{ name: 'size', type: 'size', help: 'Virtual disk size' }];
 
+/** The LUKS cipher and PBKDF options (block/crypto.h BLOCK_CRYPTO_OPT_DEF_LUKS_*), shared by luks and qcow2 (`encrypt.`). */
+const LUKS_CIPHER_OPTS: readonly OptDesc[] = [
+  { name: 'cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
+  { name: 'cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
+  { name: 'ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
+  { name: 'ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
+  { name: 'hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
+  { name: 'iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+];
+
 /** qcow2_create_opts in qemu 7.2's order (the order of the "Formatting" line). */
 export const QCOW2_OPTS: readonly OptDesc[] = [
   { name: 'encryption', type: 'bool', help: "Encrypt the image with format 'aes'. (Deprecated in favor of encrypt.format=aes)" },
   { name: 'encrypt.format', type: 'string', help: "Encrypt the image, format choices: 'aes', 'luks'" },
   { name: 'encrypt.key-secret', type: 'string', help: 'ID of secret providing qcow AES key or LUKS passphrase' },
-  { name: 'encrypt.cipher-alg', type: 'string', help: 'Name of encryption cipher algorithm' },
-  { name: 'encrypt.cipher-mode', type: 'string', help: 'Name of encryption cipher mode' },
-  { name: 'encrypt.ivgen-alg', type: 'string', help: 'Name of IV generator algorithm' },
-  { name: 'encrypt.ivgen-hash-alg', type: 'string', help: 'Name of IV generator hash algorithm' },
-  { name: 'encrypt.hash-alg', type: 'string', help: 'Name of encryption hash algorithm' },
-  { name: 'encrypt.iter-time', type: 'number', help: 'Time to spend in PBKDF in milliseconds' },
+  ...LUKS_CIPHER_OPTS.map((d) => ({ ...d, name: `encrypt.${d.name}` })),
   { name: 'cluster_size', type: 'size', help: 'qcow2 cluster size', defaultValue: '65536' },
   { name: 'extended_l2', type: 'bool', help: 'Extended L2 tables', defaultValue: 'off' },
   { name: 'preallocation', type: 'string', help: 'Preallocation mode (allowed values: off, metadata, falloc, full)' },
@@ -44,8 +49,15 @@ export const QCOW2_OPTS: readonly OptDesc[] = [
   { name: 'refcount_bits', type: 'number', help: 'Width of a reference count entry in bits', defaultValue: '16' },
 ];
 
+/** block_crypto_create_opts_luks in qemu 7.2's order. */
+export const LUKS_OPTS: readonly OptDesc[] = [
+  { name: 'size', type: 'size', help: 'Virtual disk size' },
+  { name: 'key-secret', type: 'string', help: 'ID of the secret that provides the keyslot passphrase' },
+  ...LUKS_CIPHER_OPTS,
+];
+
 /** The creation options of each format tsimg creates, by `-f` / `-O` name. */
-export const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, file: FILE_OPTS };
+export const FORMAT_OPTS: Readonly<Record<string, readonly OptDesc[]>> = { raw: RAW_OPTS, qcow2: QCOW2_OPTS, luks: LUKS_OPTS, file: FILE_OPTS };
 
 /** qemu-img's print_block_option_help. */
 export function printOptionHelp(io: CliIO, filename: string | undefined, fmt: string): number {

@@ -5,9 +5,11 @@
  * protocol's name rule and qemu's EFBIG rewording.
  */
 import fs from 'node:fs';
-import { createQcow2, type Qcow2CreateOptions, type Qcow2Preallocation } from '@tsimg/qcow2';
-import { createFile, FileDevice, TsimgError, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
-import { dataFileLock, imageFileLock, topNodePermissions } from '@tsimg/image';
+import {
+  createQcow2, type LuksCreateOptions, LuksVolume, type Qcow2CreateOptions, type Qcow2Preallocation, resolveQcow2CreateOptions, type Secrets, secretAsUtf8,
+} from '@tsimg/qcow2';
+import { createFile, FileDevice, TsimgError, truncateWithPreallocation, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
+import { createOnNbd, dataFileLock, imageFileLock, locateImage, luksHeaderIo, type NbdAddress, topNodePermissions } from '@tsimg/image';
 import type { CliIO } from './command.js';
 import { lockWarnings } from './lock-messages.js';
 import type { QemuOpts } from './options.js';
@@ -18,7 +20,18 @@ export function protocolPath(filename: string): string {
   const m = /^([^:/]*):/.exec(filename);
   if (!m) return filename;
   if (m[1] === 'file') return filename.slice(5);
+  // The curl protocols exist (reading), but bdrv_create finds no create function in them.
+  if (m[1] === 'http' || m[1] === 'https') throw new UsageError(`Protocol driver '${m[1]}' does not support image creation`);
   throw new UsageError(`Unknown protocol '${m[1]}'`);
+}
+
+/** The NBD export a filename names, if it names one. */
+export function nbdLocation(filename: string): NbdAddress | undefined {
+  try {
+    return locateImage(filename).nbd;
+  } catch {
+    return undefined;
+  }
 }
 
 /** Parses a bool option's string the way the QAPI visitor does after qemu_opts_to_qdict. */
@@ -31,8 +44,41 @@ function enumError(param: string, value: string): never {
   throw new UsageError(`Parameter '${param}' does not accept value '${value}'`);
 }
 
+/** The QAPI enums of QCryptoBlockCreateOptionsLUKS, in the visit's member order. */
+const LUKS_ENUMS: readonly (readonly [string, ReadonlySet<string>])[] = [
+  ['cipher-alg', new Set(['aes-128', 'aes-192', 'aes-256', 'des', '3des', 'cast5-128', 'serpent-128', 'serpent-192', 'serpent-256', 'twofish-128', 'twofish-192', 'twofish-256'])],
+  ['cipher-mode', new Set(['ecb', 'cbc', 'xts', 'ctr'])],
+  ['ivgen-alg', new Set(['plain', 'plain64', 'essiv'])],
+  ['ivgen-hash-alg', new Set(['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'])],
+  ['hash-alg', new Set(['md5', 'sha1', 'sha224', 'sha256', 'sha384', 'sha512', 'ripemd160'])],
+];
+
+/**
+ * The LUKS creation options under `prefix` (`encrypt.` for qcow2, none for luks) after the
+ * QAPI visit: enums checked with qemu's message (which names the member without the prefix).
+ */
+export function luksCreateOptions(opts: QemuOpts, prefix: string): LuksCreateOptions {
+  const out: Record<string, string | number> = {};
+  for (const [name, values] of LUKS_ENUMS) {
+    const v = opts.getString(prefix + name);
+    if (v === undefined) continue;
+    if (!values.has(v)) enumError(name, v);
+    if (v === 'des' || v === '3des') throw new UnsupportedError(`Algorithm '${v}' not supported`);
+    out[name] = v;
+  }
+  const iter = opts.get(prefix + 'iter-time');
+  return {
+    cipherAlg: out['cipher-alg'] as LuksCreateOptions['cipherAlg'],
+    cipherMode: out['cipher-mode'] as LuksCreateOptions['cipherMode'],
+    ivgenAlg: out['ivgen-alg'] as LuksCreateOptions['ivgenAlg'],
+    ivgenHashAlg: out['ivgen-hash-alg'] as LuksCreateOptions['ivgenHashAlg'],
+    hashAlg: out['hash-alg'] as LuksCreateOptions['hashAlg'],
+    iterTime: iter === undefined ? undefined : Number(iter.value as bigint),
+  };
+}
+
 /** The encryption settings after qcow2_co_create_opts' legacy handling and the QAPI visit. */
-function encryptionOf(opts: QemuOpts): { keySecret?: string } | undefined {
+function encryptionOf(opts: QemuOpts): { format: 'qcow' | 'luks'; keySecret?: string; luks?: LuksCreateOptions } | undefined {
   const enc = opts.getString('encryption');
   let format = opts.getString('encrypt.format');
   let alias: string | undefined = enc;
@@ -54,7 +100,8 @@ function encryptionOf(opts: QemuOpts): { keySecret?: string } | undefined {
     const unexpected = present.find((d) => d.name !== 'encrypt.key-secret');
     if (unexpected) throw new UsageError(`Parameter '${unexpected.name}' is unexpected`);
   }
-  return { keySecret: opts.getString('encrypt.key-secret') };
+  const keySecret = opts.getString('encrypt.key-secret');
+  return format === 'luks' ? { format, keySecret, luks: luksCreateOptions(opts, 'encrypt.') } : { format, keySecret };
 }
 
 /** qemu_strtoi64(str, NULL, 0) for the QAPI int refcount-bits. */
@@ -84,7 +131,7 @@ export function tooLarge(fmt: string, err: unknown, clusterSizeHint: boolean): u
  * The qcow2 creation options `-o` (and the size) give, checked in the order of qemu's QAPI visit
  * of BlockdevCreateOptionsQcow2; `encrypt` when encryption was asked for.
  */
-export function qcow2CreateOptionsOf(opts: QemuOpts): { options: Qcow2CreateOptions; encrypt: { keySecret?: string } | undefined } {
+export function qcow2CreateOptionsOf(opts: QemuOpts): { options: Qcow2CreateOptions; encrypt: ReturnType<typeof encryptionOf> } {
   const dataName = opts.getString('data_file');
   // the QAPI visit of BlockdevCreateOptionsQcow2, in its member order
   const size = BigInt.asUintN(64, ((opts.get('size')!.value as bigint) + 511n) / 512n * 512n);
@@ -122,7 +169,7 @@ export function qcow2CreateOptionsOf(opts: QemuOpts): { options: Qcow2CreateOpti
 }
 
 /** qcow2_co_create_opts: creates the files, converts the options, creates the image. */
-export async function createQcow2Image(filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
+export async function createQcow2Image(filename: string, opts: QemuOpts, secrets: Secrets, io: CliIO): Promise<void> {
   const path = protocolPath(filename);
   await createFile(path);
   const cleanup: string[] = [path];
@@ -145,11 +192,10 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
     const { options, encrypt } = qcow2CreateOptionsOf(opts);
     if (encrypt) {
       // qemu validates everything else first (qcow2_co_create), then sets up encryption
-      const { resolveQcow2CreateOptions } = await import('@tsimg/qcow2');
       resolveQcow2CreateOptions(options);
       if (encrypt.keySecret === undefined) throw new UsageError("Parameter 'encrypt.key-secret' is required for cipher");
-      if (!objects) throw new UsageError(`No secret with id '${encrypt.keySecret}'`);
-      throw new UnsupportedError('Encrypted qcow2 images are not supported by tsimg');
+      const password = secretAsUtf8(secrets, encrypt.keySecret);
+      options.encrypt = encrypt.format === 'luks' ? { format: 'luks', password, luks: encrypt.luks } : { format: 'aes', password };
     }
     // Held while formatting as qemu's qcow2 node holds its file open read-write.
     const onWarning = lockWarnings(io, true);
@@ -160,7 +206,11 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, objects
       data = await FileDevice.open(protocolPath(dataName), { lock: dataFileLock(topNodePermissions({ write: true })), onWarning });
       devices.push(data);
     }
-    await createQcow2(file, options, data);
+    try {
+      await createQcow2(file, options, data);
+    } finally {
+      options.encrypt?.password.fill(0);
+    }
     for (const d of devices.splice(0)) await d.close();
   } catch (err) {
     for (const d of devices) await d.close().catch(() => undefined);
@@ -180,10 +230,50 @@ async function sameFile(a: string, b: string): Promise<boolean> {
 }
 
 /**
- * bdrv_create of a `qcow2` or `raw` image at `filename` with `opts` (which hold the size);
- * `objects` says whether `--object` was given (secrets exist, for qcow2's encryption checks).
+ * bdrv_create of a `qcow2`, `luks` or `raw` image at `filename` with `opts` (which hold the
+ * size); `secrets` are the `--object secret,...` data the encryption options name.
  */
-export async function createImageFile(fmt: string, filename: string, opts: QemuOpts, objects: boolean, io: CliIO): Promise<void> {
-  if (fmt === 'qcow2') await createQcow2Image(filename, opts, objects, io);
+export async function createImageFile(fmt: string, filename: string, opts: QemuOpts, secrets: Secrets, io: CliIO): Promise<void> {
+  const nbd = nbdLocation(filename);
+  if (nbd !== undefined) {
+    // A protocol that cannot create: the export is used as it is (bdrv_co_create_opts_simple).
+    if (fmt !== 'raw') throw new UnsupportedError(`tsimg cannot create a ${fmt} image on an NBD export`);
+    await createOnNbd(nbd, Number(opts.getNumber('size', 0n)));
+    return;
+  }
+  if (fmt === 'qcow2') await createQcow2Image(filename, opts, secrets, io);
+  else if (fmt === 'luks') await createLuksImage(filename, opts, secrets, io);
   else await createFile(protocolPath(filename), { size: opts.getNumber('size', 0n), preallocation: opts.getString('preallocation') });
+}
+
+/**
+ * block_crypto_co_create_opts_luks: the file sized to the header area plus `size` (with the
+ * preallocation asked for), then the LUKS header and key slot 0 written at its start.
+ */
+export async function createLuksImage(filename: string, opts: QemuOpts, secrets: Secrets, io: CliIO): Promise<void> {
+  const path = protocolPath(filename);
+  const size = Number((opts.get('size')?.value as bigint | undefined) ?? 0n);
+  const prealloc = opts.getString('preallocation');
+  if (prealloc !== undefined && !['off', 'metadata', 'falloc', 'full'].includes(prealloc)) enumError('preallocation', prealloc);
+  const luks = luksCreateOptions(opts, '');
+  const keySecret = opts.getString('key-secret');
+  if (keySecret === undefined) throw new UsageError("Parameter 'key-secret' is required for cipher");
+  const password = secretAsUtf8(secrets, keySecret);
+  await createFile(path);
+  const file = await FileDevice.open(path, { lock: imageFileLock(topNodePermissions({ write: true }), 'luks'), onWarning: lockWarnings(io, true) });
+  try {
+    const volume = await LuksVolume.create(luks, password, async (headerBytes) => {
+      const mode = prealloc === 'metadata' ? 'off' : prealloc;
+      await truncateWithPreallocation(file, BigInt(headerBytes + size), (mode ?? 'off') as 'off' | 'falloc' | 'full');
+      return luksHeaderIo(file);
+    });
+    volume.dispose();
+    await file.close();
+  } catch (err) {
+    await file.close().catch(() => undefined);
+    await fs.promises.rm(path, { force: true }).catch(() => undefined);
+    throw err;
+  } finally {
+    password.fill(0);
+  }
 }

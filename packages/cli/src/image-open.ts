@@ -38,13 +38,21 @@ export async function openCommandImage(
     backing?: boolean;
     /** false: a read/write open that leaves persistent bitmaps alone (see OpenImageOptions.holdBitmaps). */
     holdBitmaps?: boolean;
+    /** The `--object secret,...` data by id (see OpenImageOptions.secrets). */
+    secrets?: ReadonlyMap<string, Uint8Array>;
+    /** The key secret id when no image options give one (convert's target: its -o encrypt.key-secret). */
+    keySecret?: string;
   } & LockOptions = {},
 ): Promise<Image> {
   if (!options.imageOpts) return openByName(name, options);
   if (options.format !== undefined) throw new CliExit(1, '--image-opts and --format are mutually exclusive');
-  const { format, filename, locking } = parseImageOpts(name);
+  const { format, filename, locking, protocol, http, keySecret, backingKeySecrets } = parseImageOpts(name);
   try {
-    return await openByName(filename, { ...options, format, locking, hostPath: true });
+    // A bare protocol node (driver=file, nbd, http) is read as it is: raw's view.
+    const bare = format === 'file' || format === 'nbd' || format === 'http' || format === 'https';
+    return await openByName(filename, {
+      ...options, format: bare ? 'raw' : format, locking, hostPath: !protocol, http, keySecret: keySecret ?? options.keySecret, backingKeySecrets,
+    });
   } catch (err) {
     if (!(err instanceof TsimgError)) throw err;
     const prefix = `Could not open '${filename}': `;
@@ -55,7 +63,11 @@ export async function openCommandImage(
 
 async function openByName(
   filename: string,
-  options: Pick<OpenImageOptions, 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath'> & LockOptions & { locking?: LockingMode },
+  options: Pick<
+    OpenImageOptions,
+    | 'format' | 'readOnly' | 'snapshot' | 'noFlush' | 'io' | 'unmap' | 'log' | 'resize' | 'writableBacking' | 'backing' | 'holdBitmaps' | 'hostPath' | 'http'
+    | 'secrets' | 'keySecret' | 'backingKeySecrets'
+  > & LockOptions & { locking?: LockingMode },
 ): Promise<Image> {
   const format = options.format;
   // Any format the image layer has opens here; a new one needs nothing from the CLI.
@@ -82,6 +94,10 @@ async function openByName(
     backing: options.backing,
     holdBitmaps: options.holdBitmaps,
     hostPath: options.hostPath,
+    http: options.http,
+    secrets: options.secrets,
+    keySecret: options.keySecret,
+    backingKeySecrets: options.backingKeySecrets,
   });
 }
 

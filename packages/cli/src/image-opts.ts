@@ -3,7 +3,7 @@
  * (`driver=qcow2,file.filename=x`), split into its keys and resolved to a host file and a format.
  * Shared by every command that takes `--image-opts`.
  */
-import { locateImageFromOptions } from '@tsimg/image';
+import { type HttpLocation, locateImageFromOptions } from '@tsimg/image';
 import type { LockingMode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
 import { QEMU_FORMATS } from './qemu-formats.js';
@@ -44,14 +44,20 @@ export function splitImageOpts(text: string): Map<string, string> {
  * `--image-opts` text resolved to a host file and a format (as other commands use it), with
  * qemu's "Could not open '<text>': ..." message when the options name no usable file.
  */
-export function parseImageOpts(text: string): { format?: string; filename: string; locking?: LockingMode } {
+export function parseImageOpts(text: string): {
+  format?: string; filename: string; locking?: LockingMode; protocol?: boolean; http?: HttpLocation; keySecret?: string; backingKeySecrets?: (string | undefined)[];
+} {
   const opts = splitImageOpts(text);
   const driver = opts.get('driver');
   // bdrv_open looks the driver up before it looks at any other option.
   if (driver !== undefined && !QEMU_FORMATS.has(driver)) throw new CliExit(1, `Could not open '${text}': Unknown driver '${driver}'`);
   try {
     const loc = locateImageFromOptions(opts);
-    return { format: loc.format, filename: loc.path, locking: loc.locking };
+    // An NBD export's `filename` is its nbd:// name, parsed again as such (protocol).
+    return {
+      format: loc.format, filename: loc.path, locking: loc.locking, protocol: loc.nbd !== undefined, http: loc.http,
+      keySecret: loc.keySecret, backingKeySecrets: loc.backingKeySecrets,
+    };
   } catch (err) {
     throw new CliExit(1, `Could not open '${text}': ${err instanceof Error ? err.message : String(err)}`);
   }

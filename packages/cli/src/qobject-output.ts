@@ -113,6 +113,14 @@ function hex4(n: number): string {
   return n.toString(16).toUpperCase().padStart(4, '0');
 }
 
+/** qobject_to_json: one line, ", " between members, ": " between key and value, QDict key order. */
+export function toQemuJsonLine(v: QValue): string {
+  if (Array.isArray(v)) return '[' + v.map(toQemuJsonLine).join(', ') + ']';
+  if (isDict(v)) return '{' + dictEntries(v).map(([k, e]) => `${jsonString(k)}: ${toQemuJsonLine(e)}`).join(', ') + '}';
+  if (typeof v === 'string') return jsonString(v);
+  return scalarText(v as number | bigint | boolean);
+}
+
 /** qobject_to_json_pretty: 4-space indentation, ": " between key and value, QDict key order. */
 export function toQemuJson(v: QValue, indent = 0): string {
   const nl = (level: number): string => '\n' + ' '.repeat(level * 4);

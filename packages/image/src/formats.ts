@@ -2,9 +2,13 @@
  * The formats tsimg opens: raw and qcow2, each described to the generic layer as an
  * {@link ImageFormat}. A new format is one more entry here (or in a caller's own list).
  */
-import { findExtension, loadQcow2Metadata, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE } from '@tsimg/qcow2';
-import { BDRV_SECTOR_SIZE, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
+import {
+  findExtension, hasLuksFormat, loadQcow2Metadata, LuksVolume, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE,
+  secretAsUtf8,
+} from '@tsimg/qcow2';
+import { BDRV_SECTOR_SIZE, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
+import { LuksImage } from './luks-image.js';
 import { RawImage } from './raw-image.js';
 
 const SECTOR = BDRV_SECTOR_SIZE;
@@ -46,7 +50,8 @@ export const qcow2Format: ImageFormat = {
   async open(file: BlockDevice, ctx: LayerContext): Promise<Image> {
     // qcow2_do_open's checks (shared with info and check) come before the data file and the
     // backing chain are opened, as in qemu.
-    const opened = await openQcow2Metadata(file, { readWrite: !ctx.readOnly, readTables: true });
+    const password = keyPassword(ctx);
+    const opened = await openQcow2Metadata(file, { readWrite: !ctx.readOnly, readTables: true, password });
     for (const [kind, text] of opened.log) ctx.log?.(text, kind);
     const info = opened.hdr;
     let l1Table: { offset: number; size: number } | undefined;
@@ -77,6 +82,7 @@ export const qcow2Format: ImageFormat = {
       log: ctx.log,
       unmap: ctx.unmap,
       holdBitmaps: ctx.holdBitmaps,
+      password,
     });
   },
   async info(file: BlockDevice) {
@@ -85,8 +91,72 @@ export const qcow2Format: ImageFormat = {
   },
 };
 
+/** The passphrase of the layer's key secret, looked up when the format needs it. */
+function keyPassword(ctx: LayerContext): (() => Uint8Array) | undefined {
+  const id = ctx.keySecret;
+  return id === undefined ? undefined : () => secretAsUtf8(ctx.secrets, id);
+}
+
+/** The header area of a raw LUKS file: offset 0 on. */
+function luksIo(file: BlockDevice) {
+  return {
+    read: async (offset: number, into: Uint8Array) => {
+      const avail = Math.max(0, Math.min(into.length, file.size() - offset));
+      if (avail > 0) await file.read(offset, into.subarray(0, avail));
+      into.fill(0, avail);
+    },
+    write: (offset: number, data: Uint8Array) => file.write(offset, data),
+  };
+}
+
+/** block_crypto_getlength: a file shorter than its header area has no size. */
+function checkPayload(file: BlockDevice, volume: LuksVolume): void {
+  if (file.size() < volume.payloadOffset) throw new IoError('Could not refresh total sector count: Input/output error', { errno: 'EIO' });
+}
+
+/** The luks format (qemu's block/crypto.c): a LUKS1 volume in the file. */
+export const luksFormat: ImageFormat = {
+  name: 'luks',
+  probe: (first) => hasLuksFormat(first),
+  async open(file: BlockDevice, ctx: LayerContext): Promise<Image> {
+    if (ctx.snapshot !== undefined) {
+      throw new UnsupportedError(
+        "Failed to load snapshot: Block format 'luks' used by device '' does not support temporarily loading internal snapshots",
+        { errno: 'ENOTSUP' },
+      );
+    }
+    const password = keyPassword(ctx);
+    if (password === undefined) throw new UsageError("Parameter 'key-secret' is required for cipher", { errno: 'EINVAL' });
+    const pw = password();
+    try {
+      const volume = await LuksVolume.open(luksIo(file), pw);
+      try {
+        checkPayload(file, volume);
+      } catch (err) {
+        volume.dispose();
+        throw err;
+      }
+      return new LuksImage(ctx.filename, file, volume);
+    } finally {
+      pw.fill(0);
+    }
+  },
+  async info(file: BlockDevice) {
+    const volume = await LuksVolume.open(luksIo(file), undefined);
+    checkPayload(file, volume);
+    const size = Math.floor(Math.max(0, file.size() - volume.payloadOffset) / SECTOR) * SECTOR;
+    return {
+      info: { 'dirty-flag': false, 'virtual-size': size, encrypted: true, 'format-specific': { type: 'luks' as const, data: volume.info() } },
+      warnings: [],
+    };
+  },
+};
+
+/** The raw LUKS header area of `file`, for creation and amend. */
+export { luksIo as luksHeaderIo };
+
 /** The formats tsimg knows, in probing order. */
-export const DEFAULT_FORMATS: readonly ImageFormat[] = [qcow2Format, rawFormat];
+export const DEFAULT_FORMATS: readonly ImageFormat[] = [qcow2Format, luksFormat, rawFormat];
 
 /** The format called `name` in `formats`. */
 export function findFormat(formats: readonly ImageFormat[], name: string): ImageFormat | undefined {

@@ -18,6 +18,11 @@ export interface Image extends BlockDevice {
   /** An external data file, when host offsets of data point there instead of into `file`. */
   readonly dataFile?: BlockDevice;
   readonly backing?: Image;
+  /**
+   * bdrv_has_zero_init: whether the image as created reads as zeroes (so convert may skip
+   * zero runs); absent: it does.
+   */
+  hasZeroInit?(): boolean;
   /** The allocation granularity, for formats that have one. */
   readonly clusterSize?: number;
   /**
@@ -123,6 +128,10 @@ export interface LayerContext {
   readonly holdBitmaps?: boolean;
   /** Opens a file the image names (a data file) with this layer's mode and file options. */
   openFile(name: string): Promise<BlockDevice>;
+  /** The secret id this layer's key comes from (`encrypt.key-secret`, `key-secret`), if given. */
+  readonly keySecret?: string;
+  /** The secrets of the open (`--object secret,...`), for {@link keySecret} and amend. */
+  readonly secrets?: ReadonlyMap<string, Uint8Array>;
   /**
    * Opens the backing image by the name stored in the image and its recorded format (empty or
    * undefined: probed). Resolves the name, refuses loops and chains that are too deep, and

@@ -8,7 +8,8 @@ export { compareImages, type CompareOptions, type CompareResult } from './compar
 export { bench, type BenchOptions } from './bench.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
-export { DEFAULT_FORMATS, findFormat, qcow2Format, rawFormat } from './formats.js';
+export { DEFAULT_FORMATS, findFormat, luksFormat, luksHeaderIo, qcow2Format, rawFormat } from './formats.js';
+export { LuksImage } from './luks-image.js';
 export {
   type FormatInfo,
   type ImageBitmap,
@@ -34,10 +35,17 @@ export {
   type CollectInfoListOptions,
   type CollectInfoOptions,
 } from './info.js';
+export { type FileResolver, type HostFile, type HttpLocation, openHostFile, setHostFilePermissions } from './http-location.js';
 export { type ImageLocation, locateImage, locateImageFromOptions } from './location.js';
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
 export { openImage, type OpenImageOptions } from './open.js';
+export { type NbdAddress } from './nbd/address.js';
+export { NbdClient, type NbdClientOptions } from './nbd/client.js';
+export { createOnNbd } from './nbd/create-target.js';
+export { imageBitmapContext } from './nbd/bitmap-context.js';
+export { type NbdBitmap, type NbdExport } from './nbd/export.js';
+export { type NbdListenAddress, NbdServer, type NbdServerOptions } from './nbd/server.js';
 export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
@@ -50,3 +58,4 @@ export { imageWritable, type ImageWriteOptions } from './stream-write.js';
 export { probeFormat } from './probe.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
 export { RawImage } from './raw-image.js';
+export { openTemporaryOverlay } from './temporary-overlay.js';

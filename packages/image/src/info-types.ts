@@ -1,13 +1,10 @@
 /** The QAPI types `qemu-img info` reports (qemu 7.2's ImageInfo), shared by every format. */
-import type { ImageInfoSpecificQcow2, SnapshotInfo } from '@tsimg/qcow2';
+import type { ImageInfoSpecificQcow2, LuksInfo, SnapshotInfo } from '@tsimg/qcow2';
 
 export type { SnapshotInfo } from '@tsimg/qcow2';
 
-/** QAPI ImageInfoSpecific (only the qcow2 branch exists in tsimg). */
-export interface ImageInfoSpecific {
-  type: 'qcow2';
-  data: ImageInfoSpecificQcow2;
-}
+/** QAPI ImageInfoSpecific (the qcow2 and luks branches). */
+export type ImageInfoSpecific = { type: 'qcow2'; data: ImageInfoSpecificQcow2 } | { type: 'luks'; data: LuksInfo };
 
 /** QAPI ImageInfo, qemu 7.2. Optional members are absent rather than undefined. */
 export interface ImageInfo {

@@ -6,11 +6,13 @@
  * Like qemu-img info (which opens with BDRV_O_NO_IO | BDRV_O_NO_BACKING), this reads only
  * metadata, through the format's `info`: it never opens the backing file or the data file.
  */
-import { FileDevice, FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode, UsageError } from '@tsimg/raw';
+import { FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode, UsageError } from '@tsimg/raw';
 import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
+import { type FileResolver, type HostFile, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
 import { locateImage, locateImageFromOptions, type ImageLocation } from './location.js';
+import { NbdClient } from './nbd/client.js';
 import { fullBackingFilename } from './paths.js';
 import { FOREIGN_FORMATS, probeFormat } from './probe.js';
 import { openError } from './open-error.js';
@@ -30,16 +32,19 @@ export interface CollectInfoOptions {
   locking?: LockingMode;
   /** Receives FileDevice's lock warnings. */
   onWarning?: (message: string) => void;
+  /** Files found by name before the host's (see FileResolver). */
+  files?: FileResolver;
 }
 
 /** bdrv_getlength refuses more than INT64_MAX bytes; info reports that after a successful open. */
 const MAX_INFO_SIZE = (1n << 63n) - 1n;
 
 /** Opens a host file read-only; a directory or device gets qemu's file-driver message. */
-async function openFile(path: string, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning'>): Promise<FileDevice> {
+async function openFile(loc: ImageLocation, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning' | 'files'>): Promise<HostFile> {
+  const path = loc.path;
   try {
     // Locked once the format is known (qemu's permissions depend on it).
-    return await FileDevice.open(path, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning });
+    return await openHostFile(path, loc.http, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning }, lock.files);
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
       throw new UsageError(`'file' driver requires '${path}' to be a regular file`);
@@ -77,7 +82,7 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
   }
   let requested = options.format ?? loc.format;
   // The bare protocol driver reads the file as it is: raw's view.
-  if (requested === 'file') requested = 'raw';
+  if (requested === 'file' || requested === 'nbd' || isHttpProtocol(requested)) requested = 'raw';
   if (requested !== undefined && findFormat(formats, requested) === undefined) {
     throw openError(
       name,
@@ -87,9 +92,11 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     );
   }
   const filename = loc.path;
-  let dev: FileDevice;
+  let dev: HostFile;
   try {
-    dev = await openFile(filename, { locking: loc.locking ?? options.locking, onWarning: options.onWarning });
+    dev = loc.nbd
+      ? await NbdClient.connect(loc.nbd)
+      : await openFile(loc, { files: options.files, locking: loc.locking ?? options.locking, onWarning: options.onWarning });
   } catch (err) {
     throw openError(name, err);
   }
@@ -106,11 +113,15 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
       }
     }
     // qemu-img info: BDRV_O_NO_IO | BDRV_O_NO_BACKING, read-only.
-    dev.setPermissions(imageFileLock(topNodePermissions({ write: false, noIo: true, forceShare: options.forceShare }), format === 'file' ? 'raw' : format));
+    setHostFilePermissions(dev, imageFileLock(topNodePermissions({ write: false, noIo: true, forceShare: options.forceShare }), format === 'file' ? 'raw' : format));
     const actual = await dev.allocatedSize();
     const { info, warnings, sizeBytes } = await findFormat(formats, format)!.info(dev);
+    // raw's bdrv_get_info asks its file, and the nbd driver has none: no dirty flag then.
+    if (loc.nbd !== undefined && format === 'raw') delete info['dirty-flag'];
     size = sizeBytes ?? BigInt(info['virtual-size']);
     result = { info: composeInfo(filename, options.format ?? loc.format ?? format, actual, info), warnings };
+    // raw's get_info asks its file, and the curl driver has none: no dirty-flag over HTTP.
+    if (loc.http !== undefined && findFormat(formats, format)!.name === 'raw') delete result.info['dirty-flag'];
   } catch (err) {
     throw openError(name, err);
   } finally {

@@ -3,7 +3,10 @@
  * to a host file and a format, with qemu's messages.
  */
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
+import { type HttpLocation, isHttpProtocol, locateHttpName, locateHttpOptions } from './http-location.js';
 import { pathHasProtocol } from './paths.js';
+import type { NbdAddress } from './nbd/address.js';
+import { locateNbdName, locateNbdOptions } from './nbd/location.js';
 
 /** Where an image is: the host file, and the format its name or options ask for. */
 export interface ImageLocation {
@@ -13,6 +16,27 @@ export interface ImageLocation {
   format?: string;
   /** qemu's `file.locking` (`locking` with driver=file), when the options give it. */
   locking?: LockingMode;
+  /** The NBD export the image is on (then `path` is qemu's name for it, not a host file). */
+  nbd?: NbdAddress;
+  /** The image is on a web server (`path` is then its URL). */
+  http?: HttpLocation;
+  /** The secret id of `encrypt.key-secret` (qcow2) or `key-secret` (luks), when given. */
+  keySecret?: string;
+  /** The backing images' key secrets by depth (1: `backing.encrypt.key-secret`), when given. */
+  backingKeySecrets?: (string | undefined)[];
+}
+
+/** `backing.` repeated `depth` times before a key secret option: the depth, or undefined. */
+function backingKeySecretDepth(key: string): number | undefined {
+  const m = /^((?:backing\.)+)(?:encrypt\.)?key-secret$/.exec(key);
+  return m ? m[1]!.length / 'backing.'.length : undefined;
+}
+
+/** The option naming an encrypted format's passphrase secret, by driver. */
+function keySecretOption(driver: string | undefined, key: string): boolean {
+  if (key === 'encrypt.key-secret') return driver === undefined || driver === 'qcow2';
+  if (key === 'key-secret') return driver === undefined || driver === 'luks';
+  return false;
 }
 
 /** file-posix's `locking` option: on, off or auto (qapi_enum_parse's message otherwise). */
@@ -27,7 +51,11 @@ function lockingOption(value: string | undefined): LockingMode | undefined {
  * Throws qemu's messages (without the "Could not open" prefix).
  */
 export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
+  const nbd = locateNbdOptions(opts);
+  if (nbd !== undefined) return nbd;
   const driver = opts.get('driver');
+  if (isHttpProtocol(driver)) return locateHttpOptions(driver!, opts, '');
+  if (isHttpProtocol(opts.get('file.driver'))) return locateHttpOptions(opts.get('file.driver')!, opts, 'file.');
   if (driver === 'file') {
     for (const key of opts.keys()) {
       if (key !== 'driver' && key !== 'filename' && key !== 'locking') throw new UsageError(`Invalid parameter '${key}'`);
@@ -37,7 +65,7 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     return { path, format: 'file', locking: lockingOption(opts.get('locking')) };
   }
   for (const key of opts.keys()) {
-    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key)) {
+    if (!['driver', 'file', 'file.driver', 'file.filename', 'file.locking'].includes(key) && !keySecretOption(driver, key) && backingKeySecretDepth(key) === undefined) {
       throw new UsageError(
         driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
       );
@@ -59,7 +87,14 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
     throw new UsageError('A block device must be specified for "file"');
   }
   if (path === '') throw new UsageError("The 'file' block driver requires a file name");
-  return { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  const keySecret = opts.get('encrypt.key-secret') ?? opts.get('key-secret');
+  const loc: ImageLocation = { path, format: driver, locking: lockingOption(opts.get('file.locking')) };
+  if (keySecret !== undefined) loc.keySecret = keySecret;
+  for (const [key, value] of opts) {
+    const depth = backingKeySecretDepth(key);
+    if (depth !== undefined) (loc.backingKeySecrets ??= [])[depth] = value;
+  }
+  return loc;
 }
 
 /** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */
@@ -99,5 +134,8 @@ export function locateImage(name: string): ImageLocation {
     flattenJson(parsed, '', opts);
     return locateImageFromOptions(opts);
   }
+  const nbd = locateNbdName(name, proto);
+  if (nbd !== undefined) return nbd;
+  if (isHttpProtocol(proto)) return locateHttpName(proto, name);
   throw new UnsupportedError(`Unknown protocol '${proto}'`);
 }

@@ -5,12 +5,15 @@
  */
 import fs from 'node:fs';
 import {
-  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, type BlockDevice, FormatError, LimitError, type LockingMode,
+  BLK_PERM_CONSISTENT_READ, BLK_PERM_RESIZE, BLK_PERM_WRITE, BLK_PERM_WRITE_UNCHANGED, FileDevice, TsimgError, UnsupportedError, UsageError, type BlockDevice, FormatError, LimitError, type LockingMode,
 } from '@tsimg/raw';
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
-import { locateImage } from './location.js';
+import { type FileResolver, type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
+import { type ImageLocation, locateImage } from './location.js';
+import type { NbdAddress } from './nbd/address.js';
+import { NbdClient } from './nbd/client.js';
 import { resolveRelative } from './paths.js';
 import {
   backingNodePermissions, dataFileLock, imageFileLock, NO_PERMISSIONS, type NodePermissions, openingPermissions,
@@ -27,6 +30,13 @@ export interface OpenImageOptions {
    * `file:` / `json:` / protocol prefixes, which qemu applies only to filename arguments.
    */
   hostPath?: boolean;
+  /**
+   * The image is on a web server: the name is its URL (or the text naming it), read through
+   * these options (`--image-opts file.driver=https,...`). Read-only.
+   */
+  http?: HttpLocation;
+  /** Files found by name before the host's (see FileResolver): the image's, its backing files'. */
+  files?: FileResolver;
   /** Open read-only (default true). Backing images are always read-only. */
   readOnly?: boolean;
   /** Open the backing chain (default true); without it unallocated ranges read as zeroes. */
@@ -85,6 +95,12 @@ export interface OpenImageOptions {
    * `resize`, when it is smaller than the top. It is locked with the job's permissions.
    */
   writableBacking?: { depth: number; resize?: boolean };
+  /** Secret data by id (qemu's `--object secret,...`): where encrypted formats find their keys. */
+  secrets?: ReadonlyMap<string, Uint8Array>;
+  /** The top image's key secret id (`encrypt.key-secret` / `key-secret`; image options give it too). */
+  keySecret?: string;
+  /** Key secret ids of the backing images by depth (1: the top's backing file). */
+  backingKeySecrets?: readonly (string | undefined)[];
 }
 
 /** qemu gives up on chains deeper than this (BDRV max backing depth is far lower in practice). */
@@ -103,14 +119,17 @@ interface OpenContext {
   formats: readonly ImageFormat[];
   withBacking: boolean;
   onWarning?: (message: string) => void;
+  files?: FileResolver;
   /** The permission updates to make once the whole chain is open (see openImage). */
   finalLocks: (() => void)[];
+  secrets?: ReadonlyMap<string, Uint8Array>;
+  backingKeySecrets?: readonly (string | undefined)[];
   /** The depth of the backing layer opened read/write (OpenImageOptions.writableBacking). */
   writableBacking?: { depth: number; resize: boolean; fileOptions: Layer['fileOptions']; unmap: boolean };
 }
 
 /** What only the top layer gets: its open options (backing images are plain read-only opens). */
-type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps'>;
+type TopOptions = Pick<OpenImageOptions, 'snapshot' | 'log' | 'unmap' | 'holdBitmaps' | 'keySecret'>;
 
 /** A layer being opened: its name, mode, the chain above it (canonical names) and file options. */
 interface Layer {
@@ -121,6 +140,10 @@ interface Layer {
   fileOptions: { noFlush?: boolean; io?: 'async' | 'sync'; locking?: LockingMode };
   /** The permissions qemu gives this layer's node (permissions.ts). */
   perms: NodePermissions;
+  /** The layer's file is this NBD export, not a host file. */
+  nbd?: NbdAddress;
+  /** Where the file is when it is on a web server (`filename` is then its URL). */
+  http?: HttpLocation;
 }
 
 /** The format of a layer opened without one: probed from its first bytes, like qemu. */
@@ -144,8 +167,11 @@ async function openBackingLayer(
   octx: OpenContext,
 ): Promise<Image> {
   let name: string;
+  let nbd: NbdAddress | undefined;
+  let http: HttpLocation | undefined;
   try {
-    name = locateImage(resolveRelative(layer.filename, stored)).path;
+    // A name relative to a URL is a URL too (path_combine keeps "http://host/dir/").
+    ({ path: name, nbd, http } = locateImage(resolveRelative(layer.filename, stored)));
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -174,7 +200,7 @@ async function openBackingLayer(
         noIo: false,
         forceShare: false,
       };
-      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms };
+      const writable: Layer = { filename: name, readOnly: false, seen: [...layer.seen, real], fileOptions: wb.fileOptions, perms, nbd, http };
       return await openLayer(writable, fmt, octx, { unmap: wb.unmap });
     }
     let perms = backingNodePermissions(layer.perms);
@@ -183,7 +209,7 @@ async function openBackingLayer(
       // (mirror_start_job's "intermediate node"), so nobody else may read it consistently.
       perms = { ...perms, node: { perm: perms.node.perm, shared: perms.node.shared & ~BLK_PERM_CONSISTENT_READ } };
     }
-    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms }, fmt, octx);
+    return await openLayer({ filename: name, readOnly: true, seen: [...layer.seen, real], fileOptions: {}, perms, nbd, http }, fmt, octx);
   } catch (err) {
     throw prefixedError('Could not open backing file: ', err);
   }
@@ -196,12 +222,16 @@ async function openBackingLayer(
 async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: OpenContext, top?: TopOptions): Promise<Image> {
   const { filename, readOnly, fileOptions, perms } = layer;
   // Locked like qemu: opened sharing everything, given its permissions once the format is known.
-  const file = await FileDevice.open(filename, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning });
+  // bdrv_apply_auto_read_only: the curl driver opens nothing for writing.
+  if (layer.http !== undefined && !readOnly) throw new UsageError('curl driver does not support writes', { errno: 'EACCES' });
+  const file = layer.nbd
+    ? await NbdClient.connect(layer.nbd, { readOnly })
+    : await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning }, octx.files);
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));
-    file.setPermissions(imageFileLock(openingPermissions(perms), fmt.name));
-    octx.finalLocks.push(() => file.setPermissions(imageFileLock(perms, fmt.name)));
+    setHostFilePermissions(file, imageFileLock(openingPermissions(perms), fmt.name));
+    octx.finalLocks.push(() => setHostFilePermissions(file, imageFileLock(perms, fmt.name)));
     const ctx: LayerContext = {
       filename,
       readOnly,
@@ -209,6 +239,8 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
       log: top?.log,
       unmap: top?.unmap ?? false,
       holdBitmaps: top?.holdBitmaps,
+      keySecret: top?.keySecret ?? octx.backingKeySecrets?.[layer.seen.length - 1],
+      secrets: octx.secrets,
       openFile: async (name) => {
         const dataOptions = { noFlush: fileOptions.noFlush, io: fileOptions.io, onWarning: octx.onWarning };
         const dev = await FileDevice.open(name, { readOnly, ...dataOptions, lock: dataFileLock(openingPermissions(perms)) });
@@ -241,11 +273,16 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
 export async function openImage(filename: string, options: OpenImageOptions = {}): Promise<Image> {
   const readOnly = options.readOnly ?? true;
   const formats = options.formats ?? DEFAULT_FORMATS;
-  const octx: OpenContext = { formats, withBacking: options.backing ?? true, onWarning: options.onWarning, finalLocks: [] };
+  const octx: OpenContext = {
+    formats, withBacking: options.backing ?? true, onWarning: options.onWarning, files: options.files, finalLocks: [], secrets: options.secrets,
+  };
   try {
     // `file:NAME` and `json:{...}` name the file as qemu's protocol parsing does.
-    const loc = options.hostPath ? { path: filename } : locateImage(filename);
-    const formatName = options.format ?? (loc.format === 'file' ? 'raw' : loc.format);
+    const loc: ImageLocation =
+      options.http !== undefined ? { path: options.http.url, http: options.http } : options.hostPath ? { path: filename } : locateImage(filename);
+    octx.backingKeySecrets = options.backingKeySecrets ?? loc.backingKeySecrets;
+    // A bare protocol node (driver=file, nbd, http) reads the file as it is: raw's view.
+    const formatName = options.format ?? (loc.format === 'file' || loc.format === 'nbd' || isHttpProtocol(loc.format) ? 'raw' : loc.format);
     let format: ImageFormat | undefined;
     if (formatName !== undefined) {
       format = findFormat(formats, formatName);
@@ -259,13 +296,15 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       // Only the image's own files get the file options; backing files are plain reads.
       fileOptions: { noFlush: options.noFlush, io: options.io, locking: options.locking ?? loc.locking },
       perms: topNodePermissions(flags),
+      nbd: loc.nbd,
+      http: loc.http,
     };
     if (options.writableBacking !== undefined) {
       const fileOptions = { noFlush: options.noFlush, io: options.io };
       const { depth, resize } = options.writableBacking;
       octx.writableBacking = { depth, resize: resize ?? false, fileOptions, unmap: options.unmap ?? false };
     }
-    const image = await openLayer(top, format, octx, options);
+    const image = await openLayer(top, format, octx, { ...options, keySecret: options.keySecret ?? loc.keySecret });
     try {
       for (const update of octx.finalLocks) update();
     } catch (err) {

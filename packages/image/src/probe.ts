@@ -8,7 +8,7 @@ import type { ImageFormat } from './image.js';
 
 /** Formats qemu knows but tsimg does not handle (recognised so they are not shown as raw). */
 export const FOREIGN_FORMATS = new Set([
-  'qcow', 'qed', 'vmdk', 'vdi', 'vpc', 'vhdx', 'luks', 'parallels', 'bochs', 'cloop', 'dmg', 'vvfat', 'file',
+  'qcow', 'qed', 'vmdk', 'vdi', 'vpc', 'vhdx', 'parallels', 'bochs', 'cloop', 'dmg', 'vvfat', 'file',
   'host_device', 'nbd', 'ssh', 'http', 'https', 'blkdebug', 'null-co', 'throttle', 'copy-on-read', 'quorum',
 ]);
 

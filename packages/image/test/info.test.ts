@@ -5,7 +5,7 @@ import { MemoryDevice } from '@tsimg/raw';
 import { collectImageInfo, collectImageInfoList, probeFormat } from '@tsimg/image';
 import { fullBackingFilename, pathHasProtocol } from '../src/paths.js';
 import { loadQcow2Metadata, type Qcow2Header } from '@tsimg/qcow2';
-import { decodeLuksInfo, LUKS_HEADER_SIZE } from '../../qcow2/src/format/luks-header.js';
+import { decodeLuksInfo, LUKS_HEADER_SIZE } from '../../qcow2/src/crypto/luks-header.js';
 import { encodeExtensions, encodeHeader, QEMU_FEATURE_NAMES } from '../../qcow2/src/format/header.js';
 import { snapshotInfo } from '../../qcow2/src/info.js';
 import { describeQemu, must, tempDir } from '../../../test-images/qemu.js';

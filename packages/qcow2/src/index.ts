@@ -18,6 +18,7 @@ export { type CompressPool, createCompressPool } from './compress/compress-pool.
 export { type CompressionType } from './compress/compress.js';
 export {
   createQcow2,
+  type Qcow2CreateEncryption,
   type Qcow2CreateOptions,
   type Qcow2Preallocation,
   type ResolvedQcow2CreateOptions,
@@ -47,3 +48,8 @@ export {
   type MeasureResult,
   type Qcow2MeasureOptions,
 } from './measure.js';
+export { type CipherAlg, type CipherMode, type HashAlg, type IvgenAlg } from './crypto/cipher.js';
+export { amendLuks, type EncryptionAmend } from './crypto/luks-amend.js';
+export { type LuksInfo } from './crypto/luks-header.js';
+export { hasLuksFormat, type LuksAmendOptions, type LuksCreateOptions, type LuksIo, luksPayloadBytes, LuksVolume } from './crypto/luks.js';
+export { type Secrets, secretAsUtf8 } from './crypto/secrets.js';

@@ -27,8 +27,14 @@ export interface Qcow2MeasureOptions {
   preallocation?: string;
   /** True when the new image will have a backing file (`-o backing_file=...`). */
   hasBackingFile?: boolean;
-  /** `encrypt.format`; only its absence (or a non-luks value) is supported. */
+  /** `encrypt.format`. */
   encryptFormat?: string;
+  /**
+   * With `encrypt.format=luks`: the LUKS header area's size (luksPayloadBytes), looked up when
+   * qemu computes it — after the preallocation and backing options, before the size checks —
+   * so its errors (a missing key secret, a bad cipher) come in qemu's order.
+   */
+  luksHeaderBytes?: () => number;
   /**
    * `-o size=…` when an image is measured: qemu checks it against the L1 limit before it takes
    * the image's size instead (so `-o size=4P` fails even for a small source).
@@ -132,6 +138,8 @@ interface Qcow2Params {
   refcountBits: number;
   extendedL2: boolean;
   preallocation: (typeof PREALLOC_MODES)[number];
+  /** The LUKS header area rounded up to clusters (0 without encryption). */
+  luksPayload: number;
 }
 
 /** Checks options in qemu's order, with qemu's messages. */
@@ -168,11 +176,12 @@ function qcow2Params(options: Qcow2MeasureOptions): Qcow2Params {
   if (!(PREALLOC_MODES as readonly string[]).includes(prealloc)) {
     throw new UsageError(`invalid parameter value: ${prealloc}`);
   }
+  let luksPayload = 0;
   if (options.encryptFormat === 'luks') {
-    // The LUKS header size depends on the key slots' parameters and a secret; not supported.
-    throw new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher");
+    if (options.luksHeaderBytes === undefined) throw new UnsupportedError("Parameter 'encrypt.key-secret' is required for cipher");
+    luksPayload = Math.ceil(options.luksHeaderBytes() / clusterSize) * clusterSize;
   }
-  return { clusterSize, version, refcountBits, extendedL2, preallocation: prealloc as Qcow2Params['preallocation'] };
+  return { clusterSize, version, refcountBits, extendedL2, preallocation: prealloc as Qcow2Params['preallocation'], luksPayload };
 }
 
 /** `qemu-img measure -O qcow2`: required, fully allocated and (when relevant) bitmaps size. */
@@ -200,7 +209,7 @@ export async function measureQcow2(source: MeasureInput, options: Qcow2MeasureOp
   }
   if (p.preallocation === 'full' || p.preallocation === 'falloc') required = virtualSize;
 
-  const fullyAllocated = qcow2CalcPreallocSize(virtualSize, p.clusterSize, ctz(p.refcountBits), p.extendedL2);
+  const fullyAllocated = BigInt(p.luksPayload) + qcow2CalcPreallocSize(virtualSize, p.clusterSize, ctz(p.refcountBits), p.extendedL2);
   const result: MeasureResult = { required: fullyAllocated - virtualSize + required, fullyAllocated };
   if (bitmaps !== undefined) result.bitmaps = bitmaps;
   return result;

@@ -13,8 +13,10 @@ describe('@tsimg/qcow2 public API', () => {
     'FIX_ERRORS',
     'FIX_LEAKS',
     'INCOMPAT_DATA_FILE',
+    'LuksVolume',
     'QCOW2_MAGIC',
     'Qcow2Image',
+    'amendLuks',
     'checkErrnoText',
     'checkImage',
     'copyPersistentBitmaps',
@@ -23,10 +25,12 @@ describe('@tsimg/qcow2 public API', () => {
     'encodeByteString',
     'findExtension',
     'finishRepair',
+    'hasLuksFormat',
     'loadBitmapDirectory',
     'loadHeader',
     'loadQcow2Metadata',
     'loadSnapshots',
+    'luksPayloadBytes',
     'measureQcow2',
     'openForCheck',
     'openQcow2Metadata',
@@ -34,6 +38,7 @@ describe('@tsimg/qcow2 public API', () => {
     'qcow2ImageInfo',
     'repairDirty',
     'resolveQcow2CreateOptions',
+    'secretAsUtf8',
     ]);
   });
 

@@ -109,6 +109,25 @@ export class LimitError extends TsimgError {
   }
 }
 
+/**
+ * An HTTP(S) image could not be read: the server answered with an error status, refused byte
+ * ranges, sent a response that does not match the request, changed the file under us (its ETag
+ * or Last-Modified moved), or could not be reached in time. `status` is the HTTP status when
+ * there was one; `retryable` says whether asking again may help (network errors, 5xx, stalls).
+ */
+export class HttpError extends IoError {
+  readonly url: string;
+  readonly status?: number;
+  readonly retryable: boolean;
+  constructor(message: string, options: { url: string; status?: number; retryable?: boolean; cause?: unknown }) {
+    super(message, { cause: options.cause, errno: 'EIO' });
+    this.name = 'HttpError';
+    this.url = options.url;
+    this.status = options.status;
+    this.retryable = options.retryable ?? false;
+  }
+}
+
 /** The subclass each code's errors are instances of. */
 const CLASS_OF: { readonly [C in TsimgErrorCode]: new (message: string, options?: { cause?: unknown; errno?: string }) => TsimgError } = {
   format: FormatError,
@@ -163,8 +182,15 @@ const STRERROR: Readonly<Record<string, string>> = {
   EOVERFLOW: 'Value too large for defined data type',
   ENOTSUP: 'Operation not supported',
   ENOLCK: 'No locks available',
-  EDQUOT: 'Disk quota exceeded',
+  EADDRINUSE: 'Address already in use',
+  EADDRNOTAVAIL: 'Cannot assign requested address',
+  ECONNREFUSED: 'Connection refused',
+  ECONNRESET: 'Connection reset by peer',
   EPIPE: 'Broken pipe',
+  ETIMEDOUT: 'Connection timed out',
+  EHOSTUNREACH: 'No route to host',
+  ENETUNREACH: 'Network is unreachable',
+  EDQUOT: 'Disk quota exceeded',
 };
 
 /** The C library's text for an errno name (`'ENOENT'` → `'No such file or directory'`). */

@@ -2,6 +2,7 @@
 
 export { alignedBuffer } from './aligned-buffer.js';
 export { type BlockDevice, type BlockStatus, type WriteZeroesOptions, writeParts } from './block-device.js';
+export { BlobDevice } from './blob-device.js';
 export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
   createFile,
@@ -15,6 +16,7 @@ export {
   CorruptError,
   errorWithCode,
   FormatError,
+  HttpError,
   IoError,
   LimitError,
   LockError,
@@ -29,6 +31,7 @@ export {
 } from './errors.js';
 export { type FaultPlan, FaultyDevice, faultyDevice } from './faulty.js';
 export { FileDevice, type FileDeviceOptions, type FileLockState, lockingAvailable } from './file-device.js';
+export { HttpDevice, type HttpDeviceOptions } from './http/http-device.js';
 export { BDRV_MAX_LENGTH, BDRV_REQUEST_MAX_BYTES, BDRV_SECTOR_SIZE, INT_MAX } from './limits.js';
 export {
   BLK_PERM_ALL,

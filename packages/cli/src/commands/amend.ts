@@ -19,6 +19,8 @@ import { createProgress } from '../progress.js';
 import { QCOW2_OPTS } from '../creation-options.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
+import { addObject } from '../object-option.js';
+import { parseImageOpts } from '../image-opts.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -57,7 +59,7 @@ const QCOW2_AMEND_OPTS: readonly OptDesc[] = [
 /** The amend options of each format that has them, by format name. */
 const AMEND_OPTS: Readonly<Record<string, readonly OptDesc[]>> = {
   qcow2: QCOW2_AMEND_OPTS,
-  // luks's own list is qcow2's encrypt.* options without the prefix (tsimg opens no luks images).
+  // luks's own list is qcow2's encrypt.* options without the prefix.
   luks: QCOW2_ENCRYPT_AMEND_OPTS.map((d) => ({ ...d, name: d.name.slice('encrypt.'.length) })),
 };
 
@@ -69,6 +71,8 @@ interface AmendArgs {
   progress: boolean;
   quiet: boolean;
   imageOpts: boolean;
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
   force: boolean;
   filename?: string;
 }
@@ -77,7 +81,7 @@ interface AmendArgs {
 function parseArgs(argv: readonly string[], out: (text: string) => void): AmendArgs | undefined {
   const parsed = getoptLong(argv, ':ho:f:t:pq', LONG_OPTIONS);
   let options: string | undefined;
-  const a: Omit<AmendArgs, 'options'> = { cache: 'writeback', progress: false, quiet: false, imageOpts: false, force: false };
+  const a: Omit<AmendArgs, 'options'> = { cache: 'writeback', progress: false, quiet: false, imageOpts: false, secrets: new Map(), force: false };
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -104,8 +108,11 @@ function parseArgs(argv: readonly string[], out: (text: string) => void): AmendA
       case 'force':
         a.force = true;
         break;
+      case 'object':
+        addObject(o.value!, a.secrets);
+        break;
       default:
-        break; // --object: tsimg needs no objects (secrets) for what it amends
+        break;
     }
   }
   if (parsed.error) getoptExit(parsed.error);
@@ -144,7 +151,7 @@ function parseAmendOptions(descs: readonly OptDesc[], list: string): QemuOpts {
 }
 
 /** The parsed options as the image layer takes them (only what was given). */
-function amendOptions(opts: QemuOpts, force: boolean, status: AmendOptions['status']): AmendOptions {
+function amendOptions(opts: QemuOpts, force: boolean, status: AmendOptions['status'], crypto: CryptoContext): AmendOptions {
   const o: AmendOptions = { force, status };
   if (opts.get('compat') !== undefined) o.compat = opts.getString('compat');
   if (opts.get('size') !== undefined) o.size = Number(opts.getNumber('size', 0n));
@@ -154,8 +161,28 @@ function amendOptions(opts: QemuOpts, force: boolean, status: AmendOptions['stat
   if (opts.get('data_file_raw') !== undefined) o.dataFileRaw = opts.getBool('data_file_raw', false);
   if (opts.get('lazy_refcounts') !== undefined) o.lazyRefcounts = opts.getBool('lazy_refcounts', false);
   if (opts.get('refcount_bits') !== undefined) o.refcountBits = Number(BigInt.asIntN(64, opts.getNumber('refcount_bits', 16n)));
-  if (opts.entries.some((e) => e.name.startsWith('encrypt.'))) o.encrypt = true;
+  const p = crypto.prefix;
+  if (opts.entries.some((e) => e.name.startsWith(p))) {
+    const num = (name: string) => (opts.get(p + name) === undefined ? undefined : Number(BigInt.asIntN(64, opts.getNumber(p + name, 0n))));
+    o.encrypt = {
+      state: opts.getString(p + 'state'),
+      keyslot: num('keyslot'),
+      iterTime: num('iter-time'),
+      newSecret: opts.getString(p + 'new-secret'),
+      oldSecret: opts.getString(p + 'old-secret'),
+      secret: crypto.keySecret,
+      secrets: crypto.secrets,
+    };
+  }
   return o;
+}
+
+/** What the key slot options need besides themselves. */
+interface CryptoContext {
+  /** `encrypt.` for qcow2; luks names its options bare. */
+  prefix: string;
+  keySecret?: string;
+  secrets: ReadonlyMap<string, Uint8Array>;
 }
 
 export const run: CommandRunner = async (argv, io) => {
@@ -169,6 +196,7 @@ export const run: CommandRunner = async (argv, io) => {
     const image: Image = await openCommandImage(args.filename, {
       format: args.format,
       imageOpts: args.imageOpts,
+    secrets: args.secrets,
       readOnly: false,
       noFlush: args.cache === 'unsafe',
       log: repairLog(io),
@@ -189,7 +217,12 @@ export const run: CommandRunner = async (argv, io) => {
       };
       progress.print(0, 0);
       const amend = image.amend.bind(image);
-      await interruptsOf(io).hold(() => amend(amendOptions(opts, args.force, status)));
+      const crypto: CryptoContext = {
+        prefix: image.format === 'luks' ? '' : 'encrypt.',
+        keySecret: args.imageOpts ? parseImageOpts(args.filename).keySecret : undefined,
+        secrets: args.secrets,
+      };
+      await interruptsOf(io).hold(() => amend(amendOptions(opts, args.force, status, crypto)));
       progress.print(100, 0);
     } finally {
       await image.close();

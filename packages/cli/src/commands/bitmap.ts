@@ -16,6 +16,7 @@ import { openCommandImage } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum } from '../options.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
+import { addObject } from '../object-option.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -60,6 +61,7 @@ function parseArgs(argv: string[]): Args | 'help' {
   let sourceFile: string | undefined;
   let sourceFormat: string | undefined;
   let imageOpts = false;
+  const secrets = new Map<string, Uint8Array>();
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -89,8 +91,10 @@ function parseArgs(argv: string[]): Args | 'help' {
       case 'image-opts':
         imageOpts = true;
         break;
+      case 'object':
+        addObject(o.value!, secrets);
+        break;
       default:
-        // --object: bitmaps need no secrets.
         break;
     }
   }

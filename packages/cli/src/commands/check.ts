@@ -5,9 +5,11 @@
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
  * 63 the format has no checks (raw).
  */
-import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError } from '@tsimg/raw';
+import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError, UsageError } from '@tsimg/raw';
+import { addObject } from '../object-option.js';
 import {
-  dataFileLock, imageFileLock, locateImage, NO_PERMISSIONS, type NodePermissions, openImage, openingPermissions, resolveRelative, topNodePermissions,
+  dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, luksHeaderIo, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage,
+  openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
@@ -23,6 +25,9 @@ import {
   finishRepair,
   openForCheck,
   findExtension,
+  hasLuksFormat,
+  LuksVolume,
+  secretAsUtf8,
   type CheckImage,
   type CheckOutcome,
 } from '@tsimg/qcow2';
@@ -62,11 +67,11 @@ const HELP =
   "  '--output' takes 'human' (default) or 'json'\n" +
   'Exit status: 0 no errors, 1 check failed, 2 corruptions, 3 leaks only, 63 format without checks\n';
 
-async function isQcow2(file: BlockDevice): Promise<boolean> {
-  if (file.size() < 4) return false;
-  const magic = new Uint8Array(4);
-  await file.read(0, magic);
-  return new DataView(magic.buffer).getUint32(0) === QCOW2_MAGIC;
+async function probeCheckFormat(file: BlockDevice): Promise<'qcow2' | 'luks' | 'raw'> {
+  const first = new Uint8Array(Math.min(8, file.size()));
+  if (first.length > 0) await file.read(0, first);
+  if (first.length >= 4 && new DataView(first.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
+  return hasLuksFormat(first) ? 'luks' : 'raw';
 }
 
 /** Opens like img_open: the file, its format, the header checks, and the backing chain. */
@@ -75,35 +80,55 @@ async function openChecked(
   format: string | undefined,
   writable: boolean,
   io: CliIO,
-  lock: { forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string },
-): Promise<{ file: FileDevice; img?: CheckImage }> {
-  if (format !== undefined && format !== 'raw' && format !== 'qcow2') {
+  lock: {
+    forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string; http?: HttpLocation; keySecret?: string;
+    secrets: ReadonlyMap<string, Uint8Array>;
+  },
+): Promise<{ file: HostFile; img?: CheckImage }> {
+  if (format !== undefined && format !== 'raw' && format !== 'qcow2' && format !== 'luks') {
     if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${lock.shown ?? filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': tsimg does not support the '${format}' format`);
   }
-  let file: FileDevice;
+  let file: HostFile;
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
   let path: string;
   try {
     // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
-    path = lock.hostPath ? filename : locateImage(filename).path;
+    const loc = lock.http !== undefined ? { path: filename, http: lock.http, nbd: undefined } : lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
+    path = loc.path;
+    if (loc.http !== undefined && writable) throw new UsageError('curl driver does not support writes');
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
-    file = await FileDevice.open(path, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
+    file = loc.nbd
+      ? await NbdClient.connect(loc.nbd, { readOnly: !writable })
+      : await openHostFile(path, loc.http, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
   } catch (err) {
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
-    const fmt = format ?? ((await isQcow2(file)) ? 'qcow2' : 'raw');
-    file.setPermissions(imageFileLock(node, fmt));
+    const fmt = format ?? (await probeCheckFormat(file));
+    setHostFilePermissions(file, imageFileLock(node, fmt));
+    if (fmt === 'luks') {
+      // bdrv_open unlocks the volume before qemu-img finds that luks has no check.
+      const keySecret = lock.keySecret;
+      if (keySecret === undefined) throw new UsageError("Parameter 'key-secret' is required for cipher", { errno: 'EINVAL' });
+      const password = secretAsUtf8(lock.secrets, keySecret);
+      try {
+        (await LuksVolume.open(luksHeaderIo(file), password)).dispose();
+      } finally {
+        password.fill(0);
+      }
+      return { file };
+    }
     if (fmt === 'raw') {
       if (format === undefined && writable) {
         io.stderr(probedRawWarning(filename));
       }
       return { file };
     }
-    const img = await openForCheck(file, repairLog(io), writable);
+    const keySecret = lock.keySecret;
+    const img = await openForCheck(file, repairLog(io), writable, keySecret === undefined ? undefined : () => secretAsUtf8(lock.secrets, keySecret));
     const finalLocks: (() => void)[] = [];
     const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
     if (dataFileExt) {
@@ -184,6 +209,8 @@ export const run: CommandRunner = async (argv, io) => {
   let imageOpts = false;
   let forceShare = false;
   let locking: LockingMode | undefined;
+  let keySecret: string | undefined;
+  const secrets = new Map<string, Uint8Array>();
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -212,8 +239,10 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(o.value!, secrets);
+        break;
       default:
-        // --object: check needs no secrets.
         break;
     }
   }
@@ -222,19 +251,22 @@ export const run: CommandRunner = async (argv, io) => {
   if (cache !== undefined && !CACHE_MODES.has(cache)) throw new CliExit(1, `Invalid source cache option: ${cache}`);
   // qemu names an --image-opts image by its option string in errors.
   const shown = filename;
+  let http: HttpLocation | undefined;
   if (imageOpts) {
     refuseFormatWithImageOpts(format);
     const opts = parseImageOpts(filename);
     filename = opts.filename;
     format = opts.format;
     locking = opts.locking;
+    http = opts.http;
+    keySecret = opts.keySecret;
   }
   const out = (text: string): void => {
     if (!quiet) io.stdout(text);
   };
 
   const held: BlockDevice[] = [];
-  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown });
+  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown, http, keySecret, secrets });
   const checkAndReport = async (signal?: AbortSignal): Promise<number> => {
     try {
       if (!img) throw new CliExit(63, 'This image format does not support checks');

@@ -19,6 +19,7 @@ import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { cvtnum } from '../options.js';
 import { createProgress, PROGRESS_OPTION, progressMode } from '../progress.js';
+import { addObject } from '../object-option.js';
 
 const HELP =
   'usage: tsimg commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit] [-d] [-p] filename\n\n' +
@@ -37,12 +38,16 @@ interface CommitArgs {
   quiet: boolean;
   rateLimit: number;
   imageOpts: boolean;
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
 }
 
 function parseArgs(argv: string[], io: CliIO): CommitArgs | undefined {
   const parsed = getoptLong(argv, ':f:ht:b:dpqr:', [HELP_OPTION, OBJECT_OPTION, IMAGE_OPTS_OPTION, PROGRESS_OPTION], 'commit');
   if (parsed.error) getoptExit(parsed.error);
-  const a: Omit<CommitArgs, 'filename'> = { cache: 'writeback', drop: false, progress: false, jsonProgress: false, quiet: false, rateLimit: 0, imageOpts: false };
+  const a: Omit<CommitArgs, 'filename'> = {
+    cache: 'writeback', drop: false, progress: false, jsonProgress: false, quiet: false, rateLimit: 0, imageOpts: false, secrets: new Map(),
+  };
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -77,8 +82,11 @@ function parseArgs(argv: string[], io: CliIO): CommitArgs | undefined {
       case 'image-opts':
         a.imageOpts = true;
         break;
+      case 'object':
+        addObject(o.value!, a.secrets);
+        break;
       default:
-        break; // --object: commit needs no secrets
+        break;
     }
   }
   if (a.quiet) a.progress = false;
@@ -115,6 +123,7 @@ function open(a: CommitArgs, io: CliIO, writableBacking: { depth: number; resize
     format: a.format,
     readOnly: false,
     imageOpts: a.imageOpts,
+    secrets: a.secrets,
     unmap: true, // img_commit: BDRV_O_RDWR | BDRV_O_UNMAP
     noFlush: a.cache === 'unsafe',
     writableBacking,

@@ -12,6 +12,7 @@ import { corruptionLine, openCommandImage as openImage } from '../image-open.js'
 import type { CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { createProgress, PROGRESS_OPTION, progressMode } from '../progress.js';
+import { addObject } from '../object-option.js';
 
 const LONG = [HELP_OPTION, ...IMAGE_SOURCE_OPTIONS, PROGRESS_OPTION];
 
@@ -35,6 +36,7 @@ export const run: CommandRunner = async (argv, io) => {
   let quiet = false;
   let strict = false;
   let imageOpts = false;
+  const secrets = new Map<string, Uint8Array>();
   let forceShare = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
@@ -66,6 +68,9 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(value!, secrets, 2); // img_compare exits with 2 here
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -86,7 +91,7 @@ export const run: CommandRunner = async (argv, io) => {
     }
     const open = async (name: string, format?: string) => {
       try {
-        return await openImage(name, { format, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
+        return await openImage(name, { format, readOnly: true, imageOpts, forceShare, secrets, onWarning: lockWarnings(io, false) });
       } catch (err) {
         io.stderr(`tsimg: ${errorMessage(err)}${lockHint(err)}\n`);
         return undefined;

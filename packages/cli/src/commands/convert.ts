@@ -14,7 +14,8 @@ import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../c
 import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
-import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
+import { createImageFile, nbdLocation, protocolPath, tooLarge } from '../image-create.js';
+import { addObject } from '../object-option.js';
 import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
@@ -77,6 +78,8 @@ interface ConvertArgs {
   cache: string;
   srcCache: string;
   files: string[];
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
 }
 
 function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
@@ -102,6 +105,7 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
     cache: 'unsafe',
     srcCache: 'writeback',
     files: parsed.operands,
+    secrets: new Map(),
   };
   let outFmt: string | undefined;
   for (const { key, value } of parsed.options) {
@@ -169,7 +173,8 @@ function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
         a.rateLimit = Number(cvtnum('rate limit', value!));
         break;
       case 'object':
-        break; // secrets are only needed for encryption, which tsimg refuses
+        addObject(value!, a.secrets);
+        break;
       case 'image-opts':
         a.imageOpts = true;
         break;
@@ -300,7 +305,7 @@ export const run: CommandRunner = async (argv, io) => {
     await interruptsOf(io).hold(async (signal) => {
       await prepareTarget(args, opened, out, opts, io);
       for (const f of created) await f.created();
-      target = await openTarget(args, out, io);
+      target = await openTarget(args, out, opts, io);
       await checkTarget(args, target, totalBytes);
       if (args.compressed) {
         const type = target.compressionType ?? 'zlib';
@@ -333,7 +338,7 @@ export const run: CommandRunner = async (argv, io) => {
  */
 async function openSources(args: ConvertArgs, sources: readonly string[], opened: Image[], locks: LockOptions): Promise<void> {
   for (const name of sources) {
-    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, ...locks }));
+    opened.push(await openCommandImage(name, { format: args.fmt, readOnly: true, imageOpts: args.imageOpts, secrets: args.secrets, ...locks }));
   }
   if (args.snapshot === undefined && args.snapshotName === undefined) return;
   if (args.snapshotName !== undefined && sources.length > 1) {
@@ -353,6 +358,7 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     readOnly: true,
     imageOpts: args.imageOpts,
     snapshot: args.snapshot ?? args.snapshotName,
+    secrets: args.secrets,
     ...locks,
   });
 }
@@ -379,7 +385,8 @@ async function createdFiles(out: string, opts: QemuOpts): Promise<CreatedFile[]>
 function creationOptions(args: ConvertArgs, out: string, totalBytes: number): QemuOpts {
   const descs = FORMAT_OPTS[args.outFmt];
   if (!descs) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
-  protocolPathOrExit(out);
+  // An NBD target is used as it is (image-create.ts); any other protocol is refused here.
+  if (nbdLocation(out) === undefined) protocolPathOrExit(out);
   const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
   if (args.options !== undefined) {
     try {
@@ -438,28 +445,39 @@ async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: s
   // refuse it themselves (OFD locks conflict within one process); this says it even without
   // the native module, where nothing is locked.
   const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
-  if (opts && lockedBy && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  if (opts && lockedBy && nbdLocation(out) === undefined && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
     const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
     throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
   }
   if (opts) {
     try {
-      await createImageFile(args.outFmt, out, opts, false, io);
+      await createImageFile(args.outFmt, out, opts, args.secrets, io);
     } catch (err) {
       const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
     }
   }
   if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  if (lockedBy && !args.targetImageOpts && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
+  // A name with no host file (an NBD export, an http:// URL) is no local file a source could
+  // be; a name that cannot be opened fails in the target's open, with its message.
+  let hostOut: string | undefined;
+  try {
+    hostOut = nbdLocation(out) === undefined ? protocolPath(out) : undefined;
+  } catch {
+    hostOut = undefined;
+  }
+  if (lockedBy && !args.targetImageOpts && hostOut !== undefined && (await isOneOf(hostOut, lockedBy))) {
     throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
   }
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
-function openTarget(args: ConvertArgs, out: string, io: CliIO): Promise<Image> {
+function openTarget(args: ConvertArgs, out: string, opts: QemuOpts | undefined, io: CliIO): Promise<Image> {
   const onWarning = lockWarnings(io, true);
   return openCommandImage(out, {
+    secrets: args.secrets,
+    // img_add_key_secrets: the creation options' key secret opens the new target.
+    keySecret: opts?.getString('encrypt.key-secret') ?? opts?.getString('key-secret'),
     format: args.outFmt || undefined,
     readOnly: false,
     imageOpts: args.targetImageOpts,
@@ -501,7 +519,7 @@ async function copy(
       compressed: args.compressed,
       clusterSize: target.clusterSize ?? 0,
       // A new target reads as zeroes (qcow2_has_zero_init, file-posix); with -n only if told.
-      hasZeroInit: args.skipCreate ? args.targetIsZero : true,
+      hasZeroInit: args.skipCreate ? args.targetIsZero : (target.hasZeroInit?.() ?? true),
       targetHasBacking,
       targetBackingSize: targetHasBacking && !args.skipCreate ? target.backing?.size() : undefined,
       salvage: args.salvage,

@@ -7,6 +7,7 @@
 import { dirname, join } from 'node:path';
 import { openImage } from '@tsimg/image';
 import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
+import { addObject } from '../object-option.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import type { CliIO, CommandRunner } from '../command.js';
@@ -63,7 +64,8 @@ interface CreateRequest {
   imgSize: bigint;
   noBacking: boolean;
   quiet: boolean;
-  objects: boolean;
+  /** `--object secret,...` data by id. */
+  secrets: ReadonlyMap<string, Uint8Array>;
 }
 
 /** bdrv_img_create. Errors come back as UsageError/TsimgError with qemu's text (no prefix). */
@@ -121,7 +123,7 @@ async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
   if (!r.quiet) io.stdout(`Formatting '${r.filename}', fmt=${r.fmt} ${opts.print()}\n`);
 
   try {
-    await createImageFile(r.fmt, r.filename, opts, r.objects, io);
+    await createImageFile(r.fmt, r.filename, opts, r.secrets, io);
   } catch (err) {
     throw tooLarge(r.fmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
   }
@@ -139,7 +141,7 @@ export const run: CommandRunner = async (argv, io) => {
   let options: string | undefined;
   let quiet = false;
   let noBacking = false;
-  let objects = false;
+  const secrets = new Map<string, Uint8Array>();
   for (const { key, value } of parsed.options) {
     switch (key) {
       case 'h':
@@ -164,7 +166,7 @@ export const run: CommandRunner = async (argv, io) => {
         noBacking = true;
         break;
       case 'object':
-        objects = true;
+        addObject(value!, secrets);
         break;
     }
   }
@@ -185,7 +187,7 @@ export const run: CommandRunner = async (argv, io) => {
   if (extra.length) throw new CliExit(1, `Unexpected argument: ${extra[0]}${TRY_HELP}`);
   try {
     // The image is written whole (a create is short): SIGINT/SIGTERM wait for it (interrupt.ts).
-    await interruptsOf(io).hold(() => imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, objects }, io));
+    await interruptsOf(io).hold(() => imgCreate({ filename, fmt, baseFilename, baseFmt, options, imgSize, noBacking, quiet, secrets }, io));
   } catch (err) {
     if (err instanceof CliExit || err instanceof InterruptedError) throw err;
     const msg = err instanceof Error ? err.message : String(err);

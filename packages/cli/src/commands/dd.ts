@@ -25,6 +25,7 @@ import { openCommandImage as openImage } from '../image-open.js';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import type { CliIO, CommandRunner } from '../command.js';
 import { interruptsOf } from '../interrupt.js';
+import { addObject } from '../object-option.js';
 
 const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION];
 
@@ -171,6 +172,9 @@ async function writeOutput(job: DdJob): Promise<void> {
   const { args, src, input, output, outFmt, onWarning, io, signal } = job;
   if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
   if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
+  // The curl protocols read only: bdrv_find_protocol finds them, and they have no create_opts.
+  const proto = /^([^:/]*):/.exec(output)?.[1];
+  if (proto === 'http' || proto === 'https') throw new CliExit(1, `Protocol driver '${proto}' does not support image creation`);
   if (outFmt !== 'raw' && outFmt !== 'qcow2') {
     throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
   }
@@ -232,6 +236,7 @@ export const run: CommandRunner = async (argv, io) => {
   let fmt: string | undefined;
   let outFmt = 'raw';
   let imageOpts = false;
+  const secrets = new Map<string, Uint8Array>();
   let forceShare = false;
   for (const { key, value } of parsed.options) {
     switch (key) {
@@ -247,6 +252,9 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(value!, secrets);
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -261,7 +269,7 @@ export const run: CommandRunner = async (argv, io) => {
   const input = args.input;
   const output = args.output;
 
-  const src = await openImage(input, { format: fmt, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
+  const src = await openImage(input, { format: fmt, readOnly: true, imageOpts, forceShare, secrets, onWarning: lockWarnings(io, false) });
   const onWarning = lockWarnings(io, true);
   // The output is written from here on: a SIGINT/SIGTERM stops the copy at the next write, and
   // the output is flushed and closed before the command ends (interrupt.ts).

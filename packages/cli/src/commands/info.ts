@@ -5,7 +5,8 @@
  */
 import { TsimgError } from '@tsimg/raw';
 import { lockWarnings } from '../lock-messages.js';
-import { collectImageInfoList, type ImageInfo } from '@tsimg/image';
+import { collectImageInfoList, type ImageInfo, locateImage, locateImageFromOptions } from '@tsimg/image';
+import { type QValue, toQemuJsonLine } from '../qobject-output.js';
 import type { CliIO, CommandRunner } from '../command.js';
 import { getoptLong, type LongOption } from '../getopt.js';
 import {
@@ -24,6 +25,7 @@ import {
   formatImageInfoListJson,
 } from '../info-output.js';
 import { splitImageOpts } from '../image-opts.js';
+import { addObject } from '../object-option.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -50,6 +52,24 @@ function reportError(err: unknown, io: CliIO): number {
   return 1;
 }
 
+/**
+ * bdrv_refresh_filename for an image opened with its key secret: the secret is a strong
+ * runtime option of qcow2 (`encrypt.key-secret`) and luks (`key-secret`), so qemu names the
+ * image by a json: filename of its options; undefined when no key secret was given.
+ */
+function keySecretName(blockOptions: ReadonlyMap<string, string> | undefined, name: string, info: ImageInfo): string | undefined {
+  let loc;
+  try {
+    loc = blockOptions !== undefined ? locateImageFromOptions(blockOptions) : name.startsWith('json:') ? locateImage(name) : undefined;
+  } catch {
+    return undefined;
+  }
+  if (loc?.keySecret === undefined || loc.backingKeySecrets !== undefined) return undefined;
+  const key = info.format === 'luks' ? 'key-secret' : 'encrypt.key-secret';
+  const dict: Record<string, QValue> = { driver: info.format, [key]: loc.keySecret, file: { driver: 'file', filename: loc.path } };
+  return `json:${toQemuJsonLine(dict)}`;
+}
+
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, ':f:hU', LONG_OPTIONS, 'info');
   if (parsed.error) getoptExit(parsed.error);
@@ -58,6 +78,7 @@ export const run: CommandRunner = async (argv, io) => {
   let chain = false;
   let imageOpts = false;
   let forceShare = false;
+  const secrets = new Map<string, Uint8Array>();
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -78,8 +99,10 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(o.value!, secrets);
+        break;
       default:
-        // --object: info needs no secrets (it never decrypts).
         break;
     }
   }
@@ -106,6 +129,8 @@ export const run: CommandRunner = async (argv, io) => {
   } catch (err) {
     return reportError(err, io);
   }
+  const named = keySecretName(imageOpts ? splitImageOpts(filename) : undefined, filename, list[0]!);
+  if (named !== undefined) list[0] = { ...list[0]!, filename: named };
   if (json) {
     io.stdout(chain ? formatImageInfoListJson(list) : formatImageInfoJson(list[0]!));
   } else {

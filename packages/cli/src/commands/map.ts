@@ -20,6 +20,7 @@ import { cvtnum } from '../options.js';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import type { CommandRunner } from '../command.js';
 import { lockWarnings } from '../lock-messages.js';
+import { addObject } from '../object-option.js';
 
 const LONG = [
   HELP_OPTION,
@@ -49,6 +50,7 @@ export const run: CommandRunner = async (argv, io) => {
   let format: string | undefined;
   let output: string | undefined;
   let imageOpts = false;
+  const secrets = new Map<string, Uint8Array>();
   let forceShare = false;
   let startOffset = 0;
   let maxLength: number | undefined;
@@ -72,6 +74,9 @@ export const run: CommandRunner = async (argv, io) => {
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(value!, secrets);
+        break;
       case 'image-opts':
         imageOpts = true;
         break;
@@ -82,7 +87,7 @@ export const run: CommandRunner = async (argv, io) => {
   const filename = expectOneFilename(parsed.operands);
   const json = isJsonOutput(output);
 
-  const image = await openImage(filename, { format, readOnly: true, imageOpts, forceShare, onWarning: lockWarnings(io, false) });
+  const image = await openImage(filename, { format, readOnly: true, imageOpts, forceShare, secrets, onWarning: lockWarnings(io, false) });
   try {
     // Lines are collected and written in batches: one write per entry is slow for big maps.
     let out = json ? '[' : `${'Offset'.padEnd(16)}${'Length'.padEnd(16)}${'Mapped to'.padEnd(16)}File\n`;

@@ -4,7 +4,9 @@
  * `measure` of @tsimg/image.
  */
 import { measure, type MeasureSource } from '@tsimg/image';
-import type { MeasureResult, Qcow2MeasureOptions } from '@tsimg/qcow2';
+import { luksPayloadBytes, type MeasureResult, type Qcow2MeasureOptions, secretAsUtf8 } from '@tsimg/qcow2';
+import { luksCreateOptions } from '../image-create.js';
+import { addObject } from '../object-option.js';
 import { CliExit } from '../exit.js';
 import { parseSnapshotParam } from '../snapshot-param.js';
 import { getoptLong, glibcGetoptMessage } from '../getopt.js';
@@ -18,7 +20,7 @@ import {
   OUTPUT_OPTION,
 } from '../command-options.js';
 import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
-import { FILE_OPTS, QCOW2_OPTS, RAW_OPTS } from '../creation-options.js';
+import { FILE_OPTS, LUKS_OPTS, QCOW2_OPTS, RAW_OPTS } from '../creation-options.js';
 import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
 import { QEMU_CREATABLE, QEMU_FORMATS } from '../qemu-formats.js';
@@ -42,8 +44,8 @@ const USAGE =
  * protocol's, with qemu's two-line failure ("Invalid parameter 'x'" / "Invalid options for file
  * format 'fmt'").
  */
-function parseTargetOptions(list: string | undefined, format: 'qcow2' | 'raw'): QemuOpts {
-  const opts = new QemuOpts(mergeOptDescs(format === 'qcow2' ? QCOW2_OPTS : RAW_OPTS, FILE_OPTS));
+function parseTargetOptions(list: string | undefined, format: 'qcow2' | 'raw' | 'luks'): QemuOpts {
+  const opts = new QemuOpts(mergeOptDescs(format === 'qcow2' ? QCOW2_OPTS : format === 'luks' ? LUKS_OPTS : RAW_OPTS, FILE_OPTS));
   if (list === undefined) return opts;
   try {
     opts.parse(list);
@@ -73,6 +75,18 @@ function qcow2Options(opts: QemuOpts): Qcow2MeasureOptions {
     hasBackingFile: opts.get('backing_file') !== undefined,
     encryptFormat: opts.getString('encrypt.format'),
   };
+}
+
+/**
+ * qcrypto_block_calculate_payload_offset for the target's LUKS options under `prefix`: the
+ * options' QAPI visit, the key secret (required, and looked up), then the header area's size.
+ */
+function luksHeaderBytes(opts: QemuOpts, prefix: string, secrets: ReadonlyMap<string, Uint8Array>): number {
+  const luks = luksCreateOptions(opts, prefix);
+  const id = opts.getString(`${prefix}key-secret`);
+  if (id === undefined) throw new UsageError(`Parameter '${prefix}key-secret' is required for cipher`);
+  secretAsUtf8(secrets, id).fill(0);
+  return luksPayloadBytes(luks);
 }
 
 function humanResult(r: MeasureResult): string {
@@ -106,6 +120,7 @@ interface MeasureArgs {
 
 export const run: CommandRunner = async (argv, io) => {
   const parsed = getoptLong(argv, 'hf:O:o:l:U', LONG, 'measure');
+  const secrets = new Map<string, Uint8Array>();
   // Options are handled in order, as qemu's getopt loop does, up to a getopt error if any.
   const handleOptions = (): MeasureArgs | number => {
     let json = false;
@@ -145,6 +160,9 @@ export const run: CommandRunner = async (argv, io) => {
         case 'image-opts':
           imageOpts = true;
           break;
+        case 'object':
+          addObject(value!, secrets);
+          break;
         default:
           notSupportedExit(key);
       }
@@ -174,7 +192,7 @@ export const run: CommandRunner = async (argv, io) => {
     opts.snapshot === undefined ? undefined : opts.snapshot.startsWith('snapshot.') ? parseSnapshotParam(opts.snapshot) : opts.snapshot;
   const image =
     filename !== undefined
-      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot, forceShare: opts.forceShare, onWarning: lockWarnings(io, false) })
+      ? await openImage(filename, { format: opts.fmt, readOnly: true, imageOpts: opts.imageOpts, snapshot, forceShare: opts.forceShare, secrets, onWarning: lockWarnings(io, false) })
       : undefined;
   try {
     const source = image;
@@ -186,9 +204,17 @@ export const run: CommandRunner = async (argv, io) => {
     let qopts: Qcow2MeasureOptions = {};
     if (outFmt === 'qcow2' || outFmt === 'raw') {
       const parsed = parseTargetOptions(opts.options, outFmt);
-      if (outFmt === 'qcow2') qopts = qcow2Options(parsed);
+      if (outFmt === 'qcow2') qopts = { ...qcow2Options(parsed), luksHeaderBytes: () => luksHeaderBytes(parsed, 'encrypt.', secrets) };
     }
-    if (outFmt === 'luks') throw new CliExit(1, "Parameter 'key-secret' is required for cipher");
+    if (outFmt === 'luks') {
+      // block_crypto_measure: the header area plus the whole size, allocated or not.
+      const parsed = parseTargetOptions(opts.options, outFmt);
+      const header = luksHeaderBytes(parsed, '', secrets);
+      const size = source !== undefined ? source.size() : Number(opts.size ?? (parsed.get('size')?.value as bigint | undefined) ?? 0n);
+      const total = BigInt(header + size);
+      io.stdout(opts.json ? jsonResult({ required: total, fullyAllocated: total }) : humanResult({ required: total, fullyAllocated: total }));
+      return 0;
+    }
     if (outFmt !== 'qcow2' && outFmt !== 'raw') {
       throw new CliExit(1, `Block driver '${outFmt}' does not support size measurement`);
     }

@@ -20,6 +20,7 @@ import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
 import { QEMU_FORMATS } from '../qemu-formats.js';
+import { addObject } from '../object-option.js';
 
 const HELP =
   'usage: tsimg rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache] [-p] [-u] [-c] -b backing_file [-F backing_fmt] filename\n\n' +
@@ -41,6 +42,8 @@ interface RebaseArgs {
   cache: string;
   srcCache: string;
   imageOpts: boolean;
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
   forceShare: boolean;
 }
 
@@ -49,7 +52,8 @@ function parseArgs(argv: string[], io: CliIO): RebaseArgs | undefined {
   const parsed = getoptLong(argv, ':hf:F:b:upt:T:qUc', long, 'rebase');
   if (parsed.error) getoptExit(parsed.error);
   const a: Omit<RebaseArgs, 'filename'> = {
-    unsafe: false, progress: false, jsonProgress: false, quiet: false, compress: false, cache: 'writeback', srcCache: 'writeback', imageOpts: false, forceShare: false,
+    unsafe: false, progress: false, jsonProgress: false, quiet: false, compress: false, cache: 'writeback', srcCache: 'writeback', imageOpts: false, secrets: new Map(),
+    forceShare: false,
   };
   for (const o of parsed.options) {
     switch (o.key) {
@@ -93,8 +97,11 @@ function parseArgs(argv: string[], io: CliIO): RebaseArgs | undefined {
       case 'U':
         a.forceShare = true;
         break;
+      case 'object':
+        addObject(o.value!, a.secrets);
+        break;
       default:
-        break; // --object: rebase needs no secrets
+        break;
     }
   }
   if (a.quiet) a.progress = false;
@@ -141,6 +148,7 @@ async function rebase(a: RebaseArgs, io: CliIO, progress: Progress): Promise<voi
     format: a.format,
     readOnly: false,
     imageOpts: a.imageOpts,
+    secrets: a.secrets,
     backing: !a.unsafe,
     noFlush: a.cache === 'unsafe',
     onWarning: lockWarnings(io, true),

@@ -15,6 +15,7 @@ import { openCommandImage, repairLog } from '../image-open.js';
 import { lockWarnings } from '../lock-messages.js';
 import { parseOptValue } from '../options.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
+import { addObject } from '../object-option.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [
   HELP_OPTION,
@@ -38,6 +39,8 @@ interface ResizeArgs {
   filename: string;
   format?: string;
   imageOpts: boolean;
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
   quiet: boolean;
   shrink: boolean;
   preallocation: Preallocation;
@@ -52,7 +55,7 @@ function parseArgs(argv: readonly string[], out: (text: string) => void): Resize
   if (argv.length < 2) usageExit('Not enough arguments');
   let size = argv[argv.length - 1]!;
   const parsed = getoptLong(argv.slice(0, -1), ':f:hq', LONG_OPTIONS, 'resize');
-  const a: Omit<ResizeArgs, 'filename' | 'relative' | 'amount'> = { imageOpts: false, quiet: false, shrink: false, preallocation: 'off' };
+  const a: Omit<ResizeArgs, 'filename' | 'relative' | 'amount'> = { imageOpts: false, secrets: new Map(), quiet: false, shrink: false, preallocation: 'off' };
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
@@ -74,8 +77,11 @@ function parseArgs(argv: readonly string[], out: (text: string) => void): Resize
       case 'shrink':
         a.shrink = true;
         break;
+      case 'object':
+        addObject(o.value!, a.secrets);
+        break;
       default:
-        break; // --object: tsimg needs no objects (secrets) to resize
+        break;
     }
   }
   if (parsed.error) getoptExit(parsed.error);
@@ -117,6 +123,7 @@ async function resize(args: ResizeArgs, io: CliIO): Promise<void> {
   const image: Image = await openCommandImage(args.filename, {
     format: args.format,
     imageOpts: args.imageOpts,
+    secrets: args.secrets,
     readOnly: false,
     resize: true,
     // A dirty image is repaired on this read/write open, with qemu's lines on stderr.

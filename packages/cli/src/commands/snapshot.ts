@@ -22,6 +22,7 @@ import { interruptsOf } from '../interrupt.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { snapshotHeaderLine, snapshotLine } from '../info-output.js';
+import { addObject } from '../object-option.js';
 
 const LONG_OPTIONS: readonly LongOption[] = [HELP_OPTION, FORMAT_OPTION, ...IMAGE_SOURCE_OPTIONS];
 
@@ -112,7 +113,7 @@ function deleteSnapshot(img: Image, name: string, io: CliIO): Promise<number> {
 }
 
 /** img_snapshot's option loop: one action at most, qemu's usage errors. */
-function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: boolean; imageOpts: boolean; forceShare: boolean; filename?: string; help?: boolean } {
+function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: boolean; imageOpts: boolean; forceShare: boolean; secrets: Map<string, Uint8Array>; filename?: string; help?: boolean } {
   const parsed = getoptLong(argv, ':la:c:d:hqUf:', LONG_OPTIONS, 'snapshot');
   if (parsed.error) getoptExit(parsed.error);
   let action: Action | undefined;
@@ -120,6 +121,7 @@ function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: b
   let quiet = false;
   let imageOpts = false;
   let forceShare = false;
+  const secrets = new Map<string, Uint8Array>();
   const set = (a: Action): void => {
     if (action !== undefined) usageExit("Cannot mix '-l', '-a', '-c', '-d'");
     action = a;
@@ -127,7 +129,7 @@ function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: b
   for (const o of parsed.options) {
     switch (o.key) {
       case 'h':
-        return { quiet, imageOpts, forceShare, help: true };
+        return { quiet, imageOpts, forceShare, secrets, help: true };
       case 'l':
         set({ kind: 'list' });
         break;
@@ -152,12 +154,14 @@ function parseArgs(argv: string[]): { action?: Action; format?: string; quiet: b
       case 'U':
         forceShare = true;
         break;
+      case 'object':
+        addObject(o.value!, secrets);
+        break;
       default:
-        // --object: snapshots need no secrets.
         break;
     }
   }
-  return { action, format, quiet, imageOpts, forceShare, filename: expectOneFilename(parsed.operands) };
+  return { action, format, quiet, imageOpts, forceShare, secrets, filename: expectOneFilename(parsed.operands) };
 }
 
 /** Creates, applies or deletes a snapshot; resolves to the exit status. */
@@ -173,12 +177,12 @@ export const run: CommandRunner = async (argv, io) => {
     io.stdout(HELP);
     return 0;
   }
-  const { action, format, imageOpts, forceShare } = args;
+  const { action, format, imageOpts, forceShare, secrets } = args;
   const filename = args.filename!;
   // Only -l opens read-only (and so only -l may share the image with writers, -U).
   const write = action?.kind !== 'list';
   // An open failure (lock conflicts with their hint line included) is main's to print.
-  const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, log: write ? repairLog(io) : undefined, onWarning: lockWarnings(io, write) });
+  const img = await openCommandImage(filename, { format, readOnly: !write, imageOpts, forceShare, secrets, log: write ? repairLog(io) : undefined, onWarning: lockWarnings(io, write) });
   const warnRaw = write && probedRaw(img, { filename, format, imageOpts });
   if (warnRaw) io.stderr(probedRawWarning(img.filename));
   let status = 0;

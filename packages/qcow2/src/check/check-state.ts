@@ -122,8 +122,10 @@ export async function readAt(file: BlockDevice, offset: number, length: number):
  * refcount table. A writable open clears unknown autoclear bits, as qemu does. Throws a
  * FormatError/UnsupportedError (the CLI prints "Could not open ...: <message>").
  */
-export async function openForCheck(file: BlockDevice, log: CheckLog, writable = !file.readOnly): Promise<CheckImage> {
-  const opened = await openQcow2Metadata(file, { check: true, readWrite: writable, readTables: true });
+export async function openForCheck(file: BlockDevice, log: CheckLog, writable = !file.readOnly, password?: () => Uint8Array): Promise<CheckImage> {
+  const opened = await openQcow2Metadata(file, { check: true, readWrite: writable, readTables: true, password });
+  // The check reads no guest data: the unlocked key is only proof that the open would succeed.
+  opened.crypto?.cipher.dispose();
   for (const [kind, text] of opened.log) log(text, kind);
   const { header, extensions } = opened.hdr;
   const clusterBits = header.clusterBits;

@@ -4,6 +4,7 @@
  * widths, backing/data-file combinations.
  */
 import { UsageError } from '@tsimg/raw';
+import type { Qcow2CreateEncryption } from './encryption.js';
 
 /** Preallocation modes of a qcow2 image. */
 export type Qcow2Preallocation = 'off' | 'metadata' | 'falloc' | 'full';
@@ -27,6 +28,8 @@ export interface Qcow2CreateOptions {
   /** Name of the external data file as written into the header extension. */
   dataFile?: string;
   dataFileRaw?: boolean;
+  /** Encrypt the image (qemu's `encrypt.format` with its key secret's passphrase). */
+  encrypt?: Qcow2CreateEncryption;
 }
 
 /** Options after validation: every default filled in. */
@@ -43,6 +46,7 @@ export interface ResolvedQcow2CreateOptions {
   backingFormat?: string;
   dataFile?: string;
   dataFileRaw: boolean;
+  encrypt?: Qcow2CreateEncryption;
 }
 
 const MIN_CLUSTER_BITS = 9;
@@ -136,5 +140,6 @@ export function resolveQcow2CreateOptions(o: Qcow2CreateOptions): ResolvedQcow2C
     backingFormat: o.backingFormat,
     dataFile: o.dataFile,
     dataFileRaw,
+    encrypt: o.encrypt,
   };
 }

@@ -19,12 +19,14 @@
  */
 import { BDRV_MAX_LENGTH, TsimgError, UsageError, IoError, LimitError } from '@tsimg/raw';
 import { resolveQcow2CreateOptions, type Qcow2CreateOptions } from './create-options.js';
+import { setUpLuks } from './encryption.js';
 import { headerCluster } from './header-cluster.js';
 import { COPIED, Layout } from './layout.js';
 import { flushLayout, type CreateTarget, type ZeroFill } from './output.js';
 import { preallocateFull, preallocateMetadata, truncateData, type CreateRun } from './preallocation.js';
 
 export type { Qcow2CreateOptions, Qcow2Preallocation, ResolvedQcow2CreateOptions } from './create-options.js';
+export type { Qcow2CreateEncryption } from './encryption.js';
 export { resolveQcow2CreateOptions } from './create-options.js';
 export type { CreateTarget } from './output.js';
 
@@ -85,6 +87,8 @@ async function runCreate(run: CreateRun): Promise<void> {
     }
     throw err;
   }
+  // qcow2_set_up_encryption: after the backing file, then qcow2_update_header once more
+  if (o.encrypt?.format === 'luks') header = headerCluster(o, lay, true, await setUpLuks(lay, o.encrypt));
   lay.write(0, header);
   // the L1 table with its final entries
   if (lay.l1.length) {

@@ -13,12 +13,14 @@ import {
 } from '../format/types.js';
 import type { ResolvedQcow2CreateOptions } from './create-options.js';
 import type { Layout } from './layout.js';
+import { CRYPT_METHOD } from './encryption.js';
 
 /** The header cluster qcow2_update_header writes; throws ENOSPC like qemu when it does not fit. */
 export function headerCluster(
   o: ResolvedQcow2CreateOptions,
   lay: Pick<Layout, 'cs' | 'l1' | 'l1Offset' | 'reftable' | 'reftableOffset'>,
   withBacking: boolean,
+  crypto?: { offset: number; length: number },
 ): Uint8Array {
   const cs = lay.cs;
   let incompat = 0n;
@@ -31,7 +33,7 @@ export function headerCluster(
     backingFileSize: 0,
     clusterBits: o.clusterBits,
     size: Number(o.size),
-    cryptMethod: 0,
+    cryptMethod: crypto !== undefined ? CRYPT_METHOD.luks : o.encrypt?.format === 'aes' && withBacking ? CRYPT_METHOD.aes : 0,
     l1Size: lay.l1.length,
     l1TableOffset: lay.l1Offset,
     refcountTableOffset: lay.reftableOffset,
@@ -48,6 +50,7 @@ export function headerCluster(
   const exts: HeaderExtension[] = [];
   if (withBacking && o.backingFormat !== undefined) exts.push({ kind: 'backing-format', name: o.backingFormat });
   if (o.dataFile !== undefined) exts.push({ kind: 'data-file', name: o.dataFile });
+  if (crypto !== undefined) exts.push({ kind: 'crypto-header', ...crypto });
   // qemu omits the feature table for clusters of 4 KiB and less, to leave room for names
   if (o.version === 3 && cs > 4096) exts.push({ kind: 'feature-names', features: [...QEMU_FEATURE_NAMES] });
   const extBytes = encodeExtensions(exts);

@@ -12,6 +12,7 @@ import { markClean, rewriteHeaderSynced } from './header-write.js';
 import { changeRefcountOrder, type StatusCallback } from './refcount-order.js';
 import { resize } from './resize.js';
 import { flushAll, type EngineState } from './state.js';
+import { amendLuks, type EncryptionAmend } from '../crypto/luks-amend.js';
 
 /** What `qemu-img amend -o` asks of a qcow2 image; absent fields stay as they are. */
 export interface AmendOptions {
@@ -21,8 +22,8 @@ export interface AmendOptions {
   size?: number;
   backingFile?: string;
   backingFormat?: string;
-  /** `encrypt.*` options were given (tsimg does not amend encryption). */
-  encrypt?: boolean;
+  /** `encrypt.*` options (qemu's QCryptoBlockAmendOptionsLUKS, before its QAPI visit). */
+  encrypt?: EncryptionAmend;
   lazyRefcounts?: boolean;
   refcountBits?: number;
   dataFile?: string;
@@ -72,7 +73,6 @@ function checkOptions(s: EngineState, o: AmendOptions): void {
   if (o.encrypt) {
     if (s.header.cryptMethod === 0) throw new UsageError("Can't amend encryption options - encryption not present", { errno: 'EINVAL' });
     if (s.header.cryptMethod !== CRYPT_LUKS) throw new UnsupportedError('Only LUKS encryption options can be amended', { errno: 'ENOTSUP' });
-    throw new UnsupportedError('tsimg does not amend LUKS encryption options', { errno: 'ENOTSUP' });
   }
   if (o.refcountBits !== undefined) {
     const b = o.refcountBits;
@@ -110,6 +110,7 @@ async function amendOptions(s: EngineState, o: AmendOptions): Promise<void> {
     helper.next();
     await upgrade(s, helper.cb);
   }
+  if (o.encrypt !== undefined) await amendLuks(s.crypto?.volume, o.encrypt, o.force === true);
   if (oldBits !== refcountBits) {
     if (newVersion < 3 && refcountBits !== 16) {
       throw new UsageError(

@@ -92,6 +92,16 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   }
 
   /**
+   * qcow2_has_zero_init: a preallocated image (its first L1 entry set) that is encrypted does
+   * not read as zeroes — its clusters hold plain zeroes, which decrypt to noise.
+   */
+  hasZeroInit(): boolean {
+    const s = this.#s;
+    const preallocated = s.l1Size > 0 && s.l1.getBigUint64(0) !== 0n;
+    return !(preallocated && s.crypto !== undefined);
+  }
+
+  /**
    * The persistent dirty bitmaps qemu would load, in its list order; undefined for v2 images,
    * none when the bitmaps autoclear bit says a program without bitmap support wrote the image.
    */
@@ -462,6 +472,7 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
       }
     } finally {
       s.closed = true;
+      s.crypto?.cipher.dispose();
       s.l2Cache.clear();
       s.refcountCache.clear();
       await this.file.close();

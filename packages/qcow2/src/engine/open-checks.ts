@@ -62,7 +62,8 @@ import {
   type BitmapDirectoryEntry,
 } from '../format/bitmap-directory.js';
 import { decodeByteString } from '../format/byte-string.js';
-import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../format/luks-header.js';
+import { decodeLuksInfo, LUKS_HEADER_SIZE, type LuksInfo } from '../crypto/luks-header.js';
+import { openQcow2Aes, openQcow2Luks, type Qcow2Crypto } from '../crypto/qcow2-crypto.js';
 
 
 /** What qemu-img info reports for an encrypted qcow2 (QAPI ImageInfoSpecificQCow2Encryption). */
@@ -184,7 +185,7 @@ function walkExtensions(
           fail(`Encryption header offset '${exact.offset}' is not a multiple of cluster size '${clusterSize}'`);
         }
         // qcrypto_block_open: without BDRV_O_NO_IO the LUKS layer needs the key here.
-        if (!flags.noIo) fail(keySecretRequired().message);
+        if (!flags.noIo && flags.password === undefined) fail(keySecretRequired().message);
         out.push({ kind: 'crypto-header', offset: offset!, length: length ?? Number.MAX_SAFE_INTEGER });
         break;
       }
@@ -300,6 +301,11 @@ export interface Qcow2OpenFlags {
    * needs only their reads to be possible, so it leaves this off and saves the memory).
    */
   readTables?: boolean;
+  /**
+   * The passphrase of `encrypt.key-secret` (looked up only when the image is encrypted), so
+   * that an encrypted image opens with I/O; without it such an open fails as in qemu.
+   */
+  password?: () => Uint8Array;
 }
 
 /** What qcow2_do_open leaves behind: the metadata plus what the check and the engine go on with. */
@@ -317,6 +323,8 @@ export interface Qcow2OpenState extends Qcow2Metadata {
    * an error_report-style line, the leak hint raw text without a newline.
    */
   log: Array<[kind: 'report' | 'raw', text: string]>;
+  /** The data encryption, unlocked with `password` (encrypted images opened with I/O). */
+  crypto?: Qcow2Crypto;
 }
 
 /**
@@ -437,6 +445,7 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
     throw new FormatError('data-file-raw requires a data file', { errno: 'EINVAL' });
   }
   let encrypt: Qcow2EncryptionInfo | undefined;
+  let cryptoState: Qcow2Crypto | undefined;
   const crypto = findExtension(extensions, 'crypto-header');
   if (crypto) {
     // The LUKS header is read through the extension's window (qcow2_crypto_hdr_read_func).
@@ -444,9 +453,22 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
     const luksHeader = new Uint8Array(LUKS_HEADER_SIZE);
     await view.read(crypto.offset, luksHeader);
     encrypt = { format: 'luks', ...decodeLuksInfo(luksHeader) };
+    if (!flags.noIo) {
+      const password = flags.password!();
+      try {
+        cryptoState = await openQcow2Luks(file, crypto, password);
+      } finally {
+        password.fill(0);
+      }
+    }
   } else if (h.cryptMethod === CRYPT_AES) {
-    if (!flags.noIo) throw keySecretRequired();
+    if (!flags.noIo && flags.password === undefined) throw keySecretRequired();
     encrypt = { format: 'aes' };
+    if (!flags.noIo) {
+      const password = flags.password!();
+      cryptoState = openQcow2Aes(password);
+      password.fill(0);
+    }
   } else if (h.cryptMethod === CRYPT_LUKS && !flags.noIo) {
     throw new FormatError(`Missing CRYPTO header for crypt method ${h.cryptMethod}`, { errno: 'EINVAL' });
   }
@@ -498,6 +520,7 @@ export async function openQcow2Metadata(file: BlockDevice, flags: Qcow2OpenFlags
     reftable,
     bitmapsExt,
     log,
+    crypto: cryptoState,
   };
 }
 

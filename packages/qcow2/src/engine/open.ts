@@ -64,6 +64,8 @@ export interface Qcow2OpenOptions<B extends BackingDevice = BackingDevice> {
    */
   holdBitmaps?: boolean;
   unmap?: boolean;
+  /** The passphrase of an encrypted image (see Qcow2OpenFlags.password). */
+  password?: () => Uint8Array;
 }
 
 /** L2 cache budget (qemu: 32 MiB max) and refcount cache budget, in bytes. */
@@ -78,7 +80,7 @@ const MIN_CACHE_TABLES = 16;
  */
 export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions): Promise<EngineState> {
   if (opts.l1Table !== undefined && !opts.readOnly) throw new UsageError('Failed to load snapshot: Device is not readonly', { errno: 'EINVAL' });
-  const flags = { readWrite: !opts.readOnly, readTables: true };
+  const flags = { readWrite: !opts.readOnly, readTables: true, password: opts.password };
   let opened = opts.opened?.l1Table && opts.opened.reftable ? opts.opened : await openQcow2Metadata(file, flags);
   if ((opened.hdr.header.incompatibleFeatures & INCOMPAT_DIRTY) !== 0n && !opts.readOnly) {
     // qemu repairs a dirty (lazy refcounts) image when it is opened for writing: the
@@ -101,6 +103,7 @@ export async function openEngineState(file: BlockDevice, opts: Qcow2OpenOptions)
     for (let i = 0; i < reftable.length; i++) reftable[i] = decodeReftableEntry(view, i).offset;
   }
   const s = newEngineState(file, info, opts, l1, reftable, opened.snapshots);
+  s.crypto = opened.crypto;
   if (!opts.readOnly && (h.autoclearFeatures & ~AUTOCLEAR_KNOWN) !== 0n) {
     // qemu clears autoclear bits it does not know on a read/write open.
     s.header.autoclearFeatures &= AUTOCLEAR_KNOWN;
@@ -181,6 +184,7 @@ function newEngineState(
     markedDirty: false,
     cleanedAutoclear: false,
     heldBitmaps: undefined,
+    crypto: undefined,
     decompressed: undefined,
     readAheadSpare: [],
     l2Table: (offset) => s.l2Cache.get(offset),

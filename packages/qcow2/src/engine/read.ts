@@ -7,6 +7,7 @@ import { TsimgError, type BlockStatus } from '@tsimg/raw';
 import { decompress, releaseReadAhead, type CompressedReadAhead } from './compressed.js';
 import { lookupRun, type MappedRun } from './mapping.js';
 import { dataDevice, type BackingDevice, type EngineState } from './state.js';
+import { CRYPTO_SECTOR } from '../crypto/cipher.js';
 
 /** Reads guest bytes at `offset` into `into` (the caller checked the range). */
 export async function readGuest(s: EngineState, offset: number, into: Uint8Array): Promise<void> {
@@ -28,6 +29,7 @@ async function readRuns(s: EngineState, offset: number, into: Uint8Array, ahead:
     pending = undefined;
     const dev = dataDevice(s);
     const dst = into.subarray(p.pos, p.pos + p.length);
+    if (s.crypto !== undefined) return readEncrypted(s, offset + p.pos, p.host, dst);
     // Past the end of the file (even past 2^53, where a device has no offset): zeroes.
     if (p.host >= dev.size()) dst.fill(0);
     else await dev.read(p.host, dst);
@@ -63,6 +65,25 @@ async function readRuns(s: EngineState, offset: number, into: Uint8Array, ahead:
     pos += run.length;
   }
   await readPending();
+}
+
+/**
+ * qcow2_co_preadv_encrypted: whole sectors read from the host and decrypted (IVs from host
+ * sectors for LUKS, guest sectors for AES), then the bytes asked for copied out.
+ */
+async function readEncrypted(s: EngineState, guest: number, host: number, dst: Uint8Array): Promise<void> {
+  const c = s.crypto!;
+  const head = host % CRYPTO_SECTOR;
+  const len = Math.ceil((head + dst.length) / CRYPTO_SECTOR) * CRYPTO_SECTOR;
+  const aligned = head === 0 && len === dst.length;
+  const buf = aligned ? dst : new Uint8Array(len);
+  const dev = dataDevice(s);
+  const start = host - head;
+  const avail = Math.max(0, Math.min(len, dev.size() - start));
+  if (avail > 0) await dev.read(start, buf.subarray(0, avail));
+  buf.fill(0, avail);
+  c.cipher.decrypt((c.physical ? start : guest - head) / CRYPTO_SECTOR, buf);
+  if (!aligned) dst.set(buf.subarray(head, head + dst.length));
 }
 
 /** Unallocated guest bytes: the backing image's, zeroes past its end or without one. */
@@ -106,7 +127,10 @@ function toStatus(r: MappedRun, at: number): BlockStatus {
 export async function blockStatusAt(s: EngineState, offset: number, length: number): Promise<BlockStatus> {
   const span = s.geo.l2Span;
   const tableEnd = (Math.floor(offset / span) + 1) * span;
-  return toStatus(await lookupRun(s, offset, Math.min(length, tableEnd - offset)), offset);
+  const st = toStatus(await lookupRun(s, offset, Math.min(length, tableEnd - offset)), offset);
+  // qcow2_co_block_status gives no offset for encrypted images (the host bytes are ciphertext).
+  if (s.crypto !== undefined && 'hostOffset' in st) delete (st as { hostOffset?: number }).hostOffset;
+  return st;
 }
 
 /** Whether `[offset, offset+length)` of `image` reads as zeroes, from block status alone. */

@@ -17,6 +17,7 @@ import type { ByteRange, MetadataClusters } from '../format/overlap.js';
 import type { Qcow2Snapshot } from '../format/snapshot.js';
 import { INCOMPAT_CORRUPT } from '../format/types.js';
 import type { HeldBitmaps } from './held-bitmaps.js';
+import type { Qcow2Crypto } from '../crypto/qcow2-crypto.js';
 
 
 /**
@@ -141,6 +142,8 @@ export interface EngineState extends MappingSource {
    * the open, stored at the close. Undefined for read-only and v2 images.
    */
   heldBitmaps: HeldBitmaps | undefined;
+  /** The data clusters' encryption (encrypted images opened with their key). */
+  crypto?: Qcow2Crypto;
   /** The last cluster decompressed (compressed.ts); dropped by every change. */
   decompressed: { key: string; data: Uint8Array } | undefined;
   /**

@@ -12,6 +12,7 @@ import { getClusterTable } from './l1-table.js';
 import { hashHex } from './mapping.js';
 import { readGuest } from './read.js';
 import { dataDevice, tableView, type EngineState } from './state.js';
+import { CRYPTO_SECTOR } from '../crypto/cipher.js';
 
 /** What qcow2_alloc_host_offset mapped: the bytes covered, the host offset, allocations to link. */
 export interface HostMapping {
@@ -112,8 +113,28 @@ export async function allocHostOffset(s: EngineState, offset: number, bytes: num
   return { bytes: bytes - remaining, host: host!, metas };
 }
 
+/**
+ * The bytes to store at `host` for guest bytes `data` at `guest`: an encrypted copy for an
+ * encrypted image (qcow2_co_encrypt), `data` itself otherwise.
+ */
+function hostBytes(s: EngineState, host: number, guest: number, data: Uint8Array): Uint8Array {
+  const c = s.crypto;
+  if (c === undefined) return data;
+  return c.cipher.encrypted((c.physical ? host : guest) / CRYPTO_SECTOR, data);
+}
+
 /** qcow2_co_pwritev_part. */
 export async function writeGuest(s: EngineState, offset: number, data: Uint8Array): Promise<void> {
+  if (s.crypto !== undefined && (offset % CRYPTO_SECTOR !== 0 || data.length % CRYPTO_SECTOR !== 0)) {
+    // An encrypted image's request alignment is its sector (bs->bl.request_alignment): the
+    // block layer reads the partial sectors around the request and writes whole ones.
+    const start = offset - (offset % CRYPTO_SECTOR);
+    const end = Math.ceil((offset + data.length) / CRYPTO_SECTOR) * CRYPTO_SECTOR;
+    const buf = new Uint8Array(end - start);
+    await readGuest(s, start, buf);
+    buf.set(data, offset - start);
+    return writeGuest(s, start, buf);
+  }
   await beforeChange(s);
   let done = 0;
   const pending: L2Meta[] = [];
@@ -155,23 +176,25 @@ async function writeChunk(s: EngineState, guest: number, chunk: Uint8Array, r: H
   const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
   if (s.dataFile === undefined) await overlapCheck(s, r.host - head, head + chunk.length + tail);
   if (head === 0 && tail === 0) {
-    await dataDevice(s).write(r.host, chunk);
+    await dataDevice(s).write(r.host, hostBytes(s, r.host, guest, chunk));
   } else {
     // The COW regions beside the data, written with it as one vectored request: no copy of
-    // the guest data into a new buffer.
+    // the guest data into a new buffer (each part encrypted on its own where the image is:
+    // all three start at sector boundaries, as an encrypted image's requests do).
     const parts: Uint8Array[] = [];
+    const start = r.host - head;
     if (head > 0) {
       const buf = new Uint8Array(head);
       await readGuest(s, guest - head, buf);
-      parts.push(buf);
+      parts.push(hostBytes(s, start, guest - head, buf));
     }
-    parts.push(chunk);
+    parts.push(hostBytes(s, r.host, guest, chunk));
     if (tail > 0) {
       const buf = new Uint8Array(tail);
       await readGuest(s, guest + r.bytes, buf);
-      parts.push(buf);
+      parts.push(hostBytes(s, r.host + chunk.length, guest + r.bytes, buf));
     }
-    await writeParts(dataDevice(s), r.host - head, parts);
+    await writeParts(dataDevice(s), start, parts);
   }
   if (allocating) s.l2Cache.setDependsOnFlush();
 }
@@ -200,7 +223,7 @@ export async function performCow(s: EngineState, m: L2Meta): Promise<void> {
     if (buf === undefined) continue;
     const host = m.hostStart + regions[i]![0];
     if (s.dataFile === undefined) await overlapCheck(s, host, buf.length);
-    await dataDevice(s).write(host, buf);
+    await dataDevice(s).write(host, hostBytes(s, host, m.guestStart + regions[i]![0], buf));
   }
   s.l2Cache.setDependsOnFlush();
 }

@@ -1,0 +1,137 @@
+/**
+ * Images on HTTP(S) servers, named as qemu's curl driver takes them: `http://…` / `https://…`
+ * filenames (and backing names), and the `http` / `https` protocol drivers in block options
+ * (`file.driver=https,file.url=…` with the curl options that apply to a fetch-based reader).
+ * Also the one place that opens "the file an image lives in", a host file or a URL.
+ */
+import {
+  type BlockDevice, FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, NotFoundError, UnsupportedError, UsageError,
+} from '@tsimg/raw';
+
+/** An image file on a web server: its URL and how to read it. */
+export interface HttpLocation {
+  url: string;
+  options: HttpDeviceOptions;
+}
+
+/** The curl protocols tsimg reads (qemu also has ftp and ftps). */
+const PROTOCOLS = new Set(['http', 'https']);
+
+/** True when `proto` (the text before a name's first ':') is a curl protocol tsimg reads. */
+export function isHttpProtocol(proto: string | undefined): boolean {
+  return proto !== undefined && PROTOCOLS.has(proto);
+}
+
+/** curl_open's check that the URL belongs to the driver it was given to. */
+function checkUrl(proto: string, url: string): void {
+  if (!url.startsWith(`${proto}://`)) {
+    throw new UsageError(`${proto} curl driver cannot handle the URL '${url}' (does not start with '${proto}://')`);
+  }
+}
+
+/** A `http://…` / `https://…` filename (curl_parse_filename: the whole name is the URL). */
+export function locateHttpName(proto: string, name: string): { path: string; http: HttpLocation } {
+  checkUrl(proto, name);
+  return { path: name, http: { url: name, options: {} } };
+}
+
+/** qemu's parse_option_size: a number with an optional k/M/G/T/P/E suffix (powers of 1024). */
+function sizeOption(key: string, value: string): number {
+  const m = /^(\d+(?:\.\d*)?)([kKMGTPE]?)$/.exec(value.trim());
+  if (m === null) throw new UsageError(`Parameter '${key}' expects a non-negative number below 2^64`);
+  const shift = { '': 0, k: 10, K: 10, M: 20, G: 30, T: 40, P: 50, E: 60 }[m[2]!]!;
+  return Math.floor(Number(m[1]) * 2 ** shift);
+}
+
+/** qapi_bool_parse. */
+function boolOption(key: string, value: string): boolean {
+  if (['on', 'yes', 'true', 'y'].includes(value)) return true;
+  if (['off', 'no', 'false', 'n'].includes(value)) return false;
+  throw new UsageError(`Parameter '${key}' expects 'on' or 'off'`);
+}
+
+/** The curl driver's runtime options (QemuOptsList "curl"). */
+const CURL_OPTIONS = new Set([
+  'url', 'readahead', 'sslverify', 'timeout', 'cookie', 'cookie-secret', 'username', 'password-secret', 'proxy-username', 'proxy-password-secret',
+]);
+
+/**
+ * The protocol node of flattened block options whose protocol driver is `proto` (http or
+ * https): its options under `prefix` (`file.` below a format, '' for a bare protocol node),
+ * checked and turned into HttpDevice options with curl_open's messages.
+ */
+export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, string>, prefix: string): { path: string; format?: string; http: HttpLocation } {
+  const get = (key: string): string | undefined => opts.get(prefix + key);
+  for (const key of opts.keys()) {
+    if (key === 'driver' || key === `${prefix}driver`) continue;
+    if (!key.startsWith(prefix) || !CURL_OPTIONS.has(key.slice(prefix.length))) {
+      const driver = opts.get('driver');
+      throw new UsageError(
+        key.startsWith(prefix) && prefix !== ''
+          ? `Block protocol '${proto}' doesn't support the option '${key.slice(prefix.length)}'`
+          : driver !== undefined ? `Block format '${driver}' does not support the option '${key}'` : `Invalid parameter '${key}'`,
+      );
+    }
+  }
+  const options: HttpDeviceOptions = {};
+  const readahead = get('readahead');
+  if (readahead !== undefined) {
+    options.readahead = sizeOption('readahead', readahead);
+    if (options.readahead % 512 !== 0) throw new UsageError(`HTTP_READAHEAD_SIZE ${options.readahead} is not a multiple of 512`);
+  }
+  const timeout = get('timeout');
+  if (timeout !== undefined) {
+    if (!/^-?\d+$/.test(timeout)) throw new UsageError(`Parameter 'timeout' expects a number`);
+    options.timeout = Number(timeout);
+    if (options.timeout > 10000 || options.timeout < 0) throw new UsageError('timeout parameter is too large or negative');
+  }
+  const sslverify = get('sslverify');
+  if (sslverify !== undefined && !boolOption('sslverify', sslverify)) {
+    // fetch has no per-request switch for certificate checks.
+    throw new UnsupportedError('tsimg does not support sslverify=off');
+  }
+  const cookie = get('cookie');
+  const cookieSecret = get('cookie-secret');
+  if (cookie !== undefined && cookieSecret !== undefined) throw new UsageError('curl driver cannot handle both cookie and cookie secret');
+  if (cookie !== undefined) options.cookie = cookie;
+  // tsimg has no --object secrets: a secret id names nothing (qcrypto_secret_lookup's message).
+  for (const key of ['cookie-secret', 'password-secret', 'proxy-password-secret']) {
+    const id = get(key);
+    if (id !== undefined) throw new NotFoundError(`No secret with id '${id}'`);
+  }
+  const username = get('username');
+  if (username !== undefined) options.username = username;
+  // A proxy user name only matters with a proxy, which fetch takes from its environment.
+  const url = get('url');
+  if (url === undefined) throw new UsageError("curl block driver requires an 'url' option");
+  checkUrl(proto, url);
+  return { path: url, format: prefix === '' ? proto : opts.get('driver'), http: { url, options } };
+}
+
+/** What the open of a host file or URL needs to know (FileDevice's options for host files). */
+export type HostFileOptions = FileDeviceOptions;
+
+/** The file an image lives in: a host file, a remote one read by ranges, or the caller's device. */
+export type HostFile = FileDevice | HttpDevice | BlockDevice;
+
+/**
+ * Where an open finds files by name instead of the host's file system (a browser page's
+ * picked Files as BlobDevices, say): a fresh device for `name`, or undefined to open it as usual.
+ */
+export type FileResolver = (name: string) => BlockDevice | undefined;
+
+/**
+ * Opens `path`: the device `files` gives for it, else the URL of `http` when given (read-only;
+ * remote files take no locks), else the host file.
+ */
+export async function openHostFile(path: string, http: HttpLocation | undefined, options: HostFileOptions, files?: FileResolver): Promise<HostFile> {
+  const given = files?.(path);
+  if (given !== undefined) return given;
+  if (http !== undefined) return HttpDevice.open(http.url, http.options);
+  return FileDevice.open(path, options);
+}
+
+/** Gives a host file its lock permissions; a remote file has no locks. */
+export function setHostFilePermissions(file: HostFile, perms: LockPermissions): void {
+  if (file instanceof FileDevice) file.setPermissions(perms);
+}

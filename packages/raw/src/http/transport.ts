@@ -1,0 +1,78 @@
+/**
+ * The default fetch of HttpDevice in Node: a small fetch over node:http / node:https with a
+ * keep-alive agent, answering only what range-request.ts asks of a Response (status, url,
+ * headers, a body read chunk by chunk). Global fetch (undici) costs twice the CPU per byte
+ * here (241 MB of ranges: 0.8 s of user time against 0.35 s), mostly in its web streams. The
+ * browser build takes transport.browser.ts, the platform's fetch, instead.
+ */
+import http from 'node:http';
+import https from 'node:https';
+
+/** What a Response needs to be for range-request.ts. */
+type Answer = Pick<Response, 'status' | 'ok' | 'url' | 'headers' | 'body'>;
+
+/** Redirects followed, as fetch's limit. */
+const MAX_REDIRECTS = 20;
+
+function chunks(msg: http.IncomingMessage): ReadableStream<Uint8Array> {
+  // Only getReader().read() / cancel() and body.cancel() are used: a minimal stand-in.
+  const it = msg[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+  const cancel = async (): Promise<void> => {
+    msg.destroy();
+  };
+  const reader = {
+    read: async (): Promise<{ done: boolean; value: Uint8Array }> => {
+      const r = await it.next();
+      return r.done ? { done: true, value: new Uint8Array(0) } : { done: false, value: r.value };
+    },
+    cancel,
+    releaseLock: () => undefined,
+  };
+  return { getReader: () => reader, cancel } as unknown as ReadableStream<Uint8Array>;
+}
+
+/**
+ * A fetch for HttpDevice over Node's own HTTP clients, with its own keep-alive agents, and the
+ * function that closes their idle connections (at the device's close).
+ */
+export function defaultFetch(): { fetch: typeof fetch; close: () => void } {
+  const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true }) };
+  const once = (url: URL, init: RequestInit): Promise<http.IncomingMessage> =>
+    new Promise((resolve, reject) => {
+      const secure = url.protocol === 'https:';
+      const req = (secure ? https : http).request(url, {
+        method: init.method ?? 'GET',
+        headers: init.headers as Record<string, string>,
+        agent: secure ? agents.https : agents.http,
+        signal: init.signal ?? undefined,
+      });
+      req.on('response', resolve);
+      req.on('error', reject);
+      req.end();
+    });
+  const run = async (input: string | URL | Request, init: RequestInit = {}): Promise<Answer> => {
+    let url = new URL(String(input));
+    for (let hops = 0; ; hops++) {
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`fetch failed: unsupported protocol ${url.protocol}`);
+      const msg = await once(url, init);
+      const status = msg.statusCode ?? 0;
+      const location = msg.headers.location;
+      if ([301, 302, 303, 307, 308].includes(status) && location !== undefined && init.redirect !== 'manual') {
+        msg.resume();
+        if (hops >= MAX_REDIRECTS) throw new TypeError('fetch failed: redirect count exceeded');
+        url = new URL(location, url);
+        continue;
+      }
+      const headers = new Headers();
+      for (const [name, value] of Object.entries(msg.headers)) {
+        if (value !== undefined) headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+      }
+      return { status, ok: status >= 200 && status < 300, url: url.href, headers, body: chunks(msg) };
+    }
+  };
+  const close = (): void => {
+    agents.http.destroy();
+    agents.https.destroy();
+  };
+  return { fetch: run as unknown as typeof fetch, close };
+}

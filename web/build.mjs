@@ -1,0 +1,67 @@
+#!/usr/bin/env node
+// The browser build: web/lib.ts (raw + qcow2 + image as one ES module, dist/tsimg.js) and the
+// page's script (dist/app.js), bundled by esbuild for platform=browser from the TypeScript
+// sources. A module `x.ts` with a sibling `x.browser.ts` is replaced by it (no host files, no
+// worker threads, codecs of the platform); node:fs/promises gets a stub (canonical names only);
+// any other node: import on the browser path fails the build. zstd.wasm is copied beside the
+// bundles (the WebAssembly codec loads it from there). Prints each bundle's size.
+import { build } from 'esbuild';
+import { copyFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { dirname, join, relative, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = dirname(here);
+const out = join(here, 'dist');
+mkdirSync(out, { recursive: true });
+
+/** @type {import('esbuild').Plugin} */
+const browserVariants = {
+  name: 'tsimg-browser',
+  setup(b) {
+    b.onResolve({ filter: /^@tsimg\/(raw|qcow2|image|cli)$/ }, (args) => ({ path: join(root, 'packages', args.path.slice(7), 'src', 'index.ts') }));
+    b.onResolve({ filter: /^\.\.?\// }, (args) => {
+      if (!args.importer.endsWith('.ts')) return undefined;
+      const base = resolve(args.resolveDir, args.path).replace(/\.js$/, '');
+      if (!args.importer.endsWith('.browser.ts') || !args.importer.startsWith(`${base}.`)) {
+        if (existsSync(`${base}.browser.ts`)) return { path: `${base}.browser.ts` };
+      }
+      if (existsSync(`${base}.ts`)) return { path: `${base}.ts` };
+      return undefined;
+    });
+    b.onResolve({ filter: /^node:/ }, (args) => {
+      if (args.path === 'node:fs/promises') return { path: join(here, 'shims', 'node-fs-promises.ts') };
+      return { errors: [{ text: `${args.path} imported on the browser path by ${relative(root, args.importer)}` }] };
+    });
+  },
+};
+
+const common = {
+  bundle: true,
+  format: 'esm',
+  platform: 'browser',
+  target: 'es2022',
+  minify: true,
+  keepNames: true,
+  sourcemap: true,
+  plugins: [browserVariants],
+  logLevel: 'warning',
+  metafile: true,
+};
+
+const results = await Promise.all([
+  build({ ...common, entryPoints: [join(here, 'lib.ts')], outfile: join(out, 'tsimg.js') }),
+  build({ ...common, entryPoints: [join(here, 'app.ts')], outfile: join(out, 'app.js') }),
+]);
+const wasm = join(dirname(createRequire(import.meta.url).resolve('@bokuweb/zstd-wasm')), '..', 'web', 'zstd.wasm');
+copyFileSync(wasm, join(out, 'zstd.wasm'));
+
+const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
+for (const r of results) {
+  for (const [file, o] of Object.entries(r.metafile.outputs)) {
+    if (file.endsWith('.map')) continue;
+    console.log(`${relative(root, file)}: ${kib(o.bytes)}`);
+  }
+}
+console.log(`web/dist/zstd.wasm: ${kib(statSync(join(out, 'zstd.wasm')).size)} (loaded on the first zstd cluster)`);
