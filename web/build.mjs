@@ -2,8 +2,9 @@
 // The browser build: web/lib.ts (raw + qcow2 + image as one ES module, dist/tsimg.js) and the
 // page's script (dist/app.js), bundled by esbuild for platform=browser from the TypeScript
 // sources. A module `x.ts` with a sibling `x.browser.ts` is replaced by it (no host files, no
-// worker threads, codecs of the platform); node:fs/promises gets a stub (canonical names only);
-// any other node: import on the browser path fails the build. zstd.wasm is copied beside the
+// worker threads, codecs of the platform); node:fs/promises and the few node: modules in STUBS
+// get stubs (canonical names only; encryption and NBD refuse when used); any other node:
+// import on the browser path fails the build. zstd.wasm is copied beside the
 // bundles (the WebAssembly codec loads it from there). Prints each bundle's size.
 import { build } from 'esbuild';
 import { copyFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
@@ -15,6 +16,13 @@ const here = dirname(fileURLToPath(import.meta.url));
 const root = dirname(here);
 const out = join(here, 'dist');
 mkdirSync(out, { recursive: true });
+
+/** node: modules the browser path may import, with the shim it gets and who may import it. */
+const STUBS = {
+  'node:fs': { file: 'node-fs.ts', importers: ['packages/image/src/open.ts', 'packages/image/src/backing-chain.ts'] },
+  'node:crypto': { file: 'node-crypto.ts', importers: ['packages/qcow2/src/crypto/'] },
+  'node:net': { file: 'node-net.ts', importers: ['packages/image/src/nbd/client.ts'] },
+};
 
 /** @type {import('esbuild').Plugin} */
 const browserVariants = {
@@ -32,6 +40,10 @@ const browserVariants = {
     });
     b.onResolve({ filter: /^node:/ }, (args) => {
       if (args.path === 'node:fs/promises') return { path: join(here, 'shims', 'node-fs-promises.ts') };
+      // Stubs that refuse when called: canonical names (node:fs, from the open path only),
+      // encryption and NBD (see the shims). Any other node: import fails the build.
+      const stub = STUBS[args.path];
+      if (stub !== undefined && stub.importers.some((i) => relative(root, args.importer).startsWith(i))) return { path: join(here, 'shims', stub.file) };
       return { errors: [{ text: `${args.path} imported on the browser path by ${relative(root, args.importer)}` }] };
     });
   },
