@@ -112,6 +112,17 @@ class UnflushedLog implements BlockDevice {
     this.changes.push({ op: 'write', offset, data: data.slice() });
   }
 
+  /** A vectored write is one write here too (as it is for the faulty device below). */
+  async writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
+    const data = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
+    await this.write(offset, data);
+  }
+
   async writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {
     await this.inner.writeZeroes(offset, length, options);
     this.changes.push({ op: 'writeZeroes', offset, length, options: { ...options } });

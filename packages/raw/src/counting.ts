@@ -1,5 +1,5 @@
 /** CountingDevice: counts the calls and bytes that reach a device, for tests and benchmarks. */
-import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
+import { type BlockDevice, type BlockStatus, type WriteZeroesOptions, writeParts } from './block-device.js';
 
 /** Calls (and bytes) seen by a {@link CountingDevice} since creation or the last `reset()`. */
 export interface DeviceCounts {
@@ -60,6 +60,13 @@ export class CountingDevice implements BlockDevice {
     this.counts.writes++;
     this.counts.writeBytes += data.length;
     return this.inner.write(offset, data);
+  }
+
+  /** One write request of the parts back to back (forwarded as one where `inner` takes vectors). */
+  writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
+    this.counts.writes++;
+    for (const p of parts) this.counts.writeBytes += p.length;
+    return writeParts(this.inner, offset, parts);
   }
 
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {

@@ -163,6 +163,20 @@ export class FaultyDevice implements BlockDevice {
     });
   }
 
+  /**
+   * The parts back to back as one write: one call in the plan's count (the one pwritev request
+   * of a host file), so vectored writes add no fault points beyond those of a plain write.
+   */
+  writev(offset: number, parts: readonly Uint8Array[]): Promise<void> {
+    const data = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      data.set(p, at);
+      at += p.length;
+    }
+    return this.write(offset, data);
+  }
+
   writeZeroes(offset: number, length: number, options?: WriteZeroesOptions): Promise<void> {
     return this.#change({ op: 'writeZeroes', offset, length, options }, () => {
       checkRange(offset, length);
