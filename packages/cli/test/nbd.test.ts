@@ -10,7 +10,7 @@
  */
 import { afterEach, beforeEach, expect, it } from 'vitest';
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, readFileSync } from 'node:fs';
+import { copyFileSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -208,6 +208,34 @@ describeQemu('tsimg-nbd vs qemu-nbd, with real NBD clients', () => {
     do r = qemuImg(['compare', '-f', 'raw', '-F', 'raw', p('q.raw'), p('t.raw')]);
     while (r.stderr.includes('lock'));
     expect(r.stdout).toBe('Images are identical.\n');
+  });
+
+  it('dd onto an export writes what qemu-img dd writes (every block, zero runs too), and refuses a small one', async () => {
+    makeImage();
+    // Exports full of 0x55, so that a skipped zero run would show.
+    writeFileSync(p('dq.raw'), Buffer.alloc(24 << 20, 0x55));
+    writeFileSync(p('dt.raw'), Buffer.alloc(24 << 20, 0x55));
+    writeFileSync(p('tiny-q.raw'), Buffer.alloc(1 << 20, 0x55));
+    writeFileSync(p('tiny-t.raw'), Buffer.alloc(1 << 20, 0x55));
+    const q = await start('qemu', p('dq.raw'), 'unix', ['-f', 'raw']);
+    const t = await start('tsimg', p('dt.raw'), 'unix', ['-f', 'raw']);
+    const qTiny = await start('qemu', p('tiny-q.raw'), 'unix', ['-f', 'raw']);
+    const tTiny = await start('tsimg', p('tiny-t.raw'), 'unix', ['-f', 'raw']);
+    for (const extra of [['bs=64k', 'count=100'], ['bs=1M', 'skip=2']]) {
+      ok(qemuImg(['dd', '-O', 'raw', `if=${p('base.qcow2')}`, `of=${q}`, ...extra]), 'qemu-img dd');
+      ok(tsimg(['dd', '-O', 'raw', `if=${p('base.qcow2')}`, `of=${t}`, ...extra]), 'tsimg dd');
+    }
+    const small = [
+      qemuImg(['dd', '-O', 'raw', `if=${p('base.qcow2')}`, `of=${qTiny}`]),
+      tsimg(['dd', '-O', 'raw', `if=${p('base.qcow2')}`, `of=${tTiny}`]),
+    ];
+    expect(small[1]).toEqual({ ...small[0], stderr: small[0]!.stderr.replace('qemu-img:', 'tsimg:').replace(qTiny, tTiny) });
+    for (const pid of pidFiles.splice(0)) process.kill(Number(readFileSync(pid, 'utf8')), 'SIGTERM');
+    let r: RunResult;
+    do r = qemuImg(['compare', '-f', 'raw', '-F', 'raw', p('dq.raw'), p('dt.raw')]);
+    while (r.stderr.includes('lock'));
+    expect(r.stdout).toBe('Images are identical.\n');
+    expect(readFileSync(p('tiny-t.raw')).equals(readFileSync(p('tiny-q.raw')))).toBe(true);
   });
 
   it('--image-opts, -l snapshot.name=… and -v serve what qemu-nbd serves', async () => {

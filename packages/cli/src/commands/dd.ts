@@ -6,11 +6,12 @@
  * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
  * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove, imageFileLock, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
+import { blockStatusAbove, createOnNbd, imageFileLock, NbdClient, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
 import { createQcow2 } from '@tsimg/qcow2';
 import fs from 'node:fs';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
+import { nbdLocation } from '../image-create.js';
 import { getoptLong } from '../getopt.js';
 import {
   FORCE_SHARE_OPTION,
@@ -190,8 +191,20 @@ async function writeOutput(job: DdJob): Promise<void> {
 
   const createError = (err: unknown): CliExit =>
     new CliExit(1, `${output}: error while creating output image: ${errorMessage(err)}${lockHint(err)}`);
-  let dst: Image | FileDevice;
-  if (outFmt === 'raw') {
+  let dst: Image | BlockDevice;
+  const nbd = nbdLocation(output);
+  if (nbd !== undefined) {
+    // An NBD export cannot be created (bdrv_co_create_opts_simple): it is used as it is, its
+    // first sector zeroed — so zero runs of the input are written too, as qemu's dd writes
+    // every block, and the export ends up holding what qemu-img dd leaves there.
+    if (outFmt !== 'raw') throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create a ${outFmt} image on an NBD export`);
+    try {
+      await createOnNbd(nbd, Number(createSize));
+      dst = await NbdClient.connect(nbd, { readOnly: false });
+    } catch (err) {
+      throw createError(err);
+    }
+  } else if (outFmt === 'raw') {
     try {
       await createFile(output, { size: createSize });
       dst = await FileDevice.open(output, { lock: imageFileLock(topNodePermissions({ write: true }), 'raw'), onWarning });
@@ -223,7 +236,8 @@ async function writeOutput(job: DdJob): Promise<void> {
     } else {
       inPos = (args.skip ?? 0n) * bs;
     }
-    if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), outFmt !== 'raw', { bs: Number(bs), signal });
+    const writeZeroRanges = outFmt !== 'raw' || nbd !== undefined;
+    if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), writeZeroRanges, { bs: Number(bs), signal });
     await dst.flush();
   } finally {
     await dst.close();
