@@ -9,7 +9,7 @@ import {
   createQcow2, type LuksCreateOptions, LuksVolume, type Qcow2CreateOptions, type Qcow2Preallocation, resolveQcow2CreateOptions, type Secrets, secretAsUtf8,
 } from '@tsimg/qcow2';
 import { createFile, FileDevice, TsimgError, truncateWithPreallocation, UnsupportedError, UsageError, LimitError } from '@tsimg/raw';
-import { createOnNbd, dataFileLock, imageFileLock, locateImage, luksHeaderIo, type NbdAddress, topNodePermissions } from '@tsimg/image';
+import { createOnNbd, dataFileLock, imageFileLock, locateImage, luksHeaderIo, type NbdAddress, NbdClient, topNodePermissions } from '@tsimg/image';
 import type { CliIO } from './command.js';
 import { lockWarnings } from './lock-messages.js';
 import type { QemuOpts } from './options.js';
@@ -219,6 +219,36 @@ export async function createQcow2Image(filename: string, opts: QemuOpts, secrets
   }
 }
 
+/**
+ * qcow2_co_create_opts onto an NBD export: the export is taken as it is (qcow2 asks its file
+ * for size 0, which an export larger than that satisfies; the first sector is zeroed), then
+ * formatted in place through the client. nbd_co_truncate keeps the export's size when asked
+ * for less and refuses more ("Cannot grow NBD nodes"); the rest of the export keeps its bytes.
+ */
+async function createQcow2OnNbd(nbd: NbdAddress, opts: QemuOpts): Promise<void> {
+  const { options, encrypt } = qcow2CreateOptionsOf(opts);
+  if (encrypt !== undefined || options.dataFile !== undefined) {
+    throw new UnsupportedError('tsimg cannot create an encrypted qcow2 image, or one with a data file, on an NBD export');
+  }
+  await createOnNbd(nbd, 0);
+  const dev = await NbdClient.connect(nbd, { readOnly: false });
+  try {
+    await createQcow2(
+      {
+        write: (offset, data) => dev.write(offset, data),
+        size: () => dev.size(),
+        resize: async (size) => {
+          if (size > dev.size()) throw new UsageError('Cannot grow NBD nodes', { errno: 'EINVAL' });
+        },
+      },
+      options,
+    );
+    await dev.flush();
+  } finally {
+    await dev.close();
+  }
+}
+
 /** Whether two paths name the same existing file. */
 async function sameFile(a: string, b: string): Promise<boolean> {
   try {
@@ -237,8 +267,9 @@ export async function createImageFile(fmt: string, filename: string, opts: QemuO
   const nbd = nbdLocation(filename);
   if (nbd !== undefined) {
     // A protocol that cannot create: the export is used as it is (bdrv_co_create_opts_simple).
-    if (fmt !== 'raw') throw new UnsupportedError(`tsimg cannot create a ${fmt} image on an NBD export`);
-    await createOnNbd(nbd, Number(opts.getNumber('size', 0n)));
+    if (fmt === 'qcow2') await createQcow2OnNbd(nbd, opts);
+    else if (fmt !== 'raw') throw new UnsupportedError(`tsimg cannot create a ${fmt} image on an NBD export`);
+    else await createOnNbd(nbd, Number(opts.getNumber('size', 0n)));
     return;
   }
   if (fmt === 'qcow2') await createQcow2Image(filename, opts, secrets, io);
