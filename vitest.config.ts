@@ -16,7 +16,9 @@ export default defineConfig({
   },
   test: {
     include: ['packages/*/test/**/*.test.ts', 'test-images/**/*.test.ts', 'web/test/**/*.test.ts'],
-    testTimeout: 60_000,
+    // Corpus loops run hundreds of qemu-img and tsimg processes one after another: ~40-75 s on
+    // this 2-core machine with three test files side by side, more under load.
+    testTimeout: 180_000,
     hookTimeout: 300_000,
     pool: 'forks',
     // Most tests wait on child processes (qemu-img, tsimg) and files, not on this process's

@@ -5,13 +5,29 @@
  * Also the one place that opens "the file an image lives in", a host file or a URL.
  */
 import {
-  type BlockDevice, FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, NotFoundError, UnsupportedError, UsageError,
+  type BlockDevice, FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, UnsupportedError, UsageError,
 } from '@tsimg/raw';
+import { secretAsUtf8, type Secrets } from '@tsimg/qcow2';
 
 /** An image file on a web server: its URL and how to read it. */
 export interface HttpLocation {
   url: string;
   options: HttpDeviceOptions;
+  /** The ids of the curl driver's secrets (`--object secret,...`), looked up at the open. */
+  secrets?: { cookie?: string; password?: string; proxyPassword?: string };
+}
+
+/** The device options of `http` with its secrets' values filled in (curl_open's lookups). */
+function withSecrets(http: HttpLocation, secrets: Secrets | undefined): HttpDeviceOptions {
+  const ids = http.secrets;
+  if (ids === undefined) return http.options;
+  const text = (id: string): string => new TextDecoder().decode(secretAsUtf8(secrets, id));
+  const options = { ...http.options };
+  if (ids.cookie !== undefined) options.cookie = text(ids.cookie);
+  if (ids.password !== undefined) options.password = text(ids.password);
+  // Looked up as qemu does; a proxy (and its password) comes from the environment here.
+  if (ids.proxyPassword !== undefined) text(ids.proxyPassword);
+  return options;
 }
 
 /** The curl protocols tsimg reads (qemu also has ftp and ftps). */
@@ -86,18 +102,16 @@ export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, strin
     if (options.timeout > 10000 || options.timeout < 0) throw new UsageError('timeout parameter is too large or negative');
   }
   const sslverify = get('sslverify');
-  if (sslverify !== undefined && !boolOption('sslverify', sslverify)) {
-    // fetch has no per-request switch for certificate checks.
-    throw new UnsupportedError('tsimg does not support sslverify=off');
-  }
+  if (sslverify !== undefined && !boolOption('sslverify', sslverify)) options.sslVerify = false;
   const cookie = get('cookie');
   const cookieSecret = get('cookie-secret');
   if (cookie !== undefined && cookieSecret !== undefined) throw new UsageError('curl driver cannot handle both cookie and cookie secret');
   if (cookie !== undefined) options.cookie = cookie;
-  // tsimg has no --object secrets: a secret id names nothing (qcrypto_secret_lookup's message).
-  for (const key of ['cookie-secret', 'password-secret', 'proxy-password-secret']) {
+  // Secrets (--object secret,...) are looked up when the device is opened (openHostFile).
+  const secretIds: HttpLocation['secrets'] = {};
+  for (const [key, name] of [['cookie-secret', 'cookie'], ['password-secret', 'password'], ['proxy-password-secret', 'proxyPassword']] as const) {
     const id = get(key);
-    if (id !== undefined) throw new NotFoundError(`No secret with id '${id}'`);
+    if (id !== undefined) secretIds[name] = id;
   }
   const username = get('username');
   if (username !== undefined) options.username = username;
@@ -105,7 +119,9 @@ export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, strin
   const url = get('url');
   if (url === undefined) throw new UsageError("curl block driver requires an 'url' option");
   checkUrl(proto, url);
-  return { path: url, format: prefix === '' ? proto : opts.get('driver'), http: { url, options } };
+  const http: HttpLocation = { url, options };
+  if (Object.keys(secretIds).length > 0) http.secrets = secretIds;
+  return { path: url, format: prefix === '' ? proto : opts.get('driver'), http };
 }
 
 /** What the open of a host file or URL needs to know (FileDevice's options for host files). */
@@ -124,10 +140,16 @@ export type FileResolver = (name: string) => BlockDevice | undefined;
  * Opens `path`: the device `files` gives for it, else the URL of `http` when given (read-only;
  * remote files take no locks), else the host file.
  */
-export async function openHostFile(path: string, http: HttpLocation | undefined, options: HostFileOptions, files?: FileResolver): Promise<HostFile> {
+export async function openHostFile(
+  path: string,
+  http: HttpLocation | undefined,
+  options: HostFileOptions,
+  files?: FileResolver,
+  secrets?: Secrets,
+): Promise<HostFile> {
   const given = files?.(path);
   if (given !== undefined) return given;
-  if (http !== undefined) return HttpDevice.open(http.url, http.options);
+  if (http !== undefined) return HttpDevice.open(http.url, withSecrets(http, secrets));
   return FileDevice.open(path, options);
 }
 

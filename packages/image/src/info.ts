@@ -34,17 +34,19 @@ export interface CollectInfoOptions {
   onWarning?: (message: string) => void;
   /** Files found by name before the host's (see FileResolver). */
   files?: FileResolver;
+  /** `--object secret` data, for the curl driver's `*-secret` options. */
+  secrets?: ReadonlyMap<string, Uint8Array>;
 }
 
 /** bdrv_getlength refuses more than INT64_MAX bytes; info reports that after a successful open. */
 const MAX_INFO_SIZE = (1n << 63n) - 1n;
 
 /** Opens a host file read-only; a directory or device gets qemu's file-driver message. */
-async function openFile(loc: ImageLocation, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning' | 'files'>): Promise<HostFile> {
+async function openFile(loc: ImageLocation, lock: Pick<CollectInfoOptions, 'locking' | 'onWarning' | 'files' | 'secrets'>): Promise<HostFile> {
   const path = loc.path;
   try {
     // Locked once the format is known (qemu's permissions depend on it).
-    return await openHostFile(path, loc.http, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning }, lock.files);
+    return await openHostFile(path, loc.http, { readOnly: true, lock: NO_PERMISSIONS, locking: lock.locking, onWarning: lock.onWarning }, lock.files, lock.secrets);
   } catch (err) {
     if (err instanceof TsimgError && (err.errno === 'EISDIR' || err.code === 'unsupported')) {
       throw new UsageError(`'file' driver requires '${path}' to be a regular file`);
@@ -96,7 +98,7 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
   try {
     dev = loc.nbd
       ? await NbdClient.connect(loc.nbd)
-      : await openFile(loc, { files: options.files, locking: loc.locking ?? options.locking, onWarning: options.onWarning });
+      : await openFile(loc, { files: options.files, locking: loc.locking ?? options.locking, onWarning: options.onWarning, secrets: options.secrets });
   } catch (err) {
     throw openError(name, err);
   }

@@ -226,7 +226,7 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
   if (layer.http !== undefined && !readOnly) throw new UsageError('curl driver does not support writes', { errno: 'EACCES' });
   const file = layer.nbd
     ? await NbdClient.connect(layer.nbd, { readOnly })
-    : await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning }, octx.files);
+    : await openHostFile(filename, layer.http, { readOnly, ...fileOptions, lock: NO_PERMISSIONS, onWarning: octx.onWarning }, octx.files, octx.secrets);
   const opened: BlockDevice[] = [];
   try {
     const fmt = format ?? (await probeLayer(file, octx.formats));

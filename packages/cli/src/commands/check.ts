@@ -102,7 +102,7 @@ async function openChecked(
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
     file = loc.nbd
       ? await NbdClient.connect(loc.nbd, { readOnly: !writable })
-      : await openHostFile(path, loc.http, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning });
+      : await openHostFile(path, loc.http, { readOnly: !writable, io: 'sync', lock: NO_PERMISSIONS, locking: lock.locking, onWarning }, undefined, lock.secrets);
   } catch (err) {
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }

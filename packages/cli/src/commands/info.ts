@@ -117,6 +117,7 @@ export const run: CommandRunner = async (argv, io) => {
       blockOptions: imageOpts ? splitImageOpts(filename) : undefined,
       chain,
       forceShare,
+      secrets,
       onWarning: lockWarnings(io, false),
       onWarnings: (warnings) => {
         for (const w of warnings) io.stderr(`tsimg: ${w}\n`);

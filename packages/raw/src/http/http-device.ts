@@ -21,6 +21,8 @@ export interface HttpDeviceOptions {
   /** Basic authentication (qemu's `username` / `password-secret`). */
   username?: string;
   password?: string;
+  /** Check the server's certificate (qemu's `sslverify`; default true). */
+  sslVerify?: boolean;
   /** A `Cookie:` header value (qemu's `cookie`). */
   cookie?: string;
   /** More request headers. */
@@ -125,7 +127,7 @@ export class HttpDevice extends ReadOnlySource {
     if (options.username !== undefined || options.password !== undefined) {
       headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
     }
-    const transport = options.fetch !== undefined ? { fetch: options.fetch, close: () => undefined } : defaultFetch();
+    const transport = options.fetch !== undefined ? { fetch: options.fetch, close: () => undefined } : defaultFetch(options.sslVerify ?? true);
     const settings: RequestSettings = {
       fetch: transport.fetch,
       headers,
