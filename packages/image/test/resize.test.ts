@@ -91,6 +91,11 @@ describe('resizeImage on qcow2', () => {
           // the clusters wholly past the new size, so a later grow shows the rest of the last
           // cluster as it was (qemu-img 7.2 and qemu-io read those stale bytes back too).
           const stored = new Uint8Array(8 * MiB);
+          // Bytes whose content qemu leaves undefined: metadata preallocation maps new clusters
+          // without writing them, and the allocator may hand out clusters a shrink freed (old
+          // L2 tables, say) — qemu-img resize + qemu-io read the same stale bytes there (the
+          // byte-identity with qemu is resize-cli.test's). Known again once written.
+          const unknown = new Uint8Array(8 * MiB);
           for (const [sectors, mode, v, at] of steps) {
             const size = sectors * 512;
             const old = img.size();
@@ -98,6 +103,8 @@ describe('resizeImage on qcow2', () => {
             await resizeImage(img, size, { shrink: true, preallocation: growing ? mode : 'off' });
             const kept = Math.ceil(Math.min(old, size) / cs) * cs;
             stored.fill(0, kept);
+            unknown.fill(0, kept);
+            if (growing && mode === 'metadata') unknown.fill(1, kept, size);
             const next = new Uint8Array(size);
             next.set(stored.subarray(0, size));
             model = next;
@@ -106,10 +113,13 @@ describe('resizeImage on qcow2', () => {
             await img.write(off, new Uint8Array(len).fill(v));
             model.fill(v, off, off + len);
             stored.fill(v, off, off + len);
+            unknown.fill(0, off, off + len);
           }
           await img.close();
           await expectCleanInMemory(m.file);
-          expect(firstDiff(await guestBytes(m), model), opts).toBe(-1);
+          const guest = await guestBytes(m);
+          for (let i = unknown.indexOf(1); i >= 0 && i < guest.length; i = unknown.indexOf(1, i + 1)) guest[i] = model[i]!;
+          expect(firstDiff(guest, model), opts).toBe(-1);
         },
       ),
       { numRuns: 25 },
