@@ -39,7 +39,7 @@ import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
 import { IoError, ReadOnlyError, strerror, systemError, TsimgError, UsageError } from './errors.js';
 import { InlineIo } from './inline-io.js';
-import { call, type Callback } from './fs-call.js';
+import { call, type Callback, writevFully } from './fs-call.js';
 import { blockDeviceSize } from './host-device.js';
 import { acquireImageLock, type ImageLock, type LockCalls, type LockingMode, type LockPermissions } from './lock.js';
 import { type Errno, loadNative, type NativeFs } from './native.js';
@@ -228,15 +228,7 @@ export class FileDevice implements BlockDevice {
         for (let at = offset, i = 0; i < parts.length; at += parts[i++]!.length) await this.#writeFully(at, parts[i]!);
         return;
       }
-      let rest = parts.filter((p) => p.length > 0);
-      for (let done = 0; rest.length > 0; ) {
-        const what = `error while writing '${this.fileName}' at byte ${offset + done}`;
-        let n = await this.#sys(what, (cb: Callback<number>) => fs.writev(this.#fd, rest, offset + done, cb));
-        done += n;
-        // A short write: go on from the first byte not written.
-        while (rest.length > 0 && n >= rest[0]!.length) n -= rest.shift()!.length;
-        if (n > 0) rest[0] = rest[0]!.subarray(n);
-      }
+      await writevFully(this.#fd, parts, offset, (err, pos) => systemError(err, `error while writing '${this.fileName}' at byte ${pos}`));
       this.#size = Math.max(this.#size, offset + length);
     });
   }
