@@ -7,18 +7,21 @@
 // V8 refuses a cache made by another V8 version or under other V8 flags (cachedDataRejected);
 // the bundle then compiles as usual, only slower. The wrapper below must stay byte-identical
 // between the build that makes the cache and every run that uses it.
-import { readFileSync, statSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import vm from 'node:vm';
+//
+// CommonJS (bin/package.json), like the launchers: an ES module entry costs Node ~8 ms more to
+// start, and an ES import of node:fs loads every lazy part of it (streams, fs/promises).
+'use strict';
+const { readFileSync, statSync } = require('node:fs');
+const { createRequire } = require('node:module');
+const { dirname, join } = require('node:path');
+const vm = require('node:vm');
 
 /**
  * True when `bundle` (a path) is missing or older than a package's last compile (`tsc -b` in a
  * source checkout): the launchers then run the compiled modules, so a stale bundle never runs.
  * An installed package has no tsbuildinfo and always takes the bundle.
  */
-export function bundleIsStale(bundle) {
+function bundleIsStale(bundle) {
   const mtime = (path) => {
     try {
       return statSync(path).mtimeMs;
@@ -29,18 +32,18 @@ export function bundleIsStale(bundle) {
   const made = mtime(bundle);
   return (
     made === undefined ||
-    ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(new URL(`../../${p}/tsconfig.tsbuildinfo`, import.meta.url)) ?? 0) > made)
+    ['raw', 'qcow2', 'image', 'cli'].some((p) => (mtime(join(__dirname, '..', '..', p, 'tsconfig.tsbuildinfo')) ?? 0) > made)
   );
 }
 
-export const bundleFile = fileURLToPath(new URL('../dist/bundle/main.cjs', import.meta.url));
-export const cacheFile = fileURLToPath(new URL('../dist/bundle/main.cache', import.meta.url));
+const bundleFile = join(__dirname, '..', 'dist', 'bundle', 'main.cjs');
+const cacheFile = join(__dirname, '..', 'dist', 'bundle', 'main.cache');
 
 /**
  * Runs the bundle and returns its exports and the vm.Script (whose createCachedData() the build
  * calls after a warm-up). `useCache: false` compiles without the cache.
  */
-export function loadBundle({ useCache = true } = {}) {
+function loadBundle({ useCache = true } = {}) {
   const source = readFileSync(bundleFile, 'utf8');
   let cachedData;
   if (useCache) {
@@ -58,3 +61,5 @@ export function loadBundle({ useCache = true } = {}) {
   script.runInThisContext()(module.exports, createRequire(bundleFile), module, bundleFile, dirname(bundleFile));
   return { exports: module.exports, script };
 }
+
+module.exports = { bundleIsStale, bundleFile, cacheFile, loadBundle };

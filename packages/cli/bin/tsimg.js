@@ -3,10 +3,10 @@
 // build`) with V8's code cache (load-bundle.js): ~40 ms less start-up than the ~60 modules of
 // dist/. In a source checkout the bundle is skipped when a package was recompiled after it was
 // made (`tsc -b` alone), so a stale bundle never runs; an installed package has no tsbuildinfo
-// and always takes the bundle.
-import { bundleFile, bundleIsStale, loadBundle } from './load-bundle.js';
+// and always takes the bundle. CommonJS (bin/package.json): see load-bundle.js.
+'use strict';
+const { bundleFile, bundleIsStale, loadBundle } = require('./load-bundle.js');
 
-const stale = bundleIsStale(bundleFile);
-const { runProcess } = stale ? await import('../dist/main.js') : loadBundle().exports;
 // runProcess defers SIGINT/SIGTERM while a command writes an image (src/interrupt.ts).
-void runProcess(process.argv.slice(2));
+if (bundleIsStale(bundleFile)) void import('../dist/main.js').then((m) => m.runProcess(process.argv.slice(2)));
+else void loadBundle().exports.runProcess(process.argv.slice(2));

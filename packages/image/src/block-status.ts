@@ -34,6 +34,12 @@ export interface ChainImage extends BlockDevice {
    * then read as zeroes (qemu's BDRV_BLOCK_RECURSE for metadata-preallocated qcow2).
    */
   metadataPreallocated?(): Promise<boolean>;
+  /**
+   * Block status over the whole run of one kind at `offset`, where `blockStatus` stops short
+   * for the format's own reasons (qcow2 answers one L2 table per call, as qemu's driver does,
+   * and convert's chunks and progress follow those cuts). For walks that merge runs anyway.
+   */
+  blockStatusMerged?(offset: number, length: number): Promise<BlockStatus>;
 }
 
 /** One run's status, as qemu's BDRV_BLOCK_* flags say it. */
@@ -131,10 +137,11 @@ async function recurseIntoHost(
  * One layer's status of the run at `offset` (at most `bytes`, ≥ 1, within the layer) as qemu's
  * bdrv_co_block_status gives it with want_zero: the driver's answer, ZERO added to an
  * unallocated range nothing below can show through, and (unless `recurse` is false) the
- * metadata-preallocation rule applied to a data run with a host offset.
+ * metadata-preallocation rule applied to a data run with a host offset. `merged` asks the
+ * layer's blockStatusMerged where it has one (for callers that merge runs, as map does).
  */
-export async function layerStatus(layer: ChainImage, offset: number, bytes: number, recurse = true): Promise<LayerStatus> {
-  const st = checked(await layer.blockStatus(offset, bytes), bytes);
+export async function layerStatus(layer: ChainImage, offset: number, bytes: number, recurse = true, merged = false): Promise<LayerStatus> {
+  const st = checked(await (merged && layer.blockStatusMerged !== undefined ? layer.blockStatusMerged(offset, bytes) : layer.blockStatus(offset, bytes)), bytes);
   if (st.kind === 'unallocated') {
     const below = layer.backing;
     const out: LayerStatus = {

@@ -84,9 +84,10 @@ function updateInPlace(c: Cipher | Decipher, data: Uint8Array): void {
 
 /** node:crypto (OpenSSL, with AES-NI where the CPU has it): AES only. */
 export const nodeCipherBackend: CipherBackend = (() => {
-  const have = new Set(getCiphers());
+  // Asked on the first use, not at import: every command imports this module, few encrypt.
+  let have: Set<string> | undefined;
   return {
-    supports: (alg) => alg.startsWith('aes-') && have.has(`${alg}-ecb`),
+    supports: (alg) => alg.startsWith('aes-') && (have ??= new Set(getCiphers())).has(`${alg}-ecb`),
     ecb(alg, key) {
       // ECB keeps no state between blocks, so one object per direction serves every call.
       let enc: Cipher | undefined = createCipheriv(`${alg}-ecb`, key, null).setAutoPadding(false);

@@ -205,11 +205,23 @@ export class Qcow2Image<B extends BackingDevice = BackingDevice> implements Mapp
   }
 
   async blockStatus(offset: number, length: number): Promise<BlockStatus> {
+    return this.#blockStatus(offset, length, false);
+  }
+
+  /**
+   * Like blockStatus, but an unallocated run goes on over every missing L2 table after it
+   * (blockStatus stops at the first table's end, as qemu's driver): for walks that merge runs.
+   */
+  async blockStatusMerged(offset: number, length: number): Promise<BlockStatus> {
+    return this.#blockStatus(offset, length, true);
+  }
+
+  async #blockStatus(offset: number, length: number, merged: boolean): Promise<BlockStatus> {
     const s = this.#s;
     checkRange(s, offset, length);
     if (length === 0) throw new UsageError('blockStatus needs a length of at least 1');
     return s.gate.shared(async () => {
-      const status = await blockStatusAt(s, offset, length);
+      const status = await blockStatusAt(s, offset, length, merged);
       await s.l2Cache.evict();
       return status;
     });

@@ -122,12 +122,14 @@ function toStatus(r: MappedRun, at: number): BlockStatus {
  * Block status of the run at `offset`, up to `length` bytes (the caller checked the range) and
  * never past the end of its L2 table: qcow2_co_block_status answers one L2 slice per call, and
  * callers that cut their work at status boundaries (convert's chunks, and with them which
- * clusters a compressed target gets) see the same runs as qemu's. map and compare merge runs.
+ * clusters a compressed target gets) see the same runs as qemu's. `merged` lifts that cut over
+ * missing tables, for walks that merge runs anyway (map).
  */
-export async function blockStatusAt(s: EngineState, offset: number, length: number): Promise<BlockStatus> {
+export async function blockStatusAt(s: EngineState, offset: number, length: number, merged = false): Promise<BlockStatus> {
   const span = s.geo.l2Span;
   const tableEnd = (Math.floor(offset / span) + 1) * span;
-  const st = toStatus(await lookupRun(s, offset, Math.min(length, tableEnd - offset)), offset);
+  // lookupRun goes on over missing L2 tables; qemu's driver would stop at the first table's end.
+  const st = toStatus(await lookupRun(s, offset, merged ? length : Math.min(length, tableEnd - offset)), offset);
   // qcow2_co_block_status gives no offset for encrypted images (the host bytes are ciphertext).
   if (s.crypto !== undefined && 'hostOffset' in st) delete (st as { hostOffset?: number }).hostOffset;
   return st;
