@@ -13,7 +13,7 @@ import { afMerge, afSplit } from '../src/crypto/afsplit.js';
 import { type CipherAlg, type CipherMode, type HashAlg, type IvgenAlg, nodeCipherBackend, SectorCipher } from '../src/crypto/cipher.js';
 import { decodeLuksHeader, encodeLuksHeader, LUKS_HEADER_SIZE, type LuksHeader } from '../src/crypto/luks-header.js';
 import { type LuksIo, LuksVolume } from '../src/crypto/luks.js';
-import { scaleIterations } from '../src/crypto/pbkdf.js';
+import { calibration, scaleIterations } from '../src/crypto/pbkdf.js';
 import { describeQemu, run } from '../../../test-images/qemu.js';
 
 const fast = { iterations: { perSecond: () => 1000 * 1000 } };
@@ -122,6 +122,20 @@ describe('pbkdf iteration scaling', () => {
     expect(scaleIterations(1_000_000, 10, 1, 1000)).toBe(10_000);
     expect(scaleIterations(1_000_000, 1, 8, 1000)).toBe(1000);
     expect(() => scaleIterations(2 ** 40, 2000, 1, 1000)).toThrow('larger than 4294967295');
+  });
+  it('calibrates each hash once, for one output block, and scales by the blocks of each output', () => {
+    const rate = calibration();
+    const key = new Uint8Array(32).fill(1);
+    const salt = new Uint8Array(32).fill(2);
+    const oneBlock = rate('sha256', key, salt, 32);
+    expect(oneBlock).toBeGreaterThan(1000);
+    // A second measurement would not give these exact numbers.
+    expect(rate('sha256', key, salt, 20)).toBe(oneBlock);
+    expect(rate('sha256', key, salt, 64)).toBe(Math.floor(oneBlock / 2));
+    expect(rate('sha256', key, salt, 65)).toBe(Math.floor(oneBlock / 3));
+    // sha1's block is 20 bytes: a 64-byte key is four chains.
+    const sha1 = rate('sha1', key, salt, 20);
+    expect(rate('sha1', key, salt, 64)).toBe(Math.floor(sha1 / 4));
   });
 });
 

@@ -17,7 +17,7 @@ import {
   LUKS_MAGIC, LUKS_NUM_KEY_SLOTS, LUKS_SALT_LEN, LUKS_SLOT_DISABLED, LUKS_SLOT_ENABLED, LUKS_STRIPES, luksCipherName, luksInfo,
   type LuksAlgorithms, type LuksHeader, type LuksInfo, parseLuksAlgorithms, splitKeySectors,
 } from './luks-header.js';
-import { countIterations, type IterationPolicy, pbkdf2, scaleIterations } from './pbkdf.js';
+import { calibration, type IterationPolicy, pbkdf2, scaleIterations } from './pbkdf.js';
 
 /** Reads and writes inside the volume's header area (offsets from the LUKS header's start). */
 export interface LuksIo {
@@ -94,7 +94,7 @@ export class LuksVolume {
   readonly cipher: SectorCipher | undefined;
   readonly #io: LuksIo;
   readonly #backend: CipherBackend;
-  readonly #policy: IterationPolicy;
+  readonly #policy: Required<IterationPolicy>;
 
   private constructor(header: LuksHeader, algorithms: LuksAlgorithms, cipher: SectorCipher | undefined, io: LuksIo, env: LuksEnv) {
     this.header = header;
@@ -102,7 +102,8 @@ export class LuksVolume {
     this.cipher = cipher;
     this.#io = io;
     this.#backend = env.backend ?? nodeCipherBackend;
-    this.#policy = env.iterations ?? {};
+    // One calibration per open volume: create's master key digest and first slot share it.
+    this.#policy = { perSecond: env.iterations?.perSecond ?? calibration() };
   }
 
   /** Where the encrypted payload starts, in bytes from the header. */
@@ -165,7 +166,8 @@ export class LuksVolume {
       const cipher = sectorCipher(algorithms, masterKey, backend);
       const masterKeySalt = new Uint8Array(LUKS_SALT_LEN);
       randomFillSync(masterKeySalt);
-      const rate = (env.iterations?.perSecond ?? countIterations)(o.hashAlg, masterKey, masterKeySalt, LUKS_DIGEST_LEN);
+      const perSecond = env.iterations?.perSecond ?? calibration();
+      const rate = perSecond(o.hashAlg, masterKey, masterKeySalt, LUKS_DIGEST_LEN);
       const masterKeyIterations = scaleIterations(rate, o.iterTime, 8, MIN_MASTER_KEY_ITERS);
       const masterKeyDigest = pbkdf2(o.hashAlg, masterKey, masterKeySalt, masterKeyIterations, LUKS_DIGEST_LEN);
       const headerSectors = LUKS_KEY_SLOT_OFFSET / CRYPTO_SECTOR;
@@ -188,7 +190,7 @@ export class LuksVolume {
         })),
       };
       const io = await init(header.payloadOffsetSector * CRYPTO_SECTOR);
-      const volume = new LuksVolume(header, algorithms, cipher, io, env);
+      const volume = new LuksVolume(header, algorithms, cipher, io, { ...env, iterations: { perSecond } });
       await volume.#storeKey(0, password, masterKey, o.iterTime);
       return volume;
     } finally {
@@ -209,7 +211,7 @@ export class LuksVolume {
     const slot = h.keySlots[index]!;
     const salt = new Uint8Array(LUKS_SALT_LEN);
     randomFillSync(salt);
-    const rate = (this.#policy.perSecond ?? countIterations)(this.algorithms.hashAlg, password, salt, h.masterKeyLen);
+    const rate = this.#policy.perSecond(this.algorithms.hashAlg, password, salt, h.masterKeyLen);
     const iterations = scaleIterations(rate, iterTime, 1, MIN_SLOT_KEY_ITERS);
     const slotKey = pbkdf2(this.algorithms.hashAlg, password, salt, iterations, h.masterKeyLen);
     const split = afSplit(this.#backend, this.algorithms.hashAlg, masterKey, slot.stripes);
