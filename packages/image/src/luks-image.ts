@@ -64,7 +64,7 @@ export class LuksImage implements Image {
       const avail = Math.max(0, Math.min(piece.length, this.file.size() - at));
       if (avail > 0) await this.file.read(at, piece.subarray(0, avail));
       piece.fill(0, avail);
-      cipher.decrypt((offset + done) / SECTOR, piece);
+      await cipher.crypt((offset + done) / SECTOR, piece, false);
     }
   }
 
@@ -82,7 +82,7 @@ export class LuksImage implements Image {
     }
     const cipher = this.volume.cipher!;
     for (let done = 0; done < buf.length; done += MAX_IO) {
-      const piece = cipher.encrypted((start + done) / SECTOR, buf.subarray(done, Math.min(buf.length, done + MAX_IO)));
+      const piece = await cipher.encryptedAsync((start + done) / SECTOR, buf.subarray(done, Math.min(buf.length, done + MAX_IO)));
       await this.file.write(this.#payload + start + done, piece);
     }
   }

@@ -5,9 +5,10 @@
  *   per-process (F_SETLK/F_GETLK), as qemu's util/osdep.c uses them for image locking;
  * - fallocate (punch hole, zero range);
  * - the block-device ioctls BLKGETSIZE64, BLKDISCARD and BLKZEROOUT;
- * - preadv2(RWF_NOWAIT), reading what the page cache holds without blocking.
+ * - preadv2(RWF_NOWAIT), reading what the page cache holds without blocking;
+ * - and, in tsimg_xts.c, AES-XTS on the thread pool for encrypted images.
  *
- * Every call is synchronous (each is one short syscall, as in qemu, where the lock calls run
+ * Every call here is synchronous (each is one short syscall, as in qemu, where the lock calls run
  * in the main loop too) and returns a number: the result when >= 0, or -errno. The JavaScript
  * side turns -errno into the errno name, so no error object is built here.
  * Plain N-API (version 1 calls only), so one build loads in any Node version.
@@ -219,8 +220,11 @@ static void set_int(napi_env env, napi_value exports, const char *name, int v)
     napi_set_named_property(env, exports, name, n);
 }
 
+void tsimg_xts_register(napi_env env, napi_value exports);
+
 static napi_value init(napi_env env, napi_value exports)
 {
+    tsimg_xts_register(env, exports);
     set_fn(env, exports, "setlk", js_setlk);
     set_fn(env, exports, "getlk", js_getlk);
     set_fn(env, exports, "probeOfd", js_probe_ofd);

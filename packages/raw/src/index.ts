@@ -44,5 +44,6 @@ export {
   type LockPermissions,
 } from './lock.js';
 export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.js';
+export { type NativeXts, nativeXts } from './native-xts.js';
 export { readOnlyDevice } from './read-only.js';
 export { dataRunLength, isZero, zeroRunLength } from './zero.js';

@@ -49,6 +49,11 @@ export interface NativeFs {
    * or an EAGAIN errno when not all or nothing was cached). Absent from older builds.
    */
   preadNoWait?: (fd: number, into: Uint8Array, offset: number) => number | { errno: Errno };
+  /**
+   * AES-XTS of whole 512-byte sectors in place on libuv's thread pool (tsimg_xts.c), IVs from
+   * sector numbers (plain64, or plain when `plain32`). Absent from builds without OpenSSL headers.
+   */
+  xtsCrypt?: (key: Uint8Array, data: Uint8Array, sector: number, plain32: boolean, encrypt: boolean) => Promise<void>;
   /** The fallocate mode bits of <linux/falloc.h>. */
   readonly FALLOC_FL_KEEP_SIZE: number;
   readonly FALLOC_FL_PUNCH_HOLE: number;
@@ -67,6 +72,7 @@ interface Binding {
   blkZeroOut(fd: number, offset: number, len: number): number;
   /** Since the native module learnt it (same ABI: an older build just lacks it). */
   preadNoWait?(fd: number, into: Uint8Array, offset: number): number;
+  xtsCrypt?(key: Uint8Array, data: Uint8Array, sector: number, plain32: boolean, encrypt: boolean): Promise<void>;
   F_RDLCK: number;
   F_WRLCK: number;
   F_UNLCK: number;
@@ -160,6 +166,7 @@ function wrap(b: Binding): NativeFs {
             const r = b.preadNoWait!(fd, into, offset);
             return r < 0 ? { errno: errno(r) } : r;
           },
+    xtsCrypt: b.xtsCrypt?.bind(b),
     FALLOC_FL_KEEP_SIZE: b.FALLOC_FL_KEEP_SIZE,
     FALLOC_FL_PUNCH_HOLE: b.FALLOC_FL_PUNCH_HOLE,
     FALLOC_FL_ZERO_RANGE: b.FALLOC_FL_ZERO_RANGE,

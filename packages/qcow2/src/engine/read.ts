@@ -82,7 +82,7 @@ async function readEncrypted(s: EngineState, guest: number, host: number, dst: U
   const avail = Math.max(0, Math.min(len, dev.size() - start));
   if (avail > 0) await dev.read(start, buf.subarray(0, avail));
   buf.fill(0, avail);
-  c.cipher.decrypt((c.physical ? start : guest - head) / CRYPTO_SECTOR, buf);
+  await c.cipher.crypt((c.physical ? start : guest - head) / CRYPTO_SECTOR, buf, false);
   if (!aligned) dst.set(buf.subarray(head, head + dst.length));
 }
 

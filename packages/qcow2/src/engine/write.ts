@@ -117,10 +117,10 @@ export async function allocHostOffset(s: EngineState, offset: number, bytes: num
  * The bytes to store at `host` for guest bytes `data` at `guest`: an encrypted copy for an
  * encrypted image (qcow2_co_encrypt), `data` itself otherwise.
  */
-function hostBytes(s: EngineState, host: number, guest: number, data: Uint8Array): Uint8Array {
+async function hostBytes(s: EngineState, host: number, guest: number, data: Uint8Array): Promise<Uint8Array> {
   const c = s.crypto;
   if (c === undefined) return data;
-  return c.cipher.encrypted((c.physical ? host : guest) / CRYPTO_SECTOR, data);
+  return c.cipher.encryptedAsync((c.physical ? host : guest) / CRYPTO_SECTOR, data);
 }
 
 /** qcow2_co_pwritev_part. */
@@ -176,7 +176,7 @@ async function writeChunk(s: EngineState, guest: number, chunk: Uint8Array, r: H
   const tail = last !== undefined ? last.cowEndTo - last.cowEndFrom : 0;
   if (s.dataFile === undefined) await overlapCheck(s, r.host - head, head + chunk.length + tail);
   if (head === 0 && tail === 0) {
-    await dataDevice(s).write(r.host, hostBytes(s, r.host, guest, chunk));
+    await dataDevice(s).write(r.host, await hostBytes(s, r.host, guest, chunk));
   } else {
     // The COW regions beside the data, written with it as one vectored request: no copy of
     // the guest data into a new buffer (each part encrypted on its own where the image is:
@@ -186,13 +186,13 @@ async function writeChunk(s: EngineState, guest: number, chunk: Uint8Array, r: H
     if (head > 0) {
       const buf = new Uint8Array(head);
       await readGuest(s, guest - head, buf);
-      parts.push(hostBytes(s, start, guest - head, buf));
+      parts.push(await hostBytes(s, start, guest - head, buf));
     }
-    parts.push(hostBytes(s, r.host, guest, chunk));
+    parts.push(await hostBytes(s, r.host, guest, chunk));
     if (tail > 0) {
       const buf = new Uint8Array(tail);
       await readGuest(s, guest + r.bytes, buf);
-      parts.push(hostBytes(s, r.host + chunk.length, guest + r.bytes, buf));
+      parts.push(await hostBytes(s, r.host + chunk.length, guest + r.bytes, buf));
     }
     await writeParts(dataDevice(s), start, parts);
   }
@@ -223,7 +223,7 @@ export async function performCow(s: EngineState, m: L2Meta): Promise<void> {
     if (buf === undefined) continue;
     const host = m.hostStart + regions[i]![0];
     if (s.dataFile === undefined) await overlapCheck(s, host, buf.length);
-    await dataDevice(s).write(host, hostBytes(s, host, m.guestStart + regions[i]![0], buf));
+    await dataDevice(s).write(host, await hostBytes(s, host, m.guestStart + regions[i]![0], buf));
   }
   s.l2Cache.setDependsOnFlush();
 }
