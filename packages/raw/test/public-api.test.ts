@@ -45,6 +45,7 @@ describe('@tsimg/raw public API', () => {
     'imageFilePermissions',
     'isZero',
     'lockingAvailable',
+    'nativeXts',
     'preallocateZeroes',
     'readOnlyDevice',
     'strerror',
