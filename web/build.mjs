@@ -28,7 +28,10 @@ const STUBS = {
 const browserVariants = {
   name: 'tsimg-browser',
   setup(b) {
-    b.onResolve({ filter: /^@tsimg\/(raw|qcow2|image|cli)$/ }, (args) => ({ path: join(root, 'packages', args.path.slice(7), 'src', 'index.ts') }));
+    // @tsimg/image is what web/lib.ts has of it (its index also names Node-only modules: NBD
+    // server, checksums over worker threads, streams), also for the CLI modules the page reuses.
+    b.onResolve({ filter: /^@tsimg\/image$/ }, () => ({ path: join(here, 'lib.ts') }));
+    b.onResolve({ filter: /^@tsimg\/(raw|qcow2|cli)$/ }, (args) => ({ path: join(root, 'packages', args.path.slice(7), 'src', 'index.ts') }));
     b.onResolve({ filter: /^\.\.?\// }, (args) => {
       if (!args.importer.endsWith('.ts')) return undefined;
       const base = resolve(args.resolveDir, args.path).replace(/\.js$/, '');

@@ -18,3 +18,7 @@ export { type ImageInfo } from '../packages/image/src/info-types.js';
 export { collectImageInfo, collectImageInfoList } from '../packages/image/src/info.js';
 export { type MapEntry, mapImage } from '../packages/image/src/map.js';
 export { openImage } from '../packages/image/src/open.js';
+// The QObject JSON the info text is written with (the CLI's info-output, reused by the page).
+export {
+  isQDict, jsonString, qdictEntries, qdictOrder, qscalarText, type QValue, tdbHash, toQemuJsonLine,
+} from '../packages/image/src/qobject-json.js';
