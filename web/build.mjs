@@ -4,10 +4,10 @@
 // sources. A module `x.ts` with a sibling `x.browser.ts` is replaced by it (no host files, no
 // worker threads, codecs of the platform); node:fs/promises and the few node: modules in STUBS
 // get stubs (canonical names only; encryption and NBD refuse when used); any other node:
-// import on the browser path fails the build. zstd.wasm is copied beside the
+// import on the browser path fails the build, and so does a bundle naming Node's Buffer. zstd.wasm is copied beside the
 // bundles (the WebAssembly codec loads it from there). Prints each bundle's size.
 import { build } from 'esbuild';
-import { copyFileSync, existsSync, mkdirSync, statSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -71,6 +71,16 @@ const results = await Promise.all([
 ]);
 const wasm = join(dirname(createRequire(import.meta.url).resolve('@bokuweb/zstd-wasm')), '..', 'web', 'zstd.wasm');
 copyFileSync(wasm, join(out, 'zstd.wasm'));
+
+// Node's Buffer is no browser global (and polyfilling it is what the size rule forbids): a
+// bundle that names it would fail where the code runs, so the build fails instead.
+for (const r of results) {
+  for (const file of Object.keys(r.metafile.outputs)) {
+    if (!file.endsWith('.js')) continue;
+    const m = /(?<![\w$])Buffer(?![\w$])/.exec(readFileSync(resolve(file), 'utf8'));
+    if (m !== null) throw new Error(`${relative(root, file)} names Node's Buffer (at ${m.index}): use Uint8Array helpers (@tsimg/raw byte-compare) on the browser path`);
+  }
+}
 
 const kib = (n) => `${(n / 1024).toFixed(1)} KiB`;
 for (const r of results) {

@@ -45,4 +45,5 @@ export {
 } from './lock.js';
 export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.js';
 export { readOnlyDevice } from './read-only.js';
+export { allZero, bytesEqual } from './byte-compare.js';
 export { dataRunLength, isZero, zeroRunLength } from './zero.js';

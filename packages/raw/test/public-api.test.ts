@@ -36,6 +36,8 @@ describe('@tsimg/raw public API', () => {
     'UnsupportedError',
     'UsageError',
     'alignedBuffer',
+    'allZero',
+    'bytesEqual',
     'countingDevice',
     'createFile',
     'dataRunLength',
