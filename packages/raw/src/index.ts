@@ -3,6 +3,7 @@
 export { alignedBuffer } from './aligned-buffer.js';
 export { type BlockDevice, type BlockStatus, type WriteZeroesOptions, writeParts } from './block-device.js';
 export { BlobDevice } from './blob-device.js';
+export { type OpfsDeviceOptions, OpfsDevice, type OpfsDirectoryHandle, type OpfsFileHandle } from './opfs-device.js';
 export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
   createFile,

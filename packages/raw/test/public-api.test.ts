@@ -31,6 +31,7 @@ describe('@tsimg/raw public API', () => {
     'LockError',
     'MemoryDevice',
     'NotFoundError',
+    'OpfsDevice',
     'ReadOnlyError',
     'TsimgError',
     'UnsupportedError',
