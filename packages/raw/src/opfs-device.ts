@@ -8,7 +8,8 @@
  */
 import { checkOpen, checkRange, checkUint } from './assert.js';
 import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-device.js';
-import { IoError, UnsupportedError, UsageError } from './errors.js';
+import { IoError, UnsupportedError } from './errors.js';
+import { allDataStatus } from './source-device.js';
 
 /** What OpfsDevice needs of a FileSystemFileHandle (this package builds without the DOM types). */
 export interface OpfsFileHandle {
@@ -232,13 +233,11 @@ export class OpfsDevice implements BlockDevice {
     this.#size = size;
   }
 
-  /** All data up to the end (the handle says nothing of holes), zeroes past it. */
+  /** All data up to the end (the handle says nothing of holes): see allDataStatus. */
   async blockStatus(offset: number, length: number): Promise<BlockStatus> {
     checkOpen(this.#closed);
     checkRange(offset, length);
-    if (length < 1) throw new UsageError('blockStatus length must be at least 1');
-    if (offset >= this.#size) return { kind: 'zero', offset, length };
-    return { kind: 'data', offset, length: Math.min(length, this.#size - offset), hostOffset: offset };
+    return allDataStatus(this.#size, offset, length);
   }
 
   /** Unknown: the browser does not say how much of the file is stored. */
