@@ -2,11 +2,13 @@
  * The tsimg page: opens an image from local files (the first picked file is the image, the
  * others are its backing files, by name) or from a URL, and shows what `qemu-img info` shows,
  * the snapshots, a picture of the cluster map (and its `map --output=json` text), and offers the
- * image converted to raw or qcow2 for download. Everything runs in the page.
+ * image converted to raw or qcow2 for download (written into the origin private file system
+ * where the browser has one, then offered from there). Everything runs in the page.
  */
 import { formatImageInfoHuman } from '../packages/cli/src/info-output.js';
 import {
-  BlobDevice, collectImageInfo, convertCopy, createQcow2, type FileResolver, type Image, type ImageInfo, type MapEntry, mapImage, MemoryDevice, openImage,
+  BlobDevice, type BlockDevice, collectImageInfo, convertCopy, createQcow2, type FileResolver, type Image, type ImageInfo, type MapEntry, mapImage, MemoryDevice,
+  OpfsDevice, openImage, UnsupportedError,
 } from './lib.js';
 
 const $ = <T extends HTMLElement>(id: string): T => document.getElementById(id) as T;
@@ -81,22 +83,39 @@ async function open(name: string, files?: FileResolver): Promise<void> {
   }
 }
 
+/**
+ * Where a converted image is written: a file of the origin private file system where the
+ * browser has one (written through OpfsDevice, so the image is never held in memory), else memory.
+ */
+async function conversionTarget(name: string): Promise<{ dev: BlockDevice; where: string; result: () => Promise<Blob> }> {
+  try {
+    const dev = await OpfsDevice.open(name, { truncate: true });
+    return { dev, where: `OPFS ${name}`, result: () => dev.file() };
+  } catch (err) {
+    if (!(err instanceof UnsupportedError)) throw err;
+    const mem = new MemoryDevice();
+    return { dev: mem, where: 'memory', result: async () => new Blob([mem.contents()]) };
+  }
+}
+
 /** The open image converted as `qemu-img convert -O <format>` would write it, as a Blob. */
 async function converted(format: 'raw' | 'qcow2'): Promise<Blob> {
   const source = current!.image;
   const size = Math.ceil(source.size() / 512) * 512;
+  const name = `converted.${format}`;
+  const { dev, where, result } = await conversionTarget(name);
   if (format === 'raw') {
-    const mem = new MemoryDevice({ size });
-    await convertCopy([source], mem, { minSparse: 4096, hasZeroInit: true, clusterSize: 0 });
-    return new Blob([mem.contents()]);
+    await dev.resize(size);
+    await convertCopy([source], dev, { minSparse: 4096, hasZeroInit: true, clusterSize: 0 });
+    await dev.close();
+  } else {
+    await createQcow2(dev, { size: BigInt(size) });
+    const target = await openImage(name, { files: (n) => (n === name ? dev : undefined), format: 'qcow2', readOnly: false, unmap: true });
+    await convertCopy([source], target, { minSparse: 4096, hasZeroInit: true, clusterSize: target.clusterSize ?? 0 });
+    await target.close();
   }
-  const mem = new MemoryDevice();
-  await createQcow2(mem, { size: BigInt(size) });
-  const name = 'converted.qcow2';
-  const target = await openImage(name, { files: (n) => (n === name ? mem : undefined), format: 'qcow2', readOnly: false, unmap: true });
-  await convertCopy([source], target, { minSparse: 4096, hasZeroInit: true, clusterSize: target.clusterSize ?? 0 });
-  await target.close();
-  return new Blob([mem.contents()]);
+  $('saved').textContent = where;
+  return result();
 }
 
 async function download(format: 'raw' | 'qcow2'): Promise<void> {

@@ -3,7 +3,7 @@
 // snapshots, map JSON) and downloads (raw, qcow2) is compared with qemu-img's answers on the
 // same files and URLs. Without chromium this skips loudly; with CI set it fails.
 import { execFile, execFileSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -77,9 +77,11 @@ async function qemu(args: string[], cwd?: string): Promise<string> {
     rmSync(downloads, { recursive: true, force: true });
   });
 
-  async function page(): Promise<Awaited<ReturnType<Browser['newPage']>>> {
+  /** The page, ready; `init` runs in it before any of its scripts (see addInitScript). */
+  async function page(init?: () => void): Promise<Awaited<ReturnType<Browser['newPage']>>> {
     const p = await browser.newPage();
     p.on('pageerror', (err) => console.error('page error:', err));
+    if (init !== undefined) await p.addInitScript(init);
     await p.goto(`${server.url}/`);
     await p.waitForFunction(() => document.getElementById('status')?.textContent === 'idle');
     return p;
@@ -151,6 +153,82 @@ async function qemu(args: string[], cwd?: string): Promise<string> {
       expect(byUrl.map).toBe(wantUrl.map);
     } finally {
       await p.close();
+    }
+  });
+
+  it('writes a conversion into the origin private file system and offers it from there', async () => {
+    const p = await page();
+    try {
+      const files = ['small-backing.qcow2', 'small-v3.qcow2'];
+      await p.setInputFiles('#file', files.map((f) => join(fixtures, f)));
+      expect((await shown(p)).error).toBe('');
+      const qcow2 = await download(p, '#download-qcow2');
+      expect(await p.textContent('#saved')).toBe('OPFS converted.qcow2');
+      // Read back in the page: the OPFS file's bytes, and the image through the library
+      // (OpfsDevice under openImage) converted to raw in memory.
+      // A string, not a function: vitest would rewrite the import() of a function's body. Bytes
+      // come back as base64 (playwright's serializing of long arrays takes seconds).
+      const back = (await p.evaluate(`(async () => {
+        const b64 = (u) => {
+          let s = '';
+          for (let i = 0; i < u.length; i += 32768) s += String.fromCharCode(...u.subarray(i, i + 32768));
+          return btoa(s);
+        };
+        const lib = await import(location.origin + '/dist/tsimg.js');
+        const root = await navigator.storage.getDirectory();
+        const bytes = new Uint8Array(await (await (await root.getFileHandle('converted.qcow2')).getFile()).arrayBuffer());
+        const dev = await lib.OpfsDevice.open('converted.qcow2', { create: false });
+        const image = await lib.openImage('converted.qcow2', { files: (n) => (n === 'converted.qcow2' ? dev : undefined), format: 'qcow2' });
+        const raw = new lib.MemoryDevice({ size: image.size() });
+        await lib.convertCopy([image], raw, { minSparse: 4096, hasZeroInit: true, clusterSize: 0 });
+        await image.close();
+        return { file: b64(bytes), raw: b64(raw.contents()) };
+      })()`)) as { file: string; raw: string };
+      expect(Buffer.from(back.file, 'base64').equals(qcow2)).toBe(true);
+      const out = join(downloads, 'opfs.qcow2');
+      writeFileSync(out, qcow2);
+      expect(await qemu(['check', out])).toMatch(/^No errors were found on the image\.\n/);
+      expect(await qemu(['compare', '-f', 'qcow2', '-F', 'qcow2', out, join(fixtures, files[0]!)])).toBe('Images are identical.\n');
+      const want = join(downloads, 'opfs-source.raw');
+      await qemu(['convert', '-O', 'raw', join(fixtures, files[0]!), want]);
+      expect(Buffer.from(back.raw, 'base64').equals(readFileSync(want))).toBe(true);
+      // Raw goes the same way.
+      const raw = await download(p, '#download-raw');
+      expect(await p.textContent('#saved')).toBe('OPFS converted.raw');
+      expect(raw.equals(readFileSync(want))).toBe(true);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it('reads zlib clusters through pako where DecompressionStream is missing, loading it only then', async () => {
+    const url = `${server.url}/corpus/compressed-zlib.qcow2`;
+    const want = join(downloads, 'zlib.raw');
+    await qemu(['convert', '-O', 'raw', url, want]);
+    const pako = (): boolean => server.requests.some((r) => /^\/dist\/chunks\/deflate-pako-[\w-]+\.js$/.test(r.path));
+    for (const missing of [false, true]) {
+      server.requests.length = 0;
+      const p = await page(
+        missing
+          ? () => {
+              delete (globalThis as { DecompressionStream?: unknown }).DecompressionStream;
+              delete (globalThis as { CompressionStream?: unknown }).CompressionStream;
+            }
+          : undefined,
+      );
+      try {
+        expect(await p.evaluate(() => typeof DecompressionStream)).toBe(missing ? 'undefined' : 'function');
+        await p.fill('#url', url);
+        await p.click('#open-url');
+        const r = await shown(p);
+        expect(r.error).toBe('');
+        expect(r.info).toBe(await qemu(['info', url]));
+        const raw = await download(p, '#download-raw');
+        expect(raw.equals(readFileSync(want))).toBe(true);
+        expect(pako()).toBe(missing);
+      } finally {
+        await p.close();
+      }
     }
   });
 

@@ -153,6 +153,30 @@ describeQemu('HTTP names and options as qemu takes them', () => {
       ['map', '--output=json', '--object', 'secret,id=pw,data=x', '--image-opts', `driver=qcow2,file.driver=http,file.url=${lone},file.username=me,file.password-secret=pw`],
       ['map', '--output=json', '--object', 'secret,id=c,data=k=v', '--image-opts', `driver=qcow2,file.driver=http,file.url=${lone},file.cookie-secret=c`],
       ['map', '--output=json', '--image-opts', `driver=qcow2,file.driver=http,file.url=${lone},file.sslverify=off`],
+      // Strong curl options (sslverify off, a cookie, a user name; curl_refresh_filename) name
+      // the node json:{...} — of the format node over the curl node, or of a bare curl node —
+      // and a relative backing name then has no base directory (bdrv_dirname's error).
+      ...[
+        `driver=qcow2,file.driver=http,file.url=${u},file.username=me`,
+        `driver=qcow2,file.driver=http,file.url=${u},file.sslverify=off,file.readahead=64k`,
+      ].flatMap((o) => [
+        ['info', '--image-opts', o], ['info', '--output=json', '--image-opts', o], ['info', '--backing-chain', '--image-opts', o],
+        ['map', '--image-opts', o], ['check', '--image-opts', o], ['measure', '-O', 'qcow2', '--image-opts', o],
+        ['compare', '--image-opts', o, o], ['convert', '-O', 'raw', '--image-opts', o, join(tmp.dir, 'strong.raw')],
+        ['dd', '--image-opts', `if=${o}`, `of=${join(tmp.dir, 'strong.dd')}`],
+      ]),
+      ...[
+        `json:{"driver":"qcow2","file":{"driver":"http","url":"${lone}","sslverify":false,"timeout":3}}`,
+        `json:{"file.driver":"http","file.url":"${lone}","file.sslverify":"off","file.cookie":""}`,
+        `json:{"driver":"raw","file":{"driver":"http","url":"${lone}","username":"u"}}`,
+        `json:{"driver":"qcow2","file":{"driver":"http","url":"${lone}","sslverify":true,"username":"u"}}`,
+        `json:{"driver":"http","url":"${lone}","username":"u","proxy-username":"p","readahead":"64k"}`,
+        `json:{"driver":"qcow2","file":{"driver":"http","url":"${u}","cookie":"a=b"}}`,
+      ].flatMap((n) => [['info', n], ['info', '--output=json', n], ['map', n], ...(/"driver":"(raw|http)"/.test(n) ? [] : [['check', n]])]),
+      // sslverify=on is the default: the URL names the node, and relative names resolve.
+      ['info', '--backing-chain', '--image-opts', `driver=qcow2,file.driver=http,file.url=${u},file.sslverify=on`],
+      ['info', '--image-opts', `driver=http,url=${lone},username=me`],
+      ['map', '--image-opts', `driver=http,url=${lone},username=me`],
       ['resize', u, '+1M'],
       ['snapshot', '-c', 'x', u],
       ['commit', u],

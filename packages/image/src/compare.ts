@@ -7,7 +7,7 @@
  *
  * The loop never prints: it returns what qemu-img would report, and the CLI words it.
  */
-import { BDRV_SECTOR_SIZE, alignedBuffer } from '@tsimg/raw';
+import { BDRV_SECTOR_SIZE, alignedBuffer, bytesEqual } from '@tsimg/raw';
 import { blockStatusAbove, type ChainImage, type StatusAbove } from './block-status.js';
 
 /** qemu-img's IO_BUF_SIZE: the most one read of the loop covers. */
@@ -70,14 +70,14 @@ function sameStatus(a: StatusAbove, b: StatusAbove): boolean {
  * The whole buffer is compared natively first; only a mismatch is narrowed down.
  */
 export function firstDifferentSector(a: Uint8Array, b: Uint8Array, length: number): number {
-  if (Buffer.compare(view(a, 0, length), view(b, 0, length)) === 0) return -1;
+  if (bytesEqual(a.subarray(0, length), b.subarray(0, length))) return -1;
   // Narrow down by halving: each probe is one native compare.
   let lo = 0;
   let hi = Math.ceil(length / SECTOR); // the first differing sector lies in [lo, hi)
   while (hi - lo > 1) {
     const mid = (lo + hi) >>> 1;
     const end = Math.min(mid * SECTOR, length);
-    if (Buffer.compare(view(a, lo * SECTOR, end), view(b, lo * SECTOR, end)) !== 0) hi = mid;
+    if (!bytesEqual(a.subarray(lo * SECTOR, end), b.subarray(lo * SECTOR, end))) hi = mid;
     else lo = mid;
   }
   return lo;
@@ -88,10 +88,6 @@ const ZERO_BLOCK = new Uint8Array(COMPARE_CHUNK);
 /** Index of the first 512-byte block holding a non-zero byte (qemu's find_nonzero), or -1. */
 export function firstNonZeroSector(buf: Uint8Array, length: number): number {
   return firstDifferentSector(buf, ZERO_BLOCK.length >= length ? ZERO_BLOCK : new Uint8Array(length), length);
-}
-
-function view(buf: Uint8Array, start: number, end: number): Buffer {
-  return Buffer.from(buf.buffer, buf.byteOffset + start, end - start);
 }
 
 class ReadFailure {

@@ -8,6 +8,8 @@ import {
   type BlockDevice, FileDevice, type FileDeviceOptions, HttpDevice, type HttpDeviceOptions, type LockPermissions, UnsupportedError, UsageError,
 } from '@tsimg/raw';
 import { secretAsUtf8, type Secrets } from '@tsimg/qcow2';
+import { pathHasProtocol } from './paths.js';
+import { type QValue, toQemuJsonLine } from './qobject-json.js';
 
 /** An image file on a web server: its URL and how to read it. */
 export interface HttpLocation {
@@ -15,6 +17,50 @@ export interface HttpLocation {
   options: HttpDeviceOptions;
   /** The ids of the curl driver's secrets (`--object secret,...`), looked up at the open. */
   secrets?: { cookie?: string; password?: string; proxyPassword?: string };
+  /**
+   * The curl node's options when qemu cannot name it by its URL (curl_refresh_filename: an
+   * option that changes what is read was given): `driver` and the strong options given
+   * (curl_strong_runtime_opts), as given, in the order qemu inserts them. Undefined otherwise.
+   */
+  nodeOptions?: Record<string, QValue>;
+}
+
+/** The curl driver's strong runtime options (curl_strong_runtime_opts), in qemu's order. */
+const STRONG_OPTIONS = ['url', 'sslverify', 'cookie', 'cookie-secret', 'username', 'password-secret', 'proxy-username', 'proxy-password-secret'];
+
+/**
+ * bdrv_refresh_filename's name for an image on a web server: its URL, or when the curl node has
+ * strong options a `json:` name of them — of the curl node itself for a bare protocol node
+ * (`format` undefined), else of the `format` node over it.
+ */
+export function httpImageName(http: HttpLocation, format?: string): string {
+  if (http.nodeOptions === undefined) return http.url;
+  return `json:${toQemuJsonLine(format === undefined ? http.nodeOptions : { driver: format, file: http.nodeOptions })}`;
+}
+
+/**
+ * bdrv_make_absolute_filename's check for a backing name stored in an image on a web server:
+ * a relative name needs the curl node's directory (bdrv_dirname), which a curl node named by
+ * json: has none of — qemu's error then. Absolute and protocol names need no directory.
+ */
+export function checkHttpBaseDirectory(http: HttpLocation, stored: string): void {
+  if (http.nodeOptions === undefined || pathHasProtocol(stored) || stored.startsWith('/')) return;
+  throw new UsageError(`Cannot generate a base directory for ${String(http.nodeOptions.driver)} nodes`, { errno: 'EINVAL' });
+}
+
+/**
+ * curl_refresh_filename's test (sslverify off, or a cookie, user name or password of either
+ * kind): the node's strong options then, else undefined.
+ */
+function strongNodeOptions(proto: string, get: (key: string) => string | undefined, typed: (key: string) => QValue | undefined, sslVerify: boolean): Record<string, QValue> | undefined {
+  const named = ['cookie', 'cookie-secret', 'username', 'password-secret', 'proxy-username', 'proxy-password-secret'].some((k) => get(k) !== undefined);
+  if (sslVerify && !named) return undefined;
+  const node: Record<string, QValue> = { driver: typed('driver') ?? proto };
+  for (const key of STRONG_OPTIONS) {
+    const value = typed(key) ?? get(key);
+    if (value !== undefined) node[key] = value;
+  }
+  return node;
 }
 
 /** The device options of `http` with its secrets' values filled in (curl_open's lookups). */
@@ -76,7 +122,12 @@ const CURL_OPTIONS = new Set([
  * https): its options under `prefix` (`file.` below a format, '' for a bare protocol node),
  * checked and turned into HttpDevice options with curl_open's messages.
  */
-export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, string>, prefix: string): { path: string; format?: string; http: HttpLocation } {
+export function locateHttpOptions(
+  proto: string,
+  opts: ReadonlyMap<string, string>,
+  prefix: string,
+  typedOpts?: ReadonlyMap<string, QValue>,
+): { path: string; format?: string; http: HttpLocation } {
   const get = (key: string): string | undefined => opts.get(prefix + key);
   for (const key of opts.keys()) {
     if (key === 'driver' || key === `${prefix}driver`) continue;
@@ -121,6 +172,8 @@ export function locateHttpOptions(proto: string, opts: ReadonlyMap<string, strin
   checkUrl(proto, url);
   const http: HttpLocation = { url, options };
   if (Object.keys(secretIds).length > 0) http.secrets = secretIds;
+  const nodeOptions = strongNodeOptions(proto, get, (key) => typedOpts?.get(prefix + key), options.sslVerify !== false);
+  if (nodeOptions !== undefined) http.nodeOptions = nodeOptions;
   return { path: url, format: prefix === '' ? proto : opts.get('driver'), http };
 }
 
@@ -149,7 +202,7 @@ export async function openHostFile(
 ): Promise<HostFile> {
   const given = files?.(path);
   if (given !== undefined) return given;
-  if (http !== undefined) return HttpDevice.open(http.url, withSecrets(http, secrets));
+  if (http !== undefined) return HttpDevice.open(http.url, { ...withSecrets(http, secrets), filename: httpImageName(http) });
   return FileDevice.open(path, options);
 }
 

@@ -35,7 +35,9 @@ export {
   type CollectInfoListOptions,
   type CollectInfoOptions,
 } from './info.js';
-export { type FileResolver, type HostFile, type HttpLocation, openHostFile, setHostFilePermissions } from './http-location.js';
+export {
+  checkHttpBaseDirectory, type FileResolver, type HostFile, type HttpLocation, httpImageName, openHostFile, setHostFilePermissions,
+} from './http-location.js';
 export { type ImageLocation, locateImage, locateImageFromOptions } from './location.js';
 export { type MapEntry, mapImage, type MapOptions, type MappedImage } from './map.js';
 export { MEASURABLE_FORMATS, measure, type MeasureSource } from './measure.js';
@@ -50,6 +52,7 @@ export {
   dataFileLock, imageFileLock, type NodePermissions, NO_PERMISSIONS, type OpenFlags, openingPermissions, topNodePermissions,
 } from './permissions.js';
 export { fullBackingFilename, resolveRelative } from './paths.js';
+export { isQDict, jsonString, qdictEntries, qdictOrder, qscalarText, type QValue, tdbHash, toQemuJsonLine } from './qobject-json.js';
 export { resizeImage, type ResizeImageOptions } from './resize.js';
 export { convertToStream, type StreamConvertOptions } from './stream-convert.js';
 export { guestChunks, imageReadable, imageReadableStream, type ImageReadOptions } from './stream-read.js';

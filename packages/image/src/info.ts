@@ -10,7 +10,7 @@ import { FormatError, TsimgError, UnsupportedError, LimitError, type LockingMode
 import { findFormat, DEFAULT_FORMATS } from './formats.js';
 import type { FormatInfo, ImageFormat } from './image.js';
 import type { ImageInfo, ImageInfoResult } from './info-types.js';
-import { type FileResolver, type HostFile, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
+import { type FileResolver, type HostFile, httpImageName, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
 import { locateImage, locateImageFromOptions, type ImageLocation } from './location.js';
 import { NbdClient } from './nbd/client.js';
 import { fullBackingFilename } from './paths.js';
@@ -121,7 +121,9 @@ export async function collectImageInfo(name: string, options: CollectInfoOptions
     // raw's bdrv_get_info asks its file, and the nbd driver has none: no dirty flag then.
     if (loc.nbd !== undefined && format === 'raw') delete info['dirty-flag'];
     size = sizeBytes ?? BigInt(info['virtual-size']);
-    result = { info: composeInfo(filename, options.format ?? loc.format ?? format, actual, info), warnings };
+    // A web server's file named by json: (strong curl options) has no directory for backing names.
+    const name = loc.http !== undefined ? httpImageName(loc.http, isHttpProtocol(loc.format) ? undefined : format) : filename;
+    result = { info: composeInfo(name, options.format ?? loc.format ?? format, actual, info), warnings };
     // raw's get_info asks its file, and the curl driver has none: no dirty-flag over HTTP.
     if (loc.http !== undefined && findFormat(formats, format)!.name === 'raw') delete result.info['dirty-flag'];
   } catch (err) {

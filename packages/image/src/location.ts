@@ -5,6 +5,7 @@
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, NotFoundError } from '@tsimg/raw';
 import { type HttpLocation, isHttpProtocol, locateHttpName, locateHttpOptions } from './http-location.js';
 import { pathHasProtocol } from './paths.js';
+import type { QValue } from './qobject-json.js';
 import type { NbdAddress } from './nbd/address.js';
 import { locateNbdName, locateNbdOptions } from './nbd/location.js';
 
@@ -48,14 +49,15 @@ function lockingOption(value: string | undefined): LockingMode | undefined {
 /**
  * Resolves flattened block options (`--image-opts` text, or a `json:` name) to a host file:
  * `driver`, `file.driver` (= file), `file.filename` / `file`, or `filename` with driver=file.
- * Throws qemu's messages (without the "Could not open" prefix).
+ * Throws qemu's messages (without the "Could not open" prefix). `typed` has the values of a
+ * `json:` name as JSON gave them, for the options qemu puts in a json: filename.
  */
-export function locateImageFromOptions(opts: ReadonlyMap<string, string>): ImageLocation {
+export function locateImageFromOptions(opts: ReadonlyMap<string, string>, typed?: ReadonlyMap<string, QValue>): ImageLocation {
   const nbd = locateNbdOptions(opts);
   if (nbd !== undefined) return nbd;
   const driver = opts.get('driver');
-  if (isHttpProtocol(driver)) return locateHttpOptions(driver!, opts, '');
-  if (isHttpProtocol(opts.get('file.driver'))) return locateHttpOptions(opts.get('file.driver')!, opts, 'file.');
+  if (isHttpProtocol(driver)) return locateHttpOptions(driver!, opts, '', typed);
+  if (isHttpProtocol(opts.get('file.driver'))) return locateHttpOptions(opts.get('file.driver')!, opts, 'file.', typed);
   if (driver === 'file') {
     for (const key of opts.keys()) {
       if (key !== 'driver' && key !== 'filename' && key !== 'locking') throw new UsageError(`Invalid parameter '${key}'`);
@@ -97,12 +99,13 @@ export function locateImageFromOptions(opts: ReadonlyMap<string, string>): Image
   return loc;
 }
 
-/** Flattens a JSON object into dotted keys (qemu's qdict_flatten), values as strings. */
-function flattenJson(value: unknown, prefix: string, out: Map<string, string>): void {
+/** Flattens a JSON object into dotted keys (qemu's qdict_flatten): values as strings, and as given. */
+function flattenJson(value: unknown, prefix: string, out: Map<string, string>, typed: Map<string, QValue>): void {
   if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-    for (const [k, v] of Object.entries(value as Record<string, unknown>)) flattenJson(v, prefix ? `${prefix}.${k}` : k, out);
+    for (const [k, v] of Object.entries(value as Record<string, unknown>)) flattenJson(v, prefix ? `${prefix}.${k}` : k, out, typed);
   } else {
     out.set(prefix, typeof value === 'string' ? value : JSON.stringify(value));
+    typed.set(prefix, value as QValue);
   }
 }
 
@@ -131,8 +134,9 @@ export function locateImage(name: string): ImageLocation {
       throw new UsageError('Could not parse the JSON options: Invalid JSON object given');
     }
     const opts = new Map<string, string>();
-    flattenJson(parsed, '', opts);
-    return locateImageFromOptions(opts);
+    const typed = new Map<string, QValue>();
+    flattenJson(parsed, '', opts, typed);
+    return locateImageFromOptions(opts, typed);
   }
   const nbd = locateNbdName(name, proto);
   if (nbd !== undefined) return nbd;

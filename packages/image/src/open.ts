@@ -10,7 +10,9 @@ import {
 import { DEFAULT_FORMATS, findFormat } from './formats.js';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
 import { prefixedError } from './open-error.js';
-import { type FileResolver, type HttpLocation, isHttpProtocol, openHostFile, setHostFilePermissions } from './http-location.js';
+import {
+  checkHttpBaseDirectory, type FileResolver, type HttpLocation, httpImageName, isHttpProtocol, openHostFile, setHostFilePermissions,
+} from './http-location.js';
 import { type ImageLocation, locateImage } from './location.js';
 import type { NbdAddress } from './nbd/address.js';
 import { NbdClient } from './nbd/client.js';
@@ -144,6 +146,8 @@ interface Layer {
   nbd?: NbdAddress;
   /** Where the file is when it is on a web server (`filename` is then its URL). */
   http?: HttpLocation;
+  /** The layer is a bare protocol node (driver=http, say): no format node over the file. */
+  bare?: boolean;
 }
 
 /** The format of a layer opened without one: probed from its first bytes, like qemu. */
@@ -169,6 +173,8 @@ async function openBackingLayer(
   let name: string;
   let nbd: NbdAddress | undefined;
   let http: HttpLocation | undefined;
+  // bdrv_get_full_backing_filename fails before any "Could not open backing file".
+  if (layer.http !== undefined) checkHttpBaseDirectory(layer.http, stored);
   try {
     // A name relative to a URL is a URL too (path_combine keeps "http://host/dir/").
     ({ path: name, nbd, http } = locateImage(resolveRelative(layer.filename, stored)));
@@ -233,7 +239,8 @@ async function openLayer(layer: Layer, format: ImageFormat | undefined, octx: Op
     setHostFilePermissions(file, imageFileLock(openingPermissions(perms), fmt.name));
     octx.finalLocks.push(() => setHostFilePermissions(file, imageFileLock(perms, fmt.name)));
     const ctx: LayerContext = {
-      filename,
+      // qemu's name for the node: a web server's file may get a json: name (httpImageName).
+      filename: layer.http !== undefined ? httpImageName(layer.http, layer.bare ? undefined : fmt.name) : filename,
       readOnly,
       snapshot: top?.snapshot,
       log: top?.log,
@@ -298,6 +305,7 @@ export async function openImage(filename: string, options: OpenImageOptions = {}
       perms: topNodePermissions(flags),
       nbd: loc.nbd,
       http: loc.http,
+      bare: isHttpProtocol(loc.format),
     };
     if (options.writableBacking !== undefined) {
       const fileOptions = { noFlush: options.noFlush, io: options.io };

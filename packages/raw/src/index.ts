@@ -3,6 +3,7 @@
 export { alignedBuffer } from './aligned-buffer.js';
 export { type BlockDevice, type BlockStatus, type WriteZeroesOptions, writeParts } from './block-device.js';
 export { BlobDevice } from './blob-device.js';
+export { type OpfsDeviceOptions, OpfsDevice, type OpfsDirectoryHandle, type OpfsFileHandle } from './opfs-device.js';
 export { CountingDevice, countingDevice, type DeviceCounts } from './counting.js';
 export {
   createFile,
@@ -46,4 +47,5 @@ export {
 export { MemoryDevice, type MemoryDeviceOptions } from './memory-device.js';
 export { type NativeXts, nativeXts } from './native-xts.js';
 export { readOnlyDevice } from './read-only.js';
+export { allZero, bytesEqual } from './byte-compare.js';
 export { dataRunLength, isZero, zeroRunLength } from './zero.js';

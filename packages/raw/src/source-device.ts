@@ -12,6 +12,18 @@ async function refuseChange(): Promise<never> {
   throw new ReadOnlyError();
 }
 
+/**
+ * The block status of a device that says nothing of holes (a Blob, a URL, an OPFS file): data
+ * up to `size` rounded up to whole sectors (the block layer counts sectors, so a partial last
+ * one is data, as file-posix says), zero past that.
+ */
+export function allDataStatus(size: number, offset: number, length: number): BlockStatus {
+  if (length < 1) throw new UsageError('blockStatus length must be at least 1');
+  const end = Math.ceil(size / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
+  if (offset >= end) return { kind: 'zero', offset, length };
+  return { kind: 'data', offset, length: Math.min(length, end - offset), hostOffset: offset };
+}
+
 /** A read-only device over a source of fixed size; writes, discards and resizes are refused. */
 export abstract class ReadOnlySource implements BlockDevice {
   readonly readOnly = true;
@@ -40,17 +52,11 @@ export abstract class ReadOnlySource implements BlockDevice {
     checkOpen(this.#closed);
   }
 
-  /**
-   * Data up to the size rounded up to whole sectors (the block layer counts sectors, so a
-   * partial last one is data, as file-posix says), zero past that.
-   */
+  /** All data (see allDataStatus). */
   async blockStatus(offset: number, length: number): Promise<BlockStatus> {
     checkOpen(this.#closed);
     checkRange(offset, length);
-    if (length < 1) throw new UsageError('blockStatus length must be at least 1');
-    const end = Math.ceil(this.size() / BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE;
-    if (offset >= end) return { kind: 'zero', offset, length };
-    return { kind: 'data', offset, length: Math.min(length, end - offset), hostOffset: offset };
+    return allDataStatus(this.size(), offset, length);
   }
 
   /** Unknown (qemu-img info: "disk size: unavailable"). */

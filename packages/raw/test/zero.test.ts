@@ -71,13 +71,16 @@ describe('zero detection', () => {
   });
 
   it('matches a byte-loop reference (word-loop fallback without Buffer)', async () => {
+    // The browser build's zero.ts: byte-compare.browser.ts's word loops, no Buffer anywhere.
     vi.resetModules();
+    vi.doMock('../src/byte-compare.js', () => import('../src/byte-compare.browser.js'));
     vi.stubGlobal('Buffer', undefined);
     let mod: typeof import('../src/zero.js');
     try {
       mod = await import('../src/zero.js');
     } finally {
       vi.unstubAllGlobals();
+      vi.doUnmock('../src/byte-compare.js');
     }
     check(mod);
   });

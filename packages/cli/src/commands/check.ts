@@ -8,7 +8,7 @@
 import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError, UsageError } from '@tsimg/raw';
 import { addObject } from '../object-option.js';
 import {
-  dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, luksHeaderIo, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage,
+  checkHttpBaseDirectory, dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, luksHeaderIo, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage,
   openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
@@ -93,10 +93,12 @@ async function openChecked(
   const onWarning = lockWarnings(io, writable);
   let node: NodePermissions;
   let path: string;
+  let http: HttpLocation | undefined;
   try {
     // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
     const loc = lock.http !== undefined ? { path: filename, http: lock.http, nbd: undefined } : lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
     path = loc.path;
+    http = loc.http;
     if (loc.http !== undefined && writable) throw new UsageError('curl driver does not support writes');
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
@@ -142,6 +144,8 @@ async function openChecked(
       // img_open opens the whole chain: a missing or broken backing file fails the check too.
       const fmtName = findExtension(img.extensions, 'backing-format')?.name;
       const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
+      // A json:-named curl node has no directory for a relative name (qemu fails the open).
+      if (http !== undefined) checkHttpBaseDirectory(http, info);
       const backingPath = resolveRelative(path, info);
       // A read-only top's permissions are what qemu gives a backing child of a check (its
       // user shares everything): read, sharing read and write-unchanged on a qcow2 file.

@@ -5,7 +5,7 @@
  * on-disk refcounts (compare_refcounts) and the repairs qemu makes on the way (fixing refcounts,
  * zeroing misaligned preallocated L2 entries, growing the file for refcount blocks past its end).
  */
-import { isZero, strerror } from '@tsimg/raw';
+import { bytesEqual, isZero, strerror } from '@tsimg/raw';
 import { setRefcount, getRefcount } from '../format/refcount.js';
 import {
   type CheckImage,
@@ -512,10 +512,6 @@ export async function calculateRefcounts(p: RefcountPass, fix: number): Promise<
   await checkRefblocks(p, fix);
 }
 
-function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && Buffer.from(a.buffer, a.byteOffset, a.length).equals(Buffer.from(b.buffer, b.byteOffset, b.length));
-}
-
 /** Index of the last non-zero refcount in a block, or -1. */
 function lastNonZeroEntry(block: Uint8Array, order: number): number {
   let p = block.length - 1;
@@ -553,7 +549,7 @@ export async function compareRefcounts(p: RefcountPass, fix: number): Promise<nu
     const bi = base / perBlock;
     const slice = imrt.buf.subarray(bi * img.clusterSize, (bi + 1) * img.clusterSize);
     if (!block && isZero(slice)) continue;
-    if (block && equalBytes(block, slice)) {
+    if (block && bytesEqual(block, slice)) {
       const last = lastNonZeroEntry(slice, order);
       if (last >= 0) highest = base + last;
       continue;

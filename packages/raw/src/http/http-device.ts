@@ -43,6 +43,11 @@ export interface HttpDeviceOptions {
   retries?: number;
   /** Milliseconds before the first retry, doubled for each next one (default 200). */
   backoff?: number;
+  /**
+   * The name the device goes by (what `map` prints as its file): qemu names a curl node with
+   * strong options by a `json:` filename instead of its URL. Default: the URL opened.
+   */
+  filename?: string;
 }
 
 /** Sequential streams tracked at once (see HttpDevice's #streams). */
@@ -94,6 +99,8 @@ export class HttpDevice extends ReadOnlySource {
   readonly #readahead: number;
   readonly #maxReadahead: number;
   readonly #maxRequestBlocks: number;
+  /** See HttpDeviceOptions.filename. */
+  readonly filename: string;
   /**
    * The sequential streams being read (most recent last): where each one's last read ended and
    * its read-ahead window. Several, so that metadata reads between the data reads of a convert
@@ -108,6 +115,7 @@ export class HttpDevice extends ReadOnlySource {
     this.#closeTransport = closeTransport;
     this.#file = file;
     this.#settings = settings;
+    this.filename = options.filename ?? file.url;
     this.#block = positive(options.blockSize, 64 * 1024, 'blockSize');
     this.#cache = new BlockCache(options.cacheSize ?? 64 * 1024 * 1024);
     this.#slots = new RequestSlots(positive(options.maxInFlight, 6, 'maxInFlight'));
@@ -143,7 +151,7 @@ export class HttpDevice extends ReadOnlySource {
       const reason = err instanceof Error ? err.message : String(err);
       throw new HttpError(`CURL: Error opening file: ${reason}`, { url, status: err instanceof HttpError ? err.status : undefined, cause: err });
     }
-    return new HttpDevice(file, settings, options, transport.close);
+    return new HttpDevice(file, settings, { ...options, filename: options.filename ?? url }, transport.close);
   }
 
   /** The URL reads go to (after the open's redirects). */
