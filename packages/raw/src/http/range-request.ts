@@ -203,9 +203,22 @@ async function readOnce(file: RemoteFile, settings: RequestSettings, start: numb
   });
 }
 
+/**
+ * What a body may offer besides a reader (the Node transport's): copies it into `into` as it
+ * arrives, reporting each chunk to `progress`; the bytes copied, or -1 when the body is longer
+ * than `into` (the connection is then dropped).
+ */
+export type BodyFill = (into: Uint8Array, progress: (bytes: number) => void) => Promise<number>;
+
 /** Copies the body into `into`; more bytes than `into` holds is an error (never silently cut). */
 async function readBody(url: string, res: Response, into: Uint8Array, progress: (bytes: number) => void): Promise<number> {
   if (res.body === null) return 0;
+  const fill = (res.body as { fill?: BodyFill }).fill;
+  if (fill !== undefined) {
+    const got = await fill(into, progress);
+    if (got < 0) throw new HttpError(`Server sent more than the ${into.length} bytes of the range it announced`, { url, status: res.status });
+    return got;
+  }
   const reader = res.body.getReader();
   let pos = 0;
   for (;;) {

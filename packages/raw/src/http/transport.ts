@@ -7,6 +7,7 @@
  */
 import http from 'node:http';
 import https from 'node:https';
+import type { BodyFill } from './range-request.js';
 
 /** What a Response needs to be for range-request.ts. */
 type Answer = Pick<Response, 'status' | 'ok' | 'url' | 'headers' | 'body'>;
@@ -14,21 +15,47 @@ type Answer = Pick<Response, 'status' | 'ok' | 'url' | 'headers' | 'body'>;
 /** Redirects followed, as fetch's limit. */
 const MAX_REDIRECTS = 20;
 
-function chunks(msg: http.IncomingMessage): ReadableStream<Uint8Array> {
-  // Only getReader().read() / cancel() and body.cancel() are used: a minimal stand-in.
-  const it = msg[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+/**
+ * The body of a Node answer: what range-request.ts asks of a ReadableStream (getReader().read(),
+ * cancel()), plus `fill`, which copies every chunk into the caller's buffer as it arrives.
+ * fill is the fast way: a promise per body instead of one per socket chunk (an async iterator
+ * over IncomingMessage cost ~30 µs a 64 KiB chunk here, the copy ~3 µs).
+ */
+function chunks(msg: http.IncomingMessage): ReadableStream<Uint8Array> & { fill: BodyFill } {
+  let it: AsyncIterator<Buffer> | undefined;
   const cancel = async (): Promise<void> => {
     msg.destroy();
   };
   const reader = {
     read: async (): Promise<{ done: boolean; value: Uint8Array }> => {
+      it ??= msg[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
       const r = await it.next();
       return r.done ? { done: true, value: new Uint8Array(0) } : { done: false, value: r.value };
     },
     cancel,
     releaseLock: () => undefined,
   };
-  return { getReader: () => reader, cancel } as unknown as ReadableStream<Uint8Array>;
+  const fill: BodyFill = (into, progress) =>
+    new Promise((resolve, reject) => {
+      let pos = 0;
+      let over = false;
+      msg.on('data', (chunk: Buffer) => {
+        if (over) return;
+        if (pos + chunk.length > into.length) {
+          over = true;
+          msg.destroy();
+          resolve(-1);
+          return;
+        }
+        into.set(chunk, pos);
+        pos += chunk.length;
+        progress(chunk.length);
+      });
+      msg.on('end', () => resolve(pos));
+      msg.on('error', (err) => (over ? undefined : reject(err)));
+      msg.on('close', () => (msg.complete || over ? undefined : reject(new Error('connection closed before the body ended'))));
+    });
+  return { getReader: () => reader, cancel, fill } as unknown as ReadableStream<Uint8Array> & { fill: BodyFill };
 }
 
 /**
