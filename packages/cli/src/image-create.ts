@@ -34,6 +34,15 @@ export function nbdLocation(filename: string): NbdAddress | undefined {
   }
 }
 
+/**
+ * The host file a target name stands for, or undefined for an NBD export, which is used as it
+ * is (never created, emptied or locked as a file). Throws protocolPath's UsageError for a
+ * protocol that cannot create images.
+ */
+export function targetHostFile(filename: string): string | undefined {
+  return nbdLocation(filename) === undefined ? protocolPath(filename) : undefined;
+}
+
 /** Parses a bool option's string the way the QAPI visitor does after qemu_opts_to_qdict. */
 function qapiBool(opts: QemuOpts, name: string): boolean | undefined {
   const e = opts.get(name);
