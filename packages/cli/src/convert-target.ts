@@ -3,17 +3,15 @@
  * sources' size) and img_convert's checks of them, the lock check against the sources, the
  * creation itself, and the files a failed convert removes again.
  */
-import type { Image } from '@tsimg/image';
+import { type Image, protocolPath, targetHostFile, tooLarge, uncreatableFormatMessage } from '@tsimg/image';
 import fs from 'node:fs';
 import { CliExit } from './exit.js';
 import { CACHE_MODES } from './command-options.js';
 import type { CliIO } from './command.js';
 import { lockHint } from './lock-messages.js';
-import { FILE_OPTS, FORMAT_OPTS } from './creation-options.js';
-import { createImageFile, protocolPath, targetHostFile, tooLarge } from './image-create.js';
+import { creatableFormat, createImageFile, creationOpts } from './creation-options.js';
 import { CreatedFile } from './created-file.js';
-import { mergeOptDescs, QemuOpts } from './options.js';
-import { uncreatableFormatMessage } from './qemu-formats.js';
+import type { QemuOpts } from './options.js';
 
 /** What of convert's command line the target's creation reads. */
 export interface ConvertTargetArgs {
@@ -56,11 +54,11 @@ export async function createdFiles(out: string, opts: QemuOpts): Promise<Created
 
 /** The target's creation options (without -n): `-o`, the sources' total size, `-B` and `-F`. */
 export function creationOptions(args: ConvertTargetArgs, out: string, totalBytes: number): QemuOpts {
-  const descs = FORMAT_OPTS[args.outFmt];
-  if (!descs) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
+  const format = creatableFormat(args.outFmt);
+  if (!format) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
   // An NBD target is used as it is (image-create.ts); any other protocol is refused here.
   hostFileOrExit(out);
-  const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
+  const opts = creationOpts(format);
   if (args.options !== undefined) {
     try {
       opts.parse(args.options);
@@ -125,7 +123,8 @@ export async function prepareTarget(args: ConvertTargetArgs, opened: readonly Im
   }
   if (opts) {
     try {
-      await createImageFile(args.outFmt, out, opts, args.secrets, io);
+      // (opts exist only for a format creationOptions found creatable)
+      await createImageFile(creatableFormat(args.outFmt)!, out, opts, args.secrets, io);
     } catch (err) {
       const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
       throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);

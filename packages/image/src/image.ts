@@ -3,8 +3,11 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+import type { AmendOptions, BitmapAction, MeasureResult, Secrets, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
+import type { MeasureSource } from './measure.js';
+import type { NbdAddress } from './nbd/address.js';
+import type { OptDesc, QemuOpts } from './qemu-opts.js';
 
 export type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 
@@ -162,4 +165,41 @@ export interface ImageFormat {
    * the exact size in bytes when `virtual-size` (a number) cannot hold it.
    */
   info(file: BlockDevice): Promise<{ info: FormatInfo; warnings: string[]; sizeBytes?: bigint }>;
+  /** How images of this format are created (`create`, `convert`, `-o help`); absent: they are not. */
+  readonly creation?: FormatCreation;
+}
+
+/**
+ * What a format (or the file protocol) supplies to be created: qemu's `create_opts` and
+ * `bdrv_co_create_opts` of its driver.
+ */
+export interface FormatCreation {
+  /**
+   * The creation options in qemu 7.2's order and with its help texts: `-o` is parsed against
+   * them merged with the file protocol's, and `-o help` prints them.
+   */
+  readonly options: readonly OptDesc[];
+  /** Creates the image at host path `path` from `opts`, which hold the size. */
+  create(path: string, opts: QemuOpts, ctx: CreateContext): Promise<void>;
+  /**
+   * Creates the image on an NBD export, which is used as it is (bdrv_co_create_opts_simple);
+   * absent: the format cannot be created there.
+   */
+  createOnNbd?(nbd: NbdAddress, opts: QemuOpts): Promise<void>;
+  /**
+   * qemu's bdrv_measure: the file size a new image of this format with creation options `opts`
+   * needs for `source`; `secrets` for the key secret the options name. Absent: the format does
+   * not support size measurement.
+   */
+  measure?(source: MeasureSource, opts: QemuOpts, secrets: Secrets): Promise<MeasureResult>;
+}
+
+/** What creating an image may need besides its options. */
+export interface CreateContext {
+  /** `--object secret,...` data by id, for the key secrets the options name. */
+  secrets: Secrets;
+  /** Lock warnings of the files created (FileDeviceOptions.onWarning). */
+  onWarning?: (message: string) => void;
+  /** A line qemu prints (error_report) on the way to the error that follows it. */
+  report?: (line: string) => void;
 }

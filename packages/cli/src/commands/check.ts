@@ -9,7 +9,7 @@ import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError
 import { addObject } from '../object-option.js';
 import {
   dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, luksHeaderIo, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage,
-  openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions,
+  openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions, QEMU_FORMATS,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
@@ -46,7 +46,6 @@ import {
   refuseFormatWithImageOpts,
   usageExit,
 } from '../command-options.js';
-import { QEMU_FORMATS } from '../qemu-formats.js';
 import { repairLog } from '../image-open.js';
 import { interruptsOf } from '../interrupt.js';
 import { parseImageOpts } from '../image-opts.js';

@@ -6,12 +6,13 @@
  * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
  * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove, createOnNbd, imageFileLock, NbdClient, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
+import {
+  blockStatusAbove, createOnNbd, imageFileLock, NbdClient, nbdLocation, openImage as openRawOrQcow2, topNodePermissions, type Image,
+} from '@tsimg/image';
 import { createQcow2 } from '@tsimg/qcow2';
 import fs from 'node:fs';
 import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from '../exit.js';
-import { nbdLocation } from '../image-create.js';
 import { getoptLong } from '../getopt.js';
 import {
   FORCE_SHARE_OPTION,
