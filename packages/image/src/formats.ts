@@ -12,6 +12,7 @@ import { RAW_CREATION } from './image-create.js';
 import { createLuksImage, LUKS_OPTS, measureLuks } from './luks-create.js';
 import { luksHeaderIo } from './luks-header-io.js';
 import { LuksImage } from './luks-image.js';
+import { QCOW2_CHECK } from './qcow2-check.js';
 import { createQcow2Image, createQcow2OnNbd, measureQcow2Image, QCOW2_OPTS } from './qcow2-create.js';
 import { RawImage } from './raw-image.js';
 
@@ -95,6 +96,7 @@ export const qcow2Format: ImageFormat = {
     return { info: qcow2ImageInfo(meta), warnings: meta.warnings, sizeBytes: meta.sizeBytes };
   },
   creation: { options: QCOW2_OPTS, create: createQcow2Image, createOnNbd: createQcow2OnNbd, measure: measureQcow2Image },
+  check: QCOW2_CHECK,
 };
 
 /** The passphrase of the layer's key secret, looked up when the format needs it. */

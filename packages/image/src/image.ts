@@ -3,10 +3,11 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { AmendOptions, BitmapAction, MeasureResult, Secrets, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+import type { AmendOptions, BitmapAction, CheckOutcome, MeasureResult, Secrets, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
 import type { MeasureSource } from './measure.js';
 import type { NbdAddress } from './nbd/address.js';
+import type { NodePermissions } from './permissions.js';
 import type { OptDesc, QemuOpts } from './qemu-opts.js';
 
 export type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
@@ -167,6 +168,54 @@ export interface ImageFormat {
   info(file: BlockDevice): Promise<{ info: FormatInfo; warnings: string[]; sizeBytes?: bigint }>;
   /** How images of this format are created (`create`, `convert`, `-o help`); absent: they are not. */
   readonly creation?: FormatCreation;
+  /**
+   * qemu's bdrv_co_check for `qemu-img check`; absent: "This image format does not support
+   * checks" once the image has been opened with {@link open}.
+   */
+  readonly check?: FormatCheck;
+}
+
+/** What a format supplies for `qemu-img check`. */
+export interface FormatCheck {
+  /**
+   * Opens `file` for a check (bdrv_open with qemu's check flag): the format's header checks,
+   * then the files it names. Throws the typed error of the open; what it opened itself is
+   * closed again then (not `file`, which stays the caller's).
+   */
+  open(file: BlockDevice, ctx: CheckOpenContext): Promise<CheckSession>;
+}
+
+/** How {@link FormatCheck.open} opens: the command's mode, locks and reporting. */
+export interface CheckOpenContext {
+  /** The image's name (messages, and a reopen after a repair). */
+  readonly filename: string;
+  /** The host path names stored in the image are relative to. */
+  readonly path: string;
+  /** `-r`: the image is opened read/write to be repaired. */
+  readonly writable: boolean;
+  /** The permissions of the top node, for the files the image names (its data file). */
+  readonly node: NodePermissions;
+  readonly onWarning?: (message: string) => void;
+  /** Receives the lines qemu prints while it opens and repairs the image. */
+  readonly log: (line: string, kind?: 'report' | 'raw') => void;
+  /** The secret id of the image's key (`encrypt.key-secret`), if given. */
+  readonly keySecret?: string;
+  readonly secrets: ReadonlyMap<string, Uint8Array>;
+  /**
+   * Opens a backing image (by its resolved path, with its recorded format if that is one tsimg
+   * opens) read-only, as the check's caller opens images: the chain must open for the check.
+   */
+  openBacking(path: string, format: string | undefined): Promise<Image>;
+}
+
+/** An image open for checking. */
+export interface CheckSession {
+  /** One pass of the check, repairing what `fix` (FIX_LEAKS | FIX_ERRORS) allows. */
+  check(fix: number): Promise<CheckOutcome>;
+  /** After a repair: what closing qemu's read/write node writes (best effort, never throws). */
+  finishRepair(): Promise<void>;
+  /** Closes the files the open opened besides the image's own file. */
+  close(): Promise<void>;
 }
 
 /**

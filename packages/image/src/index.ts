@@ -12,6 +12,7 @@ export { DEFAULT_FORMATS, findFormat, luksFormat, luksHeaderIo, qcow2Format, raw
 export {
   type CreatableFormat, createImage, FILE_OPTS, findCreatableFormat, nbdLocation, protocolPath, targetHostFile, tooLarge,
 } from './image-create.js';
+export { openForCheckAs } from './image-check.js';
 export { LuksImage } from './luks-image.js';
 export {
   type FormatInfo,
@@ -25,7 +26,10 @@ export {
   type SnapshotSelector,
   type AmendOptions,
   type TruncateOptions,
+  type CheckOpenContext,
+  type CheckSession,
   type CreateContext,
+  type FormatCheck,
   type FormatCreation,
 } from './image.js';
 export {

@@ -58,6 +58,7 @@ describe('@tsimg/image public API', () => {
     'measure',
     'mergeOptDescs',
     'nbdLocation',
+    'openForCheckAs',
     'openHostFile',
     'openImage',
     'openTemporaryOverlay',
