@@ -3,7 +3,7 @@
  * sources' size) and img_convert's checks of them, the lock check against the sources, the
  * creation itself, and the files a failed convert removes again.
  */
-import { type Image, protocolPath, targetHostFile, tooLarge, uncreatableFormatMessage } from '@tsimg/image';
+import { DEFAULT_FORMATS, findFormat, type Image, protocolPath, targetHostFile, tooLarge, uncreatableFormatMessage } from '@tsimg/image';
 import fs from 'node:fs';
 import { CliExit } from './exit.js';
 import { CACHE_MODES } from './command-options.js';
@@ -95,7 +95,7 @@ export function checkTargetOptions(
     throw new CliExit(1, 'Use of backing file requires explicit backing format');
   }
   if (args.compressed && opts) {
-    if (args.outFmt !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+    if (!findFormat(DEFAULT_FORMATS, args.outFmt)?.writesCompressed) throw new CliExit(1, 'Compression not supported for this file format');
     if (opts.get('encryption') !== undefined || opts.getString('encrypt.format') !== undefined) {
       throw new CliExit(1, 'Compression and encryption not supported at the same time');
     }

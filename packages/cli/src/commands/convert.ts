@@ -4,7 +4,7 @@
  * copy loop `convertCopy` of @tsimg/image, which makes the same allocation decisions as qemu's
  * in-order convert so a qcow2 target comes out byte for byte the same.
  */
-import { convertCopy, type Image } from '@tsimg/image';
+import { convertCopy, DEFAULT_FORMATS, findFormat, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
@@ -334,7 +334,8 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
   }
   // qemu loads the snapshot into the opened image; reopening on it gives the same view.
   const first = opened[0]!;
-  if (first.format !== 'qcow2') {
+  // bdrv_snapshot_load_tmp needs a format with internal snapshots.
+  if (first.listSnapshots === undefined) {
     throw new CliExit(
       1,
       `Failed to load snapshot: Block format '${first.format}' used by device '' does not support temporarily loading internal snapshots`,
@@ -381,7 +382,9 @@ async function checkTarget(args: ConvertArgs, target: Image, totalBytes: number)
   if (args.bitmaps && (await target.listBitmaps?.()) === undefined) {
     throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
   }
-  if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+  if (args.compressed && !findFormat(DEFAULT_FORMATS, target.format)?.writesCompressed) {
+    throw new CliExit(1, 'Compression not supported for this file format');
+  }
   if (args.skipCreate && target.size() < totalBytes) throw new CliExit(1, 'output file is smaller than input file');
 }
 
@@ -408,8 +411,9 @@ async function copy(
       progress: (pct) => progress.print(pct, 0),
       compressor: pool,
       compressorThreads: pool?.threads,
-      // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
-      // writes one at a time, as qemu's throttle sees them.
+      // A raw target's layout does not depend on write order (a qcow2 one's does, and so may
+      // any other format's: only raw is known safe); -r meters writes one at a time, as qemu's
+      // throttle sees them.
       parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
       signal,
     });
