@@ -34,6 +34,8 @@ export async function isStreamTarget(name: string): Promise<boolean> {
 export function checkStreamArgs(a: { skipCreate: boolean; bitmaps: boolean; outFmt: string; targetImageOpts: boolean }): void {
   if (a.skipCreate || a.targetImageOpts) throw new CliExit(1, 'A stream target cannot be opened as an existing image (-n)');
   if (a.bitmaps) throw new CliExit(1, 'Copying bitmaps to a stream target is not supported');
+  // convertToStream (@tsimg/image) lays out raw and qcow2 only: qcow2's metadata goes first,
+  // planned from the sources' block status, which no ImageFormat member describes.
   if (a.outFmt !== 'raw' && a.outFmt !== 'qcow2') throw new CliExit(1, `Writing '${a.outFmt}' to a stream is not supported`);
 }
 

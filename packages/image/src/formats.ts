@@ -98,6 +98,7 @@ export const qcow2Format: ImageFormat = {
   creation: { options: QCOW2_OPTS, create: createQcow2Image, createOnNbd: createQcow2OnNbd, measure: measureQcow2Image },
   check: QCOW2_CHECK,
   writesCompressed: true,
+  fastZeroes: true,
 };
 
 /** The passphrase of the layer's key secret, looked up when the format needs it. */

@@ -166,6 +166,11 @@ export interface ImageFormat {
    * the exact size in bytes when `virtual-size` (a number) cannot hold it.
    */
   info(file: BlockDevice): Promise<{ info: FormatInfo; warnings: string[]; sizeBytes?: bigint }>;
+  /**
+   * True when the format zeroes a range in its metadata, without writing or punching its file
+   * (a zero write with BDRV_REQ_NO_FALLBACK succeeds): NBD's fast-zero flag is offered for it.
+   */
+  readonly fastZeroes?: boolean;
   /** True when the format writes compressed clusters (qemu's bdrv_co_pwritev_compressed): `convert -c`. */
   readonly writesCompressed?: boolean;
   /** How images of this format are created (`create`, `convert`, `-o help`); absent: they are not. */

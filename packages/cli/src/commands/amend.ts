@@ -216,6 +216,7 @@ export const run: CommandRunner = async (argv, io) => {
       progress.print(0, 0);
       const amend = image.amend.bind(image);
       const crypto: CryptoContext = {
+        // qemu's option names: luks's own, qcow2's under `encrypt.` (the AMEND_OPTS tables).
         prefix: image.format === 'luks' ? '' : 'encrypt.',
         keySecret: args.imageOpts ? parseImageOpts(args.filename).keySecret : undefined,
         secrets: args.secrets,

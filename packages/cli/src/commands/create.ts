@@ -32,6 +32,8 @@ function fullBackingName(filename: string, backing: string): string {
 /** Opens the backing image as bdrv_img_create does; returns its format and size. */
 async function openBacking(fullName: string, fmt: string | undefined): Promise<{ format: string; size: number }> {
   if (fmt !== undefined && !QEMU_FORMATS.has(fmt)) throw new UsageError(`Unknown driver '${fmt}'`);
+  // The formats whose size tsimg reads without I/O beyond metadata: qemu opens a luks backing
+  // file with BDRV_O_NO_IO and no key, which tsimg's luks open cannot do.
   if (fmt !== undefined && fmt !== 'raw' && fmt !== 'qcow2' && fmt !== 'file') {
     throw new UnsupportedError(`tsimg cannot open '${fmt}' images`);
   }

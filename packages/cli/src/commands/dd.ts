@@ -185,6 +185,7 @@ async function writeOutput(job: DdJob): Promise<void> {
     // An NBD export cannot be created (bdrv_co_create_opts_simple): it is used as it is, its
     // first sector zeroed — so zero runs of the input are written too, as qemu's dd writes
     // every block, and the export ends up holding what qemu-img dd leaves there.
+    // Only a raw output is written onto an export (dd copies into the export device itself).
     if (outFmt !== 'raw') throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create a ${outFmt} image on an NBD export`);
     try {
       await createOnNbd(nbd, Number(createSize));
