@@ -3,7 +3,6 @@
  * options, the QAPI visit of the LUKS members (shared with qcow2's `encrypt.` options), and the
  * file sized to the header area plus the guest size, then the header and key slot 0.
  */
-import fs from 'node:fs';
 import { type LuksCreateOptions, luksPayloadBytes, LuksVolume, type MeasureResult, type Secrets, secretAsUtf8 } from '@tsimg/qcow2';
 import { createFile, FileDevice, truncateWithPreallocation, UnsupportedError, UsageError } from '@tsimg/raw';
 import { luksHeaderIo } from './luks-header-io.js';
@@ -107,7 +106,7 @@ export async function createLuksImage(path: string, opts: QemuOpts, ctx: CreateC
     await file.close();
   } catch (err) {
     await file.close().catch(() => undefined);
-    await fs.promises.rm(path, { force: true }).catch(() => undefined);
+    await FileDevice.remove(path).catch(() => undefined);
     throw err;
   } finally {
     password.fill(0);

@@ -4,7 +4,6 @@
  * BlockdevCreateOptionsQcow2, then the files and the image — on a host file, or formatted in
  * place on an NBD export.
  */
-import fs from 'node:fs';
 import {
   createQcow2, type LuksCreateOptions, type MeasureResult, type Qcow2CreateOptions, type Qcow2MeasureOptions, type Qcow2Preallocation,
   resolveQcow2CreateOptions, type Secrets, secretAsUtf8,
@@ -126,11 +125,11 @@ export async function createQcow2Image(path: string, opts: QemuOpts, ctx: Create
   try {
     if (dataName !== undefined) {
       const dataPath = protocolPath(dataName);
-      if (await sameFile(path, dataPath)) {
+      if (await FileDevice.sameFile(path, dataPath)) {
         // qemu holds the image open, so creating it again as the data file fails on its lock;
         // the image is deleted, and deleting it a second time warns
         cleanup.splice(0);
-        await fs.promises.rm(path, { force: true });
+        await FileDevice.remove(path);
         ctx.report?.(`${dataPath} is not a regular file: No such file or directory`);
         throw new UsageError(`Failed to get shared "resize" lock\nIs another process using the image [${dataPath}]?`);
       }
@@ -162,7 +161,7 @@ export async function createQcow2Image(path: string, opts: QemuOpts, ctx: Create
     for (const d of devices.splice(0)) await d.close();
   } catch (err) {
     for (const d of devices) await d.close().catch(() => undefined);
-    for (const p of cleanup) await fs.promises.rm(p, { force: true }).catch(() => undefined);
+    for (const p of cleanup) await FileDevice.remove(p).catch(() => undefined);
     throw err;
   }
 }
@@ -222,14 +221,4 @@ function qcow2MeasureOptions(opts: QemuOpts): Qcow2MeasureOptions {
 /** qcow2_measure for creation options `opts`; the LUKS header's size is asked only when encrypted. */
 export function measureQcow2Image(source: MeasureSource, opts: QemuOpts, secrets: Secrets): Promise<MeasureResult> {
   return measureQcow2Source(source, { ...qcow2MeasureOptions(opts), luksHeaderBytes: () => luksHeaderBytes(opts, 'encrypt.', secrets) });
-}
-
-/** Whether two paths name the same existing file. */
-async function sameFile(a: string, b: string): Promise<boolean> {
-  try {
-    const [sa, sb] = await Promise.all([fs.promises.stat(a), fs.promises.stat(b)]);
-    return sa.dev === sb.dev && sa.ino === sb.ino;
-  } catch {
-    return false;
-  }
 }

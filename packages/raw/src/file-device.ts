@@ -125,6 +125,24 @@ export class FileDevice implements BlockDevice {
     return new FileDevice(path, file, options);
   }
 
+  /**
+   * Removes the host file at `path` if there is one: what a failed creation leaves is deleted
+   * again, as qemu's image creation does. Never throws for a missing file.
+   */
+  static async remove(path: string): Promise<void> {
+    await fs.promises.rm(path, { force: true });
+  }
+
+  /** Whether two paths name the same existing host file (same device and inode). */
+  static async sameFile(a: string, b: string): Promise<boolean> {
+    try {
+      const [sa, sb] = await Promise.all([fs.promises.stat(a), fs.promises.stat(b)]);
+      return sa.dev === sb.dev && sa.ino === sb.ino;
+    } catch {
+      return false;
+    }
+  }
+
   /** The locks this device holds (see the `lock` option). */
   lockState(): FileLockState {
     const lock = this.#lock;
