@@ -11,12 +11,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { Writable } from 'node:stream';
-import { convertToStream, imageWritable, StreamSink, type Image } from '@tsimg/image';
+import { convertToStream, imageWritable, qcow2CreateOptionsOf, StreamSink, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool } from '@tsimg/qcow2';
 import { FileDevice } from '@tsimg/raw';
 import { CliExit, errorMessage } from './exit.js';
 import type { CliIO } from './command.js';
-import { qcow2CreateOptionsOf } from './image-create.js';
 import { corruptionLine } from './image-open.js';
 import type { QemuOpts } from './options.js';
 import type { Progress } from './progress.js';
@@ -35,6 +34,8 @@ export async function isStreamTarget(name: string): Promise<boolean> {
 export function checkStreamArgs(a: { skipCreate: boolean; bitmaps: boolean; outFmt: string; targetImageOpts: boolean }): void {
   if (a.skipCreate || a.targetImageOpts) throw new CliExit(1, 'A stream target cannot be opened as an existing image (-n)');
   if (a.bitmaps) throw new CliExit(1, 'Copying bitmaps to a stream target is not supported');
+  // convertToStream (@tsimg/image) lays out raw and qcow2 only: qcow2's metadata goes first,
+  // planned from the sources' block status, which no ImageFormat member describes.
   if (a.outFmt !== 'raw' && a.outFmt !== 'qcow2') throw new CliExit(1, `Writing '${a.outFmt}' to a stream is not supported`);
 }
 

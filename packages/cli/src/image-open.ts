@@ -3,12 +3,11 @@
  * format list first, so an unknown name reads like qemu's ("Unknown driver 'foo'") and a format
  * qemu knows but tsimg does not handle says so, before @tsimg/image's `openImage` runs.
  */
-import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions } from '@tsimg/image';
+import { DEFAULT_FORMATS, findFormat, openImage, type Image, type OpenImageOptions, QEMU_FORMATS } from '@tsimg/image';
 import { type LockingMode, TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import type { CliIO } from './command.js';
 import { CliExit } from './exit.js';
 import { parseImageOpts } from './image-opts.js';
-import { QEMU_FORMATS } from './qemu-formats.js';
 
 /**
  * Opens `name` (read-only unless asked) with an optional `-f` format name. With `imageOpts`,

@@ -3,10 +3,9 @@
  * (`driver=qcow2,file.filename=x`), split into its keys and resolved to a host file and a format.
  * Shared by every command that takes `--image-opts`.
  */
-import { type HttpLocation, locateImageFromOptions } from '@tsimg/image';
+import { type HttpLocation, locateImageFromOptions, QEMU_FORMATS } from '@tsimg/image';
 import type { LockingMode } from '@tsimg/raw';
 import { CliExit } from './exit.js';
-import { QEMU_FORMATS } from './qemu-formats.js';
 
 /**
  * Splits `--image-opts` text the way QemuOpts does: comma-separated `key=value` pairs, ",," for

@@ -8,7 +8,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, writeFileSync, writeSync } from 'node:fs';
 import {
-  imageBitmapContext, type Image, type NbdExport, type NbdListenAddress, NbdServer, openTemporaryOverlay,
+  DEFAULT_FORMATS, findFormat, imageBitmapContext, type Image, type NbdExport, type NbdListenAddress, NbdServer, openTemporaryOverlay,
 } from '@tsimg/image';
 import type { CliIO } from './command.js';
 import { CliExit, errorMessage } from './exit.js';
@@ -78,7 +78,7 @@ async function makeExport(c: NbdServeConfig, image: Image): Promise<NbdExport> {
     allocationDepth: c.allocationDepth,
     bitmaps,
     // qcow2 zeroes clusters in its metadata; raw would have to write (or punch) the file.
-    fastZero: image.format === 'qcow2',
+    fastZero: findFormat(DEFAULT_FORMATS, image.format)?.fastZeroes === true,
     unmap: c.discard === 'unmap',
     detectZeroes: c.detectZeroes,
     writethrough: c.cache === 'writethrough' || c.cache === 'directsync',

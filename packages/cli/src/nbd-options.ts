@@ -65,6 +65,37 @@ function strtoi(text: string): number | undefined {
 
 const CACHE_MODES = ['none', 'off', 'writeback', 'writethrough', 'directsync', 'unsafe'];
 
+/** qemu-nbd's cache, aio, discard and detect-zeroes options, checked in its order and words. */
+function applyIoMode(c: NbdServeConfig, key: string, v: string, seen: Set<string>): void {
+  const once = (what: string, message: string): void => {
+    if (seen.has(what)) fail(message);
+    seen.add(what);
+  };
+  switch (key) {
+    case 'n':
+    case 'cache':
+      once('cache', '-n and --cache can only be specified once');
+      if (!CACHE_MODES.includes(key === 'n' ? 'none' : v)) fail(`Invalid cache mode \`${v}'`);
+      c.cache = key === 'n' ? 'none' : v;
+      break;
+    case 'aio':
+      once('aio', '--aio can only be specified once');
+      if (!['threads', 'native', 'io_uring'].includes(v)) fail(`Invalid aio mode '${v}'`);
+      break;
+    case 'discard':
+      once('discard', '--discard can only be specified once');
+      if (v === 'off' || v === 'ignore') c.discard = 'ignore';
+      else if (v === 'on' || v === 'unmap') c.discard = 'unmap';
+      else fail(`Invalid discard mode \`${v}'`);
+      break;
+    case 'detect-zeroes':
+      if (v !== 'off' && v !== 'on' && v !== 'unmap') fail(`Failed to parse detect_zeroes mode: Parameter 'detect-zeroes' does not accept value '${v}'`);
+      if (v === 'unmap' && c.discard !== 'unmap') fail('setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
+      c.detectZeroes = v as NbdServeConfig['detectZeroes'];
+      break;
+  }
+}
+
 /** Parses tsimg-nbd's argv (without the program name). Throws CliExit with qemu-nbd's messages. */
 export function parseNbdArgs(argv: readonly string[]): NbdServeConfig {
   const parsed = getoptLong(argv, 'hVb:o:p:rsnc:dvk:e:f:tl:x:T:D:AB:L', LONG, 'tsimg-nbd');
@@ -73,9 +104,8 @@ export function parseNbdArgs(argv: readonly string[]): NbdServeConfig {
     readOnly: false, snapshot: false, exportName: '', bitmaps: [], allocationDepth: false, discard: 'ignore',
     detectZeroes: 'off', cache: 'writeback', fork: false, verbose: false,
   };
-  let seenCache = false;
-  let seenDiscard = false;
-  let seenAio = false;
+  // The I/O modes qemu-nbd allows once each ('n' and 'cache' are one).
+  const seen = new Set<string>();
   let exportName: string | undefined;
   let list = false;
   let device = false;
@@ -88,27 +118,10 @@ export function parseNbdArgs(argv: readonly string[]): NbdServeConfig {
         break;
       case 'n':
       case 'cache':
-        if (seenCache) fail('-n and --cache can only be specified once');
-        seenCache = true;
-        if (!CACHE_MODES.includes(key === 'n' ? 'none' : v)) fail(`Invalid cache mode \`${v}'`);
-        c.cache = key === 'n' ? 'none' : v;
-        break;
       case 'aio':
-        if (seenAio) fail('--aio can only be specified once');
-        seenAio = true;
-        if (!['threads', 'native', 'io_uring'].includes(v)) fail(`Invalid aio mode '${v}'`);
-        break;
       case 'discard':
-        if (seenDiscard) fail('--discard can only be specified once');
-        seenDiscard = true;
-        if (v === 'off' || v === 'ignore') c.discard = 'ignore';
-        else if (v === 'on' || v === 'unmap') c.discard = 'unmap';
-        else fail(`Invalid discard mode \`${v}'`);
-        break;
       case 'detect-zeroes':
-        if (v !== 'off' && v !== 'on' && v !== 'unmap') fail(`Failed to parse detect_zeroes mode: Parameter 'detect-zeroes' does not accept value '${v}'`);
-        if (v === 'unmap' && c.discard !== 'unmap') fail('setting detect-zeroes to unmap is not allowed without setting discard operation to unmap');
-        c.detectZeroes = v as NbdServeConfig['detectZeroes'];
+        applyIoMode(c, key, v, seen);
         break;
       case 'b':
         c.bind = v;

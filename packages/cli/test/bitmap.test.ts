@@ -58,9 +58,10 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
 
   /**
    * Runs each command line on a copy of `base` with qemu-img and with tsimg: the same status and
-   * stderr every time, then byte-identical files and the same info.
+   * stderr every time, then byte-identical files and the same info; `checkArgs` opens the
+   * result for qemu-img check (an encrypted image needs its key secret).
    */
-  function sameSequence(base: string, commands: string[][]): void {
+  function sameSequence(base: string, commands: string[][], checkArgs = (file: string): string[] => [file]): void {
     copyFileSync(p(base), p('q.qcow2'));
     copyFileSync(p(base), p('t.qcow2'));
     for (const c of commands) {
@@ -78,7 +79,7 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     expect(readFileSync(p('t.qcow2')).equals(readFileSync(p('q.qcow2'))), 'files byte-identical').toBe(true);
     const info = (f: string): string => img('info', p(f)).replace(p(f), 'IMG');
     expect(info('t.qcow2')).toBe(info('q.qcow2'));
-    img('check', p('t.qcow2'));
+    img('check', ...checkArgs(p('t.qcow2')));
   }
 
   const sequences: { name: string; base: string; commands: string[][] }[] = [
@@ -160,6 +161,24 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     ]) {
       sameSequence('empty.qcow2', [args]);
     }
+  });
+
+  it('an encrypted qcow2: --object secret gives the key secret --image-opts names, as qemu-img', () => {
+    img('create', '-q', '-f', 'qcow2', '--object', 'secret,id=s0,data=pw', '-o', 'encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10', p('enc.qcow2'), '4M');
+    const secret = ['--object', 'secret,id=s0,data=pw'];
+    const opts = ['--image-opts', 'driver=qcow2,file.filename=@,encrypt.key-secret=s0'];
+    sameSequence('enc.qcow2', [
+      [...secret, ...opts, '--add', 'b0'],
+      [...secret, ...opts, '--add', '-g', '4k', '--disable', 'b1'],
+      [...secret, ...opts, '--clear', '--enable', 'b1'],
+      // without the secret, or without naming it, the image cannot be opened
+      [...opts, '--remove', 'b0'],
+      [...secret, '--image-opts', 'driver=qcow2,file.filename=@', '--remove', 'b0'],
+      // a merge source given with -b is opened without key secrets (img_open of a file name)
+      [...secret, ...opts, '--merge', 'b1', '-b', '~enc.qcow2', 'b0'],
+      [...secret, ...opts, '--merge', 'b1', 'b0'],
+      [...secret, ...opts, '--remove', 'b1'],
+    ], (file) => [...secret, ...opts.map((a) => a.replace('@', file))]);
   });
 
   it('raw and v2 images: no persistent bitmaps', () => {

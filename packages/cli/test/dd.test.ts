@@ -80,6 +80,13 @@ describeQemu('tsimg dd vs qemu-img dd', () => {
     expectSame(['--image-opts', 'if=driver=qcow2,file.filename=src.qcow2', 'bs=64k']);
   });
 
+  it('creates the output through its format: -O file is raw, -O luks needs a key secret', () => {
+    expectSame(['-O', 'file', 'if=src.qcow2']);
+    expectSame(['-O', 'file', '-f', 'raw', 'if=in.bin', 'bs=300', 'count=7']);
+    expectSame(['-O', 'luks', 'if=in.bin']);
+    expectSame(['--object', 'secret,id=s0,data=x', '-O', 'luks', 'if=in.bin']);
+  });
+
   it('fails like qemu-img', () => {
     expectSame(['if=missing']);
     expectSame(['-O', 'foo', 'if=in.bin']);

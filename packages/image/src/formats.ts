@@ -1,6 +1,6 @@
 /**
- * The formats tsimg opens: raw and qcow2, each described to the generic layer as an
- * {@link ImageFormat}. A new format is one more entry here (or in a caller's own list).
+ * The formats tsimg opens and creates: raw, qcow2 and luks, each described to the generic
+ * layer as an {@link ImageFormat}. A new format is one more entry here (or in a caller's own list).
  */
 import {
   findExtension, hasLuksFormat, loadQcow2Metadata, LuksVolume, openQcow2Metadata, Qcow2Image, qcow2ImageInfo, QCOW2_MAGIC, INCOMPAT_DATA_FILE,
@@ -8,7 +8,12 @@ import {
 } from '@tsimg/qcow2';
 import { BDRV_SECTOR_SIZE, IoError, TsimgError, UnsupportedError, UsageError, type BlockDevice, NotFoundError } from '@tsimg/raw';
 import type { Image, ImageFormat, LayerContext, SnapshotSelector } from './image.js';
+import { RAW_CREATION } from './image-create.js';
+import { createLuksImage, LUKS_OPTS, measureLuks } from './luks-create.js';
+import { luksHeaderIo } from './luks-header-io.js';
 import { LuksImage } from './luks-image.js';
+import { QCOW2_CHECK } from './qcow2-check.js';
+import { createQcow2Image, createQcow2OnNbd, measureQcow2Image, QCOW2_OPTS } from './qcow2-create.js';
 import { RawImage } from './raw-image.js';
 
 const SECTOR = BDRV_SECTOR_SIZE;
@@ -30,6 +35,7 @@ export const rawFormat: ImageFormat = {
     // The file driver counts whole sectors, rounding a partial last sector up.
     return { info: { 'dirty-flag': false, 'virtual-size': Math.ceil(file.size() / SECTOR) * SECTOR }, warnings: [] };
   },
+  creation: RAW_CREATION,
 };
 
 /** The snapshot a selector names (qemu-img's `-s`/`-l`): an ID first, then a name. */
@@ -89,24 +95,16 @@ export const qcow2Format: ImageFormat = {
     const meta = await loadQcow2Metadata(file);
     return { info: qcow2ImageInfo(meta), warnings: meta.warnings, sizeBytes: meta.sizeBytes };
   },
+  creation: { options: QCOW2_OPTS, create: createQcow2Image, createOnNbd: createQcow2OnNbd, measure: measureQcow2Image },
+  check: QCOW2_CHECK,
+  writesCompressed: true,
+  fastZeroes: true,
 };
 
 /** The passphrase of the layer's key secret, looked up when the format needs it. */
 function keyPassword(ctx: LayerContext): (() => Uint8Array) | undefined {
   const id = ctx.keySecret;
   return id === undefined ? undefined : () => secretAsUtf8(ctx.secrets, id);
-}
-
-/** The header area of a raw LUKS file: offset 0 on. */
-function luksIo(file: BlockDevice) {
-  return {
-    read: async (offset: number, into: Uint8Array) => {
-      const avail = Math.max(0, Math.min(into.length, file.size() - offset));
-      if (avail > 0) await file.read(offset, into.subarray(0, avail));
-      into.fill(0, avail);
-    },
-    write: (offset: number, data: Uint8Array) => file.write(offset, data),
-  };
 }
 
 /** block_crypto_getlength: a file shorter than its header area has no size. */
@@ -129,7 +127,7 @@ export const luksFormat: ImageFormat = {
     if (password === undefined) throw new UsageError("Parameter 'key-secret' is required for cipher", { errno: 'EINVAL' });
     const pw = password();
     try {
-      const volume = await LuksVolume.open(luksIo(file), pw);
+      const volume = await LuksVolume.open(luksHeaderIo(file), pw);
       try {
         checkPayload(file, volume);
       } catch (err) {
@@ -142,7 +140,7 @@ export const luksFormat: ImageFormat = {
     }
   },
   async info(file: BlockDevice) {
-    const volume = await LuksVolume.open(luksIo(file), undefined);
+    const volume = await LuksVolume.open(luksHeaderIo(file), undefined);
     checkPayload(file, volume);
     const size = Math.floor(Math.max(0, file.size() - volume.payloadOffset) / SECTOR) * SECTOR;
     return {
@@ -150,10 +148,11 @@ export const luksFormat: ImageFormat = {
       warnings: [],
     };
   },
+  creation: { options: LUKS_OPTS, create: createLuksImage, measure: measureLuks },
 };
 
 /** The raw LUKS header area of `file`, for creation and amend. */
-export { luksIo as luksHeaderIo };
+export { luksHeaderIo } from './luks-header-io.js';
 
 /** The formats tsimg knows, in probing order. */
 export const DEFAULT_FORMATS: readonly ImageFormat[] = [qcow2Format, luksFormat, rawFormat];

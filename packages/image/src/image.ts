@@ -3,8 +3,13 @@
  * image and data file), and what a format provides to be opened, probed and reported on.
  */
 import type { BlockDevice } from '@tsimg/raw';
-import type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+import type { AmendOptions, BitmapAction, CheckOutcome, MeasureResult, Secrets, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
+import type { HttpLocation } from './http-location.js';
 import type { ImageInfo, SnapshotInfo } from './info-types.js';
+import type { MeasureSource } from './measure.js';
+import type { NbdAddress } from './nbd/address.js';
+import type { NodePermissions } from './permissions.js';
+import type { OptDesc, QemuOpts } from './qemu-opts.js';
 
 export type { AmendOptions, BitmapAction, SnapshotCreateOptions, SourceBitmap } from '@tsimg/qcow2';
 
@@ -162,4 +167,98 @@ export interface ImageFormat {
    * the exact size in bytes when `virtual-size` (a number) cannot hold it.
    */
   info(file: BlockDevice): Promise<{ info: FormatInfo; warnings: string[]; sizeBytes?: bigint }>;
+  /**
+   * True when the format zeroes a range in its metadata, without writing or punching its file
+   * (a zero write with BDRV_REQ_NO_FALLBACK succeeds): NBD's fast-zero flag is offered for it.
+   */
+  readonly fastZeroes?: boolean;
+  /** True when the format writes compressed clusters (qemu's bdrv_co_pwritev_compressed): `convert -c`. */
+  readonly writesCompressed?: boolean;
+  /** How images of this format are created (`create`, `convert`, `-o help`); absent: they are not. */
+  readonly creation?: FormatCreation;
+  /**
+   * qemu's bdrv_co_check for `qemu-img check`; absent: "This image format does not support
+   * checks" once the image has been opened with {@link open}.
+   */
+  readonly check?: FormatCheck;
+}
+
+/** What a format supplies for `qemu-img check`. */
+export interface FormatCheck {
+  /**
+   * Opens `file` for a check (bdrv_open with qemu's check flag): the format's header checks,
+   * then the files it names. Throws the typed error of the open; what it opened itself is
+   * closed again then (not `file`, which stays the caller's).
+   */
+  open(file: BlockDevice, ctx: CheckOpenContext): Promise<CheckSession>;
+}
+
+/** How {@link FormatCheck.open} opens: the command's mode, locks and reporting. */
+export interface CheckOpenContext {
+  /** The image's name (messages, and a reopen after a repair). */
+  readonly filename: string;
+  /** The host path names stored in the image are relative to. */
+  readonly path: string;
+  /** `-r`: the image is opened read/write to be repaired. */
+  readonly writable: boolean;
+  /** The permissions of the top node, for the files the image names (its data file). */
+  readonly node: NodePermissions;
+  readonly onWarning?: (message: string) => void;
+  /** Receives the lines qemu prints while it opens and repairs the image. */
+  readonly log: (line: string, kind?: 'report' | 'raw') => void;
+  /** The secret id of the image's key (`encrypt.key-secret`), if given. */
+  readonly keySecret?: string;
+  readonly secrets: ReadonlyMap<string, Uint8Array>;
+  /** The remote location when the image is read over HTTP (a json:-named node has no base directory). */
+  readonly http?: HttpLocation;
+  /**
+   * Opens a backing image (by its resolved path, with its recorded format if that is one tsimg
+   * opens) read-only, as the check's caller opens images: the chain must open for the check.
+   */
+  openBacking(path: string, format: string | undefined): Promise<Image>;
+}
+
+/** An image open for checking. */
+export interface CheckSession {
+  /** One pass of the check, repairing what `fix` (FIX_LEAKS | FIX_ERRORS) allows. */
+  check(fix: number): Promise<CheckOutcome>;
+  /** After a repair: what closing qemu's read/write node writes (best effort, never throws). */
+  finishRepair(): Promise<void>;
+  /** Closes the files the open opened besides the image's own file. */
+  close(): Promise<void>;
+}
+
+/**
+ * What a format (or the file protocol) supplies to be created: qemu's `create_opts` and
+ * `bdrv_co_create_opts` of its driver.
+ */
+export interface FormatCreation {
+  /**
+   * The creation options in qemu 7.2's order and with its help texts: `-o` is parsed against
+   * them merged with the file protocol's, and `-o help` prints them.
+   */
+  readonly options: readonly OptDesc[];
+  /** Creates the image at host path `path` from `opts`, which hold the size. */
+  create(path: string, opts: QemuOpts, ctx: CreateContext): Promise<void>;
+  /**
+   * Creates the image on an NBD export, which is used as it is (bdrv_co_create_opts_simple);
+   * absent: the format cannot be created there.
+   */
+  createOnNbd?(nbd: NbdAddress, opts: QemuOpts): Promise<void>;
+  /**
+   * qemu's bdrv_measure: the file size a new image of this format with creation options `opts`
+   * needs for `source`; `secrets` for the key secret the options name. Absent: the format does
+   * not support size measurement.
+   */
+  measure?(source: MeasureSource, opts: QemuOpts, secrets: Secrets): Promise<MeasureResult>;
+}
+
+/** What creating an image may need besides its options. */
+export interface CreateContext {
+  /** `--object secret,...` data by id, for the key secrets the options name. */
+  secrets: Secrets;
+  /** Lock warnings of the files created (FileDeviceOptions.onWarning). */
+  onWarning?: (message: string) => void;
+  /** A line qemu prints (error_report) on the way to the error that follows it. */
+  report?: (line: string) => void;
 }

@@ -9,6 +9,10 @@ export { bench, type BenchOptions } from './bench.js';
 export { convert, type ConvertOptions, type ConvertTargetOptions } from './convert-api.js';
 export { convertCopy, type ConvertCopyOptions } from './convert.js';
 export { DEFAULT_FORMATS, findFormat, luksFormat, luksHeaderIo, qcow2Format, rawFormat } from './formats.js';
+export {
+  type CreatableFormat, createImage, FILE_OPTS, findCreatableFormat, nbdLocation, protocolPath, targetHostFile, tooLarge,
+} from './image-create.js';
+export { openForCheckAs } from './image-check.js';
 export { LuksImage } from './luks-image.js';
 export {
   type FormatInfo,
@@ -22,6 +26,11 @@ export {
   type SnapshotSelector,
   type AmendOptions,
   type TruncateOptions,
+  type CheckOpenContext,
+  type CheckSession,
+  type CreateContext,
+  type FormatCheck,
+  type FormatCreation,
 } from './image.js';
 export {
   type ImageInfo,
@@ -59,6 +68,12 @@ export { guestChunks, imageReadable, imageReadableStream, type ImageReadOptions 
 export { StreamSink } from './stream-sink.js';
 export { imageWritable, type ImageWriteOptions } from './stream-write.js';
 export { probeFormat } from './probe.js';
+export {
+  hasHelpOption, isValidOptionList, mergeOptDescs, optionHelpLines, type OptDesc, type OptEntry, type OptType, parseOptValue, QemuOpts,
+  splitOptionList, strtosz, type StrtoszResult, strtou64Auto,
+} from './qemu-opts.js';
 export { changeBackingFile, rebaseImage, type RebaseOptions } from './rebase.js';
+export { QCOW2_OPTS, type Qcow2CreateEncryption, qcow2CreateOptionsOf } from './qcow2-create.js';
+export { QEMU_CREATABLE, QEMU_FORMATS, uncreatableFormatMessage } from './qemu-drivers.js';
 export { RawImage } from './raw-image.js';
 export { openTemporaryOverlay } from './temporary-overlay.js';

@@ -56,6 +56,13 @@ export async function measureRaw(source: MeasureSource): Promise<MeasureResult> 
   return { required, fullyAllocated: required };
 }
 
+/** `qemu-img measure -O qcow2`: qcow2's calculation over what the source stores. */
+export async function measureQcow2Source(source: MeasureSource, options: Qcow2MeasureOptions): Promise<MeasureResult> {
+  if ('size' in source) return measureQcow2(source, options);
+  const image = source.image;
+  return measureQcow2({ imageSize: image.size(), allocatedBytes: (cs) => allocatedClusterBytes(image, cs), bitmaps: source.bitmaps }, options);
+}
+
 /** The target formats {@link measure} can measure. */
 export const MEASURABLE_FORMATS: readonly string[] = ['qcow2', 'raw'];
 
@@ -65,14 +72,7 @@ export async function measure(
   source: MeasureSource,
   options: Qcow2MeasureOptions = {},
 ): Promise<MeasureResult> {
-  if (format === 'qcow2') {
-    if ('size' in source) return measureQcow2(source, options);
-    const image = source.image;
-    return measureQcow2(
-      { imageSize: image.size(), allocatedBytes: (cs) => allocatedClusterBytes(image, cs), bitmaps: source.bitmaps },
-      options,
-    );
-  }
+  if (format === 'qcow2') return measureQcow2Source(source, options);
   if (format === 'raw') return measureRaw(source);
   throw new UnsupportedError(`Block driver '${format}' does not support size measurement`);
 }

@@ -126,7 +126,7 @@ export function qcow2BitmapsSize(bitmaps: readonly MeasureBitmap[], size: bigint
     total += clusters * cs; // the whole bitmap, as if allocated
     total += roundUp(clusters * 8n, cs); // its bitmap table
     // Directory entry: 24-byte fixed part + name, padded to 8 (calc_dir_entry_size).
-    dirSize += roundUp(24n + BigInt(Buffer.byteLength(bm.name, 'utf8')), 8n);
+    dirSize += roundUp(24n + BigInt(new TextEncoder().encode(bm.name).length), 8n);
   }
   return total + roundUp(dirSize, cs);
 }

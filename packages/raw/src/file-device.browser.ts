@@ -19,6 +19,12 @@ export class FileDevice {
   static async open(path: string, _options: FileDeviceOptions = {}): Promise<never> {
     throw new UnsupportedError(`Could not open '${path}': host files are not available in a browser (open a File or a URL)`);
   }
+  static async remove(path: string): Promise<never> {
+    throw new UnsupportedError(`Could not remove '${path}': host files are not available in a browser`);
+  }
+  static async sameFile(_a: string, _b: string): Promise<boolean> {
+    return false;
+  }
   setPermissions(_permissions: LockPermissions): boolean {
     return false;
   }

@@ -40,10 +40,10 @@ import type { BlockDevice, BlockStatus, WriteZeroesOptions } from './block-devic
 import { IoError, ReadOnlyError, strerror, systemError, TsimgError, UsageError } from './errors.js';
 import { InlineIo } from './inline-io.js';
 import { call, type Callback, writevFully } from './fs-call.js';
-import { blockDeviceSize } from './host-device.js';
-import { acquireImageLock, type ImageLock, type LockCalls, type LockingMode, type LockPermissions } from './lock.js';
-import { type Errno, loadNative, type NativeFs } from './native.js';
-import { lockAtOpen } from './open-lock.js';
+import { openHostFile, type OpenedFile } from './file-open.js';
+import { IoGate } from './io-gate.js';
+import { acquireImageLock, type ImageLock, type LockCalls, type LockPermissions } from './lock.js';
+import type { Errno, NativeFs } from './native.js';
 import type { FileDeviceOptions, FileLockState } from './file-device-options.js';
 import { findAllocation, loadLseek, type Lseek } from './seek.js';
 import { dataRunLength, isZero, zeroRunLength } from './zero.js';
@@ -63,10 +63,8 @@ export const FILE_STATUS_SCAN_LIMIT = 64 * 1024 * 1024;
 const SCAN_FIRST_CHUNK = 64 * 1024; // grows ×2 per read: short runs stay cheap, long runs fast
 const SCAN_MAX_CHUNK = 8 * 1024 * 1024;
 const ZERO_CHUNK = 4 * 1024 * 1024;
-const IO_MAX = 1 << 30;
-// statfs f_type magics of the file systems whose st_blocks includes every data block.
-const BLOCKS_TRUSTED = new Set([0xef53, 0x58465342, 0x9123683e, 0x01021994]); // ext*, xfs, btrfs, tmpfs
-const BLOCKS_TRUSTED_MIN_SIZE = 64 * 1024; // smaller files may keep data inline in the inode // a single read()/write() moves at most 2 GiB - 1 on Linux
+const IO_MAX = 1 << 30; // a single read()/write() moves at most 2 GiB - 1 on Linux
+const BLOCKS_TRUSTED_MIN_SIZE = 64 * 1024; // smaller files may keep data inline in the inode
 
 /** A regular host file as a sparse, growable BlockDevice. Create it with {@link FileDevice.open}. */
 export class FileDevice implements BlockDevice {
@@ -92,30 +90,23 @@ export class FileDevice implements BlockDevice {
   #closed = false;
   #scanBuffer: Uint8Array | undefined;
   #zeroes: Uint8Array | undefined;
-  // Gate: ordinary I/O runs concurrently ("shared"); truncating operations run alone.
-  #active = 0;
-  #gate: Promise<void> | undefined;
-  #onIdle: (() => void) | undefined;
+  // Ordinary I/O runs concurrently ("shared"); truncating operations run alone.
+  readonly #gate = new IoGate();
 
-  private constructor(
-    fileName: string, fd: number, size: number, readOnly: boolean, syncIo: boolean, blocksTrusted: boolean,
-    scanOnly: boolean,
-    noFlush: boolean,
-    host: { blockDevice: boolean; native: NativeFs | undefined; lockCalls: LockCalls | undefined; lock: ImageLock | undefined; fsType: number | undefined },
-  ) {
+  private constructor(fileName: string, file: OpenedFile, options: FileDeviceOptions) {
     this.fileName = fileName;
-    this.blockDevice = host.blockDevice;
-    this.#native = host.native;
-    this.#inline = new InlineIo(fd, host.native, host.fsType);
-    this.#lockCalls = host.lockCalls;
-    this.#lock = host.lock;
-    this.#lseek = scanOnly ? false : undefined;
-    this.#fd = fd;
-    this.#syncIo = syncIo;
-    this.#blocksTrusted = blocksTrusted;
-    this.#noFlush = noFlush;
-    this.#size = size;
-    this.readOnly = readOnly;
+    this.readOnly = options.readOnly ?? false;
+    this.blockDevice = file.blockDevice;
+    this.#native = file.native;
+    this.#inline = new InlineIo(file.fd, file.native, file.fsType);
+    this.#lockCalls = file.lockCalls;
+    this.#lock = file.lock;
+    this.#lseek = options.allocation === 'scan' ? false : undefined;
+    this.#fd = file.fd;
+    this.#syncIo = options.io === 'sync';
+    this.#blocksTrusted = file.blocksTrusted;
+    this.#noFlush = options.noFlush ?? false;
+    this.#size = file.size;
   }
 
   /**
@@ -130,42 +121,25 @@ export class FileDevice implements BlockDevice {
    * resize unshared), test for other users, and only then truncate to 0.
    */
   static async open(path: string, options: FileDeviceOptions = {}): Promise<FileDevice> {
-    const readOnly = options.readOnly ?? false;
-    const create = options.create ?? false;
-    if (readOnly && create) throw new UsageError(`Could not create '${path}': opened read-only`);
-    const { O_RDONLY, O_RDWR, O_CREAT } = fs.constants;
-    // No O_TRUNC: the file is emptied only once the create lock is held (raw_co_create).
-    const flags = readOnly ? O_RDONLY : O_RDWR | (create ? O_CREAT : 0);
-    const verb = create ? 'create' : 'open';
-    let fd: number;
+    const file = await openHostFile(path, options);
+    return new FileDevice(path, file, options);
+  }
+
+  /**
+   * Removes the host file at `path` if there is one: what a failed creation leaves is deleted
+   * again, as qemu's image creation does. Never throws for a missing file.
+   */
+  static async remove(path: string): Promise<void> {
+    await fs.promises.rm(path, { force: true });
+  }
+
+  /** Whether two paths name the same existing host file (same device and inode). */
+  static async sameFile(a: string, b: string): Promise<boolean> {
     try {
-      fd = await call<number>((cb) => fs.open(path, flags, 0o644, cb));
-    } catch (err) {
-      throw systemError(err, `Could not ${verb} '${path}'`);
-    }
-    let lock: ImageLock | undefined;
-    let lockCalls: LockCalls | undefined;
-    try {
-      const stat = await call<fs.Stats>((cb) => fs.fstat(fd, cb));
-      const blockDevice = stat.isBlockDevice();
-      if (!stat.isFile() && !blockDevice) {
-        // qemu's file-posix message; a directory opened read-write failed earlier with EISDIR.
-        throw new UsageError(`'file' driver requires '${path}' to be a regular file`, { errno: 'EINVAL' });
-      }
-      const native = options.native === false ? undefined : loadNative();
-      ({ lockCalls, lock } = await lockAtOpen(fd, path, options, blockDevice, native));
-      const size = blockDevice ? blockDeviceSize(fd, stat, native, path) : create ? 0 : stat.size;
-      const fsType = blockDevice ? undefined : await call<fs.StatsFs>((cb) => fs.statfs(path, cb)).then((st) => st.type, () => undefined);
-      const blocksTrusted = fsType !== undefined && BLOCKS_TRUSTED.has(fsType);
-      const scanOnly = options.allocation === 'scan';
-      const noFlush = options.noFlush ?? false;
-      return new FileDevice(path, fd, size, readOnly, options.io === 'sync', blocksTrusted, scanOnly, noFlush, {
-        blockDevice, native, lockCalls, lock, fsType,
-      });
-    } catch (err) {
-      lock?.release();
-      fs.close(fd, () => {});
-      throw systemError(err, `Could not open '${path}'`);
+      const [sa, sb] = await Promise.all([fs.promises.stat(a), fs.promises.stat(b)]);
+      return sa.dev === sb.dev && sa.ino === sb.ino;
+    } catch {
+      return false;
     }
   }
 
@@ -200,7 +174,7 @@ export class FileDevice implements BlockDevice {
     checkOpen(this.#closed);
     checkRange(offset, into.length);
     if (into.length === 0) return;
-    await this.#shared(() => this.#readFully(offset, into));
+    await this.#gate.shared(() => this.#readFully(offset, into));
   }
 
   /** Writes `data` at `offset`, growing the file when it ends past the end. */
@@ -209,7 +183,7 @@ export class FileDevice implements BlockDevice {
     checkRange(offset, data.length);
     if (data.length === 0) return;
     this.#checkDeviceEnd(offset + data.length, 'writing', offset);
-    await this.#shared(() => this.#writeFully(offset, data));
+    await this.#gate.shared(() => this.#writeFully(offset, data));
   }
 
   /**
@@ -223,7 +197,7 @@ export class FileDevice implements BlockDevice {
     checkRange(offset, length);
     if (length === 0) return;
     this.#checkDeviceEnd(offset + length, 'writing', offset);
-    await this.#shared(async () => {
+    await this.#gate.shared(async () => {
       if (this.#syncIo || length > IO_MAX) {
         for (let at = offset, i = 0; i < parts.length; at += parts[i++]!.length) await this.#writeFully(at, parts[i]!);
         return;
@@ -257,7 +231,7 @@ export class FileDevice implements BlockDevice {
   async flush(): Promise<void> {
     checkOpen(this.#closed);
     if (this.readOnly || this.#noFlush) return;
-    await this.#shared(() => this.#sys(`Could not flush '${this.fileName}'`, (cb) => fs.fdatasync(this.#fd, cb)));
+    await this.#gate.shared(() => this.#sys(`Could not flush '${this.fileName}'`, (cb) => fs.fdatasync(this.#fd, cb)));
   }
 
   /**
@@ -273,7 +247,7 @@ export class FileDevice implements BlockDevice {
       if (size > this.#size) throw new UsageError('Cannot grow device files', { errno: 'EINVAL' });
       return;
     }
-    await this.#exclusive(() => this.#truncate(size));
+    await this.#gate.exclusive(() => this.#truncate(size));
   }
 
   /**
@@ -288,7 +262,7 @@ export class FileDevice implements BlockDevice {
     const native = this.#native;
     if (native === undefined || this.blockDevice) return false;
     if (length === 0) return true;
-    return this.#exclusive(async () => {
+    return this.#gate.exclusive(async () => {
       const errno = native.fallocate(this.#fd, 0, offset, length);
       if (errno === undefined) {
         this.#size = Math.max(this.#size, offset + length);
@@ -321,7 +295,7 @@ export class FileDevice implements BlockDevice {
     checkOpen(this.#closed);
     checkRange(offset, length);
     if (length < 1) throw new UsageError('blockStatus length must be at least 1');
-    return this.#shared(async () => {
+    return this.#gate.shared(async () => {
       const size = this.#size;
       if (offset >= size) return { kind: 'zero', offset, length, hostOffset: offset };
       // qemu's host_device has no block status: the generic layer reports all of it as data.
@@ -408,7 +382,7 @@ export class FileDevice implements BlockDevice {
       this.#closed = true;
       this.#lock?.release();
       this.#lock = undefined;
-      await this.#exclusive(() => this.#sys(`Could not close '${this.fileName}'`, (cb) => fs.close(this.#fd, cb)));
+      await this.#gate.exclusive(() => this.#sys(`Could not close '${this.fileName}'`, (cb) => fs.close(this.#fd, cb)));
     }
   }
 
@@ -435,10 +409,10 @@ export class FileDevice implements BlockDevice {
     if (this.#native !== undefined && start < inside) {
       // grow is true for writeZeroes, false for discard, which only punches holes (as qemu).
       const isWriteZeroes = grow;
-      const done = await this.#shared(async () => this.#fallocateZero(start, inside, mayUnmap, isWriteZeroes));
+      const done = await this.#gate.shared(async () => this.#fallocateZero(start, inside, mayUnmap, isWriteZeroes));
       if (done) {
         if (grow && end > this.#size) {
-          await this.#exclusive(async () => {
+          await this.#gate.exclusive(async () => {
             if (end > this.#size) await this.#truncate(end);
           });
         }
@@ -447,12 +421,12 @@ export class FileDevice implements BlockDevice {
     }
     if (this.blockDevice) {
       // No truncation tricks on a device: write the zeroes.
-      if (start < inside) await this.#shared(() => this.#writeZeroChunks(start, inside, false));
+      if (start < inside) await this.#gate.shared(() => this.#writeZeroChunks(start, inside, false));
       return;
     }
     if (mayUnmap && end >= this.#size) {
       // The range covers the tail: cut it off, then (writeZeroes past the end) grow back.
-      const done = await this.#exclusive(async () => {
+      const done = await this.#gate.exclusive(async () => {
         const size = this.#size;
         if (end < size) return false; // a write grew the file meanwhile: zero the usual way
         if (start < size) await this.#truncate(start);
@@ -463,9 +437,9 @@ export class FileDevice implements BlockDevice {
       if (done) return;
     }
     const within = Math.min(end, this.#size);
-    if (start < within) await this.#shared(() => this.#writeZeroChunks(start, within, mayUnmap));
+    if (start < within) await this.#gate.shared(() => this.#writeZeroChunks(start, within, mayUnmap));
     if (grow && end > this.#size) {
-      await this.#exclusive(async () => {
+      await this.#gate.exclusive(async () => {
         if (end > this.#size) await this.#truncate(end);
       });
     }
@@ -597,30 +571,6 @@ export class FileDevice implements BlockDevice {
       return run();
     } catch (err) {
       throw systemError(err, what);
-    }
-  }
-
-  async #shared<T>(fn: () => Promise<T>): Promise<T> {
-    while (this.#gate !== undefined) await this.#gate;
-    this.#active++;
-    try {
-      return await fn();
-    } finally {
-      if (--this.#active === 0) this.#onIdle?.();
-    }
-  }
-
-  async #exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    while (this.#gate !== undefined) await this.#gate;
-    let release!: () => void;
-    this.#gate = new Promise((resolve) => (release = resolve));
-    try {
-      while (this.#active > 0) await new Promise<void>((resolve) => (this.#onIdle = resolve));
-      this.#onIdle = undefined;
-      return await fn();
-    } finally {
-      this.#gate = undefined;
-      release();
     }
   }
 }

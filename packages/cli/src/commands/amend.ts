@@ -5,7 +5,7 @@
  * read/write, and the format changes itself in place (Image.amend), with qemu's progress
  * percentages under -p.
  */
-import type { AmendOptions, Image } from '@tsimg/image';
+import { type AmendOptions, type Image, QCOW2_OPTS, QEMU_FORMATS } from '@tsimg/image';
 import type { CliIO, CommandRunner } from '../command.js';
 import { HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, getoptExit, usageExit } from '../command-options.js';
 import { CliExit } from '../exit.js';
@@ -16,8 +16,6 @@ import { interruptsOf } from '../interrupt.js';
 import { lockWarnings } from '../lock-messages.js';
 import { accumulateOptions, hasHelpOption, mergeOptDescs, optionHelpLines, QemuOpts, type OptDesc } from '../options.js';
 import { createProgress } from '../progress.js';
-import { QCOW2_OPTS } from '../creation-options.js';
-import { QEMU_FORMATS } from '../qemu-formats.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
 import { addObject } from '../object-option.js';
 import { parseImageOpts } from '../image-opts.js';
@@ -218,6 +216,7 @@ export const run: CommandRunner = async (argv, io) => {
       progress.print(0, 0);
       const amend = image.amend.bind(image);
       const crypto: CryptoContext = {
+        // qemu's option names: luks's own, qcow2's under `encrypt.` (the AMEND_OPTS tables).
         prefix: image.format === 'luks' ? '' : 'encrypt.',
         keySecret: args.imageOpts ? parseImageOpts(args.filename).keySecret : undefined,
         secrets: args.secrets,

@@ -47,6 +47,8 @@ interface Args {
   sourceFile?: string;
   sourceFormat?: string;
   imageOpts: boolean;
+  /** `--object secret,...` data by id: the key secrets an encrypted image names. */
+  secrets: Map<string, Uint8Array>;
   filename: string;
   bitmap: string;
 }
@@ -114,6 +116,7 @@ function parseArgs(argv: string[]): Args | 'help' {
     sourceFile,
     sourceFormat,
     imageOpts,
+    secrets,
     filename: parsed.operands[0]!,
     bitmap: parsed.operands[1]!,
   };
@@ -165,6 +168,7 @@ export const run: CommandRunner = async (argv, io) => {
     format: args.format,
     readOnly: false,
     imageOpts: args.imageOpts,
+    secrets: args.secrets,
     backing: false,
     onWarning: lockWarnings(io, true),
   });
@@ -172,7 +176,13 @@ export const run: CommandRunner = async (argv, io) => {
   try {
     if (args.format === undefined && !args.imageOpts && img.format === 'raw') io.stderr(probedRawWarning(args.filename));
     if (args.sourceFile !== undefined) {
-      source = await openCommandImage(args.sourceFile, { format: args.sourceFormat, readOnly: true, backing: false, onWarning: lockWarnings(io, false) });
+      source = await openCommandImage(args.sourceFile, {
+        format: args.sourceFormat,
+        readOnly: true,
+        secrets: args.secrets,
+        backing: false,
+        onWarning: lockWarnings(io, false),
+      });
     }
     return await runOps(img, source ?? img, args, io);
   } finally {

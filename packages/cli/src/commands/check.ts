@@ -3,34 +3,17 @@
  * [--image-opts] filename` — qemu-img 7.2's img_check: the same report on stdout, the same
  * per-problem lines on stderr, the same repairs, and its exit statuses:
  * 0 clean (or everything repaired), 1 check failed, 2 corruptions, 3 leaks only,
- * 63 the format has no checks (raw).
+ * 63 the format has no checks (raw, luks). The format's own part is its FormatCheck (@tsimg/image).
  */
-import { FileDevice, type LockingMode, TsimgError, type BlockDevice, FormatError, UsageError } from '@tsimg/raw';
+import { type LockingMode, TsimgError, type BlockDevice, UsageError } from '@tsimg/raw';
 import { addObject } from '../object-option.js';
 import {
-  checkHttpBaseDirectory, dataFileLock, type HostFile, type HttpLocation, imageFileLock, locateImage, luksHeaderIo, NbdClient, NO_PERMISSIONS, type NodePermissions, openHostFile, openImage,
-  openingPermissions, resolveRelative, setHostFilePermissions, topNodePermissions,
+  type CheckSession, DEFAULT_FORMATS, findFormat, type HostFile, type HttpLocation, type ImageFormat, imageFileLock, locateImage, NbdClient, NO_PERMISSIONS,
+  type NodePermissions, openForCheckAs, openHostFile, openImage, QEMU_FORMATS, setHostFilePermissions, topNodePermissions,
 } from '@tsimg/image';
 import { lockHint, lockWarnings } from '../lock-messages.js';
 import { probedRawWarning } from '../raw-probe-warning.js';
-import {
-  AUTOCLEAR_BITMAPS,
-  FIX_ERRORS,
-  FIX_LEAKS,
-  INCOMPAT_DATA_FILE,
-  QCOW2_MAGIC,
-  Qcow2Image,
-  checkErrnoText,
-  checkImage,
-  finishRepair,
-  openForCheck,
-  findExtension,
-  hasLuksFormat,
-  LuksVolume,
-  secretAsUtf8,
-  type CheckImage,
-  type CheckOutcome,
-} from '@tsimg/qcow2';
+import { checkErrnoText, type CheckOutcome, FIX_ERRORS, FIX_LEAKS } from '@tsimg/qcow2';
 import type { CliIO, CommandRunner } from '../command.js';
 import { CliExit } from '../exit.js';
 import { getoptLong, type LongOption } from '../getopt.js';
@@ -46,7 +29,6 @@ import {
   refuseFormatWithImageOpts,
   usageExit,
 } from '../command-options.js';
-import { QEMU_FORMATS } from '../qemu-formats.js';
 import { repairLog } from '../image-open.js';
 import { interruptsOf } from '../interrupt.js';
 import { parseImageOpts } from '../image-opts.js';
@@ -67,25 +49,40 @@ const HELP =
   "  '--output' takes 'human' (default) or 'json'\n" +
   'Exit status: 0 no errors, 1 check failed, 2 corruptions, 3 leaks only, 63 format without checks\n';
 
-async function probeCheckFormat(file: BlockDevice): Promise<'qcow2' | 'luks' | 'raw'> {
+/**
+ * The format of `file` as bdrv_open probes it for a check: a registered format's probe, else
+ * raw (whose "does not support checks" is also qemu's answer for qcow version 1).
+ */
+async function probeCheckFormat(file: BlockDevice): Promise<ImageFormat> {
   const first = new Uint8Array(Math.min(8, file.size()));
   if (first.length > 0) await file.read(0, first);
-  if (first.length >= 4 && new DataView(first.buffer).getUint32(0) === QCOW2_MAGIC) return 'qcow2';
-  return hasLuksFormat(first) ? 'luks' : 'raw';
+  return DEFAULT_FORMATS.find((f) => f.probe?.(first)) ?? findFormat(DEFAULT_FORMATS, 'raw')!;
 }
 
-/** Opens like img_open: the file, its format, the header checks, and the backing chain. */
+/** What openChecked needs besides the name: the command's mode, locks and secrets. */
+interface CheckOpenOptions {
+  forceShare: boolean;
+  locking?: LockingMode;
+  hostPath?: boolean;
+  shown?: string;
+  http?: HttpLocation;
+  keySecret?: string;
+  secrets: ReadonlyMap<string, Uint8Array>;
+}
+
+/**
+ * Opens like img_open: the file, its format, and for a format with a check its header checks and
+ * backing chain (the format's FormatCheck); a format without one is opened as any image is.
+ */
 async function openChecked(
   filename: string,
   format: string | undefined,
   writable: boolean,
   io: CliIO,
-  lock: {
-    forceShare: boolean; locking?: LockingMode; held: BlockDevice[]; hostPath?: boolean; shown?: string; http?: HttpLocation; keySecret?: string;
-    secrets: ReadonlyMap<string, Uint8Array>;
-  },
-): Promise<{ file: HostFile; img?: CheckImage }> {
-  if (format !== undefined && format !== 'raw' && format !== 'qcow2' && format !== 'luks') {
+  lock: CheckOpenOptions,
+): Promise<{ file: HostFile; format: ImageFormat; session?: CheckSession }> {
+  const named = format === undefined ? undefined : findFormat(DEFAULT_FORMATS, format);
+  if (format !== undefined && named === undefined) {
     if (!QEMU_FORMATS.has(format)) throw new CliExit(1, `Could not open '${lock.shown ?? filename}': Unknown driver '${format}'`);
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': tsimg does not support the '${format}' format`);
   }
@@ -109,97 +106,31 @@ async function openChecked(
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
-    const fmt = format ?? (await probeCheckFormat(file));
-    setHostFilePermissions(file, imageFileLock(node, fmt));
-    if (fmt === 'luks') {
-      // bdrv_open unlocks the volume before qemu-img finds that luks has no check.
-      const keySecret = lock.keySecret;
-      if (keySecret === undefined) throw new UsageError("Parameter 'key-secret' is required for cipher", { errno: 'EINVAL' });
-      const password = secretAsUtf8(lock.secrets, keySecret);
-      try {
-        (await LuksVolume.open(luksHeaderIo(file), password)).dispose();
-      } finally {
-        password.fill(0);
-      }
-      return { file };
-    }
-    if (fmt === 'raw') {
-      if (format === undefined && writable) {
-        io.stderr(probedRawWarning(filename));
-      }
-      return { file };
-    }
-    const keySecret = lock.keySecret;
-    const img = await openForCheck(file, repairLog(io), writable, keySecret === undefined ? undefined : () => secretAsUtf8(lock.secrets, keySecret));
-    const finalLocks: (() => void)[] = [];
-    const dataFileExt = img.dataFile ? findExtension(img.extensions, 'data-file') : undefined;
-    if (dataFileExt) {
-      // qemu opens the external data file too; its failure fails the open
-      const df = await FileDevice.open(resolveRelative(path, dataFileExt.name), { readOnly: !writable, lock: dataFileLock(openingPermissions(node)), onWarning });
-      lock.held.push(df); // held, as qemu holds its data child, until the check ends
-      finalLocks.push(() => df.setPermissions(dataFileLock(node)));
-    }
-    const info = img.header.backingFileOffset > 0 ? await backingName(img) : undefined;
-    if (info !== undefined && info !== '') {
-      // img_open opens the whole chain: a missing or broken backing file fails the check too.
-      const fmtName = findExtension(img.extensions, 'backing-format')?.name;
-      const bfmt = fmtName === 'raw' || fmtName === 'qcow2' ? fmtName : undefined;
-      // A json:-named curl node has no directory for a relative name (qemu fails the open).
-      if (http !== undefined) checkHttpBaseDirectory(http, info);
-      const backingPath = resolveRelative(path, info);
-      // A read-only top's permissions are what qemu gives a backing child of a check (its
-      // user shares everything): read, sharing read and write-unchanged on a qcow2 file.
-      const backing = await openImage(backingPath, { format: bfmt, readOnly: true, forceShare: lock.forceShare, onWarning }).catch((err: unknown) => {
-        // openImage words its errors for a top-level image ("Could not open 'b': reason");
-        // qemu names a backing file's failure once, after "Could not open backing file: ".
-        let msg = err instanceof Error ? err.message : String(err);
-        const prefix = `Could not open '${backingPath}': `;
-        if (msg.startsWith(prefix)) msg = msg.slice(prefix.length);
-        throw new FormatError(`Could not open backing file: ${msg}`, { cause: err });
-      });
-      lock.held.push(backing);
-    }
-    for (const update of finalLocks) update(); // as openImage's second step
-    return { file, img };
+    const fmt = named ?? (await probeCheckFormat(file));
+    setHostFilePermissions(file, imageFileLock(node, fmt.name));
+    // qemu-img's warning for a probed raw image it is about to write (raw-probe-warning.ts).
+    if (format === undefined && writable && fmt.name === 'raw') io.stderr(probedRawWarning(filename));
+    const session = await openForCheckAs(fmt, file, {
+      filename,
+      path,
+      writable,
+      node,
+      onWarning,
+      log: repairLog(io),
+      keySecret: lock.keySecret,
+      secrets: lock.secrets,
+      http,
+      openBacking: (p, f) => openImage(p, { format: f, readOnly: true, forceShare: lock.forceShare, onWarning }),
+    });
+    return { file, format: fmt, session };
   } catch (err) {
     await file.close().catch(() => undefined);
-    for (const dev of lock.held.splice(0).reverse()) await dev.close().catch(() => undefined);
     if (err instanceof CliExit) throw err;
     if (err instanceof TsimgError) {
       throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${err.message}${lockHint(err)}`);
     }
     throw err;
   }
-}
-
-async function backingName(img: CheckImage): Promise<string> {
-  const h = img.header;
-  const bytes = new Uint8Array(h.backingFileSize);
-  if (h.backingFileSize > 0) await img.file.read(h.backingFileOffset, bytes);
-  return new TextDecoder().decode(bytes);
-}
-
-/**
- * qemu-img check -r opens the image read/write, so its persistent bitmaps are loaded and marked
- * in use at the open and stored anew at the close, after the repair (no allocation comes
- * between: the marking is in place). tsimg's check works below the engine, so an engine open
- * and close of the repaired file does that part. (Images with an external data file keep
- * their bitmaps as they are.)
- */
-async function storeBitmapsAgain(file: BlockDevice, img: CheckImage, filename: string): Promise<void> {
-  const h = img.header;
-  if (h.version < 3 || (h.autoclearFeatures & AUTOCLEAR_BITMAPS) === 0n || (h.incompatibleFeatures & INCOMPAT_DATA_FILE) !== 0n) return;
-  if (findExtension(img.extensions, 'bitmaps') === undefined) return;
-  // The check closes the file itself afterwards.
-  const view: BlockDevice = new Proxy(file, {
-    get: (target, prop) => {
-      if (prop === 'close') return async () => undefined;
-      const v = Reflect.get(target, prop, target) as unknown;
-      return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
-    },
-  });
-  const engine = await Qcow2Image.open(view, { filename, readOnly: false });
-  await engine.close();
 }
 
 export const run: CommandRunner = async (argv, io) => {
@@ -269,36 +200,32 @@ export const run: CommandRunner = async (argv, io) => {
     if (!quiet) io.stdout(text);
   };
 
-  const held: BlockDevice[] = [];
-  const { file, img } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, held, hostPath: imageOpts, shown, http, keySecret, secrets });
+  const { file, format: opened, session } = await openChecked(filename, format, fix !== 0, io, { forceShare, locking, hostPath: imageOpts, shown, http, keySecret, secrets });
   const checkAndReport = async (signal?: AbortSignal): Promise<number> => {
     try {
-      if (!img) throw new CliExit(63, 'This image format does not support checks');
-      let outcome: CheckOutcome = await checkImage(img, fix);
+      if (!session) throw new CliExit(63, 'This image format does not support checks');
+      let outcome: CheckOutcome = await session.check(fix);
       // A repair runs to its end; a signal that came meanwhile ends the command after it.
       signal?.throwIfAborted();
       if (!outcome.errno && (outcome.result.corruptionsFixed || outcome.result.leaksFixed)) {
         const { leaksFixed, corruptionsFixed } = outcome.result;
         if (!json) out(formatRepairSummary(leaksFixed, corruptionsFixed));
-        outcome = await checkImage(img, 0);
+        outcome = await session.check(0);
         outcome.result.leaksFixed = leaksFixed;
         outcome.result.corruptionsFixed = corruptionsFixed;
       }
       const { result, errno } = outcome;
       if (!errno) {
-        out(json ? formatCheckJson({ filename, format: 'qcow2', result }) : formatCheckHuman(result));
+        out(json ? formatCheckJson({ filename, format: opened.name, result }) : formatCheckHuman(result));
       }
       if (errno || result.checkErrors) {
         throw new CliExit(1, errno ? `Check failed: ${checkErrnoText(errno)}` : 'Check failed');
       }
       return result.corruptions ? 2 : result.leaks ? 3 : 0;
     } finally {
-      if (img && fix) {
-        await finishRepair(img).catch(() => undefined);
-        await storeBitmapsAgain(file, img, filename).catch(() => undefined);
-      }
+      if (session && fix) await session.finishRepair();
       await file.close().catch(() => undefined);
-      for (const dev of held.reverse()) await dev.close().catch(() => undefined);
+      await session?.close();
     }
   };
   // -r writes the image: SIGINT/SIGTERM wait until the repair is written (interrupt.ts).

@@ -4,25 +4,23 @@
  * copy loop `convertCopy` of @tsimg/image, which makes the same allocation decisions as qemu's
  * in-order convert so a qcow2 target comes out byte for byte the same.
  */
-import { convertCopy, type Image } from '@tsimg/image';
+import { convertCopy, DEFAULT_FORMATS, findFormat, type Image } from '@tsimg/image';
 import { createCompressPool, type CompressPool, type Qcow2Image } from '@tsimg/qcow2';
-import fs from 'node:fs';
 import { BDRV_SECTOR_SIZE } from '@tsimg/raw';
 import { CliExit } from '../exit.js';
 import { getoptLong } from '../getopt.js';
 import { CACHE_MODES, getoptExit, HELP_OPTION, IMAGE_SOURCE_OPTIONS } from '../command-options.js';
 import type { CliIO, CommandRunner } from '../command.js';
-import { lockHint, lockWarnings } from '../lock-messages.js';
-import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
-import { createImageFile, nbdLocation, protocolPath, tooLarge } from '../image-create.js';
+import { lockWarnings } from '../lock-messages.js';
+import { printOptionHelp } from '../creation-options.js';
+import { checkTargetOptions, type ConvertTargetArgs, createdFiles, creationOptions, prepareTarget } from '../convert-target.js';
 import { addObject } from '../object-option.js';
 import { corruptionLine, type LockOptions, openCommandImage, repairLog } from '../image-open.js';
 import { CreatedFile } from '../created-file.js';
 import { interruptsOf } from '../interrupt.js';
-import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
+import { accumulateOptions, cvtnum, hasHelpOption, type QemuOpts } from '../options.js';
 import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
 import { checkStreamArgs, convertToStreamTarget, isStreamTarget, salvageWarnings, spoolStdinSources } from '../convert-stream.js';
-import { uncreatableFormatMessage } from '../qemu-formats.js';
 import { parseSnapshotParam, type SnapshotParam } from '../snapshot-param.js';
 
 const SECTOR = BDRV_SECTOR_SIZE;
@@ -49,17 +47,12 @@ const USAGE =
   '[-r rate_limit] [-m num_coroutines] [-W] [--salvage] filename [filename2 [...]] output_filename\n';
 
 /** Everything the command line says, after getopt. */
-interface ConvertArgs {
+interface ConvertArgs extends ConvertTargetArgs {
   fmt?: string;
-  outFmt: string;
-  outBase?: string;
-  backingFmt?: string;
-  options?: string;
   snapshot?: SnapshotParam;
   snapshotName?: string;
   minSparse: number;
   explicitSparse: boolean;
-  compressed: boolean;
   copyRange: boolean;
   progress: boolean;
   /** `--progress=json`: JSON progress lines on stderr. */
@@ -68,18 +61,13 @@ interface ConvertArgs {
   skipCreate: boolean;
   targetIsZero: boolean;
   imageOpts: boolean;
-  targetImageOpts: boolean;
   salvage: boolean;
   /** -r: bytes per second the target may be written at (0: unlimited). */
   rateLimit: number;
   bitmaps: boolean;
   skipBroken: boolean;
-  forceShare: boolean;
-  cache: string;
   srcCache: string;
   files: string[];
-  /** `--object secret,...` data by id. */
-  secrets: Map<string, Uint8Array>;
 }
 
 function parseArgs(argv: string[], io: CliIO): ConvertArgs | number {
@@ -346,7 +334,8 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
   }
   // qemu loads the snapshot into the opened image; reopening on it gives the same view.
   const first = opened[0]!;
-  if (first.format !== 'qcow2') {
+  // bdrv_snapshot_load_tmp needs a format with internal snapshots.
+  if (first.listSnapshots === undefined) {
     throw new CliExit(
       1,
       `Failed to load snapshot: Block format '${first.format}' used by device '' does not support temporarily loading internal snapshots`,
@@ -361,114 +350,6 @@ async function openSources(args: ConvertArgs, sources: readonly string[], opened
     secrets: args.secrets,
     ...locks,
   });
-}
-
-/** The files creating the target makes: the image and, with `-o data_file`, its data file. */
-async function createdFiles(out: string, opts: QemuOpts): Promise<CreatedFile[]> {
-  const dataFile = opts.getString('data_file');
-  const names = [out, ...(dataFile === undefined ? [] : [dataFile])];
-  const files: CreatedFile[] = [];
-  for (const name of names) {
-    // A name qemu cannot create fails later, with its own message; nothing is noted for it.
-    let path: string;
-    try {
-      path = protocolPath(name);
-    } catch {
-      continue;
-    }
-    files.push(await CreatedFile.before(path));
-  }
-  return files;
-}
-
-/** The target's creation options (without -n): `-o`, the sources' total size, `-B` and `-F`. */
-function creationOptions(args: ConvertArgs, out: string, totalBytes: number): QemuOpts {
-  const descs = FORMAT_OPTS[args.outFmt];
-  if (!descs) throw new CliExit(1, uncreatableFormatMessage(args.outFmt));
-  // An NBD target is used as it is (image-create.ts); any other protocol is refused here.
-  if (nbdLocation(out) === undefined) protocolPathOrExit(out);
-  const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
-  if (args.options !== undefined) {
-    try {
-      opts.parse(args.options);
-    } catch (err) {
-      throw new CliExit(1, err instanceof Error ? err.message : String(err));
-    }
-  }
-  opts.setNumber('size', BigInt(totalBytes));
-  if (args.outBase !== undefined) {
-    if (!opts.desc('backing_file')) throw new CliExit(1, `Backing file not supported for file format '${args.outFmt}'`);
-    opts.set('backing_file', args.outBase);
-  }
-  if (args.backingFmt !== undefined) {
-    if (!opts.desc('backing_fmt')) {
-      throw new CliExit(1, `Backing file format not supported for file format '${args.outFmt}'`);
-    }
-    opts.set('backing_fmt', args.backingFmt);
-  }
-  return opts;
-}
-
-/** img_convert's checks of the target's backing file and of -c against the creation options. */
-function checkTargetOptions(
-  args: ConvertArgs,
-  opts: QemuOpts | undefined,
-  sourceCount: number,
-  outBase: string | undefined,
-  outBaseParam: string | undefined,
-): void {
-  if (sourceCount > 1 && outBase !== undefined) {
-    throw new CliExit(1, 'Having a backing file for the target makes no sense when concatenating multiple input images');
-  }
-  if (outBaseParam !== undefined && opts?.getString('backing_fmt') === undefined) {
-    throw new CliExit(1, 'Use of backing file requires explicit backing format');
-  }
-  if (args.compressed && opts) {
-    if (args.outFmt !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
-    if (opts.get('encryption') !== undefined || opts.getString('encrypt.format') !== undefined) {
-      throw new CliExit(1, 'Compression and encryption not supported at the same time');
-    }
-    const prealloc = opts.getString('preallocation');
-    if (prealloc !== undefined && prealloc !== 'off') {
-      throw new CliExit(1, 'Compression and preallocation not supported at the same time');
-    }
-  }
-}
-
-/**
- * Creates the target (unless -n, `opts` undefined) after qemu's lock check, then checks the
- * target cache mode and, for an existing target, the lock again.
- */
-async function prepareTarget(args: ConvertArgs, opened: readonly Image[], out: string, opts: QemuOpts | undefined, io: CliIO): Promise<void> {
-  // qemu's image locks: without -U the sources (with their backing and data files) do not
-  // share write access, so a target that is one of those files cannot be written. The locks
-  // refuse it themselves (OFD locks conflict within one process); this says it even without
-  // the native module, where nothing is locked.
-  const lockedBy = args.forceShare ? undefined : await sourceFileIds(opened);
-  if (opts && lockedBy && nbdLocation(out) === undefined && (await isOneOf(protocolPathOrExit(out), lockedBy))) {
-    const lock = `Failed to get "write" lock\nIs another process using the image [${out}]?`;
-    throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${lock}`);
-  }
-  if (opts) {
-    try {
-      await createImageFile(args.outFmt, out, opts, args.secrets, io);
-    } catch (err) {
-      const e = tooLarge(args.outFmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
-      throw new CliExit(1, `${out}: error while converting ${args.outFmt}: ${e instanceof Error ? e.message : String(e)}${lockHint(e)}`);
-    }
-  }
-  if (!CACHE_MODES.has(args.cache)) throw new CliExit(1, `Invalid cache option: ${args.cache}`);
-  // A name with no host file (an NBD export, an http:// URL) is no local file a source could
-  // be; a name that cannot be opened fails in the target's open, with its message.
-  let hostOut: string | undefined;
-  try {
-    hostOut = nbdLocation(out) === undefined ? protocolPath(out) : undefined;
-  } catch {
-    hostOut = undefined;
-  }
-  if (lockedBy && !args.targetImageOpts && hostOut !== undefined && (await isOneOf(hostOut, lockedBy))) {
-    throw new CliExit(1, `Could not open '${out}': Failed to get "write" lock\nIs another process using the image [${out}]?`);
-  }
 }
 
 /** Opens the target read/write with the cache, I/O and unmap modes qemu-img convert uses. */
@@ -501,7 +382,9 @@ async function checkTarget(args: ConvertArgs, target: Image, totalBytes: number)
   if (args.bitmaps && (await target.listBitmaps?.()) === undefined) {
     throw new CliExit(1, `Format driver '${target.format}' does not support bitmaps`);
   }
-  if (args.compressed && target.format !== 'qcow2') throw new CliExit(1, 'Compression not supported for this file format');
+  if (args.compressed && !findFormat(DEFAULT_FORMATS, target.format)?.writesCompressed) {
+    throw new CliExit(1, 'Compression not supported for this file format');
+  }
   if (args.skipCreate && target.size() < totalBytes) throw new CliExit(1, 'output file is smaller than input file');
 }
 
@@ -528,8 +411,9 @@ async function copy(
       progress: (pct) => progress.print(pct, 0),
       compressor: pool,
       compressorThreads: pool?.threads,
-      // A raw target's layout does not depend on write order (a qcow2 one's does); -r meters
-      // writes one at a time, as qemu's throttle sees them.
+      // A raw target's layout does not depend on write order (a qcow2 one's does, and so may
+      // any other format's: only raw is known safe); -r meters writes one at a time, as qemu's
+      // throttle sees them.
       parallelWrites: target.format === 'raw' && !args.rateLimit ? 4 : 1,
       signal,
     });
@@ -538,38 +422,6 @@ async function copy(
     const line = corruptionLine(err);
     if (line) io.stderr(line);
     throw err;
-  }
-}
-
-/** `dev:ino` of every file the opened sources read: images, backing files, data files. */
-async function sourceFileIds(images: readonly Image[]): Promise<Set<string>> {
-  const ids = new Set<string>();
-  const add = async (dev: unknown): Promise<void> => {
-    const name = (dev as { fileName?: unknown } | undefined)?.fileName;
-    if (typeof name !== 'string') return;
-    const st = await fs.promises.stat(name).catch(() => undefined);
-    if (st) ids.add(`${st.dev}:${st.ino}`);
-  };
-  for (const top of images) {
-    for (let img: Image | undefined = top; img; img = img.backing) {
-      await add(img.file);
-      await add(img.dataFile);
-    }
-  }
-  return ids;
-}
-
-/** True when `path` exists and is one of the files in `ids`. */
-async function isOneOf(path: string, ids: Set<string>): Promise<boolean> {
-  const st = await fs.promises.stat(path).catch(() => undefined);
-  return st !== undefined && ids.has(`${st.dev}:${st.ino}`);
-}
-
-function protocolPathOrExit(name: string): string {
-  try {
-    return protocolPath(name);
-  } catch (err) {
-    throw new CliExit(1, err instanceof Error ? err.message : String(err));
   }
 }
 

@@ -1,11 +1,11 @@
 /**
- * `tsimg create`: qemu-img 7.2's `create` for raw and qcow2 — its option parsing (qemu-img.c
- * img_create), the checks and "Formatting ..." line of bdrv_img_create (block.c), file creation
- * as in file-posix, qcow2's option conversion (qcow2_co_create_opts) — with qemu's messages,
- * each prefixed by the file name as qemu-img prints them.
+ * `tsimg create`: qemu-img 7.2's `create` — its option parsing (qemu-img.c img_create), the
+ * checks and "Formatting ..." line of bdrv_img_create (block.c), then the format's own creation
+ * (@tsimg/image's list of formats) — with qemu's messages, each prefixed by the file name as
+ * qemu-img prints them.
  */
 import { dirname, join } from 'node:path';
-import { openImage } from '@tsimg/image';
+import { openImage, protocolPath, QEMU_CREATABLE, QEMU_FORMATS, tooLarge, uncreatableFormatMessage } from '@tsimg/image';
 import { TsimgError, UnsupportedError, UsageError, errorWithCode } from '@tsimg/raw';
 import { addObject } from '../object-option.js';
 import { CliExit } from '../exit.js';
@@ -13,10 +13,8 @@ import { getoptLong, qemuGetoptMessage } from '../getopt.js';
 import type { CliIO, CommandRunner } from '../command.js';
 import { lockHint } from '../lock-messages.js';
 import { TRY_HELP } from '../command-options.js';
-import { FILE_OPTS, FORMAT_OPTS, printOptionHelp } from '../creation-options.js';
-import { createImageFile, protocolPath, tooLarge } from '../image-create.js';
-import { accumulateOptions, cvtnum, hasHelpOption, mergeOptDescs, QemuOpts } from '../options.js';
-import { QEMU_CREATABLE, QEMU_FORMATS, uncreatableFormatMessage } from '../qemu-formats.js';
+import { creatableFormat, createImageFile, creationOpts, printOptionHelp } from '../creation-options.js';
+import { accumulateOptions, cvtnum, hasHelpOption } from '../options.js';
 import { InterruptedError, interruptsOf } from '../interrupt.js';
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -34,6 +32,8 @@ function fullBackingName(filename: string, backing: string): string {
 /** Opens the backing image as bdrv_img_create does; returns its format and size. */
 async function openBacking(fullName: string, fmt: string | undefined): Promise<{ format: string; size: number }> {
   if (fmt !== undefined && !QEMU_FORMATS.has(fmt)) throw new UsageError(`Unknown driver '${fmt}'`);
+  // The formats whose size tsimg reads without I/O beyond metadata: qemu opens a luks backing
+  // file with BDRV_O_NO_IO and no key, which tsimg's luks open cannot do.
   if (fmt !== undefined && fmt !== 'raw' && fmt !== 'qcow2' && fmt !== 'file') {
     throw new UnsupportedError(`tsimg cannot open '${fmt}' images`);
   }
@@ -70,14 +70,14 @@ interface CreateRequest {
 
 /** bdrv_img_create. Errors come back as UsageError/TsimgError with qemu's text (no prefix). */
 async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
-  const descs = FORMAT_OPTS[r.fmt];
-  if (!descs) {
+  const format = creatableFormat(r.fmt);
+  if (!format) {
     const message = uncreatableFormatMessage(r.fmt);
     // qemu's own refusals are usage errors; a format only tsimg lacks is unsupported
     throw QEMU_CREATABLE.has(r.fmt) ? new UnsupportedError(message) : new UsageError(message);
   }
   protocolPath(r.filename);
-  const opts = new QemuOpts(mergeOptDescs(descs, FILE_OPTS));
+  const opts = creationOpts(format);
   if (r.options !== undefined) opts.parse(r.options);
   if (!opts.get('size')) opts.setNumber('size', r.imgSize);
   else if (r.imgSize !== U64_MAX) throw new UsageError('The image size must be specified only once');
@@ -123,7 +123,7 @@ async function imgCreate(r: CreateRequest, io: CliIO): Promise<void> {
   if (!r.quiet) io.stdout(`Formatting '${r.filename}', fmt=${r.fmt} ${opts.print()}\n`);
 
   try {
-    await createImageFile(r.fmt, r.filename, opts, r.secrets, io);
+    await createImageFile(format, r.filename, opts, r.secrets, io);
   } catch (err) {
     throw tooLarge(r.fmt, err, opts.getNumber('cluster_size', 0n) !== 0n);
   }

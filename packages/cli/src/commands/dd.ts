@@ -6,12 +6,10 @@
  * as zeroes already), a qcow2 output gets them written as zeroes, because qemu's plain writes
  * allocate those clusters too and the output should be laid out the same.
  */
-import { blockStatusAbove, createOnNbd, imageFileLock, NbdClient, openImage as openRawOrQcow2, topNodePermissions, type Image } from '@tsimg/image';
-import { createQcow2 } from '@tsimg/qcow2';
-import fs from 'node:fs';
-import { createFile, FileDevice, strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { blockStatusAbove, createOnNbd, NbdClient, nbdLocation, openImage as openOutput, QEMU_CREATABLE, QEMU_FORMATS, type Image } from '@tsimg/image';
+import { strerror, TsimgError, type BlockDevice } from '@tsimg/raw';
+import { creatableFormat, createImageFile, creationOpts } from '../creation-options.js';
 import { CliExit, errorMessage } from '../exit.js';
-import { nbdLocation } from '../image-create.js';
 import { getoptLong } from '../getopt.js';
 import {
   FORCE_SHARE_OPTION,
@@ -32,17 +30,6 @@ const LONG = [HELP_OPTION, IMAGE_OPTS_OPTION, OBJECT_OPTION, FORCE_SHARE_OPTION]
 
 const INT64_MAX = (1n << 63n) - 1n;
 const COPY_CHUNK = 4 * 1024 * 1024;
-
-// Output formats qemu-img 7.2 cannot create (its message differs from an unknown name).
-const NOT_CREATABLE = new Set([
-  'blkdebug', 'blklogwrites', 'blkverify', 'bochs', 'cloop', 'compress', 'copy-before-write',
-  'copy-on-read', 'dmg', 'ftp', 'ftps', 'http', 'https', 'null-aio', 'null-co', 'preallocate',
-  'quorum', 'replication', 'snapshot-access', 'throttle', 'vvfat',
-]);
-const KNOWN_CREATABLE = new Set([
-  'file', 'gluster', 'host_cdrom', 'host_device', 'iscsi', 'iser', 'luks', 'nbd', 'nfs', 'nvme',
-  'parallels', 'qcow', 'qcow2', 'qed', 'raw', 'rbd', 'ssh', 'vdi', 'vhdx', 'vmdk', 'vpc',
-]);
 
 /** The operands after `=`, as qemu-img dd parses them. */
 interface DdArgs {
@@ -164,6 +151,8 @@ interface DdJob {
   output: string;
   outFmt: string;
   onWarning: (message: string) => void;
+  /** `--object secret,...` data by id. */
+  secrets: Map<string, Uint8Array>;
   io: CliIO;
   signal: AbortSignal;
 }
@@ -171,14 +160,13 @@ interface DdJob {
 /** Creates the output as img_dd does and copies the input's range into it. */
 async function writeOutput(job: DdJob): Promise<void> {
   const { args, src, input, output, outFmt, onWarning, io, signal } = job;
-  if (NOT_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
-  if (!KNOWN_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
+  if (QEMU_FORMATS.has(outFmt) && !QEMU_CREATABLE.has(outFmt)) throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
+  if (!QEMU_CREATABLE.has(outFmt)) throw new CliExit(1, 'Unknown file format');
   // The curl protocols read only: bdrv_find_protocol finds them, and they have no create_opts.
   const proto = /^([^:/]*):/.exec(output)?.[1];
   if (proto === 'http' || proto === 'https') throw new CliExit(1, `Protocol driver '${proto}' does not support image creation`);
-  if (outFmt !== 'raw' && outFmt !== 'qcow2') {
-    throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
-  }
+  const format = creatableFormat(outFmt);
+  if (format === undefined) throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create '${outFmt}' images`);
 
   const bs = args.bs;
   let size = BigInt(src.size());
@@ -197,6 +185,7 @@ async function writeOutput(job: DdJob): Promise<void> {
     // An NBD export cannot be created (bdrv_co_create_opts_simple): it is used as it is, its
     // first sector zeroed — so zero runs of the input are written too, as qemu's dd writes
     // every block, and the export ends up holding what qemu-img dd leaves there.
+    // Only a raw output is written onto an export (dd copies into the export device itself).
     if (outFmt !== 'raw') throw new CliExit(1, `${output}: error while creating output image: tsimg cannot create a ${outFmt} image on an NBD export`);
     try {
       await createOnNbd(nbd, Number(createSize));
@@ -204,29 +193,17 @@ async function writeOutput(job: DdJob): Promise<void> {
     } catch (err) {
       throw createError(err);
     }
-  } else if (outFmt === 'raw') {
-    try {
-      await createFile(output, { size: createSize });
-      dst = await FileDevice.open(output, { lock: imageFileLock(topNodePermissions({ write: true }), 'raw'), onWarning });
-    } catch (err) {
-      throw createError(err);
-    }
   } else {
+    // img_dd: bdrv_create with the size alone, through the format's own creation.
+    const opts = creationOpts(format);
+    opts.setNumber('size', createSize);
     try {
-      const file = await FileDevice.open(output, { create: true, lock: imageFileLock(topNodePermissions({ write: true }), 'qcow2'), onWarning });
-      try {
-        await createQcow2(file, { size: createSize });
-      } catch (err) {
-        // qcow2_co_create_opts deletes the file it could not format (a full disk leaves none)
-        await fs.promises.rm(output, { force: true }).catch(() => undefined);
-        throw err;
-      } finally {
-        await file.close();
-      }
+      await createImageFile(format, output, opts, job.secrets, io);
     } catch (err) {
       throw createError(err);
     }
-    dst = await openRawOrQcow2(output, { format: 'qcow2', readOnly: false, onWarning });
+    // The file protocol's image is a raw one.
+    dst = await openOutput(output, { format: outFmt === 'file' ? 'raw' : outFmt, readOnly: false, onWarning });
   }
   try {
     let inPos: bigint;
@@ -236,7 +213,9 @@ async function writeOutput(job: DdJob): Promise<void> {
     } else {
       inPos = (args.skip ?? 0n) * bs;
     }
-    const writeZeroRanges = outFmt !== 'raw' || nbd !== undefined;
+    // A new raw file reads as zeroes already; any other format (and an export used as it is)
+    // is written every block, as qemu's dd writes them.
+    const writeZeroRanges = nbd !== undefined || (dst as Image).format !== 'raw';
     if (inPos < size) await copyRange(src, dst, Number(inPos), Number(size), Number(inPos), writeZeroRanges, { bs: Number(bs), signal });
     await dst.flush();
   } finally {
@@ -288,7 +267,7 @@ export const run: CommandRunner = async (argv, io) => {
   // The output is written from here on: a SIGINT/SIGTERM stops the copy at the next write, and
   // the output is flushed and closed before the command ends (interrupt.ts).
   try {
-    await interruptsOf(io).hold((signal) => writeOutput({ args, src, input, output, outFmt, onWarning, io, signal }));
+    await interruptsOf(io).hold((signal) => writeOutput({ args, src, input, output, outFmt, onWarning, secrets, io, signal }));
   } finally {
     await src.close();
   }

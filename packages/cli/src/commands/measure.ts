@@ -3,9 +3,8 @@
  * existing image, with qemu-img 7.2's checks, messages and output (qemu-img.c img_measure), over
  * `measure` of @tsimg/image.
  */
-import { measure, type MeasureSource } from '@tsimg/image';
-import { luksPayloadBytes, type MeasureResult, type Qcow2MeasureOptions, secretAsUtf8 } from '@tsimg/qcow2';
-import { luksCreateOptions } from '../image-create.js';
+import { type CreatableFormat, type MeasureSource, QEMU_CREATABLE, QEMU_FORMATS } from '@tsimg/image';
+import type { MeasureResult } from '@tsimg/qcow2';
 import { addObject } from '../object-option.js';
 import { CliExit } from '../exit.js';
 import { parseSnapshotParam } from '../snapshot-param.js';
@@ -19,11 +18,10 @@ import {
   OBJECT_OPTION,
   OUTPUT_OPTION,
 } from '../command-options.js';
-import { accumulateOptions, cvtnum, mergeOptDescs, QemuOpts } from '../options.js';
-import { FILE_OPTS, LUKS_OPTS, QCOW2_OPTS, RAW_OPTS } from '../creation-options.js';
+import { accumulateOptions, cvtnum, type QemuOpts } from '../options.js';
+import { creatableFormat, creationOpts } from '../creation-options.js';
 import { UsageError } from '@tsimg/raw';
 import { corruptionLine, openCommandImage as openImage } from '../image-open.js';
-import { QEMU_CREATABLE, QEMU_FORMATS } from '../qemu-formats.js';
 import type { CommandRunner } from '../command.js';
 import { lockWarnings } from '../lock-messages.js';
 
@@ -44,49 +42,16 @@ const USAGE =
  * protocol's, with qemu's two-line failure ("Invalid parameter 'x'" / "Invalid options for file
  * format 'fmt'").
  */
-function parseTargetOptions(list: string | undefined, format: 'qcow2' | 'raw' | 'luks'): QemuOpts {
-  const opts = new QemuOpts(mergeOptDescs(format === 'qcow2' ? QCOW2_OPTS : format === 'luks' ? LUKS_OPTS : RAW_OPTS, FILE_OPTS));
+function parseTargetOptions(list: string | undefined, format: CreatableFormat): QemuOpts {
+  const opts = creationOpts(format);
   if (list === undefined) return opts;
   try {
     opts.parse(list);
   } catch (err) {
     if (!(err instanceof UsageError)) throw err;
-    throw new CliExit(1, `${err.message}\ntsimg: Invalid options for file format '${format}'`);
+    throw new CliExit(1, `${err.message}\ntsimg: Invalid options for file format '${format.name}'`);
   }
   return opts;
-}
-
-function qcow2Options(opts: QemuOpts): Qcow2MeasureOptions {
-  const num = (k: string): number | undefined => {
-    const v = opts.get(k)?.value;
-    // Out-of-range values fail the same checks as qemu's (a huge number is never a power of two
-    // in range), so a lossy conversion is harmless here.
-    return typeof v === 'bigint' ? Number(v) : undefined;
-  };
-  const bool = opts.get('extended_l2')?.value;
-  const size = opts.get('size')?.value;
-  return {
-    sizeOption: typeof size === 'bigint' ? size : undefined,
-    clusterSize: num('cluster_size'),
-    refcountBits: num('refcount_bits'),
-    extendedL2: typeof bool === 'boolean' ? bool : undefined,
-    compat: opts.getString('compat'),
-    preallocation: opts.getString('preallocation'),
-    hasBackingFile: opts.get('backing_file') !== undefined,
-    encryptFormat: opts.getString('encrypt.format'),
-  };
-}
-
-/**
- * qcrypto_block_calculate_payload_offset for the target's LUKS options under `prefix`: the
- * options' QAPI visit, the key secret (required, and looked up), then the header area's size.
- */
-function luksHeaderBytes(opts: QemuOpts, prefix: string, secrets: ReadonlyMap<string, Uint8Array>): number {
-  const luks = luksCreateOptions(opts, prefix);
-  const id = opts.getString(`${prefix}key-secret`);
-  if (id === undefined) throw new UsageError(`Parameter '${prefix}key-secret' is required for cipher`);
-  secretAsUtf8(secrets, id).fill(0);
-  return luksPayloadBytes(luks);
 }
 
 function humanResult(r: MeasureResult): string {
@@ -201,28 +166,17 @@ export const run: CommandRunner = async (argv, io) => {
       throw new CliExit(1, `Format driver '${outFmt}' does not support image creation`);
     }
     if (!QEMU_CREATABLE.has(outFmt)) throw new CliExit(1, `Unknown file format '${outFmt}'`);
-    let qopts: Qcow2MeasureOptions = {};
-    if (outFmt === 'qcow2' || outFmt === 'raw') {
-      const parsed = parseTargetOptions(opts.options, outFmt);
-      if (outFmt === 'qcow2') qopts = { ...qcow2Options(parsed), luksHeaderBytes: () => luksHeaderBytes(parsed, 'encrypt.', secrets) };
-    }
-    if (outFmt === 'luks') {
-      // block_crypto_measure: the header area plus the whole size, allocated or not.
-      const parsed = parseTargetOptions(opts.options, outFmt);
-      const header = luksHeaderBytes(parsed, '', secrets);
-      const size = source !== undefined ? source.size() : Number(opts.size ?? (parsed.get('size')?.value as bigint | undefined) ?? 0n);
-      const total = BigInt(header + size);
-      io.stdout(opts.json ? jsonResult({ required: total, fullyAllocated: total }) : humanResult({ required: total, fullyAllocated: total }));
-      return 0;
-    }
-    if (outFmt !== 'qcow2' && outFmt !== 'raw') {
+    const format = creatableFormat(outFmt);
+    const measureFormat = format?.creation.measure;
+    if (format === undefined || measureFormat === undefined) {
       throw new CliExit(1, `Block driver '${outFmt}' does not support size measurement`);
     }
+    const parsed = parseTargetOptions(opts.options, format);
     const what: MeasureSource =
       source !== undefined ? { image: source, bitmaps: await source.listBitmaps?.() } : { size: opts.size! };
     let result: MeasureResult;
     try {
-      result = await measure(outFmt, what, qopts);
+      result = await measureFormat(what, parsed, secrets);
     } catch (err) {
       const corrupt = corruptionLine(err);
       if (corrupt) io.stderr(corrupt);

@@ -6,7 +6,7 @@
  * `-u` changes only the header. `-c` (from qemu 8.2) writes those clusters compressed.
  * qemu's messages; exit status 1 on any failure.
  */
-import { changeBackingFile, findBackingImage, fullBackingFilename, openImage, rebaseImage, type Image } from '@tsimg/image';
+import { changeBackingFile, findBackingImage, fullBackingFilename, openImage, rebaseImage, type Image, QEMU_FORMATS } from '@tsimg/image';
 import { strerror, TsimgError } from '@tsimg/raw';
 import type { CliIO, CommandRunner } from '../command.js';
 import {
@@ -19,7 +19,6 @@ import { openCommandImage } from '../image-open.js';
 import { probedRaw, probedRawWarning } from '../raw-probe-warning.js';
 import { lockWarnings } from '../lock-messages.js';
 import { createProgress, PROGRESS_OPTION, progressMode, type Progress } from '../progress.js';
-import { QEMU_FORMATS } from '../qemu-formats.js';
 import { addObject } from '../object-option.js';
 
 const HELP =
