@@ -13,8 +13,10 @@
  *   shorter than a chunk is copied as a whole chunk; zero runs not aligned to the base's
  *   clusters are copied as data.
  * qemu keeps up to 16 copies in flight, so the order in which a qcow2 base allocates clusters
- * can vary from run to run there; this loop issues them one at a time in guest order, which is
- * what qemu does whenever its reads complete in order.
+ * can vary from run to run there. This loop reads up to 16 pieces ahead (the job's 16 MiB
+ * buffer in 1 MiB slots), so the reads of the top overlap the writes into the base, but it
+ * writes one piece at a time in guest order, which is what qemu does whenever its reads
+ * complete in order: the base sees the same requests in the same order as without read-ahead.
  */
 import { errorWithCode, strerror, TsimgError, alignedBuffer } from '@tsimg/raw';
 import { blockStatusAbove } from './block-status.js';
@@ -82,7 +84,22 @@ export async function commitImage(top: Image, base: Image, options: CommitOption
   }
 }
 
-/** mirror_run's loop, one operation at a time (see the module comment). */
+/** One planned operation of mirror_iteration, with its read of the top under way for a copy. */
+interface Planned {
+  method: Method;
+  offset: number;
+  io: number;
+  /** The dirty bytes not yet planned when this operation was: its progress total. */
+  remaining: number;
+  /** For a copy: the slot of the job's buffer it holds, and the read into its first `io` bytes (its error held). */
+  slot?: Uint8Array;
+  read?: Promise<{ error: unknown } | undefined>;
+}
+
+/**
+ * mirror_run's loop: operations planned in guest order, the top's reads started as soon as a
+ * slot of the buffer is free, and each operation finished (its write into the base) in turn.
+ */
 async function copyDirty(top: Image, base: Image, length: number, options: CommitOptions): Promise<void> {
   const g = commitGranularity(base);
   const targetCluster = base.clusterSize ?? 1;
@@ -90,39 +107,80 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
   let remaining = 0;
   for (const d of dirty) remaining += d;
   remaining *= g;
-  let done = 0;
   const buf = alignedBuffer(Math.min(BUF_SIZE, length));
-  for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
-    // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
-    let nb = 1;
-    while (nb * g < BUF_SIZE && chunk + nb < dirty.length && dirty[chunk + nb] === 1) nb++;
-    dirty.fill(0, chunk, chunk + nb);
-    remaining -= nb * g;
-    let offset = chunk * g;
-    while (nb > 0 && offset < length) {
-      const st = await blockStatusAbove(top, offset, Math.min(nb * g, length - offset));
-      let io = st.data ? Math.min(st.length, MAX_IO_BYTES) : st.length;
-      io -= io % g;
-      let method: Method = 'copy';
-      if (io < g) io = g;
-      else if (!st.data && offset % targetCluster === 0 && io % targetCluster === 0) method = st.zero ? 'zero' : 'discard';
-      io = Math.min(io, length - offset);
-      if (method === 'copy') {
-        io = Math.min(io, BUF_SIZE);
-        const piece = buf.subarray(0, io);
-        await top.read(offset, piece);
-        await base.write(offset, piece);
-      } else if (method === 'zero') {
-        await base.writeZeroes(offset, io, { mayUnmap: true });
-      } else {
-        await base.discard(offset, io);
+  const slotSize = Math.min(MAX_IO_BYTES, buf.length);
+  const free: Uint8Array[] = [];
+  for (let at = 0; at + slotSize <= buf.length; at += slotSize) free.push(buf.subarray(at, at + slotSize));
+  const queue: Planned[] = [];
+  let done = 0;
+  /** Finishes the oldest planned operation: the base sees the operations in guest order. */
+  const finishOne = async (): Promise<void> => {
+    const op = queue[0]!;
+    if (op.method === 'copy') {
+      const piece = (op.slot ?? buf).subarray(0, op.io);
+      if (op.read === undefined) await top.read(op.offset, piece);
+      else {
+        const failed = await op.read;
+        if (failed !== undefined) throw failed.error;
       }
-      done += io;
-      options.onProgress?.(done, done + Math.max(0, remaining));
-      if (method === 'copy') await options.throttle?.(io);
-      offset += io;
-      nb -= Math.ceil(io / g);
+      await base.write(op.offset, piece);
+    } else if (op.method === 'zero') {
+      await base.writeZeroes(op.offset, op.io, { mayUnmap: true });
+    } else {
+      await base.discard(op.offset, op.io);
     }
-    chunk += 1;
+    queue.shift();
+    if (op.slot !== undefined) free.push(op.slot);
+    done += op.io;
+    options.onProgress?.(done, done + Math.max(0, op.remaining));
+    if (op.method === 'copy') await options.throttle?.(op.io);
+  };
+  const plan = (op: Planned): void => {
+    if (op.method === 'copy' && op.io <= slotSize) {
+      op.slot = free.pop()!;
+      // A failed read is thrown when the operation's turn comes, after the ones before it.
+      op.read = top.read(op.offset, op.slot.subarray(0, op.io)).then(
+        () => undefined,
+        (error: unknown) => ({ error }),
+      );
+    }
+    queue.push(op);
+  };
+  try {
+    for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
+      // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
+      let nb = 1;
+      while (nb * g < BUF_SIZE && chunk + nb < dirty.length && dirty[chunk + nb] === 1) nb++;
+      dirty.fill(0, chunk, chunk + nb);
+      remaining -= nb * g;
+      let offset = chunk * g;
+      while (nb > 0 && offset < length) {
+        const st = await blockStatusAbove(top, offset, Math.min(nb * g, length - offset)).catch(async (err: unknown) => {
+          // As one operation at a time would: what was planned before the failure is done.
+          while (queue.length > 0) await finishOne();
+          throw err;
+        });
+        let io = st.data ? Math.min(st.length, MAX_IO_BYTES) : st.length;
+        io -= io % g;
+        let method: Method = 'copy';
+        if (io < g) io = g;
+        else if (!st.data && offset % targetCluster === 0 && io % targetCluster === 0) method = st.zero ? 'zero' : 'discard';
+        io = Math.min(io, length - offset);
+        if (method === 'copy') io = Math.min(io, BUF_SIZE);
+        // A copy larger than a slot (a long zero run not aligned to the base's clusters) reads
+        // into the whole buffer once everything before it is finished.
+        const big = method === 'copy' && io > slotSize;
+        while (queue.length > 0 && (big || (method === 'copy' && free.length === 0))) await finishOne();
+        plan({ method, offset, io, remaining });
+        if (big) await finishOne();
+        offset += io;
+        nb -= Math.ceil(io / g);
+      }
+      chunk += 1;
+    }
+    while (queue.length > 0) await finishOne();
+  } finally {
+    // Nothing stays under way once the job ends (a failed write leaves reads of later pieces).
+    await Promise.all(queue.map((op) => op.read));
   }
 }
