@@ -13,10 +13,10 @@
  *   shorter than a chunk is copied as a whole chunk; zero runs not aligned to the base's
  *   clusters are copied as data.
  * qemu keeps up to 16 copies in flight, so the order in which a qcow2 base allocates clusters
- * can vary from run to run there. This loop reads up to 16 pieces ahead (the job's 16 MiB
- * buffer in 1 MiB slots), so the reads of the top overlap the writes into the base, but it
- * writes one piece at a time in guest order, which is what qemu does whenever its reads
- * complete in order: the base sees the same requests in the same order as without read-ahead.
+ * can vary from run to run there. This loop reads a few pieces ahead (READ_AHEAD slots of
+ * 1 MiB), so the reads of the top overlap the writes into the base, but it writes one piece
+ * at a time in guest order, which is what qemu does whenever its reads complete in order: the
+ * base sees the same requests in the same order as without read-ahead.
  */
 import { errorWithCode, strerror, TsimgError, alignedBuffer } from '@tsimg/raw';
 import { blockStatusAbove } from './block-status.js';
@@ -40,6 +40,12 @@ const MIB = 1024 * 1024;
 const BUF_SIZE = 16 * MIB;
 /** mirror.c: the largest piece of data one operation copies (max_io_bytes). */
 const MAX_IO_BYTES = MIB;
+/**
+ * Pieces read ahead of the one being written. qemu keeps up to 16 operations in flight; here
+ * the writes into the base go one at a time, and a few reads ahead keep them fed (each slot
+ * of fresh memory also costs its page faults once).
+ */
+const READ_AHEAD = 4;
 /** The longest run bdrv_is_allocated_above is asked for at once (INT_MAX, chunk-aligned). */
 const STATUS_STEP = 0x4000_0000;
 
@@ -107,17 +113,19 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
   let remaining = 0;
   for (const d of dirty) remaining += d;
   remaining *= g;
-  const buf = alignedBuffer(Math.min(BUF_SIZE, length));
-  const slotSize = Math.min(MAX_IO_BYTES, buf.length);
+  const slots = alignedBuffer(Math.min(READ_AHEAD * MAX_IO_BYTES, length));
+  const slotSize = Math.min(MAX_IO_BYTES, slots.length);
   const free: Uint8Array[] = [];
-  for (let at = 0; at + slotSize <= buf.length; at += slotSize) free.push(buf.subarray(at, at + slotSize));
+  for (let at = 0; at + slotSize <= slots.length; at += slotSize) free.push(slots.subarray(at, at + slotSize));
+  /** The whole job buffer, made the first time a copy needs more than a slot. */
+  let whole: Uint8Array | undefined;
   const queue: Planned[] = [];
   let done = 0;
   /** Finishes the oldest planned operation: the base sees the operations in guest order. */
   const finishOne = async (): Promise<void> => {
     const op = queue[0]!;
     if (op.method === 'copy') {
-      const piece = (op.slot ?? buf).subarray(0, op.io);
+      const piece = (op.slot ?? (whole ??= alignedBuffer(Math.min(BUF_SIZE, length)))).subarray(0, op.io);
       if (op.read === undefined) await top.read(op.offset, piece);
       else {
         const failed = await op.read;
