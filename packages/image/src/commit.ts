@@ -56,15 +56,32 @@ export function commitGranularity(base: Image): number {
   return Math.min(65536, Math.max(4096, cs));
 }
 
-/** mirror_dirty_init: the chunks any image above `base` allocates. */
-async function dirtyChunks(top: Image, base: Image, length: number, g: number): Promise<Uint8Array> {
+/** mirror_dirty_init: the chunks any image above `base` allocates, and how many they are. */
+async function dirtyChunks(top: Image, base: Image, length: number, g: number): Promise<{ dirty: Uint8Array; count: number }> {
   const dirty = new Uint8Array(Math.ceil(length / g));
+  let count = 0;
+  let end = 0; // the chunks below are marked already (runs come in order, and may share a chunk)
   for (let offset = 0; offset < length; ) {
     const st = await blockStatusAbove(top, offset, Math.min(length - offset, STATUS_STEP), { base, recurse: false });
-    if (st.allocated) dirty.fill(1, Math.floor(offset / g), Math.ceil((offset + st.length) / g));
+    if (st.allocated) {
+      const from = Math.max(end, Math.floor(offset / g));
+      end = Math.ceil((offset + st.length) / g);
+      dirty.fill(1, from, end);
+      count += Math.max(0, end - from);
+    }
     offset += st.length;
   }
-  return dirty;
+  return { dirty, count };
+}
+
+/**
+ * The dirty chunks from `chunk` on (at least the first), up to `max`: a loop of its own, so
+ * that the job's loop stays small work for the JIT (the run walk is its only hot part).
+ */
+function dirtyRun(dirty: Uint8Array, chunk: number, max: number): number {
+  let nb = 1;
+  while (nb < max && chunk + nb < dirty.length && dirty[chunk + nb] === 1) nb++;
+  return nb;
 }
 
 type Method = 'copy' | 'zero' | 'discard';
@@ -90,6 +107,22 @@ export async function commitImage(top: Image, base: Image, options: CommitOption
   }
 }
 
+/**
+ * mirror_iteration's choice for the dirty run of `bytes` at `offset` (chunk-aligned, ending at
+ * the image's end at most): how much to handle and how, from the block status of the chain.
+ */
+async function planOne(top: Image, offset: number, bytes: number, g: number, targetCluster: number): Promise<{ method: Method; io: number }> {
+  const st = await blockStatusAbove(top, offset, bytes);
+  let io = st.data ? Math.min(st.length, MAX_IO_BYTES) : st.length;
+  io -= io % g;
+  let method: Method = 'copy';
+  if (io < g) io = g;
+  else if (!st.data && offset % targetCluster === 0 && io % targetCluster === 0) method = st.zero ? 'zero' : 'discard';
+  io = Math.min(io, bytes);
+  if (method === 'copy') io = Math.min(io, BUF_SIZE);
+  return { method, io };
+}
+
 /** One planned operation of mirror_iteration, with its read of the top under way for a copy. */
 interface Planned {
   method: Method;
@@ -109,10 +142,8 @@ interface Planned {
 async function copyDirty(top: Image, base: Image, length: number, options: CommitOptions): Promise<void> {
   const g = commitGranularity(base);
   const targetCluster = base.clusterSize ?? 1;
-  const dirty = await dirtyChunks(top, base, length, g);
-  let remaining = 0;
-  for (const d of dirty) remaining += d;
-  remaining *= g;
+  const { dirty, count } = await dirtyChunks(top, base, length, g);
+  let remaining = count * g;
   const slots = alignedBuffer(Math.min(READ_AHEAD * MAX_IO_BYTES, length));
   const slotSize = Math.min(MAX_IO_BYTES, slots.length);
   const free: Uint8Array[] = [];
@@ -157,24 +188,16 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
   try {
     for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
       // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
-      let nb = 1;
-      while (nb * g < BUF_SIZE && chunk + nb < dirty.length && dirty[chunk + nb] === 1) nb++;
+      let nb = dirtyRun(dirty, chunk, Math.ceil(BUF_SIZE / g));
       dirty.fill(0, chunk, chunk + nb);
       remaining -= nb * g;
       let offset = chunk * g;
       while (nb > 0 && offset < length) {
-        const st = await blockStatusAbove(top, offset, Math.min(nb * g, length - offset)).catch(async (err: unknown) => {
+        const { method, io } = await planOne(top, offset, Math.min(nb * g, length - offset), g, targetCluster).catch(async (err: unknown) => {
           // As one operation at a time would: what was planned before the failure is done.
           while (queue.length > 0) await finishOne();
           throw err;
         });
-        let io = st.data ? Math.min(st.length, MAX_IO_BYTES) : st.length;
-        io -= io % g;
-        let method: Method = 'copy';
-        if (io < g) io = g;
-        else if (!st.data && offset % targetCluster === 0 && io % targetCluster === 0) method = st.zero ? 'zero' : 'discard';
-        io = Math.min(io, length - offset);
-        if (method === 'copy') io = Math.min(io, BUF_SIZE);
         // A copy larger than a slot (a long zero run not aligned to the base's clusters) reads
         // into the whole buffer once everything before it is finished.
         const big = method === 'copy' && io > slotSize;
