@@ -136,8 +136,78 @@ interface Planned {
 }
 
 /**
+ * The planned operations not yet finished, in guest order, and the writer that finishes them
+ * one at a time as the planner goes on: once a write into the base is over, the next one is
+ * issued at once (its read is usually done), and the planning of later pieces (block status,
+ * their reads) runs while the base's write is under way.
+ */
+class OpQueue {
+  readonly #ops: Planned[] = [];
+  #wakeWriter: (() => void) | undefined;
+  #wakePlanner: (() => void) | undefined;
+  #closed = false;
+  #failed = false;
+  /** Settles when every operation pushed is finished after {@link close}, or at the first failure. */
+  readonly writer: Promise<void>;
+
+  constructor(finish: (op: Planned) => Promise<void>) {
+    this.writer = this.#run(finish);
+    this.writer.catch(() => undefined); // awaited by the job, possibly after the planner stops
+  }
+
+  get length(): number {
+    return this.#ops.length;
+  }
+
+  /** The operations not yet finished, oldest first. */
+  pending(): readonly Planned[] {
+    return this.#ops;
+  }
+
+  push(op: Planned): void {
+    this.#ops.push(op);
+    this.#wakeWriter?.();
+  }
+
+  /** Waits until `ready()` holds; rejects with the writer's error once an operation failed. */
+  async until(ready: () => boolean): Promise<void> {
+    while (!this.#failed && !ready()) await new Promise<void>((resolve) => (this.#wakePlanner = resolve));
+    if (this.#failed) await this.writer;
+  }
+
+  /** No more operations: the writer ends once the queue is empty. */
+  close(): Promise<void> {
+    this.#closed = true;
+    this.#wakeWriter?.();
+    return this.writer;
+  }
+
+  async #run(finish: (op: Planned) => Promise<void>): Promise<void> {
+    for (;;) {
+      const op = this.#ops[0];
+      if (op === undefined) {
+        if (this.#closed) return;
+        await new Promise<void>((resolve) => (this.#wakeWriter = resolve));
+        continue;
+      }
+      try {
+        await finish(op);
+      } catch (err) {
+        this.#failed = true;
+        this.#wakePlanner?.();
+        throw err;
+      }
+      this.#ops.shift();
+      this.#wakePlanner?.();
+    }
+  }
+}
+
+/**
  * mirror_run's loop: operations planned in guest order, the top's reads started as soon as a
  * slot of the buffer is free, and each operation finished (its write into the base) in turn.
+ * A failure of the planning (a block status query) is reported once the operations planned
+ * before it are finished, as one operation at a time would.
  */
 async function copyDirty(top: Image, base: Image, length: number, options: CommitOptions): Promise<void> {
   const g = commitGranularity(base);
@@ -150,11 +220,8 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
   for (let at = 0; at + slotSize <= slots.length; at += slotSize) free.push(slots.subarray(at, at + slotSize));
   /** The whole job buffer, made the first time a copy needs more than a slot. */
   let whole: Uint8Array | undefined;
-  const queue: Planned[] = [];
   let done = 0;
-  /** Finishes the oldest planned operation: the base sees the operations in guest order. */
-  const finishOne = async (): Promise<void> => {
-    const op = queue[0]!;
+  const queue = new OpQueue(async (op) => {
     if (op.method === 'copy') {
       const piece = (op.slot ?? (whole ??= alignedBuffer(Math.min(BUF_SIZE, length)))).subarray(0, op.io);
       if (op.read === undefined) await top.read(op.offset, piece);
@@ -168,23 +235,12 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
     } else {
       await base.discard(op.offset, op.io);
     }
-    queue.shift();
     if (op.slot !== undefined) free.push(op.slot);
     done += op.io;
     options.onProgress?.(done, done + Math.max(0, op.remaining));
     if (op.method === 'copy') await options.throttle?.(op.io);
-  };
-  const plan = (op: Planned): void => {
-    if (op.method === 'copy' && op.io <= slotSize) {
-      op.slot = free.pop()!;
-      // A failed read is thrown when the operation's turn comes, after the ones before it.
-      op.read = top.read(op.offset, op.slot.subarray(0, op.io)).then(
-        () => undefined,
-        (error: unknown) => ({ error }),
-      );
-    }
-    queue.push(op);
-  };
+  });
+  let planError: { error: unknown } | undefined;
   try {
     for (let chunk = dirty.indexOf(1); chunk >= 0; chunk = dirty.indexOf(1, chunk)) {
       // mirror_iteration: the run of consecutive dirty chunks from here, up to the buffer size.
@@ -193,25 +249,36 @@ async function copyDirty(top: Image, base: Image, length: number, options: Commi
       remaining -= nb * g;
       let offset = chunk * g;
       while (nb > 0 && offset < length) {
-        const { method, io } = await planOne(top, offset, Math.min(nb * g, length - offset), g, targetCluster).catch(async (err: unknown) => {
-          // As one operation at a time would: what was planned before the failure is done.
-          while (queue.length > 0) await finishOne();
-          throw err;
-        });
-        // A copy larger than a slot (a long zero run not aligned to the base's clusters) reads
-        // into the whole buffer once everything before it is finished.
-        const big = method === 'copy' && io > slotSize;
-        while (queue.length > 0 && (big || (method === 'copy' && free.length === 0))) await finishOne();
-        plan({ method, offset, io, remaining });
-        if (big) await finishOne();
+        const { method, io } = await planOne(top, offset, Math.min(nb * g, length - offset), g, targetCluster);
+        const op: Planned = { method, offset, io, remaining };
+        if (method === 'copy' && io > slotSize) {
+          // Larger than a slot (a long zero run not aligned to the base's clusters): read into
+          // the whole buffer when its turn comes, once the one before it (if any) is finished.
+          await queue.until(() => queue.length === 0);
+        } else if (method === 'copy') {
+          await queue.until(() => free.length > 0);
+          const slot = free.pop()!;
+          // A failed read is thrown when the operation's turn comes, after the ones before it.
+          op.slot = slot;
+          op.read = top.read(offset, slot.subarray(0, io)).then(
+            () => undefined,
+            (error: unknown) => ({ error }),
+          );
+        }
+        queue.push(op);
         offset += io;
         nb -= Math.ceil(io / g);
       }
       chunk += 1;
     }
-    while (queue.length > 0) await finishOne();
+  } catch (error) {
+    planError = { error };
+  }
+  try {
+    await queue.close(); // the writer's failure, if any, came first
   } finally {
     // Nothing stays under way once the job ends (a failed write leaves reads of later pieces).
-    await Promise.all(queue.map((op) => op.read));
+    await Promise.all(queue.pending().map((op) => op.read));
   }
+  if (planError !== undefined) throw planError.error;
 }
