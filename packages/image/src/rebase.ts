@@ -69,142 +69,64 @@ function compareRun(a: Uint8Array, b: Uint8Array): { differ: boolean; length: nu
   return { differ, length: i };
 }
 
-/** Two buffers of IO_BUF_SIZE: what the old and the new backing chain show of one piece. */
-interface Buffers {
-  old: Uint8Array;
-  new: Uint8Array;
-}
-
-/** One piece of img_rebase's loop, its two reads under way unless the image allocates it. */
-interface Piece {
-  offset: number;
-  n: number;
-  /** The image allocates the piece, or nothing between it and the new backing image changes it. */
-  skip: boolean;
-  oldIsZero: boolean;
-  /** The two reads, settled: the error to report first, if any (the old one's before the new one's). */
-  reads?: Promise<unknown>;
-}
-
-/** A piece being prepared, its failure (a status query's) held until the piece's turn. */
-type Prepared = Promise<{ piece: Piece } | { error: unknown }>;
-
 /**
  * The safe-mode loop: writes into `image` what its old backing chain shows and the new one
  * (`options.newBacking`) would not, so its content stays the same under the new backing file.
  * The header is left as it is (see {@link changeBackingFile}).
- *
- * The next piece is looked at and read while this one is compared (two sets of buffers); when
- * this one wrote into the image, the next one is looked at again after the writes, as one piece
- * at a time would (a write may change what the image allocates at the next piece's start).
  */
 export async function rebaseImage(image: Image, options: RebaseOptions = {}): Promise<void> {
-  const size = image.size();
-  const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
-  const sets: Buffers[] = [0, 1].map(() => ({ old: alignedBuffer(Math.min(REBASE_BUF_SIZE, size)), new: alignedBuffer(Math.min(REBASE_BUF_SIZE, size)) }));
-  const writer = options.compress ? compressedWriter(image) : undefined;
-  const prepare = (offset: number, bufs: Buffers): Prepared =>
-    preparePiece(image, options, offset, bufs).then(
-      (piece) => ({ piece }),
-      (error: unknown) => ({ error }),
-    );
-  let turn = 0;
-  let next: Prepared | undefined = size > 0 ? prepare(0, sets[0]!) : undefined;
-  try {
-    while (next !== undefined) {
-      const prepared = await next;
-      next = undefined;
-      if ('error' in prepared) throw prepared.error;
-      const piece = prepared.piece;
-      const end = piece.offset + piece.n;
-      if (piece.skip) {
-        if (end < size) next = prepare(end, sets[turn]!);
-        continue;
-      }
-      const bufs = sets[turn]!;
-      turn ^= 1;
-      if (end < size) next = prepare(end, sets[turn]!);
-      const failed = await piece.reads;
-      if (failed !== undefined) throw failed;
-      const wrote = await writeDifferences(image, writer, piece, bufs);
-      if (wrote && next !== undefined) {
-        await quiesce(next);
-        next = prepare(end, sets[turn]!);
-      }
-      options.onPiece?.(pieces);
-    }
-  } finally {
-    // Nothing stays under way once the loop ends (a failed write leaves the next piece's reads).
-    await quiesce(next);
-  }
-}
-
-/** Waits until a prepared piece's status query and reads are over, whatever their outcome. */
-async function quiesce(prepared: Prepared | undefined): Promise<void> {
-  const p = await prepared;
-  if (p !== undefined && 'piece' in p) await p.piece.reads;
-}
-
-/**
- * img_rebase's steps before the comparison of one piece from `offset`: cut at what the image
- * allocates (and, in the chain, at what changes below), then the two reads, each cut at its
- * image's end, started side by side into `bufs`.
- */
-async function preparePiece(image: Image, options: RebaseOptions, offset: number, bufs: Buffers): Promise<Piece> {
   const size = image.size();
   const oldBacking = image.backing;
   const newBacking = options.newBacking;
   const oldSize = oldBacking?.size() ?? 0;
   const newSize = newBacking?.size() ?? 0;
-  let n = Math.min(REBASE_BUF_SIZE, size - offset);
-  const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
-    throw stageError('error while reading image metadata', err);
-  });
-  n = own.length;
-  if (own.allocated) return { offset, n, skip: true, oldIsZero: false };
-  if (options.inChain && newBacking !== undefined) {
-    const below = await changedBelow(image, newBacking, offset, n);
-    n = below.length;
-    if (!below.changed) return { offset, n, skip: true, oldIsZero: false };
-  }
-  // The same two reads as img_rebase's (old, then new, each cut at its image's end), run
-  // side by side; an error of the old one is still the one reported.
-  const oldIsZero = offset >= oldSize || oldBacking === undefined;
-  if (!oldIsZero) n = Math.min(n, oldSize - offset);
-  const newIsZero = offset >= newSize || newBacking === undefined;
-  if (!newIsZero) n = Math.min(n, newSize - offset);
-  const settle = (p: Promise<void> | undefined): Promise<unknown> => (p === undefined ? Promise.resolve(undefined) : p.then(() => undefined, (err: unknown) => err));
-  const oldRead = settle(oldIsZero ? undefined : readStage('old', () => oldBacking.read(offset, bufs.old.subarray(0, n))));
-  const newRead = settle(newIsZero ? undefined : readStage('new', () => newBacking.read(offset, bufs.new.subarray(0, n))));
-  const reads = Promise.all([oldRead, newRead]).then(([o, w]) => {
-    if (oldIsZero) bufs.old.fill(0, 0, n);
-    if (newIsZero) bufs.new.fill(0, 0, n);
-    return o ?? w;
-  });
-  return { offset, n, skip: false, oldIsZero, reads };
-}
-
-/** compare_buffers over one piece, each run of differing sectors written at once; true if any was. */
-async function writeDifferences(
-  image: Image,
-  writer: ((at: number, length: number, data: Uint8Array | undefined) => Promise<void>) | undefined,
-  piece: Piece,
-  bufs: Buffers,
-): Promise<boolean> {
-  const { offset, n, oldIsZero } = piece;
-  let wrote = false;
-  for (let written = 0; written < n; ) {
-    const run = compareRun(bufs.old.subarray(written, n), bufs.new.subarray(written, n));
-    if (run.differ) {
-      const at = offset + written;
-      wrote = true;
-      if (writer !== undefined) await writer(at, run.length, oldIsZero ? undefined : bufs.old.subarray(written, written + run.length));
-      else if (oldIsZero) await writeStage(() => image.writeZeroes(at, run.length));
-      else await writeStage(() => image.write(at, bufs.old.subarray(written, written + run.length)));
+  const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
+  const bufOld = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
+  const bufNew = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
+  const writer = options.compress ? compressedWriter(image) : undefined;
+  let n = 0;
+  for (let offset = 0; offset < size; offset += n) {
+    n = Math.min(REBASE_BUF_SIZE, size - offset);
+    const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
+      throw stageError('error while reading image metadata', err);
+    });
+    n = own.length;
+    if (own.allocated) continue;
+    if (options.inChain && newBacking !== undefined) {
+      const below = await changedBelow(image, newBacking, offset, n);
+      n = below.length;
+      if (!below.changed) continue;
     }
-    written += run.length;
+    // The same two reads as img_rebase's (old, then new, each cut at its image's end), run
+    // side by side; an error of the old one is still the one reported.
+    const oldIsZero = offset >= oldSize || oldBacking === undefined;
+    if (!oldIsZero) n = Math.min(n, oldSize - offset);
+    const oldRead = oldIsZero ? undefined : readStage('old', () => oldBacking.read(offset, bufOld.subarray(0, n)));
+    oldRead?.catch(() => undefined);
+    const newIsZero = offset >= newSize || newBacking === undefined;
+    if (!newIsZero) n = Math.min(n, newSize - offset);
+    const newRead = newIsZero ? undefined : readStage('new', () => newBacking.read(offset, bufNew.subarray(0, n)));
+    newRead?.catch(() => undefined);
+    try {
+      await oldRead;
+    } finally {
+      await newRead?.catch(() => undefined);
+    }
+    await newRead;
+    if (oldIsZero) bufOld.fill(0, 0, n);
+    if (newIsZero) bufNew.fill(0, 0, n);
+    for (let written = 0; written < n; ) {
+      const run = compareRun(bufOld.subarray(written, n), bufNew.subarray(written, n));
+      if (run.differ) {
+        const at = offset + written;
+        if (writer !== undefined) await writer(at, run.length, oldIsZero ? undefined : bufOld.subarray(written, written + run.length));
+        else if (oldIsZero) await writeStage(() => image.writeZeroes(at, run.length));
+        else await writeStage(() => image.write(at, bufOld.subarray(written, written + run.length)));
+      }
+      written += run.length;
+    }
+    options.onPiece?.(pieces);
   }
-  return wrote;
 }
 
 /**
