@@ -91,11 +91,14 @@ async function openChecked(
   let node: NodePermissions;
   let path: string;
   let http: HttpLocation | undefined;
+  let jsonFormat: string | undefined;
   try {
     // A name from --image-opts is a host path already; a filename argument is parsed as qemu does.
     const loc = lock.http !== undefined ? { path: filename, http: lock.http, nbd: undefined } : lock.hostPath ? { path: filename, nbd: undefined } : locateImage(filename);
     path = loc.path;
     http = loc.http;
+    // A json: name may name the format itself ("driver"); the file protocol alone is raw bytes.
+    if ('format' in loc && loc.format !== undefined && named === undefined) jsonFormat = loc.format === 'file' ? 'raw' : loc.format;
     if (loc.http !== undefined && writable) throw new UsageError('curl driver does not support writes');
     // img_check opens read-write for -r; -U there is qemu's error before any file is opened.
     node = topNodePermissions({ write: writable, forceShare: lock.forceShare });
@@ -106,7 +109,7 @@ async function openChecked(
     throw new CliExit(1, `Could not open '${lock.shown ?? filename}': ${(err as Error).message}${lockHint(err)}`);
   }
   try {
-    const fmt = named ?? (await probeCheckFormat(file));
+    const fmt = named ?? (jsonFormat !== undefined ? findFormat(DEFAULT_FORMATS, jsonFormat) : undefined) ?? (await probeCheckFormat(file));
     setHostFilePermissions(file, imageFileLock(node, fmt.name));
     // qemu-img's warning for a probed raw image it is about to write (raw-probe-warning.ts).
     if (format === undefined && writable && fmt.name === 'raw') io.stderr(probedRawWarning(filename));
