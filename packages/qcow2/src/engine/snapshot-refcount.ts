@@ -6,7 +6,6 @@
  */
 import { IoError } from '@tsimg/raw';
 import { compressedRange, decodeL1Entry, decodeL2Entry, encodeL1Entry } from '../format/l2-entry.js';
-import { getRefcount, setRefcount } from '../format/refcount.js';
 import { hashHex } from './mapping.js';
 import { flushAll, tableView, type EngineState } from './state.js';
 
@@ -33,7 +32,6 @@ export async function updateSnapshotRefcount(s: EngineState, l1Offset: number, l
   const l1 = active ? s.l1Bytes : await readL1(s, l1Offset, l1Size);
   const l1View = tableView(l1);
   let modified = false;
-  const runRefcounts = new Int32Array(s.geo.l2Entries);
   alloc.cacheDiscards = true;
   let failed = false;
   try {
@@ -44,7 +42,7 @@ export async function updateSnapshotRefcount(s: EngineState, l1Offset: number, l
         await s.corrupt(`L2 table offset ${hashHex(e.l2Offset)} unaligned (L1 index: ${hashHex(i)})`);
       }
       if (e.l2Offset === 0) continue; // only flag bits set: no table to walk
-      await updateL2Table(s, e.l2Offset, addend, runRefcounts);
+      await updateL2Table(s, e.l2Offset, addend);
       const l2Cluster = e.l2Offset / s.clusterSize;
       if (addend !== 0) await changeClusterRefcount(s, l2Cluster, addend);
       const copied = (await alloc.getRefcount(l2Cluster)) === 1;
@@ -78,16 +76,11 @@ export async function readL1(s: EngineState, offset: number, entries: number, bu
 }
 
 /** One L2 table's entries: refcounts of their clusters by `addend`, then their COPIED flags. */
-async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountAddend, runRefcounts: Int32Array): Promise<void> {
+async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountAddend): Promise<void> {
   const geo = s.geo;
   const alloc = s.allocator!;
   const table = await s.l2Cache.get(l2Offset);
   const view = tableView(table);
-  // Entries j < runEnd from runStart on have their new refcounts in runRefcounts already.
-  let runStart = 0;
-  let runEnd = 0;
-  // The table is marked dirty (its dependency set) once until the next await, not per entry.
-  let marked = false;
   for (let j = 0; j < geo.l2Entries; j++) {
     const at = j * geo.entrySize;
     const hi = view.getUint32(at);
@@ -98,12 +91,11 @@ async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountA
         const entry = decodeL2Entry(view, at, geo);
         if (entry.kind !== 'compressed') throw new IoError('compressed L2 entry did not decode as compressed');
         const { offset, length } = compressedRange(entry);
-        marked = false;
         await mustUpdate(alloc.updateRefcount(offset, length, 1, addend < 0, true));
       }
       refcount = 2; // compressed clusters are never written in place
     } else {
-      const hostOffset = plainHostOffset(hi, lo);
+      const hostOffset = (hi & OFFSET_HI_MASK) * TWO32 + ((lo & OFFSET_LO_MASK) >>> 0);
       if (hostOffset === 0) {
         refcount = 0; // unallocated, or reads as zero without a cluster
       } else {
@@ -113,17 +105,10 @@ async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountA
           );
         }
         const cluster = hostOffset / s.clusterSize;
-        if (j >= runEnd && addend !== 0) {
-          // Preallocated and converted images map runs of consecutive clusters: one refcount
-          // block lookup for each run instead of one per entry.
-          runStart = j;
-          runEnd = j + changeRun(s, view, j, cluster, addend, runRefcounts);
-        }
         // Without awaiting where the refcount block is cached (the walk's usual case).
-        const fast = j < runEnd ? runRefcounts[j - runStart]! : addend !== 0 ? alloc.tryChangeOne(cluster, addend, true) : alloc.tryGetRefcount(cluster);
+        const fast = addend !== 0 ? alloc.tryChangeOne(cluster, addend, true) : alloc.tryGetRefcount(cluster);
         if (fast !== undefined) refcount = fast;
         else {
-          marked = false;
           if (addend !== 0) await changeClusterRefcount(s, cluster, addend);
           refcount = await alloc.getRefcount(cluster);
         }
@@ -131,58 +116,12 @@ async function updateL2Table(s: EngineState, l2Offset: number, addend: RefcountA
     }
     const next = refcount === 1 ? (hi | COPIED_HI) >>> 0 : (hi & ~COPIED_HI) >>> 0;
     if (next !== hi) {
-      if (!marked) {
-        // L2 entries that stop saying COPIED must not reach the disk before the raised refcounts.
-        if (addend > 0 && !s.l2Cache.trySetDependency(s.refcountCache)) await s.l2Cache.setDependency(s.refcountCache);
-        s.l2Cache.markDirty(l2Offset, table);
-        marked = true;
-      }
+      // L2 entries that stop saying COPIED must not reach the disk before the raised refcounts.
+      if (addend > 0 && !s.l2Cache.trySetDependency(s.refcountCache)) await s.l2Cache.setDependency(s.refcountCache);
       view.setUint32(at, next);
+      s.l2Cache.markDirty(l2Offset, table);
     }
   }
-}
-
-/** The host offset of a standard (not compressed) L2 entry's words; 0 when it has none. */
-function plainHostOffset(hi: number, lo: number): number {
-  return (hi & OFFSET_HI_MASK) * TWO32 + ((lo & OFFSET_LO_MASK) >>> 0);
-}
-
-/**
- * Allocator.tryChangeOne for the entries from `j` on while they map host clusters `cluster`,
- * `cluster + 1`, … within one refcount block (new refcounts into `out`): one cache lookup and one
- * dirty mark for the run. Stops before an entry that is not such a cluster, or whose count would
- * reach 0 or overflow, or pass 2^31 - 1 (out holds int32s: no boxed numbers in the walk) —
- * tryChangeOne and the awaited path handle those, as one by one. Returns
- * how many entries it changed.
- */
-function changeRun(s: EngineState, view: DataView, j: number, cluster: number, addend: -1 | 1, out: Int32Array): number {
-  const alloc = s.allocator!;
-  const order = s.header.refcountOrder;
-  const perBlock = 2 ** (s.geo.clusterBits + 3 - order);
-  const tableIndex = Math.floor(cluster / perBlock);
-  if (tableIndex >= alloc.table.length) return 0;
-  const blockOffset = alloc.table[tableIndex]!;
-  if (blockOffset === 0 || blockOffset % s.clusterSize !== 0) return 0;
-  if (addend < 0 && !s.refcountCache.trySetDependency(s.l2Cache)) return 0;
-  const block = s.refcountCache.peek(blockOffset);
-  if (block === undefined) return 0;
-  const start = cluster % perBlock;
-  const n = Math.min(s.geo.l2Entries - j, perBlock - start);
-  const max = alloc.refcountMax;
-  let done = 0;
-  for (; done < n; done++) {
-    if (done > 0) {
-      const at = (j + done) * s.geo.entrySize;
-      const hi = view.getUint32(at);
-      if ((hi & COMPRESSED_HI) !== 0 || plainHostOffset(hi, view.getUint32(at + 4)) !== (cluster + done) * s.clusterSize) break;
-    }
-    const refcount = getRefcount(block, start + done, order) + addend;
-    if (refcount <= 0 || refcount > max || refcount > 0x7fff_ffff) break;
-    setRefcount(block, start + done, order, refcount);
-    out[done] = refcount;
-  }
-  if (done > 0) s.refcountCache.markDirty(blockOffset, block);
-  return done;
 }
 
 /** qcow2_update_cluster_refcount with QCOW2_DISCARD_SNAPSHOT: one cluster, by ±1. */
