@@ -69,74 +69,133 @@ function compareRun(a: Uint8Array, b: Uint8Array): { differ: boolean; length: nu
   return { differ, length: i };
 }
 
+/** One piece of the safe-mode loop, planned, with the reads of its parts under way. */
+interface Piece {
+  offset: number;
+  n: number;
+  /** False for a piece the image allocates (or nothing below changes): nothing to compare. */
+  compared: boolean;
+  /** The [from, to) pairs of the piece that are read and compared (see {@link zeroRuns}). */
+  parts: number[];
+  oldIsZero: boolean;
+  bufOld: Uint8Array;
+  bufNew: Uint8Array;
+  /** Settles when every read of the piece is over; rejects with the error qemu's order reports first. */
+  reads: Promise<void>;
+}
+
 /**
  * The safe-mode loop: writes into `image` what its old backing chain shows and the new one
  * (`options.newBacking`) would not, so its content stays the same under the new backing file.
  * The header is left as it is (see {@link changeBackingFile}).
+ *
+ * The next piece is planned and read while one is compared and written (two pairs of 2 MiB
+ * buffers): nothing a piece writes into the image is read by the next one (the backing images
+ * are not written, and the image's own status is asked of other ranges). A failure of the next
+ * piece is reported after the current one is finished, as one piece at a time would.
  */
 export async function rebaseImage(image: Image, options: RebaseOptions = {}): Promise<void> {
   const size = image.size();
+  const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
+  const bufSize = Math.min(REBASE_BUF_SIZE, size);
+  const pairs = [0, 1].map(() => [alignedBuffer(bufSize), alignedBuffer(bufSize)] as const);
+  const writer = options.compress ? compressedWriter(image) : undefined;
+  let turn = 0;
+  const plan = (offset: number): Promise<Piece> | undefined => {
+    if (offset >= size) return undefined;
+    const [bufOld, bufNew] = pairs[turn++ % 2];
+    const p = planPiece(image, options, offset, bufOld, bufNew);
+    p.catch(() => undefined); // awaited in its turn
+    return p;
+  };
+  for (let ahead = plan(0); ahead !== undefined; ) {
+    const piece = await ahead;
+    ahead = plan(piece.offset + piece.n);
+    try {
+      if (!piece.compared) continue;
+      await piece.reads;
+      await finishPiece(image, writer, piece);
+      options.onPiece?.(pieces);
+    } catch (err) {
+      // Nothing stays under way once the loop ends.
+      await ahead?.then((p) => p.reads.catch(() => undefined), () => undefined);
+      throw err;
+    }
+  }
+}
+
+/**
+ * img_rebase's steps for the piece at `offset` up to its reads: how long it is (cut at what the
+ * image allocates, at what changes below the new backing image when that is in the chain, at
+ * the end of each backing image), which parts of it are read, and the reads started.
+ */
+async function planPiece(image: Image, options: RebaseOptions, offset: number, bufOld: Uint8Array, bufNew: Uint8Array): Promise<Piece> {
   const oldBacking = image.backing;
   const newBacking = options.newBacking;
   const oldSize = oldBacking?.size() ?? 0;
   const newSize = newBacking?.size() ?? 0;
-  const pieces = size === 0 ? 1 : Math.floor(size / Math.min(size, REBASE_BUF_SIZE));
-  const bufOld = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
-  const bufNew = alignedBuffer(Math.min(REBASE_BUF_SIZE, size));
-  const writer = options.compress ? compressedWriter(image) : undefined;
-  let n = 0;
-  for (let offset = 0; offset < size; offset += n) {
-    n = Math.min(REBASE_BUF_SIZE, size - offset);
-    const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
-      throw stageError('error while reading image metadata', err);
-    });
-    n = own.length;
-    if (own.allocated) continue;
-    if (options.inChain && newBacking !== undefined) {
-      const below = await changedBelow(image, newBacking, offset, n);
-      n = below.length;
-      if (!below.changed) continue;
-    }
-    const oldIsZero = offset >= oldSize || oldBacking === undefined;
-    if (!oldIsZero) n = Math.min(n, oldSize - offset);
-    const newIsZero = offset >= newSize || newBacking === undefined;
-    if (!newIsZero) n = Math.min(n, newSize - offset);
-    // Where both chains read zeroes nothing can differ, so neither is read or compared there:
-    // img_rebase reads and compares them, and equal sectors write nothing and end a differing
-    // run, so skipping them keeps every write it makes. (Zero-filling and comparing those
-    // stretches was a third of the loop's CPU for a sparse base.)
-    const zeroOld = oldIsZero ? [0, n] : await zeroRuns(oldBacking, 'old', offset, n);
-    const zeroNew = newIsZero ? [0, n] : await zeroRuns(newBacking, 'new', offset, n);
-    const parts = outside(intersect(zeroOld, zeroNew), n);
+  let n = Math.min(REBASE_BUF_SIZE, image.size() - offset);
+  const skipped = (): Piece => ({ offset, n, compared: false, parts: [], oldIsZero: true, bufOld, bufNew, reads: Promise.resolve() });
+  const own = await layerStatus(image, offset, n, false).catch((err: unknown) => {
+    throw stageError('error while reading image metadata', err);
+  });
+  n = own.length;
+  if (own.allocated) return skipped();
+  if (options.inChain && newBacking !== undefined) {
+    const below = await changedBelow(image, newBacking, offset, n);
+    n = below.length;
+    if (!below.changed) return skipped();
+  }
+  const oldIsZero = offset >= oldSize || oldBacking === undefined;
+  if (!oldIsZero) n = Math.min(n, oldSize - offset);
+  const newIsZero = offset >= newSize || newBacking === undefined;
+  if (!newIsZero) n = Math.min(n, newSize - offset);
+  // Where both chains read zeroes nothing can differ, so neither is read or compared there:
+  // img_rebase reads and compares them, and equal sectors write nothing and end a differing
+  // run, so skipping them keeps every write it makes. (Zero-filling and comparing those
+  // stretches was a third of the loop's CPU for a sparse base.)
+  const zeroOld = oldIsZero ? [0, n] : await zeroRuns(oldBacking, 'old', offset, n);
+  const zeroNew = newIsZero ? [0, n] : await zeroRuns(newBacking, 'new', offset, n);
+  const parts = outside(intersect(zeroOld, zeroNew), n);
+  // The same two reads as img_rebase's (old, then new), all side by side; an error of an old
+  // one is still the one reported.
+  const readAll = (which: 'old' | 'new', chain: Image | undefined, buf: Uint8Array): Promise<void>[] => {
+    const reads: Promise<void>[] = [];
     for (let p = 0; p < parts.length; p += 2) {
-      const from = parts[p];
-      const to = parts[p + 1];
-      // The same two reads as img_rebase's (old, then new), run side by side; an error of the
-      // old one is still the one reported.
-      const oldRead = oldIsZero ? undefined : readStage('old', () => oldBacking.read(offset + from, bufOld.subarray(from, to)));
-      oldRead?.catch(() => undefined);
-      const newRead = newIsZero ? undefined : readStage('new', () => newBacking.read(offset + from, bufNew.subarray(from, to)));
-      newRead?.catch(() => undefined);
-      try {
-        await oldRead;
-      } finally {
-        await newRead?.catch(() => undefined);
-      }
-      await newRead;
-      if (oldIsZero) bufOld.fill(0, from, to);
-      if (newIsZero) bufNew.fill(0, from, to);
-      for (let written = from; written < to; ) {
-        const run = compareRun(bufOld.subarray(written, to), bufNew.subarray(written, to));
-        if (run.differ) {
-          const at = offset + written;
-          if (writer !== undefined) await writer(at, run.length, oldIsZero ? undefined : bufOld.subarray(written, written + run.length));
-          else if (oldIsZero) await writeStage(() => image.writeZeroes(at, run.length));
-          else await writeStage(() => image.write(at, bufOld.subarray(written, written + run.length)));
-        }
-        written += run.length;
-      }
+      if (chain === undefined) buf.fill(0, parts[p], parts[p + 1]);
+      else reads.push(readStage(which, () => chain.read(offset + parts[p], buf.subarray(parts[p], parts[p + 1]))));
     }
-    options.onPiece?.(pieces);
+    return reads;
+  };
+  const olds = Promise.all(readAll('old', oldIsZero ? undefined : oldBacking, bufOld));
+  const news = Promise.all(readAll('new', newIsZero ? undefined : newBacking, bufNew));
+  news.catch(() => undefined);
+  const reads = olds.then(
+    () => news.then(() => undefined),
+    async (err: unknown) => {
+      await news.catch(() => undefined);
+      throw err;
+    },
+  );
+  reads.catch(() => undefined);
+  return { offset, n, compared: true, parts, oldIsZero, bufOld, bufNew, reads };
+}
+
+/** Compares a piece whose reads are over and writes each run of differing sectors. */
+async function finishPiece(image: Image, writer: ReturnType<typeof compressedWriter> | undefined, piece: Piece): Promise<void> {
+  const { offset, parts, oldIsZero, bufOld, bufNew } = piece;
+  for (let p = 0; p < parts.length; p += 2) {
+    const to = parts[p + 1];
+    for (let written = parts[p]; written < to; ) {
+      const run = compareRun(bufOld.subarray(written, to), bufNew.subarray(written, to));
+      if (run.differ) {
+        const at = offset + written;
+        if (writer !== undefined) await writer(at, run.length, oldIsZero ? undefined : bufOld.subarray(written, written + run.length));
+        else if (oldIsZero) await writeStage(() => image.writeZeroes(at, run.length));
+        else await writeStage(() => image.write(at, bufOld.subarray(written, written + run.length)));
+      }
+      written += run.length;
+    }
   }
 }
 
