@@ -167,8 +167,8 @@ async function planPiece(image: Image, options: RebaseOptions, offset: number, b
     }
     return reads;
   };
-  const olds = Promise.all(readAll('old', oldIsZero ? undefined : oldBacking, bufOld));
-  const news = Promise.all(readAll('new', newIsZero ? undefined : newBacking, bufNew));
+  const olds = allOver(readAll('old', oldIsZero ? undefined : oldBacking, bufOld));
+  const news = allOver(readAll('new', newIsZero ? undefined : newBacking, bufNew));
   news.catch(() => undefined);
   const reads = olds.then(
     () => news.then(() => undefined),
@@ -179,6 +179,12 @@ async function planPiece(image: Image, options: RebaseOptions, offset: number, b
   );
   reads.catch(() => undefined);
   return { offset, n, compared: true, parts, oldIsZero, bufOld, bufNew, reads };
+}
+
+/** Settles once every one of `reads` is over (not at the first failure), rejecting with the first failure in order. */
+async function allOver(reads: Promise<void>[]): Promise<void> {
+  const settled = await Promise.allSettled(reads);
+  for (const r of settled) if (r.status === 'rejected') throw r.reason;
 }
 
 /** Compares a piece whose reads are over and writes each run of differing sectors. */
