@@ -1,14 +1,14 @@
 import { defineConfig } from 'vitest/config';
 import { fileURLToPath } from 'node:url';
 
-// Tests import the packages' TypeScript sources directly, so a test run never waits for tsc
-// (the CLI tests that spawn bin/tsimg.js rely on `npm test` building first).
 // This machine kind sets NODE_EXTRA_CA_CERTS for every program, and each Node start then parses
 // 200 KB of certificates (~60-100 ms per tsimg run; the suite starts thousands). No test trusts
 // a public CA (the https tests use self-signed certificates and say so per request), so the
 // workers and every process they spawn run without it.
 delete process.env.NODE_EXTRA_CA_CERTS;
 
+// Tests import the packages' TypeScript sources directly, so a test run never waits for tsc
+// (the CLI tests that spawn bin/tsimg.js rely on `npm test` building first).
 const src = (p: string) => fileURLToPath(new URL(`./packages/${p}/src/index.ts`, import.meta.url));
 
 export default defineConfig({

@@ -167,16 +167,7 @@ async function planPiece(image: Image, options: RebaseOptions, offset: number, b
     }
     return reads;
   };
-  const olds = allOver(readAll('old', oldIsZero ? undefined : oldBacking, bufOld));
-  const news = allOver(readAll('new', newIsZero ? undefined : newBacking, bufNew));
-  news.catch(() => undefined);
-  const reads = olds.then(
-    () => news.then(() => undefined),
-    async (err: unknown) => {
-      await news.catch(() => undefined);
-      throw err;
-    },
-  );
+  const reads = allOver([...readAll('old', oldIsZero ? undefined : oldBacking, bufOld), ...readAll('new', newIsZero ? undefined : newBacking, bufNew)]);
   reads.catch(() => undefined);
   return { offset, n, compared: true, parts, oldIsZero, bufOld, bufNew, reads };
 }
@@ -217,7 +208,7 @@ async function zeroRuns(chain: Image, which: 'old' | 'new', offset: number, n: n
     try {
       st = await blockStatusAbove(chain, offset + at, n - at);
     } catch (err) {
-      throw new IoError(`error while reading from ${which} backing file`, { cause: err, errno: 'EIO' });
+      throw readError(which, err);
     }
     const end = st.length > 0 ? Math.min(n, at + st.length) : n;
     if (st.zero && st.length > 0) {
@@ -283,8 +274,13 @@ async function readStage(which: 'old' | 'new', read: () => Promise<void>): Promi
   try {
     await read();
   } catch (err) {
-    throw new IoError(`error while reading from ${which} backing file`, { cause: err, errno: 'EIO' });
+    throw readError(which, err);
   }
+}
+
+/** img_rebase's line for a failed read of a backing chain. */
+function readError(which: 'old' | 'new', err: unknown): IoError {
+  return new IoError(`error while reading from ${which} backing file`, { cause: err, errno: 'EIO' });
 }
 
 async function writeStage(write: () => Promise<void>): Promise<void> {
