@@ -1,16 +1,24 @@
 /**
- * The default fetch of HttpDevice in Node: a small fetch over node:http / node:https with a
- * keep-alive agent, answering only what range-request.ts asks of a Response (status, url,
- * headers, a body read chunk by chunk). Global fetch (undici) costs twice the CPU per byte
- * here (241 MB of ranges: 0.8 s of user time against 0.35 s), mostly in its web streams. The
- * browser build takes transport.browser.ts, the platform's fetch, instead.
+ * The default fetch of HttpDevice in Node: a small fetch answering only what range-request.ts
+ * asks of a Response (status, url, headers, a body read into a buffer). Plain http goes through
+ * wire.ts (bodies read by the kernel into the caller's buffer); https, URLs with credentials
+ * and answers wire.ts does not take go through node:http / node:https with keep-alive agents.
+ * Global fetch (undici) costs twice node:http's CPU per byte here (241 MB of ranges: 0.8 s of
+ * user time against 0.35 s), mostly in its web streams. The browser build takes
+ * transport.browser.ts, the platform's fetch, instead.
  */
 import http from 'node:http';
 import https from 'node:https';
 import type { BodyFill } from './range-request.js';
+import { WireHeaders, WirePool, WireUnsupported } from './wire.js';
 
 /** What a Response needs to be for range-request.ts. */
 type Answer = Pick<Response, 'status' | 'ok' | 'url' | 'headers' | 'body'>;
+
+/** A Response-like answer of `url`. */
+function answer(url: URL, status: number, headers: WireHeaders, body: ReadableStream<Uint8Array>): Answer {
+  return { status, ok: status >= 200 && status < 300, url: url.href, headers: headers as unknown as Headers, body };
+}
 
 /** Redirects followed, as fetch's limit. */
 const MAX_REDIRECTS = 20;
@@ -65,8 +73,11 @@ function chunks(msg: http.IncomingMessage): ReadableStream<Uint8Array> & { fill:
 export function defaultFetch(sslVerify = true): { fetch: typeof fetch; close: () => void } {
   // qemu's sslverify=off (CURLOPT_SSL_VERIFYPEER/HOST 0): certificates are not checked.
   const agents = { http: new http.Agent({ keepAlive: true }), https: new https.Agent({ keepAlive: true, rejectUnauthorized: sslVerify }) };
-  const once = (url: URL, init: RequestInit): Promise<http.IncomingMessage> =>
-    new Promise((resolve, reject) => {
+  const pool = new WirePool();
+  /** Origins that sent an answer wire.ts does not take: node:http serves them from then on. */
+  const odd = new Set<string>();
+  const viaNode = (url: URL, init: RequestInit): Promise<Answer> =>
+    new Promise<http.IncomingMessage>((resolve, reject) => {
       const secure = url.protocol === 'https:';
       const req = (secure ? https : http).request(url, {
         method: init.method ?? 'GET',
@@ -77,28 +88,46 @@ export function defaultFetch(sslVerify = true): { fetch: typeof fetch; close: ()
       req.on('response', resolve);
       req.on('error', reject);
       req.end();
+    }).then((msg) => {
+      const headers = new Map<string, string>();
+      for (const [name, value] of Object.entries(msg.headers)) {
+        if (value !== undefined) headers.set(name, Array.isArray(value) ? value.join(', ') : value);
+      }
+      return answer(url, msg.statusCode ?? 0, new WireHeaders(headers), chunks(msg));
     });
+  const viaWire = async (url: URL, init: RequestInit): Promise<Answer> => {
+    const method = init.method ?? 'GET';
+    const res = await pool.request(url, method, (init.headers ?? {}) as Record<string, string>, init.signal ?? undefined);
+    return answer(url, res.status, res.headers, res.body as unknown as ReadableStream<Uint8Array>);
+  };
+  const once = async (url: URL, init: RequestInit): Promise<Answer> => {
+    const wire = url.protocol === 'http:' && url.username === '' && url.password === '' && !odd.has(url.host);
+    if (!wire) return viaNode(url, init);
+    try {
+      return await viaWire(url, init);
+    } catch (err) {
+      if (!(err instanceof WireUnsupported)) throw err;
+      odd.add(url.host);
+      return viaNode(url, init);
+    }
+  };
   const run = async (input: string | URL | Request, init: RequestInit = {}): Promise<Answer> => {
     let url = new URL(String(input));
     for (let hops = 0; ; hops++) {
       if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`fetch failed: unsupported protocol ${url.protocol}`);
-      const msg = await once(url, init);
-      const status = msg.statusCode ?? 0;
-      const location = msg.headers.location;
-      if ([301, 302, 303, 307, 308].includes(status) && location !== undefined && init.redirect !== 'manual') {
-        msg.resume();
+      const res = await once(url, init);
+      const location = res.headers.get('location');
+      if ([301, 302, 303, 307, 308].includes(res.status) && location !== null && init.redirect !== 'manual') {
+        await res.body?.cancel();
         if (hops >= MAX_REDIRECTS) throw new TypeError('fetch failed: redirect count exceeded');
         url = new URL(location, url);
         continue;
       }
-      const headers = new Headers();
-      for (const [name, value] of Object.entries(msg.headers)) {
-        if (value !== undefined) headers.set(name, Array.isArray(value) ? value.join(', ') : value);
-      }
-      return { status, ok: status >= 200 && status < 300, url: url.href, headers, body: chunks(msg) };
+      return res;
     }
   };
   const close = (): void => {
+    pool.close();
     agents.http.destroy();
     agents.https.destroy();
   };
