@@ -52,6 +52,23 @@ export interface HttpDeviceOptions {
 
 /** Sequential streams tracked at once (see HttpDevice's #streams). */
 const MAX_STREAMS = 4;
+/** Request buffers kept for reuse, per size, once no cached block and no reader holds them. */
+const SPARES_PER_SIZE = 4;
+/** The smallest request buffer (smaller requests get one this size). */
+const MIN_BUFFER = 64 * 1024;
+
+/**
+ * One request's buffer, shared by the cache blocks that are slices of it: `refs` counts them,
+ * the request while it runs, and the reads copying out of it. At 0 the buffer goes back to the
+ * spares of its size: a fresh buffer per request cost a page fault per 4 KiB the socket wrote
+ * into (~45 k per GiB of a compressed image read), which on this VM was also where most
+ * run-to-run noise came from. Buffers come in powers of two (up to the largest request), so a
+ * buffer is at most twice the bytes its blocks account for in the cache.
+ */
+interface Run {
+  refs: number;
+  buffer: Uint8Array | undefined;
+}
 
 /** Counts requests in flight and hands out free ones: reads queue, read-ahead never does. */
 class RequestSlots {
@@ -93,7 +110,8 @@ function positive(value: number | undefined, fallback: number, what: string): nu
 export class HttpDevice extends ReadOnlySource {
   readonly #file: RemoteFile;
   readonly #settings: RequestSettings;
-  readonly #cache: BlockCache;
+  readonly #cache: BlockCache<Run>;
+  readonly #spares = new Map<number, Uint8Array[]>();
   readonly #slots: RequestSlots;
   readonly #block: number;
   readonly #readahead: number;
@@ -107,7 +125,7 @@ export class HttpDevice extends ReadOnlySource {
    * (L2 tables elsewhere in the file) do not end the data's stream.
    */
   readonly #closeTransport: () => void;
-  readonly #streams: { end: number; window: number }[] = [];
+  readonly #streams: { end: number; window: number; ahead: number }[] = [];
   /** Set once the server misbehaved or the file changed: every later read fails with it. */
   #failed: HttpError | undefined;
   private constructor(file: RemoteFile, settings: RequestSettings, options: HttpDeviceOptions, closeTransport: () => void) {
@@ -117,7 +135,7 @@ export class HttpDevice extends ReadOnlySource {
     this.#settings = settings;
     this.filename = options.filename ?? file.url;
     this.#block = positive(options.blockSize, 64 * 1024, 'blockSize');
-    this.#cache = new BlockCache(options.cacheSize ?? 64 * 1024 * 1024);
+    this.#cache = new BlockCache<Run>(options.cacheSize ?? 64 * 1024 * 1024, (run) => this.#unref(run));
     this.#slots = new RequestSlots(positive(options.maxInFlight, 6, 'maxInFlight'));
     this.#readahead = options.readahead ?? 256 * 1024;
     this.#maxReadahead = Math.max(this.#readahead, options.maxReadahead ?? 16 * 1024 * 1024);
@@ -173,12 +191,19 @@ export class HttpDevice extends ReadOnlySource {
     const withReadahead = Math.floor((Math.min(end + this.#readahead, size) - 1) / B);
     const blocks = this.#blocks(first, withReadahead, true);
     this.#readAhead(offset, end, withReadahead);
-    for (let i = first; i <= last; i++) {
-      const data = await blocks[i - first]!;
-      const blockStart = i * B;
-      const from = Math.max(offset, blockStart);
-      const to = Math.min(end, blockStart + data.length);
-      into.set(data.subarray(from - blockStart, to - blockStart), from - offset);
+    // Held until copied out: else a block could be evicted and its buffer reused meanwhile.
+    const held = blocks.slice(0, last - first + 1);
+    for (const b of held) b.owner.refs++;
+    try {
+      for (let i = first; i <= last; i++) {
+        const data = await held[i - first]!.data;
+        const blockStart = i * B;
+        const from = Math.max(offset, blockStart);
+        const to = Math.min(end, blockStart + data.length);
+        into.set(data.subarray(from - blockStart, to - blockStart), from - offset);
+      }
+    } finally {
+      for (const b of held) this.#unref(b.owner);
     }
   }
 
@@ -187,8 +212,8 @@ export class HttpDevice extends ReadOnlySource {
    * `urgent` false (read-ahead), a run is only started while a request is free, and the
    * returned list holds only what already existed or was started.
    */
-  #blocks(first: number, last: number, urgent: boolean): Promise<Uint8Array>[] {
-    const out: Promise<Uint8Array>[] = [];
+  #blocks(first: number, last: number, urgent: boolean): { data: Promise<Uint8Array>; owner: Run }[] {
+    const out: { data: Promise<Uint8Array>; owner: Run }[] = [];
     let i = first;
     while (i <= last) {
       const cached = this.#cache.get(i);
@@ -200,15 +225,17 @@ export class HttpDevice extends ReadOnlySource {
       let count = 1;
       while (i + count <= last && count < this.#maxRequestBlocks && !this.#cache.has(i + count)) count++;
       if (!urgent && !this.#slots.tryTake()) break;
-      const run = this.#fetchRun(i, count, urgent);
+      // Held by each of its blocks and by the request.
+      const owner: Run = { refs: count + 1, buffer: undefined };
+      const run = this.#fetchRun(i, count, urgent, owner);
       for (let k = 0; k < count; k++) {
         const index = i + k;
         const offset = k * this.#block;
-        const block = run.then((buf) => buf.subarray(offset, Math.min(buf.length, offset + this.#block)));
+        const data = run.then((buf) => buf.subarray(offset, Math.min(buf.length, offset + this.#block)));
         // A failed read-ahead is nobody's error: the read that needs the block asks again.
-        if (!urgent) block.catch(() => undefined);
-        this.#cache.put(index, block, Math.min(this.#block, this.#file.size - index * this.#block));
-        out.push(block);
+        if (!urgent) data.catch(() => undefined);
+        this.#cache.put(index, data, Math.min(this.#block, this.#file.size - index * this.#block), owner);
+        out.push({ data, owner });
       }
       i += count;
     }
@@ -216,12 +243,15 @@ export class HttpDevice extends ReadOnlySource {
   }
 
   /** One request for `count` blocks from block `first` (a slot is already held unless urgent). */
-  async #fetchRun(first: number, count: number, urgent: boolean): Promise<Uint8Array> {
+  async #fetchRun(first: number, count: number, urgent: boolean, owner: Run): Promise<Uint8Array> {
     if (urgent) await this.#slots.take();
     try {
       if (this.#failed !== undefined) throw this.#failed;
       const start = first * this.#block;
-      const buf = new Uint8Array(Math.min(count * this.#block, this.#file.size - start));
+      const length = Math.min(count * this.#block, this.#file.size - start);
+      const size = Math.min(2 ** Math.ceil(Math.log2(Math.max(length, MIN_BUFFER))), this.#maxRequestBlocks * this.#block);
+      owner.buffer = this.#spares.get(size)?.pop() ?? new Uint8Array(size);
+      const buf = owner.buffer.subarray(0, length);
       await readRange(this.#file, this.#settings, start, buf);
       return buf;
     } catch (err) {
@@ -232,7 +262,17 @@ export class HttpDevice extends ReadOnlySource {
       throw err;
     } finally {
       this.#slots.give();
+      this.#unref(owner);
     }
+  }
+
+  #unref(run: Run): void {
+    if (--run.refs > 0 || run.buffer === undefined) return;
+    const size = run.buffer.length;
+    let spares = this.#spares.get(size);
+    if (spares === undefined) this.#spares.set(size, (spares = []));
+    if (spares.length < SPARES_PER_SIZE) spares.push(run.buffer);
+    run.buffer = undefined;
   }
 
   /** Sequential reads widen their stream's read-ahead window and fetch it in the background. */
@@ -241,11 +281,20 @@ export class HttpDevice extends ReadOnlySource {
     const i = this.#streams.findIndex((st) => end > st.end && offset >= st.end - this.#block && offset <= st.end + st.window);
     const stream = i >= 0 ? this.#streams.splice(i, 1)[0]! : undefined;
     const window = stream !== undefined ? Math.min(Math.max(stream.window, this.#block) * 2, this.#maxReadahead) : this.#readahead;
-    this.#streams.push({ end, window });
+    // `ahead`: the last block this stream's read-ahead asked for. The blocks before it are
+    // cached or in flight, so a read looks only past it: a walk over the whole window for
+    // every small read (a compressed cluster) cost more than the reads themselves.
+    const next = { end, window, ahead: Math.max(fetchedTo, stream?.ahead ?? -1) };
+    this.#streams.push(next);
     if (this.#streams.length > MAX_STREAMS) this.#streams.shift();
     if (stream === undefined) return;
-    const to = Math.floor((Math.min(end + window, this.#file.size) - 1) / this.#block);
-    if (to > fetchedTo) this.#blocks(fetchedTo + 1, to, false);
+    const lastBlock = Math.floor((this.#file.size - 1) / this.#block);
+    let to = Math.floor((Math.min(end + window, this.#file.size) - 1) / this.#block);
+    // Once the window holds whole requests, read-ahead asks for whole requests only (equal
+    // buffers to reuse, fewer requests), the file's tail excepted.
+    const whole = this.#maxRequestBlocks;
+    if (window >= whole * this.#block && to < lastBlock) to = next.ahead + Math.floor((to - next.ahead) / whole) * whole;
+    if (to > next.ahead) next.ahead = next.ahead + this.#blocks(next.ahead + 1, to, false).length;
   }
 
   protected override closed(): void {
