@@ -131,7 +131,9 @@ export async function startHttpServer(root, port = 0, options = {}) {
       setTimeout(() => req.socket.destroy(), 20);
       return;
     }
-    createReadStream(path, { start, end: sendEnd }).pipe(res);
+    // A range is read in one piece where it fits 4 MiB: with the stream's 64 KiB default the
+    // server spent ~0.5 s of CPU per GiB on reads and writes, on the cores the client runs on.
+    createReadStream(path, { start, end: sendEnd, highWaterMark: Math.min(sendEnd - start + 1, 4 << 20) }).pipe(res);
   });
   // Idle keep-alive connections stay open (Node closes them after 5 s by default): qemu-img's
   // curl driver hung for minutes on a connection closed under it while the machine was loaded.

@@ -288,12 +288,7 @@ export class HttpDevice extends ReadOnlySource {
     this.#streams.push(next);
     if (this.#streams.length > MAX_STREAMS) this.#streams.shift();
     if (stream === undefined) return;
-    const lastBlock = Math.floor((this.#file.size - 1) / this.#block);
-    let to = Math.floor((Math.min(end + window, this.#file.size) - 1) / this.#block);
-    // Once the window holds whole requests, read-ahead asks for whole requests only (equal
-    // buffers to reuse, fewer requests), the file's tail excepted.
-    const whole = this.#maxRequestBlocks;
-    if (window >= whole * this.#block && to < lastBlock) to = next.ahead + Math.floor((to - next.ahead) / whole) * whole;
+    const to = Math.floor((Math.min(end + window, this.#file.size) - 1) / this.#block);
     if (to > next.ahead) next.ahead = next.ahead + this.#blocks(next.ahead + 1, to, false).length;
   }
 
