@@ -56,7 +56,15 @@ export function run(cmd: string, args: string[], options: { cwd?: string; input?
 
 /** Runs qemu-img with `args`. */
 export function qemuImg(args: string[], options: { cwd?: string } = {}): RunResult {
-  return run('qemu-img', args, options);
+  // This qemu build's PBKDF2 calibration (LUKS create, convert, measure or amend) times its first
+  // round of iterations with the thread's CPU clock, and gives up when that reads 0 ms ("Unable
+  // to get accurate CPU usage"): on a fast CPU the round can end within one accounting tick, in
+  // up to half the runs here. That failure of qemu's own is run again (each try is a few ms);
+  // any other answer is returned as it is.
+  for (let attempt = 0; ; attempt++) {
+    const r = run('qemu-img', args, options);
+    if (r.status === 0 || attempt >= 19 || !r.stderr.includes('Unable to get accurate CPU usage')) return r;
+  }
 }
 
 /** Runs qemu-io with `args` (e.g. ['-c', 'write -P 0xab 0 64k', 'img.qcow2']). */

@@ -198,7 +198,12 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
     const holder = spawn('qemu-io', ['-c', 'sleep 600000', p('locked.qcow2')], { stdio: 'ignore' });
     try {
       // qemu-img info fails on the lock once qemu-io holds it
-      for (let i = 0; i < 500 && qemuImg(['info', p('locked.qcow2')]).status === 0; i++) await new Promise((r) => setTimeout(r, 10));
+      let info = qemuImg(['info', p('locked.qcow2')]);
+      for (let i = 0; i < 500 && info.status === 0; i++) {
+        await new Promise((r) => setTimeout(r, 10));
+        info = qemuImg(['info', p('locked.qcow2')]);
+      }
+      expect({ holderExit: holder.exitCode ?? holder.signalCode, info: info.stderr }).toEqual({ holderExit: null, info: expect.stringMatching(/lock/) });
       const before = readFileSync(p('locked.qcow2'));
       for (const args of [['--add', p('locked.qcow2'), 'b'], ['--merge', 'old', '-b', p('locked.qcow2'), p('other.qcow2'), 'x']]) {
         const q = qemuImg(['bitmap', ...args]);
@@ -208,9 +213,13 @@ describeQemu('tsimg bitmap vs qemu-img bitmap', () => {
       }
       expect(readFileSync(p('locked.qcow2')).equals(before)).toBe(true);
     } finally {
-      const exited = new Promise((r) => holder.once('exit', r));
-      holder.kill('SIGKILL');
-      await exited;
+      // A holder that is gone already (it failed to start) has emitted its 'exit': waiting for
+      // it would hang the test and hide the failure that brought us here.
+      if (holder.exitCode === null && holder.signalCode === null) {
+        const exited = new Promise((r) => holder.once('exit', r));
+        holder.kill('SIGKILL');
+        await exited;
+      }
     }
   });
 
