@@ -161,7 +161,8 @@ let httpServer;
 let httpUrl = 'http://127.0.0.1:9';
 if (!filter || HTTP_VS_FILE.includes(filter) || HTTP_VS_QEMU.includes(filter)) {
   if (!existsSync(qcowC1g)) execFileSync('qemu-img', ['convert', '-c', '-W', '-m', '8', '-O', 'qcow2', mixed, qcowC1g]);
-  httpServer = spawn(process.execPath, [join(root, 'test-images', 'http-server.mjs'), out, '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  // --big-reads: ranges sent in one piece, as sendfile servers do (test-images/http-server.mjs).
+  httpServer = spawn(process.execPath, [join(root, 'test-images', 'http-server.mjs'), out, '0', '--big-reads'], { stdio: ['ignore', 'pipe', 'inherit'] });
   httpUrl = await new Promise((resolve, reject) => {
     httpServer.stdout.once('data', (d) => resolve(String(d).trim()));
     httpServer.once('exit', (code) => reject(new Error(`http server exited (${code})`)));

@@ -38,8 +38,8 @@ async function tsimg(args: string[]): Promise<Out> {
 /**
  * qemu-img, asynchronously (a synchronous spawn would stall the server in this process). Its
  * curl driver (7.2) hangs now and then with every request answered (1 run in 6–15 of a 16 MiB
- * convert here, with several requests in flight): a run that takes 15 s is killed and run
- * again, up to three times.
+ * convert here, with several requests in flight; strace shows it polling none of its sockets):
+ * a run that takes 15 s is killed and run again, up to five times.
  */
 async function qemu(args: string[]): Promise<Out> {
   for (let attempt = 1; ; attempt++) {
@@ -48,7 +48,7 @@ async function qemu(args: string[]): Promise<Out> {
       return { stdout, stderr: tsimgPrefix(stderr), status: 0 };
     } catch (err) {
       const e = err as { stdout: string; stderr: string; code: number | null; killed?: boolean };
-      if (e.killed && attempt < 3) continue;
+      if (e.killed && attempt < 5) continue;
       return { stdout: e.stdout, stderr: tsimgPrefix(e.stderr), status: e.code ?? -1 };
     }
   }
