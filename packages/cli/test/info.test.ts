@@ -9,7 +9,6 @@
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { closeSync, copyFileSync, mkdirSync, openSync, readSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { execFileSync } from 'node:child_process';
 import { type Qcow2Snapshot } from '@tsimg/qcow2';
 import { decodeByteString } from '../../qcow2/src/format/byte-string.js';
 import { encodeSnapshotTable, ICOUNT_NONE } from '../../qcow2/src/format/snapshot.js';
@@ -21,25 +20,13 @@ process.env.TZ = 'UTC';
 let dir = '';
 let cleanup = (): void => {};
 
-/** Runs qemu-img in the image directory (relative names, e.g. data files, land there too). */
-function q(...args: string[]): void {
-  execFileSync('qemu-img', args.map((a) => a.replaceAll('$DIR/', '')), { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
-}
-
 /**
- * qemu's PBKDF2 calibration fails now and then on a busy machine ("Unable to get accurate CPU
- * usage"): retry after a pause, the last attempts with qemu's default (longer) iteration time.
+ * Runs qemu-img in the image directory (relative names, e.g. data files, land there too);
+ * qemuImg runs it again when qemu's PBKDF2 calibration gives up.
  */
-function qRetry(...args: string[]): void {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      q(...(attempt > 3 ? args.map((a) => a.replace(',encrypt.iter-time=500', '')) : args));
-      return;
-    } catch (err) {
-      if (attempt >= 6) throw err;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500 * attempt);
-    }
-  }
+function q(...args: string[]): void {
+  const r = qemuImg(args.map((a) => a.replaceAll('$DIR/', '')), { cwd: dir });
+  if (r.status !== 0) throw new Error(`qemu-img ${args.join(' ')} failed: ${r.stderr}`);
 }
 
 function poke(file: string, offset: number, bytes: Uint8Array): void {
@@ -244,8 +231,8 @@ beforeAll(() => {
   q('create', '-f', 'qcow2', '$DIR/zstd-bit-missing.qcow2', '10M', '-o', 'compression_type=zstd');
   pokeBits('zstd-bit-missing.qcow2', 79, 0, 8);
   // encryption (LUKS; info needs no key)
-  qRetry('create', '-f', 'qcow2', '--object', 'secret,id=sec0,data=123456', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=500', '$DIR/luks.qcow2', '64M');
-  qRetry('create', '-f', 'qcow2', '--object', 'secret,id=sec0,data=123456', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=500,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha512', '$DIR/luks-essiv.qcow2', '64M');
+  q('create', '-f', 'qcow2', '--object', 'secret,id=sec0,data=123456', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=500', '$DIR/luks.qcow2', '64M');
+  q('create', '-f', 'qcow2', '--object', 'secret,id=sec0,data=123456', '-o', 'encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=500,encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256,encrypt.hash-alg=sha512', '$DIR/luks-essiv.qcow2', '64M');
   // damaged headers and metadata: each must fail (or not) exactly as qemu's open does
   q('create', '-f', 'qcow2', '$DIR/h.qcow2', '1G');
   variant('bad-version.qcow2', 'h.qcow2', [[4, u32(4)]]);
