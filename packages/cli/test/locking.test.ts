@@ -10,23 +10,12 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { join } from 'node:path';
 import { lockingAvailable } from '@tsimg/raw';
+import { heldBytes, holdWithQemuIo, killAndWait } from '../../../test-images/holders.js';
 import { describeQemu, qemuAsTsimg, qemuImg, qemuIo, shIn, tempDir, tsimg, tsimgBin } from '../../../test-images/qemu.js';
 
 let dir = '';
 let cleanup = (): void => {};
 const started: ChildProcess[] = [];
-
-/** The bytes locked on `file` (any owner), from /proc/locks. */
-function heldBytes(file: string): number[] {
-  const ino = fs.statSync(file).ino;
-  const out: number[] = [];
-  for (const line of fs.readFileSync('/proc/locks', 'utf8').split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f.length < 8 || Number(f[5]!.split(':')[2]) !== ino) continue;
-    for (let b = Number(f[6]); b <= Number(f[7]); b++) out.push(b);
-  }
-  return out.sort((a, b) => a - b);
-}
 
 async function until(what: string, test: () => boolean, child?: ChildProcess): Promise<void> {
   for (let i = 0; i < 500; i++) {
@@ -39,19 +28,9 @@ async function until(what: string, test: () => boolean, child?: ChildProcess): P
 
 /** `qemu-io ARGS -c 'sleep 600000' FILE` in the background, once its locks show. */
 async function hold(args: string[], file: string): Promise<ChildProcess> {
-  const path = join(dir, file);
-  const before = heldBytes(path).length;
-  const child = spawn('qemu-io', [...args, '-c', 'sleep 600000', file], { cwd: dir, stdio: 'ignore' });
+  const child = await holdWithQemuIo(args, file, dir);
   started.push(child);
-  await until(`qemu-io ${args.join(' ')} ${file}`, () => heldBytes(path).length > before, child);
   return child;
-}
-
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
 }
 
 /** qemu-img and tsimg with `args` (OUT: a file of each's own), expected to say the same. */
@@ -127,7 +106,7 @@ describeLocks('tsimg and qemu lock each other out as qemu-img does', () => {
     sh('qemu-img', 'create', '-q', '-f', 'raw', 'r.raw', '16M');
   });
   afterAll(async () => {
-    for (const c of started) await stop(c);
+    for (const c of started) await killAndWait(c);
     cleanup();
   });
 
@@ -145,7 +124,7 @@ describeLocks('tsimg and qemu lock each other out as qemu-img does', () => {
       try {
         for (const list of lists) for (const c of list) expectSame(c);
       } finally {
-        for (const h of holders) await stop(h);
+        for (const h of holders) await killAndWait(h);
       }
       expectUndamaged();
     }, 60_000);
@@ -204,7 +183,7 @@ describeLocks('tsimg and qemu lock each other out as qemu-img does', () => {
         // Once data reaches the base, the job runs: every lock is the job's.
         await until(`${who} commit writes its base`, () => !fs.readFileSync(join(dir, chain.files[0]!)).equals(before), slow);
         held[who] = chain.files.map((f) => heldBytes(join(dir, f)));
-        await stop(slow);
+        await killAndWait(slow);
       }
       expect(held.tsimg, chain.files.join(' ')).toEqual(held.qemu);
     }

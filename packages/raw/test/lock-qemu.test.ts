@@ -3,11 +3,12 @@
  * a qemu process exclude each other exactly as two qemu processes do, in both directions.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type ChildProcess, spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { FileDevice, type FileDeviceOptions, imageFilePermissions, LockError, lockingAvailable, type LockPermissions, UnsupportedError } from '@tsimg/raw';
 import { nativeStatus } from '../src/native.js';
+import { heldBytes, holdWithQemuIo, killAndWait, procLocks } from '../../../test-images/holders.js';
 import { describeQemu, qemuImg, qemuIo, tempDir } from '../../../test-images/qemu.js';
 
 /** Native-module suites: skipped loudly without it, failing when CI is set (CI builds it). */
@@ -23,40 +24,12 @@ function describeNative(name: string, fn: () => void): void {
   describe.skip(name, fn);
 }
 
-/** The bytes locked on `file` per owner (pid, or -1 for OFD locks), from /proc/locks. */
-function procLocks(file: string): { kind: string; bytes: number[] }[] {
-  const ino = fs.statSync(file).ino;
-  const out: { kind: string; bytes: number[] }[] = [];
-  for (const line of fs.readFileSync('/proc/locks', 'utf8').split('\n')) {
-    const f = line.trim().split(/\s+/); // "1: OFDLCK ADVISORY READ -1 fe:00:123 100 101"
-    if (f.length < 8 || Number(f[5].split(':')[2]) !== ino) continue;
-    const [start, end] = [Number(f[6]), Number(f[7])];
-    out.push({ kind: f[1], bytes: Array.from({ length: end - start + 1 }, (_, i) => start + i) });
-  }
-  return out;
-}
-const heldBytes = (file: string): number[] => procLocks(file).flatMap((l) => l.bytes).sort((a, b) => a - b);
-
 const started: ChildProcess[] = [];
-/** Starts `qemu-io ARGS -c 'sleep 30000' FILE` and waits until its locks show in /proc/locks. */
+/** Starts `qemu-io ARGS -c 'sleep 600000' FILE` and waits until its locks show in /proc/locks. */
 async function holdWithQemu(args: string[], file: string): Promise<ChildProcess> {
-  const before = heldBytes(file).length;
-  const child = spawn('qemu-io', [...args, '-c', 'sleep 30000', file], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = await holdWithQemuIo(args, file);
   started.push(child);
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  for (let i = 0; i < 300; i++) {
-    if (heldBytes(file).length > before) return child;
-    if (child.exitCode !== null) throw new Error(`qemu-io ${args.join(' ')} exited: ${stderr}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-  throw new Error(`qemu-io ${args.join(' ')} took no lock within 3 s`);
-}
-async function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGKILL');
-  await exited;
+  return child;
 }
 
 /** The message and hint a second qemu process prints for the same conflict. */
@@ -94,7 +67,7 @@ describeNative('image locks against qemu-io and qemu-img', () => {
     expect(qemuImg(['create', '-q', '-f', 'qcow2', img, '1M']).status).toBe(0);
   });
   afterAll(async () => {
-    await Promise.all(started.map(stop));
+    await Promise.all(started.map(killAndWait));
     cleanup();
   });
 
@@ -102,7 +75,7 @@ describeNative('image locks against qemu-io and qemu-img', () => {
     for (const mode of MODES) {
       const q = await holdWithQemu(mode.qemu, img);
       const theirs = heldBytes(img);
-      await stop(q);
+      await killAndWait(q);
       const dev = await FileDevice.open(img, { readOnly: mode.readOnly, lock: mode.perms });
       expect(procLocks(img).every((l) => l.kind === 'OFDLCK'), mode.name).toBe(true);
       expect(heldBytes(img), mode.name).toEqual(theirs);
@@ -126,7 +99,7 @@ describeNative('image locks against qemu-io and qemu-img', () => {
           if (expected === undefined) expect(err).toBeUndefined();
           else expect(err).toMatchObject({ code: 'locked', errno: 'EAGAIN', ...expected });
         } finally {
-          await stop(q);
+          await killAndWait(q);
         }
         expect(heldBytes(img)).toEqual([]);
       });
@@ -180,7 +153,7 @@ describeNative('image locks against qemu-io and qemu-img', () => {
       expect(heldBytes(img)).toEqual(before);
       expect(dev.lockState()).toMatchObject({ permissions: imageFilePermissions({ format: true, write: false }) });
     } finally {
-      await stop(q);
+      await killAndWait(q);
       await dev.close();
     }
   });
@@ -196,7 +169,7 @@ describeNative('image locks against qemu-io and qemu-img', () => {
       await expect(FileDevice.open(img, { create: true })).rejects.toMatchObject({ code: 'locked', ...expected });
       expect(fs.statSync(img).size).toBe(size);
     } finally {
-      await stop(q);
+      await killAndWait(q);
     }
     expect(qemuImg(['check', img]).status).toBe(0);
   });
