@@ -255,3 +255,54 @@ describe('HttpDevice faults', () => {
     await dev.close();
   });
 });
+
+describe('HttpDevice close', () => {
+  const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+  /** This process's sockets to the test server: a keep-alive one left open keeps a command from exiting. */
+  const sockets = (): number => {
+    const port = Number(new URL(server.url).port);
+    const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles();
+    return handles.filter((h) => (h as { remotePort?: number }).remotePort === port).length;
+  };
+  /** Requests made after `n` were counted, once a later request would have had time to come. */
+  const noneAfter = async (n: number): Promise<void> => {
+    await pause(400);
+    expect(server.requests.slice(n)).toEqual([]);
+    expect(sockets()).toBe(0);
+  };
+
+  it('ends its read-ahead and its connections, and asks nothing more', async () => {
+    const dev = await HttpDevice.open(url());
+    const buf = new Uint8Array(64 * 1024);
+    // Sequential reads: the read-ahead window grows and runs ahead in the background.
+    for (let offset = 0; offset < 1024 * 1024; offset += buf.length) await dev.read(offset, buf);
+    await dev.close();
+    await noneAfter(server.requests.length);
+  });
+  it('ends a read waiting on a stalled answer at once, with an HttpError', async () => {
+    const dev = await HttpDevice.open(url(), { timeout: 30 });
+    server.faults.stall = true;
+    const read = dev.read(0, new Uint8Array(1000)).catch((e: unknown) => e);
+    while (gets() === 0) await pause(5);
+    const t0 = Date.now();
+    await dev.close();
+    const err = await read;
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect(err).toBeInstanceOf(HttpError);
+    expect((err as Error).message).toBe('The remote file was closed');
+    await noneAfter(server.requests.length);
+  });
+  it('makes no retry after it: a read waiting out its back-off fails at once', async () => {
+    const dev = await HttpDevice.open(url(), { backoff: 5000 });
+    server.faults.failGets = 1;
+    const read = dev.read(0, new Uint8Array(1000)).catch((e: unknown) => e);
+    while (gets() === 0) await pause(5);
+    await pause(50); // the 503 is in: the retry waits 5 s
+    const t0 = Date.now();
+    await dev.close();
+    const err = await read;
+    expect(Date.now() - t0).toBeLessThan(1000);
+    expect((err as Error).message).toBe('The remote file was closed');
+    await noneAfter(server.requests.length);
+  });
+});

@@ -154,22 +154,28 @@ export class HttpDevice extends ReadOnlySource {
       headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
     }
     const transport = options.fetch !== undefined ? { fetch: options.fetch, close: () => undefined } : defaultFetch(options.sslVerify ?? true);
+    const lifetime = new AbortController();
     const settings: RequestSettings = {
+      closed: lifetime.signal,
       fetch: transport.fetch,
       headers,
       timeoutMs: (options.timeout ?? 5) * 1000,
       retries: options.retries ?? 3,
       backoffMs: options.backoff ?? 200,
     };
+    const close = (): void => {
+      lifetime.abort();
+      transport.close();
+    };
     let file: RemoteFile;
     try {
       file = await probeRemoteFile(url, settings);
     } catch (err) {
-      transport.close();
+      close();
       const reason = err instanceof Error ? err.message : String(err);
       throw new HttpError(`CURL: Error opening file: ${reason}`, { url, status: err instanceof HttpError ? err.status : undefined, cause: err });
     }
-    return new HttpDevice(file, settings, { ...options, filename: options.filename ?? url }, transport.close);
+    return new HttpDevice(file, settings, { ...options, filename: options.filename ?? url }, close);
   }
 
   /** The URL reads go to (after the open's redirects). */

@@ -20,6 +20,17 @@ export interface RequestSettings {
   retries: number;
   /** Wait before the first retry, doubled for each next one. */
   backoffMs: number;
+  /**
+   * The device's lifetime: once aborted (at its close) requests in flight end, and none is
+   * made or retried, so no connection outlives the device (a keep-alive one would keep the
+   * process alive).
+   */
+  closed: AbortSignal;
+}
+
+/** What a request made after the device closed fails with. */
+function closedError(url: string): HttpError {
+  return new HttpError('The remote file was closed', { url });
 }
 
 /** What the open learnt of the file; every later answer must agree with it. */
@@ -34,7 +45,19 @@ export interface RemoteFile {
 /** Past the HTTP cache (the DOM's RequestInit has `cache`; Node's typings lack it). */
 const NO_STORE = { cache: 'no-store' } as RequestInit;
 
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+/** Waits `ms`, or less when `closed` aborts meanwhile (no timer left to hold the process). */
+function sleep(ms: number, closed: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    if (closed.aborted) return resolve();
+    const done = (): void => {
+      clearTimeout(timer);
+      closed.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    closed.addEventListener('abort', done, { once: true });
+  });
+}
 
 /** curl's text for a failed status (CURLOPT_FAILONERROR); 5xx, 408 and 429 may pass with time. */
 function statusError(url: string, status: number): HttpError {
@@ -70,14 +93,19 @@ function networkError(url: string, err: unknown, timedOut: { ms: number; bytes: 
 
 /**
  * Runs `attempt` with a fresh AbortSignal that fires after `timeoutMs` without progress
- * (`progress()` restarts the clock), turning the abort into curl's timeout message.
+ * (`progress()` restarts the clock), turning the abort into curl's timeout message, or when
+ * the device closes.
  */
 async function withStallTimeout<T>(
   url: string,
-  timeoutMs: number,
+  settings: RequestSettings,
   attempt: (signal: AbortSignal, progress: (bytes: number) => void) => Promise<T>,
 ): Promise<T> {
+  const { timeoutMs, closed } = settings;
+  if (closed.aborted) throw closedError(url);
   const controller = new AbortController();
+  const onClose = (): void => controller.abort();
+  closed.addEventListener('abort', onClose, { once: true });
   let timer: ReturnType<typeof setTimeout> | undefined;
   let received = 0;
   let timedOut: { ms: number; bytes: number } | undefined;
@@ -96,9 +124,10 @@ async function withStallTimeout<T>(
       arm();
     });
   } catch (err) {
-    throw networkError(url, err, timedOut);
+    throw closed.aborted ? closedError(url) : networkError(url, err, timedOut);
   } finally {
     if (timer !== undefined) clearTimeout(timer);
+    closed.removeEventListener('abort', onClose);
   }
 }
 
@@ -109,7 +138,8 @@ async function withRetries<T>(settings: RequestSettings, op: () => Promise<T>): 
       return await op();
     } catch (err) {
       if (!(err instanceof HttpError) || !err.retryable || attempt >= settings.retries) throw err;
-      await sleep(settings.backoffMs * 2 ** attempt);
+      // The next attempt fails at once if the device closed meanwhile.
+      await sleep(settings.backoffMs * 2 ** attempt, settings.closed);
     }
   }
 }
@@ -131,7 +161,7 @@ function checkValidators(file: RemoteFile, res: Response): void {
  */
 export async function probeRemoteFile(url: string, settings: RequestSettings): Promise<RemoteFile> {
   return withRetries(settings, () =>
-    withStallTimeout(url, settings.timeoutMs, async (signal) => {
+    withStallTimeout(url, settings, async (signal) => {
       const head = await settings.fetch(url, { method: 'HEAD', headers: { ...settings.headers, 'Accept-Encoding': 'identity' }, ...NO_STORE, redirect: 'follow', signal });
       if (head.ok) {
         const length = head.headers.get('content-length');
@@ -170,7 +200,7 @@ export async function readRange(file: RemoteFile, settings: RequestSettings, sta
 async function readOnce(file: RemoteFile, settings: RequestSettings, start: number, into: Uint8Array): Promise<number> {
   const { url } = file;
   const last = start + into.length - 1;
-  return withStallTimeout(url, settings.timeoutMs, async (signal, progress) => {
+  return withStallTimeout(url, settings, async (signal, progress) => {
     const headers = { ...settings.headers, Range: encodeRange(start, last), 'Accept-Encoding': 'identity' };
     const res = await settings.fetch(url, { headers, ...NO_STORE, redirect: 'follow', signal });
     if (res.status !== 206) {

@@ -111,7 +111,10 @@ export function defaultFetch(sslVerify = true): { fetch: typeof fetch; close: ()
       return viaNode(url, init);
     }
   };
+  let closed = false;
   const run = async (input: string | URL | Request, init: RequestInit = {}): Promise<Answer> => {
+    // The agents would open new sockets after close(), which nothing would close.
+    if (closed) throw new TypeError('fetch failed: the transport is closed');
     let url = new URL(String(input));
     for (let hops = 0; ; hops++) {
       if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new TypeError(`fetch failed: unsupported protocol ${url.protocol}`);
@@ -127,6 +130,7 @@ export function defaultFetch(sslVerify = true): { fetch: typeof fetch; close: ()
     }
   };
   const close = (): void => {
+    closed = true;
     pool.close();
     agents.http.destroy();
     agents.https.destroy();

@@ -399,12 +399,15 @@ function headerLines(headers: Readonly<Record<string, string>>): string {
 export class WirePool {
   readonly #idle = new Map<string, Connection[]>();
   readonly #all = new Set<Connection>();
+  #closed = false;
 
   /** Makes a GET or HEAD request of `url` (http:) and resolves with its answer's head. */
   async request(url: URL, method: string, headers: Readonly<Record<string, string>>, signal: AbortSignal | undefined): Promise<WireAnswer> {
     const host = url.host;
     const text = `${method} ${url.pathname}${url.search} HTTP/1.1\r\nHost: ${host}\r\n${headerLines(headers)}\r\n`;
     signal?.throwIfAborted();
+    // A connection made after close() would never be closed, and keep the process alive.
+    if (this.#closed) throw new Error('the connection pool is closed');
     for (;;) {
       const conn = this.#take(url);
       try {
@@ -416,8 +419,9 @@ export class WirePool {
     }
   }
 
-  /** Closes every connection. */
+  /** Closes every connection; later requests fail. */
   close(): void {
+    this.#closed = true;
     for (const conn of this.#all) conn.destroy();
     this.#all.clear();
     this.#idle.clear();
