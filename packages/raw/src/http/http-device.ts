@@ -106,7 +106,10 @@ function positive(value: number | undefined, fallback: number, what: string): nu
   return v;
 }
 
-/** A remote file read by byte ranges; writes, discards and resizes are refused. */
+/**
+ * A remote file read by byte ranges; writes, discards and resizes are refused. `close()` ends
+ * the requests in flight (their reads fail with an HttpError) and the connections.
+ */
 export class HttpDevice extends ReadOnlySource {
   readonly #file: RemoteFile;
   readonly #settings: RequestSettings;
