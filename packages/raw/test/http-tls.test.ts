@@ -21,6 +21,10 @@ describe.runIf(hasOpenssl || process.env.CI)('HttpDevice over HTTPS with a self-
   let dir: string;
   let server: Server;
   let url: string;
+  /** Milliseconds before each range answer. */
+  let rangeDelay = 0;
+  /** Range requests answered or being answered. */
+  let ranges = 0;
   beforeAll(async () => {
     dir = mkdtempSync(join(tmpdir(), 'tsimg-tls-'));
     execFileSync('openssl', ['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=127.0.0.1',
@@ -34,8 +38,11 @@ describe.runIf(hasOpenssl || process.env.CI)('HttpDevice over HTTPS with a self-
         return;
       }
       const [a, b] = [Number(m[1]), Math.min(Number(m[2]), DATA.length - 1)];
-      res.writeHead(206, { ...headers, 'Content-Range': `bytes ${a}-${b}/${DATA.length}`, 'Content-Length': b - a + 1 });
-      res.end(DATA.subarray(a, b + 1));
+      ranges++;
+      setTimeout(() => {
+        res.writeHead(206, { ...headers, 'Content-Range': `bytes ${a}-${b}/${DATA.length}`, 'Content-Length': b - a + 1 });
+        res.end(DATA.subarray(a, b + 1));
+      }, rangeDelay);
     });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     url = `https://127.0.0.1:${(server.address() as { port: number }).port}/disk.img`;
@@ -57,5 +64,27 @@ describe.runIf(hasOpenssl || process.env.CI)('HttpDevice over HTTPS with a self-
     await dev.read(3000, back);
     expect(back).toEqual(DATA.subarray(3000, 4000));
     await dev.close();
+  });
+
+  it('makes no request after its close, and leaves no connection open (one would keep a command from exiting)', async () => {
+    const port = Number(new URL(url).port);
+    const sockets = (): number =>
+      (process as unknown as { _getActiveHandles(): { remotePort?: number }[] })._getActiveHandles().filter((h) => h.remotePort === port).length;
+    const dev = await HttpDevice.open(url, { sslVerify: false, readahead: 0, blockSize: 1024, backoff: 150 });
+    rangeDelay = 100;
+    try {
+      // Reads one after the other: the read-ahead window is still being fetched at the close.
+      for (let offset = 0; offset < 2048; offset += 512) await dev.read(offset, new Uint8Array(512));
+      expect(sockets()).toBeGreaterThan(0);
+      await dev.close();
+      // Requests sent before the close may still reach the server; a retry would come after
+      // its 150 ms back-off.
+      await new Promise((r) => setTimeout(r, 50));
+      const asked = ranges;
+      await new Promise((r) => setTimeout(r, 500));
+      expect({ requestsAfterClose: ranges - asked, sockets: sockets() }).toEqual({ requestsAfterClose: 0, sockets: 0 });
+    } finally {
+      rangeDelay = 0;
+    }
   });
 });
