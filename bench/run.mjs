@@ -170,9 +170,12 @@ if (!filter || HTTP_VS_FILE.includes(filter) || HTTP_VS_QEMU.includes(filter)) {
   });
 }
 
-/** A fresh copy of `from` at `to` for each run (with `more` copied alongside). */
-const fresh = (pairs) => () => {
-  for (const [from, to] of pairs) execFileSync('cp', ['--sparse=always', from, to]);
+/**
+ * Fresh copies ([from, to] pairs) before each run of the side about to run: `t` for tsimg (or
+ * the floor), `q` for the other command. Only that side's: a chain row's copies are ~1 GB.
+ */
+const fresh = (t, q) => (side) => {
+  for (const [from, to] of side === 't' ? t : q) execFileSync('cp', ['--sparse=always', from, to]);
 };
 
 const o = (name) => join(out, name);
@@ -183,7 +186,7 @@ const shm = existsSync('/dev/shm') ? join('/dev/shm', `tsimg-bench-${process.pid
 mkdirSync(shm, { recursive: true });
 const inShm = (name) => join(shm, name);
 /** Each tool's own copy of the bench chain (top over its base), for the commit and rebase rows. */
-const freshChain = fresh([[base, o('t/base-1g.qcow2')], [base, o('q/base-1g.qcow2')], [top, o('t/top.qcow2')], [top, o('q/top.qcow2')]]);
+const freshChain = fresh([[base, o('t/base-1g.qcow2')], [top, o('t/top.qcow2')]], [[base, o('q/base-1g.qcow2')], [top, o('q/top.qcow2')]]);
 // [name, tsimg args, qemu-img args (or a shell line), target ratio]
 const rows = [
   ['convert raw→qcow2', ['convert', '-O', 'qcow2', mixed, o('t.qcow2')], ['convert', '-O', 'qcow2', mixed, o('q.qcow2')], 1.0],
@@ -213,13 +216,13 @@ const rows = [
   ['map 8 TiB sparse', ['map', '--output=json', sparse], ['map', '--output=json', sparse], 1.0],
   // Start-up bound: qemu-img answers in ~5 ms, `node -e 0` alone takes ~60 ms. No target.
   ['info', ['info', qcow], ['info', qcow], null],
-  // [name, tsimg args, qemu-img args, target, prepare (before each run, untimed)]
+  // [name, tsimg args, qemu-img args, target, prepare(side) (before each run of that side, untimed)]
   ['snapshot -c, 8 GiB allocated', ['snapshot', '-c', 's1', o('ts.qcow2')], ['snapshot', '-c', 's1', o('qs.qcow2')], 1.0,
-    fresh([[prealloc, o('ts.qcow2')], [prealloc, o('qs.qcow2')]])],
+    fresh([[prealloc, o('ts.qcow2')]], [[prealloc, o('qs.qcow2')]])],
   ['snapshot -d, 8 GiB allocated', ['snapshot', '-d', 's0', o('tsd.qcow2')], ['snapshot', '-d', 's0', o('qsd.qcow2')], 1.0,
-    fresh([[snapped, o('tsd.qcow2')], [snapped, o('qsd.qcow2')]])],
+    fresh([[snapped, o('tsd.qcow2')]], [[snapped, o('qsd.qcow2')]])],
   ['resize 1 TiB +1T', ['resize', o('tr.qcow2'), '+1T'], ['resize', o('qr.qcow2'), '+1T'], 1.0,
-    fresh([[huge, o('tr.qcow2')], [huge, o('qr.qcow2')]])],
+    fresh([[huge, o('tr.qcow2')]], [[huge, o('qr.qcow2')]])],
   ['commit 1 GiB top (512 MiB written)', ['commit', o('t/top.qcow2')], ['commit', o('q/top.qcow2')], 1.0,
     freshChain],
   ['rebase 1 GiB onto a base 10 % apart', ['rebase', '-b', newBase, '-F', 'qcow2', o('t/top.qcow2')], ['rebase', '-b', newBase, '-F', 'qcow2', o('q/top.qcow2')], 1.0,
@@ -258,9 +261,9 @@ for (const [name, targs, qargs, target, prepare, other] of rows) {
       // Fresh copies before each of the two commands, not once for both: on ext4 here the
       // command run first after the copies took twice as long as the one run second (qemu-img
       // commit 0.63–0.80 s first, 0.31–0.35 s second; bench/floor.mjs the same way round).
-      prepare?.();
+      prepare?.('t');
       t.push(time(process.execPath, [other === 'floor' ? floorScript : tsimg, ...targs], other === 'floor' ? undefined : output(targs)));
-      prepare?.();
+      prepare?.('q');
       q.push(typeof qargs === 'string' ? time('sh', ['-c', qargs]) : other === 'tsimg' ? time(process.execPath, [tsimg, ...qargs], output(qargs)) : time('qemu-img', qargs, output(qargs)));
     }
   } catch (err) {
