@@ -277,6 +277,20 @@ describe('HttpDevice close', () => {
     expect(sockets()).toBe(0);
   };
 
+  it('watches its close without a listener per request (Node warns past 10 on one signal)', async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(w.name);
+    process.on('warning', onWarning);
+    try {
+      const dev = await HttpDevice.open(url(), { maxInFlight: 24, readahead: 0 });
+      await Promise.all(Array.from({ length: 40 }, (_, i) => dev.read(i * 65536, new Uint8Array(100))));
+      await dev.close();
+      await pause(10); // warnings are emitted on a later tick
+    } finally {
+      process.off('warning', onWarning);
+    }
+    expect(warnings).toEqual([]);
+  });
   it('ends its read-ahead and its connections, and asks nothing more', async () => {
     const dev = await HttpDevice.open(url());
     const buf = new Uint8Array(64 * 1024);

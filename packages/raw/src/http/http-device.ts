@@ -10,7 +10,7 @@ import { HttpError, UsageError } from '../errors.js';
 import { ReadOnlySource } from '../source-device.js';
 import { BlockCache } from './block-cache.js';
 import { defaultFetch } from './transport.js';
-import { probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
+import { Lifetime, probeRemoteFile, readRange, type RemoteFile, type RequestSettings } from './range-request.js';
 
 /** Options for {@link HttpDevice.open}. */
 export interface HttpDeviceOptions {
@@ -157,9 +157,9 @@ export class HttpDevice extends ReadOnlySource {
       headers.Authorization = basicAuth(options.username ?? '', options.password ?? '');
     }
     const transport = options.fetch !== undefined ? { fetch: options.fetch, close: () => undefined } : defaultFetch(options.sslVerify ?? true);
-    const lifetime = new AbortController();
+    const lifetime = new Lifetime();
     const settings: RequestSettings = {
-      closed: lifetime.signal,
+      lifetime,
       fetch: transport.fetch,
       headers,
       timeoutMs: (options.timeout ?? 5) * 1000,
@@ -167,7 +167,7 @@ export class HttpDevice extends ReadOnlySource {
       backoffMs: options.backoff ?? 200,
     };
     const close = (): void => {
-      lifetime.abort();
+      lifetime.end();
       transport.close();
     };
     let file: RemoteFile;

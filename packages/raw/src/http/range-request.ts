@@ -21,11 +21,42 @@ export interface RequestSettings {
   /** Wait before the first retry, doubled for each next one. */
   backoffMs: number;
   /**
-   * The device's lifetime: once aborted (at its close) requests in flight end, and none is
+   * The device's lifetime: once it ends (at the close) requests in flight end, and none is
    * made or retried, so no connection outlives the device (a keep-alive one would keep the
    * process alive).
    */
-  closed: AbortSignal;
+  lifetime: Lifetime;
+}
+
+/**
+ * Tells the requests and back-offs under way that their device closed. A set of callbacks, not
+ * an AbortSignal with a listener per request: Node warns of a leak past 10 listeners on one
+ * signal, and a device may have more requests than that in flight (maxInFlight).
+ */
+export class Lifetime {
+  #ended = false;
+  readonly #watchers = new Set<() => void>();
+
+  get ended(): boolean {
+    return this.#ended;
+  }
+
+  /** Calls `onEnd` at the end (at once if it is over); the returned function cancels that. */
+  watch(onEnd: () => void): () => void {
+    if (this.#ended) {
+      onEnd();
+      return () => undefined;
+    }
+    this.#watchers.add(onEnd);
+    return () => this.#watchers.delete(onEnd);
+  }
+
+  end(): void {
+    this.#ended = true;
+    const watchers = [...this.#watchers];
+    this.#watchers.clear();
+    for (const onEnd of watchers) onEnd();
+  }
 }
 
 /** What a request made after the device closed fails with. */
@@ -45,17 +76,18 @@ export interface RemoteFile {
 /** Past the HTTP cache (the DOM's RequestInit has `cache`; Node's typings lack it). */
 const NO_STORE = { cache: 'no-store' } as RequestInit;
 
-/** Waits `ms`, or less when `closed` aborts meanwhile (no timer left to hold the process). */
-function sleep(ms: number, closed: AbortSignal): Promise<void> {
+/** Waits `ms`, or less when the lifetime ends meanwhile (no timer left to hold the process). */
+function sleep(ms: number, lifetime: Lifetime): Promise<void> {
   return new Promise((resolve) => {
-    if (closed.aborted) return resolve();
-    const done = (): void => {
-      clearTimeout(timer);
-      closed.removeEventListener('abort', done);
+    let forget = (): void => undefined;
+    const timer = setTimeout(() => {
+      forget();
       resolve();
-    };
-    const timer = setTimeout(done, ms);
-    closed.addEventListener('abort', done, { once: true });
+    }, ms);
+    forget = lifetime.watch(() => {
+      clearTimeout(timer);
+      resolve();
+    });
   });
 }
 
@@ -101,11 +133,10 @@ async function withStallTimeout<T>(
   settings: RequestSettings,
   attempt: (signal: AbortSignal, progress: (bytes: number) => void) => Promise<T>,
 ): Promise<T> {
-  const { timeoutMs, closed } = settings;
-  if (closed.aborted) throw closedError(url);
+  const { timeoutMs, lifetime } = settings;
+  if (lifetime.ended) throw closedError(url);
   const controller = new AbortController();
-  const onClose = (): void => controller.abort();
-  closed.addEventListener('abort', onClose, { once: true });
+  const forget = lifetime.watch(() => controller.abort());
   let timer: ReturnType<typeof setTimeout> | undefined;
   let received = 0;
   let timedOut: { ms: number; bytes: number } | undefined;
@@ -124,10 +155,10 @@ async function withStallTimeout<T>(
       arm();
     });
   } catch (err) {
-    throw closed.aborted ? closedError(url) : networkError(url, err, timedOut);
+    throw lifetime.ended ? closedError(url) : networkError(url, err, timedOut);
   } finally {
     if (timer !== undefined) clearTimeout(timer);
-    closed.removeEventListener('abort', onClose);
+    forget();
   }
 }
 
@@ -139,7 +170,7 @@ async function withRetries<T>(settings: RequestSettings, op: () => Promise<T>): 
     } catch (err) {
       if (!(err instanceof HttpError) || !err.retryable || attempt >= settings.retries) throw err;
       // The next attempt fails at once if the device closed meanwhile.
-      await sleep(settings.backoffMs * 2 ** attempt, settings.closed);
+      await sleep(settings.backoffMs * 2 ** attempt, settings.lifetime);
     }
   }
 }
