@@ -7,6 +7,7 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { resolve } from 'node:path';
 
 /** One line of /proc/locks on a file: its kind (OFDLCK, POSIX) and the bytes it covers. */
 export interface HeldLock {
@@ -40,7 +41,7 @@ export const heldBytes = (file: string): number[] =>
  * against `cwd` when given.
  */
 export async function holdWithQemuIo(args: readonly string[], file: string, cwd?: string): Promise<ChildProcess> {
-  const path = cwd === undefined ? file : `${cwd}/${file}`;
+  const path = resolve(cwd ?? '.', file);
   const before = heldBytes(path).join();
   const child = spawn('qemu-io', [...args, '-c', 'sleep 600000', file], { cwd, stdio: ['ignore', 'ignore', 'pipe'] });
   let err = '';

@@ -159,6 +159,17 @@ export async function startHttpServer(root, port = 0, options = {}) {
   };
 }
 
+/**
+ * This process's open sockets to the server at `url` (a client's keep-alive connection left
+ * open keeps a command from exiting).
+ * @param {string} url
+ * @returns {number}
+ */
+export function socketsTo(url) {
+  const port = Number(new URL(url).port);
+  return process._getActiveHandles().filter((h) => h.remotePort === port).length;
+}
+
 if (process.argv[1] && import.meta.url === new URL(`file://${process.argv[1]}`).href) {
   const args = process.argv.slice(2).filter((a) => a !== '--big-reads');
   const srv = await startHttpServer(args[0] ?? '.', Number(args[1] ?? 0), { bigReads: process.argv.includes('--big-reads') });

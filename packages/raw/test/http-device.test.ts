@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { HttpDevice, HttpError, IoError, ReadOnlyError } from '../src/index.js';
 import { decodeContentRange, encodeContentRange } from '../src/http/content-range.js';
-import { startHttpServer } from '../../../test-images/http-server.mjs';
+import { socketsTo, startHttpServer } from '../../../test-images/http-server.mjs';
 
 const SIZE = 3 * 1024 * 1024 + 12345;
 let dir: string;
@@ -258,12 +258,6 @@ describe('HttpDevice faults', () => {
 
 describe('HttpDevice close', () => {
   const pause = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-  /** This process's sockets to the test server: a keep-alive one left open keeps a command from exiting. */
-  const sockets = (): number => {
-    const port = Number(new URL(server.url).port);
-    const handles = (process as unknown as { _getActiveHandles(): unknown[] })._getActiveHandles();
-    return handles.filter((h) => (h as { remotePort?: number }).remotePort === port).length;
-  };
   /**
    * Called straight after the close: no request reaches the server from 50 ms on (those sent
    * before the close may still be arriving until then; a retry waits its 200 ms back-off or
@@ -274,7 +268,7 @@ describe('HttpDevice close', () => {
     const n = server.requests.length;
     await pause(400);
     expect(server.requests.slice(n)).toEqual([]);
-    expect(sockets()).toBe(0);
+    expect(socketsTo(server.url)).toBe(0);
   };
 
   it('watches its close without a listener per request (Node warns past 10 on one signal)', async () => {

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { HttpDevice, HttpError } from '../src/index.js';
+import { socketsTo } from '../../../test-images/http-server.mjs';
 
 const hasOpenssl = (() => {
   try {
@@ -67,22 +68,19 @@ describe.runIf(hasOpenssl || process.env.CI)('HttpDevice over HTTPS with a self-
   });
 
   it('makes no request after its close, and leaves no connection open (one would keep a command from exiting)', async () => {
-    const port = Number(new URL(url).port);
-    const sockets = (): number =>
-      (process as unknown as { _getActiveHandles(): { remotePort?: number }[] })._getActiveHandles().filter((h) => h.remotePort === port).length;
     const dev = await HttpDevice.open(url, { sslVerify: false, readahead: 0, blockSize: 1024, backoff: 150 });
     rangeDelay = 100;
     try {
       // Reads one after the other: the read-ahead window is still being fetched at the close.
       for (let offset = 0; offset < 2048; offset += 512) await dev.read(offset, new Uint8Array(512));
-      expect(sockets()).toBeGreaterThan(0);
+      expect(socketsTo(url)).toBeGreaterThan(0);
       await dev.close();
       // Requests sent before the close may still reach the server; a retry would come after
       // its 150 ms back-off.
       await new Promise((r) => setTimeout(r, 50));
       const asked = ranges;
       await new Promise((r) => setTimeout(r, 500));
-      expect({ requestsAfterClose: ranges - asked, sockets: sockets() }).toEqual({ requestsAfterClose: 0, sockets: 0 });
+      expect({ requestsAfterClose: ranges - asked, sockets: socketsTo(url) }).toEqual({ requestsAfterClose: 0, sockets: 0 });
     } finally {
       rangeDelay = 0;
     }
